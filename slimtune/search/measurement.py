@@ -1,0 +1,70 @@
+"""Measurements are values: a frozen dataclass passed from search to studies to widgets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What was measured on one model.
+
+    Attributes:
+        accuracy: top-1 accuracy on held-out data, computed with the runtime that is
+            timed (for ``onnxruntime`` the very ONNX model that is exported).
+        latency_ms: median of repeated timings after warm-up (for early-exit models the
+            mean over real held-out samples run one at a time; see ``latency_kind``).
+        latency_p95_ms: 95th percentile of the same timings.
+        latency_samples_ms: the raw timings.
+        size_bytes: exact size of the stored weights (packed bits, per-channel scales,
+            biases; sparse formats for weight-pruned layers).
+        macs: multiply-accumulates per sample (early-exit models: weighted by exit rates).
+        params_count: number of (non-zero for weight pruning) parameters.
+        runtime: ``onnxruntime`` or ``torch``.
+        batch_size, threads: how latency was timed.
+        fingerprint: machine and runtime fingerprint (cpu, versions, threads, batch).
+        fingerprint_id: short hash of ``fingerprint``.
+        kernel_bits: the bit width of the kernels that actually ran (32 or 8).
+        exit_rates: fraction of test samples leaving at each exit, the last entry being
+            the final classifier; ``None`` for models without exits.
+        reference_latency_ms: the baseline's median, timed interleaved in the same run.
+        flags: human-readable notes about the measurement (e.g. no 4-bit kernel).
+    """
+
+    accuracy: float
+    latency_ms: float
+    size_bytes: int
+    macs: int
+    latency_p95_ms: float = float("nan")
+    latency_samples_ms: tuple[float, ...] = ()
+    params_count: int = 0
+    runtime: str = "onnxruntime"
+    batch_size: int = 1
+    threads: int = 1
+    latency_kind: str = "median"
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    fingerprint_id: str = ""
+    kernel_bits: int = 32
+    exit_rates: tuple[float, ...] | None = None
+    reference_latency_ms: float | None = None
+    flags: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["latency_samples_ms"] = list(self.latency_samples_ms)
+        data["flags"] = list(self.flags)
+        if self.exit_rates is not None:
+            data["exit_rates"] = list(self.exit_rates)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Measurement":
+        known = {f for f in cls.__dataclass_fields__}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        for key in ("latency_samples_ms", "flags"):
+            if key in kwargs and kwargs[key] is not None:
+                kwargs[key] = tuple(kwargs[key])
+        if kwargs.get("exit_rates") is not None:
+            kwargs["exit_rates"] = tuple(kwargs["exit_rates"])
+        return cls(**kwargs)

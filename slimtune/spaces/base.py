@@ -1,0 +1,158 @@
+"""The parameter and knob abstractions of the joint space.
+
+A *knob* is one compression family.  Like an Optuna sampler reads distributions,
+search backends read a knob's parameters as data (:class:`Param`); the knob itself
+never calls ``trial.suggest_*``.  A knob transforms a model in :meth:`Knob.apply`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+ParamKind = Literal["float", "int", "categorical", "bool"]
+
+#: Pipeline stages, in the order of DESIGN.md.
+STAGES = ("architecture", "training", "compression", "quantization")
+
+
+class SpaceError(ValueError):
+    """Bad input about the space: unknown name, value outside its domain, ..."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of the joint space, as data.
+
+    ``kind`` is ``float`` (``low``/``high``, optional ``log``), ``int``, ``categorical``
+    (``choices``) or ``bool``.
+    """
+
+    name: str
+    kind: ParamKind
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+    doc: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind in ("float", "int"):
+            if self.low is None or self.high is None or self.low > self.high:
+                raise ValueError(f"Param {self.name!r} needs low <= high, got {self.low!r}, {self.high!r}.")
+            if self.log and self.low <= 0:
+                raise ValueError(f"Param {self.name!r} is log-scaled and needs low > 0, got {self.low!r}.")
+        if self.kind == "categorical" and not self.choices:
+            raise ValueError(f"Param {self.name!r} is categorical and needs choices.")
+
+    @property
+    def family(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    def domain(self) -> dict[str, Any]:
+        """The domain as a JSON-friendly dict."""
+        if self.kind in ("float", "int"):
+            return {"low": self.low, "high": self.high, "log": self.log}
+        if self.kind == "bool":
+            return {"choices": [False, True]}
+        return {"choices": list(self.choices)}
+
+    def coerce(self, value: Any) -> Any:
+        """Convert ``value`` (possibly a string from the command line) into this
+        parameter's type and check it lies in the domain.
+
+        Raises:
+            SpaceError: with the parameter name, the value and the domain.
+        """
+        try:
+            if self.kind == "bool":
+                if isinstance(value, str):
+                    low = value.strip().lower()
+                    if low in ("1", "true", "yes", "on"):
+                        return True
+                    if low in ("0", "false", "no", "off"):
+                        return False
+                    raise ValueError
+                if isinstance(value, (bool, int)) and value in (0, 1, True, False):
+                    return bool(value)
+                raise ValueError
+            if self.kind == "categorical":
+                for choice in self.choices:
+                    if value == choice or str(value) == str(choice):
+                        return choice
+                raise ValueError
+            number = float(value)
+            if self.kind == "int":
+                if number != int(number):
+                    raise ValueError
+                number = int(number)
+        except (TypeError, ValueError):
+            raise SpaceError(
+                f"`{self.name}` must be {self._describe()}, but got {value!r}."
+            ) from None
+        if not (self.low <= number <= self.high):  # type: ignore[operator]
+            raise SpaceError(f"`{self.name}` must be {self._describe()}, but got {value!r}.")
+        return number
+
+    def _describe(self) -> str:
+        if self.kind == "bool":
+            return "true or false"
+        if self.kind == "categorical":
+            return "one of " + ", ".join(map(str, self.choices))
+        return f"a{'n integer' if self.kind == 'int' else ' number'} in [{self.low}, {self.high}]"
+
+
+@dataclass
+class KnobContext:
+    """What a knob may use while transforming a model.
+
+    ``finetune(model, epochs, lr)`` trains ``model`` in place with the candidate's
+    distillation settings against the baseline teacher; ``calibration`` is a batch of
+    training inputs (never test data).
+    """
+
+    example_input: "torch.Tensor"
+    calibration: "torch.Tensor"
+    finetune: Callable[..., Any]
+    finetune_epochs: int = 1
+    seed: int = 0
+    info: dict[str, Any] = field(default_factory=dict)  # knobs report what they did here
+
+
+class Knob(ABC):
+    """One compression family of the joint space.
+
+    Subclasses set ``family`` (the parameter prefix) and ``stage`` (one of
+    :data:`STAGES`), return their parameters in :meth:`params` and transform a model
+    in :meth:`apply`.  Register them with :func:`slimtune.spaces.register_knob`.
+    """
+
+    family: ClassVar[str]
+    stage: ClassVar[str]
+
+    @abstractmethod
+    def params(self, model: "nn.Module") -> list[Param]:
+        """The parameters this knob offers for ``model`` (may be empty)."""
+
+    def apply(self, model: "nn.Module", values: dict[str, Any], ctx: KnobContext) -> "nn.Module":
+        """Transform ``model`` with this knob's ``values`` (full parameter names).
+
+        The default does nothing (knobs that only configure training)."""
+        return model
+
+
+def close_matches(name: str, candidates: list[str]) -> str:
+    """A ' Did you mean ...?' suffix listing close matches, or the known names."""
+    matches = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
+    if matches:
+        return " Did you mean " + " or ".join(repr(m) for m in matches) + "?"
+    shown = ", ".join(sorted(candidates)[:12])
+    more = "" if len(candidates) <= 12 else f", ... ({len(candidates)} in all)"
+    return f" Known: {shown}{more}."

@@ -1,0 +1,60 @@
+"""Knowledge distillation: the student learns from the baseline teacher's logits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimtune.spaces.base import Knob, Param
+from slimtune.spaces.registry import register_knob
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """``alpha * T^2 * KL(p_t || p_s) + (1 - alpha) * CE(student, labels)``.
+
+    ``p_t = softmax(z_t / T)`` and ``p_s = softmax(z_s / T)`` (Hinton et al., 2015); the
+    ``T^2`` factor keeps the soft-target gradients on the scale of the hard ones.
+    Without teacher logits (or ``alpha == 0``) it is plain cross-entropy.
+    """
+    ce = F.cross_entropy(student_logits, labels)
+    if teacher_logits is None or alpha == 0.0:
+        return ce
+    t = float(temperature)
+    kl = F.kl_div(
+        F.log_softmax(student_logits / t, dim=-1),
+        F.log_softmax(teacher_logits / t, dim=-1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return alpha * t * t * kl + (1.0 - alpha) * ce
+
+
+@register_knob
+class Distillation(Knob):
+    """``distill.temperature`` (1-20, log) and ``distill.alpha`` (0-1): how every
+    candidate is trained from the baseline teacher."""
+
+    family = "distill"
+    stage = "training"
+
+    def params(self, model: nn.Module) -> list[Param]:
+        return [
+            Param("distill.temperature", "float", 4.0, low=1.0, high=20.0, log=True,
+                  doc="softmax temperature of the teacher and student"),
+            Param("distill.alpha", "float", 0.5, low=0.0, high=1.0,
+                  doc="weight of the distillation term (1 - alpha on the labels)"),
+        ]
+
+    @staticmethod
+    def loss_settings(values: dict[str, Any]) -> dict[str, float]:
+        return {"temperature": float(values["distill.temperature"]), "alpha": float(values["distill.alpha"])}

@@ -1,0 +1,83 @@
+"""Built-in tasks: data that ships offline (never downloaded) and a baseline model."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slimtune.tasks.base import Task, TaskData, TaskError, register_task
+from slimtune.tasks.models import resnet8, small_cnn
+
+FASHION_DIR_ENV = "SLIMTUNE_FASHION_MNIST_DIR"
+FASHION_DIR_DEFAULT = "/usr/share/datasets/fashion-mnist"
+
+
+def _split(n: int, fractions: tuple[float, float], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    a = int(round(n * fractions[0]))
+    b = a + int(round(n * fractions[1]))
+    return order[:a], order[a:b], order[b:]
+
+
+@register_task("digits", "scikit-learn's 8x8 digits (1,797 images), 3-block CNN; seconds per candidate")
+def digits() -> Task:
+    """scikit-learn's bundled 8x8 digits with a three-block CNN."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = (x - 0.3) / 0.4
+    y = torch.tensor(bunch.target, dtype=torch.long)
+    tr, va, te = _split(len(x), (0.6, 0.2), seed=0)
+    data = TaskData(x[tr], y[tr], x[va], y[va], x[te], y[te])
+    return Task(
+        name="digits", build_model=lambda: small_cnn(10), data=data, num_classes=10,
+        epochs=15, finetune_epochs=4, lr=3e-3, batch_size=64,
+        notes="sklearn digits, fixed split 60/20/20 (seed 0)",
+    )
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as fh:
+        raw = fh.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_fashion_mnist(directory: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The real Fashion-MNIST IDX files from Debian's ``dataset-fashion-mnist``."""
+    root = Path(directory or os.environ.get(FASHION_DIR_ENV, FASHION_DIR_DEFAULT))
+    names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    missing = [n for n in names if not (root / n).exists()]
+    if missing:
+        raise TaskError(
+            f"Fashion-MNIST not found in {root} (missing {missing[0]}): install it with "
+            "`apt-get install dataset-fashion-mnist` (slimtune never downloads data)."
+        )
+    return tuple(_read_idx(root / n) for n in names)  # type: ignore[return-value]
+
+
+@register_task("fashion-mnist", "Fashion-MNIST (Debian dataset-fashion-mnist), ResNet-8; trains on a 10k subset")
+def fashion_mnist(train_subset: int = 10_000, val_size: int = 5_000) -> Task:
+    """Fashion-MNIST 28x28 with a ResNet-8; a fixed 10k training subset, full 10k test."""
+    xtr, ytr, xte, yte = load_fashion_mnist()
+    mean, std = 0.286, 0.353
+
+    def prep(images: np.ndarray) -> torch.Tensor:
+        return (torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 255.0 - mean) / std
+
+    order = np.random.default_rng(0).permutation(len(xtr))
+    tr, va = order[:train_subset], order[train_subset:train_subset + val_size]
+    data = TaskData(prep(xtr[tr]), torch.tensor(ytr[tr], dtype=torch.long), prep(xtr[va]),
+                    torch.tensor(ytr[va], dtype=torch.long), prep(xte), torch.tensor(yte, dtype=torch.long))
+    return Task(
+        name="fashion-mnist", build_model=lambda: resnet8(10), data=data, num_classes=10,
+        epochs=4, finetune_epochs=1, lr=3e-3, batch_size=128,
+        notes=f"Fashion-MNIST: trained on a fixed {train_subset:,}-image subset of the 60k training set; "
+        f"validation {val_size:,} other training images; accuracy on the full 10,000-image test split",
+    )
