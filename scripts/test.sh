@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs everything the tests need on a fresh Debian machine, then runs them.
+# System packages: Fashion-MNIST data, a PostgreSQL server (multi-worker tests) and
+# Chromium (widget rendering tests). Without root they are skipped; the tests that
+# need them then report "skipped" with the reason.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  pkgs=""
+  [ -d /usr/share/datasets/fashion-mnist ] || pkgs="$pkgs dataset-fashion-mnist"
+  [ -x /usr/bin/chromium ] || pkgs="$pkgs chromium"
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || pkgs="$pkgs postgresql"
+  if [ -n "$pkgs" ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkgs >/dev/null \
+      || echo "warning: could not install:$pkgs (tests that need them will be skipped)"
+  fi
+fi
+python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+# torch==2.13.0 is the CPU build; the project itself only asks for torch>=2.4.
+.venv/bin/pip install -q torch==2.13.0 -e ".[dev]"
+.venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,34 @@
+"""slimtune: search a joint model-compression space and see the accuracy-latency frontier."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# Public names, imported on first use so that `import slimtune` (and the CLI) stays light.
+_LAZY: dict[str, str] = {
+    "Study": "slimtune.studies",
+    "Candidate": "slimtune.studies",
+    "StudyError": "slimtune.studies",
+    "NoCandidateError": "slimtune.studies",
+    "list_studies": "slimtune.studies",
+    "Constraints": "slimtune.search.runner",
+    "EvalSettings": "slimtune.search.candidate",
+    "FrontierEarlyStopping": "slimtune.search.early_stopping",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'slimtune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,44 @@
+"""Small public helpers shared by the CLI and the Python API."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from slimtune.spaces.space import Space
+from slimtune.tasks.base import Task, get_task
+
+
+def build_space(task: Task, *, fixed: Mapping[str, Any] | None = None, families: list[str] | None = None) -> Space:
+    """The joint space of ``task``'s baseline model (checks the model outputs logits)."""
+    task.check_model()
+    return Space.for_model(task.build_model(), families=families, fixed=fixed)
+
+
+def measurement_row(m) -> dict[str, Any]:
+    return {"accuracy": m.accuracy, "latency_ms": m.latency_ms, "latency_p95_ms": m.latency_p95_ms,
+            "size_bytes": m.size_bytes, "macs": m.macs, "exit_rates": list(m.exit_rates) if m.exit_rates else None,
+            "kernel_bits": m.kernel_bits, "runtime": m.runtime, "flags": list(m.flags)}
+
+
+def evaluate_one(task_spec: "str | Task", values: Mapping[str, Any], *, epochs: int | None = None,
+                 runtime: str = "onnxruntime", threads: int = 1, batch_size: int = 1, seed: int = 0,
+                 progress: bool = False) -> dict[str, Any]:
+    """Build, train and measure one candidate beside the baseline (``slimtune eval``)."""
+    from slimtune.search.baseline import get_baseline
+    from slimtune.search.candidate import EvalSettings, Evaluator
+
+    task = get_task(task_spec)
+    space = build_space(task)
+    checked = space.complete(values)  # bad names/values fail here, before any work
+    settings = EvalSettings(runtime=runtime, threads=threads, batch_size=batch_size, epochs=epochs, seed=seed)
+    baseline = get_baseline(task, seed=seed, progress=progress)
+    evaluator = Evaluator(task, space, settings, baseline)
+    result = evaluator.evaluate(checked)
+    base = evaluator.baseline_measurement()
+    m = result.measurement
+    return {
+        "task": task.name, "task_notes": task.notes, "params": result.params, **measurement_row(m),
+        "train_seconds": round(result.train_seconds, 3), "total_seconds": round(result.total_seconds, 3),
+        "reference_latency_ms": m.reference_latency_ms, "fingerprint": m.fingerprint,
+        "baseline": measurement_row(base),
+    }

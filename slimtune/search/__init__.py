@@ -1,0 +1,1 @@
+"""Running trials: training with distillation, measurement, search backends."""

@@ -1,0 +1,70 @@
+"""The trained baseline: trained once per (task, seed), cached, the teacher of every
+candidate and the frontier's reference point."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from slimtune.search.trainer import TrainConfig, accuracy, predict_logits, train
+from slimtune.tasks.base import Task
+
+logger = logging.getLogger(__name__)
+CACHE_ENV = "SLIMTUNE_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "slimtune")
+    path = Path(root) / "baselines"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class Baseline:
+    """A trained baseline with its teacher logits on the training split."""
+
+    task: Task
+    model: nn.Module
+    teacher_logits: torch.Tensor
+    val_accuracy: float
+    test_accuracy: float
+    seed: int
+    cached: bool
+
+
+def get_baseline(task: Task, *, seed: int = 0, use_cache: bool = True, progress: bool = False) -> Baseline:
+    """Train ``task``'s baseline (or load it from the cache, keyed by task fingerprint
+    and seed).  Cached files hold tensors only and are read with ``weights_only=True``."""
+    path = cache_dir() / f"{task.name}-{task.fingerprint()}-seed{seed}.pt"
+    model = task.build_model()
+    if use_cache and path.exists():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(blob["state_dict"])
+            model.eval()
+            return Baseline(task, model, blob["teacher_logits"], float(blob["val_accuracy"]),
+                            float(blob["test_accuracy"]), seed, cached=True)
+        except Exception as exc:  # noqa: BLE001 - a broken cache file is retrained
+            logger.warning("Ignoring unreadable baseline cache %s: %s", path, exc)
+    torch.manual_seed(seed)
+    model = task.build_model()
+    data = task.data
+    config = TrainConfig(epochs=task.epochs, lr=task.lr, batch_size=task.batch_size, seed=seed)
+    if progress:
+        print(f"Training the {task.name} baseline ({task.epochs} epochs, {len(data.x_train):,} images)...", flush=True)
+    train(model, data.x_train, data.y_train, config)
+    model.eval()
+    teacher = predict_logits(model, data.x_train)
+    val_acc = accuracy(model, data.x_val, data.y_val)
+    test_acc = accuracy(model, data.x_test, data.y_test)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state_dict": model.state_dict(), "teacher_logits": teacher, "val_accuracy": val_acc,
+                "test_accuracy": test_acc}, tmp)
+    os.replace(tmp, path)
+    return Baseline(task, model, teacher, val_acc, test_acc, seed, cached=False)

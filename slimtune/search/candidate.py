@@ -1,0 +1,262 @@
+"""One candidate, end to end: build -> train (distilled) -> prune -> quantize -> measure.
+
+The order is DESIGN.md's: architecture knobs (dsconv, exits), then distillation
+training from the baseline teacher, then compression (pruning + fine-tune), then
+quantization (PTQ calibration or QAT), then a real measurement of the compiled model
+on its runtime.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from slimtune.search.baseline import Baseline
+from slimtune.search.measurement import Measurement
+from slimtune.search.trainer import TrainConfig, accuracy, train
+from slimtune.spaces.base import KnobContext
+from slimtune.spaces.space import Space
+from slimtune.tasks.base import Task
+
+RUNTIMES = ("onnxruntime", "torch")
+
+#: ``should_stop(epoch, val_accuracy, pre) -> reason | None``; called after each
+#: distillation epoch so a search can stop a candidate that cannot reach its frontier.
+ShouldStop = Callable[[int, float, "PreMeasurement"], "str | None"]
+
+
+@dataclass
+class EvalSettings:
+    """How candidates are trained and measured (identical for every trial of a study)."""
+
+    runtime: str = "onnxruntime"
+    threads: int = 1
+    batch_size: int = 1
+    epochs: int | None = None  # distillation epochs; None = the task's finetune_epochs
+    finetune_epochs: int = 1  # after pruning, and for QAT
+    lr_scale: float = 0.5  # candidate lr = task.lr * lr_scale
+    qat_lr: float = 1e-4
+    seed: int = 0
+    latency_warmup: int = 10
+    latency_repeats: int = 100
+    calibration_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"`runtime` must be one of {', '.join(RUNTIMES)}, but got {self.runtime!r}.")
+        for name in ("threads", "batch_size", "latency_repeats"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"`{name}` must be at least 1, but got {getattr(self, name)!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class PreMeasurement:
+    """What is known about a candidate before it is trained: its compressed structure
+    compiled and timed (for early-exit models, the shortest path: a lower bound)."""
+
+    latency_ms: float
+    macs: int
+    size_bytes: int
+
+
+@dataclass
+class CandidateResult:
+    params: dict[str, Any]
+    measurement: Measurement | None
+    val_accuracy: float | None
+    artifact: bytes | None
+    artifact_format: str | None
+    recipe: dict[str, Any]
+    state_dict: dict[str, torch.Tensor] | None
+    train_seconds: float
+    total_seconds: float
+    pre: PreMeasurement | None = None
+    stopped: str | None = None  # the reason when the candidate was stopped early
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Evaluator:
+    """Builds and measures candidates of one task and space with fixed settings.
+
+    Example:
+        >>> ev = Evaluator(task, space, EvalSettings(), baseline)
+        >>> result = ev.evaluate({"prune.ratio": 0.5, "quant.bits": 8})
+        >>> result.measurement.latency_ms
+    """
+
+    def __init__(self, task: Task, space: Space, settings: EvalSettings, baseline: Baseline) -> None:
+        self.task = task
+        self.space = space
+        self.settings = settings
+        self.baseline = baseline
+        data = task.data
+        self.calibration = data.x_train[: settings.calibration_size].clone()
+        self.example_input = task.example_input(1)
+        self._reference = None
+        self._baseline_measurement: Measurement | None = None
+
+    # -- helpers ----------------------------------------------------------------
+    def _train_config(self, values: dict[str, Any], epochs: int, lr: float | None = None) -> TrainConfig:
+        return TrainConfig(
+            epochs=epochs, lr=lr if lr is not None else self.task.lr * self.settings.lr_scale,
+            batch_size=self.task.batch_size, temperature=float(values.get("distill.temperature", 4.0)),
+            alpha=float(values.get("distill.alpha", 0.0)), seed=self.settings.seed,
+        )
+
+    def _context(self, values: dict[str, Any]) -> KnobContext:
+        data = self.task.data
+
+        def finetune(model: nn.Module, epochs: int | None = None, lr: float | None = None) -> None:
+            n = self.settings.finetune_epochs if epochs is None else epochs
+            train(model, data.x_train, data.y_train, self._train_config(values, n, lr),
+                  teacher_logits=self.baseline.teacher_logits)
+
+        return KnobContext(example_input=self.example_input, calibration=self.calibration, finetune=finetune,
+                           finetune_epochs=self.settings.finetune_epochs, seed=self.settings.seed,
+                           info={"num_classes": self.task.num_classes, "flags": [], "qat_lr": self.settings.qat_lr})
+
+    def _apply_stage(self, stage: str, model: nn.Module, values: dict[str, Any], ctx: KnobContext) -> nn.Module:
+        for knob in self.space.knobs:
+            if knob.stage == stage:
+                model = knob.apply(model, self.space.knob_values(knob, values), ctx)
+        return model
+
+    def _compile(self, model: nn.Module, bits: int):
+        from slimtune.search.runtime import compile_model
+
+        return compile_model(model, runtime=self.settings.runtime, bits=bits, calibration=self.calibration,
+                             threads=self.settings.threads)
+
+    def _measure(self, model: nn.Module, compiled, bits: int) -> Measurement:
+        from slimtune.search.measure import measure
+
+        data = self.task.data
+        return measure(model, compiled, data.x_test, data.y_test, bits=bits, example_input=self.example_input,
+                       reference=self.reference(), batch_size=self.settings.batch_size, threads=self.settings.threads,
+                       warmup=self.settings.latency_warmup, repeats=self.settings.latency_repeats)
+
+    def reference(self):
+        """The baseline compiled on the study's runtime (fp32): timed beside every candidate."""
+        if self._reference is None:
+            self._reference = self._compile(copy.deepcopy(self.baseline.model).eval(), 32)
+        return self._reference
+
+    def baseline_measurement(self) -> Measurement:
+        """The baseline measured exactly like a candidate (the frontier's reference point)."""
+        if self._baseline_measurement is None:
+            model = copy.deepcopy(self.baseline.model).eval()
+            self._baseline_measurement = self._measure(model, self.reference(), 32)
+        return self._baseline_measurement
+
+    # -- the pipeline ------------------------------------------------------------
+    def build_architecture(self, values: dict[str, Any], ctx: KnobContext | None = None) -> nn.Module:
+        """The baseline copy with the architecture knobs (DS-conv, exits) applied."""
+        ctx = ctx or self._context(values)
+        model = copy.deepcopy(self.baseline.model)
+        return self._apply_stage("architecture", model, values, ctx)
+
+    def pre_measure(self, values: dict[str, Any]) -> PreMeasurement:
+        """Latency, MACs and size of the compressed structure before any training."""
+        from slimtune.search.macs import count_macs
+        from slimtune.search.measure import measure_latency, model_size_bytes
+
+        ctx = self._context(values)
+        ctx.finetune = lambda *a, **k: None  # structure only: no training
+        shortest = dict(values)
+        for name in values:
+            if name.startswith("exits.") and name.endswith(".threshold"):
+                shortest[name] = 0.0  # everyone leaves at the first exit: a lower bound
+        shortest["quant.mode"] = "ptq"
+        with torch.random.fork_rng():
+            model = self.build_architecture(shortest, ctx)
+            model = self._apply_stage("compression", model, shortest, ctx)
+            model = self._apply_stage("quantization", model, shortest, ctx)
+            model.eval()
+            bits = int(values.get("quant.bits", 32))
+            compiled = self._compile(model, bits)
+        x = self.task.data.x_val[: self.settings.batch_size]
+        timings = measure_latency({"c": lambda: compiled.run_one(x)}, warmup=5, repeats=30, rounds=3)["c"]
+        timings.sort()
+        return PreMeasurement(latency_ms=timings[len(timings) // 2], macs=count_macs(model, self.example_input),
+                              size_bytes=model_size_bytes(model, bits))
+
+    def evaluate(self, values: dict[str, Any], *, should_stop: ShouldStop | None = None) -> CandidateResult:
+        """Build, train, compress and measure one candidate."""
+        values = self.space.complete(values)
+        started = time.perf_counter()
+        torch.manual_seed(self.settings.seed)
+        pre = self.pre_measure(values) if should_stop is not None else None
+        ctx = self._context(values)
+        model = self.build_architecture(values, ctx)
+        data = self.task.data
+        epochs = self.task.finetune_epochs if self.settings.epochs is None else self.settings.epochs
+        val_acc: list[float] = []
+
+        def on_epoch(epoch: int, m: nn.Module) -> str | None:
+            if epoch == 0:
+                ctx.info["rewind_state"] = {k: v.detach().clone() for k, v in m.state_dict().items()}
+            acc = accuracy(m, data.x_val, data.y_val)
+            val_acc.append(acc)
+            m.train()
+            if should_stop is not None and pre is not None:
+                return should_stop(epoch, acc, pre)
+            return None
+
+        t0 = time.perf_counter()
+        _, reason = train(model, data.x_train, data.y_train, self._train_config(values, epochs),
+                          teacher_logits=self.baseline.teacher_logits, callback=on_epoch)
+        if reason:
+            return CandidateResult(values, None, val_acc[-1] if val_acc else None, None, None, {}, None,
+                                   time.perf_counter() - t0, time.perf_counter() - started, pre, stopped=reason,
+                                   info={"val_accuracy_per_epoch": val_acc})
+        model = self._apply_stage("compression", model, values, ctx)
+        model = self._apply_stage("quantization", model, values, ctx)
+        train_seconds = time.perf_counter() - t0
+        model.eval()
+        bits = int(values.get("quant.bits", 32))
+        compiled = self._compile(model, bits)
+        measurement = self._measure(model, compiled, bits)
+        flags = tuple(dict.fromkeys([*measurement.flags, *ctx.info.get("flags", [])]))
+        measurement = Measurement.from_dict({**measurement.to_dict(), "flags": list(flags)})
+        recipe = {"values": values, "channel_widths": ctx.info.get("channel_widths"),
+                  "bn_folded": bool(ctx.info.get("quant", {}).get("bn_folded", False))}
+        info = {k: v for k, v in ctx.info.items() if k not in ("rewind_state", "flags")}
+        info["val_accuracy_per_epoch"] = val_acc
+        return CandidateResult(values, measurement, accuracy(model, data.x_val, data.y_val), compiled.artifact,
+                               compiled.artifact_format, recipe, {k: v.detach().clone() for k, v in model.state_dict().items()},
+                               train_seconds, time.perf_counter() - started, pre, info=_jsonable(info))
+
+    def rebuild(self, recipe: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> nn.Module:
+        """A runnable module from a stored recipe and weights, without retraining."""
+        from slimtune.spaces.pruning import rebuild_channel_widths
+        from slimtune.spaces.quantization import fold_batchnorm
+
+        values = self.space.complete(recipe["values"]) if recipe.get("values") else {}
+        ctx = self._context(values)
+        model = self.build_architecture(values, ctx)
+        if recipe.get("channel_widths"):
+            model = rebuild_channel_widths(model, recipe["channel_widths"], self.example_input)
+        if recipe.get("bn_folded"):
+            model = fold_batchnorm(model.eval())
+        model.load_state_dict(state_dict)
+        return model.eval()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist() if value.numel() < 64 else f"tensor{tuple(value.shape)}"
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

@@ -1,0 +1,110 @@
+"""Training with distillation from the baseline teacher."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from slimtune.spaces.distillation import distillation_loss
+
+
+@dataclass
+class TrainConfig:
+    epochs: int
+    lr: float
+    batch_size: int = 64
+    temperature: float = 4.0
+    alpha: float = 0.0
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
+#: ``callback(epoch, model) -> reason or None``: return a string to stop training.
+EpochCallback = Callable[[int, nn.Module], "str | None"]
+
+
+def model_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every output a student is trained on: each early exit, then the final head."""
+    forward_all = getattr(model, "forward_all", None)
+    return list(forward_all(x)) if callable(forward_all) else [model(x)]
+
+
+def train(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    *,
+    teacher_logits: torch.Tensor | None = None,
+    callback: EpochCallback | None = None,
+) -> tuple[int, str | None]:
+    """Train ``model`` in place (Adam, cosine schedule) with the distillation loss
+    against precomputed ``teacher_logits`` aligned with ``x``.
+
+    Pruning masks (``torch.nn.utils.prune``) stay in force since they are applied in the
+    forward pass.  Returns (epochs run, stop reason or None).
+    """
+    if config.epochs <= 0:
+        return 0, None
+    generator = torch.Generator().manual_seed(config.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, (len(x) + config.batch_size - 1) // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
+    alpha = config.alpha if teacher_logits is not None else 0.0
+    for epoch in range(config.epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), config.batch_size):
+            idx = order[start:start + config.batch_size]
+            if len(idx) < 2:  # BatchNorm needs two samples
+                continue
+            xb, yb = x[idx], y[idx]
+            tb = teacher_logits[idx] if teacher_logits is not None else None
+            outputs = model_outputs(model, xb)
+            loss = sum(distillation_loss(o, tb, yb, temperature=config.temperature, alpha=alpha) for o in outputs) / len(outputs)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        if callback is not None:
+            reason = callback(epoch, model)
+            if reason:
+                return epoch + 1, reason
+    model.eval()
+    return config.epochs, None
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits of the final head for every input (eval mode)."""
+    model.eval()
+    outs = []
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size]
+        outs.append(model_outputs(model, xb)[-1])
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model``'s own forward (dynamic exits applied)."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        out = model(x[start:start + batch_size])
+        correct += int((out.argmax(-1) == y[start:start + batch_size]).sum())
+    return correct / max(1, len(x))
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start

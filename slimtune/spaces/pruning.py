@@ -1,0 +1,335 @@
+"""Network pruning: unstructured (weight) or structured (channel), optional rewinding.
+
+* ``weight``: global L1-magnitude masks over every Conv2d/Linear weight
+  (``torch.nn.utils.prune.global_unstructured``), fine-tuning with the masks in force,
+  then the zeros are made permanent.  Only size shows it (dense kernels run as before).
+* ``channel``: whole filters/neurons are physically removed through Torch-Pruning's
+  dependency graph (residual additions, BatchNorm, depthwise convs and flatten are
+  kept consistent by it), so MACs and latency really drop; then fine-tuning.  Layers
+  producing class logits (final classifier, exit heads) are never pruned.
+* ``rewind`` (lottery-ticket rewinding, Frankle et al. 2019/2020): after the mask or
+  the surviving channels are chosen from the trained weights, the surviving weights
+  are reset to their early values ``ctx.info["rewind_state"]`` and fine-tuned again.
+  For ``channel`` the early weights of exactly the surviving channels are restored (the
+  same pruning is replayed on a copy holding the early weights).  Without
+  ``rewind_state`` the weights stay those at pruning time, and a flag says so.
+
+Example:
+    >>> model = Pruning().apply(small_cnn(), {"prune.ratio": 0.5, "prune.granularity": "channel"}, ctx)
+    >>> ctx.info["channel_widths"]["blocks.0.0"]
+    16
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from slimtune.spaces.base import Knob, KnobContext, Param, SpaceError
+from slimtune.spaces.registry import register_knob
+
+__all__ = [
+    "Pruning",
+    "build_dependency_graph",
+    "channel_widths",
+    "logit_layers",
+    "prune_channels",
+    "prune_weights",
+    "rebuild_channel_widths",
+]
+
+GRANULARITIES = ("weight", "channel")
+_PRUNABLE = (nn.Conv2d, nn.Linear)
+
+
+# -- helpers shared by both granularities ------------------------------------------
+def _prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, _PRUNABLE)]
+
+
+def _out_width(module: nn.Module) -> int:
+    return int(module.out_channels if isinstance(module, nn.Conv2d) else module.out_features)  # type: ignore[union-attr]
+
+
+def _n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _finetune(model: nn.Module, ctx: KnobContext) -> None:
+    if ctx.finetune_epochs > 0:
+        ctx.finetune(model, epochs=ctx.finetune_epochs)
+
+
+def _flag(ctx: KnobContext, message: str) -> None:
+    flags = ctx.info.setdefault("flags", [])
+    if message not in flags:
+        flags.append(message)
+
+
+def _forward_fn(model: nn.Module) -> Callable[[nn.Module, torch.Tensor], Any] | None:
+    """Trace early-exit models through every head, not the dynamic forward."""
+    if callable(getattr(model, "forward_all", None)):
+        return lambda m, x: m.forward_all(x)
+    return None
+
+
+def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of ``model`` (early-exit models traced through
+    ``forward_all`` so the exit heads are part of it).  Leaves ``model`` in its mode."""
+    was_training = model.training
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
+                                                    forward_fn=_forward_fn(model), verbose=False)
+    finally:
+        model.train(was_training)
+
+
+def channel_widths(model: nn.Module) -> dict[str, int]:
+    """``{module name: out_channels / out_features}`` for every Conv2d and Linear."""
+    return {name: _out_width(m) for name, m in _prunable_layers(model)}
+
+
+def logit_layers(model: nn.Module, example_input: torch.Tensor | None = None,
+                 num_classes: int | None = None) -> list[nn.Module]:
+    """The layers whose outputs are class logits (never channel-pruned).
+
+    A block classifier's are the last Conv2d/Linear of ``model.head`` and of each
+    ``model.exits`` head.  For other models: every Linear with ``out_features ==
+    num_classes`` (inferred from a forward of ``example_input`` if not given), else
+    the last Conv2d/Linear of the model.
+    """
+    layers: list[nn.Module] = []
+    heads: list[nn.Module] = []
+    if isinstance(getattr(model, "head", None), nn.Module):
+        heads.append(model.head)  # type: ignore[arg-type]
+    if isinstance(getattr(model, "exits", None), nn.Module):
+        heads.extend(model.exits.children())  # type: ignore[union-attr]
+    for head in heads:
+        inner = [m for m in head.modules() if isinstance(m, _PRUNABLE)]
+        if inner:
+            layers.append(inner[-1])
+    if layers:
+        return layers
+    if num_classes is None and example_input is not None:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            num_classes = int(model(example_input).shape[-1])
+        model.train(was_training)
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    if not layers:
+        layers = [m for _, m in _prunable_layers(model)][-1:]
+    return layers
+
+
+def _ignored_layers(model: nn.Module, ctx: KnobContext) -> list[nn.Module]:
+    """Logit layers plus whatever ``ctx.info["ignored_layers"]`` names (or holds)."""
+    ignored = logit_layers(model, ctx.example_input, ctx.info.get("num_classes"))
+    for item in ctx.info.get("ignored_layers") or []:
+        if isinstance(item, nn.Module):
+            ignored.append(item)
+            continue
+        try:
+            ignored.append(model.get_submodule(str(item)))
+        except AttributeError:
+            raise ValueError(f"ctx.info['ignored_layers'] names {item!r}, which is not a module of the model.") from None
+    return list({id(m): m for m in ignored}.values())
+
+
+# -- weight (unstructured) pruning ----------------------------------------------------
+def _load_rewind_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> int:
+    """Copy ``state`` (a plain state_dict) into ``model``, whose pruned weights live in
+    ``<name>_orig`` under masks.  Returns the number of tensors copied."""
+    own = model.state_dict()
+    problems = []
+    copied = 0
+    with torch.no_grad():
+        for key, value in state.items():
+            target = key if key in own else key + "_orig" if key + "_orig" in own else None
+            if target is None or own[target].shape != value.shape:
+                problems.append(key)
+                continue
+            own[target].copy_(value)
+            copied += 1
+    if problems:
+        shown = ", ".join(problems[:5]) + (f", ... ({len(problems)} in all)" if len(problems) > 5 else "")
+        raise ValueError(f"ctx.info['rewind_state'] does not match the model: {shown} missing or of another shape.")
+    return copied
+
+
+def prune_weights(model: nn.Module, ratio: float, ctx: KnobContext, *, rewind: bool = False) -> nn.Module:
+    """Global L1 unstructured pruning of every Conv2d/Linear weight, in place.
+
+    The ``round(ratio * total)`` smallest weights (over all layers together) are
+    masked; the model is fine-tuned with the masks in force (``ctx.finetune``, after
+    rewinding the survivors to ``ctx.info["rewind_state"]`` if ``rewind``), then the
+    zeros are made permanent (plain ``weight`` tensors, no masks or hooks left).
+
+    Writes ``ctx.info["prune"]``: ``sparsity`` (zeros / weights over the pruned
+    layers), ``layer_sparsity``, ``zeros``, ``weights``, ``rewound_to``.
+    """
+    layers = _prunable_layers(model)
+    torch_prune.global_unstructured([(m, "weight") for _, m in layers],
+                                    pruning_method=torch_prune.L1Unstructured, amount=float(ratio))
+    rewound_to = None
+    if rewind:
+        state = ctx.info.get("rewind_state")
+        if state is None:
+            rewound_to = "pruning_time"
+            _flag(ctx, "prune.rewind: no early weights (ctx.info['rewind_state']); "
+                       "kept the weights at pruning time (plain masked fine-tuning)")
+        else:
+            _load_rewind_state(model, state)
+            rewound_to = "rewind_state"
+    _finetune(model, ctx)
+    for _, module in layers:
+        torch_prune.remove(module, "weight")
+    per_layer = {name: float((m.weight == 0).sum()) / m.weight.numel() for name, m in layers}
+    zeros = sum(int((m.weight == 0).sum()) for _, m in layers)
+    total = sum(m.weight.numel() for _, m in layers)
+    ctx.info["prune"] = {"granularity": "weight", "ratio": float(ratio), "rewind": rewind, "rewound_to": rewound_to,
+                         "sparsity": zeros / total, "zeros": zeros, "weights": total,
+                         "layer_sparsity": {k: round(v, 6) for k, v in per_layer.items()}}
+    return model
+
+
+# -- channel (structured) pruning -----------------------------------------------------
+def _replay(dg: tp.DependencyGraph, history: Iterable[Any]) -> None:
+    """Redo a recorded pruning (``DG.pruning_history()``) on another copy of the model."""
+    for module_name, is_out, idxs in history:
+        module = dg.model.get_submodule(module_name)
+        pruner = dg.get_pruner_of_module(module)
+        fn = pruner.prune_out_channels if is_out else pruner.prune_in_channels
+        plain = [int(getattr(i, "idx", i)) for i in idxs]
+        dg.get_pruning_group(module, fn, plain).prune(record_history=False)
+
+
+def prune_channels(model: nn.Module, ratio: float, ctx: KnobContext, *,
+                   importance: Callable[..., torch.Tensor] | None = None, rewind: bool = False) -> nn.Module:
+    """Remove ``ratio`` of the channels of every prunable group, in place.
+
+    Each dependency group (layers whose channels must go together, e.g. the convs
+    joined by a residual addition) keeps ``int(C * (1 - ratio))`` of its ``C``
+    channels, ranked by ``importance`` (default: group L1 magnitude).  Logit layers
+    (:func:`logit_layers` plus ``ctx.info["ignored_layers"]``) keep their outputs.
+
+    Writes ``ctx.info["channel_widths"]`` (see :func:`channel_widths`) and
+    ``ctx.info["prune"]`` (``params_before``, ``params_after``, ``ignored_layers``,
+    ``rewound_to``).
+    """
+    was_training = model.training
+    names = {m: n for n, m in model.named_modules()}
+    ignored = _ignored_layers(model, ctx)
+    state = ctx.info.get("rewind_state") if rewind else None
+    early = None
+    if state is not None:
+        early = copy.deepcopy(model)
+        early.load_state_dict(state)
+    params_before = _n_params(model)
+    pruner = tp.pruner.BasePruner(
+        model, example_inputs=ctx.example_input,
+        importance=importance if importance is not None else tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=float(ratio), ignored_layers=ignored, forward_fn=_forward_fn(model),
+    )  # builds the dependency graph once for this candidate
+    pruner.step()
+    rewound_to = None
+    if rewind and early is not None:
+        _replay(build_dependency_graph(early, ctx.example_input), pruner.DG.pruning_history())
+        model.load_state_dict(early.state_dict())
+        rewound_to = "rewind_state"
+    elif rewind:
+        rewound_to = "pruning_time"
+        _flag(ctx, "prune.rewind: no early weights (ctx.info['rewind_state']); "
+                   "kept the weights at pruning time (plain fine-tuning)")
+    model.train(was_training)
+    _finetune(model, ctx)
+    ctx.info["channel_widths"] = channel_widths(model)
+    ctx.info["prune"] = {"granularity": "channel", "ratio": float(ratio), "rewind": rewind, "rewound_to": rewound_to,
+                         "params_before": params_before, "params_after": _n_params(model),
+                         "ignored_layers": [names.get(m, "?") for m in ignored]}
+    return model
+
+
+def rebuild_channel_widths(model: nn.Module, widths: Mapping[str, int], example_input: torch.Tensor) -> nn.Module:
+    """Prune a freshly built model (same architecture) to exactly ``widths``, in place.
+
+    Trailing channels are removed through the dependency graph, so that a
+    ``state_dict`` saved from the pruned model (whose surviving channels are stored
+    compacted) loads into the result and computes the same function.
+
+    Args:
+        model: the unpruned architecture (e.g. rebuilt from the candidate's knobs).
+        widths: ``ctx.info["channel_widths"]`` of the pruned model.
+        example_input: an input batch for tracing.
+
+    Raises:
+        ValueError: a name that is not a Conv2d/Linear of ``model``, a width larger
+            than the layer's, or widths the dependency graph cannot reach together.
+    """
+    modules = dict(model.named_modules())
+    for name, width in widths.items():
+        if not isinstance(modules.get(name), _PRUNABLE):
+            raise ValueError(f"`widths` names {name!r}, which is not a Conv2d/Linear of the model.")
+        if not 0 < int(width) <= _out_width(modules[name]):
+            raise ValueError(f"`widths[{name!r}]` must be in [1, {_out_width(modules[name])}], but got {width!r}.")
+    dg = build_dependency_graph(model, example_input)
+    for name, module in modules.items():
+        if name not in widths:
+            continue
+        current, target = _out_width(module), int(widths[name])
+        if target >= current:
+            continue
+        fn = tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else tp.prune_linear_out_channels
+        dg.get_pruning_group(module, fn, list(range(target, current))).prune()
+    wrong = {name: (_out_width(modules[name]), int(w)) for name, w in widths.items() if _out_width(modules[name]) != int(w)}
+    if wrong:
+        raise ValueError(f"Could not rebuild the channel widths; (got, wanted) per layer: {wrong}.")
+    return model
+
+
+# -- the knob -----------------------------------------------------------------------------
+@register_knob
+class Pruning(Knob):
+    """``prune.ratio``, ``prune.granularity`` (``weight``/``channel``), ``prune.rewind``.
+
+    Args:
+        importance: channel importance strategy (a Torch-Pruning ``Importance``,
+            called with a dependency group); default group L1 magnitude.
+    """
+
+    family = "prune"
+    stage = "compression"
+
+    def __init__(self, *, importance: Callable[..., torch.Tensor] | None = None) -> None:
+        self.importance = importance
+
+    def params(self, model: nn.Module) -> list[Param]:
+        return [
+            Param("prune.ratio", "float", 0.0, low=0.0, high=0.9,
+                  doc="fraction of weights (weight) or of channels per group (channel) removed"),
+            Param("prune.granularity", "categorical", "channel", choices=GRANULARITIES,
+                  doc="weight: unstructured magnitude masks; channel: filters removed physically"),
+            Param("prune.rewind", "bool", False,
+                  doc="lottery-ticket rewinding: reset survivors to their early weights, then retrain"),
+        ]
+
+    def apply(self, model: nn.Module, values: dict[str, Any], ctx: KnobContext) -> nn.Module:
+        ratio = float(values.get("prune.ratio", 0.0))
+        granularity = str(values.get("prune.granularity", "channel"))
+        rewind = values.get("prune.rewind", False)
+        rewind = Param("prune.rewind", "bool", False).coerce(rewind) if isinstance(rewind, str) else bool(rewind)
+        if not 0.0 <= ratio < 1.0:
+            raise SpaceError(f"`prune.ratio` must be in [0, 1), but got {ratio!r}.")
+        if granularity not in GRANULARITIES:
+            raise SpaceError(f"`prune.granularity` must be one of {', '.join(GRANULARITIES)}, but got {granularity!r}.")
+        if ratio == 0.0:
+            ctx.info["prune"] = {"granularity": granularity, "ratio": 0.0, "rewind": rewind, "rewound_to": None}
+            return model
+        if granularity == "weight":
+            return prune_weights(model, ratio, ctx, rewind=rewind)
+        return prune_channels(model, ratio, ctx, importance=self.importance, rewind=rewind)

@@ -1,0 +1,115 @@
+"""The Space: the knobs composed for one model, in pipeline order."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Iterable, Mapping
+
+from torch import nn
+
+from slimtune.spaces.base import STAGES, Knob, Param, SpaceError, close_matches
+from slimtune.spaces.registry import get_knob, knob_families
+
+
+class Space:
+    """The joint compression space of one model.
+
+    Args:
+        knobs: the knob instances (default: every registered knob).
+        model: the baseline model; knobs such as ``dsconv`` and ``exits`` derive their
+            parameters from it.
+        fixed: parameters held at a value (not searched), by full name.
+
+    Example:
+        >>> space = Space.for_model(model, fixed={"prune.granularity": "channel"})
+        >>> values = space.complete({"quant.bits": 8})
+    """
+
+    def __init__(self, knobs: Iterable[Knob], model: nn.Module, fixed: Mapping[str, Any] | None = None) -> None:
+        self.knobs = sorted(knobs, key=lambda k: STAGES.index(k.stage))
+        self._params: dict[str, Param] = {}
+        self._knob_of: dict[str, Knob] = {}
+        for knob in self.knobs:
+            for param in knob.params(model):
+                if param.name in self._params:
+                    raise ValueError(f"Parameter {param.name!r} is defined by two knobs.")
+                self._params[param.name] = param
+                self._knob_of[param.name] = knob
+        self.fixed: dict[str, Any] = self.check(dict(fixed or {}))
+
+    @classmethod
+    def for_model(cls, model: nn.Module, *, families: Iterable[str] | None = None, fixed: Mapping[str, Any] | None = None) -> "Space":
+        names = list(families) if families is not None else knob_families()
+        return cls([get_knob(name)() for name in names], model, fixed)
+
+    # -- the parameters as data -------------------------------------------------
+    @property
+    def params(self) -> list[Param]:
+        """Every parameter, fixed ones included, in pipeline order."""
+        return list(self._params.values())
+
+    @property
+    def searched(self) -> list[Param]:
+        """The parameters a backend samples (not fixed)."""
+        return [p for p in self._params.values() if p.name not in self.fixed]
+
+    def __getitem__(self, name: str) -> Param:
+        self._check_name(name)
+        return self._params[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._params
+
+    def _check_name(self, name: str) -> None:
+        if name in self._params:
+            return
+        family = name.split(".", 1)[0]
+        if family == "dsconv" and not any(p.family == "dsconv" for p in self._params.values()):
+            raise SpaceError(f"`{name}`: the model has no eligible conv for dsconv (a k×k Conv2d with k > 1 and groups = 1).")
+        if family == "exits" and not any(p.family == "exits" for p in self._params.values()):
+            raise SpaceError(
+                f"`{name}`: the model has no exit points (early exits need a model with `blocks` (nn.Sequential) and `head`)."
+            )
+        raise SpaceError(f"Unknown parameter {name!r}." + close_matches(name, list(self._params)))
+
+    def check(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Check names and domains; return the values coerced to their types."""
+        out = {}
+        for name, value in values.items():
+            self._check_name(name)
+            out[name] = self._params[name].coerce(value)
+        return out
+
+    def complete(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Checked values with fixed values and defaults filled in, in pipeline order."""
+        given = self.check(values)
+        for name, value in self.fixed.items():
+            if name in given and given[name] != value:
+                raise SpaceError(f"`{name}` is fixed to {value!r} in this space, but got {given[name]!r}.")
+        merged = {**self.fixed, **given}
+        return {name: merged.get(name, p.default) for name, p in self._params.items()}
+
+    def knob_values(self, knob: Knob, values: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in values.items() if self._knob_of.get(k) is knob}
+
+    def family_of(self, name: str) -> str:
+        return self._params[name].family
+
+    # -- serialisation ------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "params": [
+                {"name": p.name, "kind": p.kind, "default": p.default, **p.domain(), "fixed": p.name in self.fixed,
+                 **({"value": self.fixed[p.name]} if p.name in self.fixed else {}), "doc": p.doc}
+                for p in self._params.values()
+            ],
+        }
+
+    def fingerprint(self) -> str:
+        """A hash of the parameter names, domains and fixed values (to check a resumed
+        study searches the same space)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return f"Space({len(self.searched)} searched, {len(self.fixed)} fixed: {', '.join(self._params)})"

@@ -1,0 +1,29 @@
+"""Shared fixtures: an isolated baseline cache and working directory per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # One baseline cache for the whole test session (each baseline is trained once).
+    os.environ.setdefault("SLIMTUNE_CACHE_DIR", str(tmp_path_factory.mktemp("slimtune-cache")))
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def digits_task():
+    from slimtune.tasks import get_task
+
+    return get_task("digits")
+
+
+@pytest.fixture(scope="session")
+def digits_baseline(digits_task):
+    from slimtune.search.baseline import get_baseline
+
+    return get_baseline(digits_task, seed=0)
