@@ -1,0 +1,312 @@
+"""Parameter quantization: ``quant.bits`` (32, 16, 8, 6, 4, 2) and ``quant.mode``
+(``ptq`` / ``qat``).
+
+The knob works on the torch model: it folds every BatchNorm into the convolution
+before it (eval-mode statistics; the BatchNorm becomes ``nn.Identity`` so the module
+tree keeps its shape), then snaps the weights of every ``Conv``/``Linear`` layer to
+the b-bit grid, per output channel and symmetric::
+
+    scale_c = fp16(max|w_c| / (2^(b-1) - 1))        w_c <- round(w_c / scale_c) * scale_c
+
+(16 bits is fp16 rounding.)  The scale is rounded to fp16 because that is how it is
+stored (see :func:`slimtune.search.measure.model_size_bytes`).  QAT fine-tunes with
+fake-quantized weights (straight-through estimator) before snapping.  Activations are
+quantized later, by the runtime (:mod:`slimtune.search.runtime`), which reproduces
+exactly these b-bit weights in its int8 kernels.
+
+Example:
+    >>> model = fold_batchnorm(resnet8().eval())
+    >>> snap_weights(model, 4)      # weights now take at most 15 values per channel
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+import torch.fx
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils import prune as torch_prune
+
+from slimtune.spaces.base import Knob, KnobContext, Param
+from slimtune.spaces.registry import register_knob
+
+BITS = (32, 16, 8, 6, 4, 2)
+MODES = ("ptq", "qat")
+QAT_LR = 1e-4  # FACTS.md: 1e-3 broke 4-bit QAT
+
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+#: Layers whose weights are quantized (output channels on axis 0).
+QUANTIZABLE = (*_CONV_TYPES, nn.Linear)
+
+
+# -- the b-bit grid ---------------------------------------------------------------
+def qmax(bits: int) -> int:
+    """Largest integer of the symmetric b-bit grid, ``2^(b-1) - 1``."""
+    if not 2 <= bits <= 8:
+        raise ValueError(f"`bits` must be in [2, 8] for an integer grid, but got {bits!r}.")
+    return 2 ** (bits - 1) - 1
+
+
+def channel_scales(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-output-channel symmetric scales ``fp16(max|w_c| / qmax)`` as float32
+    (an all-zero channel gets scale 1)."""
+    amax = weight.detach().abs().reshape(weight.shape[0], -1).amax(dim=1).float()
+    scale = (amax / qmax(bits)).half().float()
+    bad = (scale == 0) | ~torch.isfinite(scale)
+    if bad.any():  # fp16 underflow/overflow: keep the float32 scale there
+        scale = torch.where(bad, amax / qmax(bits), scale)
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return scale
+
+
+def quantize_weight(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The b-bit integers (int8 tensor, in ``[-qmax, qmax]``) and per-channel scales."""
+    scale = channel_scales(weight, bits)
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    q = torch.round(weight.detach().float() / scale.view(shape)).clamp_(-qmax(bits), qmax(bits))
+    return q.to(torch.int8), scale
+
+
+def fake_quantize(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """``weight`` snapped to its b-bit grid (16 = fp16 rounding, 32 = unchanged)."""
+    if bits >= 32:
+        return weight
+    if bits == 16:
+        return weight.half().to(weight.dtype)
+    q, scale = quantize_weight(weight, bits)
+    return (q.float() * scale.view((-1,) + (1,) * (weight.dim() - 1))).to(weight.dtype)
+
+
+def low_bit_flag(bits: int) -> str:
+    """The note every measurement below 8 bits carries (one wording, so that the
+    knob's and the runtime's copies de-duplicate)."""
+    return (f"{bits}-bit weights are stored packed at {bits} bits but execute on int8 kernels "
+            f"with 8-bit activations (no {bits}-bit CPU kernel)")
+
+
+FP16_FLAG = "16-bit weights are fp16-rounded but run on fp32 kernels (no fp16 CPU kernel); size counts 16 bits"
+
+
+def quantizable_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(name, layer)`` for every Conv/Linear layer (ConvTranspose is not included)."""
+    for name, module in model.named_modules():
+        if isinstance(module, QUANTIZABLE):
+            yield name, module
+
+
+@torch.no_grad()
+def snap_weights(model: nn.Module, bits: int) -> int:
+    """Snap every Conv/Linear weight of ``model`` to the b-bit grid in place; returns
+    the number of layers."""
+    count = 0
+    for _, layer in quantizable_layers(model):
+        target = layer.weight_orig if hasattr(layer, "weight_orig") else layer.weight
+        target.copy_(fake_quantize(target, bits))
+        count += 1
+    return count
+
+
+# -- BatchNorm folding ------------------------------------------------------------
+def _traced_pairs(module: nn.Module) -> tuple[list[tuple[str, str]], set[str]] | None:
+    """Conv -> BN pairs found by FX tracing ``module`` and the names of the modules
+    the trace called (None if it cannot be traced)."""
+    try:
+        graph = torch.fx.symbolic_trace(module).graph
+    except Exception:  # noqa: BLE001 - data-dependent control flow, custom ops, ...
+        return None
+    modules = dict(module.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), _BN_TYPES):
+            continue
+        src = node.args[0] if node.args else None
+        if (
+            isinstance(src, torch.fx.Node) and src.op == "call_module"
+            and isinstance(modules.get(src.target), _CONV_TYPES) and len(src.users) == 1
+        ):
+            pairs.append((src.target, node.target))
+    called = {str(node.target) for node in graph.nodes if node.op == "call_module"}
+    return pairs, called
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """Qualified names ``(conv, bn)`` of every BatchNorm that directly follows a
+    convolution whose output nothing else reads.
+
+    The model is traced with torch.fx; where a module cannot be traced (e.g. an
+    early-exit network's data-dependent forward) its children are traced instead, and
+    in an ``nn.Sequential`` adjacent Conv/BN children count as pairs.
+    """
+    found: list[tuple[str, str]] = []
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        traced = _traced_pairs(module)
+        children = list(module.named_children())
+        if traced is not None:
+            pairs, called = traced
+            found.extend((prefix + c, prefix + b) for c, b in pairs)
+            for name, child in children:  # children the traced path never reached
+                if not any(t == name or t.startswith(name + ".") for t in called):
+                    visit(child, f"{prefix}{name}.")
+            return
+        if isinstance(module, nn.Sequential):
+            for (cn, c), (bn_name, b) in zip(children, children[1:]):
+                if isinstance(c, _CONV_TYPES) and isinstance(b, _BN_TYPES):
+                    found.append((prefix + cn, prefix + bn_name))
+        for name, child in children:
+            if not isinstance(child, (*_CONV_TYPES, *_BN_TYPES)):
+                visit(child, f"{prefix}{name}.")
+
+    visit(model, "")
+    modules = dict(model.named_modules())
+    out, seen = [], set()
+    for conv, bn in found:
+        c, b = modules[conv], modules[bn]
+        if bn in seen or b.running_mean is None or c.out_channels != b.num_features:
+            continue
+        seen.add(bn)
+        out.append((conv, bn))
+    return out
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    parent._modules[attr] = new
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold each BatchNorm into the convolution before it (running statistics, i.e.
+    eval-mode semantics), in place; the BatchNorm becomes ``nn.Identity``.
+
+    The conv gains a bias if it had none.  Weights under a ``torch.nn.utils.prune``
+    mask are scaled through ``weight_orig`` so the mask stays in force.  Returns
+    ``model``.
+    """
+    modules = dict(model.named_modules())
+    for conv_name, bn_name in conv_bn_pairs(model):
+        conv, bn = modules[conv_name], modules[bn_name]
+        std = torch.sqrt(bn.running_var + bn.eps)
+        gamma = bn.weight if bn.affine else torch.ones_like(std)
+        beta = bn.bias if bn.affine else torch.zeros_like(std)
+        factor = gamma / std
+        weight = conv.weight_orig if hasattr(conv, "weight_orig") else conv.weight
+        weight.mul_(factor.reshape((-1,) + (1,) * (weight.dim() - 1)))
+        old_bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        new_bias = (old_bias - bn.running_mean) * factor + beta
+        if conv.bias is None:
+            conv.bias = nn.Parameter(new_bias.detach().clone())
+        else:
+            conv.bias.copy_(new_bias)
+        _set_module(model, bn_name, nn.Identity())
+    return model
+
+
+def has_unfolded_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, _BN_TYPES) for m in model.modules())
+
+
+def make_pruning_permanent(model: nn.Module) -> int:
+    """Remove ``torch.nn.utils.prune`` re-parametrisations (zeros stay in the
+    weights); returns the number of layers."""
+    count = 0
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                torch_prune.remove(module, hook._tensor_name)
+                count += 1
+    return count
+
+
+# -- QAT --------------------------------------------------------------------------
+class FakeQuantize(nn.Module):
+    """Weight parametrization: the b-bit snapped weight in the forward pass, the
+    identity in the backward pass (straight-through estimator).  ``mask`` keeps
+    pruned weights at zero."""
+
+    def __init__(self, bits: int, mask: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.bits = bits
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.mask is not None:
+            weight = weight * self.mask
+        return weight + (fake_quantize(weight.detach(), self.bits) - weight).detach()
+
+
+def quantization_aware_finetune(model: nn.Module, bits: int, ctx: KnobContext, *, epochs: int, lr: float) -> None:
+    """Fine-tune ``model`` in place with fake-quantized weights, then leave the
+    snapped weights as plain parameters."""
+    layers = [layer for _, layer in quantizable_layers(model)]
+    for layer in layers:
+        w = layer.weight
+        mask = (w != 0).to(w.dtype) if bool((w == 0).any()) else None
+        parametrize.register_parametrization(layer, "weight", FakeQuantize(bits, mask))
+    try:
+        ctx.finetune(model, epochs=epochs, lr=lr)
+    finally:
+        for layer in layers:
+            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+    model.eval()
+
+
+@register_knob
+class Quantization(Knob):
+    """``quant.bits`` and ``quant.mode``: BatchNorm folding, then b-bit per-channel
+    symmetric weights, post-training or quantization-aware.
+
+    Below 8 bits no CPU kernel exists: the weights are stored packed at b bits and
+    execute on int8 kernels with 8-bit activations (reported in ``ctx.info["flags"]``).
+    """
+
+    family = "quant"
+    stage = "quantization"
+
+    def params(self, model: nn.Module) -> list[Param]:
+        return [
+            Param("quant.bits", "categorical", 32, choices=BITS,
+                  doc="weight bits (per-channel symmetric; 16 = fp16; <8 runs on int8 kernels)"),
+            Param("quant.mode", "categorical", "ptq", choices=MODES,
+                  doc="post-training (ptq) or quantization-aware fine-tuning (qat)"),
+        ]
+
+    def apply(self, model: nn.Module, values: dict[str, Any], ctx: KnobContext) -> nn.Module:
+        bits = int(values.get("quant.bits", 32))
+        mode = str(values.get("quant.mode", "ptq"))
+        if bits not in BITS:
+            raise ValueError(f"`quant.bits` must be one of {', '.join(map(str, BITS))}, but got {bits!r}.")
+        if mode not in MODES:
+            raise ValueError(f"`quant.mode` must be one of {', '.join(MODES)}, but got {mode!r}.")
+        model.eval()
+        made_permanent = make_pruning_permanent(model)
+        pairs = len(conv_bn_pairs(model))
+        fold_batchnorm(model)
+        flags: list[str] = ctx.info.setdefault("flags", [])
+        info: dict[str, Any] = {"bits": bits, "mode": mode, "bn_folded": True, "folded_batchnorms": pairs,
+                                "pruning_made_permanent": made_permanent}
+        if has_unfolded_batchnorm(model):
+            flags.append("some BatchNorm layers could not be folded into a preceding conv")
+        qat_done = False
+        if bits < 32:
+            if mode == "qat" and bits < 16 and ctx.finetune_epochs > 0:
+                lr = float(ctx.info.get("qat_lr", QAT_LR))
+                quantization_aware_finetune(model, bits, ctx, epochs=ctx.finetune_epochs, lr=lr)
+                info.update(qat_epochs=ctx.finetune_epochs, qat_lr=lr)
+                qat_done = True
+            info["quantized_layers"] = snap_weights(model, bits)
+            info["weight_format"] = (
+                "fp16" if bits == 16 else f"int{bits} per-output-channel symmetric, fp16 scales"
+            )
+        if mode == "qat" and not qat_done:
+            info["note"] = "QAT skipped: nothing to train at 16/32 bits" if bits >= 16 else "QAT skipped: no fine-tune epochs"
+        if bits == 16:
+            flags.append(FP16_FLAG)
+        elif bits < 8:
+            flags.append(low_bit_flag(bits))
+        ctx.info["quant"] = info
+        return model.eval()

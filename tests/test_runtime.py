@@ -1,0 +1,267 @@
+"""compile_model: ONNX Runtime (fp32, QDQ int8, exact b-bit weights, early exits as one
+ONNX model with nested If) and torch (eager, FX int8, TorchScript artifacts)."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+from torch import nn
+
+from slimtune.search.runtime import compile_model, exit_segments, optimized_op_types
+from slimtune.spaces.exits import EarlyExitNet, ExitHead
+from slimtune.spaces.quantization import fold_batchnorm, quantize_weight
+from slimtune.tasks.models import resnet8, small_cnn
+
+
+def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float = 5e-3) -> nn.Module:
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    outputs = getattr(model, "forward_all", None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: one thread is fastest (and robust on a busy machine)
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x) - 1, 64):
+            idx = order[i:i + 64]
+            outs = outputs(x[idx]) if outputs else [model(x[idx])]
+            loss = sum(F.cross_entropy(o, y[idx]) for o in outs)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    torch.set_num_threads(threads)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def digits(digits_task):
+    return digits_task.data
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    torch.manual_seed(0)
+    return _train(small_cnn(width=8), digits.x_train, digits.y_train, epochs=5)
+
+
+@pytest.fixture(scope="module")
+def exit_net(digits):
+    """A trained early-exit net with thresholds that split the test samples."""
+    torch.manual_seed(0)
+    base = small_cnn(width=8)
+    net = EarlyExitNet(base.blocks, base.head, {0: ExitHead(8, 10), 1: ExitHead(16, 10)}, {0: 2.0, 1: 2.0})
+    _train(net, digits.x_train, digits.y_train, epochs=3)
+    with torch.no_grad():
+        outs = net.forward_all(digits.x_test)
+    confidence = [F.softmax(o, -1).amax(-1) for o in outs[:2]]
+    net.set_thresholds([float(confidence[0].quantile(0.6)), float(confidence[1].quantile(0.5))])
+    return net
+
+
+def _accuracy(logits: np.ndarray, y: torch.Tensor) -> float:
+    return float((logits.argmax(-1) == y.numpy()).mean())
+
+
+def _weight_dequantizers(model: onnx.ModelProto, graph=None):
+    """(int8 weights, scales) of every DequantizeLinear feeding a Conv/Gemm weight."""
+    graph = graph or model.graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    consumers = {i: n for n in graph.node for i in n.input[1:2]}
+    found = []
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and consumers.get(node.output[0]) is not None \
+                and consumers[node.output[0]].op_type in ("Conv", "Gemm"):
+            found.append((node.input[0], inits[node.input[0]], inits[node.input[1]]))
+    return found
+
+
+# -- ONNX Runtime, static models -----------------------------------------------------
+def test_fp32_onnx_matches_torch(trained, digits):
+    compiled = compile_model(trained, runtime="onnxruntime", bits=32, calibration=digits.x_train[:128])
+    assert compiled.artifact_format == "onnx" and compiled.kernel_bits == 32 and not compiled.has_exits
+    with torch.no_grad():
+        expected = trained(digits.x_test).numpy()
+    np.testing.assert_allclose(compiled.predict(digits.x_test, batch_size=100), expected, atol=1e-4, rtol=1e-4)
+    assert compiled.run_one(digits.x_test[:1]).__len__() == 2  # (logits, None)
+
+
+def test_int8_onnx_has_quantized_convs_and_stays_accurate(trained, digits):
+    fp32 = compile_model(trained, bits=32, calibration=digits.x_train[:256])
+    int8 = compile_model(trained, bits=8, calibration=digits.x_train[:256])
+    model = onnx.load_from_string(int8.artifact)
+    onnx.checker.check_model(model)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    weights = _weight_dequantizers(model)
+    assert len(weights) == 4 and all(q.dtype == np.int8 for _, q, _ in weights)
+    optimized = optimized_op_types(int8.artifact)  # what ORT really runs
+    assert optimized.get("QLinearConv", 0) == 3 and optimized.get("Conv", 0) == 0
+    assert int8.kernel_bits == 8 and int8.info["optimized_ops"] == optimized
+    acc32 = _accuracy(fp32.predict(digits.x_test), digits.y_test)
+    acc8 = _accuracy(int8.predict(digits.x_test), digits.y_test)
+    assert acc32 > 0.85
+    assert abs(acc8 - acc32) <= 0.03
+
+
+def test_two_bit_ptq_is_clearly_worse(trained, digits):
+    calib = digits.x_train[:256]
+    acc = {b: _accuracy(compile_model(trained, bits=b, calibration=calib).predict(digits.x_test), digits.y_test)
+           for b in (8, 2)}
+    assert acc[2] < acc[8] - 0.15, acc
+
+
+@pytest.mark.parametrize("bits", [8, 6, 4, 2])
+def test_b_bit_weights_in_the_onnx_graph(trained, digits, bits):
+    compiled = compile_model(trained, bits=bits, calibration=digits.x_train[:64])
+    folded = fold_batchnorm(copy.deepcopy(trained))
+    torch_weights = {n + ".weight": m.weight for n, m in folded.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    limit = 2 ** (bits - 1) - 1
+    weights = _weight_dequantizers(onnx.load_from_string(compiled.artifact))
+    assert len(weights) == len(torch_weights)
+    for name, q, scale in weights:
+        assert q.dtype == np.int8 and np.abs(q).max() <= limit
+        for c in range(q.shape[0]):
+            assert len(np.unique(q[c])) <= 2 ** bits - 1
+        expected_q, expected_scale = quantize_weight(torch_weights[name.removesuffix("_quantized")], bits)
+        np.testing.assert_array_equal(q, expected_q.numpy())  # exactly the knob's grid
+        np.testing.assert_array_equal(scale, expected_scale.numpy())
+    if bits < 8:
+        assert any(f"{bits}-bit" in f and "int8 kernels" in f for f in compiled.flags)
+
+
+def test_sixteen_bits_runs_fp32_with_fp16_weights(trained, digits):
+    compiled = compile_model(trained, bits=16, calibration=digits.x_train[:64])
+    assert compiled.kernel_bits == 32 and any("fp16" in f for f in compiled.flags)
+    inits = [numpy_helper.to_array(t) for t in onnx.load_from_string(compiled.artifact).graph.initializer]
+    conv_weights = [w for w in inits if w.ndim == 4]
+    assert conv_weights and all(np.array_equal(w, w.astype(np.float16).astype(np.float32)) for w in conv_weights)
+
+
+def test_resnet8_int8_onnx(digits):
+    torch.manual_seed(0)
+    model = resnet8(width=8).eval()
+    compiled = compile_model(model, bits=8, calibration=digits.x_train[:64])
+    ops = optimized_op_types(compiled.artifact)
+    assert ops.get("QLinearConv", 0) == 9 and ops.get("Conv", 0) == 0  # stem, 3x2 block convs, 2 shortcuts
+    assert compiled.predict(digits.x_test[:5]).shape == (5, 10)
+
+
+def test_rejects_bad_arguments(trained, digits):
+    with pytest.raises(ValueError, match="runtime"):
+        compile_model(trained, runtime="tvm", bits=8, calibration=digits.x_train[:8])
+    with pytest.raises(ValueError, match="bits"):
+        compile_model(trained, bits=3, calibration=digits.x_train[:8])
+
+
+# -- torch ----------------------------------------------------------------------------
+def test_torch_fp32_and_torchscript_artifact(trained, digits):
+    compiled = compile_model(trained, runtime="torch", bits=32, calibration=digits.x_train[:64])
+    assert compiled.artifact_format == "torchscript" and compiled.kernel_bits == 32
+    with torch.no_grad():
+        expected = trained(digits.x_test[:20])
+    np.testing.assert_allclose(compiled.predict(digits.x_test[:20]), expected.numpy(), atol=1e-5, rtol=1e-5)
+    loaded = torch.jit.load(io.BytesIO(compiled.artifact))
+    torch.testing.assert_close(loaded(digits.x_test[:20]), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_torch_fx_int8_with_exact_b_bit_weights(trained, digits, bits):
+    compiled = compile_model(trained, runtime="torch", bits=bits, calibration=digits.x_train[:256])
+    assert compiled.kernel_bits == 8 and compiled.info["int8_layers"] == 4
+    folded = fold_batchnorm(copy.deepcopy(trained))
+    floats = dict(folded.named_modules())
+    checked = 0
+    for name, layer in compiled.module.named_modules():
+        if hasattr(layer, "set_weight_bias") and name in floats:
+            q = layer.weight().int_repr()
+            expected_q, expected_scale = quantize_weight(floats[name].weight, bits)
+            assert torch.equal(q, expected_q)
+            torch.testing.assert_close(layer.weight().q_per_channel_scales().float(), expected_scale)
+            assert all(len(torch.unique(q[c])) <= 2 ** bits - 1 for c in range(q.shape[0]))
+            checked += 1
+    assert checked == 4
+    acc = _accuracy(compiled.predict(digits.x_test), digits.y_test)
+    with torch.no_grad():
+        acc32 = _accuracy(trained(digits.x_test).numpy(), digits.y_test)
+    assert abs(acc - acc32) <= 0.05
+    loaded = torch.jit.load(io.BytesIO(compiled.artifact))
+    np.testing.assert_allclose(loaded(digits.x_test[:10]).numpy(), compiled.predict(digits.x_test[:10]), atol=1e-5)
+
+
+# -- early exits ---------------------------------------------------------------------
+def test_exit_segments_normalised(exit_net):
+    segments = exit_segments(exit_net)
+    assert len(segments) == 3 and segments[-1][1] is None and segments[0][2] == exit_net.thresholds[0]
+    assert exit_segments(small_cnn(width=8)) is None
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
+def test_early_exit_fp32_matches_torch_per_sample(exit_net, digits, runtime):
+    x = digits.x_test
+    with torch.no_grad():
+        expected, where = exit_net.predict_with_exits(x)
+    assert len(set(where.tolist())) == 3  # the thresholds split the samples over all exits
+    compiled = compile_model(exit_net, runtime=runtime, bits=32, calibration=digits.x_train[:64])
+    assert compiled.num_exits == 2
+    logits, exits = compiled.predict_with_exits(x)
+    np.testing.assert_array_equal(exits, where.numpy())
+    np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_early_exit_is_one_onnx_model_with_nested_if(exit_net, digits):
+    compiled = compile_model(exit_net, bits=32, calibration=digits.x_train[:64])
+    model = onnx.load_from_string(compiled.artifact)
+    onnx.checker.check_model(model, full_check=True)
+    assert [o.name for o in model.graph.output] == ["logits", "exit_index"]
+    outer_if = [n for n in model.graph.node if n.op_type == "If"]
+    assert len(outer_if) == 1
+    else_branch = next(a.g for a in outer_if[0].attribute if a.name == "else_branch")
+    assert [n.op_type for n in else_branch.node].count("If") == 1  # nested
+    # batch > 1: the batch exits only when every sample is confident
+    for x in (digits.x_test[:32], _confident_batch(exit_net, digits.x_test, exit_position=0)):
+        logits, index = compiled.run_one(x)
+        with torch.no_grad():
+            outputs = exit_net.forward_all(x)
+        confident = [bool(F.softmax(o, -1).amax(-1).min() >= t) for o, t in zip(outputs, exit_net.thresholds)]
+        expected = confident.index(True) if True in confident else 2
+        assert logits.shape == (len(x), 10) and int(index[0]) == expected
+        np.testing.assert_allclose(logits, outputs[expected].numpy(), atol=1e-4, rtol=1e-4)
+    assert int(compiled.run_one(_confident_batch(exit_net, digits.x_test, 0))[1][0]) == 0
+
+
+def _confident_batch(net: EarlyExitNet, x: torch.Tensor, exit_position: int) -> torch.Tensor:
+    with torch.no_grad():
+        _, where = net.predict_with_exits(x)
+    return x[where == exit_position][:8]
+
+
+def test_early_exit_int8_runs_quantized_kernels_in_subgraphs(exit_net, digits):
+    compiled = compile_model(exit_net, bits=8, calibration=digits.x_train[:256])
+    ops = compiled.info["optimized_ops"]
+    assert ops.get("QLinearConv", 0) == 3 and ops.get("Conv", 0) == 0 and ops.get("If", 0) == 2
+    assert compiled.kernel_bits == 8
+    logits, exits = compiled.predict_with_exits(digits.x_test)
+    with torch.no_grad():
+        expected, where = exit_net.predict_with_exits(digits.x_test)
+    acc8, acc32 = _accuracy(logits, digits.y_test), _accuracy(expected.numpy(), digits.y_test)
+    assert abs(acc8 - acc32) <= 0.05
+    assert (exits == where.numpy()).mean() > 0.8  # near-threshold samples may switch exits
+
+
+def test_early_exit_torch_artifact_is_scripted(exit_net, digits):
+    compiled = compile_model(exit_net, runtime="torch", bits=8, calibration=digits.x_train[:128])
+    assert compiled.kernel_bits == 8
+    loaded = torch.jit.load(io.BytesIO(compiled.artifact))
+    for i in range(5):
+        x = digits.x_test[i:i + 1]
+        logits, index = loaded(x)
+        ref_logits, ref_index = compiled.run_one(x)
+        np.testing.assert_allclose(logits.numpy(), ref_logits, atol=1e-5)
+        assert int(index[0]) == int(ref_index[0])
