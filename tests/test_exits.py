@@ -51,7 +51,7 @@ def test_structure_and_state_dict() -> None:
     reference, net = _net()
     assert net.exit_points == [0, 1]
     assert isinstance(net.exits["0"], ExitHead)
-    assert net.exits["0"].classifier.in_features == 8 and net.exits["1"].classifier.in_features == 16
+    assert net.exits["0"].classifier.in_features == 8 * 4 and net.exits["1"].classifier.in_features == 16 * 4  # 2x2 pooling grid
     assert net.exits["1"].classifier.out_features == 10
     missing, unexpected = net.load_state_dict(reference.state_dict(), strict=False)
     assert unexpected == [] and all(k.startswith("exits.") for k in missing)

@@ -62,7 +62,7 @@ def test_exit_macs_are_weighted_per_exit() -> None:
     trunk = [sum(v for k, v in per_layer.items() if k.startswith(f"blocks.{i}.")) for i in range(3)]
     final_head = per_layer["head.2"]
     exit_head = [per_layer["exits.0.2"], per_layer["exits.1.2"]]
-    assert exit_head == [8 * 10, 16 * 10]
+    assert exit_head == [8 * 4 * 10, 16 * 4 * 10]  # 2x2 pooling grid feeds the exit Linear
     # the path to each exit: trunk so far + every exit head evaluated on the way
     path = [
         trunk[0] + exit_head[0],

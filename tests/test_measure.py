@@ -116,7 +116,7 @@ def test_weight_pruned_layers_use_the_smaller_sparse_format():
 def test_size_counts_exit_heads_once():
     base = small_cnn(width=8)
     net = EarlyExitNet(base.blocks, base.head, {0: ExitHead(8, 10)}, {0: 0.5})
-    assert model_size_bytes(net, 8) == model_size_bytes(base, 8) + (8 * 10 + 10 * 6)
+    assert model_size_bytes(net, 8) == model_size_bytes(base, 8) + (8 * 4 * 10 + 10 * 6)  # 2x2 pooled features
 
 
 # -- the measurement ------------------------------------------------------------------

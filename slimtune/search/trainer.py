@@ -21,6 +21,7 @@ class TrainConfig:
     alpha: float = 0.0
     weight_decay: float = 1e-4
     seed: int = 0
+    head_lr_scale: float = 10.0  # freshly attached exit heads learn faster than the trained trunk
 
 
 #: ``callback(epoch, model) -> reason or None``: return a string to stop training.
@@ -51,8 +52,12 @@ def train(
     if config.epochs <= 0:
         return 0, None
     generator = torch.Generator().manual_seed(config.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    heads = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("exits.")]
+    trunk = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("exits.")]
+    groups = [{"params": trunk, "lr": config.lr}]
+    if heads:
+        groups.append({"params": heads, "lr": config.lr * config.head_lr_scale})
+    optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, (len(x) + config.batch_size - 1) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
     alpha = config.alpha if teacher_logits is not None else 0.0

@@ -26,10 +26,15 @@ __all__ = ["EarlyExitNet", "EarlyExits", "ExitHead", "exit_points"]
 
 
 class ExitHead(nn.Sequential):
-    """``AdaptiveAvgPool2d(1) -> Flatten -> Linear(in_channels, num_classes)``."""
+    """``AdaptiveAvgPool2d(pool) -> Flatten -> Linear(in_channels * pool², num_classes)``.
 
-    def __init__(self, in_channels: int, num_classes: int) -> None:
-        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, num_classes))
+    A 2×2 pooling grid keeps coarse spatial layout, which early (low-level) features
+    need to classify at all: on digits, the exit after the first block reached about
+    25% validation accuracy with global pooling and clearly more with 2×2.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, pool: int = 2) -> None:
+        super().__init__(nn.AdaptiveAvgPool2d(pool), nn.Flatten(), nn.Linear(in_channels * pool * pool, num_classes))
 
     @property
     def classifier(self) -> nn.Linear:
