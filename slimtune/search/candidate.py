@@ -38,7 +38,7 @@ class EvalSettings:
     threads: int = 1
     batch_size: int = 1
     epochs: int | None = None  # distillation epochs; None = the task's finetune_epochs
-    finetune_epochs: int = 1  # after pruning, and for QAT
+    finetune_epochs: int | None = None  # after pruning, and for QAT; None = the task's recovery_epochs
     lr_scale: float = 0.5  # candidate lr = task.lr * lr_scale
     qat_lr: float = 1e-4
     seed: int = 0
@@ -114,13 +114,15 @@ class Evaluator:
     def _context(self, values: dict[str, Any]) -> KnobContext:
         data = self.task.data
 
+        recovery = self.task.recovery_epochs if self.settings.finetune_epochs is None else self.settings.finetune_epochs
+
         def finetune(model: nn.Module, epochs: int | None = None, lr: float | None = None) -> None:
-            n = self.settings.finetune_epochs if epochs is None else epochs
+            n = recovery if epochs is None else epochs
             train(model, data.x_train, data.y_train, self._train_config(values, n, lr),
                   teacher_logits=self.baseline.teacher_logits)
 
         return KnobContext(example_input=self.example_input, calibration=self.calibration, finetune=finetune,
-                           finetune_epochs=self.settings.finetune_epochs, seed=self.settings.seed,
+                           finetune_epochs=recovery, seed=self.settings.seed,
                            info={"num_classes": self.task.num_classes, "flags": [], "qat_lr": self.settings.qat_lr})
 
     def _apply_stage(self, stage: str, model: nn.Module, values: dict[str, Any], ctx: KnobContext) -> nn.Module:

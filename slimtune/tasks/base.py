@@ -53,6 +53,7 @@ class Task:
         num_classes: number of output logits.
         epochs: baseline training epochs.
         finetune_epochs: default distillation epochs for a candidate.
+        recovery_epochs: default fine-tune epochs after pruning and for QAT.
         lr, batch_size: training settings.
         notes: what a user should know when reading results (e.g. a training subset).
     """
@@ -63,6 +64,7 @@ class Task:
     num_classes: int
     epochs: int = 10
     finetune_epochs: int = 3
+    recovery_epochs: int = 1
     lr: float = 2e-3
     batch_size: int = 64
     notes: str = ""

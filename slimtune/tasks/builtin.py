@@ -36,7 +36,7 @@ def digits() -> Task:
     data = TaskData(x[tr], y[tr], x[va], y[va], x[te], y[te])
     return Task(
         name="digits", build_model=lambda: small_cnn(10), data=data, num_classes=10,
-        epochs=15, finetune_epochs=4, lr=3e-3, batch_size=64,
+        epochs=15, finetune_epochs=4, recovery_epochs=3, lr=3e-3, batch_size=64,
         notes="sklearn digits, fixed split 60/20/20 (seed 0)",
     )
 
