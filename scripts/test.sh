@@ -18,5 +18,5 @@ fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 # torch==2.13.0 is the CPU build; the project itself only asks for torch>=2.4.
-.venv/bin/pip install -q torch==2.13.0 -e ".[dev]"
+.venv/bin/pip install -q torch==2.13.0 -e ".[dev,nni]"
 .venv/bin/python -m pytest -q "$@"

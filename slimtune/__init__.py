@@ -32,3 +32,17 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext slimtune``: registers the ``%slimtune`` magic (see slimtune.widgets.magics)."""
+    from slimtune.widgets.magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext slimtune``."""
+    from slimtune.widgets.magics import unload_ipython_extension as unload
+
+    unload(ipython)

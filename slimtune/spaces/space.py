@@ -106,6 +106,18 @@ class Space:
             ],
         }
 
+    def to_nni(self) -> dict[str, dict[str, Any]]:
+        """This space in NNI's search-space format (searched parameters only)."""
+        from slimtune.spaces.nni_format import to_nni
+
+        return to_nni(self)
+
+    def from_nni(self, proposal: Mapping[str, Any]) -> dict[str, Any]:
+        """Values proposed by an NNI tuner, back in this space's names and types."""
+        from slimtune.spaces.nni_format import from_nni
+
+        return from_nni(self, proposal)
+
     def fingerprint(self) -> str:
         """A hash of the parameter names, domains and fixed values (to check a resumed
         study searches the same space)."""

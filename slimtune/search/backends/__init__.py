@@ -1,0 +1,27 @@
+"""Search backends behind one interface: propose -> evaluate -> record."""
+
+from slimtune.search.backends.base import (
+    Backend,
+    BackendError,
+    Proposal,
+    backend_names,
+    distribution_of,
+    get_backend,
+    register_backend,
+)
+from slimtune.search.backends import optuna_backend as _optuna_backend  # noqa: F401,E402  (registers "optuna")
+from slimtune.search.backends.optuna_backend import DEFAULT_SAMPLER, SAMPLERS, OptunaBackend, make_sampler  # noqa: E402
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "DEFAULT_SAMPLER",
+    "OptunaBackend",
+    "Proposal",
+    "SAMPLERS",
+    "backend_names",
+    "distribution_of",
+    "get_backend",
+    "make_sampler",
+    "register_backend",
+]

@@ -1,0 +1,160 @@
+"""The search-backend interface: propose -> (evaluate) -> observe.
+
+A backend proposes parameter values for the joint space and records each proposal as
+an ordinary trial of the study's Optuna study (so every trial, whoever proposed it,
+lives in one place and opens in optuna-dashboard).  The runner evaluates the values,
+tells Optuna the outcome, writes slimtune's tables, and hands the outcome back to
+the backend (:meth:`Backend.observe`) for tuners that keep their own state (NNI).
+
+Backends read the space's parameters as data (:class:`~slimtune.spaces.Param`); knobs
+never call ``suggest``.
+
+Writing a backend (e.g. NNI)::
+
+    @register_backend
+    class NNIBackend(Backend):
+        name = "nni"
+
+        def propose(self, study):
+            values = self.tuner.generate_parameters(...)
+            trial = self.ask_with_values(study, values)   # an Optuna trial holding them
+            return Proposal(trial, values, tuner="nni:TpeTuner")
+
+        def observe(self, proposal, state, values):
+            self.tuner.receive_trial_result(...)
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+from slimtune.spaces.base import Param, close_matches
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+    from slimtune.spaces.space import Space
+
+
+class BackendError(ValueError):
+    """Bad input about a backend: unknown name, missing optional dependency, bad option."""
+
+
+@dataclass
+class Proposal:
+    """One set of searched values, held by a RUNNING Optuna trial."""
+
+    trial: "optuna.trial.Trial"
+    values: dict[str, Any]
+    tuner: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+
+def distribution_of(param: Param) -> "optuna.distributions.BaseDistribution":
+    """The Optuna distribution of a parameter (``bool`` -> categorical ``[False, True]``)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if param.kind == "float":
+        return FloatDistribution(float(param.low), float(param.high), log=param.log)
+    if param.kind == "int":
+        return IntDistribution(int(param.low), int(param.high), log=param.log)
+    if param.kind == "bool":
+        return CategoricalDistribution([False, True])
+    return CategoricalDistribution(list(param.choices))
+
+
+class Backend(ABC):
+    """Proposes values for a space's searched parameters.
+
+    Args:
+        space: the study's joint space (``space.searched`` are the parameters to propose).
+        seed: makes the proposals reproducible (``None``: random).
+        options: backend-specific options (e.g. ``sampler`` for Optuna, ``tuner`` for NNI).
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, space: "Space", *, seed: int | None = None, **options: Any) -> None:
+        self.space = space
+        self.seed = seed
+        self.options = options
+
+    def distributions(self) -> dict[str, "optuna.distributions.BaseDistribution"]:
+        """Optuna distributions of the searched parameters, in pipeline order."""
+        return {p.name: distribution_of(p) for p in self.space.searched}
+
+    def optuna_sampler(self) -> "optuna.samplers.BaseSampler | None":
+        """The sampler the Optuna study is loaded with (``None``: Optuna's default is
+        irrelevant because this backend fixes every value itself)."""
+        return None
+
+    @property
+    def tuner(self) -> str:
+        """What proposes the values (stored per trial)."""
+        return self.name
+
+    @abstractmethod
+    def propose(self, study: "optuna.Study") -> Proposal:
+        """Create a RUNNING trial in ``study`` holding the next values to evaluate."""
+
+    def observe(self, proposal: Proposal, state: str, values: Sequence[float] | None) -> None:
+        """The outcome of a proposal: ``state`` is COMPLETE, PRUNED or FAIL and ``values``
+        the objective values (COMPLETE only), in the study's objective order."""
+
+    def close(self) -> None:
+        """Release resources (tuner processes, files)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "tuner": self.tuner, "seed": self.seed}
+
+    # -- for backends whose tuner lives outside Optuna ---------------------------
+    def ask_with_values(self, study: "optuna.Study", values: dict[str, Any]) -> "optuna.trial.Trial":
+        """A RUNNING trial of ``study`` holding exactly ``values`` (with the space's
+        distributions), through Optuna's public enqueue + ask."""
+        checked = self.space.check(values)
+        study.enqueue_trial(checked)
+        trial = study.ask(fixed_distributions=self.distributions())
+        if any(trial.params.get(k) != v for k, v in checked.items()):
+            # another worker of the same study took our enqueued values first (and we
+            # took theirs): say so rather than record values under the wrong tuner.
+            raise RuntimeError(f"Trial {trial.number} holds {trial.params}, not the enqueued {checked}.")
+        return trial
+
+
+_BACKENDS: dict[str, type[Backend]] = {}
+#: Backends imported on first use (their dependencies are optional).
+_LAZY: dict[str, str] = {"nni": "slimtune.search.backends.nni_backend"}
+_INSTALL_HINT: dict[str, str] = {"nni": "install slimtune[nni] (pip install 'slimtune[nni]')"}
+
+
+def register_backend(cls: type[Backend]) -> type[Backend]:
+    """Class decorator: make a backend available by its ``name``."""
+    _BACKENDS[cls.name] = cls
+    return cls
+
+
+def backend_names() -> list[str]:
+    return sorted(set(_BACKENDS) | set(_LAZY))
+
+
+def get_backend(name: str) -> type[Backend]:
+    """The backend class called ``name`` (``optuna``, ``nni``)."""
+    if name not in _BACKENDS and name in _LAZY:
+        try:
+            importlib.import_module(_LAZY[name])
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.split(".")[0] == name:
+                raise BackendError(f"The {name!r} backend needs {exc.name!r}: {_INSTALL_HINT.get(name, 'install it')}.") from None
+            if exc.name == _LAZY[name]:
+                raise BackendError(f"The {name!r} backend is not available in this slimtune version.") from None
+            raise
+    if name not in _BACKENDS:
+        raise BackendError(f"Unknown backend {name!r}." + close_matches(name, backend_names()))
+    return _BACKENDS[name]

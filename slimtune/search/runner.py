@@ -1,0 +1,338 @@
+"""The trial loop: propose -> evaluate -> record, whatever backend proposes.
+
+For each trial the runner
+
+1. asks the backend for a proposal (a RUNNING Optuna trial holding the values),
+2. evaluates the values (:class:`~slimtune.search.candidate.Evaluator`), with the
+   frontier early-stopping rule when it is on,
+3. sets the constraints (``Trial.set_constraint``: ``<= 0`` is feasible) and user
+   attributes on the Optuna trial,
+4. hands the outcome to the recorder (the study database), then tells Optuna
+   (COMPLETE with the objective values, PRUNED when stopped early, FAIL on error),
+5. tells the backend (:meth:`Backend.observe`) and calls the per-trial callbacks.
+
+The loop ends after ``n_trials``, when ``timeout`` seconds have passed, or when
+``stop_event`` is set; it always ends *between* trials, so stopping loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import threading
+import time
+import traceback
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence
+
+from slimtune.search.backends.base import Backend, Proposal
+from slimtune.search.candidate import CandidateResult, Evaluator
+from slimtune.search.early_stopping import FrontierEarlyStopping, FrontierPoint
+from slimtune.search.measurement import Measurement
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+logger = logging.getLogger(__name__)
+
+TrialCallback = Callable[[dict], Any]
+
+#: The direction of every objective a study may use.
+DIRECTIONS: dict[str, str] = {"accuracy": "maximize", "latency_ms": "minimize", "size_bytes": "minimize", "macs": "minimize"}
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Hard limits, passed to Optuna's samplers with ``Trial.set_constraint``.
+
+    Args:
+        max_latency_ms: measured latency at most this.
+        max_size_kb: size at most this many KiB (1 KiB = 1024 bytes).
+        max_accuracy_drop: accuracy at least the baseline's minus this (absolute,
+            e.g. ``0.01`` = one point).
+    """
+
+    max_latency_ms: float | None = None
+    max_size_kb: float | None = None
+    max_accuracy_drop: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_latency_ms", "max_size_kb"):
+            value = getattr(self, name)
+            if value is not None and not (float(value) > 0):
+                raise ValueError(f"`{name}` must be positive, but got {value!r}.")
+        if self.max_accuracy_drop is not None and not (0 <= float(self.max_accuracy_drop) <= 1):
+            raise ValueError(f"`max_accuracy_drop` must be in [0, 1], but got {self.max_accuracy_drop!r}.")
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in asdict(self).values())
+
+    def values(self, measurement: Measurement, baseline_accuracy: float) -> dict[str, float]:
+        """Constraint values (feasible when ``<= 0``) by name."""
+        out: dict[str, float] = {}
+        if self.max_latency_ms is not None:
+            out["latency_ms"] = measurement.latency_ms - float(self.max_latency_ms)
+        if self.max_size_kb is not None:
+            out["size_kb"] = measurement.size_bytes / 1024.0 - float(self.max_size_kb)
+        if self.max_accuracy_drop is not None:
+            out["accuracy_drop"] = (baseline_accuracy - measurement.accuracy) - float(self.max_accuracy_drop)
+        return out
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "Constraints":
+        return cls(**{k: (None if v is None else float(v)) for k, v in (data or {}).items()})
+
+
+@dataclass
+class TrialOutcome:
+    """What happened to one proposal (handed to the recorder)."""
+
+    proposal: Proposal
+    state: str  # COMPLETE, PRUNED or FAIL
+    values: list[float] | None
+    result: CandidateResult | None
+    constraints: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    backend: str = ""
+    early_stopping: bool = False
+    worker: str = ""
+
+    @property
+    def number(self) -> int:
+        return self.proposal.number
+
+    @property
+    def feasible(self) -> bool:
+        return all(v <= 0 for v in self.constraints.values())
+
+
+class Recorder(Protocol):
+    """Where outcomes go (the study database implements it)."""
+
+    def frontier_points(self, cost_objectives: Sequence[str]) -> list[FrontierPoint]:
+        """Validation accuracy and costs of the complete trials so far (all workers)."""
+
+    def record(self, outcome: TrialOutcome) -> dict:
+        """Store the outcome; return its trial row."""
+
+
+def objective_values(measurement: Measurement, objectives: Sequence[str]) -> list[float]:
+    return [float(getattr(measurement, name)) for name in objectives]
+
+
+def user_attrs(outcome: TrialOutcome, fixed: Mapping[str, Any]) -> dict[str, Any]:
+    """Small JSON attributes on the Optuna trial, so plain Optuna users and
+    optuna-dashboard see what slimtune saw (the full record lives in slimtune's tables)."""
+    attrs: dict[str, Any] = {"backend": outcome.backend, "tuner": outcome.proposal.tuner,
+                             "fixed_params": dict(fixed), "early_stopping": outcome.early_stopping}
+    result = outcome.result
+    if result is not None:
+        if result.val_accuracy is not None:
+            attrs["val_accuracy"] = float(result.val_accuracy)
+        if result.pre is not None:
+            attrs["pre_latency_ms"] = float(result.pre.latency_ms)
+        if result.stopped:
+            attrs["stopped_reason"] = result.stopped
+        m = result.measurement
+        if m is not None:
+            attrs.update(accuracy=m.accuracy, latency_ms=m.latency_ms, latency_p95_ms=m.latency_p95_ms,
+                         size_bytes=int(m.size_bytes), macs=int(m.macs), kernel_bits=m.kernel_bits, runtime=m.runtime,
+                         fingerprint_id=m.fingerprint_id, flags=list(m.flags),
+                         exit_rates=list(m.exit_rates) if m.exit_rates is not None else None)
+        attrs["train_seconds"] = round(result.train_seconds, 4)
+    if outcome.error:
+        attrs["error"] = outcome.error[-1500:]
+    return attrs
+
+
+@contextmanager
+def heartbeat(trial: "optuna.trial.Trial") -> Iterator[None]:
+    """Record Optuna heartbeats for ``trial`` while it runs (RDBStorage with a
+    ``heartbeat_interval``), so a trial of a crashed worker is failed by the others."""
+    storage = trial.storage
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if not interval:
+        yield
+        return
+    stop = threading.Event()
+    trial_id = trial._trial_id  # noqa: SLF001 - Optuna's own heartbeat thread uses the same id
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception:  # noqa: BLE001 - a missed beat is not fatal
+                logger.debug("heartbeat failed", exc_info=True)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"slimtune-heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def fail_stale_trials(study: "optuna.Study") -> None:
+    """Mark RUNNING trials of dead workers (no heartbeat) as FAIL."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+class TrialRunner:
+    """Runs trials of one study with one backend and one evaluator.
+
+    Args:
+        study: the Optuna study (loaded with ``backend.optuna_sampler()``).
+        backend: proposes values.
+        evaluator: builds, trains and measures candidates.
+        objectives: objective names in the Optuna study's order.
+        recorder: stores outcomes (the study database).
+        constraints: hard limits for the samplers.
+        baseline_accuracy: for ``max_accuracy_drop``.
+        early_stopping: the rule, or ``None`` for none.
+        epochs: distillation epochs per candidate (the rule's horizon).
+        fixed: fixed parameter values (recorded with each trial).
+    """
+
+    def __init__(self, *, study: "optuna.Study", backend: Backend, evaluator: Evaluator, objectives: Sequence[str],
+                 recorder: Recorder, constraints: Constraints | None = None, baseline_accuracy: float = float("nan"),
+                 early_stopping: FrontierEarlyStopping | None = None, epochs: int = 1,
+                 fixed: Mapping[str, Any] | None = None) -> None:
+        self.study = study
+        self.backend = backend
+        self.evaluator = evaluator
+        self.objectives = tuple(objectives)
+        self.costs = tuple(o for o in self.objectives if o != "accuracy")
+        self.recorder = recorder
+        self.constraints = constraints or Constraints()
+        self.baseline_accuracy = baseline_accuracy
+        self.early_stopping = early_stopping
+        self.epochs = epochs
+        self.fixed = dict(fixed or {})
+        self.worker = socket.gethostname()
+
+    def _should_stop(self):
+        if self.early_stopping is None:
+            return None
+        points = self.recorder.frontier_points(self.costs)
+        if not points:
+            return None  # nothing to compare with: do not spend time pre-measuring
+        return self.early_stopping.should_stop_fn(points, self.costs, self.epochs)
+
+    def run_one(self, *, catch: tuple[type[BaseException], ...] = (Exception,)) -> dict:
+        """Propose, evaluate and record one trial; return its row."""
+        from optuna.trial import TrialState
+
+        fail_stale_trials(self.study)
+        should_stop = self._should_stop()
+        with warnings.catch_warnings():
+            # Optuna warns that heartbeats are meant for Study.optimize: this loop beats itself
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            proposal = self.backend.propose(self.study)
+        outcome = TrialOutcome(proposal, "FAIL", None, None, backend=self.backend.name,
+                               early_stopping=self.early_stopping is not None, worker=self.worker)
+        interrupted: BaseException | None = None
+        try:
+            with heartbeat(proposal.trial):
+                result = self.evaluator.evaluate({**proposal.values}, should_stop=should_stop)
+            outcome.result = result
+            if result.stopped:
+                outcome.state = "PRUNED"
+            else:
+                m = result.measurement
+                outcome.values = objective_values(m, self.objectives)
+                if any(math.isnan(v) for v in outcome.values):
+                    raise ValueError(f"objective values {outcome.values} contain NaN")
+                outcome.constraints = self.constraints.values(m, self.baseline_accuracy)
+                outcome.state = "COMPLETE"
+        except catch as exc:
+            outcome.state, outcome.values = "FAIL", None
+            outcome.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            logger.warning("Trial %d failed: %s\n%s", proposal.number, outcome.error, traceback.format_exc())
+        except BaseException as exc:  # KeyboardInterrupt: record, then re-raise
+            outcome.state, outcome.values = "FAIL", None
+            outcome.error = f"interrupted ({type(exc).__name__})"
+            interrupted = exc
+
+        trial = proposal.trial
+        for key, value in outcome.constraints.items():
+            trial.set_constraint(key, value)
+        for key, value in user_attrs(outcome, self.fixed).items():
+            trial.set_user_attr(key, value)
+        row = self.recorder.record(outcome)  # details first: a COMPLETE Optuna trial always has them
+        state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAIL}[outcome.state]
+        self.study.tell(trial, outcome.values if outcome.state == "COMPLETE" else None, state=state)
+        if interrupted is not None:
+            raise interrupted
+        self.backend.observe(proposal, outcome.state, outcome.values)
+        return row
+
+    def run(self, *, n_trials: int | None = None, timeout: float | None = None,
+            stop_event: threading.Event | None = None, callbacks: Sequence[TrialCallback] = (),
+            progress: bool = False, catch: tuple[type[BaseException], ...] = (Exception,)) -> list[dict]:
+        """Run trials until ``n_trials`` are done, ``timeout`` seconds have passed, or
+        ``stop_event`` is set (checked between trials).  Returns the new trial rows."""
+        if n_trials is not None and n_trials < 0:
+            raise ValueError(f"`n_trials` must be >= 0, but got {n_trials!r}.")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"`timeout` must be positive, but got {timeout!r}.")
+        if n_trials is None and timeout is None and stop_event is None:
+            raise ValueError("Give `n_trials`, `timeout` or `stop_event`, or the search never ends.")
+        started = time.monotonic()
+        rows: list[dict] = []
+        bar = _progress_bar(n_trials, timeout) if progress else None
+        try:
+            while True:
+                if n_trials is not None and len(rows) >= n_trials:
+                    break
+                if timeout is not None and time.monotonic() - started >= timeout:
+                    break
+                if stop_event is not None and stop_event.is_set():
+                    break
+                row = self.run_one(catch=catch)
+                rows.append(row)
+                if bar is not None:
+                    _update_bar(bar, row, rows, n_trials, started)
+                for callback in callbacks:
+                    callback(row)
+        finally:
+            if bar is not None:
+                bar.close()
+        return rows
+
+
+def _progress_bar(n_trials: int | None, timeout: float | None):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=n_trials, unit="trial", desc="slimtune", dynamic_ncols=True,
+                bar_format=None if n_trials else "{desc}: {n_fmt} trials [{elapsed}, {rate_fmt}]{postfix}")
+
+
+def _update_bar(bar, row: dict, rows: list[dict], n_trials: int | None, started: float) -> None:
+    complete = [r for r in rows if r.get("state") == "COMPLETE"]
+    postfix: dict[str, str] = {}
+    if complete:
+        postfix["best_acc"] = f"{max(r['accuracy'] for r in complete):.4f}"
+    pruned = sum(1 for r in rows if r.get("state") == "PRUNED")
+    failed = sum(1 for r in rows if r.get("state") == "FAIL")
+    if pruned:
+        postfix["stopped"] = str(pruned)
+    if failed:
+        postfix["failed"] = str(failed)
+    if row.get("state") == "COMPLETE":
+        postfix["last"] = f"{row['accuracy']:.3f}@{row['latency_ms']:.3g}ms"
+    bar.set_postfix(postfix, refresh=False)
+    bar.update(1)

@@ -1,0 +1,176 @@
+"""A complete trial of a study: its metrics, its weights, the artifact that was timed.
+
+Example:
+    >>> cand = study.select(max_latency_ms=0.03)
+    >>> model = cand.load()            # a runnable nn.Module (weights_only load)
+    >>> cand.export("model.onnx")      # exactly the bytes that were measured
+
+Running an exported ONNX model needs only ``onnxruntime`` and ``numpy``::
+
+    import numpy as np, onnxruntime as ort
+    session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {"input": x.astype(np.float32)})   # x: (batch, *input_shape)
+    logits = outputs[0]
+
+An early-exit candidate is one ONNX model whose ``If`` nodes choose the exit: it
+returns ``logits`` and ``exit_index`` (``[1]``, int64; the last index is the final
+classifier), and is meant to run one sample at a time (with a batch, it leaves early
+only when every sample is confident).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from slimtune.search.measurement import Measurement
+from slimtune.studies.errors import StudyError
+from slimtune.studies.models import CandidateRecord, WeightsRecord
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+    from slimtune.studies.study import Study
+
+#: Artifact format of each runtime.
+FORMATS = {"onnxruntime": "onnx", "torch": "torchscript"}
+RUNTIME_OF = {v: k for k, v in FORMATS.items()}
+
+
+class Candidate:
+    """A complete trial: ``row`` (the JSON row), ``measurement``, weights and artifact."""
+
+    def __init__(self, study: "Study", row: dict[str, Any]) -> None:
+        self.study = study
+        self.row = dict(row)
+
+    # -- metrics -------------------------------------------------------------------
+    @property
+    def trial(self) -> int:
+        return int(self.row["trial"])
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.row["params"])
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.row["accuracy"])
+
+    @property
+    def latency_ms(self) -> float:
+        return float(self.row["latency_ms"])
+
+    @property
+    def size_bytes(self) -> int:
+        return int(self.row["size_bytes"])
+
+    @property
+    def macs(self) -> int:
+        return int(self.row["macs"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.row)
+
+    def _record(self, *, with_weights: bool = False) -> tuple[CandidateRecord, WeightsRecord | None]:
+        db, study_id = self.study._db, self.study._record.id  # noqa: SLF001 - same package
+        with db.session() as session:
+            rec = session.scalar(select(CandidateRecord).where(CandidateRecord.study_id == study_id,
+                                                               CandidateRecord.trial_number == self.trial))
+            if rec is None:
+                raise StudyError(f"Trial {self.trial} of study {self.study.name!r} has no slimtune record "
+                                 "(was it added with plain Optuna?).")
+            weights = session.get(WeightsRecord, rec.id) if with_weights else None
+        if with_weights and weights is None:
+            raise StudyError(f"Trial {self.trial} of study {self.study.name!r} has no stored weights.")
+        return rec, weights
+
+    @property
+    def measurement(self) -> Measurement:
+        rec, _ = self._record()
+        return Measurement.from_dict(rec.measurement or {})
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        rec, _ = self._record()
+        return dict(rec.recipe or {})
+
+    @property
+    def artifact_format(self) -> str:
+        return FORMATS.get(self.row.get("runtime") or "", "onnx")
+
+    # -- weights and model ---------------------------------------------------------
+    def state_dict(self) -> dict[str, "torch.Tensor"]:
+        """The stored weights (read with ``torch.load(..., weights_only=True)``)."""
+        import torch
+
+        _, weights = self._record(with_weights=True)
+        return torch.load(io.BytesIO(weights.state_dict), map_location="cpu", weights_only=True)
+
+    def artifact(self) -> tuple[bytes, str]:
+        """The bytes that were timed and their format (``onnx`` or ``torchscript``)."""
+        _, weights = self._record(with_weights=True)
+        if not weights.artifact:
+            raise StudyError(f"Trial {self.trial} of study {self.study.name!r} has no stored artifact.")
+        return bytes(weights.artifact), weights.artifact_format or self.artifact_format
+
+    def load(self) -> "nn.Module":
+        """A runnable ``nn.Module`` (eval mode) rebuilt from the recipe and the stored
+        weights, without training; early-exit models apply their thresholds in forward."""
+        rec, _ = self._record()
+        evaluator = _structure_evaluator(self.study)
+        return evaluator.rebuild(dict(rec.recipe or {}), self.state_dict())
+
+    def export(self, path: "str | Path", format: str | None = None) -> Path:
+        """Write the model to ``path``.
+
+        Args:
+            format: ``onnx`` or ``torchscript``; default the format it was timed in
+                (ONNX for onnxruntime studies), in which case the file holds exactly the
+                measured bytes.  The other format is compiled anew from the stored
+                weights (with a warning: that file was not the one timed).
+        """
+        data, timed_format = self.artifact()
+        fmt = format or timed_format
+        if fmt not in RUNTIME_OF:
+            raise StudyError(f"`format` must be one of {', '.join(RUNTIME_OF)}, but got {format!r}.")
+        path = Path(path)
+        if path.parent and not path.parent.exists():
+            raise StudyError(f"Cannot write {str(path)!r}: the directory {str(path.parent)!r} does not exist.")
+        if fmt != timed_format:
+            from slimtune.search.runtime import compile_model
+
+            warnings.warn(f"Trial {self.trial} was timed as {timed_format}; the {fmt} file is compiled anew from its "
+                          "weights and was not itself timed.", UserWarning, stacklevel=2)
+            settings = self.study.settings
+            compiled = compile_model(self.load(), runtime=RUNTIME_OF[fmt], bits=int(self.params.get("quant.bits", 32)),
+                                     calibration=self.study.task.data.x_train[: settings.calibration_size],
+                                     threads=settings.threads)
+            data = compiled.artifact
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return path
+
+    def __repr__(self) -> str:
+        return (f"Candidate(study={self.study.name!r}, trial={self.trial}, accuracy={self.accuracy:.4f}, "
+                f"latency_ms={self.latency_ms:.4g}, size_bytes={self.size_bytes})")
+
+
+def _structure_evaluator(study: "Study"):
+    """An Evaluator whose 'baseline' is the untrained architecture: rebuilding a
+    candidate overwrites every weight, so the baseline need not be (re)trained."""
+    import math
+
+    from slimtune.search.baseline import Baseline
+    from slimtune.search.candidate import Evaluator
+
+    task = study.task
+    baseline = Baseline(task=task, model=task.build_model().eval(), teacher_logits=None, val_accuracy=math.nan,
+                        test_accuracy=math.nan, seed=study.settings.seed, cached=False)
+    return Evaluator(task, study.space, study.settings, baseline)

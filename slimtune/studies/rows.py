@@ -1,0 +1,90 @@
+"""Trial rows: one JSON-friendly ``dict`` per trial, merged from Optuna's trial and
+slimtune's candidate record.
+
+Keys (DESIGN.md's JSON contract first): ``trial``, ``params``, ``accuracy``,
+``latency_ms``, ``size_bytes``, ``macs``, ``pareto``, then ``state``, ``feasible``,
+``constraints``, ``val_accuracy``, ``latency_p95_ms``, ``latency_kind``,
+``reference_latency_ms``, ``kernel_bits``, ``runtime``, ``exit_rates``, ``flags``,
+``fingerprint_id``, ``stopped_reason``, ``error``, ``backend``, ``tuner``, ``pre``,
+``val_accuracy_per_epoch``, ``train_seconds``, ``total_seconds``, ``worker``,
+``datetime_start``, ``datetime_complete``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from slimtune.studies.frontier import non_dominated_mask
+
+if TYPE_CHECKING:  # pragma: no cover
+    from optuna.trial import FrozenTrial
+
+    from slimtune.studies.models import CandidateRecord
+
+METRICS = ("accuracy", "latency_ms", "size_bytes", "macs")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value is not None else None
+
+
+def make_row(record: "CandidateRecord | None", trial: "FrozenTrial | None", *, objectives: Sequence[str],
+             fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The row of one trial (either side may be missing: a RUNNING trial has no record
+    yet; a record written just before ``tell`` has no finished Optuna trial yet)."""
+    row: dict[str, Any] = {"trial": None, "params": {}, **{k: None for k in METRICS}, "pareto": False}
+    if trial is not None:
+        row["trial"] = trial.number
+        row["state"] = trial.state.name
+        row["params"] = {**dict(fixed or {}), **trial.params}
+        attrs = trial.user_attrs
+        if trial.values is not None:
+            for name, value in zip(objectives, trial.values):
+                row[name] = value
+        for name in METRICS:
+            if row[name] is None and attrs.get(name) is not None:
+                row[name] = attrs[name]
+        constraints = dict(trial.constraints)
+        row.update(
+            constraints=constraints, feasible=all(v <= 0 for v in constraints.values()),
+            val_accuracy=attrs.get("val_accuracy"), stopped_reason=attrs.get("stopped_reason"),
+            error=attrs.get("error"), backend=attrs.get("backend"), tuner=attrs.get("tuner"),
+            flags=attrs.get("flags") or [], exit_rates=attrs.get("exit_rates"), fingerprint_id=attrs.get("fingerprint_id"),
+            datetime_start=_iso(trial.datetime_start), datetime_complete=_iso(trial.datetime_complete),
+        )
+    if record is not None:
+        m = record.measurement or {}
+        row["trial"] = record.trial_number
+        row["params"] = dict(record.params)
+        if trial is None or trial.state.name == "RUNNING":
+            row["state"] = record.state  # recorded, Optuna not told yet
+            row.setdefault("datetime_complete", _iso(record.created_at))
+            row.setdefault("constraints", {})
+            row.setdefault("feasible", True)
+        for name in METRICS:
+            value = getattr(record, name)
+            if value is not None:
+                row[name] = value
+        row.update(
+            val_accuracy=record.val_accuracy, latency_p95_ms=m.get("latency_p95_ms"), latency_kind=m.get("latency_kind"),
+            reference_latency_ms=m.get("reference_latency_ms"), kernel_bits=m.get("kernel_bits"), runtime=m.get("runtime"),
+            params_count=m.get("params_count"), exit_rates=record.exit_rates, flags=list(record.flags or []),
+            fingerprint_id=record.fingerprint_id, stopped_reason=record.stopped_reason, error=record.error,
+            backend=record.backend, tuner=record.tuner, pre=record.pre, train_seconds=record.train_seconds,
+            total_seconds=record.total_seconds, worker=record.worker, has_artifact=record.state == "COMPLETE",
+            val_accuracy_per_epoch=(record.info or {}).get("val_accuracy_per_epoch"),
+        )
+    row.setdefault("state", "UNKNOWN")
+    return row
+
+
+def mark_pareto(rows: list[dict[str, Any]], objectives: Sequence[str], *, feasible_only: bool) -> list[dict[str, Any]]:
+    """Set ``row["pareto"]``: complete (and, with constraints, feasible) rows that no
+    other such row dominates."""
+    eligible = [r for r in rows if r.get("state") == "COMPLETE" and (not feasible_only or r.get("feasible", True))]
+    mask = non_dominated_mask(eligible, objectives)
+    on = {id(r) for r, keep in zip(eligible, mask) if keep}
+    for r in rows:
+        r["pareto"] = id(r) in on
+    return rows

@@ -1,0 +1,762 @@
+"""A slimtune study: an Optuna study plus slimtune's record of every candidate.
+
+Example:
+    >>> study = Study.create_or_load("digits-demo", task="digits", settings={"epochs": 1})
+    >>> study.optimize(n_trials=20)
+    >>> for row in study.frontier():
+    ...     print(row["trial"], row["accuracy"], row["latency_ms"])
+    >>> best = study.select(max_latency_ms=0.03)
+    >>> best.export("model.onnx")
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import warnings
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from slimtune.search.early_stopping import FrontierEarlyStopping, FrontierPoint, resolve_early_stopping
+from slimtune.search.measurement import Measurement
+from slimtune.search.runner import DIRECTIONS, Constraints, TrialOutcome
+from slimtune.studies.database import DEFAULT_STORAGE, Database, mask_url
+from slimtune.studies.errors import NoCandidateError, StudyError
+from slimtune.studies.frontier import DEFAULT_OBJECTIVES, check_objectives, non_dominated_mask
+from slimtune.studies.models import CandidateRecord, StudyRecord, WeightsRecord, utcnow
+from slimtune.studies.rows import make_row, mark_pareto
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+    from slimtune.search.candidate import EvalSettings, Evaluator
+    from slimtune.spaces.space import Space
+    from slimtune.studies.candidate import Candidate
+    from slimtune.tasks.base import Task
+
+logger = logging.getLogger(__name__)
+
+#: Optuna heartbeats: a RUNNING trial whose worker has not beaten for ``GRACE`` seconds
+#: is failed by the next worker that starts a trial.
+HEARTBEAT_INTERVAL = 60
+HEARTBEAT_GRACE = 180
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not name.strip() or len(name) > 512:
+        raise StudyError(f"A study name is a non-empty string of at most 512 characters, but got {name!r}.")
+    return name
+
+
+def _settings_from(settings: "EvalSettings | Mapping[str, Any] | None", base: Mapping[str, Any] | None) -> "EvalSettings":
+    from slimtune.search.candidate import EvalSettings
+
+    if isinstance(settings, EvalSettings):
+        return settings
+    known = {f.name for f in fields(EvalSettings)}
+    overrides = dict(settings or {})
+    unknown = [k for k in overrides if k not in known]
+    if unknown:
+        raise StudyError(f"Unknown evaluation setting {unknown[0]!r}; the settings are {', '.join(sorted(known))}.")
+    try:
+        return EvalSettings(**{**dict(base or {}), **overrides})
+    except (TypeError, ValueError) as exc:
+        raise StudyError(str(exc)) from None
+
+
+def _constraints_from(constraints: "Constraints | Mapping[str, Any] | None", **limits: float | None) -> Constraints | None:
+    given = {k: v for k, v in limits.items() if v is not None}
+    if constraints is None and not given:
+        return None
+    try:
+        base = constraints if isinstance(constraints, Constraints) else Constraints.from_dict(constraints)
+        return Constraints(**{**base.to_dict(), **given})
+    except (TypeError, ValueError) as exc:
+        raise StudyError(str(exc)) from None
+
+
+def _differences(stored: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
+    keys = sorted(set(stored) | set(given))
+    return [f"{k}: {stored.get(k)!r} (study) vs {given.get(k)!r} (given)" for k in keys if stored.get(k) != given.get(k)]
+
+
+class Study:
+    """A study in a database: create or resume it, run trials, read its frontier.
+
+    Use :meth:`create_or_load` (or :meth:`load` for an existing one) rather than the
+    constructor.
+    """
+
+    def __init__(self, record: StudyRecord, db: Database, *, task: "Task | None" = None, space: "Space | None" = None,
+                 sampler: Any = None, seed: int | None = None,
+                 early_stopping: "FrontierEarlyStopping | None | bool" = None) -> None:
+        self._record = record
+        self._db = db
+        self._task = task
+        self._space = space
+        self._optuna_storage = None
+        self._optuna_study = None
+        self.sampler = sampler if sampler is not None else record.sampler
+        self.seed = seed if seed is not None else record.seed
+        self.early_stopping = (FrontierEarlyStopping.from_dict(record.early_stopping) if early_stopping is None
+                               else resolve_early_stopping(early_stopping))
+
+    # -- opening -----------------------------------------------------------------
+    @classmethod
+    def create_or_load(
+        cls,
+        name: str,
+        *,
+        storage: str = DEFAULT_STORAGE,
+        task: "str | Task | None" = None,
+        space: "Space | None" = None,
+        fixed: Mapping[str, Any] | None = None,
+        objectives: Sequence[str] | str | None = None,
+        constraints: "Constraints | Mapping[str, Any] | None" = None,
+        max_latency_ms: float | None = None,
+        max_size_kb: float | None = None,
+        max_accuracy_drop: float | None = None,
+        settings: "EvalSettings | Mapping[str, Any] | None" = None,
+        seed: int | None = None,
+        sampler: Any = None,
+        early_stopping: "bool | FrontierEarlyStopping | None" = None,
+        progress: bool = False,
+    ) -> "Study":
+        """Create the study, or resume it if it exists (trial numbers continue).
+
+        Args:
+            name: the study name (also the Optuna study name).
+            storage: a SQLAlchemy URL (default ``sqlite:///slimtune.db`` in the cwd).
+            task: a built-in task name, ``package.module:callable`` or a
+                :class:`~slimtune.Task`; needed to create, checked on resume.
+            space: the joint space (default: every registered knob for the task's model).
+            fixed: parameters held at a value (not searched; recorded with each trial).
+            objectives: ``accuracy`` plus one or more of ``latency_ms``, ``size_bytes``,
+                ``macs`` (default ``("accuracy", "latency_ms")``).
+            constraints, max_latency_ms, max_size_kb, max_accuracy_drop: hard limits
+                given to the samplers through ``Trial.set_constraint``.
+            settings: :class:`~slimtune.search.candidate.EvalSettings` or a dict of
+                overrides (epochs, runtime, threads, batch_size, latency_repeats, ...).
+            seed: sampler seed (reproducible proposals; a resumed session mixes in the
+                number of earlier trials so it does not replay them).  Training uses
+                ``settings.seed``.  Several workers joining one study at the same time
+                should each use another seed (or none).  Latency is measured, so once a
+                model-based sampler reads it, proposals depend on the machine's timings.
+            sampler: ``tpe`` (default), ``nsga2``, ``gp``, ``random`` or an Optuna sampler.
+            early_stopping: the frontier rule (default on), ``False`` to turn it off.
+            progress: print progress while training the baseline.
+
+        On resume, arguments left at ``None`` take the stored values; a task, space,
+        objectives, constraints or settings that differ from the stored ones raise
+        :class:`StudyError` (nothing is written).  ``sampler``, ``seed`` and
+        ``early_stopping`` apply to this session only.
+        """
+        from slimtune.api import build_space
+        from slimtune.tasks.base import get_task
+
+        _check_name(name)
+        task_obj = get_task(task) if task is not None else None
+        wanted_objectives = check_objectives(objectives) if objectives is not None else None
+        wanted_constraints = _constraints_from(constraints, max_latency_ms=max_latency_ms, max_size_kb=max_size_kb,
+                                               max_accuracy_drop=max_accuracy_drop)
+        if early_stopping is not None:
+            try:
+                resolve_early_stopping(early_stopping)
+            except ValueError as exc:
+                raise StudyError(str(exc)) from None
+        if sampler is not None:
+            from slimtune.search.backends import make_sampler
+
+            make_sampler(sampler)  # bad names fail before anything is written
+        if settings is not None:
+            _settings_from(settings, None)
+        new_space = None
+        if task_obj is not None:  # bad names or values in `fixed` fail before anything is written
+            if space is not None:
+                from slimtune.spaces.space import Space
+
+                new_space = Space(space.knobs, task_obj.build_model(), {**space.fixed, **dict(fixed)}) if fixed else space
+            else:
+                new_space = build_space(task_obj, fixed=fixed)
+
+        # without a task the study can only be resumed: open without creating anything
+        db = Database.open(storage, create=task_obj is not None)
+        try:
+            record = cls._find(db, name)
+            if record is not None:
+                return cls._resume(record, db, task=task_obj, space=space, fixed=fixed, objectives=wanted_objectives,
+                                   constraints=wanted_constraints, settings=settings, sampler=sampler, seed=seed,
+                                   early_stopping=early_stopping)
+            if task_obj is None:
+                raise StudyError(f"There is no study {name!r} in {mask_url(storage)!r}; give a task to create it.")
+            the_settings = _settings_from(settings, None)
+            the_space = new_space
+            the_objectives = wanted_objectives or DEFAULT_OBJECTIVES
+            rule = resolve_early_stopping(early_stopping)
+            optuna_storage = _optuna_storage(storage)
+            import optuna
+
+            if name in optuna.get_all_study_names(optuna_storage):
+                raise StudyError(f"{mask_url(storage)!r} already holds an Optuna study {name!r} that slimtune did not "
+                                 "create; choose another name.")
+            baseline_data = cls._measure_baseline(task_obj, the_space, the_settings, progress)
+            from slimtune import __version__
+            from slimtune.search.backends.optuna_backend import DEFAULT_SAMPLER, sampler_name
+
+            record = StudyRecord(
+                study_name=name, task_name=task_obj.name, task_spec=str(task_obj.extra.get("spec") or task_obj.name),
+                task_fingerprint=task_obj.fingerprint(), task_notes=task_obj.notes,
+                space={"families": [k.family for k in the_space.knobs], **the_space.to_dict()},
+                space_fingerprint=the_space.fingerprint(), fixed=dict(the_space.fixed), objectives=list(the_objectives),
+                constraints=(wanted_constraints or Constraints()).to_dict(), settings=the_settings.to_dict(),
+                early_stopping=rule.to_dict() if rule else None, sampler=sampler_name(sampler or DEFAULT_SAMPLER),
+                seed=seed, baseline=baseline_data, slimtune_version=__version__,
+            )
+            try:
+                with db.session() as session:
+                    session.add(record)
+            except IntegrityError:  # another worker created it meanwhile: join it
+                record = cls._find(db, name)
+                return cls._resume(record, db, task=task_obj, space=the_space, fixed=None, objectives=wanted_objectives,
+                                   constraints=wanted_constraints, settings=the_settings, sampler=sampler, seed=seed,
+                                   early_stopping=early_stopping)
+            study = cls(record, db, task=task_obj, space=the_space, sampler=sampler, seed=seed,
+                        early_stopping=early_stopping)
+            study._ensure_optuna_study(optuna_storage)
+            return study
+        except BaseException:
+            db.dispose()
+            raise
+
+    @classmethod
+    def load(cls, name: str, *, storage: str = DEFAULT_STORAGE) -> "Study":
+        """An existing study (nothing is created; :class:`StudyError` if it is not there)."""
+        _check_name(name)
+        db = Database.open(storage, create=False)
+        record = cls._find(db, name)
+        if record is None:
+            names = [s["name"] for s in _summaries(db)]
+            db.dispose()
+            from slimtune.spaces.base import close_matches
+
+            hint = close_matches(name, names) if names else " The database holds no slimtune study."
+            raise StudyError(f"No study {name!r} in {mask_url(storage)!r}." + hint)
+        return cls(record, db)
+
+    @staticmethod
+    def _find(db: Database, name: str) -> StudyRecord | None:
+        with db.session() as session:
+            return session.scalar(select(StudyRecord).where(StudyRecord.study_name == name))
+
+    @classmethod
+    def _resume(cls, record: StudyRecord, db: Database, *, task, space, fixed, objectives, constraints, settings,
+                sampler, seed, early_stopping) -> "Study":
+        name = record.study_name
+        if task is not None:
+            if task.name != record.task_name or task.fingerprint() != record.task_fingerprint:
+                raise StudyError(
+                    f"Study {name!r} searches task {record.task_name!r} (fingerprint {record.task_fingerprint}), "
+                    f"but the given task is {task.name!r} (fingerprint {task.fingerprint()}): use another study name."
+                )
+        if objectives is not None and list(objectives) != list(record.objectives):
+            raise StudyError(f"Study {name!r} has objectives {', '.join(record.objectives)}, "
+                             f"but {', '.join(objectives)} were given.")
+        if constraints is not None and constraints.to_dict() != dict(record.constraints):
+            raise StudyError(f"Study {name!r} has constraints {dict(record.constraints) or 'none'}, "
+                             f"but {constraints.to_dict()} were given.")
+        if settings is not None:
+            the_settings = _settings_from(settings, record.settings)
+            diff = _differences(record.settings, the_settings.to_dict())
+            if diff:
+                raise StudyError(f"Study {name!r} was created with other evaluation settings: {'; '.join(diff)}.")
+        study = cls(record, db, task=task, sampler=sampler, seed=seed, early_stopping=early_stopping)
+        if space is not None or fixed:
+            study._space = study._check_space(space, fixed)
+        study._ensure_optuna_study(_optuna_storage(db.url))
+        return study
+
+    @staticmethod
+    def _measure_baseline(task: "Task", space: "Space", settings: "EvalSettings", progress: bool) -> dict[str, Any]:
+        from slimtune.search.baseline import get_baseline
+        from slimtune.search.candidate import Evaluator
+
+        baseline = get_baseline(task, seed=settings.seed, progress=progress)
+        measurement = Evaluator(task, space, settings, baseline).baseline_measurement()
+        return {"measurement": measurement.to_dict(), "val_accuracy": baseline.val_accuracy,
+                "torch_test_accuracy": baseline.test_accuracy}
+
+    def _ensure_optuna_study(self, storage) -> "optuna.Study":
+        import optuna
+
+        directions = [DIRECTIONS[o] for o in self.objectives]
+        names = optuna.get_all_study_names(storage)
+        if self.name not in names:
+            with self._db.session() as session:
+                n = session.scalar(select(CandidateRecord.id).where(CandidateRecord.study_id == self._record.id).limit(1))
+            if n is not None:
+                raise StudyError(f"The Optuna study {self.name!r} was deleted from {self.storage!r}, but slimtune's "
+                                 "records of its trials remain; use another study name.")
+        created = False
+        if self.name in names:
+            study = optuna.load_study(study_name=self.name, storage=storage)
+        else:
+            try:
+                study = optuna.create_study(study_name=self.name, storage=storage, directions=directions)
+                created = True
+            except optuna.exceptions.DuplicatedStudyError:  # another worker was quicker
+                study = optuna.load_study(study_name=self.name, storage=storage)
+        if [d.name.lower() for d in study.directions] != directions:
+            raise StudyError(f"The Optuna study {self.name!r} has directions {[d.name.lower() for d in study.directions]}, "
+                             f"not those of its objectives {list(self.objectives)}.")
+        if created:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                study.set_metric_names(list(self.objectives))
+            study.set_user_attr("slimtune", {"task": self._record.task_name, "objectives": list(self.objectives),
+                                             "version": self._record.slimtune_version})
+        self._optuna_storage = storage
+        self._optuna_study = study
+        return study
+
+    # -- what the study is ---------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._record.study_name
+
+    @property
+    def storage(self) -> str:
+        """The storage URL with its password masked."""
+        return mask_url(self._db.url)
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        return tuple(self._record.objectives)
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return tuple(DIRECTIONS[o] for o in self.objectives)
+
+    @property
+    def constraints(self) -> Constraints:
+        return Constraints.from_dict(self._record.constraints)
+
+    @property
+    def settings(self) -> "EvalSettings":
+        return _settings_from(None, self._record.settings)
+
+    @property
+    def task_name(self) -> str:
+        return self._record.task_name
+
+    @property
+    def baseline(self) -> Measurement:
+        """The baseline measured like a candidate when the study was created."""
+        return Measurement.from_dict(self._record.baseline["measurement"])
+
+    @property
+    def space_dict(self) -> dict[str, Any]:
+        return dict(self._record.space)
+
+    @property
+    def fixed(self) -> dict[str, Any]:
+        return dict(self._record.fixed)
+
+    def info(self) -> dict[str, Any]:
+        """The study's metadata as a dict."""
+        r = self._record
+        return {"name": r.study_name, "storage": self.storage, "task": r.task_name, "task_spec": r.task_spec,
+                "task_fingerprint": r.task_fingerprint, "task_notes": r.task_notes, "objectives": list(r.objectives),
+                "constraints": dict(r.constraints), "settings": dict(r.settings), "early_stopping": r.early_stopping,
+                "sampler": r.sampler, "seed": r.seed, "space_fingerprint": r.space_fingerprint, "fixed": dict(r.fixed),
+                "baseline": {k: v for k, v in r.baseline["measurement"].items() if k != "latency_samples_ms"},
+                "slimtune_version": r.slimtune_version, "created_at": r.created_at.isoformat(timespec="seconds")}
+
+    @property
+    def task(self) -> "Task":
+        """The study's task, rebuilt from its spec (and checked against its fingerprint)."""
+        if self._task is None:
+            from slimtune.tasks.base import TaskError, get_task
+
+            try:
+                task = get_task(self._record.task_spec)
+            except TaskError as exc:
+                raise StudyError(f"Study {self.name!r}: cannot rebuild its task {self._record.task_spec!r} ({exc}); "
+                                 "pass task= to Study.create_or_load.") from None
+            if task.fingerprint() != self._record.task_fingerprint:
+                raise StudyError(f"Study {self.name!r}: task {self._record.task_spec!r} has changed since the study was "
+                                 f"created (fingerprint {task.fingerprint()} vs {self._record.task_fingerprint}).")
+            self._task = task
+        return self._task
+
+    @property
+    def space(self) -> "Space":
+        """The study's joint space, rebuilt from the task's model (and checked against
+        the stored fingerprint)."""
+        if self._space is None:
+            self._space = self._check_space(None, None)
+        return self._space
+
+    def _check_space(self, space: "Space | None", fixed: Mapping[str, Any] | None) -> "Space":
+        from slimtune.api import build_space
+        from slimtune.spaces.space import Space
+
+        task = self.task
+        if space is None:
+            the_fixed = dict(self._record.fixed) if fixed is None else dict(fixed)
+            space = build_space(task, fixed=the_fixed, families=list(self._record.space.get("families") or []) or None)
+        elif fixed:
+            space = Space(space.knobs, task.build_model(), {**space.fixed, **dict(fixed)})
+        if space.fingerprint() != self._record.space_fingerprint:
+            stored = {p["name"]: p for p in self._record.space.get("params", [])}
+            now = {p["name"]: p for p in space.to_dict()["params"]}
+            changed = sorted(n for n in set(stored) | set(now) if stored.get(n) != now.get(n))
+            raise StudyError(f"Study {self.name!r} searches another space (its fingerprint {self._record.space_fingerprint}, "
+                             f"this one {space.fingerprint()}); differing parameters: {', '.join(changed[:8])}.")
+        return space
+
+    @property
+    def optuna_study(self) -> "optuna.Study":
+        """The Optuna study holding the trials (``optuna.load_study`` gives the same)."""
+        if self._optuna_study is None:
+            import optuna
+
+            storage = _optuna_storage(self._db.url, create=False)
+            try:
+                self._optuna_study = optuna.load_study(study_name=self.name, storage=storage)
+            except KeyError:
+                raise StudyError(f"The Optuna study {self.name!r} is missing from {self.storage!r}.") from None
+            self._optuna_storage = storage
+        return self._optuna_study
+
+    # -- running -------------------------------------------------------------------
+    def optimize(
+        self,
+        n_trials: int | None = None,
+        *,
+        timeout: float | None = None,
+        backend: str = "optuna",
+        callbacks: Sequence[Callable[[dict], Any]] = (),
+        stop_event: threading.Event | None = None,
+        progress: bool = True,
+        catch: tuple[type[BaseException], ...] = (Exception,),
+        **backend_options: Any,
+    ) -> list[dict]:
+        """Run trials: ``n_trials`` of them, or until ``timeout`` seconds have passed,
+        or until ``stop_event`` is set (checked between trials: the current trial is
+        finished and stored, nothing is lost).
+
+        Args:
+            n_trials: trials to run in this call.
+            timeout: no new trial starts after this many seconds.
+            backend: ``optuna`` (default) or ``nni``.
+            callbacks: called with each finished trial's row (COMPLETE, PRUNED or FAIL).
+            stop_event: a ``threading.Event``; set it to stop after the current trial.
+            progress: show a tqdm progress bar (with ETA when ``n_trials`` is given).
+            catch: exceptions of a candidate that fail its trial instead of the search.
+            backend_options: passed to the backend (e.g. ``tuner=`` for NNI).
+
+        Returns:
+            The rows of the trials run by this call.
+        """
+        from slimtune.search.backends import get_backend
+        from slimtune.search.baseline import get_baseline
+        from slimtune.search.candidate import Evaluator
+        from slimtune.search.runner import TrialRunner
+
+        backend_cls = get_backend(backend)
+        task, space, settings = self.task, self.space, self.settings
+        if self._optuna_study is None or self._optuna_storage is None:
+            self._ensure_optuna_study(_optuna_storage(self._db.url))
+        study = self._optuna_study
+        options = dict(backend_options)
+        if backend == "optuna":
+            from slimtune.search.backends.optuna_backend import DEFAULT_SAMPLER, SAMPLERS
+
+            sampler = self.sampler
+            if isinstance(sampler, str) and sampler not in SAMPLERS:  # a custom sampler instance made the study
+                warnings.warn(f"Study {self.name!r} was created with the sampler {sampler}, which cannot be rebuilt "
+                              f"by name; using {DEFAULT_SAMPLER!r} (pass sampler= to choose).", UserWarning, stacklevel=2)
+                sampler = DEFAULT_SAMPLER
+            options.setdefault("sampler", sampler)
+        backend_obj = backend_cls(space, seed=_session_seed(self.seed, len(study.get_trials(deepcopy=False))), **options)
+        sampler = backend_obj.optuna_sampler()
+        if sampler is not None:
+            study.sampler = sampler
+        baseline = get_baseline(task, seed=settings.seed, progress=progress)
+        evaluator = Evaluator(task, space, settings, baseline)
+        epochs = task.finetune_epochs if settings.epochs is None else settings.epochs
+        runner = TrialRunner(study=study, backend=backend_obj, evaluator=evaluator, objectives=self.objectives,
+                             recorder=self, constraints=self.constraints,
+                             baseline_accuracy=float(self._record.baseline["measurement"]["accuracy"]),
+                             early_stopping=self.early_stopping, epochs=epochs, fixed=space.fixed)
+        try:
+            return runner.run(n_trials=n_trials, timeout=timeout, stop_event=stop_event, callbacks=callbacks,
+                              progress=progress, catch=catch)
+        finally:
+            backend_obj.close()
+
+    # -- the recorder side of the runner --------------------------------------------
+    def frontier_points(self, cost_objectives: Sequence[str]) -> list[FrontierPoint]:
+        """Validation accuracy and costs of every complete candidate (all workers)."""
+        columns = [getattr(CandidateRecord, c) for c in cost_objectives]
+        with self._db.session() as session:
+            result = session.execute(
+                select(CandidateRecord.trial_number, CandidateRecord.val_accuracy, CandidateRecord.info, *columns)
+                .where(CandidateRecord.study_id == self._record.id, CandidateRecord.state == "COMPLETE")
+            ).all()
+        return [FrontierPoint(int(r[0]), float(r[1]), {c: float(v) for c, v in zip(cost_objectives, r[3:])},
+                              tuple(float(a) for a in (r[2] or {}).get("val_accuracy_per_epoch") or ()))
+                for r in result if r[1] is not None and all(v is not None for v in r[3:])]
+
+    def record(self, outcome: TrialOutcome) -> dict:
+        """Store one outcome (candidate row + weights and artifact); return its row."""
+        import hashlib
+
+        import torch
+
+        result = outcome.result
+        m = result.measurement if result is not None else None
+        params = dict(result.params) if result is not None else {**self.fixed, **outcome.proposal.values}
+        info = dict(result.info) if result is not None else {}
+        info["constraints"] = outcome.constraints
+        info["early_stopping"] = outcome.early_stopping
+        rec = CandidateRecord(
+            study_id=self._record.id, study_name=self.name, trial_number=outcome.number, state=outcome.state,
+            params=params, accuracy=m.accuracy if m else None,
+            val_accuracy=result.val_accuracy if result is not None else None,
+            latency_ms=m.latency_ms if m else None, size_bytes=int(m.size_bytes) if m else None,
+            macs=int(m.macs) if m else None, measurement=m.to_dict() if m else None,
+            pre=({"latency_ms": result.pre.latency_ms, "size_bytes": int(result.pre.size_bytes), "macs": int(result.pre.macs)}
+                 if result is not None and result.pre is not None else None),
+            fingerprint_id=m.fingerprint_id if m else None,
+            exit_rates=list(m.exit_rates) if m and m.exit_rates is not None else None,
+            flags=list(m.flags) if m else [], recipe=result.recipe if result is not None and m else None,
+            info=info, backend=outcome.backend, tuner=outcome.proposal.tuner,
+            stopped_reason=result.stopped if result is not None else None, error=outcome.error,
+            train_seconds=result.train_seconds if result is not None else None,
+            total_seconds=result.total_seconds if result is not None else None, worker=outcome.worker,
+            created_at=utcnow(),
+        )
+        with self._db.session() as session:
+            session.add(rec)
+            session.flush()
+            if m is not None and result.state_dict is not None:
+                buffer = io.BytesIO()
+                torch.save(result.state_dict, buffer)
+                artifact = result.artifact
+                session.add(WeightsRecord(candidate_id=rec.id, state_dict=buffer.getvalue(), artifact=artifact,
+                                          artifact_format=result.artifact_format,
+                                          artifact_sha256=hashlib.sha256(artifact).hexdigest() if artifact else None))
+        row = make_row(rec, None, objectives=self.objectives)
+        row["constraints"], row["feasible"] = dict(outcome.constraints), outcome.feasible
+        if row["state"] == "COMPLETE" and row["feasible"]:
+            others = [r for r in self.trials() if r["trial"] != row["trial"]]
+            row["pareto"] = bool(non_dominated_mask([row] + [r for r in others if r["state"] == "COMPLETE" and
+                                                             (r["feasible"] or not self.constraints.active)],
+                                                    self.objectives)[0])
+        return row
+
+    # -- reading -------------------------------------------------------------------
+    def _records(self) -> dict[int, CandidateRecord]:
+        with self._db.session() as session:
+            records = session.scalars(select(CandidateRecord).where(CandidateRecord.study_id == self._record.id)).all()
+        return {r.trial_number: r for r in records}
+
+    def trials(self, *, states: Sequence[str] | None = None) -> list[dict]:
+        """Every trial as a row (see :mod:`slimtune.studies.rows`), by trial number;
+        ``pareto`` marks the frontier.  ``states`` filters (e.g. ``("COMPLETE",)``)."""
+        records = self._records()
+        frozen = {t.number: t for t in self.optuna_study.get_trials(deepcopy=False)}
+        rows = [make_row(records.get(n), frozen.get(n), objectives=self.objectives, fixed=self._record.fixed)
+                for n in sorted(set(records) | set(frozen))]
+        mark_pareto(rows, self.objectives, feasible_only=self.constraints.active)
+        if states is not None:
+            wanted = {s.upper() for s in states}
+            rows = [r for r in rows if r["state"] in wanted]
+        return rows
+
+    def fingerprints(self) -> dict[str, int]:
+        """Machine fingerprints of the complete trials, with their counts."""
+        counts: dict[str, int] = {}
+        for row in self.trials(states=("COMPLETE",)):
+            key = row.get("fingerprint_id") or "?"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def frontier(self, *, fingerprint: str | None = None) -> list[dict]:
+        """The non-dominated complete trials under the study's objectives (feasible ones
+        only when the study has constraints, as in Optuna's ``best_trials``), sorted by
+        the first cost objective.
+
+        Latencies measured on different machines are not comparable: when the trials
+        carry more than one machine fingerprint a ``UserWarning`` says so; pass
+        ``fingerprint=`` to keep one machine's trials.
+        """
+        rows = self.trials(states=("COMPLETE",))
+        if fingerprint is not None:
+            rows = [r for r in rows if r.get("fingerprint_id") == fingerprint]
+            mark_pareto(rows, self.objectives, feasible_only=self.constraints.active)
+        else:
+            ids = {r.get("fingerprint_id") for r in rows}
+            if len(ids) > 1:
+                warnings.warn(f"Study {self.name!r} mixes latencies from {len(ids)} machine fingerprints "
+                              f"({', '.join(sorted(map(str, ids)))}); pass fingerprint= to keep one.", UserWarning,
+                              stacklevel=2)
+        cost = self.objectives[1]
+        return sorted((r for r in rows if r["pareto"]), key=lambda r: (r[cost], -r["accuracy"], r["trial"]))
+
+    def candidate(self, number: int) -> "Candidate":
+        """Trial ``number`` as a :class:`Candidate` (it must be complete)."""
+        from slimtune.studies.candidate import Candidate
+
+        rows = {r["trial"]: r for r in self.trials()}
+        if number not in rows:
+            raise StudyError(f"Study {self.name!r} has no trial {number}; its trials are 0..{max(rows, default=-1)}.")
+        row = rows[number]
+        if row["state"] != "COMPLETE":
+            reason = row.get("stopped_reason") or row.get("error") or ""
+            raise StudyError(f"Trial {number} of study {self.name!r} is {row['state']}, not COMPLETE"
+                             + (f" ({reason})" if reason else "") + ": it has no model to load or export.")
+        return Candidate(self, row)
+
+    def select(self, *, max_latency_ms: float | None = None, min_accuracy: float | None = None,
+               max_size_kb: float | None = None) -> "Candidate":
+        """The most accurate complete trial within the limits (ties: lower latency,
+        then smaller size, then earlier trial).
+
+        Raises:
+            NoCandidateError: nothing fits; the message names the closest alternatives.
+        """
+        from slimtune.studies.candidate import Candidate
+
+        for arg, value in (("max_latency_ms", max_latency_ms), ("max_size_kb", max_size_kb)):
+            if value is not None and not (value > 0):
+                raise StudyError(f"`{arg}` must be positive, but got {value!r}.")
+        rows = self.trials(states=("COMPLETE",))
+        if not rows:
+            raise NoCandidateError(f"Study {self.name!r} has no complete trial yet.")
+
+        def fits(r: dict, skip: str = "") -> bool:
+            return ((skip == "latency" or max_latency_ms is None or r["latency_ms"] <= max_latency_ms)
+                    and (skip == "accuracy" or min_accuracy is None or r["accuracy"] >= min_accuracy)
+                    and (skip == "size" or max_size_kb is None or r["size_bytes"] <= max_size_kb * 1024))
+
+        def key(r: dict) -> tuple:
+            return (-r["accuracy"], r["latency_ms"], r["size_bytes"], r["trial"])
+
+        fitting = sorted((r for r in rows if fits(r)), key=key)
+        if fitting:
+            return Candidate(self, fitting[0])
+        asked = [f"latency_ms <= {max_latency_ms:g}" if max_latency_ms is not None else "",
+                 f"accuracy >= {min_accuracy:g}" if min_accuracy is not None else "",
+                 f"size <= {max_size_kb:g} KiB" if max_size_kb is not None else ""]
+        alternatives: list[str] = []
+        if max_latency_ms is not None:
+            near = sorted((r for r in rows if fits(r, "latency")), key=lambda r: (r["latency_ms"], -r["accuracy"]))
+            if near:
+                alternatives.append(f"the fastest meeting the other limits is {_describe(near[0])}")
+        if min_accuracy is not None:
+            near = sorted((r for r in rows if fits(r, "accuracy")), key=key)
+            if near:
+                alternatives.append(f"the most accurate meeting the other limits is {_describe(near[0])}")
+        if max_size_kb is not None:
+            near = sorted((r for r in rows if fits(r, "size")), key=lambda r: (r["size_bytes"], -r["accuracy"]))
+            if near:
+                alternatives.append(f"the smallest meeting the other limits is {_describe(near[0])}")
+        if not alternatives:
+            fastest = min(rows, key=lambda r: (r["latency_ms"], -r["accuracy"]))
+            best = min(rows, key=key)
+            alternatives.append(f"the fastest is {_describe(fastest)}; the most accurate is {_describe(best)}")
+        raise NoCandidateError(f"No complete trial of study {self.name!r} fits {' and '.join(a for a in asked if a)}: "
+                               + "; ".join(alternatives) + ".")
+
+    def dashboard(self, **kwargs: Any):
+        """A live notebook dashboard of this study (``slimtune.widgets.StudyDashboard``;
+        needs the notebook extras)."""
+        from slimtune.widgets import StudyDashboard  # lazy: studies never import widgets at import time
+
+        return StudyDashboard(self, **kwargs)
+
+    def close(self) -> None:
+        """Release database connections."""
+        self._db.dispose()
+        engine = getattr(self._optuna_storage, "engine", None)
+        if engine is not None:
+            engine.dispose()
+
+    def __enter__(self) -> "Study":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Study({self.name!r}, task={self.task_name!r}, objectives={self.objectives}, storage={self.storage!r})"
+
+
+def _describe(row: dict) -> str:
+    return (f"trial {row['trial']} (accuracy {row['accuracy']:.4f}, latency {row['latency_ms']:.4g} ms, "
+            f"{row['size_bytes'] / 1024:.1f} KiB)")
+
+
+def _session_seed(seed: int | None, n_existing: int) -> int | None:
+    """The sampler seed for a session that starts after ``n_existing`` trials: the seed
+    itself for a new study; mixed with the count on resume, so a resumed search does
+    not replay the proposals of its first session, yet stays reproducible."""
+    if seed is None or n_existing == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(n_existing)]).generate_state(1)[0] % (2**31 - 1))
+
+
+def _optuna_storage(url: str, *, create: bool = True):
+    """Optuna's RDBStorage on the same URL (heartbeats on, so dead workers' trials fail)."""
+    import optuna
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=HEARTBEAT_GRACE,
+                                              skip_table_creation=not create)
+    except Exception as exc:  # noqa: BLE001 - e.g. an Optuna schema needing `optuna storage upgrade`
+        from slimtune.studies.database import _scrub
+
+        first = _scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
+        raise StudyError(f"Optuna cannot open {mask_url(url)!r}: {first}") from None
+
+
+def _summaries(db: Database) -> list[dict[str, Any]]:
+    with db.session() as session:
+        records = session.scalars(select(StudyRecord).order_by(StudyRecord.id)).all()
+        counts: dict[tuple[int, str], int] = {}
+        for study_id, state in session.execute(select(CandidateRecord.study_id, CandidateRecord.state)).all():
+            counts[(study_id, state)] = counts.get((study_id, state), 0) + 1
+    return [{"name": r.study_name, "task": r.task_name, "objectives": list(r.objectives),
+             "complete": counts.get((r.id, "COMPLETE"), 0), "pruned": counts.get((r.id, "PRUNED"), 0),
+             "failed": counts.get((r.id, "FAIL"), 0), "created_at": r.created_at.isoformat(timespec="seconds"),
+             "slimtune_version": r.slimtune_version} for r in records]
+
+
+def list_studies(storage: str = DEFAULT_STORAGE) -> list[dict[str, Any]]:
+    """The slimtune studies in ``storage``: name, task, objectives, trial counts by
+    state (``trials`` includes running ones, from Optuna), creation time."""
+    import optuna
+
+    db = Database.open(storage, create=False)
+    try:
+        rows = _summaries(db)
+        optuna_storage = _optuna_storage(storage, create=False)
+        try:
+            totals = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(optuna_storage, include_best_trial=False)}
+        finally:
+            optuna_storage.engine.dispose()
+        for row in rows:
+            row["trials"] = totals.get(row["name"], 0)
+        return rows
+    finally:
+        db.dispose()

@@ -1,0 +1,320 @@
+"""The live frontier plot: every trial a point, the Pareto front a step line (bqplot).
+
+Points are only ever appended: :meth:`FrontierPlot.add` extends the two scatter marks'
+arrays and moves the front line, it never rebuilds the figure.  Hover text comes from
+Python (a round trip on hover), so the arrays sent to the browser stay two float
+columns however many params a trial has.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any, Callable, Sequence
+
+import bqplot as bq
+import ipywidgets as widgets
+import numpy as np
+
+from slimtune.widgets import rows as R
+
+#: (fill colour, role) used by the marks, kept in one place so the legend, the
+#: static fallback and the docs agree.
+COLORS = {
+    "trial": "#4c78a8",
+    "other": "#b0b0b0",
+    "front": "#e45756",
+    "baseline": "#222222",
+    "selected": "#2ca02c",
+    "inspected": "#222222",
+}
+
+PickCallback = Callable[[dict[str, Any]], None]
+
+
+class FrontierPlot:
+    """Accuracy against one cost (latency, size or MACs), one point per trial.
+
+    Complete trials are blue dots; pruned and failed ones grey crosses (a trial with
+    no measurement at all is drawn at the plot's bottom-right edge, so every trial is
+    a point); the front of the complete trials is a red step line; the baseline a
+    black diamond.  ``on_pick(row)`` is called when a point is clicked.
+
+    Example:
+        >>> plot = FrontierPlot(objective="latency")
+        >>> plot.add([{"trial": 0, "accuracy": 0.9, "latency_ms": 0.2, "state": "COMPLETE"}])
+        >>> plot.n_points
+        1
+    """
+
+    def __init__(self, *, objective: str = "latency", on_pick: PickCallback | None = None,
+                 on_error: Callable[[BaseException], None] | None = None, height: str = "420px") -> None:
+        self.axis = R.check_axis(objective)
+        self._on_pick = on_pick
+        self._on_error = on_error
+        self._done: list[dict[str, Any]] = []  # complete trials, in plotting order
+        self._other: list[dict[str, Any]] = []  # pruned / failed trials
+        self._x = np.zeros(0)  # plotted coordinates of _done, in its order
+        self._y = np.zeros(0)
+        self._front: np.ndarray = np.zeros(0, dtype=int)  # indices into _done
+        self._baseline: dict[str, Any] | None = None
+        self._inspected: int | None = None
+        self._selected: int | None = None
+
+        self.x_scale = bq.LinearScale()
+        self.y_scale = bq.LinearScale()
+        self.x_axis = bq.Axis(scale=self.x_scale, label=self.axis.label, tick_format=self.axis.tick_format,
+                              grid_color="#eeeeee", label_offset="36px")
+        self.y_axis = bq.Axis(scale=self.y_scale, side="left", label="Accuracy", tick_format=".3f",
+                              grid_color="#eeeeee", label_offset="46px")
+        scales = {"x": self.x_scale, "y": self.y_scale}
+        self.tooltip = widgets.HTML(layout=widgets.Layout(max_width="380px"))
+        self.tooltip.add_class("slimtune-tooltip")
+        self.front_line = bq.Lines(x=[], y=[], scales=scales, colors=[COLORS["front"]], stroke_width=2.5,
+                                   interpolation="step-after", labels=["Pareto front"],
+                                   interactions={}, enable_hover=False)
+        self.selected_mark = self._ring(scales, COLORS["selected"], size=420, width=3.5, label="selected model")
+        self.inspected_mark = self._ring(scales, COLORS["inspected"], size=220, width=2.0, label="inspected")
+        self.trials_mark = bq.Scatter(x=[], y=[], scales=scales, colors=[COLORS["trial"]], default_size=58,
+                                      opacities=[0.75], stroke="white", stroke_width=0.8,
+                                      labels=["trials"], tooltip=self.tooltip,
+                                      interactions={"hover": "tooltip"})
+        self.others_mark = bq.Scatter(x=[], y=[], scales=scales, colors=[COLORS["other"]], marker="cross",
+                                      default_size=48, opacities=[0.9], labels=["pruned / failed"], tooltip=self.tooltip, interactions={"hover": "tooltip"})
+        self.baseline_mark = bq.Scatter(x=[], y=[], scales=scales, colors=[COLORS["baseline"]], marker="diamond",
+                                        default_size=110, names=[], display_names=True, labels=["baseline"], interactions={}, enable_hover=False)
+        for mark in (self.trials_mark, self.others_mark):
+            mark.on_element_click(self._reporting(self._clicked))
+            mark.on_hover(self._reporting(self._hovered))
+        self.figure = bq.Figure(
+            marks=[self.front_line, self.selected_mark, self.inspected_mark, self.baseline_mark,
+                   self.others_mark, self.trials_mark],
+            axes=[self.x_axis, self.y_axis], animation_duration=0, padding_y=0.06, padding_x=0.04,
+            fig_margin={"top": 16, "bottom": 52, "left": 66, "right": 16},             layout=widgets.Layout(width="100%", height=height, min_width="360px"),
+        )
+        self.figure.add_class("slimtune-plot")
+        # an HTML legend beside the figure: bqplot's own sits on top of the data
+        self.legend = widgets.HTML(legend_html())
+
+    @staticmethod
+    def _ring(scales: dict[str, Any], color: str, *, size: int, width: float, label: str) -> bq.Scatter:
+        return bq.Scatter(x=[], y=[], scales=scales, colors=[color], stroke=color, fill=False, default_size=size,
+                          stroke_width=width, interactions={}, enable_hover=False, labels=[label])
+
+    # ----------------------------------------------------------------- data
+    @property
+    def n_points(self) -> int:
+        """Trials drawn (complete plus pruned/failed)."""
+        return len(self._done) + len(self._other)
+
+    @property
+    def front(self) -> list[dict[str, Any]]:
+        """The complete trials on the current front, cheapest first."""
+        return [self._done[i] for i in self._front]
+
+    def rows(self) -> list[dict[str, Any]]:
+        return self._done + self._other
+
+    def set_baseline(self, row: dict[str, Any] | None) -> None:
+        self._baseline = row
+        self._draw_baseline()
+
+    def add(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Append trials (final states only); the figure is updated, not rebuilt."""
+        done = [r for r in rows if R.is_complete(r)]
+        other = [r for r in rows if not R.is_complete(r)]
+        if done:
+            self._done.extend(done)
+            xy = np.array([self._xy(r) for r in done], dtype=float).reshape(-1, 2)
+            self._x = np.concatenate([self._x, xy[:, 0]])
+            self._y = np.concatenate([self._y, xy[:, 1]])
+            self._draw_done()
+        if other:
+            self._other.extend(other)
+            self._draw_other()
+        elif done:
+            # missing-value points sit at the data's edge, which may just have moved
+            if any(self._needs_edge(r) for r in self._other):
+                self._draw_other()
+
+    def set_objective(self, name: str) -> None:
+        """Switch the x axis to ``latency``, ``size`` or ``macs``."""
+        self.axis = R.check_axis(name)
+        with self.x_axis.hold_sync():
+            self.x_axis.label = self.axis.label
+            self.x_axis.tick_format = self.axis.tick_format
+        self._x = np.array([self._xy(r)[0] for r in self._done], dtype=float)
+        self._draw_done()
+        self._draw_other()
+        self._draw_baseline()
+
+    @property
+    def marks(self) -> list[bq.Mark]:
+        return list(self.figure.marks)
+
+    def set_log_x(self, log: bool) -> None:
+        """A logarithmic x axis (costs often span decades: pruning, exits, bits)."""
+        scale = bq.LogScale() if log else bq.LinearScale()
+        self._log_x = bool(log)
+        with self.figure.hold_sync():
+            for mark in self.figure.marks:
+                mark.scales = {"x": scale, "y": self.y_scale}
+            self.x_axis.scale = scale
+            self.x_scale = scale
+            self._set_log_ticks()
+
+    def _set_log_ticks(self) -> None:
+        """1-2-5 ticks per decade (bqplot labels every minor tick of a log axis)."""
+        if not getattr(self, "_log_x", False):
+            self.x_axis.tick_values = None
+            return
+        xs = np.concatenate([self._x, np.asarray(self.baseline_mark.x, dtype=float)])
+        xs = xs[np.isfinite(xs) & (xs > 0)]
+        if xs.size == 0:
+            return
+        lo, hi = math.floor(math.log10(xs.min())), math.ceil(math.log10(xs.max()))
+        ticks = [m * 10.0 ** e for e in range(lo, hi + 1) for m in (1, 2, 5)]
+        self.x_axis.tick_values = np.array([t for t in ticks if xs.min() / 1.5 <= t <= xs.max() * 1.5])
+
+    def mark_inspected(self, trial: int | None) -> None:
+        self._inspected = trial
+        self._draw_ring(self.inspected_mark, trial)
+
+    def mark_selected(self, trial: int | None) -> None:
+        self._selected = trial
+        self._draw_ring(self.selected_mark, trial)
+
+    def find(self, trial: int | None) -> dict[str, Any] | None:
+        for row in self._done + self._other:
+            if row.get("trial") == trial:
+                return row
+        return None
+
+    # ----------------------------------------------------------------- drawing
+    def _xy(self, row: dict[str, Any]) -> tuple[float, float]:
+        x = R.value(row, self.axis.key)
+        if math.isnan(x) and isinstance(row.get("pre"), dict):
+            x = R.value(row["pre"], self.axis.key)  # measured before training, then stopped
+        y = R.value(row, "accuracy")
+        if math.isnan(y):
+            y = R.value(row, "val_accuracy")
+        return x * self.axis.unit_scale, y
+
+    def _needs_edge(self, row: dict[str, Any]) -> bool:
+        x, y = self._xy(row)
+        return math.isnan(x) or math.isnan(y)
+
+    def _edge(self) -> tuple[float, float]:
+        """Bottom-right corner of the measured data: where unmeasured trials are drawn."""
+        xs, ys = self._x, self._y
+        if self._baseline:
+            bx, by = self._xy(self._baseline)
+            xs, ys = np.append(xs, bx), np.append(ys, by)
+        xs, ys = xs[~np.isnan(xs)], ys[~np.isnan(ys)]
+        return (float(xs.max()) if xs.size else 1.0), (float(ys.min()) if ys.size else 0.0)
+
+    def _draw_done(self) -> None:
+        x, y = self._x, self._y
+        self._front = R.front_indices(x, y)
+        with self.trials_mark.hold_sync():  # float32: half the bytes, plenty for a plot
+            self.trials_mark.x = x.astype(np.float32)
+            self.trials_mark.y = y.astype(np.float32)
+        with self.front_line.hold_sync():
+            self.front_line.x = x[self._front]
+            self.front_line.y = y[self._front]
+        self._draw_ring(self.inspected_mark, self._inspected)
+        self._draw_ring(self.selected_mark, self._selected)
+        if getattr(self, "_log_x", False):
+            self._set_log_ticks()
+
+    def _draw_other(self) -> None:
+        edge_x, edge_y = self._edge()
+        pts = [self._xy(r) for r in self._other]
+        x = np.array([edge_x if math.isnan(px) else px for px, _ in pts], dtype=float)
+        y = np.array([edge_y if math.isnan(py) else py for _, py in pts], dtype=float)
+        with self.others_mark.hold_sync():
+            self.others_mark.x = x
+            self.others_mark.y = y
+
+    def _draw_baseline(self) -> None:
+        if not self._baseline:
+            return
+        bx, by = self._xy(self._baseline)
+        if math.isnan(bx) or math.isnan(by):
+            return
+        with self.baseline_mark.hold_sync():
+            self.baseline_mark.x = np.array([bx])
+            self.baseline_mark.y = np.array([by])
+            self.baseline_mark.names = np.array(["baseline"])
+
+    def _draw_ring(self, mark: bq.Scatter, trial: int | None) -> None:
+        row = self.find(trial) if trial is not None else None
+        xy = self._xy(row) if row is not None else (math.nan, math.nan)
+        if row is not None and self._needs_edge(row):
+            xy = self._edge()
+        with mark.hold_sync():
+            if math.isnan(xy[0]) or math.isnan(xy[1]):
+                mark.x, mark.y = np.zeros(0), np.zeros(0)
+            else:
+                mark.x, mark.y = np.array([xy[0]]), np.array([xy[1]])
+
+    # ----------------------------------------------------------------- events
+    def _reporting(self, handler: Callable[..., None]) -> Callable[..., None]:
+        """Exceptions in bqplot callbacks are otherwise only logged: send them on."""
+        def wrapper(*args: Any) -> None:
+            try:
+                handler(*args)
+            except Exception as exc:
+                if self._on_error is None:
+                    raise
+                self._on_error(exc)
+
+        return wrapper
+
+    def _row_for(self, mark: Any, index: Any) -> dict[str, Any] | None:
+        pool = self._done if mark is self.trials_mark else self._other
+        try:
+            return pool[int(index)]
+        except (TypeError, ValueError, IndexError):
+            return None
+
+    def _clicked(self, mark: Any, event: dict[str, Any]) -> None:
+        row = self._row_for(mark, (event.get("data") or {}).get("index"))
+        if row is not None and self._on_pick is not None:
+            self._on_pick(row)
+
+    def _hovered(self, mark: Any, event: dict[str, Any]) -> None:
+        point = event.get("point") or event.get("data") or {}
+        row = self._row_for(mark, point.get("index"))
+        if row is not None:
+            self.tooltip.value = tooltip_html(row)
+
+
+def tooltip_html(row: dict[str, Any]) -> str:
+    """The hover card of one trial (every value escaped)."""
+    lines = [f"<b>{html.escape(R.trial_title(row))}</b>"]
+    acc = R.value(row, "accuracy")
+    lines.append(
+        f"accuracy {R.format_accuracy(acc)} · {R.format_cost(R.value(row, 'latency_ms'), R.AXES['latency'])}"
+        f" · {R.format_cost(R.value(row, 'size_bytes'), R.AXES['size'])}"
+        f" · {R.format_cost(R.value(row, 'macs'), R.AXES['macs'])} MACs"
+    )
+    lines.append(html.escape(R.params_summary(row.get("params") or {})))
+    return "<div class='slimtune-tip'>" + "<br>".join(lines) + "</div>"
+
+
+def legend_html() -> str:
+    """The plot's legend as a row of inline SVG symbols."""
+    def item(symbol: str, label: str) -> str:
+        return (f"<span class='slimtune-legend-item'><svg width='16' height='12' viewBox='0 0 16 12'>{symbol}</svg>"
+                f"{label}</span>")
+
+    c = COLORS
+    return "<div class='slimtune-legend'>" + "".join([
+        item(f"<circle cx='8' cy='6' r='4' fill='{c['trial']}'/>", "trial"),
+        item(f"<path d='M8 2v8M4 6h8' stroke='{c['other']}' stroke-width='3'/>", "pruned / failed"),
+        item(f"<path d='M1 10H7V3H15' fill='none' stroke='{c['front']}' stroke-width='2.5'/>", "Pareto front"),
+        item(f"<path d='M8 1l5 5l-5 5l-5 -5z' fill='{c['baseline']}'/>", "baseline"),
+        item(f"<circle cx='8' cy='6' r='5' fill='none' stroke='{c['selected']}' stroke-width='2.5'/>", "selected model"),
+        item(f"<circle cx='8' cy='6' r='4.5' fill='none' stroke='{c['inspected']}' stroke-width='1.5'/>", "inspected"),
+    ]) + "</div>"

@@ -1,0 +1,255 @@
+"""Trial rows as the widgets see them: axes, families, formatting, the 2-D front.
+
+Pure functions over the plain row dicts that ``Study.trials()`` returns, so the
+interactive dashboard, the static HTML fallback and the tests share one reading of
+a row.  Nothing here touches ipywidgets.
+
+Example:
+    >>> rows = [{"trial": 0, "accuracy": 0.9, "latency_ms": 1.0, "state": "COMPLETE"},
+    ...         {"trial": 1, "accuracy": 0.8, "latency_ms": 2.0, "state": "COMPLETE"}]
+    >>> [r["trial"] for r in front_rows(rows, "latency")]
+    [0]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+Row = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One cost shown on the x axis."""
+
+    key: str  # the row field
+    label: str  # axis label
+    unit_scale: float  # row value * unit_scale = shown value
+    unit: str
+    tick_format: str
+
+
+#: The costs the x axis can show, by the name used in the UI and ``objective=``.
+AXES: dict[str, Axis] = {
+    "latency": Axis("latency_ms", "Latency (ms, measured)", 1.0, "ms", ".3~f"),
+    "size": Axis("size_bytes", "Size (KB)", 1 / 1024, "KB", ".1~f"),
+    "macs": Axis("macs", "MACs (millions)", 1e-6, "M", ".3~f"),
+}
+
+#: Parameter families in DESIGN.md's order: (name prefix, title).
+FAMILIES: tuple[tuple[str, str], ...] = (
+    ("prune", "Pruning"),
+    ("quant", "Quantization"),
+    ("distill", "Distillation"),
+    ("dsconv", "DS-conv"),
+    ("exits", "Early exits"),
+)
+
+FINAL_STATES = ("COMPLETE", "PRUNED", "FAIL")
+
+
+def check_axis(name: str) -> Axis:
+    """The :class:`Axis` called ``name`` (``latency``, ``size`` or ``macs``)."""
+    try:
+        return AXES[name]
+    except KeyError:
+        raise ValueError(f"`objective` must be one of {', '.join(AXES)}, but got {name!r}.") from None
+
+
+def value(row: Row, key: str) -> float:
+    """A numeric field of a row, NaN when missing or not a number."""
+    raw = row.get(key)
+    try:
+        out = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+    return out
+
+
+def is_complete(row: Row) -> bool:
+    return str(row.get("state", "COMPLETE")).upper() == "COMPLETE"
+
+
+def is_final(row: Row) -> bool:
+    return str(row.get("state", "COMPLETE")).upper() in FINAL_STATES
+
+
+def group_params(params: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, Any]]]]:
+    """Params grouped by family, in DESIGN.md's order; unknown prefixes go to "Other".
+
+    Each family lists ``(name without the family prefix, value)`` sorted naturally
+    (``exits.2`` before ``exits.10``).
+    """
+    groups: dict[str, list[tuple[str, Any]]] = {title: [] for _, title in FAMILIES}
+    titles = dict(FAMILIES)
+    other: list[tuple[str, Any]] = []
+    for name, val in params.items():
+        prefix, _, rest = str(name).partition(".")
+        if prefix in titles and rest:
+            groups[titles[prefix]].append((rest, val))
+        else:
+            other.append((str(name), val))
+    out = [(title, sorted(items, key=lambda kv: _natural_key(kv[0]))) for title, items in groups.items() if items]
+    if other:
+        out.append(("Other", sorted(other, key=lambda kv: _natural_key(kv[0]))))
+    return out
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in name.split(".")]
+
+
+def format_param(val: Any) -> str:
+    """A param value for display (floats with 4 significant digits)."""
+    if isinstance(val, bool):
+        return "on" if val else "off"
+    if isinstance(val, float):
+        return f"{val:.4g}"
+    return str(val)
+
+
+def format_cost(val: float, axis: Axis) -> str:
+    if math.isnan(val):
+        return "–"
+    shown = val * axis.unit_scale
+    if axis.key == "latency_ms":
+        return f"{shown:.3f} ms"
+    if axis.key == "size_bytes":
+        return f"{shown:.1f} KB"
+    return f"{shown:.3g} M"
+
+
+def format_accuracy(val: float) -> str:
+    return "–" if math.isnan(val) else f"{val:.4f}"
+
+
+def params_summary(params: Mapping[str, Any]) -> str:
+    """A compact one-line summary of the key knobs (for hover text and the table)."""
+    parts = []
+    ratio = params.get("prune.ratio")
+    if ratio not in (None, 0, 0.0):
+        parts.append(f"prune {format_param(ratio)} {params.get('prune.granularity', '')}".rstrip())
+    bits = params.get("quant.bits")
+    if bits not in (None, 32):
+        parts.append(f"{bits}-bit {params.get('quant.mode', '')}".rstrip())
+    dsconv = [k.split(".", 1)[1] for k, v in params.items() if str(k).startswith("dsconv.") and v]
+    if dsconv:
+        parts.append(f"dsconv {len(dsconv)}")
+    exits = [k for k, v in params.items() if str(k).startswith("exits.") and str(k).endswith(".enabled") and v]
+    if exits:
+        parts.append(f"exits {len(exits)}")
+    if "distill.temperature" in params:
+        parts.append(f"T={format_param(params['distill.temperature'])} α={format_param(params.get('distill.alpha', ''))}")
+    return ", ".join(parts) or "no compression"
+
+
+def trial_title(row: Row) -> str:
+    """``trial 7`` or ``trial 7 (pruned: cannot reach the front)`` (plain text)."""
+    state = str(row.get("state", "COMPLETE")).upper()
+    head = f"trial {row.get('trial')}"
+    if state != "COMPLETE":
+        reason = row.get("stopped_reason") or row.get("error")
+        head += f" ({state.lower()}{': ' + str(reason) if reason else ''})"
+    return head
+
+
+def hover_text(row: Row) -> str:
+    """One line about a trial: title, objectives and key params (plain text)."""
+    head = trial_title(row)
+    acc = value(row, "accuracy")
+    lat = value(row, "latency_ms")
+    size = value(row, "size_bytes")
+    metrics = f"acc {format_accuracy(acc)} · {format_cost(lat, AXES['latency'])} · {format_cost(size, AXES['size'])}"
+    return f"{head} · {metrics} · {params_summary(row.get('params') or {})}"
+
+
+def front_indices(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indices of the non-dominated points (x minimized, y maximized), sorted by x.
+
+    O(n log n).  Points with a NaN coordinate are never on the front; equal points are
+    all kept (as in Optuna's ``best_trials``).
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    valid = np.flatnonzero(~(np.isnan(x) | np.isnan(y)))
+    if valid.size == 0:
+        return valid
+    # by x ascending, then y descending: a point is on the front when its y beats every
+    # y seen at a strictly smaller x, and ties the best at its own x.
+    order = valid[np.lexsort((-y[valid], x[valid]))]
+    keep: list[int] = []
+    best_before = -math.inf  # best y at strictly smaller x
+    i = 0
+    while i < len(order):
+        j = i
+        xi = x[order[i]]
+        while j < len(order) and x[order[j]] == xi:
+            j += 1
+        group = order[i:j]
+        top = y[group[0]]  # the group is sorted by y descending
+        if top > best_before:
+            keep.extend(int(k) for k in group if y[k] == top)
+            best_before = top
+        i = j
+    return np.asarray(keep, dtype=int)
+
+
+def front_rows(rows: Sequence[Row], objective: str = "latency") -> list[Row]:
+    """The complete rows on the accuracy-vs-``objective`` front, cheapest first."""
+    axis = check_axis(objective)
+    done = [r for r in rows if is_complete(r)]
+    x = np.array([value(r, axis.key) for r in done])
+    y = np.array([value(r, "accuracy") for r in done])
+    return [done[i] for i in front_indices(x, y)]
+
+
+def baseline_row(baseline: Any) -> dict[str, Any] | None:
+    """The study's baseline (a Measurement, a dict or None) as a plain row."""
+    if baseline is None:
+        return None
+    if isinstance(baseline, Mapping):
+        data = dict(baseline)
+    elif hasattr(baseline, "to_dict"):
+        data = dict(baseline.to_dict())
+    else:
+        data = {k: getattr(baseline, k, None) for k in ("accuracy", "latency_ms", "size_bytes", "macs", "exit_rates")}
+    data.setdefault("trial", "baseline")
+    data.setdefault("state", "COMPLETE")
+    return data
+
+
+def deltas(row: Row, baseline: Row | None) -> list[tuple[str, str, str]]:
+    """``(metric, value, change against the baseline)`` for the details pane."""
+    out = []
+    acc, base_acc = value(row, "accuracy"), value(baseline or {}, "accuracy")
+    change = "" if math.isnan(acc) or math.isnan(base_acc) else f"{(acc - base_acc) * 100:+.2f} pp"
+    out.append(("accuracy", format_accuracy(acc), change))
+    for name in ("latency", "size", "macs"):
+        axis = AXES[name]
+        val, base = value(row, axis.key), value(baseline or {}, axis.key)
+        out.append((name if name != "macs" else "MACs", format_cost(val, axis), ratio_text(val, base)))
+    return out
+
+
+def ratio_text(val: float, base: float) -> str:
+    """``2.10× smaller`` style change of a cost against the baseline."""
+    if math.isnan(val) or math.isnan(base) or val <= 0 or base <= 0:
+        return ""
+    if abs(val - base) / base < 0.005:
+        return "same as baseline"
+    if val < base:
+        return f"{base / val:.2f}× less"
+    return f"{val / base:.2f}× more"
+
+
+def sorted_rows(rows: Iterable[Row], key: str, *, descending: bool) -> list[Row]:
+    """Rows sorted by a field, missing values last whatever the direction."""
+    rows = list(rows)
+    present = [r for r in rows if not math.isnan(value(r, key))]
+    missing = [r for r in rows if math.isnan(value(r, key))]
+    present.sort(key=lambda r: value(r, key), reverse=descending)
+    return present + missing

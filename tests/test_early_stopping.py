@@ -1,0 +1,165 @@
+"""The frontier early-stopping rule: constructed cases, then a real candidate."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pytest
+
+from slimtune.search.early_stopping import (
+    FrontierEarlyStopping,
+    FrontierPoint,
+    frontier_points_only,
+    points_from_rows,
+    resolve_early_stopping,
+)
+
+
+@dataclass(frozen=True)
+class Pre:
+    latency_ms: float
+    size_bytes: int = 1000
+    macs: int = 10_000
+
+
+RULE = FrontierEarlyStopping(min_margin=0.02, margin_per_epoch=0.05)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Train with one thread: on a shared 2-core machine two OpenMP threads that spin
+    while waiting for a core make training several times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+FRONT = [FrontierPoint(0, 0.95, {"latency_ms": 1.0}), FrontierPoint(1, 0.80, {"latency_ms": 0.5})]
+
+
+def test_margin_shrinks_with_epochs_left():
+    assert RULE.margin(0, 4) == pytest.approx(0.02 + 3 * 0.05)
+    assert RULE.margin(2, 4) == pytest.approx(0.07)
+    assert RULE.margin(3, 4) == pytest.approx(0.02)
+    assert RULE.margin(9, 4) == pytest.approx(0.02)  # never below min_margin
+
+
+def test_margin_learns_the_largest_remaining_gain_from_curves():
+    # a complete trial went 0.38 -> 0.95 in its second (last) epoch, 0.96 after compression
+    steep = [FrontierPoint(0, 0.96, {"latency_ms": 1.0}, curve=(0.38, 0.95))]
+    assert RULE.margin(0, 2, steep) == pytest.approx(0.02 + 0.58)
+    assert RULE.margin(1, 2, steep) == pytest.approx(0.02 + 0.01)  # compression added 0.01
+    # curves of another length (other epochs) are ignored; the prior stays a floor
+    assert RULE.margin(0, 3, steep) == pytest.approx(0.02 + 0.10)
+    assert FrontierEarlyStopping(learn_margin=False).margin(0, 2, steep) == pytest.approx(0.07)
+    # with that curve seen, a candidate at 0.40 after epoch 1 of 2 goes on
+    assert RULE.check(0, 0.40, Pre(2.0), steep, ("latency_ms",), epochs=2) is None
+    assert FrontierEarlyStopping(learn_margin=False).check(0, 0.40, Pre(2.0), steep, ("latency_ms",), epochs=2)
+
+
+def test_latency_tolerance():
+    point = [FrontierPoint(0, 0.99, {"latency_ms": 1.0})]
+    assert RULE.check(1, 0.5, Pre(1.05), point, ("latency_ms",), epochs=2) is None  # within 10% noise
+    assert RULE.check(1, 0.5, Pre(1.15), point, ("latency_ms",), epochs=2)
+
+
+def test_hopeless_candidate_is_stopped():
+    # as slow as trial 0 and far less accurate even with every epoch still to come
+    reason = RULE.check(0, 0.40, Pre(1.2), FRONT, ("latency_ms",), epochs=4)
+    assert reason and "trial 0" in reason and "epoch 1/4" in reason
+    # faster than trial 0 but slower than trial 1, and clearly worse than trial 1
+    assert "trial 1" in RULE.check(3, 0.60, Pre(0.7), FRONT, ("latency_ms",), epochs=4)
+
+
+def test_candidate_within_margin_or_cheaper_is_not_stopped():
+    # within the margin of the no-costlier point
+    assert RULE.check(3, 0.94, Pre(1.2), FRONT, ("latency_ms",), epochs=4) is None
+    assert RULE.check(0, 0.80, Pre(1.2), FRONT, ("latency_ms",), epochs=4) is None  # 0.80 + 0.17 > 0.95
+    # cheaper than every frontier point: never stopped, however inaccurate
+    assert RULE.check(3, 0.01, Pre(0.1), FRONT, ("latency_ms",), epochs=4) is None
+    # no frontier yet
+    assert RULE.check(3, 0.01, Pre(5.0), [], ("latency_ms",), epochs=4) is None
+
+
+def test_every_cost_must_be_no_higher():
+    front = [FrontierPoint(0, 0.99, {"latency_ms": 1.0, "size_bytes": 500})]
+    assert RULE.check(3, 0.5, Pre(2.0, size_bytes=400), front, ("latency_ms", "size_bytes"), epochs=4) is None
+    assert RULE.check(3, 0.5, Pre(2.0, size_bytes=600), front, ("latency_ms", "size_bytes"), epochs=4)
+
+
+def test_never_stops_a_candidate_that_reaches_the_frontier():
+    """Randomised: a candidate whose final validation accuracy puts it on the frontier,
+    and which gains at most ``margin_per_epoch`` per remaining epoch, is never stopped."""
+    rng = random.Random(0)
+    for _ in range(500):
+        epochs = rng.randint(1, 6)
+        points = [FrontierPoint(i, rng.random(), {"latency_ms": rng.uniform(0.1, 2.0)}) for i in range(rng.randint(1, 12))]
+        latency = rng.uniform(0.1, 2.0)
+        cheaper = [p.val_accuracy for p in points if p.costs["latency_ms"] <= latency]
+        final = max(cheaper, default=0.0) + rng.uniform(0.0, 0.05)  # on the frontier at the end
+        curve = [final]
+        for _ in range(epochs - 1):  # earlier epochs: lower by at most margin_per_epoch each
+            curve.insert(0, curve[0] - rng.uniform(0.0, RULE.margin_per_epoch))
+        for epoch, acc in enumerate(curve):
+            assert RULE.check(epoch, acc, Pre(latency), points, ("latency_ms",), epochs) is None
+
+
+def test_should_stop_fn_uses_only_the_front():
+    points = [FrontierPoint(0, 0.9, {"latency_ms": 1.0}), FrontierPoint(1, 0.8, {"latency_ms": 2.0})]
+    assert [p.trial for p in frontier_points_only(points, ("latency_ms",))] == [0]
+    fn = RULE.should_stop_fn(points, ("latency_ms",), epochs=1)
+    assert fn(0, 0.5, Pre(3.0)) and fn(0, 0.89, Pre(3.0)) is None
+    # margins come from every point's curve, dominated ones included
+    curved = points + [FrontierPoint(2, 0.7, {"latency_ms": 3.0}, curve=(0.2,))]
+    assert RULE.should_stop_fn(curved, ("latency_ms",), epochs=1)(0, 0.5, Pre(3.0)) is None  # margin 0.52
+
+
+def test_points_from_rows_use_validation_accuracy_of_complete_trials():
+    rows = [{"trial": 0, "state": "COMPLETE", "accuracy": 0.99, "val_accuracy": 0.9, "latency_ms": 1.0,
+             "val_accuracy_per_epoch": [0.8]},
+            {"trial": 1, "state": "PRUNED", "accuracy": None, "val_accuracy": 0.5, "latency_ms": None},
+            {"trial": 2, "state": "COMPLETE", "accuracy": 0.9, "val_accuracy": None, "latency_ms": 1.0}]
+    assert points_from_rows(rows, ("latency_ms",)) == [FrontierPoint(0, 0.9, {"latency_ms": 1.0}, (0.8,))]
+
+
+def test_resolve_and_serialise():
+    assert resolve_early_stopping(None) == FrontierEarlyStopping()
+    assert resolve_early_stopping(False) is None
+    assert FrontierEarlyStopping.from_dict(RULE.to_dict()) == RULE
+    with pytest.raises(ValueError):
+        FrontierEarlyStopping(min_margin=-0.1)
+
+
+def test_real_candidate_stopped_or_kept(digits_task, digits_baseline):
+    """A real candidate whose architecture must be retrained (every conv made
+    depthwise-separable) against a no-costlier point it cannot reach is stopped after
+    its first epoch; the same candidate is kept when every frontier point is costlier.
+
+    (The rule sees the validation accuracy of the architecture being distilled, before
+    pruning and quantization, which only ever come after training.)"""
+    from slimtune.api import build_space
+    from slimtune.search.candidate import EvalSettings, Evaluator
+
+    space = build_space(digits_task)
+    ev = Evaluator(digits_task, space, EvalSettings(epochs=2, latency_repeats=5, latency_warmup=2), digits_baseline)
+    values = {name: True for name in space.to_dict() and [p.name for p in space.params] if name.startswith("dsconv.")}
+    assert values, "digits' model has eligible convs"
+    seen = []
+
+    def spy(rule_fn):
+        def should_stop(epoch, acc, pre):
+            seen.append((epoch, acc))
+            return rule_fn(epoch, acc, pre)
+        return should_stop
+
+    unreachable = [FrontierPoint(7, 1.0, {"latency_ms": 0.0})]
+    result = ev.evaluate(values, should_stop=spy(RULE.should_stop_fn(unreachable, ("latency_ms",), epochs=2)))
+    assert seen[0][1] < 1.0 - RULE.margin(0, 2), "the first epoch leaves the candidate short of the point"
+    assert result.stopped and "trial 7" in result.stopped and "epoch 1/2" in result.stopped
+    assert result.measurement is None and result.pre is not None and result.pre.latency_ms > 0
+    seen.clear()
+    costly = [FrontierPoint(7, 1.0, {"latency_ms": 1e9})]
+    kept = ev.evaluate(values, should_stop=spy(RULE.should_stop_fn(costly, ("latency_ms",), epochs=2)))
+    assert kept.stopped is None and kept.measurement is not None and len(seen) == 2

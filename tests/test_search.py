@@ -1,0 +1,239 @@
+"""Studies end to end on digits (real training, 1 epoch, few trials, short timings)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import optuna
+import pytest
+
+from slimtune import Study
+from slimtune.search.early_stopping import FrontierPoint
+from slimtune.studies import NoCandidateError, StudyError
+from slimtune.studies.frontier import loss_vector
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+FAST = {"epochs": 1, "latency_repeats": 5, "latency_warmup": 2, "calibration_size": 64}
+N, M = 3, 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Train with one thread: on a shared 2-core machine two OpenMP threads that spin
+    while waiting for a core make training several times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('search') / 'studies.db'}"
+
+
+@pytest.fixture(scope="module")
+def study(storage):
+    """N trials, then resumed for M more (the resume is part of the fixture so that
+    every test below sees N + M trials)."""
+    first = Study.create_or_load("digits-s", storage=storage, task="digits", settings=FAST, seed=0, early_stopping=False)
+    rows = first.optimize(n_trials=N, progress=False)
+    assert [r["trial"] for r in rows] == list(range(N))
+    first_rows = first.trials()
+    first.close()
+    resumed = Study.create_or_load("digits-s", storage=storage, task="digits", seed=0, early_stopping=False)
+    more = resumed.optimize(n_trials=M, progress=False)
+    resumed._first_rows = first_rows  # noqa: SLF001 - for the resume test
+    resumed._more = more  # noqa: SLF001
+    yield resumed
+    resumed.close()
+
+
+def test_run_creates_complete_trials_with_both_objectives(study):
+    rows = study.trials()
+    assert len(rows) == N + M
+    for row in rows:
+        assert row["state"] == "COMPLETE", row.get("error")
+        for key in ("trial", "params", "accuracy", "latency_ms", "size_bytes", "macs", "pareto", "val_accuracy",
+                    "backend", "tuner", "fingerprint_id", "datetime_complete"):
+            assert key in row
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["latency_ms"] > 0 and row["size_bytes"] > 0 and row["macs"] > 0
+        assert row["backend"] == "optuna" and row["tuner"] == "TPESampler"
+        assert set(row["params"]) == {p["name"] for p in study.space_dict["params"]}
+    json.dumps(rows)  # JSON-friendly
+    assert study.baseline.accuracy > 0.9 and study.baseline.latency_ms > 0
+
+
+def test_resume_continues_numbering_and_keeps_earlier_trials(study):
+    assert [r["trial"] for r in study._more] == list(range(N, N + M))  # noqa: SLF001
+    now = {r["trial"]: r for r in study.trials()}
+    for before in study._first_rows:  # noqa: SLF001
+        after = now[before["trial"]]
+        for key in ("params", "accuracy", "latency_ms", "size_bytes", "macs", "state"):
+            assert after[key] == before[key]
+
+
+def test_optuna_load_study_reads_the_same_trials(study, storage):
+    plain = optuna.load_study(study_name="digits-s", storage=storage)
+    assert [d.name for d in plain.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert plain.metric_names == ["accuracy", "latency_ms"]
+    trials = plain.get_trials()
+    assert len(trials) == N + M
+    rows = {r["trial"]: r for r in study.trials()}
+    for t in trials:
+        assert t.values == [rows[t.number]["accuracy"], rows[t.number]["latency_ms"]]
+        assert t.user_attrs["backend"] == "optuna"
+        assert {**t.user_attrs["fixed_params"], **t.params} == rows[t.number]["params"]
+    assert sorted(t.number for t in plain.best_trials) == sorted(r["trial"] for r in study.frontier())
+
+
+def test_frontier_is_exactly_the_non_dominated_trials(study):
+    rows = study.trials(states=("COMPLETE",))
+    objectives = study.objectives
+    expected = set()
+    for r in rows:
+        a = loss_vector(r, objectives)
+        beaten = any(all(x <= y for x, y in zip(loss_vector(o, objectives), a)) and loss_vector(o, objectives) != a
+                     for o in rows)
+        if not beaten:
+            expected.add(r["trial"])
+    front = study.frontier()
+    assert {r["trial"] for r in front} == expected
+    assert all(r["pareto"] for r in front)
+    assert {r["trial"] for r in rows if r["pareto"]} == expected
+    assert [r["latency_ms"] for r in front] == sorted(r["latency_ms"] for r in front)
+
+
+def test_select_honours_constraints_or_says_none_fits(study):
+    rows = study.trials(states=("COMPLETE",))
+    limit = sorted(r["latency_ms"] for r in rows)[len(rows) // 2]
+    chosen = study.select(max_latency_ms=limit)
+    fitting = [r for r in rows if r["latency_ms"] <= limit]
+    assert chosen.latency_ms <= limit
+    assert chosen.accuracy == max(r["accuracy"] for r in fitting)
+    assert min((r for r in fitting if r["accuracy"] == chosen.accuracy), key=lambda r: r["latency_ms"])["trial"] == chosen.trial
+    with pytest.raises(NoCandidateError, match="fastest") as info:
+        study.select(max_latency_ms=min(r["latency_ms"] for r in rows) / 10)
+    assert "trial" in str(info.value)
+    with pytest.raises(NoCandidateError):
+        study.select(min_accuracy=1.01)
+    big = study.select(max_size_kb=1e9)
+    assert big.accuracy == max(r["accuracy"] for r in rows)
+
+
+def test_candidate_load_runs_and_rejects_unknown_trial(study, digits_task):
+    import torch
+
+    cand = study.candidate(study.frontier()[0]["trial"])
+    model = cand.load()
+    with torch.no_grad():
+        out = model(digits_task.data.x_test[:4])
+    assert out.shape == (4, 10)
+    assert cand.measurement.accuracy == cand.accuracy
+    with pytest.raises(StudyError, match="no trial"):
+        study.candidate(999)
+
+
+EXPORT_CHECK = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import onnxruntime as ort
+    x = np.load(sys.argv[1]); y = np.load(sys.argv[2])
+    out = {}
+    for path in sys.argv[3:]:
+        s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        name = s.get_inputs()[0].name
+        if len(s.get_outputs()) > 1:  # early exits: one sample at a time
+            logits = np.concatenate([s.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+        else:
+            logits = s.run(None, {name: x})[0]
+        out[path] = float((logits.argmax(-1) == y).mean())
+    assert not any(m.split(".")[0] in ("torch", "slimtune") for m in sys.modules), "imports torch or slimtune"
+    print(json.dumps(out))
+""")
+
+
+def test_export_round_trip_in_a_fresh_process(study, digits_task, tmp_path):
+    np.save(tmp_path / "x.npy", digits_task.data.x_test.numpy())
+    np.save(tmp_path / "y.npy", digits_task.data.y_test.numpy())
+    paths, expected = [], {}
+    for row in study.trials(states=("COMPLETE",)):
+        cand = study.candidate(row["trial"])
+        path = cand.export(tmp_path / f"trial{row['trial']}.onnx")
+        data, fmt = cand.artifact()
+        assert fmt == "onnx" and path.read_bytes() == data  # exactly what was measured
+        paths.append(str(path))
+        expected[str(path)] = row["accuracy"]
+    script = tmp_path / "check.py"
+    script.write_text(EXPORT_CHECK)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), *paths],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == expected
+
+
+def test_same_seed_proposes_the_same_candidates(study, tmp_path):
+    other = Study.create_or_load("again", storage=f"sqlite:///{tmp_path / 'again.db'}", task="digits", settings=FAST,
+                                 seed=0, early_stopping=False)
+    rows = other.optimize(n_trials=1, progress=False)
+    other.close()
+    first = study.trials()[0]
+    assert rows[0]["params"] == first["params"]
+    assert rows[0]["accuracy"] == first["accuracy"]  # training is seeded too
+
+
+def test_resume_with_another_task_or_space_is_refused(study, storage, tmp_path):
+    path = storage[len("sqlite:///"):]
+    before = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    with pytest.raises(StudyError, match="task"):
+        Study.create_or_load("digits-s", storage=storage, task="tests.user_task:make_task")
+    with pytest.raises(StudyError, match="another space"):
+        Study.create_or_load("digits-s", storage=storage, task="digits", fixed={"quant.bits": 8})
+    with pytest.raises(StudyError, match="objectives"):
+        Study.create_or_load("digits-s", storage=storage, objectives=("accuracy", "size_bytes"))
+    with pytest.raises(StudyError, match="evaluation settings"):
+        Study.create_or_load("digits-s", storage=storage, settings={"epochs": 3})
+    assert hashlib.sha256(open(path, "rb").read()).hexdigest() == before
+
+
+def test_fixed_params_constraints_early_stop_and_stop_flag(tmp_path):
+    """One small study for the rest of the plumbing: fixed values are recorded, the
+    constraint reaches Optuna, a stopped candidate is a PRUNED trial with its reason,
+    and the stop flag ends the loop after the current trial."""
+    storage = f"sqlite:///{tmp_path / 'plumbing.db'}"
+    st = Study.create_or_load("plumb", storage=storage, task="digits", settings=FAST, seed=1,
+                              fixed={"quant.bits": 8, "dsconv.blocks.0.0": False}, max_latency_ms=1e-6)
+    assert "quant.bits" not in {p.name for p in st.space.searched}
+    # every candidate is beaten by an unreachable point: stopped after its epoch
+    st.frontier_points = lambda costs: [FrontierPoint(-1, 1.0, {c: 0.0 for c in costs})]
+    seen, stop = [], threading.Event()
+
+    def on_trial(row):
+        seen.append(row)
+        stop.set()
+
+    rows = st.optimize(n_trials=5, stop_event=stop, callbacks=[on_trial], progress=False)
+    assert len(rows) == 1 and seen == rows
+    assert rows[0]["state"] == "PRUNED" and rows[0]["stopped_reason"].startswith("early stop")
+    plain = optuna.load_study(study_name="plumb", storage=storage)
+    (t,) = plain.get_trials()
+    assert t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["stopped_reason"] == rows[0]["stopped_reason"]
+    assert t.user_attrs["fixed_params"] == {"quant.bits": 8, "dsconv.blocks.0.0": False}
+    assert "quant.bits" not in t.params
+    # without the fake point the next candidate completes, and violates the latency limit
+    del st.frontier_points
+    (row,) = st.optimize(n_trials=1, progress=False)
+    assert row["state"] == "COMPLETE" and row["params"]["quant.bits"] == 8
+    t = optuna.load_study(study_name="plumb", storage=storage).trials[1]
+    assert t.constraints["latency_ms"] > 0
+    assert st.frontier() == [] and st.trials()[1]["feasible"] is False
+    st.close()
