@@ -22,11 +22,14 @@ run it reports
 
 Usage::
 
-    PYTHONPATH=. python benchmarks/search.py                       # default vs random, ES on/off
-    PYTHONPATH=. python benchmarks/search.py --configs tpe,nsga2,gp,random --seeds 0,1,2
+    PYTHONPATH=. python benchmarks/search.py                       # default (gp) vs random, ES on/off
+    PYTHONPATH=. python benchmarks/search.py --configs gp,tpe,nsga2,random --seeds 0,1,2 --trials 24
 
-Config names: a sampler (``tpe``, ``nsga2``, ``gp``, ``random``), optionally with
-``-noes`` (early stopping off), e.g. ``tpe-noes``.
+Config names: a sampler (``gp``, ``tpe``, ``nsga2``, ``random``), optionally with
+``-noes`` (early stopping off) or ``-prior`` (the rule without the margin learned from
+learning curves), e.g. ``gp-noes``.  With ``random`` every config proposes the same
+candidates for a seed, so early stopping's cost is measured exactly (``hv_macs``,
+and how many stopped candidates were on the frontier of the run without it).
 """
 
 from __future__ import annotations
@@ -65,23 +68,27 @@ def relative_hypervolume(rows: list[dict], baseline_macs: int | None = None) -> 
 
 
 def run_one(config: str, seed: int, args: argparse.Namespace, workdir: Path) -> dict:
+    from slimtune.search.early_stopping import FrontierEarlyStopping
     from slimtune.studies import Study
 
     sampler, _, flag = config.partition("-")
-    early = flag != "noes"
+    if flag not in ("", "noes", "prior"):
+        raise SystemExit(f"Unknown config {config!r}: use SAMPLER, SAMPLER-noes or SAMPLER-prior.")
+    early = False if flag == "noes" else FrontierEarlyStopping(learn_margin=flag != "prior")
     storage = f"sqlite:///{workdir / f'{config}-seed{seed}.db'}"
     study = Study.create_or_load(
         "bench", storage=storage, task="digits", seed=seed, sampler=sampler, early_stopping=early,
-        settings={"epochs": args.epochs, "latency_repeats": args.latency_repeats, "latency_warmup": 5},
+        settings={"epochs": args.epochs or None, "latency_repeats": args.latency_repeats, "latency_warmup": 5},
     )
     started = time.perf_counter()
     rows = study.optimize(n_trials=args.trials, progress=False)
     wall = time.perf_counter() - started
     baseline_macs = study.baseline.macs
+    final = {r["trial"]: r["pareto"] for r in study.trials()}  # the frontier at the end of the run
     study.close()
     states = [r["state"] for r in rows]
     return {
-        "config": config, "sampler": sampler, "early_stopping": early, "seed": seed,
+        "config": config, "sampler": sampler, "early_stopping": flag or "learned", "seed": seed,
         "hypervolume": relative_hypervolume(rows),
         "hv_macs": relative_hypervolume(rows, baseline_macs),
         "best_accuracy": max((r["accuracy"] for r in rows if r["state"] == "COMPLETE"), default=float("nan")),
@@ -90,7 +97,8 @@ def run_one(config: str, seed: int, args: argparse.Namespace, workdir: Path) -> 
         "train_s": sum(r.get("train_seconds") or 0.0 for r in rows),
         "trial_s": sum(r.get("total_seconds") or 0.0 for r in rows),
         "wall_s": wall,
-        "trials": [{"trial": r["trial"], "state": r["state"], "pareto": r["pareto"], "params": r["params"]} for r in rows],
+        "trials": [{"trial": r["trial"], "state": r["state"], "pareto": final[r["trial"]], "params": r["params"]}
+                   for r in rows],
     }
 
 
@@ -111,10 +119,10 @@ def false_stops(on: dict, off: dict) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="tpe,tpe-noes,random,random-noes")
+    parser.add_argument("--configs", default="gp,gp-noes,random,random-noes")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--trials", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=2, help="distillation epochs (0: the task's default, 4 on digits)")
     parser.add_argument("--latency-repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training (1: no spinning on a shared machine)")
     parser.add_argument("--json", type=Path, default=None, help="also write the per-run results here")
@@ -165,22 +173,25 @@ def main(argv: list[str] | None = None) -> int:
               f"{s['epochs']:>7.1f} {s['train_s']:>8.1f} "
               f"{s['wall_s']:>7.1f}")
     for sampler in sorted({c.split("-")[0] for c in configs}):
-        on, off = summary.get(sampler), summary.get(f"{sampler}-noes")
-        if on and off:
+        for variant in ("", "-prior"):
+            on, off = summary.get(sampler + variant), summary.get(f"{sampler}-noes")
+            if not (on and off):
+                continue
             wrong = matched = 0
             for seed in seeds:
-                run_on = next(r for r in results if r["config"] == sampler and r["seed"] == seed)
+                run_on = next(r for r in results if r["config"] == sampler + variant and r["seed"] == seed)
                 run_off = next(r for r in results if r["config"] == f"{sampler}-noes" and r["seed"] == seed)
                 w, m = false_stops(run_on, run_off)
                 wrong, matched = wrong + w, matched + m
-            print(f"early stopping with {sampler}: distillation epochs x{on['epochs'] / off['epochs']:.2f}, "
+            label = "prior margin" if variant else "learned margin"
+            print(f"early stopping ({label}) with {sampler}: distillation epochs x{on['epochs'] / off['epochs']:.2f}, "
                   f"train time x{on['train_s'] / off['train_s']:.2f}, "
                   f"wall time x{on['wall_s'] / off['wall_s']:.2f}, hypervolume {on['hv'] - off['hv']:+.4f} "
                   f"({(on['hv'] / off['hv'] - 1) * 100 if off['hv'] else float('nan'):+.1f}%), "
                   f"hv_macs {on['hv_macs'] - off['hv_macs']:+.4f}; "
                   f"{wrong} of {matched} stopped candidates that the run without early stopping also proposed "
                   "ended on its frontier there")
-    with_es = {c: s for c, s in summary.items() if not c.endswith("-noes")}
+    with_es = {c: s for c, s in summary.items() if "-" not in c}
     if "random" in with_es:
         for config, s in with_es.items():
             if config != "random":

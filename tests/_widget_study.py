@@ -19,7 +19,7 @@ import pytest
 
 STUDY_NAME = "widgets <i>test</i> & 'co'"
 N_TRIALS = 10
-SETTINGS = {"epochs": 1, "latency_repeats": 30}
+SETTINGS = {"epochs": 1, "finetune_epochs": 1, "latency_repeats": 30}  # one epoch everywhere: fast, still real
 
 _lock = threading.Lock()
 _made: "RealStudy | None" = None

@@ -46,17 +46,32 @@ def test_margin_shrinks_with_epochs_left():
     assert RULE.margin(9, 4) == pytest.approx(0.02)  # never below min_margin
 
 
-def test_margin_learns_the_largest_remaining_gain_from_curves():
-    # a complete trial went 0.38 -> 0.95 in its second (last) epoch, 0.96 after compression
+def test_learned_bound_gives_the_best_outcome_of_trials_no_better_at_that_epoch():
+    # a complete trial sat at 0.38 after its first epoch (of 2) and finished at 0.96
     steep = [FrontierPoint(0, 0.96, {"latency_ms": 1.0}, curve=(0.38, 0.95))]
-    assert RULE.margin(0, 2, steep) == pytest.approx(0.02 + 0.58)
-    assert RULE.margin(1, 2, steep) == pytest.approx(0.02 + 0.01)  # compression added 0.01
-    # curves of another length (other epochs) are ignored; the prior stays a floor
-    assert RULE.margin(0, 3, steep) == pytest.approx(0.02 + 0.10)
-    assert FrontierEarlyStopping(learn_margin=False).margin(0, 2, steep) == pytest.approx(0.07)
-    # with that curve seen, a candidate at 0.40 after epoch 1 of 2 goes on
-    assert RULE.check(0, 0.40, Pre(2.0), steep, ("latency_ms",), epochs=2) is None
-    assert FrontierEarlyStopping(learn_margin=False).check(0, 0.40, Pre(2.0), steep, ("latency_ms",), epochs=2)
+    assert RULE.reachable(0, 2, 0.40, steep) == pytest.approx(0.98)  # 0.38 <= 0.40 + slack
+    assert RULE.reachable(0, 2, 0.30, steep) == pytest.approx(0.30 + 0.07)  # 0.38 > 0.35: prior only
+    assert RULE.reachable(0, 3, 0.40, steep) == pytest.approx(0.40 + 0.12)  # other epochs: curve ignored
+    assert FrontierEarlyStopping(learn_margin=False).reachable(0, 2, 0.40, steep) == pytest.approx(0.47)
+    good = [FrontierPoint(1, 0.97, {"latency_ms": 1.0})]
+    assert RULE.check(0, 0.40, Pre(2.0), good, ("latency_ms",), epochs=2, history=steep) is None
+    assert FrontierEarlyStopping(learn_margin=False).check(0, 0.40, Pre(2.0), good, ("latency_ms",), epochs=2)
+    # trials that were as bad and stayed bad do not protect the candidate
+    flat = [FrontierPoint(2, 0.50, {"latency_ms": 3.0}, curve=(0.15, 0.45))]
+    assert RULE.reachable(0, 2, 0.20, flat) == pytest.approx(0.52)
+    assert RULE.check(0, 0.20, Pre(2.0), good, ("latency_ms",), epochs=2, history=flat)
+
+
+def test_learning_never_stops_more_than_the_prior():
+    rng = random.Random(1)
+    prior = FrontierEarlyStopping(learn_margin=False)
+    for _ in range(300):
+        epochs = rng.randint(1, 4)
+        points = [FrontierPoint(i, rng.random(), {"latency_ms": rng.uniform(0.1, 2.0)},
+                                tuple(sorted(rng.random() for _ in range(epochs)))) for i in range(rng.randint(1, 8))]
+        epoch, acc, pre = rng.randrange(epochs), rng.random(), Pre(rng.uniform(0.1, 2.0))
+        if RULE.check(epoch, acc, pre, points, ("latency_ms",), epochs):
+            assert prior.check(epoch, acc, pre, points, ("latency_ms",), epochs)
 
 
 def test_latency_tolerance():
@@ -68,7 +83,7 @@ def test_latency_tolerance():
 def test_hopeless_candidate_is_stopped():
     # as slow as trial 0 and far less accurate even with every epoch still to come
     reason = RULE.check(0, 0.40, Pre(1.2), FRONT, ("latency_ms",), epochs=4)
-    assert reason and "trial 0" in reason and "epoch 1/4" in reason
+    assert reason and "trial 0" in reason and "epoch 1/4" in reason and "can reach 0.5700" in reason
     # faster than trial 0 but slower than trial 1, and clearly worse than trial 1
     assert "trial 1" in RULE.check(3, 0.60, Pre(0.7), FRONT, ("latency_ms",), epochs=4)
 
@@ -111,9 +126,9 @@ def test_should_stop_fn_uses_only_the_front():
     assert [p.trial for p in frontier_points_only(points, ("latency_ms",))] == [0]
     fn = RULE.should_stop_fn(points, ("latency_ms",), epochs=1)
     assert fn(0, 0.5, Pre(3.0)) and fn(0, 0.89, Pre(3.0)) is None
-    # margins come from every point's curve, dominated ones included
-    curved = points + [FrontierPoint(2, 0.7, {"latency_ms": 3.0}, curve=(0.2,))]
-    assert RULE.should_stop_fn(curved, ("latency_ms",), epochs=1)(0, 0.5, Pre(3.0)) is None  # margin 0.52
+    # learned bounds come from every point's curve, dominated ones included
+    curved = points + [FrontierPoint(2, 0.95, {"latency_ms": 3.0}, curve=(0.45,))]
+    assert RULE.should_stop_fn(curved, ("latency_ms",), epochs=1)(0, 0.5, Pre(3.0)) is None  # may reach 0.97
 
 
 def test_points_from_rows_use_validation_accuracy_of_complete_trials():
@@ -156,7 +171,7 @@ def test_real_candidate_stopped_or_kept(digits_task, digits_baseline):
 
     unreachable = [FrontierPoint(7, 1.0, {"latency_ms": 0.0})]
     result = ev.evaluate(values, should_stop=spy(RULE.should_stop_fn(unreachable, ("latency_ms",), epochs=2)))
-    assert seen[0][1] < 1.0 - RULE.margin(0, 2), "the first epoch leaves the candidate short of the point"
+    assert RULE.reachable(0, 2, seen[0][1]) < 1.0, "the first epoch leaves the candidate short of the point"
     assert result.stopped and "trial 7" in result.stopped and "epoch 1/2" in result.stopped
     assert result.measurement is None and result.pre is not None and result.pre.latency_ms > 0
     seen.clear()

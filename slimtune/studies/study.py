@@ -146,7 +146,7 @@ class Study:
                 ``settings.seed``.  Several workers joining one study at the same time
                 should each use another seed (or none).  Latency is measured, so once a
                 model-based sampler reads it, proposals depend on the machine's timings.
-            sampler: ``tpe`` (default), ``nsga2``, ``gp``, ``random`` or an Optuna sampler.
+            sampler: ``gp`` (default), ``tpe``, ``nsga2``, ``random`` or an Optuna sampler.
             early_stopping: the frontier rule (default on), ``False`` to turn it off.
             progress: print progress while training the baseline.
 

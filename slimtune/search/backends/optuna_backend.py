@@ -1,9 +1,16 @@
 """The Optuna backend: the study's Optuna sampler proposes every value.
 
-Samplers (``sampler=``): ``tpe`` (default, chosen by ``benchmarks/search.py``),
-``nsga2``, ``gp``, ``random``, or any ``optuna.samplers.BaseSampler`` instance.  All of
-them read the constraints that the runner sets with ``Trial.set_constraint``
-(infeasible trials are ranked after feasible ones).
+Samplers (``sampler=``): ``gp`` (default), ``tpe``, ``nsga2``, ``random``, or any
+``optuna.samplers.BaseSampler`` instance.  All of them read the constraints that the
+runner sets with ``Trial.set_constraint`` (infeasible trials are ranked after
+feasible ones; GP models the constraints and weighs its acquisition by the
+probability of feasibility).
+
+The default was chosen with ``benchmarks/search.py`` on digits (24 trials, seeds
+0-2, early stopping on, hypervolume of accuracy vs latency relative to the
+baseline): GP 0.536, random 0.507, TPE 0.501, NSGA-II 0.475 (mean of 3 seeds; GP
+above TPE in 3 of 3 seeds, above random in 2 of 3).  With many parallel workers TPE
+(``constant_liar``) may spread proposals better.
 """
 
 from __future__ import annotations
@@ -15,8 +22,8 @@ from slimtune.search.backends.base import Backend, BackendError, Proposal, regis
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
-DEFAULT_SAMPLER = "tpe"
+SAMPLERS = ("gp", "tpe", "nsga2", "random")
+DEFAULT_SAMPLER = "gp"
 #: Random trials before a model-based sampler takes over (Optuna's default of 10 is
 #: too many for searches of a few dozen candidates); NSGA-II's population size.
 STARTUP_TRIALS = 8
