@@ -76,8 +76,33 @@ def non_dominated_mask(rows: Sequence[Mapping[str, Any]], objectives: Sequence[s
         except (KeyError, TypeError, ValueError):
             vec = None
         losses.append(None if vec is None or any(math.isnan(v) for v in vec) else vec)
+    if len(objectives) == 2:
+        return _non_dominated_mask_2d(losses)
     valid = [v for v in losses if v is not None]
     return [v is not None and not any(dominates(w, v) for w in valid) for v in losses]
+
+
+def _non_dominated_mask_2d(losses: Sequence[tuple[float, ...] | None]) -> list[bool]:
+    """The same rule for two objectives in O(n log n): sweep by the first loss; a point
+    is dominated by an earlier group (strictly smaller first loss) with second loss <=
+    its own, or within its group by a strictly smaller second loss."""
+    mask = [False] * len(losses)
+    order = sorted((i for i, v in enumerate(losses) if v is not None), key=lambda i: losses[i])  # type: ignore[index]
+    best_before = math.inf
+    start = 0
+    while start < len(order):
+        end = start
+        first = losses[order[start]][0]  # type: ignore[index]
+        while end < len(order) and losses[order[end]][0] == first:  # type: ignore[index]
+            end += 1
+        group = order[start:end]
+        group_min = min(losses[i][1] for i in group)  # type: ignore[index]
+        for i in group:
+            second = losses[i][1]  # type: ignore[index]
+            mask[i] = not (best_before <= second or second > group_min)
+        best_before = min(best_before, group_min)
+        start = end
+    return mask
 
 
 def non_dominated(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> list[Mapping[str, Any]]:
