@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
@@ -50,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", default="digits,fashion-mnist")
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--only", default="", help="comma-separated substrings of knob labels to run")
     args = parser.parse_args()
     torch.set_num_threads(2)
     for name in args.tasks.split(","):
@@ -68,9 +68,10 @@ def main() -> None:
         print("| knob | MACs ratio | latency ratio bs1 | latency ratio bs64 | size ratio | accuracy delta | kernel bits | exit rates | train s |")
         print("|---|---|---|---|---|---|---|---|---|")
         for label, values in SETTINGS.items():
+            if args.only and not any(part in label for part in args.only.split(",")):
+                continue
             if values == "dsconv":
                 values = {f"dsconv.{n}": True for n in eligible_convs(task.build_model())}
-            t0 = time.perf_counter()
             r = evaluator.evaluate(values)
             m = r.measurement
             c64, b64 = batch_latency(evaluator, r, x64, max(20, args.repeats // 5))
@@ -78,7 +79,6 @@ def main() -> None:
             rates = ", ".join(f"{v:.2f}" for v in m.exit_rates) if m.exit_rates else ""
             print(f"| {label} | {m.macs / base.macs:.3f} | {ratio1:.3f} | {c64 / b64:.3f} | {m.size_bytes / base.size_bytes:.3f} "
                   f"| {m.accuracy - base.accuracy:+.4f} | {m.kernel_bits} | {rates} | {r.train_seconds:.1f} |", flush=True)
-            del t0
 
 
 if __name__ == "__main__":
