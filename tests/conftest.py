@@ -12,7 +12,7 @@ import torch
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     # One baseline cache for the whole test session (each baseline is trained once).
     os.environ.setdefault("SLIMTUNE_CACHE_DIR", str(tmp_path_factory.mktemp("slimtune-cache")))
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(1)  # 2 threads on a shared 2-core machine was several times slower
 
 
 @pytest.fixture(scope="session")

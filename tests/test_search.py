@@ -210,8 +210,10 @@ def test_fixed_params_constraints_early_stop_and_stop_flag(tmp_path):
     constraint reaches Optuna, a stopped candidate is a PRUNED trial with its reason,
     and the stop flag ends the loop after the current trial."""
     storage = f"sqlite:///{tmp_path / 'plumbing.db'}"
+    # no pruning, no QAT: no recovery epochs follow distillation, so the rule may stop
+    FIXED = {"quant.bits": 8, "dsconv.blocks.0.0": False, "prune.ratio": 0.0, "quant.mode": "ptq"}
     st = Study.create_or_load("plumb", storage=storage, task="digits", settings=FAST, seed=1,
-                              fixed={"quant.bits": 8, "dsconv.blocks.0.0": False}, max_latency_ms=1e-6)
+                              fixed=FIXED, max_latency_ms=1e-6)
     assert "quant.bits" not in {p.name for p in st.space.searched}
     # every candidate is beaten by an unreachable point: stopped after its epoch
     st.frontier_points = lambda costs: [FrontierPoint(-1, 1.0, {c: 0.0 for c in costs})]
@@ -227,12 +229,15 @@ def test_fixed_params_constraints_early_stop_and_stop_flag(tmp_path):
     plain = optuna.load_study(study_name="plumb", storage=storage)
     (t,) = plain.get_trials()
     assert t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["stopped_reason"] == rows[0]["stopped_reason"]
-    assert t.user_attrs["fixed_params"] == {"quant.bits": 8, "dsconv.blocks.0.0": False}
+    assert t.user_attrs["fixed_params"] == FIXED
     assert "quant.bits" not in t.params
     # without the fake point the next candidate completes, and violates the latency limit
     del st.frontier_points
     (row,) = st.optimize(n_trials=1, progress=False)
     assert row["state"] == "COMPLETE" and row["params"]["quant.bits"] == 8
+    # the rule sees a finished trial's measured costs and its learning curve
+    (point,) = st.frontier_points(("latency_ms",))
+    assert point.costs["latency_ms"] == row["latency_ms"] and point.curve == tuple(row["val_accuracy_per_epoch"])
     t = optuna.load_study(study_name="plumb", storage=storage).trials[1]
     assert t.constraints["latency_ms"] > 0
     assert st.frontier() == [] and st.trials()[1]["feasible"] is False

@@ -117,7 +117,8 @@ class Recorder(Protocol):
     """Where outcomes go (the study database implements it)."""
 
     def frontier_points(self, cost_objectives: Sequence[str]) -> list[FrontierPoint]:
-        """Validation accuracy and costs of the complete trials so far (all workers)."""
+        """Validation accuracy, curve and measured costs of the complete trials so far
+        (all workers)."""
 
     def record(self, outcome: TrialOutcome) -> dict:
         """Store the outcome; return its trial row."""
@@ -204,12 +205,13 @@ class TrialRunner:
         baseline_accuracy: for ``max_accuracy_drop``.
         early_stopping: the rule, or ``None`` for none.
         epochs: distillation epochs per candidate (the rule's horizon).
+        recovery_epochs: epochs of pruning fine-tuning / QAT after distillation.
         fixed: fixed parameter values (recorded with each trial).
     """
 
     def __init__(self, *, study: "optuna.Study", backend: Backend, evaluator: Evaluator, objectives: Sequence[str],
                  recorder: Recorder, constraints: Constraints | None = None, baseline_accuracy: float = float("nan"),
-                 early_stopping: FrontierEarlyStopping | None = None, epochs: int = 1,
+                 early_stopping: FrontierEarlyStopping | None = None, epochs: int = 1, recovery_epochs: int = 0,
                  fixed: Mapping[str, Any] | None = None) -> None:
         self.study = study
         self.backend = backend
@@ -221,27 +223,40 @@ class TrialRunner:
         self.baseline_accuracy = baseline_accuracy
         self.early_stopping = early_stopping
         self.epochs = epochs
+        self.recovery_epochs = recovery_epochs
         self.fixed = dict(fixed or {})
         self.worker = socket.gethostname()
 
-    def _should_stop(self):
+    def recovery_after_distillation(self, values: Mapping[str, Any]) -> int:
+        """Recovery epochs that follow distillation for a candidate (pruning fine-tuning
+        when it prunes, QAT when it quantizes with ``qat``)."""
+        values = {**self.fixed, **values}
+        prunes = float(values.get("prune.ratio") or 0.0) > 0.0
+        qat = values.get("quant.mode") == "qat" and int(values.get("quant.bits", 32) or 32) < 32
+        return self.recovery_epochs * (int(prunes) + int(qat))
+
+    def _should_stop(self, values: Mapping[str, Any]):
         if self.early_stopping is None:
             return None
         points = self.recorder.frontier_points(self.costs)
-        if not points:
-            return None  # nothing to compare with: do not spend time pre-measuring
-        return self.early_stopping.should_stop_fn(points, self.costs, self.epochs)
+        extra = self.recovery_after_distillation(values)
+        # no point is more accurate than the smallest margin this candidate gets: the rule
+        # cannot stop it, so do not spend time pre-measuring it
+        if not points or max(p.val_accuracy for p in points) <= self.early_stopping.margin(
+                self.epochs - 1, self.epochs, extra_epochs=extra):
+            return None
+        return self.early_stopping.should_stop_fn(points, self.costs, self.epochs, extra_epochs=extra)
 
     def run_one(self, *, catch: tuple[type[BaseException], ...] = (Exception,)) -> dict:
         """Propose, evaluate and record one trial; return its row."""
         from optuna.trial import TrialState
 
         fail_stale_trials(self.study)
-        should_stop = self._should_stop()
         with warnings.catch_warnings():
             # Optuna warns that heartbeats are meant for Study.optimize: this loop beats itself
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
             proposal = self.backend.propose(self.study)
+        should_stop = self._should_stop(proposal.values)
         outcome = TrialOutcome(proposal, "FAIL", None, None, backend=self.backend.name,
                                early_stopping=self.early_stopping is not None, worker=self.worker)
         interrupted: BaseException | None = None

@@ -489,10 +489,12 @@ class Study:
         baseline = get_baseline(task, seed=settings.seed, progress=progress)
         evaluator = Evaluator(task, space, settings, baseline)
         epochs = task.finetune_epochs if settings.epochs is None else settings.epochs
+        recovery = getattr(task, "recovery_epochs", 0) if settings.finetune_epochs is None else settings.finetune_epochs
         runner = TrialRunner(study=study, backend=backend_obj, evaluator=evaluator, objectives=self.objectives,
                              recorder=self, constraints=self.constraints,
                              baseline_accuracy=float(self._record.baseline["measurement"]["accuracy"]),
-                             early_stopping=self.early_stopping, epochs=epochs, fixed=space.fixed)
+                             early_stopping=self.early_stopping, epochs=epochs, recovery_epochs=int(recovery or 0),
+                             fixed=space.fixed)
         try:
             return runner.run(n_trials=n_trials, timeout=timeout, stop_event=stop_event, callbacks=callbacks,
                               progress=progress, catch=catch)
@@ -501,16 +503,24 @@ class Study:
 
     # -- the recorder side of the runner --------------------------------------------
     def frontier_points(self, cost_objectives: Sequence[str]) -> list[FrontierPoint]:
-        """Validation accuracy and costs of every complete candidate (all workers)."""
+        """Validation accuracy, learning curve and measured costs of every complete
+        candidate (all workers)."""
         columns = [getattr(CandidateRecord, c) for c in cost_objectives]
         with self._db.session() as session:
             result = session.execute(
                 select(CandidateRecord.trial_number, CandidateRecord.val_accuracy, CandidateRecord.info, *columns)
                 .where(CandidateRecord.study_id == self._record.id, CandidateRecord.state == "COMPLETE")
             ).all()
-        return [FrontierPoint(int(r[0]), float(r[1]), {c: float(v) for c, v in zip(cost_objectives, r[3:])},
-                              tuple(float(a) for a in (r[2] or {}).get("val_accuracy_per_epoch") or ()))
-                for r in result if r[1] is not None and all(v is not None for v in r[3:])]
+        points = []
+        for number, val_accuracy, info, *measured in result:
+            if val_accuracy is None or any(v is None for v in measured):
+                continue
+            # a finished trial's true costs: its final measurement (its pre-training
+            # latency can be far lower: the shortest path of an early-exit model)
+            costs = {c: float(v) for c, v in zip(cost_objectives, measured)}
+            curve = tuple(float(a) for a in (info or {}).get("val_accuracy_per_epoch") or ())
+            points.append(FrontierPoint(int(number), float(val_accuracy), costs, curve))
+        return points
 
     def record(self, outcome: TrialOutcome) -> dict:
         """Store one outcome (candidate row + weights and artifact); return its row."""
