@@ -27,16 +27,7 @@ class Pre:
 RULE = FrontierEarlyStopping(min_margin=0.02, margin_per_epoch=0.05)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Train with one thread: on a shared 2-core machine two OpenMP threads that spin
-    while waiting for a core make training several times slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# (tests/conftest.py trains with one torch thread)
 FRONT = [FrontierPoint(0, 0.95, {"latency_ms": 1.0}), FrontierPoint(1, 0.80, {"latency_ms": 0.5})]
 
 

@@ -25,6 +25,7 @@ from slimtune.search.runtime import compile_model
 from slimtune.spaces.exits import EarlyExitNet, ExitHead
 from slimtune.spaces.quantization import fold_batchnorm, snap_weights
 from slimtune.tasks.models import resnet8, small_cnn
+from tests._train import train_plain
 
 
 # -- latency --------------------------------------------------------------------------
@@ -126,23 +127,7 @@ def data(digits_task):
 
 
 def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 3) -> nn.Module:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    g = torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-    forward_all = getattr(model, "forward_all", None)
-    for _ in range(epochs):
-        model.train()
-        order = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x) - 1, 64):
-            idx = order[i:i + 64]
-            outs = forward_all(x[idx]) if forward_all else [model(x[idx])]
-            loss = sum(F.cross_entropy(o, y[idx]) for o in outs)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    torch.set_num_threads(threads)
-    return model.eval()
+    return train_plain(model, x, y, epochs)
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])

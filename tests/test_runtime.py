@@ -18,26 +18,11 @@ from slimtune.search.runtime import compile_model, exit_segments, optimized_op_t
 from slimtune.spaces.exits import EarlyExitNet, ExitHead
 from slimtune.spaces.quantization import fold_batchnorm, quantize_weight
 from slimtune.tasks.models import resnet8, small_cnn
+from tests._train import train_plain
 
 
 def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float = 5e-3) -> nn.Module:
-    g = torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    outputs = getattr(model, "forward_all", None)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model: one thread is fastest (and robust on a busy machine)
-    for _ in range(epochs):
-        model.train()
-        order = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x) - 1, 64):
-            idx = order[i:i + 64]
-            outs = outputs(x[idx]) if outputs else [model(x[idx])]
-            loss = sum(F.cross_entropy(o, y[idx]) for o in outs)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    torch.set_num_threads(threads)
-    return model.eval()
+    return train_plain(model, x, y, epochs, lr)
 
 
 @pytest.fixture(scope="module")

@@ -24,16 +24,7 @@ FAST = {"epochs": 1, "latency_repeats": 5, "latency_warmup": 2, "calibration_siz
 N, M = 3, 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Train with one thread: on a shared 2-core machine two OpenMP threads that spin
-    while waiting for a core make training several times slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# (tests/conftest.py trains with one torch thread)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,28 @@
+"""A plain cross-entropy training loop for tests that need a trained tiny model."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def train_plain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 3, lr: float = 5e-3) -> nn.Module:
+    """Adam on every output (each early exit and the final head), seeded, one thread."""
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    outputs = getattr(model, "forward_all", None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: one thread is fastest (and robust on a busy machine)
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x) - 1, 64):
+            idx = order[i:i + 64]
+            outs = outputs(x[idx]) if outputs else [model(x[idx])]
+            loss = sum(F.cross_entropy(o, y[idx]) for o in outs)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    torch.set_num_threads(threads)
+    return model.eval()
