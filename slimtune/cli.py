@@ -134,9 +134,12 @@ def _quiet_optuna() -> None:
 
 def _short_params(params: dict[str, Any], defaults: dict[str, Any]) -> str:
     """The parameters that differ from their defaults, compactly."""
+    from slimtune.spaces.space import inactive_params
+
     parts = []
+    inactive = inactive_params(params)
     for name, value in params.items():
-        if defaults.get(name, object()) == value:
+        if name in inactive or defaults.get(name, object()) == value:
             continue
         shown = f"{value:.3g}" if isinstance(value, float) else str(value)
         parts.append(f"{name}={shown}")

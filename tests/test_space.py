@@ -80,3 +80,13 @@ def test_kd_loss_matches_formula_and_changes_with_temperature():
     assert torch.allclose(distillation_loss(zs, zt, y, temperature=T, alpha=0.0), F.cross_entropy(zs, y))
     # a student equal to the teacher has zero KD term
     assert torch.allclose(distillation_loss(zt, zt, y, temperature=T, alpha=1.0), torch.tensor(0.0), atol=1e-6)
+
+
+def test_inactive_params_are_those_without_effect():
+    from slimtune.spaces.space import inactive_params
+
+    space = Space.for_model(small_cnn())
+    values = space.complete({"exits.1.enabled": True, "quant.bits": 32})
+    assert inactive_params(values) == {"exits.0.threshold", "prune.granularity", "prune.rewind", "quant.mode"}
+    values = space.complete({"prune.ratio": 0.3, "quant.bits": 4, "quant.mode": "qat"})
+    assert inactive_params(values) == {"exits.0.threshold", "exits.1.threshold"}

@@ -125,3 +125,19 @@ class Space:
 
     def __repr__(self) -> str:
         return f"Space({len(self.searched)} searched, {len(self.fixed)} fixed: {', '.join(self._params)})"
+
+
+def inactive_params(values: Mapping[str, Any]) -> set[str]:
+    """Parameters whose value has no effect given the others: the threshold of a
+    disabled exit, pruning options at ratio 0, the quantization mode at 16/32 bits
+    (QAT only runs at 8 bits and below)."""
+    out: set[str] = set()
+    for name in values:
+        if name.startswith("exits.") and name.endswith(".threshold"):
+            if not values.get(name[: -len("threshold")] + "enabled", False):
+                out.add(name)
+    if float(values.get("prune.ratio", 0.0) or 0.0) == 0.0:
+        out |= {"prune.granularity", "prune.rewind"} & set(values)
+    if int(values.get("quant.bits", 32)) >= 16 and "quant.mode" in values:
+        out.add("quant.mode")
+    return out
