@@ -1,0 +1,91 @@
+"""Several workers on one study in a real PostgreSQL server (Debian's postgresql).
+
+The server is started by the test itself in a temporary directory on 127.0.0.1 and
+stopped afterwards; without the server binaries the test is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import optuna
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.postgres
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    """initdb refuses to run as root: run the server as the postgres user then."""
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL as the postgres user")
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins:
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed (pip install 'slimtune[postgres]')")
+    bindir = Path(bins[-1]).parent
+    # Not under pytest's tmp dir: its parents are private to root, and the server
+    # runs as the postgres user.
+    root = Path(tempfile.mkdtemp(prefix="slimtune-pg-"))
+    os.chmod(root, 0o777)
+    data = root / "data"
+    port = _free_port()
+    subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres", "-E", "UTF8"]),
+                   check=True, capture_output=True)
+    log = root / "server.log"
+    subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
+                                 f"-h 127.0.0.1 -p {port} -k {root}", "start"]), check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_workers_join_one_study(postgres_url, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "slimtune.cli", "run", "--study", "pg-study", "--task", "digits", "--trials", "2",
+           "--storage", postgres_url, "--epochs", "1", "--latency-repeats", "5"]
+    workers = [subprocess.Popen([*cmd, "--seed", str(seed)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for seed in (0, 1)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    for w, (out, err) in zip(workers, outputs):
+        assert w.returncode == 0, err[-2000:]
+    study = optuna.load_study(study_name="pg-study", storage=postgres_url)
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 4
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 2 for t in trials)
+    assert not list(tmp_path.glob("*.db"))  # nothing fell back to SQLite
+    # the CLI reads it back, with both workers' trials on one frontier
+    show = subprocess.run([sys.executable, "-m", "slimtune.cli", "show", "pg-study", "--storage", postgres_url, "--json"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert show.returncode == 0, show.stderr
+    rows = json.loads(show.stdout)
+    rows = rows["trials"] if isinstance(rows, dict) else rows
+    assert sorted(r["trial"] for r in rows) == [0, 1, 2, 3]
+    assert any(r["pareto"] for r in rows)
