@@ -10,21 +10,46 @@ Example:
 from __future__ import annotations
 
 import os
+import random
+import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 from sqlalchemy import Engine, create_engine, inspect, select
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from slimtune.studies.errors import SchemaVersionError, StudyError
 from slimtune.studies.models import SCHEMA_VERSION, Base, SchemaVersion
 
 DEFAULT_STORAGE = "sqlite:///slimtune.db"
+T = TypeVar("T")
 
 #: ``{from_version: step(connection)}``: each step brings the schema one version up.
 MIGRATIONS: dict[int, Callable] = {}
+
+
+def creating_concurrently(create: Callable[[], T], *, attempts: int = 6) -> T:
+    """Run ``create`` (which creates tables when missing), retrying when another worker
+    creates the same tables at the same moment: PostgreSQL then fails one of two
+    concurrent ``CREATE TABLE`` with a unique violation, and the retry finds the tables.
+    """
+    for attempt in range(attempts):
+        try:
+            return create()
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1) + random.random() * 0.2)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def mask_url(url: "str | URL") -> str:
@@ -111,7 +136,7 @@ class Database:
             raise StudyError(f"Storage {mask_url(url)!r} needs a database driver that is not installed: {exc}") from None
         db = cls(url, engine)
         try:
-            db._check_schema(create=create)
+            creating_concurrently(lambda: db._check_schema(create=create))
         except (OperationalError, SQLAlchemyError) as exc:
             engine.dispose()
             first = _scrub(str(exc).strip().splitlines()[0], url)

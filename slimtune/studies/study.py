@@ -731,8 +731,10 @@ def _optuna_storage(url: str, *, create: bool = True):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=HEARTBEAT_GRACE,
-                                              skip_table_creation=not create)
+            from slimtune.studies.database import creating_concurrently
+
+            return creating_concurrently(lambda: optuna.storages.RDBStorage(
+                url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=HEARTBEAT_GRACE, skip_table_creation=not create))
     except Exception as exc:  # noqa: BLE001 - e.g. an Optuna schema needing `optuna storage upgrade`
         from slimtune.studies.database import _scrub
 
