@@ -17,13 +17,11 @@ import torch
 from torch import nn
 
 from slimtune.search.baseline import Baseline
-from slimtune.search.measurement import Measurement
+from slimtune.search.measurement import RUNTIMES, Measurement
 from slimtune.search.trainer import TrainConfig, accuracy, train
 from slimtune.spaces.base import KnobContext
 from slimtune.spaces.space import Space
 from slimtune.tasks.base import Task
-
-RUNTIMES = ("onnxruntime", "torch")
 
 #: ``should_stop(epoch, val_accuracy, pre) -> reason | None``; called after each
 #: distillation epoch so a search can stop a candidate that cannot reach its frontier.

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+#: The runtimes a candidate can be compiled for and timed on.
+RUNTIMES = ("onnxruntime", "torch")
+
 
 @dataclass(frozen=True)
 class Measurement:

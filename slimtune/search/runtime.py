@@ -45,9 +45,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimtune.search.measurement import RUNTIMES
 from slimtune.spaces.quantization import FP16_FLAG, fold_batchnorm, low_bit_flag, quantize_weight, snap_weights
 
-RUNTIMES = ("onnxruntime", "torch")
 OPSET = 17
 INPUT = "input"
 CALIBRATION_BATCH = 64

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from slimtune.spaces.base import Knob, SpaceError, close_matches
 
@@ -28,6 +28,3 @@ def get_knob(family: str) -> type[Knob]:
         raise SpaceError(f"Unknown knob family {family!r}." + close_matches(family, list(_KNOBS)))
     return _KNOBS[family]
 
-
-def knob_factory(family: str) -> Callable[[], Knob]:
-    return get_knob(family)

@@ -93,9 +93,6 @@ class Space:
     def knob_values(self, knob: Knob, values: Mapping[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in values.items() if self._knob_of.get(k) is knob}
 
-    def family_of(self, name: str) -> str:
-        return self._params[name].family
-
     # -- serialisation ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
