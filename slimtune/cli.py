@@ -310,7 +310,8 @@ def show(study_name: str, pareto: bool, as_json: bool, storage: str) -> None:
             warnings.simplefilter("ignore")  # mixed fingerprints: noted in the summary
             rows = study.frontier() if pareto else study.trials()
         if as_json:
-            echo_json(rows)
+            echo_json({"study": study.name, "objectives": list(study.objectives), "baseline": study.baseline_row(rows),
+                       "trials": rows})
             return
         _echo_summary(study)
         if pareto:
@@ -324,14 +325,17 @@ def show(study_name: str, pareto: bool, as_json: bool, storage: str) -> None:
 @main.command("select")
 @click.argument("study_name", metavar="STUDY")
 @click.option("--max-latency-ms", type=float, default=None, help="Latency at most this.")
-@click.option("--min-accuracy", type=float, default=None, help="Accuracy at least this.")
+@click.option("--min-accuracy", type=float, default=None, help="Validation accuracy (or --split test) at least this.")
+@click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True,
+              help="Which accuracy ranks and --min-accuracy apply to: validation (what the search optimized) or test.")
 @click.option("--max-size-kb", type=float, default=None, help="Size at most this many KiB.")
 @click.option("--json", "as_json", is_flag=True, help="Print the chosen trial's row as JSON.")
 @storage_option
 @user_errors
-def select_(study_name: str, max_latency_ms: float | None, min_accuracy: float | None, max_size_kb: float | None,
-            as_json: bool, storage: str) -> None:
-    """The most accurate complete trial within the limits (ties: lower latency).
+def select_(study_name: str, max_latency_ms: float | None, min_accuracy: float | None, split: str,
+            max_size_kb: float | None, as_json: bool, storage: str) -> None:
+    """The most accurate complete trial within the limits (ties: lower latency),
+    ranked by validation accuracy unless --split test; never one the baseline beats.
 
     Exit code 1 when no trial fits (the message names the closest ones).
     """
@@ -343,15 +347,19 @@ def select_(study_name: str, max_latency_ms: float | None, min_accuracy: float |
     study = Study.load(study_name, storage=storage)
     try:
         try:
-            cand = study.select(max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, max_size_kb=max_size_kb)
+            cand = study.select(max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, max_size_kb=max_size_kb,
+                                split=split)
         except NoCandidateError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
         if as_json:
-            echo_json(cand.to_dict())
+            echo_json({**cand.to_dict(), "ranked_by": f"{split}_accuracy"})
             return
         r = cand.row
-        click.echo(f"trial {r['trial']}: accuracy {r['accuracy']:.4f}, latency {r['latency_ms']:.4f} ms, "
+        test = f"{r['test_accuracy']:.4f}" if r.get("test_accuracy") is not None else "n/a"
+        speedup = f", {r['speedup']:.2f}x the baseline timed in the same run" if r.get("speedup") else ""
+        click.echo(f"trial {r['trial']} (ranked by {'validation' if split == 'val' else 'test'} accuracy): "
+                   f"val accuracy {r['accuracy']:.4f}, test accuracy {test}, latency {r['latency_ms']:.4f} ms{speedup}, "
                    f"{r['size_bytes'] / 1024:.1f} KiB, {r['macs']:,} MACs")
         defaults = {p["name"]: p["default"] for p in study.space_dict.get("params", [])}
         click.echo(f"params: {_short_params(r['params'], defaults)}")

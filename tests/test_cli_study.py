@@ -61,12 +61,19 @@ def test_studies_lists_the_study(db):
 
 def test_show_json_rows_carry_the_contract_fields(db):
     _, url = db
-    rows = json.loads(invoke("show", "c", "--json", "--storage", url).stdout)
+    shown = json.loads(invoke("show", "c", "--json", "--storage", url).stdout)
+    rows = shown["trials"]
     assert [r["trial"] for r in rows] == [0, 1, 2]
+    contract = {"trial", "params", "accuracy", "val_accuracy", "test_accuracy", "latency_ms", "reference_latency_ms",
+                "speedup", "size_bytes", "artifact_bytes", "macs", "pareto"}
     for r in rows:
-        assert {"trial", "params", "accuracy", "latency_ms", "size_bytes", "macs", "pareto"} <= set(r)
+        assert contract <= set(r)
         assert "quant.bits" in r["params"]
-    pareto = json.loads(invoke("show", "c", "--pareto", "--json", "--storage", url).stdout)
+        assert r["speedup"] == pytest.approx(r["reference_latency_ms"] / r["latency_ms"])
+    base = shown["baseline"]
+    assert contract <= set(base) and base["trial"] == "baseline" and isinstance(base["pareto"], bool)
+    assert base["test_accuracy"] is not None and base["speedup"] == 1.0
+    pareto = json.loads(invoke("show", "c", "--pareto", "--json", "--storage", url).stdout)["trials"]
     assert {r["trial"] for r in pareto} == {r["trial"] for r in rows if r["pareto"]}
     table = invoke("show", "c", "--storage", url)
     assert table.exit_code == 0 and "Baseline:" in table.output and "*" in table.output
@@ -74,7 +81,7 @@ def test_show_json_rows_carry_the_contract_fields(db):
 
 def test_select_and_none_fits(db):
     _, url = db
-    rows = json.loads(invoke("show", "c", "--json", "--storage", url).stdout)
+    rows = json.loads(invoke("show", "c", "--json", "--storage", url).stdout)["trials"]
     out = invoke("select", "c", "--max-latency-ms", "1000", "--json", "--storage", url)
     assert out.exit_code == 0
     assert json.loads(out.stdout)["accuracy"] == max(r["accuracy"] for r in rows)

@@ -139,7 +139,8 @@ class Evaluator:
         from slimtune.search.measure import measure
 
         data = self.task.data
-        return measure(model, compiled, data.x_test, data.y_test, bits=bits, example_input=self.example_input,
+        return measure(model, compiled, data.x_val, data.y_val, x_test=data.x_test, y_test=data.y_test, bits=bits,
+                       example_input=self.example_input,
                        reference=self.reference(), batch_size=self.settings.batch_size, threads=self.settings.threads,
                        warmup=self.settings.latency_warmup, repeats=self.settings.latency_repeats)
 
@@ -165,7 +166,6 @@ class Evaluator:
 
     def pre_measure(self, values: dict[str, Any]) -> PreMeasurement:
         """Latency, MACs and size of the compressed structure before any training."""
-        from slimtune.search.macs import count_macs
         from slimtune.search.measure import measure_latency, model_size_bytes
 
         ctx = self._context(values)
@@ -185,7 +185,7 @@ class Evaluator:
         x = self.task.data.x_val[: self.settings.batch_size]
         timings = measure_latency({"c": lambda: compiled.run_one(x)}, warmup=5, repeats=30, rounds=3)["c"]
         timings.sort()
-        return PreMeasurement(latency_ms=timings[len(timings) // 2], macs=count_macs(model, self.example_input),
+        return PreMeasurement(latency_ms=timings[len(timings) // 2], macs=_shortest_path_macs(model, self.example_input),
                               size_bytes=model_size_bytes(model, bits))
 
     def evaluate(self, values: dict[str, Any], *, should_stop: ShouldStop | None = None) -> CandidateResult:
@@ -230,7 +230,9 @@ class Evaluator:
                   "bn_folded": bool(ctx.info.get("quant", {}).get("bn_folded", False))}
         info = {k: v for k, v in ctx.info.items() if k not in ("rewind_state", "flags")}
         info["val_accuracy_per_epoch"] = val_acc
-        return CandidateResult(values, measurement, accuracy(model, data.x_val, data.y_val), compiled.artifact,
+        info["torch_val_accuracy"] = accuracy(model, data.x_val, data.y_val)
+        # the objective is the timed artifact's validation accuracy (measurement.accuracy)
+        return CandidateResult(values, measurement, measurement.accuracy, compiled.artifact,
                                compiled.artifact_format, recipe, {k: v.detach().clone() for k, v in model.state_dict().items()},
                                train_seconds, time.perf_counter() - started, pre, info=_jsonable(info))
 
@@ -248,6 +250,21 @@ class Evaluator:
             model = fold_batchnorm(model.eval())
         model.load_state_dict(state_dict)
         return model.eval()
+
+
+def _shortest_path_macs(model: nn.Module, example_input: torch.Tensor) -> int:
+    """MACs of ``model`` when every sample leaves at its first enabled exit (a lower
+    bound of an early-exit candidate's cost, like its pre-training latency); the full
+    count for a static model."""
+    from slimtune.search.macs import count_macs
+
+    segments = getattr(model, "segments", None)
+    if not callable(segments):
+        return count_macs(model, example_input)
+    pieces = list(segments())
+    first = next((i for i, (_, head, threshold) in enumerate(pieces) if head is not None and threshold is not None),
+                 len(pieces) - 1)
+    return count_macs(model, example_input, [1.0 if i == first else 0.0 for i in range(len(pieces))])
 
 
 def _jsonable(value: Any) -> Any:

@@ -7,8 +7,9 @@ either, and stored with a fingerprint of the machine and runtime.
 
 Example:
     >>> compiled = compile_model(model, bits=8, calibration=x_train[:256])
-    >>> m = measure(model, compiled, x_test, y_test, bits=8, example_input=x_test[:1])
-    >>> m.accuracy, m.latency_ms, m.size_bytes
+    >>> m = measure(model, compiled, x_val, y_val, x_test=x_test, y_test=y_test, bits=8,
+    ...             example_input=x_val[:1])
+    >>> m.accuracy, m.test_accuracy, m.latency_ms, m.size_bytes
 """
 
 from __future__ import annotations
@@ -228,14 +229,27 @@ def _batches(x: torch.Tensor, batch_size: int, limit: int) -> list[torch.Tensor]
     return [x[i * batch_size:(i + 1) * batch_size] for i in range(n)]
 
 
+def _accuracy(compiled: "CompiledModel", x: torch.Tensor, y: torch.Tensor, eval_batch: int) -> tuple[float, np.ndarray | None]:
+    """Accuracy of ``compiled`` on ``(x, y)`` and, for early-exit models, the exit taken
+    by every sample (run one sample at a time, as deployed)."""
+    labels = np.asarray(torch.as_tensor(y))
+    if compiled.has_exits:
+        logits, exits = compiled.predict_with_exits(x)
+    else:
+        logits, exits = compiled.predict(x, batch_size=eval_batch), None
+    return float((logits.argmax(-1) == labels).mean()), exits
+
+
 def measure(
     model: nn.Module,
     compiled: "CompiledModel",
-    x_test: torch.Tensor,
-    y_test: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
     *,
     bits: int,
     example_input: torch.Tensor,
+    x_test: torch.Tensor | None = None,
+    y_test: torch.Tensor | None = None,
     reference: "CompiledModel | None" = None,
     batch_size: int = 1,
     threads: int = 1,
@@ -244,32 +258,36 @@ def measure(
     eval_batch: int = 256,
     seed: int = 0,
 ) -> Measurement:
-    """Measure ``compiled`` (built from ``model``) on held-out data.
+    """Measure ``compiled`` (built from ``model``).
 
-    Accuracy comes from ``compiled`` itself, i.e. the artifact that is timed and
-    exported (early-exit models run sample by sample, giving ``exit_rates``).
-    Static models: latency is the median of ``repeats`` timings of
-    ``compiled.run_one`` at ``batch_size``, interleaved with ``reference.run_one``
-    (median stored in ``reference_latency_ms``).  Early-exit models: the dynamic
-    model is timed one sample at a time over ``repeats`` real held-out samples (a
-    seeded random order), latency = their mean (``latency_kind="mean_over_samples"``),
-    the reference timed interleaved on the same samples.  Size, MACs and params come
-    from ``model``.
+    ``accuracy`` (the search objective) comes from ``compiled`` itself, i.e. the
+    artifact that is timed and exported, on the **validation** split ``(x_val,
+    y_val)``; early-exit models run sample by sample there, giving ``exit_rates``.
+    ``test_accuracy`` is the same artifact on ``(x_test, y_test)`` when given: it is
+    reported, never used to choose anything.
+
+    Latency is timed on validation inputs.  Static models: the median of ``repeats``
+    timings of ``compiled.run_one`` at ``batch_size``, interleaved with
+    ``reference.run_one`` on the same inputs (its median in
+    ``reference_latency_ms``).  Early-exit models: the dynamic model is timed one
+    sample at a time over ``repeats`` real validation samples (a seeded random order),
+    latency = their mean (``latency_kind="mean_over_samples"``); the reference is
+    timed interleaved on the same samples and summarised by its mean as well, so the
+    speed-up compares like with like.  Size, MACs and params come from ``model``.
     """
     from slimtune.search.macs import count_macs
 
-    if len(x_test) != len(y_test) or len(x_test) == 0:
-        raise ValueError(f"`x_test` and `y_test` must be non-empty and aligned, but got {len(x_test)} and {len(y_test)}.")
+    if len(x_val) != len(y_val) or len(x_val) == 0:
+        raise ValueError(f"`x_val` and `y_val` must be non-empty and aligned, but got {len(x_val)} and {len(y_val)}.")
+    if (x_test is None) != (y_test is None) or (x_test is not None and (len(x_test) != len(y_test) or len(x_test) == 0)):
+        raise ValueError("`x_test` and `y_test` must be given together, non-empty and aligned.")
     flags = list(compiled.flags)
-    labels = np.asarray(torch.as_tensor(y_test))
     exit_rates: tuple[float, ...] | None = None
-    if compiled.has_exits:
-        logits, exits = compiled.predict_with_exits(x_test)
+    accuracy, exits = _accuracy(compiled, x_val, y_val, eval_batch)
+    if exits is not None:
         counts = np.bincount(exits, minlength=compiled.num_exits + 1)
         exit_rates = tuple(float(c) / len(exits) for c in counts)
-    else:
-        logits = compiled.predict(x_test, batch_size=eval_batch)
-    accuracy = float((logits.argmax(-1) == labels).mean())
+    test_accuracy = _accuracy(compiled, x_test, y_test, eval_batch)[0] if x_test is not None else None
 
     if compiled.runtime == "torch" or (reference is not None and reference.runtime == "torch"):
         torch.set_num_threads(threads)
@@ -277,25 +295,24 @@ def measure(
         if batch_size != 1:
             flags.append(f"early-exit model timed one sample at a time (batch_size {batch_size} requested)")
         batch_size = 1
-        order = torch.randperm(len(x_test), generator=torch.Generator().manual_seed(seed))[:repeats]
-        samples = [x_test[int(i):int(i) + 1] for i in order]
+        order = torch.randperm(len(x_val), generator=torch.Generator().manual_seed(seed))[:repeats]
+        samples = [x_val[int(i):int(i) + 1] for i in order]
     else:
-        samples = _batches(x_test, batch_size, MAX_TIMED_INPUTS)
+        samples = _batches(x_val, batch_size, MAX_TIMED_INPUTS)
     runners = {"candidate": _cycler([compiled.prepare(s) for s in samples], compiled.run_one)}
     if reference is not None:
         runners["reference"] = _cycler([reference.prepare(s) for s in samples], reference.run_one)
     timings = measure_latency(runners, warmup=warmup, repeats=repeats, rounds=min(10, repeats))
+    summary, kind = (np.mean, "mean_over_samples") if compiled.has_exits else (np.median, "median")
     samples_ms = timings["candidate"]
-    if compiled.has_exits:
-        latency, kind = float(np.mean(samples_ms)), "mean_over_samples"
-    else:
-        latency, kind = float(np.median(samples_ms)), "median"
-    reference_ms = float(np.median(timings["reference"])) if reference is not None else None
+    latency = float(summary(samples_ms))
+    reference_ms = float(summary(timings["reference"])) if reference is not None else None
 
     fingerprint, fingerprint_id = machine_fingerprint(compiled.runtime, threads, batch_size)
     example = example_input[:1]
     return Measurement(
         accuracy=accuracy,
+        test_accuracy=test_accuracy,
         latency_ms=latency,
         size_bytes=model_size_bytes(model, bits),
         macs=int(count_macs(model, example, exit_rates)),

@@ -14,8 +14,12 @@ class Measurement:
     """What was measured on one model.
 
     Attributes:
-        accuracy: top-1 accuracy on held-out data, computed with the runtime that is
-            timed (for ``onnxruntime`` the very ONNX model that is exported).
+        accuracy: top-1 accuracy on the **validation** split, computed with the
+            artifact that is timed (for ``onnxruntime`` the very ONNX model that is
+            exported): the search objective.
+        test_accuracy: top-1 accuracy of the same artifact on the **test** split,
+            measured once per complete trial and reported apart; samplers, tuners,
+            early stopping and exit calibration never see it.
         latency_ms: median of repeated timings after warm-up (for early-exit models the
             mean over real held-out samples run one at a time; see ``latency_kind``).
         latency_p95_ms: 95th percentile of the same timings.
@@ -31,7 +35,9 @@ class Measurement:
         kernel_bits: the bit width of the kernels that actually ran (32 or 8).
         exit_rates: fraction of test samples leaving at each exit, the last entry being
             the final classifier; ``None`` for models without exits.
-        reference_latency_ms: the baseline's median, timed interleaved in the same run.
+        reference_latency_ms: the baseline timed interleaved in the same run, on the
+            same inputs, with the same statistic as ``latency_ms`` (median, or the mean
+            over samples for early-exit models).
         flags: human-readable notes about the measurement (e.g. no 4-bit kernel).
     """
 
@@ -52,6 +58,7 @@ class Measurement:
     exit_rates: tuple[float, ...] | None = None
     reference_latency_ms: float | None = None
     flags: tuple[str, ...] = ()
+    test_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -71,3 +78,11 @@ class Measurement:
         if kwargs.get("exit_rates") is not None:
             kwargs["exit_rates"] = tuple(kwargs["exit_rates"])
         return cls(**kwargs)
+
+    @property
+    def speedup(self) -> float | None:
+        """``reference_latency_ms / latency_ms``: the speed-up against the baseline
+        timed in the same run (``None`` without a reference)."""
+        if self.reference_latency_ms is None or not self.latency_ms:
+            return None
+        return float(self.reference_latency_ms) / float(self.latency_ms)

@@ -143,7 +143,8 @@ def user_attrs(outcome: TrialOutcome, fixed: Mapping[str, Any]) -> dict[str, Any
             attrs["stopped_reason"] = result.stopped
         m = result.measurement
         if m is not None:
-            attrs.update(accuracy=m.accuracy, latency_ms=m.latency_ms, latency_p95_ms=m.latency_p95_ms,
+            attrs.update(accuracy=m.accuracy, test_accuracy=m.test_accuracy, latency_ms=m.latency_ms,
+                         reference_latency_ms=m.reference_latency_ms, latency_p95_ms=m.latency_p95_ms,
                          size_bytes=int(m.size_bytes), macs=int(m.macs), kernel_bits=m.kernel_bits, runtime=m.runtime,
                          fingerprint_id=m.fingerprint_id, flags=list(m.flags),
                          exit_rates=list(m.exit_rates) if m.exit_rates is not None else None)

@@ -9,13 +9,30 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
-from sqlalchemy import Engine, create_engine, inspect, select
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Connection,
+    Engine,
+    Float,
+    Integer,
+    LargeBinary,
+    column,
+    create_engine,
+    func,
+    inspect,
+    select,
+    table,
+    text,
+    update,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -28,13 +45,59 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from slimtune.studies.errors import SchemaVersionError, StudyError
-from slimtune.studies.models import SCHEMA_VERSION, Base, SchemaVersion
+from slimtune.studies.models import SCHEMA_VERSION, Base, SchemaVersion, utcnow
 
 DEFAULT_STORAGE = "sqlite:///slimtune.db"
 T = TypeVar("T")
 
+SCHEMA_1_FLAG = ("measured by slimtune schema 1: validation accuracy of the torch model, not of the timed artifact; "
+                 "test accuracy as the search saw it")
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def _migrate_1_to_2(conn: Connection) -> None:
+    """Schema 1 -> 2: the objective moves from the test split to the validation split.
+
+    Adds ``slimtune_candidates.test_accuracy`` and ``artifact_bytes``.  Schema 1 stored
+    the timed artifact's *test* accuracy as ``accuracy`` (what the search optimized)
+    and the torch model's validation accuracy as ``val_accuracy``; the test figure
+    moves to ``test_accuracy`` and ``accuracy`` takes the validation one, so the
+    frontier and ``select`` rank on validation as in schema 2.  Such rows carry a flag
+    saying so.  ``artifact_bytes`` is the length of the stored artifact.  The study's
+    baseline measurement is moved the same way.
+    """
+    conn.execute(text("ALTER TABLE slimtune_candidates ADD COLUMN test_accuracy FLOAT"))
+    conn.execute(text("ALTER TABLE slimtune_candidates ADD COLUMN artifact_bytes BIGINT"))
+    cands = table("slimtune_candidates", column("id", Integer), column("accuracy", Float), column("val_accuracy", Float),
+                  column("test_accuracy", Float), column("artifact_bytes", BigInteger), column("measurement", JSON),
+                  column("flags", JSON))
+    weights = table("slimtune_weights", column("candidate_id", Integer), column("artifact", LargeBinary))
+    studies = table("slimtune_studies", column("id", Integer), column("baseline", JSON))
+    lengths = dict(conn.execute(select(weights.c.candidate_id, func.length(weights.c.artifact))).all())
+    for row in conn.execute(select(cands)).mappings().all():
+        values: dict[str, Any] = {"artifact_bytes": lengths.get(row["id"])}
+        if row["accuracy"] is not None:
+            m = dict(_json(row["measurement"]) or {})
+            m["test_accuracy"], m["accuracy"] = row["accuracy"], row["val_accuracy"]
+            flags = [*(_json(row["flags"]) or []), SCHEMA_1_FLAG]
+            m["flags"] = flags
+            values.update(test_accuracy=row["accuracy"], accuracy=row["val_accuracy"], measurement=m, flags=flags)
+        conn.execute(update(cands).where(cands.c.id == row["id"]).values(**values))
+    for row in conn.execute(select(studies)).mappings().all():
+        baseline = dict(_json(row["baseline"]) or {})
+        m = dict(baseline.get("measurement") or {})
+        if "test_accuracy" not in m and "accuracy" in m:
+            m["test_accuracy"] = m["accuracy"]
+            m["accuracy"] = baseline.get("val_accuracy", m["accuracy"])
+            baseline["measurement"] = m
+            conn.execute(update(studies).where(studies.c.id == row["id"]).values(baseline=baseline))
+
+
 #: ``{from_version: step(connection)}``: each step brings the schema one version up.
-MIGRATIONS: dict[int, Callable] = {}
+MIGRATIONS: dict[int, Callable] = {1: _migrate_1_to_2}
 
 
 def creating_concurrently(create: Callable[[], T], *, attempts: int = 6) -> T:
@@ -178,6 +241,9 @@ class Database:
             pass
 
     def _migrate(self, version: int) -> None:
+        """Bring the schema up to :data:`SCHEMA_VERSION`, one step per transaction; each
+        step re-reads the version under a row lock (PostgreSQL), so two workers opening
+        an old database at once migrate it once."""
         from slimtune import __version__
 
         while version < SCHEMA_VERSION:
@@ -185,12 +251,13 @@ class Database:
             if step is None:
                 raise SchemaVersionError(f"No migration from slimtune schema version {version} to {version + 1}.")
             with self.engine.begin() as conn:
-                step(conn)
-            version += 1
+                current = conn.execute(select(SchemaVersion.version).where(SchemaVersion.id == 1).with_for_update()).scalar()
+                if current == version:
+                    step(conn)
+                    conn.execute(update(SchemaVersion).where(SchemaVersion.id == 1)
+                                 .values(version=version + 1, slimtune_version=__version__, updated_at=utcnow()))
+                version = max(version + 1, int(current or 0))
         Base.metadata.create_all(self.engine)  # tables added by the new version
-        with self.session() as session:
-            record = session.get(SchemaVersion, 1)
-            record.version, record.slimtune_version = SCHEMA_VERSION, __version__
 
     @contextmanager
     def session(self) -> Iterator[Session]:

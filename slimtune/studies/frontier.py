@@ -24,6 +24,10 @@ OBJECTIVES: dict[str, str] = {
     "size_bytes": "minimize",
     "macs": "minimize",
 }
+#: The direction of every figure a frontier can be drawn over (objectives, and what the
+#: dashboard can put on an axis: the same-run speed-up, the artifact's size).
+DIRECTIONS: dict[str, str] = {**OBJECTIVES, "test_accuracy": "maximize", "speedup": "maximize",
+                              "artifact_bytes": "minimize"}
 DEFAULT_OBJECTIVES: tuple[str, ...] = ("accuracy", "latency_ms")
 COST_OBJECTIVES: tuple[str, ...] = ("latency_ms", "size_bytes", "macs")
 
@@ -57,7 +61,7 @@ def loss_vector(row: Mapping[str, Any], objectives: Sequence[str]) -> tuple[floa
     out = []
     for name in objectives:
         value = float(row[name])
-        out.append(-value if OBJECTIVES[name] == "maximize" else value)
+        out.append(-value if DIRECTIONS[name] == "maximize" else value)
     return tuple(out)
 
 
@@ -103,6 +107,40 @@ def _non_dominated_mask_2d(losses: Sequence[tuple[float, ...] | None]) -> list[b
         best_before = min(best_before, group_min)
         start = end
     return mask
+
+
+def baseline_point(row: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, Any]:
+    """The baseline as it stands beside ``row``: its own accuracy, size and MACs, and
+    the latency it had when timed interleaved with that trial (``reference_latency_ms``,
+    falling back to the baseline's stored latency when the trial has none)."""
+    point = dict(baseline)
+    point["speedup"] = 1.0
+    if row.get("reference_latency_ms") is not None:
+        point["latency_ms"] = row["reference_latency_ms"]
+    return point
+
+
+def beaten_by_baseline(row: Mapping[str, Any], baseline: Mapping[str, Any] | None, objectives: Sequence[str]) -> bool:
+    """Whether the baseline dominates ``row`` under ``objectives``, latency compared
+    within the trial's own run: such a trial is never on the front nor selected."""
+    if not baseline:
+        return False
+    try:
+        return dominates(loss_vector(baseline_point(row, baseline), objectives), loss_vector(row, objectives))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def baseline_on_front(baseline: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> bool:
+    """Whether no row dominates the baseline, each compared with the baseline as timed
+    in that row's own run."""
+    for row in rows:
+        try:
+            if dominates(loss_vector(row, objectives), loss_vector(baseline_point(row, baseline), objectives)):
+                return False
+        except (KeyError, TypeError, ValueError):
+            continue
+    return True
 
 
 def non_dominated(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> list[Mapping[str, Any]]:

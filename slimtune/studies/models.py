@@ -5,7 +5,9 @@ They use their own :class:`~sqlalchemy.orm.DeclarativeBase`, every table is pref
 foreign key into Optuna's tables, no import of Optuna's private models), so Optuna's
 migrations and ours never touch each other.
 
-Tables (schema version :data:`SCHEMA_VERSION`):
+Tables (schema version :data:`SCHEMA_VERSION`; version 2 added
+``slimtune_candidates.test_accuracy`` and ``artifact_bytes``, see
+``database.MIGRATIONS``):
 
 ``slimtune_schema_version``
     one row: the schema version the database was written with.
@@ -14,7 +16,9 @@ Tables (schema version :data:`SCHEMA_VERSION`):
     values, objectives, constraints, evaluation settings, early-stopping rule, sampler,
     seed, the baseline's measurement, the slimtune version that created it.
 ``slimtune_candidates``
-    one row per Optuna trial that slimtune ran: full parameters, every metric, latency
+    one row per Optuna trial that slimtune ran: full parameters, every metric
+    (``accuracy`` = ``val_accuracy``: the timed artifact on the validation split, the
+    objective; ``test_accuracy``: the same artifact on the test split), latency
     samples, machine fingerprint, exit rates, recipe, flags, the backend and tuner
     that proposed it, why it stopped early (if it did), timings.
 ``slimtune_weights``
@@ -36,7 +40,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 #: Bump when the tables change, and add a migration step in ``database.MIGRATIONS``.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 Blob = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 
@@ -95,10 +99,12 @@ class CandidateRecord(Base):
     trial_number: Mapped[int] = mapped_column(Integer)  # the link to Optuna
     state: Mapped[str] = mapped_column(String(16))  # COMPLETE, PRUNED, FAIL
     params: Mapped[dict[str, Any]] = mapped_column(JSON)  # every value, fixed ones included
-    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
-    val_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)  # the objective: validation accuracy
+    val_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)  # the same (early stopping reads it)
+    test_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)  # reported apart (schema 2)
     latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
-    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # length of the packed model file
+    artifact_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # length of the timed artifact (schema 2)
     macs: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     measurement: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # Measurement.to_dict()
     pre: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # PreMeasurement

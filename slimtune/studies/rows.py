@@ -1,10 +1,13 @@
 """Trial rows: one JSON-friendly ``dict`` per trial, merged from Optuna's trial and
 slimtune's candidate record.
 
-Keys (DESIGN.md's JSON contract first): ``trial``, ``params``, ``accuracy``,
-``latency_ms``, ``size_bytes``, ``macs``, ``pareto``, then ``state``, ``feasible``,
-``constraints``, ``val_accuracy``, ``latency_p95_ms``, ``latency_kind``,
-``reference_latency_ms``, ``kernel_bits``, ``runtime``, ``exit_rates``, ``flags``,
+Keys (DESIGN.md's JSON contract first): ``trial``, ``params``, ``accuracy``
+(= ``val_accuracy``: the timed artifact on the validation split, the objective),
+``test_accuracy`` (the same artifact on the test split, reported apart),
+``latency_ms``, ``reference_latency_ms`` (the baseline timed in the same run),
+``speedup`` (their ratio), ``size_bytes`` (the packed model file),
+``artifact_bytes`` (the timed artifact), ``macs``, ``pareto``, then ``state``,
+``feasible``, ``constraints``, ``latency_p95_ms``, ``latency_kind``, ``kernel_bits``, ``runtime``, ``exit_rates``, ``flags``,
 ``fingerprint_id``, ``stopped_reason``, ``error``, ``backend``, ``tuner``, ``pre``,
 ``val_accuracy_per_epoch``, ``train_seconds``, ``total_seconds``, ``worker``,
 ``datetime_start``, ``datetime_complete``.
@@ -15,14 +18,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from slimtune.studies.frontier import non_dominated_mask
+from slimtune.studies.frontier import beaten_by_baseline, non_dominated_mask
 
 if TYPE_CHECKING:  # pragma: no cover
     from optuna.trial import FrozenTrial
 
     from slimtune.studies.models import CandidateRecord
 
-METRICS = ("accuracy", "latency_ms", "size_bytes", "macs")
+METRICS = ("accuracy", "test_accuracy", "latency_ms", "size_bytes", "artifact_bytes", "macs")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -33,7 +36,8 @@ def make_row(record: "CandidateRecord | None", trial: "FrozenTrial | None", *, o
              fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The row of one trial (either side may be missing: a RUNNING trial has no record
     yet; a record written just before ``tell`` has no finished Optuna trial yet)."""
-    row: dict[str, Any] = {"trial": None, "params": {}, **{k: None for k in METRICS}, "pareto": False}
+    row: dict[str, Any] = {"trial": None, "params": {}, **{k: None for k in METRICS}, "val_accuracy": None,
+                           "reference_latency_ms": None, "speedup": None, "pareto": False}
     if trial is not None:
         row["trial"] = trial.number
         row["state"] = trial.state.name
@@ -48,7 +52,8 @@ def make_row(record: "CandidateRecord | None", trial: "FrozenTrial | None", *, o
         constraints = dict(trial.constraints)
         row.update(
             constraints=constraints, feasible=all(v <= 0 for v in constraints.values()),
-            val_accuracy=attrs.get("val_accuracy"), stopped_reason=attrs.get("stopped_reason"),
+            val_accuracy=attrs.get("val_accuracy"), reference_latency_ms=attrs.get("reference_latency_ms"),
+            stopped_reason=attrs.get("stopped_reason"),
             error=attrs.get("error"), backend=attrs.get("backend"), tuner=attrs.get("tuner"),
             flags=attrs.get("flags") or [], exit_rates=attrs.get("exit_rates"), fingerprint_id=attrs.get("fingerprint_id"),
             datetime_start=_iso(trial.datetime_start), datetime_complete=_iso(trial.datetime_complete),
@@ -75,16 +80,30 @@ def make_row(record: "CandidateRecord | None", trial: "FrozenTrial | None", *, o
             total_seconds=record.total_seconds, worker=record.worker, has_artifact=record.state == "COMPLETE",
             val_accuracy_per_epoch=(record.info or {}).get("val_accuracy_per_epoch"),
         )
+    if row.get("state") == "COMPLETE" and row.get("accuracy") is not None:
+        row["val_accuracy"] = row["accuracy"]  # one figure: the artifact's validation accuracy
+    row["speedup"] = speedup(row)
     row.setdefault("state", "UNKNOWN")
     return row
 
 
-def mark_pareto(rows: list[dict[str, Any]], objectives: Sequence[str], *, feasible_only: bool) -> list[dict[str, Any]]:
+def speedup(row: Mapping[str, Any]) -> float | None:
+    """``reference_latency_ms / latency_ms``: the speed-up against the baseline timed in
+    the same run as the trial (``None`` when either is missing)."""
+    ref, lat = row.get("reference_latency_ms"), row.get("latency_ms")
+    if ref is None or not lat:
+        return None
+    return float(ref) / float(lat)
+
+
+def mark_pareto(rows: list[dict[str, Any]], objectives: Sequence[str], *, feasible_only: bool,
+                baseline: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Set ``row["pareto"]``: complete (and, with constraints, feasible) rows that no
-    other such row dominates."""
+    other such row dominates, nor the ``baseline`` (a point of the frontier, its
+    latency taken from each trial's own run)."""
     eligible = [r for r in rows if r.get("state") == "COMPLETE" and (not feasible_only or r.get("feasible", True))]
     mask = non_dominated_mask(eligible, objectives)
-    on = {id(r) for r, keep in zip(eligible, mask) if keep}
+    on = {id(r) for r, keep in zip(eligible, mask) if keep and not beaten_by_baseline(r, baseline, objectives)}
     for r in rows:
         r["pareto"] = id(r) in on
     return rows

@@ -26,7 +26,13 @@ from slimtune.search.measurement import Measurement
 from slimtune.search.runner import DIRECTIONS, Constraints, TrialOutcome
 from slimtune.studies.database import DEFAULT_STORAGE, Database, mask_url
 from slimtune.studies.errors import NoCandidateError, StudyError
-from slimtune.studies.frontier import DEFAULT_OBJECTIVES, check_objectives, non_dominated_mask
+from slimtune.studies.frontier import (
+    DEFAULT_OBJECTIVES,
+    baseline_on_front,
+    beaten_by_baseline,
+    check_objectives,
+    non_dominated_mask,
+)
 from slimtune.studies.models import CandidateRecord, StudyRecord, WeightsRecord, utcnow
 from slimtune.studies.rows import make_row, mark_pareto
 
@@ -357,6 +363,24 @@ class Study:
         """The baseline measured like a candidate when the study was created."""
         return Measurement.from_dict(self._record.baseline["measurement"])
 
+    def baseline_row(self, rows: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+        """The baseline in the same fields as a trial row (``trial`` is ``"baseline"``):
+        validation accuracy of its timed artifact (the objective), test accuracy, its
+        latency when the study was created, packed and artifact sizes, MACs.  On the
+        frontier it stands beside each trial with the latency it had in that trial's
+        own run (``reference_latency_ms``).  With ``rows`` (trial rows), ``pareto`` says
+        whether no complete trial beats it (in that trial's own run)."""
+        m = self._record.baseline["measurement"]
+        row = {"trial": "baseline", "state": "COMPLETE", "params": {}, "pareto": None,
+               "accuracy": m.get("accuracy"), "val_accuracy": m.get("accuracy"), "test_accuracy": m.get("test_accuracy"),
+               "latency_ms": m.get("latency_ms"), "reference_latency_ms": m.get("latency_ms"), "speedup": 1.0,
+               "size_bytes": m.get("size_bytes"), "artifact_bytes": m.get("artifact_bytes"), "macs": m.get("macs"),
+               "latency_kind": m.get("latency_kind"), "kernel_bits": m.get("kernel_bits"), "runtime": m.get("runtime"),
+               "fingerprint_id": m.get("fingerprint_id"), "flags": list(m.get("flags") or [])}
+        if rows is not None:
+            row["pareto"] = baseline_on_front(row, [r for r in rows if r.get("state") == "COMPLETE"], self.objectives)
+        return row
+
     @property
     def space_dict(self) -> dict[str, Any]:
         return dict(self._record.space)
@@ -538,7 +562,9 @@ class Study:
             study_id=self._record.id, study_name=self.name, trial_number=outcome.number, state=outcome.state,
             params=params, accuracy=m.accuracy if m else None,
             val_accuracy=result.val_accuracy if result is not None else None,
+            test_accuracy=m.test_accuracy if m else None,
             latency_ms=m.latency_ms if m else None, size_bytes=int(m.size_bytes) if m else None,
+            artifact_bytes=(len(result.artifact) if m and result.artifact is not None else None),
             macs=int(m.macs) if m else None, measurement=m.to_dict() if m else None,
             pre=({"latency_ms": result.pre.latency_ms, "size_bytes": int(result.pre.size_bytes), "macs": int(result.pre.macs)}
                  if result is not None and result.pre is not None else None),
@@ -565,9 +591,10 @@ class Study:
         row["constraints"], row["feasible"] = dict(outcome.constraints), outcome.feasible
         if row["state"] == "COMPLETE" and row["feasible"]:
             others = [r for r in self.trials() if r["trial"] != row["trial"]]
-            row["pareto"] = bool(non_dominated_mask([row] + [r for r in others if r["state"] == "COMPLETE" and
-                                                             (r["feasible"] or not self.constraints.active)],
-                                                    self.objectives)[0])
+            row["pareto"] = (bool(non_dominated_mask([row] + [r for r in others if r["state"] == "COMPLETE" and
+                                                              (r["feasible"] or not self.constraints.active)],
+                                                     self.objectives)[0])
+                             and not beaten_by_baseline(row, self.baseline_row(), self.objectives))
         return row
 
     # -- reading -------------------------------------------------------------------
@@ -583,7 +610,7 @@ class Study:
         frozen = {t.number: t for t in self.optuna_study.get_trials(deepcopy=False)}
         rows = [make_row(records.get(n), frozen.get(n), objectives=self.objectives, fixed=self._record.fixed)
                 for n in sorted(set(records) | set(frozen))]
-        mark_pareto(rows, self.objectives, feasible_only=self.constraints.active)
+        mark_pareto(rows, self.objectives, feasible_only=self.constraints.active, baseline=self.baseline_row())
         if states is not None:
             wanted = {s.upper() for s in states}
             rows = [r for r in rows if r["state"] in wanted]
@@ -609,7 +636,7 @@ class Study:
         rows = self.trials(states=("COMPLETE",))
         if fingerprint is not None:
             rows = [r for r in rows if r.get("fingerprint_id") == fingerprint]
-            mark_pareto(rows, self.objectives, feasible_only=self.constraints.active)
+            mark_pareto(rows, self.objectives, feasible_only=self.constraints.active, baseline=self.baseline_row())
         else:
             ids = {r.get("fingerprint_id") for r in rows}
             if len(ids) > 1:
@@ -634,55 +661,72 @@ class Study:
         return Candidate(self, row)
 
     def select(self, *, max_latency_ms: float | None = None, min_accuracy: float | None = None,
-               max_size_kb: float | None = None) -> "Candidate":
+               max_size_kb: float | None = None, split: str = "val") -> "Candidate":
         """The most accurate complete trial within the limits (ties: lower latency,
         then smaller size, then earlier trial).
 
+        Accuracy is the **validation** accuracy (what the search optimized) unless
+        ``split="test"``; ``min_accuracy`` applies to the same split.  A trial that the
+        baseline dominates (the baseline timed in the trial's own run) is never chosen:
+        the baseline itself is then the better model.
+
         Raises:
-            NoCandidateError: nothing fits; the message names the closest alternatives.
+            NoCandidateError: nothing fits, or nothing that fits beats the baseline; the
+                message names the closest alternatives.
         """
         from slimtune.studies.candidate import Candidate
 
         for arg, value in (("max_latency_ms", max_latency_ms), ("max_size_kb", max_size_kb)):
             if value is not None and not (value > 0):
                 raise StudyError(f"`{arg}` must be positive, but got {value!r}.")
-        rows = self.trials(states=("COMPLETE",))
+        if split not in SPLITS:
+            raise StudyError(f"`split` must be one of {', '.join(SPLITS)}, but got {split!r}.")
+        acc = SPLITS[split]
+        rows = [r for r in self.trials(states=("COMPLETE",)) if r.get(acc) is not None]
         if not rows:
             raise NoCandidateError(f"Study {self.name!r} has no complete trial yet.")
 
         def fits(r: dict, skip: str = "") -> bool:
             return ((skip == "latency" or max_latency_ms is None or r["latency_ms"] <= max_latency_ms)
-                    and (skip == "accuracy" or min_accuracy is None or r["accuracy"] >= min_accuracy)
+                    and (skip == "accuracy" or min_accuracy is None or r[acc] >= min_accuracy)
                     and (skip == "size" or max_size_kb is None or r["size_bytes"] <= max_size_kb * 1024))
 
         def key(r: dict) -> tuple:
-            return (-r["accuracy"], r["latency_ms"], r["size_bytes"], r["trial"])
+            return (-r[acc], r["latency_ms"], r["size_bytes"], r["trial"])
 
+        baseline = self.baseline_row()
         fitting = sorted((r for r in rows if fits(r)), key=key)
+        better = [r for r in fitting if not beaten_by_baseline(r, baseline, self.objectives)]
+        if better:
+            return Candidate(self, better[0])
+        asked = " and ".join(a for a in (
+            f"latency_ms <= {max_latency_ms:g}" if max_latency_ms is not None else "",
+            f"{split} accuracy >= {min_accuracy:g}" if min_accuracy is not None else "",
+            f"size <= {max_size_kb:g} KiB" if max_size_kb is not None else "") if a) or "no limits"
         if fitting:
-            return Candidate(self, fitting[0])
-        asked = [f"latency_ms <= {max_latency_ms:g}" if max_latency_ms is not None else "",
-                 f"accuracy >= {min_accuracy:g}" if min_accuracy is not None else "",
-                 f"size <= {max_size_kb:g} KiB" if max_size_kb is not None else ""]
+            raise NoCandidateError(
+                f"Nothing beats the baseline under {asked}: the baseline ({_describe(baseline, acc)}) dominates every "
+                f"one of the {len(fitting)} fitting trials when timed in their own runs (e.g. {_describe(fitting[0], acc)}, "
+                f"baseline {fitting[0].get('reference_latency_ms') or baseline['latency_ms']:.4g} ms in that run); "
+                "keep the baseline.")
         alternatives: list[str] = []
         if max_latency_ms is not None:
-            near = sorted((r for r in rows if fits(r, "latency")), key=lambda r: (r["latency_ms"], -r["accuracy"]))
+            near = sorted((r for r in rows if fits(r, "latency")), key=lambda r: (r["latency_ms"], -r[acc]))
             if near:
-                alternatives.append(f"the fastest meeting the other limits is {_describe(near[0])}")
+                alternatives.append(f"the fastest meeting the other limits is {_describe(near[0], acc)}")
         if min_accuracy is not None:
             near = sorted((r for r in rows if fits(r, "accuracy")), key=key)
             if near:
-                alternatives.append(f"the most accurate meeting the other limits is {_describe(near[0])}")
+                alternatives.append(f"the most accurate meeting the other limits is {_describe(near[0], acc)}")
         if max_size_kb is not None:
-            near = sorted((r for r in rows if fits(r, "size")), key=lambda r: (r["size_bytes"], -r["accuracy"]))
+            near = sorted((r for r in rows if fits(r, "size")), key=lambda r: (r["size_bytes"], -r[acc]))
             if near:
-                alternatives.append(f"the smallest meeting the other limits is {_describe(near[0])}")
+                alternatives.append(f"the smallest meeting the other limits is {_describe(near[0], acc)}")
         if not alternatives:
-            fastest = min(rows, key=lambda r: (r["latency_ms"], -r["accuracy"]))
+            fastest = min(rows, key=lambda r: (r["latency_ms"], -r[acc]))
             best = min(rows, key=key)
-            alternatives.append(f"the fastest is {_describe(fastest)}; the most accurate is {_describe(best)}")
-        raise NoCandidateError(f"No complete trial of study {self.name!r} fits {' and '.join(a for a in asked if a)}: "
-                               + "; ".join(alternatives) + ".")
+            alternatives.append(f"the fastest is {_describe(fastest, acc)}; the most accurate is {_describe(best, acc)}")
+        raise NoCandidateError(f"No complete trial of study {self.name!r} fits {asked}: " + "; ".join(alternatives) + ".")
 
     def dashboard(self, **kwargs: Any):
         """A live notebook dashboard of this study (``slimtune.widgets.StudyDashboard``;
@@ -708,9 +752,14 @@ class Study:
         return f"Study({self.name!r}, task={self.task_name!r}, objectives={self.objectives}, storage={self.storage!r})"
 
 
-def _describe(row: dict) -> str:
-    return (f"trial {row['trial']} (accuracy {row['accuracy']:.4f}, latency {row['latency_ms']:.4g} ms, "
-            f"{row['size_bytes'] / 1024:.1f} KiB)")
+#: What ``select(split=...)`` ranks by: the validation accuracy (the objective) or the test one.
+SPLITS = {"val": "accuracy", "test": "test_accuracy"}
+
+
+def _describe(row: dict, acc: str = "accuracy") -> str:
+    label = "test accuracy" if acc == "test_accuracy" else "val accuracy"
+    trial = "baseline" if row.get("trial") == "baseline" else f"trial {row['trial']}"
+    return f"{trial} ({label} {row[acc]:.4f}, latency {row['latency_ms']:.4g} ms, {row['size_bytes'] / 1024:.1f} KiB)"
 
 
 def _session_seed(seed: int | None, n_existing: int) -> int | None:

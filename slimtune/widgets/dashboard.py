@@ -88,7 +88,8 @@ class StudyDashboard(widgets.VBox):
 
     Args:
         study: a ``slimtune.Study``.
-        objective: the cost on the x axis: ``latency`` (default), ``size`` or ``macs``.
+        objective: the cost on the x axis: ``latency`` (default), ``speedup`` (against
+            the baseline timed in the same run as each trial), ``size`` or ``macs``.
         watch: poll the database for trials written by other processes (the CLI,
             other workers) every ``interval`` seconds.
         interval: the watch period in seconds.
@@ -138,7 +139,7 @@ class StudyDashboard(widgets.VBox):
     def _build_controls(self, objective: str, n_trials: int, watch: bool) -> None:
         self.header = widgets.HTML("")
         self.header.add_class("slimtune-header")
-        self.objective = widgets.ToggleButtons(options=[("latency", "latency"), ("size", "size"), ("MACs", "macs")],
+        self.objective = widgets.ToggleButtons(options=[("latency", "latency"), ("speed-up", "speedup"), ("size", "size"), ("MACs", "macs")],
                                                value=objective, description="x axis",
                                                style={"button_width": "72px"})
         self.log_x = widgets.Checkbox(value=False, description="log x", indent=False,

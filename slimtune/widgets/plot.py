@@ -65,7 +65,7 @@ class FrontierPlot:
         self.y_scale = bq.LinearScale()
         self.x_axis = bq.Axis(scale=self.x_scale, label=self.axis.label, tick_format=self.axis.tick_format,
                               grid_color="#eeeeee", label_offset="36px")
-        self.y_axis = bq.Axis(scale=self.y_scale, side="left", label="Accuracy", tick_format=".3f",
+        self.y_axis = bq.Axis(scale=self.y_scale, side="left", label="Validation accuracy", tick_format=".3f",
                               grid_color="#eeeeee", label_offset="46px")
         scales = {"x": self.x_scale, "y": self.y_scale}
         self.tooltip = widgets.HTML(layout=widgets.Layout(max_width="380px"))
@@ -215,7 +215,8 @@ class FrontierPlot:
 
     def _draw_done(self) -> None:
         x, y = self._x, self._y
-        self._front = R.front_indices(x, y)
+        self._front = R.not_beaten_by_baseline(self._done, R.front_indices(x, y, maximize_x=self.axis.maximize),
+                                               self.axis, self._baseline)
         with self.trials_mark.hold_sync():  # float32: half the bytes, plenty for a plot
             self.trials_mark.x = x.astype(np.float32)
             self.trials_mark.y = y.astype(np.float32)
@@ -295,7 +296,9 @@ def tooltip_html(row: dict[str, Any]) -> str:
     lines = [f"<b>{html.escape(R.trial_title(row))}</b>"]
     acc = R.value(row, "accuracy")
     lines.append(
-        f"accuracy {R.format_accuracy(acc)} · {R.format_cost(R.value(row, 'latency_ms'), R.AXES['latency'])}"
+        f"val acc {R.format_accuracy(acc)} (test {R.format_accuracy(R.value(row, 'test_accuracy'))})"
+        f" · {R.format_cost(R.value(row, 'latency_ms'), R.AXES['latency'])}"
+        f" ({R.format_cost(R.value(row, 'speedup'), R.AXES['speedup'])} vs baseline, same run)"
         f" · {R.format_cost(R.value(row, 'size_bytes'), R.AXES['size'])}"
         f" · {R.format_cost(R.value(row, 'macs'), R.AXES['macs'])} MACs"
     )

@@ -31,11 +31,13 @@ class Axis:
     unit_scale: float  # row value * unit_scale = shown value
     unit: str
     tick_format: str
+    maximize: bool = False  # True for figures where more is better (speed-up)
 
 
 #: The costs the x axis can show, by the name used in the UI and ``objective=``.
 AXES: dict[str, Axis] = {
     "latency": Axis("latency_ms", "Latency (ms, measured)", 1.0, "ms", ".3~f"),
+    "speedup": Axis("speedup", "Speed-up vs baseline (×, timed in the same run)", 1.0, "×", ".2~f", maximize=True),
     "size": Axis("size_bytes", "Size (KB)", 1 / 1024, "KB", ".1~f"),
     "macs": Axis("macs", "MACs (millions)", 1e-6, "M", ".3~f"),
 }
@@ -53,7 +55,7 @@ FINAL_STATES = ("COMPLETE", "PRUNED", "FAIL")
 
 
 def check_axis(name: str) -> Axis:
-    """The :class:`Axis` called ``name`` (``latency``, ``size`` or ``macs``)."""
+    """The :class:`Axis` called ``name`` (one of :data:`AXES`)."""
     try:
         return AXES[name]
     except KeyError:
@@ -118,6 +120,8 @@ def format_cost(val: float, axis: Axis) -> str:
     shown = val * axis.unit_scale
     if axis.key == "latency_ms":
         return f"{shown:.3f} ms"
+    if axis.key == "speedup":
+        return f"{shown:.2f}×"
     if axis.key == "size_bytes":
         return f"{shown:.1f} KB"
     return f"{shown:.3g} M"
@@ -167,13 +171,14 @@ def hover_text(row: Row) -> str:
     return f"{head} · {metrics} · {params_summary(row.get('params') or {})}"
 
 
-def front_indices(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Indices of the non-dominated points (x minimized, y maximized), sorted by x.
+def front_indices(x: np.ndarray, y: np.ndarray, *, maximize_x: bool = False) -> np.ndarray:
+    """Indices of the non-dominated points (x minimized, or maximized with
+    ``maximize_x``; y maximized), sorted by x (best x first).
 
     O(n log n).  Points with a NaN coordinate are never on the front; equal points are
     all kept (as in Optuna's ``best_trials``).
     """
-    x = np.asarray(x, dtype=float)
+    x = -np.asarray(x, dtype=float) if maximize_x else np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     valid = np.flatnonzero(~(np.isnan(x) | np.isnan(y)))
     if valid.size == 0:
@@ -198,13 +203,24 @@ def front_indices(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.asarray(keep, dtype=int)
 
 
-def front_rows(rows: Sequence[Row], objective: str = "latency") -> list[Row]:
-    """The complete rows on the accuracy-vs-``objective`` front, cheapest first."""
+def front_rows(rows: Sequence[Row], objective: str = "latency", baseline: Row | None = None) -> list[Row]:
+    """The complete rows on the accuracy-vs-``objective`` front, cheapest first; with a
+    ``baseline``, rows it dominates (latency compared within each trial's run) are off."""
     axis = check_axis(objective)
     done = [r for r in rows if is_complete(r)]
     x = np.array([value(r, axis.key) for r in done])
     y = np.array([value(r, "accuracy") for r in done])
-    return [done[i] for i in front_indices(x, y)]
+    return [done[i] for i in not_beaten_by_baseline(done, front_indices(x, y, maximize_x=axis.maximize), axis, baseline)]
+
+
+def not_beaten_by_baseline(rows: Sequence[Row], indices: np.ndarray, axis: Axis, baseline: Row | None) -> np.ndarray:
+    """``indices`` without the rows that the baseline dominates on (accuracy, axis)."""
+    from slimtune.studies.frontier import beaten_by_baseline
+
+    if not baseline:
+        return indices
+    keep = [int(i) for i in indices if not beaten_by_baseline(rows[int(i)], baseline, ("accuracy", axis.key))]
+    return np.asarray(keep, dtype=int)
 
 
 def baseline_row(baseline: Any) -> dict[str, Any] | None:
@@ -219,19 +235,31 @@ def baseline_row(baseline: Any) -> dict[str, Any] | None:
         data = {k: getattr(baseline, k, None) for k in ("accuracy", "latency_ms", "size_bytes", "macs", "exit_rates")}
     data.setdefault("trial", "baseline")
     data.setdefault("state", "COMPLETE")
+    data["speedup"] = 1.0
     return data
 
 
 def deltas(row: Row, baseline: Row | None) -> list[tuple[str, str, str]]:
-    """``(metric, value, change against the baseline)`` for the details pane."""
+    """``(metric, value, change against the baseline)`` for the details pane.
+
+    Accuracy is the validation accuracy (the objective), test accuracy is shown apart;
+    the latency change is the trial's own same-run speed-up
+    (``reference_latency_ms / latency_ms``), never a ratio to a baseline timed at
+    another moment."""
     out = []
-    acc, base_acc = value(row, "accuracy"), value(baseline or {}, "accuracy")
-    change = "" if math.isnan(acc) or math.isnan(base_acc) else f"{(acc - base_acc) * 100:+.2f} pp"
-    out.append(("accuracy", format_accuracy(acc), change))
+    base = baseline or {}
+    for key, label in (("accuracy", "val accuracy"), ("test_accuracy", "test accuracy")):
+        acc, base_acc = value(row, key), value(base, key)
+        change = "" if math.isnan(acc) or math.isnan(base_acc) else f"{(acc - base_acc) * 100:+.2f} pp"
+        out.append((label, format_accuracy(acc), change))
     for name in ("latency", "size", "macs"):
         axis = AXES[name]
-        val, base = value(row, axis.key), value(baseline or {}, axis.key)
-        out.append((name if name != "macs" else "MACs", format_cost(val, axis), ratio_text(val, base)))
+        val = value(row, axis.key)
+        ref = value(row, "reference_latency_ms") if name == "latency" else value(base, axis.key)
+        change = ratio_text(val, ref)
+        if name == "latency" and change and change != "same as baseline":
+            change += " (same run)"
+        out.append((name if name != "macs" else "MACs", format_cost(val, axis), change))
     return out
 
 

@@ -64,16 +64,16 @@ def svg_plot(rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any] | No
         out.append(f"<line x1='{MARGIN['left']}' x2='{MARGIN['left'] + pw}' y1='{sy(t):.1f}' y2='{sy(t):.1f}' stroke='#eee'/>"
                    f"<text x='{MARGIN['left'] - 6}' y='{sy(t) + 4:.1f}' text-anchor='end'>{t:.3f}</text>")
     out.append(f"<text x='{MARGIN['left'] + pw / 2}' y='{HEIGHT - 6}' text-anchor='middle'>{html.escape(axis.label)}</text>"
-               f"<text transform='translate(14 {MARGIN['top'] + ph / 2}) rotate(-90)' text-anchor='middle'>Accuracy</text>")
+               f"<text transform='translate(14 {MARGIN['top'] + ph / 2}) rotate(-90)' text-anchor='middle'>Validation accuracy</text>")
     # every point in one path of zero-length round-capped segments: small at 5,000 trials
     for complete, color, width in ((False, COLORS["other"], 5), (True, COLORS["trial"], 6)):
         d = "".join(f"M{sx(x):.1f} {sy(y):.1f}h0" for x, y, c in pts if c == complete)
         if d:
             out.append(f"<path d='{d}' stroke='{color}' stroke-width='{width}' stroke-linecap='round' opacity='0.8'/>")
-    done = [(x, y) for x, y, c in pts if c]
-    if done:
-        idx = R.front_indices([p[0] for p in done], [p[1] for p in done])
-        front = [done[i] for i in idx]
+    done_rows = [r for r in rows if R.is_complete(r)]
+    front_rows = R.front_rows(done_rows, objective, baseline)
+    if front_rows:
+        front = [(axis.unit_scale * R.value(r, axis.key), R.value(r, "accuracy")) for r in front_rows]
         d = f"M{sx(front[0][0]):.1f} {sy(front[0][1]):.1f}"
         for (_, _), (bx2, by2) in zip(front, front[1:]):
             d += f"H{sx(bx2):.1f}V{sy(by2):.1f}"
@@ -91,16 +91,19 @@ def render_html(*, title: str, task: str | None, rows: Sequence[Mapping[str, Any
     """The whole fallback: title line, SVG plot and the front as a table."""
     esc = html.escape
     final = [r for r in rows if R.is_final(r)]
-    front = R.front_rows(final, objective)
+    front = R.front_rows(final, objective, baseline)
     head = f"<b>slimtune study {esc(title)}</b>"
     if task:
         head += f" · task {esc(task)}"
     head += f" · {len(final)} trials, {len(front)} on the {esc(objective)} front"
-    table = ["<table><tr><th>trial</th><th>accuracy</th><th>latency (ms)</th><th>size (KB)</th><th>MACs (M)</th><th>knobs</th></tr>"]
+    table = ["<table><tr><th>trial</th><th>val acc</th><th>test acc</th><th>latency (ms)</th><th>speed-up (same run)</th>"
+             "<th>size (KiB)</th><th>MACs (M)</th><th>knobs</th></tr>"]
     for r in sorted(front, key=lambda r: -R.value(r, "accuracy"))[:max_rows]:
         table.append(
             f"<tr><td>{esc(str(r.get('trial')))}</td><td>{R.format_accuracy(R.value(r, 'accuracy'))}</td>"
-            f"<td>{R.value(r, 'latency_ms'):.3f}</td><td>{R.value(r, 'size_bytes') / 1024:.1f}</td>"
+            f"<td>{R.format_accuracy(R.value(r, 'test_accuracy'))}</td>"
+            f"<td>{R.value(r, 'latency_ms'):.3f}</td><td>{R.format_cost(R.value(r, 'speedup'), R.AXES['speedup'])}</td>"
+            f"<td>{R.value(r, 'size_bytes') / 1024:.1f}</td>"
             f"<td>{R.value(r, 'macs') / 1e6:.3g}</td><td>{esc(R.params_summary(r.get('params') or {}))}</td></tr>")
     table.append("</table>")
     if len(front) > max_rows:

@@ -18,7 +18,8 @@ SORT_KEYS: dict[str, tuple[str, bool]] = {
     "trial": ("trial", False),
 }
 
-HEADER = f"{'':2}{'trial':>6}  {'accuracy':>8}  {'Δ acc':>8}  {'latency':>10}  {'size':>9}  {'MACs':>8}  knobs"
+HEADER = (f"{'':2}{'trial':>6}  {'val acc':>8}  {'Δ acc':>8}  {'test acc':>8}  {'latency':>10}  {'speed-up':>8}  "
+          f"{'size':>10}  {'MACs':>8}  knobs")
 
 
 def row_label(row: Mapping[str, Any], baseline: Mapping[str, Any] | None, *, selected: bool = False) -> str:
@@ -27,8 +28,10 @@ def row_label(row: Mapping[str, Any], baseline: Mapping[str, Any] | None, *, sel
     base = R.value(baseline or {}, "accuracy")
     delta = "" if math.isnan(acc) or math.isnan(base) else f"{(acc - base) * 100:+.2f}pp"
     return (f"{'★' if selected else '':2}{str(row.get('trial')):>6}  {R.format_accuracy(acc):>8}  {delta:>8}  "
+            f"{R.format_accuracy(R.value(row, 'test_accuracy')):>8}  "
             f"{R.format_cost(R.value(row, 'latency_ms'), R.AXES['latency']):>10}  "
-            f"{R.format_cost(R.value(row, 'size_bytes'), R.AXES['size']):>9}  "
+            f"{R.format_cost(R.value(row, 'speedup'), R.AXES['speedup']):>8}  "
+            f"{R.format_cost(R.value(row, 'size_bytes'), R.AXES['size']):>10}  "
             f"{R.format_cost(R.value(row, 'macs'), R.AXES['macs']):>8}  {R.params_summary(row.get('params') or {})}")
 
 
