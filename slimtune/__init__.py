@@ -14,6 +14,8 @@ _LAZY: dict[str, str] = {
     "StudyError": "slimtune.studies",
     "NoCandidateError": "slimtune.studies",
     "list_studies": "slimtune.studies",
+    "Task": "slimtune.tasks.base",
+    "TaskError": "slimtune.tasks.base",
     "Constraints": "slimtune.search.runner",
     "EvalSettings": "slimtune.search.candidate",
     "FrontierEarlyStopping": "slimtune.search.early_stopping",

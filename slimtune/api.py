@@ -15,8 +15,12 @@ def build_space(task: Task, *, fixed: Mapping[str, Any] | None = None, families:
 
 
 def measurement_row(m) -> dict[str, Any]:
-    return {"accuracy": m.accuracy, "latency_ms": m.latency_ms, "latency_p95_ms": m.latency_p95_ms,
-            "size_bytes": m.size_bytes, "macs": m.macs, "exit_rates": list(m.exit_rates) if m.exit_rates else None,
+    """A measurement in the JSON row fields (``accuracy`` = ``val_accuracy``)."""
+    return {"accuracy": m.accuracy, "val_accuracy": m.accuracy, "test_accuracy": m.test_accuracy,
+            "latency_ms": m.latency_ms, "latency_p95_ms": m.latency_p95_ms, "latency_kind": m.latency_kind,
+            "reference_latency_ms": m.reference_latency_ms, "speedup": m.speedup,
+            "size_bytes": m.size_bytes, "artifact_bytes": getattr(m, "artifact_bytes", None), "macs": m.macs,
+            "exit_rates": list(m.exit_rates) if m.exit_rates else None,
             "kernel_bits": m.kernel_bits, "runtime": m.runtime, "flags": list(m.flags)}
 
 
@@ -39,6 +43,6 @@ def evaluate_one(task_spec: "str | Task", values: Mapping[str, Any], *, epochs: 
     return {
         "task": task.name, "task_notes": task.notes, "params": result.params, **measurement_row(m),
         "train_seconds": round(result.train_seconds, 3), "total_seconds": round(result.total_seconds, 3),
-        "reference_latency_ms": m.reference_latency_ms, "fingerprint": m.fingerprint,
+        "fingerprint": m.fingerprint,
         "baseline": measurement_row(base),
     }

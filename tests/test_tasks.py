@@ -66,3 +66,15 @@ def test_from_loaders_materialises_batches():
     loader = DataLoader(TensorDataset(x, y), batch_size=7)
     task = Task.from_loaders("t", lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), loader, loader, loader)
     assert task.num_classes == 3 and len(task.data.x_train) == 20
+
+
+def test_the_readme_user_task_api_is_importable_from_the_package():
+    import subprocess
+    import sys
+
+    import slimtune
+
+    assert slimtune.Task is Task and slimtune.TaskError is TaskError and "Task" in slimtune.__all__
+    done = subprocess.run([sys.executable, "-c", "from slimtune import Task; print(Task.__name__)"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "Task", done.stderr
