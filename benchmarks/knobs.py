@@ -19,7 +19,6 @@ from slimtune.search.baseline import get_baseline
 from slimtune.search.candidate import EvalSettings, Evaluator
 from slimtune.search.measure import measure_latency
 from slimtune.search.runtime import compile_model
-from slimtune.spaces.dsconv import eligible_convs
 from slimtune.tasks import TaskError, get_task
 
 SETTINGS = {
@@ -31,6 +30,7 @@ SETTINGS = {
     "quant 2-bit qat": {"quant.bits": 2, "quant.mode": "qat"},
     "distill T=4 a=0.7": {"distill.temperature": 4.0, "distill.alpha": 0.7},
     "dsconv (all eligible)": "dsconv",
+    "lowrank 0.25 (every group)": "lowrank",
     "exit after block 1 @0.9": {"exits.1.enabled": True, "exits.1.threshold": 0.9},
 }
 
@@ -63,22 +63,27 @@ def main() -> None:
         evaluator = Evaluator(task, space, EvalSettings(latency_repeats=args.repeats), baseline)
         base = evaluator.baseline_measurement()
         x64 = task.data.x_test[:64]
-        print(f"\n## {name}: baseline test accuracy {base.accuracy:.4f}, {base.latency_ms:.4f} ms (bs1, ORT, 1 thread), "
+        print(f"\n## {name}: baseline val accuracy {base.accuracy:.4f}, test {base.test_accuracy:.4f}, "
+              f"{base.latency_ms:.4f} ms (bs1, ORT, 1 thread), "
               f"{base.size_bytes:,} B, {base.macs:,} MACs.  {task.notes}")
-        print("| knob | MACs ratio | latency ratio bs1 | latency ratio bs64 | size ratio | accuracy delta | kernel bits | exit rates | train s |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| knob | MACs ratio | speed-up bs1 (same run) | speed-up bs64 | size ratio | val acc delta | test acc delta "
+              "| kernel bits | exit rates | train s |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for label, values in SETTINGS.items():
             if args.only and not any(part in label for part in args.only.split(",")):
                 continue
-            if values == "dsconv":
-                values = {f"dsconv.{n}": True for n in eligible_convs(task.build_model())}
+            if values == "dsconv":  # every switch of the family on
+                values = {p.name: True for p in space.params if p.family == "dsconv"}
+            elif values == "lowrank":
+                values = {p.name: 0.25 for p in space.params if p.family == "lowrank"}
             r = evaluator.evaluate(values)
             m = r.measurement
             c64, b64 = batch_latency(evaluator, r, x64, max(20, args.repeats // 5))
-            ratio1 = m.latency_ms / m.reference_latency_ms
             rates = ", ".join(f"{v:.2f}" for v in m.exit_rates) if m.exit_rates else ""
-            print(f"| {label} | {m.macs / base.macs:.3f} | {ratio1:.3f} | {c64 / b64:.3f} | {m.size_bytes / base.size_bytes:.3f} "
-                  f"| {m.accuracy - base.accuracy:+.4f} | {m.kernel_bits} | {rates} | {r.train_seconds:.1f} |", flush=True)
+            print(f"| {label} | {m.macs / base.macs:.3f} | {m.speedup:.2f}x | {b64 / c64:.2f}x "
+                  f"| {m.size_bytes / base.size_bytes:.3f} | {m.accuracy - base.accuracy:+.4f} "
+                  f"| {m.test_accuracy - base.test_accuracy:+.4f} | {m.kernel_bits} | {rates} | {r.train_seconds:.1f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -77,12 +77,14 @@ def test_front_indices_match_the_study_frontier_rule():
         assert xs == sorted(xs)  # cheapest first: the order the step line needs
 
 
-def test_group_params_by_family_in_design_order():
+def test_group_params_by_family_in_pipeline_order():
     from slimtune.widgets.rows import group_params
 
     groups = group_params({"exits.10.threshold": 0.9, "exits.2.threshold": 0.8, "quant.bits": 8, "prune.ratio": 0.5,
-                           "distill.alpha": 0.3, "dsconv.features.3": True, "custom": 1})
-    assert [g for g, _ in groups] == ["Pruning", "Quantization", "Distillation", "DS-conv", "Early exits", "Other"]
+                           "distill.alpha": 0.3, "dsconv.features.3": True, "lowrank.blocks.1": 0.5, "custom": 1})
+    # the order a candidate is built in; titles come from the knobs themselves
+    assert [g for g, _ in groups] == ["DS-conv", "Low-rank", "Early exits", "Distillation", "Pruning", "Quantization",
+                                      "Other"]
     assert [k for k, _ in dict(groups)["Early exits"]] == ["2.threshold", "10.threshold"]
 
 

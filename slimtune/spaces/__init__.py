@@ -5,6 +5,7 @@ from slimtune.spaces.registry import get_knob, knob_families, register_knob
 
 # One import line per knob module registers it (order = pipeline order within a stage).
 from slimtune.spaces import dsconv as _dsconv  # noqa: F401,E402
+from slimtune.spaces import lowrank as _lowrank  # noqa: F401,E402
 from slimtune.spaces import exits as _exits  # noqa: F401,E402
 from slimtune.spaces import distillation as _distillation  # noqa: F401,E402
 from slimtune.spaces import pruning as _pruning  # noqa: F401,E402

@@ -136,6 +136,7 @@ class Knob(ABC):
 
     family: ClassVar[str]
     stage: ClassVar[str]
+    title: ClassVar[str] = ""  # how people read the family (the dashboard's group title); default: family
 
     @abstractmethod
     def params(self, model: "nn.Module") -> list[Param]:

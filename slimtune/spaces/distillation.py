@@ -45,6 +45,7 @@ class Distillation(Knob):
     candidate is trained from the baseline teacher."""
 
     family = "distill"
+    title = "Distillation"
     stage = "training"
 
     def params(self, model: nn.Module) -> list[Param]:

@@ -134,6 +134,7 @@ class DepthwiseSeparable(Knob):
     """``dsconv.<module path>`` (bool) for every eligible conv of the model."""
 
     family = "dsconv"
+    title = "DS-conv"
     stage = "architecture"
 
     def __init__(self, *, init: str = "svd") -> None:

@@ -203,6 +203,7 @@ class EarlyExits(Knob):
     """
 
     family = "exits"
+    title = "Early exits"
     stage = "architecture"
 
     def params(self, model: nn.Module) -> list[Param]:

@@ -303,6 +303,7 @@ class Pruning(Knob):
     """
 
     family = "prune"
+    title = "Pruning"
     stage = "compression"
 
     def __init__(self, *, importance: Callable[..., torch.Tensor] | None = None) -> None:

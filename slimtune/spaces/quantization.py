@@ -265,6 +265,7 @@ class Quantization(Knob):
     """
 
     family = "quant"
+    title = "Quantization"
     stage = "quantization"
 
     def params(self, model: nn.Module) -> list[Param]:

@@ -42,14 +42,14 @@ AXES: dict[str, Axis] = {
     "macs": Axis("macs", "MACs (millions)", 1e-6, "M", ".3~f"),
 }
 
-#: Parameter families in DESIGN.md's order: (name prefix, title).
-FAMILIES: tuple[tuple[str, str], ...] = (
-    ("prune", "Pruning"),
-    ("quant", "Quantization"),
-    ("distill", "Distillation"),
-    ("dsconv", "DS-conv"),
-    ("exits", "Early exits"),
-)
+def families() -> list[tuple[str, str]]:
+    """``(parameter prefix, title)`` of every registered knob, in pipeline order (the
+    knobs say how they are shown; a new knob needs nothing here)."""
+    from slimtune.spaces import STAGES, get_knob, knob_families
+
+    knobs = sorted((get_knob(name) for name in knob_families()), key=lambda k: STAGES.index(k.stage))
+    return [(k.family, k.title or k.family) for k in knobs]
+
 
 FINAL_STATES = ("COMPLETE", "PRUNED", "FAIL")
 
@@ -81,13 +81,14 @@ def is_final(row: Row) -> bool:
 
 
 def group_params(params: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, Any]]]]:
-    """Params grouped by family, in DESIGN.md's order; unknown prefixes go to "Other".
+    """Params grouped by knob family, in pipeline order; unknown prefixes go to "Other".
 
     Each family lists ``(name without the family prefix, value)`` sorted naturally
     (``exits.2`` before ``exits.10``).
     """
-    groups: dict[str, list[tuple[str, Any]]] = {title: [] for _, title in FAMILIES}
-    titles = dict(FAMILIES)
+    known = families()
+    groups: dict[str, list[tuple[str, Any]]] = {title: [] for _, title in known}
+    titles = dict(known)
     other: list[tuple[str, Any]] = []
     for name, val in params.items():
         prefix, _, rest = str(name).partition(".")
