@@ -163,12 +163,14 @@ def test_torch_fx_int8_with_exact_b_bit_weights(trained, digits, bits):
     folded = fold_batchnorm(copy.deepcopy(trained))
     floats = dict(folded.named_modules())
     checked = 0
-    for name, layer in compiled.module.named_modules():
-        if hasattr(layer, "set_weight_bias") and name in floats:
-            q = layer.weight().int_repr()
+    for name, layer in compiled.module.named_modules():  # the loaded TorchScript artifact: what runs
+        name = name.removesuffix("._packed_params")
+        if layer._c._has_method("_weight_bias") and name in floats:
+            weight = layer._weight_bias()[0]
+            q = weight.int_repr()
             expected_q, expected_scale = quantize_weight(floats[name].weight, bits)
             assert torch.equal(q, expected_q)
-            torch.testing.assert_close(layer.weight().q_per_channel_scales().float(), expected_scale)
+            torch.testing.assert_close(weight.q_per_channel_scales().float(), expected_scale)
             assert all(len(torch.unique(q[c])) <= 2 ** bits - 1 for c in range(q.shape[0]))
             checked += 1
     assert checked == 4
@@ -205,26 +207,28 @@ def test_early_exit_is_one_onnx_model_with_nested_if(exit_net, digits):
     model = onnx.load_from_string(compiled.artifact)
     onnx.checker.check_model(model, full_check=True)
     assert [o.name for o in model.graph.output] == ["logits", "exit_index"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1  # batch 1 only
     outer_if = [n for n in model.graph.node if n.op_type == "If"]
     assert len(outer_if) == 1
     else_branch = next(a.g for a in outer_if[0].attribute if a.name == "else_branch")
     assert [n.op_type for n in else_branch.node].count("If") == 1  # nested
-    # batch > 1: the batch exits only when every sample is confident
-    for x in (digits.x_test[:32], _confident_batch(exit_net, digits.x_test, exit_position=0)):
-        logits, index = compiled.run_one(x)
-        with torch.no_grad():
-            outputs = exit_net.forward_all(x)
-        confident = [bool(F.softmax(o, -1).amax(-1).min() >= t) for o, t in zip(outputs, exit_net.thresholds)]
-        expected = confident.index(True) if True in confident else 2
-        assert logits.shape == (len(x), 10) and int(index[0]) == expected
-        np.testing.assert_allclose(logits, outputs[expected].numpy(), atol=1e-4, rtol=1e-4)
-    assert int(compiled.run_one(_confident_batch(exit_net, digits.x_test, 0))[1][0]) == 0
-
-
-def _confident_batch(net: EarlyExitNet, x: torch.Tensor, exit_position: int) -> torch.Tensor:
+    # one sample per call: each sample takes its own exit
     with torch.no_grad():
-        _, where = net.predict_with_exits(x)
-    return x[where == exit_position][:8]
+        expected, where = exit_net.predict_with_exits(digits.x_test[:40])
+    for position in range(3):
+        i = int(torch.nonzero(where == position)[0])
+        logits, index = compiled.run_one(digits.x_test[i:i + 1])
+        assert logits.shape == (1, 10) and index.tolist() == [position]
+        np.testing.assert_allclose(logits, expected[i:i + 1].numpy(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
+def test_early_exit_refuses_a_batch_of_four(exit_net, digits, runtime):
+    """Issue 12.5: a batch of 4 used to get one exit_index for the whole batch."""
+    compiled = compile_model(exit_net, runtime=runtime, bits=32, calibration=digits.x_train[:64])
+    with pytest.raises(Exception, match="Expected: 1|batch of exactly 1"):
+        compiled.run_one(digits.x_test[:4])
+    assert compiled.predict_with_exits(digits.x_test[:4])[1].shape == (4,)  # sample by sample: one exit each
 
 
 def test_early_exit_int8_runs_quantized_kernels_in_subgraphs(exit_net, digits):
