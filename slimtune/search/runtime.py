@@ -707,6 +707,7 @@ def _torchscript(module: nn.Module, example: torch.Tensor, scripted: bool) -> by
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
+        module = module.eval()
         ts = torch.jit.script(module) if scripted else torch.jit.trace(module, example)
         torch.jit.save(ts, buffer)
     return buffer.getvalue()
@@ -722,9 +723,9 @@ def _stored_torchscript(data: bytes) -> tuple[bytes, torch.jit.ScriptModule]:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch 2.13 deprecates torch.jit.save/load in favour of torch.export
-        torch.jit.save(torch.jit.load(io.BytesIO(data)), buffer)
+        torch.jit.save(torch.jit.load(io.BytesIO(data)).eval(), buffer)  # eval first: `training` is saved too
         artifact = buffer.getvalue()
-        return artifact, torch.jit.load(io.BytesIO(artifact)).eval()
+        return artifact, torch.jit.load(io.BytesIO(artifact))
 
 
 def _compile_torch(model: nn.Module, segments: list[Segment] | None, bits: int, calibration: torch.Tensor,
@@ -769,22 +770,28 @@ def _compile_torch(model: nn.Module, segments: list[Segment] | None, bits: int, 
             for piece, x in zip(pieces, xs):
                 parts.append(torch.jit.trace(piece.eval(), x, check_trace=False))
         traced = _torchscript(_TorchExits(parts, [t for _, _, t in segments[:-1]]), example, scripted=True)
-    artifact, runnable = _stored_torchscript(traced)
+    artifact, loaded = _stored_torchscript(traced)
     info["timed"] = "the TorchScript artifact, loaded back from its stored bytes with torch.jit.load"
     info["artifact_sha256"] = hashlib.sha256(artifact).hexdigest()
-
-    if segments is None:
-        def run(x: torch.Tensor) -> tuple[np.ndarray, None]:
-            with torch.inference_mode():
-                return runnable(x).numpy(), None
-    else:
-        def run(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-            with torch.inference_mode():
-                logits, index = runnable(x)
-            return logits.numpy(), index.numpy()
-
+    run = _ScriptRunner(loaded, exits=segments is not None)
     return CompiledModel(
         runtime="torch", bits=bits, kernel_bits=kernel_bits, artifact=artifact, artifact_format="torchscript",
         threads=threads, flags=tuple(flags), num_exits=0 if segments is None else len(segments) - 1, _run=run,
-        _prepare=_as_tensor, info=info, module=runnable, int8_format=TORCH_INT8_FORMAT if kernel_bits == 8 else None,
+        _prepare=_as_tensor, info=info, module=run.module, int8_format=TORCH_INT8_FORMAT if kernel_bits == 8 else None,
     )
+
+
+class _ScriptRunner:
+    """The call that is scored and timed on the ``torch`` runtime: the loaded
+    TorchScript artifact (``module``) on one batch, ``(logits, exit index or None)``."""
+
+    def __init__(self, module: torch.jit.ScriptModule, *, exits: bool) -> None:
+        self.module = module
+        self.exits = exits
+
+    def __call__(self, x: torch.Tensor) -> "tuple[np.ndarray, np.ndarray | None]":
+        with torch.inference_mode():
+            out = self.module(x)
+        if self.exits:
+            return out[0].numpy(), out[1].numpy()
+        return out.numpy(), None
