@@ -716,10 +716,10 @@ def _torchscript(module: nn.Module, example: torch.Tensor, scripted: bool) -> by
 def _stored_torchscript(data: bytes) -> tuple[bytes, torch.jit.ScriptModule]:
     """The bytes to store and the module loaded from exactly those bytes.
 
-    A module saved, loaded and saved again reaches a fixed point (the first save
-    carries tracing details that loading drops), so the stored artifact is that
-    second save: loading it gives the module that is timed, and saving that module
-    gives the stored bytes again (which is how a test can tell it is the artifact)."""
+    A module saved, loaded (in eval mode) and saved again reaches a fixed point (the
+    first save carries tracing details that loading drops), so the stored artifact is
+    that second save: loading it gives the module that is timed and scored, and saving
+    that module gives the stored bytes again (how a test can tell it is the artifact)."""
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch 2.13 deprecates torch.jit.save/load in favour of torch.export
