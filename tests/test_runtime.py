@@ -4,7 +4,10 @@ ONNX model with nested If) and torch (eager, FX int8, TorchScript artifacts)."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -14,6 +17,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
+from slimtune.search.measure import export_artifact, measure
 from slimtune.search.runtime import compile_model, exit_segments, optimized_op_types
 from slimtune.spaces.exits import EarlyExitNet, ExitHead
 from slimtune.spaces.quantization import fold_batchnorm, quantize_weight
@@ -54,8 +58,9 @@ def _accuracy(logits: np.ndarray, y: torch.Tensor) -> float:
     return float((logits.argmax(-1) == y.numpy()).mean())
 
 
-def _weight_dequantizers(model: onnx.ModelProto, graph=None):
-    """(int8 weights, scales) of every DequantizeLinear feeding a Conv/Gemm weight."""
+def _weight_dequantizers(model: onnx.ModelProto, graph=None, zero_points: bool = False):
+    """(name, stored integers, scales[, zero points]) of every DequantizeLinear feeding a
+    Conv/Gemm weight."""
     graph = graph or model.graph
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     consumers = {i: n for n in graph.node for i in n.input[1:2]}
@@ -63,7 +68,8 @@ def _weight_dequantizers(model: onnx.ModelProto, graph=None):
     for node in graph.node:
         if node.op_type == "DequantizeLinear" and consumers.get(node.output[0]) is not None \
                 and consumers[node.output[0]].op_type in ("Conv", "Gemm"):
-            found.append((node.input[0], inits[node.input[0]], inits[node.input[1]]))
+            row = (node.input[0], inits[node.input[0]], inits[node.input[1]])
+            found.append(row + (inits[node.input[2]],) if zero_points else row)
     return found
 
 
@@ -85,7 +91,8 @@ def test_int8_onnx_has_quantized_convs_and_stays_accurate(trained, digits):
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
     weights = _weight_dequantizers(model)
-    assert len(weights) == 4 and all(q.dtype == np.int8 for _, q, _ in weights)
+    stored = np.uint8 if int8.int8_format == "u8u8" else np.int8  # auto: u8u8 where u8s8 can saturate
+    assert len(weights) == 4 and all(q.dtype == stored for _, q, _ in weights)
     optimized = optimized_op_types(int8.artifact)  # what ORT really runs
     assert optimized.get("QLinearConv", 0) == 3 and optimized.get("Conv", 0) == 0
     assert int8.kernel_bits == 8 and int8.info["optimized_ops"] == optimized
@@ -102,16 +109,23 @@ def test_two_bit_ptq_is_clearly_worse(trained, digits):
     assert acc[2] < acc[8] - 0.15, acc
 
 
+@pytest.mark.parametrize("int8_format", ["u8s8", "u8u8", "s8s8"])
 @pytest.mark.parametrize("bits", [8, 6, 4, 2])
-def test_b_bit_weights_in_the_onnx_graph(trained, digits, bits):
-    compiled = compile_model(trained, bits=bits, calibration=digits.x_train[:64])
+def test_b_bit_weights_in_the_onnx_graph(trained, digits, bits, int8_format):
+    compiled = compile_model(trained, bits=bits, calibration=digits.x_train[:64], int8_format=int8_format)
+    assert compiled.int8_format == int8_format
     folded = fold_batchnorm(copy.deepcopy(trained))
     torch_weights = {n + ".weight": m.weight for n, m in folded.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     limit = 2 ** (bits - 1) - 1
-    weights = _weight_dequantizers(onnx.load_from_string(compiled.artifact))
+    weights = _weight_dequantizers(onnx.load_from_string(compiled.artifact), zero_points=True)
     assert len(weights) == len(torch_weights)
-    for name, q, scale in weights:
-        assert q.dtype == np.int8 and np.abs(q).max() <= limit
+    for name, stored, scale, zero_point in weights:
+        # u8u8 stores q + 128 with zero point 128 (the same products); the others int8 q, zero point 0
+        expected_dtype, offset = (np.uint8, 128) if int8_format == "u8u8" else (np.int8, 0)
+        assert stored.dtype == expected_dtype and zero_point.dtype == expected_dtype
+        assert np.all(zero_point.astype(np.int32) == offset)
+        q = (stored.astype(np.int32) - offset).astype(np.int8)
+        assert np.abs(q).max() <= limit
         for c in range(q.shape[0]):
             assert len(np.unique(q[c])) <= 2 ** bits - 1
         expected_q, expected_scale = quantize_weight(torch_weights[name.removesuffix("_quantized")], bits)
@@ -163,12 +177,14 @@ def test_torch_fx_int8_with_exact_b_bit_weights(trained, digits, bits):
     folded = fold_batchnorm(copy.deepcopy(trained))
     floats = dict(folded.named_modules())
     checked = 0
-    for name, layer in compiled.module.named_modules():
-        if hasattr(layer, "set_weight_bias") and name in floats:
-            q = layer.weight().int_repr()
+    for name, layer in compiled.module.named_modules():  # the loaded TorchScript artifact: what runs
+        name = name.removesuffix("._packed_params")
+        if layer._c._has_method("_weight_bias") and name in floats:
+            weight = layer._weight_bias()[0]
+            q = weight.int_repr()
             expected_q, expected_scale = quantize_weight(floats[name].weight, bits)
             assert torch.equal(q, expected_q)
-            torch.testing.assert_close(layer.weight().q_per_channel_scales().float(), expected_scale)
+            torch.testing.assert_close(weight.q_per_channel_scales().float(), expected_scale)
             assert all(len(torch.unique(q[c])) <= 2 ** bits - 1 for c in range(q.shape[0]))
             checked += 1
     assert checked == 4
@@ -205,26 +221,28 @@ def test_early_exit_is_one_onnx_model_with_nested_if(exit_net, digits):
     model = onnx.load_from_string(compiled.artifact)
     onnx.checker.check_model(model, full_check=True)
     assert [o.name for o in model.graph.output] == ["logits", "exit_index"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1  # batch 1 only
     outer_if = [n for n in model.graph.node if n.op_type == "If"]
     assert len(outer_if) == 1
     else_branch = next(a.g for a in outer_if[0].attribute if a.name == "else_branch")
     assert [n.op_type for n in else_branch.node].count("If") == 1  # nested
-    # batch > 1: the batch exits only when every sample is confident
-    for x in (digits.x_test[:32], _confident_batch(exit_net, digits.x_test, exit_position=0)):
-        logits, index = compiled.run_one(x)
-        with torch.no_grad():
-            outputs = exit_net.forward_all(x)
-        confident = [bool(F.softmax(o, -1).amax(-1).min() >= t) for o, t in zip(outputs, exit_net.thresholds)]
-        expected = confident.index(True) if True in confident else 2
-        assert logits.shape == (len(x), 10) and int(index[0]) == expected
-        np.testing.assert_allclose(logits, outputs[expected].numpy(), atol=1e-4, rtol=1e-4)
-    assert int(compiled.run_one(_confident_batch(exit_net, digits.x_test, 0))[1][0]) == 0
-
-
-def _confident_batch(net: EarlyExitNet, x: torch.Tensor, exit_position: int) -> torch.Tensor:
+    # one sample per call: each sample takes its own exit
     with torch.no_grad():
-        _, where = net.predict_with_exits(x)
-    return x[where == exit_position][:8]
+        expected, where = exit_net.predict_with_exits(digits.x_test[:40])
+    for position in range(3):
+        i = int(torch.nonzero(where == position)[0])
+        logits, index = compiled.run_one(digits.x_test[i:i + 1])
+        assert logits.shape == (1, 10) and index.tolist() == [position]
+        np.testing.assert_allclose(logits, expected[i:i + 1].numpy(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
+def test_early_exit_refuses_a_batch_of_four(exit_net, digits, runtime):
+    """Issue 12.5: a batch of 4 used to get one exit_index for the whole batch."""
+    compiled = compile_model(exit_net, runtime=runtime, bits=32, calibration=digits.x_train[:64])
+    with pytest.raises(Exception, match="Expected: 1|batch of exactly 1"):
+        compiled.run_one(digits.x_test[:4])
+    assert compiled.predict_with_exits(digits.x_test[:4])[1].shape == (4,)  # sample by sample: one exit each
 
 
 def test_early_exit_int8_runs_quantized_kernels_in_subgraphs(exit_net, digits):
@@ -250,3 +268,52 @@ def test_early_exit_torch_artifact_is_scripted(exit_net, digits):
         ref_logits, ref_index = compiled.run_one(x)
         np.testing.assert_allclose(logits.numpy(), ref_logits, atol=1e-5)
         assert int(index[0]) == int(ref_index[0])
+
+
+# -- torch: what is timed is what is stored (issue 8, part 4) --------------------------
+_RELOAD = """
+import sys, numpy as np, torch
+torch.set_num_threads(1)
+module = torch.jit.load(sys.argv[1])
+x = torch.from_numpy(np.load(sys.argv[2]))
+exits = sys.argv[3] == "exits"
+with torch.inference_mode():
+    outs = [module(x[i:i + 1]) for i in range(len(x))] if exits else [module(x)]
+logits = np.concatenate([(o[0] if exits else o).numpy() for o in outs])
+np.save(sys.argv[4], logits)
+if exits:
+    np.save(sys.argv[5], np.concatenate([o[1].numpy() for o in outs]))
+"""
+
+
+@pytest.mark.parametrize("bits", [32, 8])
+@pytest.mark.parametrize("kind", ["static", "exits"])
+def test_torch_runtime_times_and_scores_the_stored_torchscript(trained, exit_net, digits, tmp_path, kind, bits):
+    model = trained if kind == "static" else exit_net
+    compiled = compile_model(model, runtime="torch", bits=bits, calibration=digits.x_train[:128])
+    # the module that runs is the artifact: loaded from the stored bytes, it saves back to them
+    assert isinstance(compiled.module, torch.jit.ScriptModule)
+    buffer = io.BytesIO()
+    torch.jit.save(compiled.module, buffer)
+    digest = hashlib.sha256(compiled.artifact).hexdigest()
+    assert hashlib.sha256(buffer.getvalue()).hexdigest() == digest == compiled.info["artifact_sha256"]
+    assert compiled._run.module is compiled.module  # the call measure() times and scores
+    # export, reload in a fresh process: the same predictions on the test split
+    path = export_artifact(compiled, tmp_path / "model.pt")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    x = digits.x_test
+    np.save(tmp_path / "x.npy", x.numpy())
+    subprocess.run([sys.executable, "-c", _RELOAD, str(path), str(tmp_path / "x.npy"), kind,
+                    str(tmp_path / "logits.npy"), str(tmp_path / "exits.npy")], check=True, timeout=120)
+    reloaded = np.load(tmp_path / "logits.npy")
+    if kind == "exits":
+        logits, exits = compiled.predict_with_exits(x)
+        np.testing.assert_array_equal(np.load(tmp_path / "exits.npy"), exits)
+    else:
+        logits = compiled.predict(x)
+    np.testing.assert_array_equal(reloaded.argmax(-1), logits.argmax(-1))
+    np.testing.assert_allclose(reloaded, logits, atol=1e-5, rtol=1e-5)
+    # the measurement scores that artifact: its accuracy is the reloaded artifact's
+    m = measure(model, compiled, x, digits.y_test, bits=bits, example_input=x[:1], repeats=10, warmup=2)
+    assert m.accuracy == pytest.approx(float((reloaded.argmax(-1) == digits.y_test.numpy()).mean()))
+    assert m.runtime == "torch" and len(m.latency_samples_ms) == 10

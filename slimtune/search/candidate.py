@@ -182,7 +182,7 @@ class Evaluator:
             model.eval()
             bits = int(values.get("quant.bits", 32))
             compiled = self._compile(model, bits)
-        x = self.task.data.x_val[: self.settings.batch_size]
+        x = self.task.data.x_val[: 1 if compiled.has_exits else self.settings.batch_size]  # exits: batch 1 only
         timings = measure_latency({"c": lambda: compiled.run_one(x)}, warmup=5, repeats=30, rounds=3)["c"]
         timings.sort()
         return PreMeasurement(latency_ms=timings[len(timings) // 2], macs=_shortest_path_macs(model, self.example_input),

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import gc
 import hashlib
 import json
@@ -29,14 +30,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimtune.search.cpu import cpu_features, u8s8_can_saturate
 from slimtune.search.measurement import Measurement
-from slimtune.spaces.quantization import QUANTIZABLE, conv_bn_pairs
+from slimtune.spaces.quantization import QUANTIZABLE, conv_bn_pairs, fold_batchnorm, snap_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimtune.search.runtime import CompiledModel
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 MAX_TIMED_INPUTS = 16  # distinct held-out batches cycled through while timing a static model
+#: Below this share of equal predictions (runtime vs torch fake-quant) a measurement is flagged.
+MIN_RUNTIME_AGREEMENT = 0.99
 
 
 # -- latency ----------------------------------------------------------------------
@@ -109,11 +113,16 @@ def _version(module: str) -> str | None:
 
 
 def machine_fingerprint(runtime: str, threads: int, batch_size: int) -> tuple[dict[str, Any], str]:
-    """What latencies depend on: CPU model, core count, runtime versions, threads and
-    batch size; and a short id (sha256 of the sorted JSON, 12 hex digits)."""
+    """What latencies depend on: CPU model, its int8-relevant features (``cpu_features``,
+    ``None`` where unreadable) and whether ONNX Runtime's U8S8 kernels can saturate on
+    it (``u8s8_saturates``), core count, runtime versions, threads and batch size; and
+    a short id (sha256 of the sorted JSON, 12 hex digits)."""
+    features = cpu_features()
     fingerprint = {
         "cpu": _cpu_model(),
         "machine": platform.machine(),
+        "cpu_features": list(features) if features is not None else None,
+        "u8s8_saturates": u8s8_can_saturate(),
         "cores": os.cpu_count(),
         "runtime": runtime,
         "torch": torch.__version__,
@@ -208,6 +217,64 @@ def params_count(model: nn.Module) -> int:
     return total
 
 
+# -- runtime vs torch ---------------------------------------------------------------
+def fake_quant_reference(model: nn.Module, bits: int) -> nn.Module:
+    """A copy of ``model`` as torch computes it at ``bits``: BatchNorm folded, weights on
+    the b-bit grid (idempotent when the quantization knob already snapped them), float
+    activations.  The runtime's int8 artifact should predict what this model predicts."""
+    reference = fold_batchnorm(copy.deepcopy(model).eval())
+    if bits < 32:
+        snap_weights(reference, bits)
+    return reference
+
+
+@torch.no_grad()
+def torch_exit_logits(model: nn.Module, x: torch.Tensor, batch: int = 256) -> list[np.ndarray]:
+    """Logits of every exit of ``model`` (then the final classifier) for every sample,
+    through the same ``segments()`` the runtime compiles; one array for a static model."""
+    from slimtune.search.runtime import exit_segments
+
+    segments = exit_segments(model)
+    outputs: list[list[np.ndarray]] = [[] for _ in range(len(segments) if segments else 1)]
+    for i in range(0, len(x), batch):
+        features = x[i:i + batch]
+        if segments is None:
+            outputs[0].append(model(features).numpy())
+            continue
+        for k, (trunk, head, _) in enumerate(segments):
+            features = trunk(features)
+            outputs[k].append((head(features) if head is not None else features).numpy())
+    return [np.concatenate(o) for o in outputs]
+
+
+def runtime_agreement(model: nn.Module, bits: int, x: torch.Tensor, logits: np.ndarray,
+                      exits: np.ndarray | None = None) -> float:
+    """Share of samples whose predicted class from the runtime (``logits``) equals the
+    torch fake-quantized model's (:func:`fake_quant_reference`).
+
+    Early-exit models: each sample is compared at the exit the runtime took
+    (``exits``), i.e. the torch logits of that same exit head; the exit decision
+    itself is not compared, because a confidence within rounding of a threshold may
+    legitimately go either way."""
+    per_exit = torch_exit_logits(fake_quant_reference(model, bits), torch.as_tensor(x).float())
+    if exits is None or len(per_exit) == 1:
+        expected = per_exit[-1]
+    else:
+        expected = np.stack(per_exit)[np.asarray(exits), np.arange(len(x))]
+    return float((expected.argmax(-1) == np.asarray(logits).argmax(-1)).mean())
+
+
+def agreement_flag(agreement: float, n: int, int8_format: str | None) -> str | None:
+    """The note for a runtime that disagrees with torch's fake-quantized model on more
+    than ``1 - MIN_RUNTIME_AGREEMENT`` of the samples (``None`` otherwise)."""
+    if agreement >= MIN_RUNTIME_AGREEMENT:
+        return None
+    fmt = f", int8 format {int8_format}" if int8_format else ""
+    return (f"runtime predictions differ from the torch fake-quantized model on {1 - agreement:.1%} of {n} samples "
+            f"(more than {1 - MIN_RUNTIME_AGREEMENT:.0%}{fmt}): the accuracy lost here may be the runtime's, "
+            "not the model's")
+
+
 # -- the measurement --------------------------------------------------------------
 def _cycler(inputs: list[Any], run: Callable[[Any], object]) -> Callable[[], object]:
     """A zero-argument runner stepping through ``inputs`` one call at a time."""
@@ -229,15 +296,16 @@ def _batches(x: torch.Tensor, batch_size: int, limit: int) -> list[torch.Tensor]
     return [x[i * batch_size:(i + 1) * batch_size] for i in range(n)]
 
 
-def _accuracy(compiled: "CompiledModel", x: torch.Tensor, y: torch.Tensor, eval_batch: int) -> tuple[float, np.ndarray | None]:
-    """Accuracy of ``compiled`` on ``(x, y)`` and, for early-exit models, the exit taken
-    by every sample (run one sample at a time, as deployed)."""
+def _accuracy(compiled: "CompiledModel", x: torch.Tensor, y: torch.Tensor,
+              eval_batch: int) -> tuple[float, np.ndarray, np.ndarray | None]:
+    """Accuracy of ``compiled`` on ``(x, y)``, its logits and, for early-exit models, the
+    exit taken by every sample (run one sample at a time, as deployed)."""
     labels = np.asarray(torch.as_tensor(y))
     if compiled.has_exits:
         logits, exits = compiled.predict_with_exits(x)
     else:
         logits, exits = compiled.predict(x, batch_size=eval_batch), None
-    return float((logits.argmax(-1) == labels).mean()), exits
+    return float((logits.argmax(-1) == labels).mean()), logits, exits
 
 
 def measure(
@@ -274,6 +342,12 @@ def measure(
     latency = their mean (``latency_kind="mean_over_samples"``); the reference is
     timed interleaved on the same samples and summarised by its mean as well, so the
     speed-up compares like with like.  Size, MACs and params come from ``model``.
+
+    ``runtime_agreement`` is the share of the validation samples on which
+    ``compiled`` predicts the class that ``model`` predicts in torch with its weights
+    on the b-bit grid and float activations (:func:`runtime_agreement`; one extra
+    torch forward pass); below 99% the measurement is flagged, since then the
+    runtime (e.g. saturating int8 kernels), not the compressed model, costs accuracy.
     """
     from slimtune.search.macs import count_macs
 
@@ -283,11 +357,15 @@ def measure(
         raise ValueError("`x_test` and `y_test` must be given together, non-empty and aligned.")
     flags = list(compiled.flags)
     exit_rates: tuple[float, ...] | None = None
-    accuracy, exits = _accuracy(compiled, x_val, y_val, eval_batch)
+    accuracy, val_logits, exits = _accuracy(compiled, x_val, y_val, eval_batch)
     if exits is not None:
         counts = np.bincount(exits, minlength=compiled.num_exits + 1)
         exit_rates = tuple(float(c) / len(exits) for c in counts)
     test_accuracy = _accuracy(compiled, x_test, y_test, eval_batch)[0] if x_test is not None else None
+    agreement = runtime_agreement(model, bits, x_val, val_logits, exits)
+    note = agreement_flag(agreement, len(y_val), compiled.int8_format)
+    if note:
+        flags.append(note)
 
     if compiled.runtime == "torch" or (reference is not None and reference.runtime == "torch"):
         torch.set_num_threads(threads)
@@ -326,6 +404,8 @@ def measure(
         fingerprint=fingerprint,
         fingerprint_id=fingerprint_id,
         kernel_bits=compiled.kernel_bits,
+        int8_format=compiled.int8_format,
+        runtime_agreement=agreement,
         exit_rates=exit_rates,
         reference_latency_ms=reference_ms,
         flags=tuple(dict.fromkeys(flags)),

@@ -33,6 +33,12 @@ class Measurement:
         fingerprint: machine and runtime fingerprint (cpu, versions, threads, batch).
         fingerprint_id: short hash of ``fingerprint``.
         kernel_bits: the bit width of the kernels that actually ran (32 or 8).
+        int8_format: the int8 kernels' format (``u8s8``, ``u8u8``, ``s8s8``;
+            ``u8s8-reduce-range`` for torch), ``None`` without int8 kernels.
+        runtime_agreement: share of the evaluated samples on which the runtime predicts
+            the class that the torch model with the same b-bit weights (float
+            activations) predicts; early-exit models are compared at the exit the
+            runtime took.  ``None`` when not measured.
         exit_rates: fraction of test samples leaving at each exit, the last entry being
             the final classifier; ``None`` for models without exits.
         reference_latency_ms: the baseline timed interleaved in the same run, on the
@@ -55,6 +61,8 @@ class Measurement:
     fingerprint: dict[str, Any] = field(default_factory=dict)
     fingerprint_id: str = ""
     kernel_bits: int = 32
+    int8_format: str | None = None
+    runtime_agreement: float | None = None
     exit_rates: tuple[float, ...] | None = None
     reference_latency_ms: float | None = None
     flags: tuple[str, ...] = ()

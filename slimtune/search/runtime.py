@@ -6,23 +6,40 @@ TorchScript bytes).  Accuracy, latency and the exported file all come from it.
 
 - ``onnxruntime``: ``torch.onnx.export(dynamo=False)``; bits 32/16 run the fp32
   graph (16: the weights are fp16-rounded, no fp16 CPU kernel is used); bits <= 8 run
-  ``quantize_static`` QDQ: per-channel symmetric int8 weights, uint8 activations
+  ``quantize_static`` QDQ: per-channel symmetric weights, 8-bit activations
   calibrated on training inputs.  The weight scales are those of
   :func:`slimtune.spaces.quantization.quantize_weight` (given to ORT as tensor
   overrides, then every weight's DequantizeLinear integers are checked and rewritten
   to the exact b-bit values), so the int8 kernels compute with exactly the b-bit
   weights.
+- The int8 *format* (``int8_format`` argument, else ``$SLIMTUNE_INT8_FORMAT``, else
+  ``auto``): ``u8s8`` (uint8 activations, int8 weights: ORT's fastest x86 kernels),
+  ``u8u8`` (uint8 weights ``q + 128``, zero point 128: the same integers, ORT's U8U8
+  kernels, which never saturate) or ``s8s8`` (int8 activations; ORT on x86 turns
+  them back into U8S8).  ``auto`` is ``u8s8`` unless this CPU's U8S8 kernels can
+  saturate (x86 AVX2/AVX-512 without VNNI, see :mod:`slimtune.search.cpu`) *and* the
+  b-bit grid exceeds +-64 (8 bits), then ``u8u8``; grids of 6 bits and less never
+  saturate (the effect of ``reduce_range``, without changing the 8-bit grid).  A
+  forced format that can saturate here is flagged; the format used is
+  ``CompiledModel.int8_format``.
 - Early-exit models (with ``segments()``) become ONE ONNX model: each segment is
   exported (and quantized, calibrated on the previous segment's outputs) separately,
   then composed with nested ``If`` nodes, each taken when
-  ``min over the batch of max softmax(exit logits) >= threshold`` (batch 1: that
-  sample is confident; batch > 1: *all* samples are).  Outputs: ``logits`` and
-  ``exit_index`` (shape ``[1]``, int64; the last index is the final classifier).
+  ``max softmax(exit logits) >= threshold``.  **Batch 1 only**: the input's batch
+  dimension is fixed to 1, so ONNX Runtime refuses any other batch with its shape
+  error (one ``exit_index`` per call, never one for a whole batch); run a batch
+  sample by sample (``CompiledModel.predict_with_exits``).  Outputs: ``logits``
+  (``[1, classes]``) and ``exit_index`` (shape ``[1]``, int64; the last index is the
+  final classifier).
 - ``torch``: eager fp32 (bits 32/16); bits <= 8 through torch.ao FX quantization
-  (x86 backend, per-channel) with the exact b-bit weights set into the quantized
-  layers, or, if FX fails, the snapped fp32 model (flagged, ``kernel_bits=32``).
-  The artifact is TorchScript (traced; early-exit models are scripted around traced
-  segments).
+  (x86 backend, per-channel weights, 7-bit activations by its ``reduce_range``, so
+  its U8S8 kernels cannot saturate) with the exact b-bit weights set into the
+  quantized layers, or, if FX fails, the snapped fp32 model (flagged,
+  ``kernel_bits=32``).  The artifact is TorchScript (traced; early-exit models are
+  scripted around traced segments, and refuse a batch other than 1), and **what is
+  timed and scored is that artifact**: the stored bytes loaded back with
+  ``torch.jit.load`` (``CompiledModel.module``; saving it again gives the same bytes),
+  not the eager/FX module it was traced from.
 
 Example:
     >>> compiled = compile_model(model, runtime="onnxruntime", bits=8, calibration=x_train[:256])
@@ -33,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import io
 import logging
 import os
@@ -45,12 +63,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimtune.search.cpu import SAFE_U8S8_WEIGHT, u8s8_can_saturate
 from slimtune.search.measurement import RUNTIMES
-from slimtune.spaces.quantization import FP16_FLAG, fold_batchnorm, low_bit_flag, quantize_weight, snap_weights
+from slimtune.spaces.quantization import FP16_FLAG, fold_batchnorm, low_bit_flag, qmax, quantize_weight, snap_weights
 
 OPSET = 17
 INPUT = "input"
 CALIBRATION_BATCH = 64
+#: ONNX Runtime int8 formats (activations, weights); ``auto`` picks one for this CPU.
+INT8_FORMATS = ("auto", "u8s8", "u8u8", "s8s8")
+INT8_FORMAT_ENV = "SLIMTUNE_INT8_FORMAT"
+#: What torch's FX x86 int8 computes: uint8 activations limited to 7 bits, int8 weights.
+TORCH_INT8_FORMAT = "u8s8-reduce-range"
 
 Segment = Tuple[nn.Module, "nn.Module | None", "float | None"]
 
@@ -68,7 +92,10 @@ class CompiledModel:
         flags: honest notes (no sub-8-bit kernel, no fp16 kernel, ...).
         num_exits: number of early exits (0 for a static model).
         info: details (e.g. the op types ORT actually runs after optimisation).
-        module: the torch module that runs (``torch`` runtime only).
+        module: the torch module that runs (``torch`` runtime only): the TorchScript
+            artifact loaded back from ``artifact``.
+        int8_format: the int8 format of the kernels (``u8s8``, ``u8u8``, ``s8s8``,
+            ``u8s8-reduce-range`` for torch); ``None`` when no int8 kernel runs.
     """
 
     runtime: str
@@ -83,6 +110,7 @@ class CompiledModel:
     _prepare: Callable[[Any], Any] = field(repr=False)
     info: dict[str, Any] = field(default_factory=dict)
     module: "nn.Module | None" = field(default=None, repr=False)
+    int8_format: str | None = None
 
     @property
     def has_exits(self) -> bool:
@@ -121,6 +149,7 @@ def compile_model(
     bits: int,
     calibration: torch.Tensor,
     threads: int = 1,
+    int8_format: str | None = None,
 ) -> CompiledModel:
     """Compile ``model`` (a copy; BatchNorm folded) for ``runtime`` at ``bits``.
 
@@ -131,19 +160,62 @@ def compile_model(
         bits: 32, 16, 8, 6, 4 or 2 (weights; activations 8-bit when bits <= 8).
         calibration: training inputs for activation ranges (never test data).
         threads: intra-op threads (ORT session; ``torch.set_num_threads``).
+        int8_format: ``auto``, ``u8s8``, ``u8u8`` or ``s8s8`` for ONNX Runtime at
+            bits <= 8 (default ``$SLIMTUNE_INT8_FORMAT``, else ``auto``; see the module
+            docstring).  torch's FX int8 has one format (``u8s8-reduce-range``) and
+            ignores it.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"`runtime` must be one of {', '.join(RUNTIMES)}, but got {runtime!r}.")
     if bits not in (32, 16, 8, 6, 4, 2):
         raise ValueError(f"`bits` must be one of 32, 16, 8, 6, 4, 2, but got {bits!r}.")
+    requested = requested_int8_format(int8_format)
     model = fold_batchnorm(copy.deepcopy(model).eval())
     if bits == 16:
         snap_weights(model, 16)  # idempotent when the quantization knob already did it
     calibration = torch.as_tensor(calibration).float()
     segments = exit_segments(model)
     if runtime == "onnxruntime":
-        return _compile_ort(model, segments, bits, calibration, threads)
+        return _compile_ort(model, segments, bits, calibration, threads, requested)
     return _compile_torch(model, segments, bits, calibration, threads)
+
+
+def requested_int8_format(int8_format: str | None = None) -> str:
+    """``int8_format``, else ``$SLIMTUNE_INT8_FORMAT``, else ``auto``; checked against
+    :data:`INT8_FORMATS`."""
+    source = "`int8_format`"
+    if int8_format is None:
+        int8_format, source = os.environ.get(INT8_FORMAT_ENV) or "auto", f"${INT8_FORMAT_ENV}"
+    name = str(int8_format).strip().lower()
+    if name not in INT8_FORMATS:
+        raise ValueError(f"{source} must be one of {', '.join(INT8_FORMATS)}, but got {int8_format!r}.")
+    return name
+
+
+def choose_int8_format(requested: str, bits: int, *, saturates: bool | None = None) -> str:
+    """The ONNX Runtime int8 format for a ``bits``-bit weight grid: ``requested`` unless
+    it is ``auto``, which is ``u8u8`` where this CPU's U8S8 kernels can saturate
+    (``saturates``, default :func:`~slimtune.search.cpu.u8s8_can_saturate`) and the
+    grid exceeds +-64, else ``u8s8``."""
+    if requested != "auto":
+        return requested
+    if saturates is None:
+        saturates = u8s8_can_saturate()
+    return "u8u8" if saturates and qmax(bits) > SAFE_U8S8_WEIGHT else "u8s8"
+
+
+def saturation_flag(int8_format: str, bits: int, *, saturates: bool | None = None) -> str | None:
+    """The note a measurement carries when its int8 kernels can saturate on this CPU
+    (a U8S8 path, 8-bit weights, x86 AVX2/AVX-512 without VNNI); ``None`` otherwise."""
+    if int8_format not in ("u8s8", "s8s8") or qmax(bits) <= SAFE_U8S8_WEIGHT:
+        return None
+    if saturates is None:
+        saturates = u8s8_can_saturate()
+    if not saturates:
+        return None
+    return (f"int8 format {int8_format} on a CPU whose U8S8 kernels can saturate (x86 AVX2/AVX-512 without VNNI): "
+            f"{bits}-bit weights beyond +-{SAFE_U8S8_WEIGHT} may overflow 16-bit sums; "
+            f"{INT8_FORMAT_ENV}=auto or u8u8 avoids it")
 
 
 def exit_segments(model: nn.Module) -> list[Segment] | None:
@@ -285,9 +357,23 @@ class _Calibration:
         self._i = 0
 
 
-def _quantize_onnx(model, calibration: np.ndarray, bits: int):
-    """QDQ int8 model (per-channel symmetric weights on the exact b-bit grid, uint8
-    activations calibrated on ``calibration``).
+#: ``format -> (activation type, weight type)`` names of ``onnxruntime.quantization.QuantType``.
+_QUANT_TYPES = {"u8s8": ("QUInt8", "QInt8"), "u8u8": ("QUInt8", "QUInt8"), "s8s8": ("QInt8", "QInt8")}
+
+
+def _stored_weight(q: np.ndarray, int8_format: str) -> tuple[np.ndarray, np.ndarray]:
+    """The b-bit integers ``q`` (int8, symmetric) as the format stores them, and the
+    per-channel zero point: int8 with zero point 0, or uint8 ``q + 128`` with zero
+    point 128 (the same products: ``(q + 128) - 128 = q``)."""
+    if _QUANT_TYPES[int8_format][1] == "QUInt8":
+        return (q.astype(np.int16) + 128).astype(np.uint8), np.uint8(128)
+    return q.astype(np.int8), np.int8(0)
+
+
+def _quantize_onnx(model, calibration: np.ndarray, bits: int, int8_format: str = "u8s8"):
+    """QDQ int8 model (per-channel symmetric weights on the exact b-bit grid, 8-bit
+    activations calibrated on ``calibration``) in ``int8_format`` (see
+    :data:`_QUANT_TYPES`).
 
     Returns ``(model, rewritten, float_weights)``: the number of DequantizeLinear
     weights whose integers had to be fixed, and the weights ORT left in float (their
@@ -296,9 +382,11 @@ def _quantize_onnx(model, calibration: np.ndarray, bits: int):
     from onnx import numpy_helper
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    activation_type, weight_type = (getattr(QuantType, t) for t in _QUANT_TYPES[int8_format])
     grid = _bbit_weights(model, bits)
+    zero_point = _stored_weight(np.zeros(1, np.int8), int8_format)[1]
     overrides = {
-        name: [{"axis": axis, "scale": np.float32(s), "zero_point": np.int8(0)} for s in scale]
+        name: [{"axis": axis, "scale": np.float32(s), "zero_point": zero_point} for s in scale]
         for name, (_, scale, axis) in grid.items()
     }
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), _quiet_logging():
@@ -306,7 +394,7 @@ def _quantize_onnx(model, calibration: np.ndarray, bits: int):
         out_path = os.path.join(tmp, "quantized.onnx")
         quantize_static(
             model, out_path, _Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+            activation_type=activation_type, weight_type=weight_type, calibrate_method=CalibrationMethod.MinMax,
             extra_options={"WeightSymmetric": True, "TensorQuantOverrides": overrides},
         )
         quantized = onnx.load(out_path)
@@ -321,11 +409,22 @@ def _quantize_onnx(model, calibration: np.ndarray, bits: int):
         if source not in grid or name not in inits:
             continue
         q, scale, axis = grid[source]
+        stored, zp = _stored_weight(q, int8_format)
+        zps = np.full(len(scale), zp, dtype=stored.dtype)
         current = numpy_helper.to_array(inits[name])
         cur_scale = numpy_helper.to_array(inits[node.input[1]])
-        if current.dtype != np.int8 or not np.array_equal(current, q) or not np.array_equal(cur_scale, scale):
-            inits[name].CopyFrom(numpy_helper.from_array(q.astype(np.int8), name))
+        cur_zp = numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 and node.input[2] in inits else None
+        if (current.dtype != stored.dtype or not np.array_equal(current, stored) or not np.array_equal(cur_scale, scale)
+                or cur_zp is None or cur_zp.dtype != stored.dtype or not np.array_equal(cur_zp.reshape(-1), zps)):
+            inits[name].CopyFrom(numpy_helper.from_array(stored, name))
             inits[node.input[1]].CopyFrom(numpy_helper.from_array(scale, node.input[1]))
+            if cur_zp is not None:
+                inits[node.input[2]].CopyFrom(numpy_helper.from_array(zps.reshape(cur_zp.shape), node.input[2]))
+            else:
+                zp_name = name + "_zero_point"
+                quantized.graph.initializer.append(numpy_helper.from_array(zps, zp_name))
+                del node.input[2:]
+                node.input.append(zp_name)
             rewritten += 1
     # Weights ORT left in float (none on the built-in models) still get b-bit values.
     snapped = []
@@ -389,19 +488,23 @@ def _run_session(session, n_outputs: int) -> Callable[[np.ndarray], "tuple[np.nd
 
 
 def _compile_ort(model: nn.Module, segments: list[Segment] | None, bits: int, calibration: torch.Tensor,
-                 threads: int) -> CompiledModel:
+                 threads: int, requested_format: str = "auto") -> CompiledModel:
     flags: list[str] = []
     calib = _as_numpy(calibration)
     example = calibration[:1]
     info: dict[str, Any] = {}
     float_weights: list[str] = []
+    int8_format = choose_int8_format(requested_format, bits) if bits <= 8 else None
+    if int8_format is not None:
+        info["int8_format_requested"] = requested_format
     if segments is None:
         onnx_model = _export_onnx(model, example, ["logits"])
-        if bits <= 8:
-            onnx_model, info["rewritten_weights"], float_weights = _quantize_onnx(onnx_model, calib, bits)
+        if int8_format is not None:
+            onnx_model, info["rewritten_weights"], float_weights = _quantize_onnx(onnx_model, calib, bits, int8_format)
         num_exits = 0
     else:
-        onnx_model, info["rewritten_weights"], float_weights = _exit_onnx(segments, example, calib, bits)
+        onnx_model, info["rewritten_weights"], float_weights = _exit_onnx(segments, example, calib, bits,
+                                                                          int8_format or "u8s8")
         num_exits = len(segments) - 1
     if bits <= 8 and float_weights:
         flags.append(f"onnxruntime left {len(float_weights)} weight(s) in float: they hold {bits}-bit values "
@@ -420,6 +523,10 @@ def _compile_ort(model: nn.Module, segments: list[Segment] | None, bits: int, ca
             flags.append(f"onnxruntime ran no int8 kernel: fp32 kernels on {bits}-bit weights")
         elif bits < 8:
             flags.append(low_bit_flag(bits))
+        if kernel_bits == 8:
+            note = saturation_flag(int8_format, bits)
+            if note:
+                flags.append(note)
     elif bits == 16:
         flags.append(FP16_FLAG)
     if segments is not None and bits <= 8 and kernel_bits == 8:
@@ -427,7 +534,7 @@ def _compile_ort(model: nn.Module, segments: list[Segment] | None, bits: int, ca
     return CompiledModel(
         runtime="onnxruntime", bits=bits, kernel_bits=kernel_bits, artifact=model_bytes, artifact_format="onnx",
         threads=threads, flags=tuple(flags), num_exits=num_exits, _run=_run_session(session, 2 if segments else 1),
-        _prepare=_as_numpy, info=info,
+        _prepare=_as_numpy, info=info, int8_format=int8_format if kernel_bits == 8 else None,
     )
 
 
@@ -445,8 +552,10 @@ def _reduce(op: str, x: str, out: str, axes: list[int] | None, opset: int, name:
     return [const, helper.make_node(op, [x, out + "_axes"], [out], keepdims=0, name=name)]
 
 
-def _exit_onnx(segments: list[Segment], example: torch.Tensor, calib: np.ndarray, bits: int):
-    """Export, (quantize) and compose the segments into one model with nested ``If``."""
+def _exit_onnx(segments: list[Segment], example: torch.Tensor, calib: np.ndarray, bits: int,
+               int8_format: str = "u8s8"):
+    """Export, (quantize) and compose the segments into one model with nested ``If``;
+    its input takes a batch of exactly 1 (one exit decision per sample)."""
     import onnx
     from onnx import TensorProto, compose, helper, numpy_helper
 
@@ -458,7 +567,7 @@ def _exit_onnx(segments: list[Segment], example: torch.Tensor, calib: np.ndarray
         names = ["logits"] if last else ["features", "exit_logits"]
         part = _export_onnx(module, x_example, names)
         if bits <= 8:
-            part, n, left = _quantize_onnx(part, x_calib, bits)
+            part, n, left = _quantize_onnx(part, x_calib, bits, int8_format)
             rewritten += n
             float_weights += [f"s{i}_{name}" for name in left]
         if not last:  # the next segment sees this one's (quantized) outputs
@@ -512,11 +621,11 @@ def _exit_onnx(segments: list[Segment], example: torch.Tensor, calib: np.ndarray
 
     nodes, inits = level(0, "logits", "exit_index")
     x_info = parts[0].graph.input[0]
+    x_shape = [1] + [d.dim_param or d.dim_value for d in x_info.type.tensor_type.shape.dim][1:]  # batch 1 only
     graph = helper.make_graph(
         nodes, "slimtune_early_exit",
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [d.dim_param or d.dim_value for d in
-                                                                  x_info.type.tensor_type.shape.dim])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, None]),
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, None]),
          helper.make_tensor_value_info("exit_index", TensorProto.INT64, [1])],
         initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
@@ -580,6 +689,9 @@ class _TorchExits(nn.Module):
         self.thresholds = list(thresholds)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if x.size(0) != 1:
+            raise ValueError("an early-exit model takes a batch of exactly 1 sample (one exit per call), "
+                             "but got a batch of " + str(x.size(0)))
         i = 0
         for segment in self.segments:
             features, logits = segment(x)
@@ -595,9 +707,25 @@ def _torchscript(module: nn.Module, example: torch.Tensor, scripted: bool) -> by
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
+        module = module.eval()
         ts = torch.jit.script(module) if scripted else torch.jit.trace(module, example)
         torch.jit.save(ts, buffer)
     return buffer.getvalue()
+
+
+def _stored_torchscript(data: bytes) -> tuple[bytes, torch.jit.ScriptModule]:
+    """The bytes to store and the module loaded from exactly those bytes.
+
+    A module saved, loaded (in eval mode) and saved again reaches a fixed point (the
+    first save carries tracing details that loading drops), so the stored artifact is
+    that second save: loading it gives the module that is timed and scored, and saving
+    that module gives the stored bytes again (how a test can tell it is the artifact)."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch 2.13 deprecates torch.jit.save/load in favour of torch.export
+        torch.jit.save(torch.jit.load(io.BytesIO(data)).eval(), buffer)  # eval first: `training` is saved too
+        artifact = buffer.getvalue()
+        return artifact, torch.jit.load(io.BytesIO(artifact))
 
 
 def _compile_torch(model: nn.Module, segments: list[Segment] | None, bits: int, calibration: torch.Tensor,
@@ -630,32 +758,40 @@ def _compile_torch(model: nn.Module, segments: list[Segment] | None, bits: int, 
     elif bits == 16:
         flags.append(FP16_FLAG)
     if segments is None:
-        runnable = pieces[0].eval()
-        artifact = _torchscript(runnable, example, scripted=False)
-
-        def run(x: torch.Tensor) -> tuple[np.ndarray, None]:
-            with torch.inference_mode():
-                return runnable(x).numpy(), None
+        traced = _torchscript(pieces[0].eval(), example, scripted=False)
     else:
         with torch.no_grad():
             xs = [example]
             for piece in pieces[:-1]:
                 xs.append(piece(xs[-1])[0])
-        traced = []
+        parts = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for piece, x in zip(pieces, xs):
-                traced.append(torch.jit.trace(piece.eval(), x, check_trace=False))
-        runnable = _TorchExits(pieces, [t for _, _, t in segments[:-1]]).eval()
-        artifact = _torchscript(_TorchExits(traced, [t for _, _, t in segments[:-1]]), example, scripted=True)
-
-        def run(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-            with torch.inference_mode():
-                logits, index = runnable(x)
-            return logits.numpy(), index.numpy()
-
+                parts.append(torch.jit.trace(piece.eval(), x, check_trace=False))
+        traced = _torchscript(_TorchExits(parts, [t for _, _, t in segments[:-1]]), example, scripted=True)
+    artifact, loaded = _stored_torchscript(traced)
+    info["timed"] = "the TorchScript artifact, loaded back from its stored bytes with torch.jit.load"
+    info["artifact_sha256"] = hashlib.sha256(artifact).hexdigest()
+    run = _ScriptRunner(loaded, exits=segments is not None)
     return CompiledModel(
         runtime="torch", bits=bits, kernel_bits=kernel_bits, artifact=artifact, artifact_format="torchscript",
         threads=threads, flags=tuple(flags), num_exits=0 if segments is None else len(segments) - 1, _run=run,
-        _prepare=_as_tensor, info=info, module=runnable,
+        _prepare=_as_tensor, info=info, module=run.module, int8_format=TORCH_INT8_FORMAT if kernel_bits == 8 else None,
     )
+
+
+class _ScriptRunner:
+    """The call that is scored and timed on the ``torch`` runtime: the loaded
+    TorchScript artifact (``module``) on one batch, ``(logits, exit index or None)``."""
+
+    def __init__(self, module: torch.jit.ScriptModule, *, exits: bool) -> None:
+        self.module = module
+        self.exits = exits
+
+    def __call__(self, x: torch.Tensor) -> "tuple[np.ndarray, np.ndarray | None]":
+        with torch.inference_mode():
+            out = self.module(x)
+        if self.exits:
+            return out[0].numpy(), out[1].numpy()
+        return out.numpy(), None
