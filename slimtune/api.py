@@ -16,7 +16,7 @@ def build_space(task: Task, *, fixed: Mapping[str, Any] | None = None, families:
 
 def measurement_row(m) -> dict[str, Any]:
     return {"accuracy": m.accuracy, "latency_ms": m.latency_ms, "latency_p95_ms": m.latency_p95_ms,
-            "size_bytes": m.size_bytes, "macs": m.macs, "exit_rates": list(m.exit_rates) if m.exit_rates else None,
+            "size_bytes": m.size_bytes, "artifact_bytes": m.artifact_bytes, "macs": m.macs, "exit_rates": list(m.exit_rates) if m.exit_rates else None,
             "kernel_bits": m.kernel_bits, "runtime": m.runtime, "flags": list(m.flags)}
 
 

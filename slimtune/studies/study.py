@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import threading
 import warnings
 from dataclasses import fields
@@ -634,16 +635,22 @@ class Study:
         return Candidate(self, row)
 
     def select(self, *, max_latency_ms: float | None = None, min_accuracy: float | None = None,
-               max_size_kb: float | None = None) -> "Candidate":
+               max_size_kb: float | None = None, max_artifact_kb: float | None = None) -> "Candidate":
         """The most accurate complete trial within the limits (ties: lower latency,
         then smaller size, then earlier trial).
+
+        ``max_size_kb`` limits ``size_bytes`` (the packed model file), ``max_artifact_kb``
+        ``artifact_bytes`` (the ONNX/TorchScript file that was timed); both in KiB
+        (1024 B).  A trial with no recorded artifact length never meets
+        ``max_artifact_kb``.
 
         Raises:
             NoCandidateError: nothing fits; the message names the closest alternatives.
         """
         from slimtune.studies.candidate import Candidate
 
-        for arg, value in (("max_latency_ms", max_latency_ms), ("max_size_kb", max_size_kb)):
+        for arg, value in (("max_latency_ms", max_latency_ms), ("max_size_kb", max_size_kb),
+                           ("max_artifact_kb", max_artifact_kb)):
             if value is not None and not (value > 0):
                 raise StudyError(f"`{arg}` must be positive, but got {value!r}.")
         rows = self.trials(states=("COMPLETE",))
@@ -653,7 +660,9 @@ class Study:
         def fits(r: dict, skip: str = "") -> bool:
             return ((skip == "latency" or max_latency_ms is None or r["latency_ms"] <= max_latency_ms)
                     and (skip == "accuracy" or min_accuracy is None or r["accuracy"] >= min_accuracy)
-                    and (skip == "size" or max_size_kb is None or r["size_bytes"] <= max_size_kb * 1024))
+                    and (skip == "size" or max_size_kb is None or r["size_bytes"] <= max_size_kb * 1024)
+                    and (skip == "artifact" or max_artifact_kb is None
+                         or (r.get("artifact_bytes") or math.inf) <= max_artifact_kb * 1024))
 
         def key(r: dict) -> tuple:
             return (-r["accuracy"], r["latency_ms"], r["size_bytes"], r["trial"])
@@ -663,7 +672,8 @@ class Study:
             return Candidate(self, fitting[0])
         asked = [f"latency_ms <= {max_latency_ms:g}" if max_latency_ms is not None else "",
                  f"accuracy >= {min_accuracy:g}" if min_accuracy is not None else "",
-                 f"size <= {max_size_kb:g} KiB" if max_size_kb is not None else ""]
+                 f"size <= {max_size_kb:g} KiB" if max_size_kb is not None else "",
+                 f"artifact <= {max_artifact_kb:g} KiB" if max_artifact_kb is not None else ""]
         alternatives: list[str] = []
         if max_latency_ms is not None:
             near = sorted((r for r in rows if fits(r, "latency")), key=lambda r: (r["latency_ms"], -r["accuracy"]))
@@ -677,6 +687,12 @@ class Study:
             near = sorted((r for r in rows if fits(r, "size")), key=lambda r: (r["size_bytes"], -r["accuracy"]))
             if near:
                 alternatives.append(f"the smallest meeting the other limits is {_describe(near[0])}")
+        if max_artifact_kb is not None:
+            near = sorted((r for r in rows if fits(r, "artifact") and r.get("artifact_bytes")),
+                          key=lambda r: (r["artifact_bytes"], -r["accuracy"]))
+            if near:
+                alternatives.append(f"the smallest artifact meeting the other limits is {_describe(near[0])}, "
+                                    f"artifact {near[0]['artifact_bytes'] / 1024:.1f} KiB")
         if not alternatives:
             fastest = min(rows, key=lambda r: (r["latency_ms"], -r["accuracy"]))
             best = min(rows, key=key)

@@ -34,9 +34,12 @@ class Axis:
 
 
 #: The costs the x axis can show, by the name used in the UI and ``objective=``.
+#: Sizes are lengths of real files in KiB (1024 B): ``size`` the packed model file
+#: (``size_bytes``), ``artifact`` the ONNX/TorchScript file that was timed.
 AXES: dict[str, Axis] = {
     "latency": Axis("latency_ms", "Latency (ms, measured)", 1.0, "ms", ".3~f"),
-    "size": Axis("size_bytes", "Size (KB)", 1 / 1024, "KB", ".1~f"),
+    "size": Axis("size_bytes", "Packed model file (KiB)", 1 / 1024, "KiB", ".1~f"),
+    "artifact": Axis("artifact_bytes", "Timed artifact, .onnx / TorchScript (KiB)", 1 / 1024, "KiB", ".1~f"),
     "macs": Axis("macs", "MACs (millions)", 1e-6, "M", ".3~f"),
 }
 
@@ -53,7 +56,7 @@ FINAL_STATES = ("COMPLETE", "PRUNED", "FAIL")
 
 
 def check_axis(name: str) -> Axis:
-    """The :class:`Axis` called ``name`` (``latency``, ``size`` or ``macs``)."""
+    """The :class:`Axis` called ``name`` (``latency``, ``size``, ``artifact`` or ``macs``)."""
     try:
         return AXES[name]
     except KeyError:
@@ -118,8 +121,8 @@ def format_cost(val: float, axis: Axis) -> str:
     shown = val * axis.unit_scale
     if axis.key == "latency_ms":
         return f"{shown:.3f} ms"
-    if axis.key == "size_bytes":
-        return f"{shown:.1f} KB"
+    if axis.unit == "KiB":
+        return f"{shown:.1f} KiB"
     return f"{shown:.3g} M"
 
 
@@ -228,10 +231,11 @@ def deltas(row: Row, baseline: Row | None) -> list[tuple[str, str, str]]:
     acc, base_acc = value(row, "accuracy"), value(baseline or {}, "accuracy")
     change = "" if math.isnan(acc) or math.isnan(base_acc) else f"{(acc - base_acc) * 100:+.2f} pp"
     out.append(("accuracy", format_accuracy(acc), change))
-    for name in ("latency", "size", "macs"):
+    for name, label in (("latency", "latency"), ("size", "packed size"), ("artifact", "artifact size"),
+                        ("macs", "MACs")):
         axis = AXES[name]
         val, base = value(row, axis.key), value(baseline or {}, axis.key)
-        out.append((name if name != "macs" else "MACs", format_cost(val, axis), ratio_text(val, base)))
+        out.append((label, format_cost(val, axis), ratio_text(val, base)))
     return out
 
 
