@@ -17,7 +17,9 @@ library.  Every tensor is stored in the smallest of a few encodings that decodes
   the integers bit-packed as ``int``, one scale per channel (fp16 when exact, else fp32).
 - ``sparse`` (a flag on any of the above): a bitmask of the non-zero elements
   (``ceil(n / 8)`` bytes) followed by only the non-zeros in that encoding (weight
-  pruning).
+  pruning).  Float zeros that are ``-0.0`` (pruned weights times a negative folded
+  BatchNorm factor) keep their sign: one bit per output channel when a channel's
+  zeros share it (``zero_signs: "channel"``), else one bit per zero (``"each"``).
 
 Layout (all integers little-endian)::
 
@@ -174,32 +176,52 @@ def _grid_scales(values: np.ndarray, shape: tuple[int, ...], axis: int, qmax: in
     return scales
 
 
+def _zero_signs(arr: np.ndarray, zero: np.ndarray, shape: tuple[int, ...] | None) -> tuple[dict[str, Any], bytes]:
+    """How to restore ``-0.0`` among the zeros of a float tensor (BatchNorm folding
+    multiplies pruned zeros by negative factors): nothing when there is none, one sign
+    bit per output channel when every zero of a channel has the same sign, else one
+    bit per zero."""
+    negative = zero & np.signbit(arr)
+    if not negative.any():
+        return {}, b""
+    if shape is not None and len(shape) >= 1 and shape[0] > 0:
+        per_channel_neg = negative.reshape(shape[0], -1)
+        per_channel_zero = zero.reshape(shape[0], -1)
+        signs = per_channel_neg.any(axis=1)
+        if np.array_equal(per_channel_neg, per_channel_zero & signs[:, None]):
+            return {"zero_signs": "channel"}, np.packbits(signs, bitorder="little").tobytes()
+    return {"zero_signs": "each"}, np.packbits(negative[zero], bitorder="little").tobytes()
+
+
 def _candidates(arr: np.ndarray, shape: tuple[int, ...] | None) -> Iterator[tuple[dict[str, Any], bytes]]:
     """Every applicable encoding of ``arr`` (1-D, typed) as ``(spec, payload)``."""
     dtype = arr.dtype
     yield {"kind": "raw"}, arr.tobytes()
-    nonzero = arr.view(np.dtype(f"<u{dtype.itemsize}") if dtype.itemsize > 1 else np.uint8) != 0
-    sparse_views = [(False, arr, np.arange(arr.size))]
-    if 0 < int(nonzero.sum()) < arr.size or (arr.size and not nonzero.any()):
-        mask = np.packbits(nonzero, bitorder="little").tobytes()
-        sparse_views.append((True, arr[nonzero], np.flatnonzero(nonzero)))
+    views: list[tuple[dict[str, Any], bytes, np.ndarray, np.ndarray]] = [({}, b"", arr, np.arange(arr.size))]
+    if dtype.kind == "f":
+        nonzero = ~(arr == 0)  # NaNs are values; -0.0 is a zero with its sign kept aside
     else:
-        mask = b""
-    for sparse, values, index in sparse_views:
-        head = mask if sparse else b""
+        nonzero = arr.view(np.dtype(f"<u{dtype.itemsize}") if dtype.itemsize > 1 else np.uint8) != 0
+    if arr.size and int(nonzero.sum()) < arr.size:
+        signs, sign_bytes = _zero_signs(arr, ~nonzero, shape) if dtype.kind == "f" else ({}, b"")
+        head = np.packbits(nonzero, bitorder="little").tobytes() + sign_bytes
+        views.append(({"sparse": True, **signs}, head, arr[nonzero], np.flatnonzero(nonzero)))
+    for extra, head, values, index in views:
+        sparse = bool(extra)
         if sparse:
-            yield {"kind": "raw", "sparse": True}, head + values.tobytes()
+            yield {"kind": "raw", **extra}, head + values.tobytes()
         if dtype.kind in "iu":
             stream = _int_stream(values)
             if stream is not None:
-                yield {"kind": "int", "sparse": sparse, **stream[0]}, head + stream[1]
+                yield {"kind": "int", "sparse": sparse, **extra, **stream[0]}, head + stream[1]
         if dtype == np.float32:
             with np.errstate(over="ignore", invalid="ignore"):
                 half = values.astype(np.float16)
             if half.astype(np.float32).view(np.uint32).tobytes() == values.view(np.uint32).tobytes():
-                yield {"kind": "fp16", "sparse": sparse}, head + half.astype("<f2").tobytes()
+                yield {"kind": "fp16", "sparse": sparse, **extra}, head + half.astype("<f2").tobytes()
             if shape is not None and len(shape) >= 2 and values.size:
-                yield from _grid_candidates(arr, shape, sparse, head, values, index)
+                for spec, payload in _grid_candidates(arr, shape, sparse, head, values, index):
+                    yield {**spec, **extra}, payload
 
 
 def _grid_candidates(arr: np.ndarray, shape: tuple[int, ...], sparse: bool, head: bytes, values: np.ndarray,
@@ -228,12 +250,30 @@ def decode_tensor(spec: Mapping[str, Any], payload: bytes, dtype: str, count: in
     dt = np.dtype(dtype)
     kind = spec.get("kind")
     pos = 0
+    negative = None
     if spec.get("sparse"):
-        mask_len = (count + 7) // 8
-        nonzero = np.unpackbits(np.frombuffer(payload[:mask_len], dtype=np.uint8), count=count,
+        pos = (count + 7) // 8
+        nonzero = np.unpackbits(np.frombuffer(payload[:pos], dtype=np.uint8), count=count,
                                 bitorder="little").astype(bool)
         index = np.flatnonzero(nonzero)
-        pos = mask_len
+        signs = spec.get("zero_signs")
+        if signs == "channel":
+            if not shape:
+                raise PackedFileError("per-channel zero signs need the tensor's shape")
+            nbits = shape[0]
+        elif signs == "each":
+            nbits = count - index.size
+        elif signs is not None:
+            raise PackedFileError(f"unknown zero-sign encoding {signs!r}")
+        if signs is not None:
+            bits = np.unpackbits(np.frombuffer(payload[pos:pos + (nbits + 7) // 8], dtype=np.uint8), count=nbits,
+                                 bitorder="little").astype(bool)
+            pos += (nbits + 7) // 8
+            negative = np.zeros(count, dtype=bool)
+            if signs == "channel":
+                negative = np.repeat(bits, count // shape[0]) & ~nonzero
+            else:
+                negative[~nonzero] = bits
     else:
         nonzero, index = None, np.arange(count)
     n = index.size
@@ -258,6 +298,8 @@ def decode_tensor(spec: Mapping[str, Any], payload: bytes, dtype: str, count: in
         return np.ascontiguousarray(values, dtype=dt).tobytes()
     out = np.zeros(count, dtype=dt)
     out[nonzero] = values
+    if negative is not None:
+        out[negative] = -out[negative]  # -0.0
     return out.tobytes()
 
 
@@ -268,7 +310,8 @@ def encode_tensor(data: bytes, dtype: str | None, shape: tuple[int, ...] | None)
     divides its length; the chosen reading is stored in the spec.
     """
     readings = [dtype] if dtype is not None else [d for d in _GUESSES if len(data) % np.dtype(d).itemsize == 0]
-    best: tuple[dict[str, Any], bytes] = ({"kind": "raw", "dtype": "|u1"}, data)
+    typed = dtype is not None and len(data) % np.dtype(dtype).itemsize == 0
+    best: tuple[dict[str, Any], bytes] = ({"kind": "raw", "dtype": dtype if typed else "|u1"}, data)
     for reading in readings:
         dt = np.dtype(reading)
         if len(data) % dt.itemsize:
