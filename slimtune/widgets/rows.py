@@ -38,8 +38,9 @@ class Axis:
 #: (``size_bytes``), ``artifact`` the ONNX/TorchScript file that was timed.
 AXES: dict[str, Axis] = {
     "latency": Axis("latency_ms", "Latency (ms, measured)", 1.0, "ms", ".3~f"),
-    "size": Axis("size_bytes", "Packed model file (KiB)", 1 / 1024, "KiB", ".1~f"),
-    "artifact": Axis("artifact_bytes", "Timed artifact, .onnx / TorchScript (KiB)", 1 / 1024, "KiB", ".1~f"),
+    "size": Axis("size_bytes", "Size of the packed model file (KiB)", 1 / 1024, "KiB", ".1~f"),
+    "artifact": Axis("artifact_bytes", "Size of the timed artifact, ONNX / TorchScript (KiB)", 1 / 1024, "KiB",
+                     ".1~f"),
     "macs": Axis("macs", "MACs (millions)", 1e-6, "M", ".3~f"),
 }
 
