@@ -514,11 +514,18 @@ def unpack(data: bytes) -> Unpacked:
     """
     data = bytes(data)
     header, skeleton, pos = _read_header(data)
-    tensors = header.get("tensors", [])
-    need = pos + sum(int(t["encoding"]["bytes"]) for t in tensors)
+    try:
+        tensors = list(header["tensors"])
+        need = pos + sum(int(t["encoding"]["bytes"]) for t in tensors)
+        restored = len(skeleton) + sum(int(t["length"]) for t in tensors)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PackedFileError(f"corrupt packed file: its tensor table is incomplete ({exc!r})") from None
     if len(data) != need:
         raise PackedFileError(f"{'truncated' if len(data) < need else 'corrupt'} packed file: {len(data):,} bytes, "
                               f"expected {need:,}")
+    if restored != header.get("artifact_bytes"):
+        raise PackedFileError(f"corrupt packed file: skeleton and tensors make {restored:,} bytes, the header says "
+                              f"{header.get('artifact_bytes')!r}")
     out, cut, written = [], 0, 0
     for t in tensors:
         spec = t["encoding"]
