@@ -265,8 +265,7 @@ def test_fewer_bits_give_smaller_files_and_pruning_shrinks_fp32(trained, digits)
     assert abs(len(pruned.artifact) - sizes[32][1]) < 0.02 * sizes[32][1]  # the ONNX file stays dense
 
 
-@pytest.mark.slow
-def test_resnet8_sizes_by_bits():
+def test_resnet8_sizes_by_bits():  # about 5 s
     torch.manual_seed(0)
     model = resnet8().eval()
     sizes = _sizes(model, torch.randn(64, 1, 28, 28))
