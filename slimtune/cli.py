@@ -103,7 +103,8 @@ def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: st
     base = report["baseline"]
     click.echo(f"task {report['task']}  runtime {runtime}  threads {threads}  batch {batch_size}")
     click.echo(f"{'':<14}{'candidate':>14}{'baseline':>14}")
-    for key, fmt in (("accuracy", "{:.4f}"), ("latency_ms", "{:.4f}"), ("size_bytes", "{:,}"), ("macs", "{:,}")):
+    for key, fmt in (("accuracy", "{:.4f}"), ("latency_ms", "{:.4f}"), ("size_bytes", "{:,}"), ("artifact_bytes", "{:,}"),
+                     ("macs", "{:,}")):
         click.echo(f"{key:<14}{fmt.format(report[key]):>14}{fmt.format(base[key]):>14}")
     if report.get("exit_rates"):
         click.echo("exit rates    " + ", ".join(f"{r:.2f}" for r in report["exit_rates"]))
@@ -148,19 +149,26 @@ def _short_params(params: dict[str, Any], defaults: dict[str, Any]) -> str:
 
 def _echo_table(rows: list[dict[str, Any]], study: Any, *, mark_pareto: bool = True) -> None:
     defaults = {p["name"]: p["default"] for p in study.space_dict.get("params", [])}
-    click.echo(f"{'trial':>5} {'state':<9}{'accuracy':>9} {'latency_ms':>11} {'size_KiB':>9} {'MACs':>11}  params")
+    click.echo(f"{'trial':>5} {'state':<9}{'accuracy':>9} {'latency_ms':>11} {'packed_KiB':>10} {'artifact_KiB':>12} "
+               f"{'MACs':>11}  params")
     for r in rows:
         star = "*" if (mark_pareto and r.get("pareto")) else " "
         if r["state"] == "COMPLETE":
-            metrics = (f"{r['accuracy']:>9.4f} {r['latency_ms']:>11.4f} {r['size_bytes'] / 1024:>9.1f} "
+            artifact = f"{r['artifact_bytes'] / 1024:>12.1f}" if r.get("artifact_bytes") else f"{'-':>12}"
+            metrics = (f"{r['accuracy']:>9.4f} {r['latency_ms']:>11.4f} {r['size_bytes'] / 1024:>10.1f} {artifact} "
                        f"{r['macs']:>11,}")
         else:
-            metrics = f"{'':>9} {'':>11} {'':>9} {'':>11}"
+            metrics = f"{'':>9} {'':>11} {'':>10} {'':>12} {'':>11}"
         click.echo(f"{r['trial']:>4}{star} {r['state']:<9}{metrics}  {_short_params(r['params'], defaults)}")
         if r["state"] == "PRUNED" and r.get("stopped_reason"):
             click.echo(f"{'':>16}{r['stopped_reason']}")
         elif r["state"] == "FAIL" and r.get("error"):
             click.echo(f"{'':>16}{r['error'].splitlines()[-1][:160]}")
+
+
+def _artifact_kib(row: dict[str, Any]) -> str:
+    """``, artifact 12.3 KiB`` when the timed artifact's length is known."""
+    return f", artifact {row['artifact_bytes'] / 1024:.1f} KiB" if row.get("artifact_bytes") else ""
 
 
 def _echo_summary(study: Any) -> None:
@@ -172,7 +180,8 @@ def _echo_summary(study: Any) -> None:
                f"{counts['PRUNED']} stopped early, {counts['FAIL']} failed"
                + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "") + ")")
     click.echo(f"Baseline: accuracy {base.accuracy:.4f}, latency {base.latency_ms:.4f} ms ({base.runtime}, "
-               f"{base.threads} thread(s), batch {base.batch_size}), {base.size_bytes / 1024:.1f} KiB, {base.macs:,} MACs")
+               f"{base.threads} thread(s), batch {base.batch_size}), packed {base.size_bytes / 1024:.1f} KiB"
+               f"{_artifact_kib({'artifact_bytes': base.artifact_bytes})}, {base.macs:,} MACs")
     if study.constraints.active:
         click.echo(f"Constraints: {study.constraints.to_dict()}")
     fingerprints = study.fingerprints()
@@ -208,7 +217,8 @@ def _echo_frontier(study: Any) -> None:
                    "[default: accuracy - 0.05*log2(first cost objective)].")
 @click.option("--seed", type=int, default=None, help="Sampler seed (reproducible proposals).")
 @click.option("--max-latency-ms", type=float, default=None, help="Constraint: latency at most this.")
-@click.option("--max-size-kb", type=float, default=None, help="Constraint: size at most this many KiB.")
+@click.option("--max-size-kb", type=float, default=None,
+              help="Constraint: packed model file (size_bytes, what export --format packed writes) at most this many KiB (1024 B).")
 @click.option("--max-accuracy-drop", type=float, default=None, help="Constraint: accuracy at least the baseline's minus this (e.g. 0.01).")
 @click.option("--early-stopping/--no-early-stopping", default=None, help="Stop candidates a no-costlier trial clearly beats [default: on].")
 @click.option("--epochs", type=click.IntRange(min=0), default=None, help="Distillation epochs per candidate (default: the task's).")
@@ -328,12 +338,15 @@ def show(study_name: str, pareto: bool, as_json: bool, storage: str) -> None:
 @click.option("--min-accuracy", type=float, default=None, help="Validation accuracy (or --split test) at least this.")
 @click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True,
               help="Which accuracy ranks and --min-accuracy apply to: validation (what the search optimized) or test.")
-@click.option("--max-size-kb", type=float, default=None, help="Size at most this many KiB.")
+@click.option("--max-size-kb", type=float, default=None,
+              help="Packed model file (size_bytes, export --format packed) at most this many KiB (1024 B).")
+@click.option("--max-artifact-kb", type=float, default=None,
+              help="Timed artifact (artifact_bytes: the .onnx/TorchScript file the runtime loads) at most this many KiB.")
 @click.option("--json", "as_json", is_flag=True, help="Print the chosen trial's row as JSON.")
 @storage_option
 @user_errors
 def select_(study_name: str, max_latency_ms: float | None, min_accuracy: float | None, split: str,
-            max_size_kb: float | None, as_json: bool, storage: str) -> None:
+            max_size_kb: float | None, max_artifact_kb: float | None, as_json: bool, storage: str) -> None:
     """The most accurate complete trial within the limits (ties: lower latency),
     ranked by validation accuracy unless --split test; never one the baseline beats.
 
@@ -341,14 +354,14 @@ def select_(study_name: str, max_latency_ms: float | None, min_accuracy: float |
     """
     from slimtune.studies import Study
 
-    if max_latency_ms is None and min_accuracy is None and max_size_kb is None:
-        raise UserError("Give at least one of --max-latency-ms, --min-accuracy, --max-size-kb.")
+    if max_latency_ms is None and min_accuracy is None and max_size_kb is None and max_artifact_kb is None:
+        raise UserError("Give at least one of --max-latency-ms, --min-accuracy, --max-size-kb, --max-artifact-kb.")
     _quiet_optuna()
     study = Study.load(study_name, storage=storage)
     try:
         try:
             cand = study.select(max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, max_size_kb=max_size_kb,
-                                split=split)
+                                max_artifact_kb=max_artifact_kb, split=split)
         except NoCandidateError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
@@ -360,7 +373,7 @@ def select_(study_name: str, max_latency_ms: float | None, min_accuracy: float |
         speedup = f", {r['speedup']:.2f}x the baseline timed in the same run" if r.get("speedup") else ""
         click.echo(f"trial {r['trial']} (ranked by {'validation' if split == 'val' else 'test'} accuracy): "
                    f"val accuracy {r['accuracy']:.4f}, test accuracy {test}, latency {r['latency_ms']:.4f} ms{speedup}, "
-                   f"{r['size_bytes'] / 1024:.1f} KiB, {r['macs']:,} MACs")
+                   f"packed {r['size_bytes'] / 1024:.1f} KiB{_artifact_kib(r)}, {r['macs']:,} MACs")
         defaults = {p["name"]: p["default"] for p in study.space_dict.get("params", [])}
         click.echo(f"params: {_short_params(r['params'], defaults)}")
         click.echo(f"export: slimtune export {study.name} --trial {r['trial']} --out model.onnx --storage '{study.storage}'")
@@ -372,8 +385,10 @@ def select_(study_name: str, max_latency_ms: float | None, min_accuracy: float |
 @click.argument("study_name", metavar="STUDY")
 @click.option("--trial", "trial", type=int, required=True, help="Trial number (a complete trial).")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="File to write.")
-@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default=None,
-              help="Default: the format the trial was timed in (what was measured).")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript", "packed"]), default=None,
+              help="Default: packed for a .slim file, else the format the trial was timed in (what was measured). "
+                   "'packed': that same artifact "
+                   "as a packed model file (.slim), size_bytes long; read it with slimtune.search.packed.load_packed.")
 @storage_option
 @user_errors
 def export(study_name: str, trial: int, out: str, fmt: str | None, storage: str) -> None:
@@ -393,7 +408,8 @@ def export(study_name: str, trial: int, out: str, fmt: str | None, storage: str)
             if issubclass(w.category, UserWarning):
                 click.echo(f"note: {w.message}", err=True)
         size = path.stat().st_size
-        click.echo(f"Wrote {path} ({fmt or cand.artifact()[1]}, {size:,} bytes): trial {trial}, accuracy "
+        shown = fmt or ("packed" if path.suffix == ".slim" else cand.artifact()[1])
+        click.echo(f"Wrote {path} ({shown}, {size:,} bytes): trial {trial}, accuracy "
                    f"{cand.accuracy:.4f}, latency {cand.latency_ms:.4f} ms")
     finally:
         study.close()

@@ -58,7 +58,9 @@ class EvalSettings:
 @dataclass(frozen=True)
 class PreMeasurement:
     """What is known about a candidate before it is trained: its compressed structure
-    compiled and timed (for early-exit models, the shortest path: a lower bound)."""
+    compiled and timed (for early-exit models, the shortest path: a lower bound), and
+    the length of that compiled structure's packed file (``size_bytes``; the trained
+    weights pack to within a few bytes of it, see :mod:`slimtune.search.packed`)."""
 
     latency_ms: float
     macs: int
@@ -166,7 +168,8 @@ class Evaluator:
 
     def pre_measure(self, values: dict[str, Any]) -> PreMeasurement:
         """Latency, MACs and size of the compressed structure before any training."""
-        from slimtune.search.measure import measure_latency, model_size_bytes
+        from slimtune.search.measure import measure_latency
+        from slimtune.search.packed import packed_size
 
         ctx = self._context(values)
         ctx.finetune = lambda *a, **k: None  # structure only: no training
@@ -186,7 +189,8 @@ class Evaluator:
         timings = measure_latency({"c": lambda: compiled.run_one(x)}, warmup=5, repeats=30, rounds=3)["c"]
         timings.sort()
         return PreMeasurement(latency_ms=timings[len(timings) // 2], macs=_shortest_path_macs(model, self.example_input),
-                              size_bytes=model_size_bytes(model, bits))
+                              size_bytes=packed_size(compiled.artifact, artifact_format=compiled.artifact_format,
+                                                     bits=bits))
 
     def evaluate(self, values: dict[str, Any], *, should_stop: ShouldStop | None = None) -> CandidateResult:
         """Build, train, compress and measure one candidate."""

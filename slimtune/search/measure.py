@@ -1,4 +1,4 @@
-"""Measuring a compiled candidate: accuracy, latency, exact size, MACs.
+"""Measuring a compiled candidate: accuracy, latency, real file sizes, MACs.
 
 Latency is always measured on the runtime that executes the candidate (the
 :class:`~slimtune.search.runtime.CompiledModel`), after warm-up, with timings
@@ -9,7 +9,12 @@ Example:
     >>> compiled = compile_model(model, bits=8, calibration=x_train[:256])
     >>> m = measure(model, compiled, x_val, y_val, x_test=x_test, y_test=y_test, bits=8,
     ...             example_input=x_val[:1])
-    >>> m.accuracy, m.test_accuracy, m.latency_ms, m.size_bytes
+    >>> m.accuracy, m.test_accuracy, m.latency_ms, m.size_bytes, m.artifact_bytes
+
+Sizes are lengths of files, never formulas: ``size_bytes`` is the length of the packed
+model file of the timed artifact (:mod:`slimtune.search.packed`, what
+``export --format packed`` writes), ``artifact_bytes`` the length of the artifact
+itself (the ONNX model or TorchScript archive the runtime loads).
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ import math
 import os
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -32,12 +36,11 @@ from torch import nn
 
 from slimtune.search.cpu import cpu_features, u8s8_can_saturate
 from slimtune.search.measurement import Measurement
-from slimtune.spaces.quantization import QUANTIZABLE, conv_bn_pairs, fold_batchnorm, snap_weights
+from slimtune.spaces.quantization import QUANTIZABLE, fold_batchnorm, snap_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimtune.search.runtime import CompiledModel
 
-_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 MAX_TIMED_INPUTS = 16  # distinct held-out batches cycled through while timing a static model
 #: Below this share of equal predictions (runtime vs torch fake-quant) a measurement is flagged.
 MIN_RUNTIME_AGREEMENT = 0.99
@@ -135,74 +138,6 @@ def machine_fingerprint(runtime: str, threads: int, batch_size: int) -> tuple[di
 
 
 # -- size -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LayerSize:
-    """Stored bytes of one layer: ``weight_bytes`` (packed, or bitmask + packed
-    non-zeros when that is smaller), ``scale_bytes`` (fp16 per output channel below 16
-    bits), ``bias_bytes`` (fp32 per output channel, BatchNorm folded)."""
-
-    name: str
-    n_weights: int
-    nonzero: int
-    weight_bytes: int
-    scale_bytes: int
-    bias_bytes: int
-    sparse: bool
-
-    @property
-    def total(self) -> int:
-        return self.weight_bytes + self.scale_bytes + self.bias_bytes
-
-
-def layer_sizes(model: nn.Module, bits: int) -> list[LayerSize]:
-    """Per Conv/Linear layer, the bytes of its weights stored at ``bits``.
-
-    Weights: dense ``ceil(n * bits / 8)``; when some are zero (weight pruning) the
-    sparse format ``ceil(n / 8)`` (bitmask) ``+ ceil(nnz * bits / 8)`` is used if
-    smaller.  Scales: 2 B (fp16) per output channel for integer grids (bits <= 8;
-    fp16 and fp32 weights need none).  Bias: 4 B (fp32) per output channel when the
-    layer has a bias or is followed by a not yet folded BatchNorm (which folds into
-    one).
-    """
-    if bits not in (32, 16, 8, 6, 4, 2):
-        raise ValueError(f"`bits` must be one of 32, 16, 8, 6, 4, 2, but got {bits!r}.")
-    with_bn = {conv for conv, _ in conv_bn_pairs(model)}
-    sizes = []
-    for name, layer in model.named_modules():
-        if not isinstance(layer, QUANTIZABLE):
-            continue
-        weight = layer.weight.detach()
-        n, nnz, out = weight.numel(), int(torch.count_nonzero(weight)), weight.shape[0]
-        dense = math.ceil(n * bits / 8)
-        sparse = math.ceil(n / 8) + math.ceil(nnz * bits / 8)
-        has_bias = layer.bias is not None or name in with_bn
-        sizes.append(LayerSize(name, n, nnz, min(dense, sparse), 2 * out if bits <= 8 else 0,
-                               4 * out if has_bias else 0, sparse < dense))
-    return sizes
-
-
-def model_size_bytes(model: nn.Module, bits: int) -> int:
-    """Exact stored size of ``model`` with ``bits``-bit weights (see :func:`layer_sizes`).
-
-    BatchNorms that follow no convolution count 8 B per channel (fp32 scale and
-    shift); any other parameter counts 4 B (fp32).
-    """
-    total = sum(s.total for s in layer_sizes(model, bits))
-    folded_bns = {bn for _, bn in conv_bn_pairs(model)}
-    counted = {id(p) for m in model.modules() if isinstance(m, QUANTIZABLE) for p in m.parameters(recurse=False)}
-    for name, module in model.named_modules():
-        if isinstance(module, _BN_TYPES):
-            for p in module.parameters(recurse=False):
-                counted.add(id(p))
-            if name not in folded_bns:
-                total += 8 * module.num_features
-    for p in model.parameters():
-        if id(p) not in counted:
-            counted.add(id(p))
-            total += 4 * p.numel()
-    return total
-
-
 def params_count(model: nn.Module) -> int:
     """Parameters stored: non-zero Conv/Linear weights plus every other parameter."""
     total, seen = 0, set()
@@ -341,7 +276,9 @@ def measure(
     sample at a time over ``repeats`` real validation samples (a seeded random order),
     latency = their mean (``latency_kind="mean_over_samples"``); the reference is
     timed interleaved on the same samples and summarised by its mean as well, so the
-    speed-up compares like with like.  Size, MACs and params come from ``model``.
+    speed-up compares like with like.  ``size_bytes`` is the length of the packed file
+    of ``compiled.artifact`` (``bits`` recorded in its header), ``artifact_bytes`` the
+    length of the artifact; MACs and params come from ``model``.
 
     ``runtime_agreement`` is the share of the validation samples on which
     ``compiled`` predicts the class that ``model`` predicts in torch with its weights
@@ -350,6 +287,7 @@ def measure(
     runtime (e.g. saturating int8 kernels), not the compressed model, costs accuracy.
     """
     from slimtune.search.macs import count_macs
+    from slimtune.search.packed import packed_size
 
     if len(x_val) != len(y_val) or len(x_val) == 0:
         raise ValueError(f"`x_val` and `y_val` must be non-empty and aligned, but got {len(x_val)} and {len(y_val)}.")
@@ -392,7 +330,8 @@ def measure(
         accuracy=accuracy,
         test_accuracy=test_accuracy,
         latency_ms=latency,
-        size_bytes=model_size_bytes(model, bits),
+        size_bytes=packed_size(compiled.artifact, artifact_format=compiled.artifact_format, bits=bits),
+        artifact_bytes=len(compiled.artifact),
         macs=int(count_macs(model, example, exit_rates)),
         latency_p95_ms=_percentile(samples_ms, 95),
         latency_samples_ms=tuple(samples_ms),

@@ -24,8 +24,12 @@ class Measurement:
             mean over real held-out samples run one at a time; see ``latency_kind``).
         latency_p95_ms: 95th percentile of the same timings.
         latency_samples_ms: the raw timings.
-        size_bytes: exact size of the stored weights (packed bits, per-channel scales,
-            biases; sparse formats for weight-pruned layers).
+        size_bytes: length in bytes of the packed model file of the timed artifact
+            (``export --format packed``: b-bit packed weights, sparse bitmask + non-zeros
+            for weight-pruned layers, the graph; see :mod:`slimtune.search.packed`).
+        artifact_bytes: length in bytes of the artifact the runtime loads and that was
+            timed (the ONNX model or TorchScript archive; ``export`` writes it); 0 when
+            not recorded (measurements stored before it existed).
         macs: multiply-accumulates per sample (early-exit models: weighted by exit rates).
         params_count: number of (non-zero for weight pruning) parameters.
         runtime: ``onnxruntime`` or ``torch``.
@@ -51,6 +55,7 @@ class Measurement:
     latency_ms: float
     size_bytes: int
     macs: int
+    artifact_bytes: int = 0
     latency_p95_ms: float = float("nan")
     latency_samples_ms: tuple[float, ...] = ()
     params_count: int = 0

@@ -8,8 +8,9 @@ the b-bit grid, per output channel and symmetric::
 
     scale_c = fp16(max|w_c| / (2^(b-1) - 1))        w_c <- round(w_c / scale_c) * scale_c
 
-(16 bits is fp16 rounding.)  The scale is rounded to fp16 because that is how it is
-stored (see :func:`slimtune.search.measure.model_size_bytes`).  QAT fine-tunes with
+(16 bits is fp16 rounding.)  The scale is rounded to fp16 so that 16 bits hold it
+exactly (the packed model file, :mod:`slimtune.search.packed`, stores fp16-exact
+values and grid scales in 16 bits).  QAT fine-tunes with
 fake-quantized weights (straight-through estimator) before snapping.  Activations are
 quantized later, by the runtime (:mod:`slimtune.search.runtime`), which reproduces
 exactly these b-bit weights in its int8 kernels.

@@ -4,6 +4,7 @@ Example:
     >>> cand = study.select(max_latency_ms=0.03)
     >>> model = cand.load()            # a runnable nn.Module (weights_only load)
     >>> cand.export("model.onnx")      # exactly the bytes that were measured
+    >>> cand.export("model.slim", format="packed")   # the same, packed: size_bytes long
 
 Running an exported ONNX model needs only ``onnxruntime`` and ``numpy``::
 
@@ -16,6 +17,14 @@ An early-exit candidate is one ONNX model whose ``If`` nodes choose the exit: it
 returns ``logits`` and ``exit_index`` (``[1]``, int64; the last index is the final
 classifier), and is meant to run one sample at a time (with a batch, it leaves early
 only when every sample is confident).
+
+A packed file (``format="packed"``, see :mod:`slimtune.search.packed`) is the timed
+artifact in its compact form; its length is the trial's ``size_bytes``, and
+``slimtune.search.packed.load_packed`` gives back the artifact's exact bytes::
+
+    from slimtune.search.packed import load_packed
+    artifact, meta = load_packed("model.slim")      # needs numpy only
+    session = ort.InferenceSession(artifact, providers=["CPUExecutionProvider"])
 """
 
 from __future__ import annotations
@@ -40,6 +49,9 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Artifact format of each runtime.
 FORMATS = {"onnxruntime": "onnx", "torch": "torchscript"}
 RUNTIME_OF = {v: k for k, v in FORMATS.items()}
+#: The packed model file format (``.slim``) of :mod:`slimtune.search.packed`.
+PACKED = "packed"
+PACKED_SUFFIX = ".slim"
 
 
 class Candidate:
@@ -69,6 +81,12 @@ class Candidate:
     @property
     def size_bytes(self) -> int:
         return int(self.row["size_bytes"])
+
+    @property
+    def artifact_bytes(self) -> int | None:
+        """Length of the timed artifact (None for trials measured before it was recorded)."""
+        value = self.row.get("artifact_bytes")
+        return int(value) if value else None
 
     @property
     def macs(self) -> int:
@@ -130,18 +148,24 @@ class Candidate:
         """Write the model to ``path``.
 
         Args:
-            format: ``onnx`` or ``torchscript``; default the format it was timed in
-                (ONNX for onnxruntime studies), in which case the file holds exactly the
-                measured bytes.  The other format is compiled anew from the stored
-                weights (with a warning: that file was not the one timed).
+            format: ``onnx``, ``torchscript`` or ``packed``; default ``packed`` for a
+                ``.slim`` path, else the format it was timed in (ONNX for onnxruntime
+                studies), in which case the file holds exactly the measured bytes.  ``packed`` writes those same bytes as a
+                packed model file (:mod:`slimtune.search.packed`), whose length is the
+                trial's ``size_bytes`` (a warning says so if it is not, e.g. for a trial
+                measured by an older slimtune).  The other runtime's format is compiled
+                anew from the stored weights (with a warning: that file was not the one
+                timed).
         """
         data, timed_format = self.artifact()
-        fmt = format or timed_format
-        if fmt not in RUNTIME_OF:
-            raise StudyError(f"`format` must be one of {', '.join(RUNTIME_OF)}, but got {format!r}.")
+        fmt = format or (PACKED if Path(path).suffix == PACKED_SUFFIX else timed_format)
+        if fmt not in (*RUNTIME_OF, PACKED):
+            raise StudyError(f"`format` must be one of {', '.join((*RUNTIME_OF, PACKED))}, but got {format!r}.")
         path = Path(path)
         if path.parent and not path.parent.exists():
             raise StudyError(f"Cannot write {str(path)!r}: the directory {str(path.parent)!r} does not exist.")
+        if fmt == PACKED:
+            return self._export_packed(path, data, timed_format)
         if fmt != timed_format:
             from slimtune.search.runtime import compile_model
 
@@ -156,6 +180,25 @@ class Candidate:
         tmp.write_bytes(data)
         tmp.replace(path)
         return path
+
+    def packed(self) -> bytes:
+        """The packed model file of the timed artifact (what ``export(format="packed")`` writes)."""
+        return self._pack(*self.artifact())
+
+    def _pack(self, data: bytes, timed_format: str) -> bytes:
+        from slimtune.search.packed import pack
+
+        return pack(data, artifact_format=timed_format, bits=int(self.params.get("quant.bits", 32)))
+
+    def _export_packed(self, path: Path, data: bytes, timed_format: str) -> Path:
+        from slimtune.search.packed import write_packed
+
+        packed = self._pack(data, timed_format)
+        if self.row.get("size_bytes") is not None and len(packed) != self.size_bytes:
+            warnings.warn(f"Trial {self.trial}'s stored size_bytes ({self.size_bytes:,}) is not the length of its "
+                          f"packed file ({len(packed):,} bytes): it was measured by an older slimtune.",
+                          UserWarning, stacklevel=3)
+        return write_packed(path, packed)
 
     def __repr__(self) -> str:
         return (f"Candidate(study={self.study.name!r}, trial={self.trial}, accuracy={self.accuracy:.4f}, "

@@ -72,7 +72,8 @@ def make_row(record: "CandidateRecord | None", trial: "FrozenTrial | None", *, o
             if value is not None:
                 row[name] = value
         row.update(
-            val_accuracy=record.val_accuracy, latency_p95_ms=m.get("latency_p95_ms"), latency_kind=m.get("latency_kind"),
+            val_accuracy=record.val_accuracy,
+            latency_p95_ms=m.get("latency_p95_ms"), latency_kind=m.get("latency_kind"),
             reference_latency_ms=m.get("reference_latency_ms"), kernel_bits=m.get("kernel_bits"), runtime=m.get("runtime"),
             params_count=m.get("params_count"), exit_rates=record.exit_rates, flags=list(record.flags or []),
             fingerprint_id=record.fingerprint_id, stopped_reason=record.stopped_reason, error=record.error,

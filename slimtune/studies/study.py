@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import threading
 import warnings
 from dataclasses import fields
@@ -661,7 +662,8 @@ class Study:
         return Candidate(self, row)
 
     def select(self, *, max_latency_ms: float | None = None, min_accuracy: float | None = None,
-               max_size_kb: float | None = None, split: str = "val") -> "Candidate":
+               max_size_kb: float | None = None, max_artifact_kb: float | None = None,
+               split: str = "val") -> "Candidate":
         """The most accurate complete trial within the limits (ties: lower latency,
         then smaller size, then earlier trial).
 
@@ -670,13 +672,19 @@ class Study:
         baseline dominates (the baseline timed in the trial's own run) is never chosen:
         the baseline itself is then the better model.
 
+        ``max_size_kb`` limits ``size_bytes`` (the packed model file), ``max_artifact_kb``
+        ``artifact_bytes`` (the ONNX/TorchScript file that was timed); both in KiB
+        (1024 B).  A trial with no recorded artifact length never meets
+        ``max_artifact_kb``.
+
         Raises:
             NoCandidateError: nothing fits, or nothing that fits beats the baseline; the
                 message names the closest alternatives.
         """
         from slimtune.studies.candidate import Candidate
 
-        for arg, value in (("max_latency_ms", max_latency_ms), ("max_size_kb", max_size_kb)):
+        for arg, value in (("max_latency_ms", max_latency_ms), ("max_size_kb", max_size_kb),
+                           ("max_artifact_kb", max_artifact_kb)):
             if value is not None and not (value > 0):
                 raise StudyError(f"`{arg}` must be positive, but got {value!r}.")
         if split not in SPLITS:
@@ -689,7 +697,9 @@ class Study:
         def fits(r: dict, skip: str = "") -> bool:
             return ((skip == "latency" or max_latency_ms is None or r["latency_ms"] <= max_latency_ms)
                     and (skip == "accuracy" or min_accuracy is None or r[acc] >= min_accuracy)
-                    and (skip == "size" or max_size_kb is None or r["size_bytes"] <= max_size_kb * 1024))
+                    and (skip == "size" or max_size_kb is None or r["size_bytes"] <= max_size_kb * 1024)
+                    and (skip == "artifact" or max_artifact_kb is None
+                         or (r.get("artifact_bytes") or math.inf) <= max_artifact_kb * 1024))
 
         def key(r: dict) -> tuple:
             return (-r[acc], r["latency_ms"], r["size_bytes"], r["trial"])
@@ -702,7 +712,8 @@ class Study:
         asked = " and ".join(a for a in (
             f"latency_ms <= {max_latency_ms:g}" if max_latency_ms is not None else "",
             f"{split} accuracy >= {min_accuracy:g}" if min_accuracy is not None else "",
-            f"size <= {max_size_kb:g} KiB" if max_size_kb is not None else "") if a) or "no limits"
+            f"size <= {max_size_kb:g} KiB" if max_size_kb is not None else "",
+            f"artifact <= {max_artifact_kb:g} KiB" if max_artifact_kb is not None else "") if a) or "no limits"
         if fitting:
             raise NoCandidateError(
                 f"Nothing beats the baseline under {asked}: the baseline ({_describe(baseline, acc)}) dominates every "
@@ -722,6 +733,12 @@ class Study:
             near = sorted((r for r in rows if fits(r, "size")), key=lambda r: (r["size_bytes"], -r[acc]))
             if near:
                 alternatives.append(f"the smallest meeting the other limits is {_describe(near[0], acc)}")
+        if max_artifact_kb is not None:
+            near = sorted((r for r in rows if fits(r, "artifact") and r.get("artifact_bytes")),
+                          key=lambda r: (r["artifact_bytes"], -r[acc]))
+            if near:
+                alternatives.append(f"the smallest artifact meeting the other limits is {_describe(near[0], acc)}, "
+                                    f"artifact {near[0]['artifact_bytes'] / 1024:.1f} KiB")
         if not alternatives:
             fastest = min(rows, key=lambda r: (r["latency_ms"], -r[acc]))
             best = min(rows, key=key)

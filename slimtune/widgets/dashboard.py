@@ -89,7 +89,8 @@ class StudyDashboard(widgets.VBox):
     Args:
         study: a ``slimtune.Study``.
         objective: the cost on the x axis: ``latency`` (default), ``speedup`` (against
-            the baseline timed in the same run as each trial), ``size`` or ``macs``.
+            the baseline timed in the same run as each trial), ``size`` (the packed
+            model file, KiB), ``artifact`` (the timed .onnx/TorchScript file, KiB) or ``macs``.
         watch: poll the database for trials written by other processes (the CLI,
             other workers) every ``interval`` seconds.
         interval: the watch period in seconds.
@@ -139,9 +140,11 @@ class StudyDashboard(widgets.VBox):
     def _build_controls(self, objective: str, n_trials: int, watch: bool) -> None:
         self.header = widgets.HTML("")
         self.header.add_class("slimtune-header")
-        self.objective = widgets.ToggleButtons(options=[("latency", "latency"), ("speed-up", "speedup"), ("size", "size"), ("MACs", "macs")],
+        self.objective = widgets.ToggleButtons(options=[("latency", "latency"), ("speed-up", "speedup"),
+                                                        ("packed size", "size"), ("artifact size", "artifact"),
+                                                        ("MACs", "macs")],
                                                value=objective, description="x axis",
-                                               style={"button_width": "72px"})
+                                               style={"button_width": "96px"})
         self.log_x = widgets.Checkbox(value=False, description="log x", indent=False,
                                       layout=widgets.Layout(width="70px"))
         self.n_trials = widgets.BoundedIntText(value=int(n_trials), min=1, max=100_000, description="trials",
@@ -416,7 +419,7 @@ class StudyDashboard(widgets.VBox):
         written = self._candidate.export(target)
         out = Path(written) if isinstance(written, (str, Path)) else target
         size = out.stat().st_size if out.exists() else 0
-        self._say(f"Exported trial {getattr(self._candidate, 'trial', '?')} to {out} ({size / 1024:.1f} KB).",
+        self._say(f"Exported trial {getattr(self._candidate, 'trial', '?')} to {out} ({size / 1024:.1f} KiB).",
                   kind="ok")
         return out
 

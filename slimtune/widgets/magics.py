@@ -1,7 +1,7 @@
 """``%load_ext slimtune``: the ``%slimtune`` line magic.
 
     %slimtune studies [--storage URL]
-    %slimtune show NAME [--storage URL] [--objective latency|size|macs] [--no-watch]
+    %slimtune show NAME [--storage URL] [--objective latency|size|artifact|macs] [--no-watch]
     %slimtune run NAME --task T --trials N [--storage URL] [--timeout S] [--epochs E]
 
 ``run`` creates (or resumes) the study, starts the search in a background thread and
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="the dashboard of a study")
     p.add_argument("name")
     storage(p)
-    p.add_argument("--objective", default="latency", choices=["latency", "size", "macs"])
+    p.add_argument("--objective", default="latency", choices=["latency", "size", "artifact", "macs"])
     p.add_argument("--no-watch", action="store_true", help="do not poll the database for new trials")
     p = sub.add_parser("run", help="start a search in the background and show its dashboard")
     p.add_argument("name")
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     storage(p)
     p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
     p.add_argument("--epochs", type=int, default=None, help="distillation epochs per candidate")
-    p.add_argument("--objective", default="latency", choices=["latency", "size", "macs"])
+    p.add_argument("--objective", default="latency", choices=["latency", "size", "artifact", "macs"])
     return parser
 
 

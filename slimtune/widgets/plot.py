@@ -33,7 +33,7 @@ PickCallback = Callable[[dict[str, Any]], None]
 
 
 class FrontierPlot:
-    """Accuracy against one cost (latency, size or MACs), one point per trial.
+    """Accuracy against one cost (latency, packed or artifact size, MACs), one point per trial.
 
     Complete trials are blue dots; pruned and failed ones grey crosses (a trial with
     no measurement at all is drawn at the plot's bottom-right edge, so every trial is
@@ -138,7 +138,7 @@ class FrontierPlot:
                 self._draw_other()
 
     def set_objective(self, name: str) -> None:
-        """Switch the x axis to ``latency``, ``size`` or ``macs``."""
+        """Switch the x axis to ``latency``, ``size``, ``artifact`` or ``macs``."""
         self.axis = R.check_axis(name)
         with self.x_axis.hold_sync():
             self.x_axis.label = self.axis.label

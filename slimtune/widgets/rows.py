@@ -35,10 +35,14 @@ class Axis:
 
 
 #: The costs the x axis can show, by the name used in the UI and ``objective=``.
+#: Sizes are lengths of real files in KiB (1024 B): ``size`` the packed model file
+#: (``size_bytes``), ``artifact`` the ONNX/TorchScript file that was timed.
 AXES: dict[str, Axis] = {
     "latency": Axis("latency_ms", "Latency (ms, measured)", 1.0, "ms", ".3~f"),
     "speedup": Axis("speedup", "Speed-up vs baseline (×, timed in the same run)", 1.0, "×", ".2~f", maximize=True),
-    "size": Axis("size_bytes", "Size (KB)", 1 / 1024, "KB", ".1~f"),
+    "size": Axis("size_bytes", "Size of the packed model file (KiB)", 1 / 1024, "KiB", ".1~f"),
+    "artifact": Axis("artifact_bytes", "Size of the timed artifact, ONNX / TorchScript (KiB)", 1 / 1024, "KiB",
+                     ".1~f"),
     "macs": Axis("macs", "MACs (millions)", 1e-6, "M", ".3~f"),
 }
 
@@ -123,8 +127,8 @@ def format_cost(val: float, axis: Axis) -> str:
         return f"{shown:.3f} ms"
     if axis.key == "speedup":
         return f"{shown:.2f}×"
-    if axis.key == "size_bytes":
-        return f"{shown:.1f} KB"
+    if axis.unit == "KiB":
+        return f"{shown:.1f} KiB"
     return f"{shown:.3g} M"
 
 
@@ -253,14 +257,15 @@ def deltas(row: Row, baseline: Row | None) -> list[tuple[str, str, str]]:
         acc, base_acc = value(row, key), value(base, key)
         change = "" if math.isnan(acc) or math.isnan(base_acc) else f"{(acc - base_acc) * 100:+.2f} pp"
         out.append((label, format_accuracy(acc), change))
-    for name in ("latency", "size", "macs"):
+    for name, label in (("latency", "latency"), ("size", "packed size"), ("artifact", "artifact size"),
+                        ("macs", "MACs")):
         axis = AXES[name]
         val = value(row, axis.key)
         ref = value(row, "reference_latency_ms") if name == "latency" else value(base, axis.key)
         change = ratio_text(val, ref)
         if name == "latency" and change and change != "same as baseline":
             change += " (same run)"
-        out.append((name if name != "macs" else "MACs", format_cost(val, axis), change))
+        out.append((label, format_cost(val, axis), change))
     return out
 
 

@@ -97,7 +97,7 @@ def render_html(*, title: str, task: str | None, rows: Sequence[Mapping[str, Any
         head += f" · task {esc(task)}"
     head += f" · {len(final)} trials, {len(front)} on the {esc(objective)} front"
     table = ["<table><tr><th>trial</th><th>val acc</th><th>test acc</th><th>latency (ms)</th><th>speed-up (same run)</th>"
-             "<th>size (KiB)</th><th>MACs (M)</th><th>knobs</th></tr>"]
+             "<th>packed (KiB)</th><th>MACs (M)</th><th>knobs</th></tr>"]
     for r in sorted(front, key=lambda r: -R.value(r, "accuracy"))[:max_rows]:
         table.append(
             f"<tr><td>{esc(str(r.get('trial')))}</td><td>{R.format_accuracy(R.value(r, 'accuracy'))}</td>"
