@@ -16,7 +16,7 @@ import pytest
 from slimtune import Study
 from slimtune.search.early_stopping import FrontierPoint
 from slimtune.studies import NoCandidateError, StudyError
-from slimtune.studies.frontier import loss_vector
+from slimtune.studies.frontier import beaten_by_baseline, loss_vector
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -84,7 +84,12 @@ def test_optuna_load_study_reads_the_same_trials(study, storage):
         assert t.values == [rows[t.number]["accuracy"], rows[t.number]["latency_ms"]]
         assert t.user_attrs["backend"] == "optuna"
         assert {**t.user_attrs["fixed_params"], **t.params} == rows[t.number]["params"]
-    assert sorted(t.number for t in plain.best_trials) == sorted(r["trial"] for r in study.frontier())
+    # Optuna's best trials, less those the baseline beats in their own run (Optuna never saw the baseline)
+    base = study.baseline_row()
+    beaten = {n for n, r in rows.items() if r["state"] == "COMPLETE" and
+              base["accuracy"] >= r["accuracy"] and r["reference_latency_ms"] <= r["latency_ms"]}
+    assert sorted(t.number for t in plain.best_trials if t.number not in beaten) == sorted(
+        r["trial"] for r in study.frontier())
 
 
 def test_frontier_is_exactly_the_non_dominated_trials(study):
@@ -93,8 +98,10 @@ def test_frontier_is_exactly_the_non_dominated_trials(study):
     expected = set()
     for r in rows:
         a = loss_vector(r, objectives)
+        # the baseline stands beside each trial with the latency it had in that trial's run
+        others = [*rows, {**study.baseline_row(), "latency_ms": r["reference_latency_ms"]}]
         beaten = any(all(x <= y for x, y in zip(loss_vector(o, objectives), a)) and loss_vector(o, objectives) != a
-                     for o in rows)
+                     for o in others)
         if not beaten:
             expected.add(r["trial"])
     front = study.frontier()
@@ -108,7 +115,9 @@ def test_select_honours_constraints_or_says_none_fits(study):
     rows = study.trials(states=("COMPLETE",))
     limit = sorted(r["latency_ms"] for r in rows)[len(rows) // 2]
     chosen = study.select(max_latency_ms=limit)
-    fitting = [r for r in rows if r["latency_ms"] <= limit]
+    # the baseline, timed in each trial's own run, is a point of the frontier: never choose what it beats
+    fitting = [r for r in rows if r["latency_ms"] <= limit
+               and not beaten_by_baseline(r, study.baseline_row(), study.objectives)]
     assert chosen.latency_ms <= limit
     assert chosen.accuracy == max(r["accuracy"] for r in fitting)
     assert min((r for r in fitting if r["accuracy"] == chosen.accuracy), key=lambda r: r["latency_ms"])["trial"] == chosen.trial
@@ -118,7 +127,8 @@ def test_select_honours_constraints_or_says_none_fits(study):
     with pytest.raises(NoCandidateError):
         study.select(min_accuracy=1.01)
     big = study.select(max_size_kb=1e9)
-    assert big.accuracy == max(r["accuracy"] for r in rows)
+    assert big.accuracy == max(r["accuracy"] for r in rows
+                               if not beaten_by_baseline(r, study.baseline_row(), study.objectives))
 
 
 def test_candidate_load_runs_and_rejects_unknown_trial(study, digits_task):
