@@ -5,7 +5,9 @@
     %slimtune run NAME --task T --trials N [--storage URL] [--timeout S] [--epochs E]
 
 ``run`` creates (or resumes) the study, starts the search in a background thread and
-returns its dashboard at once.  Storage is ``--storage`` or ``sqlite:///slimtune.db``.
+returns its dashboard at once.  Storage is ``--storage``, else ``$SLIMTUNE_STORAGE``
+(which keeps a password out of the notebook), else ``sqlite:///slimtune.db``.  A
+storage URL is shown with its password masked.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     def storage(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--storage", default=None, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
+        p.add_argument("--storage", default=None,
+                       help=f"SQLAlchemy URL (default $SLIMTUNE_STORAGE, else {DEFAULT_STORAGE})")
 
     p = sub.add_parser("studies", help="list the studies in a storage")
     storage(p)
@@ -64,11 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_storage() -> str:
-    try:
-        from slimtune.studies.database import DEFAULT_STORAGE as storage
-    except ImportError:  # pragma: no cover - the studies package always has it
-        storage = DEFAULT_STORAGE
-    return storage
+    """``$SLIMTUNE_STORAGE``, else ``sqlite:///slimtune.db``."""
+    from slimtune.studies.database import default_storage as studies_default
+
+    return studies_default()
 
 
 class StudyList:
@@ -77,8 +79,10 @@ class StudyList:
     COLUMNS = ("name", "task", "objectives", "trials", "complete", "pruned", "failed", "created_at")
 
     def __init__(self, studies: Sequence[Any], storage: str) -> None:
+        from slimtune.studies.database import mask_url
+
         self.studies = [s if isinstance(s, dict) else {"name": getattr(s, "name", str(s))} for s in studies]
-        self.storage = storage
+        self.storage = mask_url(storage)  # what is shown: never the password
 
     def _columns(self) -> list[str]:
         keys = [c for c in self.COLUMNS if any(c in s for s in self.studies)]
