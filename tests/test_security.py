@@ -122,6 +122,11 @@ def test_the_notebook_never_shows_a_storage_password(tmp_path, monkeypatch):
     with pytest.raises(StudyError) as info:
         magics.slimtune("studies --storage postgresql+psycopg://alice:hunter2@127.0.0.1:9/st")
     assert "hunter2" not in str(info.value)
+    from IPython.core.error import UsageError
+
+    with pytest.raises(UsageError, match="--timeout"):
+        magics.slimtune(f"run s --task {TASK} --trials 1 --timeout nan --storage sqlite:///{tmp_path / 'nan.db'}")
+    assert not (tmp_path / "nan.db").exists()
     # the URL can come from the environment instead of the notebook
     path = tmp_path / "env.db"
     from slimtune.studies import Database

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import math
 import shlex
 from typing import Any, Sequence
 
@@ -169,6 +170,8 @@ class SlimtuneMagics(Magics):
 
         if n_trials < 1:
             raise UsageError(f"%slimtune run: --trials must be at least 1, but got {n_trials}.")
+        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+            raise UsageError(f"%slimtune run: --timeout must be a finite number of seconds above 0, but got {timeout}.")
         kwargs: dict[str, Any] = {"storage": storage, "task": task}
         if epochs is not None:
             kwargs["settings"] = {"epochs": epochs}
