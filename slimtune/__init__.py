@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 __version__ = "0.1.0"
+
+# ONNX Runtime writes a device id and telemetry events under ~/.cache/Microsoft when it
+# is imported, unless this is set first (a user's own setting is kept).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 # Public names, imported on first use so that `import slimtune` (and the CLI) stays light.
 _LAZY: dict[str, str] = {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import shlex
 import sys
 from typing import Any, Callable
 
@@ -36,6 +38,59 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class OneLineUsageError(click.ClickException):
+    """A bad option value or a missing argument, printed as one line (exit code 2)."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+class Group(click.Group):
+    """The ``slimtune`` group: click's usage errors become one line (``Error: ...``,
+    with where to find help) instead of a usage block."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+
+def _one_line(exc: click.UsageError) -> OneLineUsageError:
+    where = f" (see '{exc.ctx.command_path} -h')" if exc.ctx is not None else ""
+    return OneLineUsageError(" ".join(exc.format_message().split()) + where)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float in a range that is never NaN or infinite (``--timeout nan`` is refused)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+#: Bounds of the numeric options: beyond them a typo runs for days or fails late.
+MAX_TRIALS = 100_000
+MAX_EPOCHS = 1000
+MAX_THREADS = 1024
+MAX_BATCH = 65536
+MAX_REPEATS = 1_000_000
+MAX_TIMEOUT_S = 30 * 24 * 3600.0
+SEED = click.IntRange(0, 2**32 - 1)
+POSITIVE = FiniteFloat(min=0, min_open=True)
+FRACTION = FiniteFloat(0, 1)
+
+
 def parse_assignments(items: tuple[str, ...], option: str = "--set") -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
@@ -50,7 +105,7 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="slimtune")
 def main() -> None:
     """Search a joint compression space (pruning, quantization, distillation, DS-conv,
@@ -83,11 +138,11 @@ def space(task_spec: str, fix: tuple[str, ...], as_json: bool) -> None:
 @main.command("eval")
 @click.option("--task", "task_spec", required=True, help="Built-in task or package.module:callable.")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="A parameter value (repeatable); others take defaults.")
-@click.option("--epochs", type=click.IntRange(min=0), default=None, help="Distillation epochs (default: the task's).")
+@click.option("--epochs", type=click.IntRange(0, MAX_EPOCHS), default=None, help="Distillation epochs (default: the task's).")
 @click.option("--runtime", type=click.Choice(["onnxruntime", "torch"]), default="onnxruntime", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=1, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @user_errors
 def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: str, threads: int, batch_size: int,
@@ -117,13 +172,15 @@ def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: st
 # (appended after the space/eval commands; the same `user_errors` turns bad input into
 # one line and exit code 2)
 from slimtune.search.backends.base import BackendError  # noqa: E402
+from slimtune.studies.database import STORAGE_ENV  # noqa: E402
 from slimtune.studies.errors import NoCandidateError, StudyError  # noqa: E402
 
 USER_ERRORS = (*USER_ERRORS, StudyError, BackendError)
 
 storage_option = click.option(
-    "--storage", default=DEFAULT_STORAGE, show_default=True, metavar="URL",
-    help="Study database: any SQLAlchemy URL Optuna accepts (sqlite:///file.db, postgresql://...).",
+    "--storage", default=DEFAULT_STORAGE, show_default=True, metavar="URL", envvar=STORAGE_ENV, show_envvar=True,
+    help=f"Study database: any SQLAlchemy URL Optuna accepts (sqlite:///file.db, postgresql://...); "
+         f"${STORAGE_ENV} keeps a password off the command line.",
 )
 
 
@@ -205,8 +262,8 @@ def _echo_frontier(study: Any) -> None:
 @main.command()
 @click.option("--study", "study_name", required=True, help="Study name (created, or resumed if it exists).")
 @click.option("--task", "task_spec", default=None, help="Built-in task or package.module:callable (needed to create; checked on resume).")
-@click.option("--trials", "n_trials", type=click.IntRange(min=1), default=None, help="Trials to run now.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="No new trial after this many seconds.")
+@click.option("--trials", "n_trials", type=click.IntRange(1, MAX_TRIALS), default=None, help="Trials to run now.")
+@click.option("--timeout", type=FiniteFloat(min=0, max=MAX_TIMEOUT_S, min_open=True), default=None, help="No new trial after this many seconds.")
 @click.option("--objectives", default=None, help="accuracy plus latency_ms, size_bytes and/or macs, comma-separated [default: accuracy,latency_ms].")
 @click.option("--sampler", type=click.Choice(["gp", "tpe", "nsga2", "random"]), default=None, help="Optuna sampler [default: gp].")
 @click.option("--backend", type=click.Choice(["optuna", "nni"]), default="optuna", show_default=True)
@@ -215,17 +272,17 @@ def _echo_frontier(study: Any) -> None:
               help="What the NNI tuner maximizes, with --backend nni: comma-separated COST*WEIGHT, COST<=BUDGET, "
                    "penalty=P, e.g. 'latency_ms*0.05' or 'latency_ms<=2,penalty=2' "
                    "[default: accuracy - 0.05*log2(first cost objective)].")
-@click.option("--seed", type=int, default=None, help="Sampler seed (reproducible proposals).")
-@click.option("--max-latency-ms", type=float, default=None, help="Constraint: latency at most this.")
-@click.option("--max-size-kb", type=float, default=None,
+@click.option("--seed", type=SEED, default=None, help="Sampler seed (reproducible proposals).")
+@click.option("--max-latency-ms", type=POSITIVE, default=None, help="Constraint: latency at most this.")
+@click.option("--max-size-kb", type=POSITIVE, default=None,
               help="Constraint: packed model file (size_bytes, what export --format packed writes) at most this many KiB (1024 B).")
-@click.option("--max-accuracy-drop", type=float, default=None, help="Constraint: accuracy at least the baseline's minus this (e.g. 0.01).")
+@click.option("--max-accuracy-drop", type=FRACTION, default=None, help="Constraint: validation accuracy at least the baseline's minus this (e.g. 0.01).")
 @click.option("--early-stopping/--no-early-stopping", default=None, help="Stop candidates a no-costlier trial clearly beats [default: on].")
-@click.option("--epochs", type=click.IntRange(min=0), default=None, help="Distillation epochs per candidate (default: the task's).")
+@click.option("--epochs", type=click.IntRange(0, MAX_EPOCHS), default=None, help="Distillation epochs per candidate (default: the task's).")
 @click.option("--runtime", type=click.Choice(["onnxruntime", "torch"]), default=None, help="Runtime that is timed [default: onnxruntime].")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads [default: 1].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Timed batch size [default: 1].")
-@click.option("--latency-repeats", type=click.IntRange(min=1), default=None, help="Timed repeats per candidate [default: 100].")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None, help="Inference threads [default: 1].")
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=None, help="Timed batch size [default: 1].")
+@click.option("--latency-repeats", type=click.IntRange(1, MAX_REPEATS), default=None, help="Timed repeats per candidate [default: 100].")
 @click.option("--fix", multiple=True, metavar="NAME=VALUE", help="Hold a parameter at a value (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the frontier as JSON (no progress bar).")
 @storage_option
@@ -334,13 +391,13 @@ def show(study_name: str, pareto: bool, as_json: bool, storage: str) -> None:
 
 @main.command("select")
 @click.argument("study_name", metavar="STUDY")
-@click.option("--max-latency-ms", type=float, default=None, help="Latency at most this.")
-@click.option("--min-accuracy", type=float, default=None, help="Validation accuracy (or --split test) at least this.")
+@click.option("--max-latency-ms", type=POSITIVE, default=None, help="Latency at most this.")
+@click.option("--min-accuracy", type=FRACTION, default=None, help="Validation accuracy (or --split test) at least this.")
 @click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True,
               help="Which accuracy ranks and --min-accuracy apply to: validation (what the search optimized) or test.")
-@click.option("--max-size-kb", type=float, default=None,
+@click.option("--max-size-kb", type=POSITIVE, default=None,
               help="Packed model file (size_bytes, export --format packed) at most this many KiB (1024 B).")
-@click.option("--max-artifact-kb", type=float, default=None,
+@click.option("--max-artifact-kb", type=POSITIVE, default=None,
               help="Timed artifact (artifact_bytes: the .onnx/TorchScript file the runtime loads) at most this many KiB.")
 @click.option("--json", "as_json", is_flag=True, help="Print the chosen trial's row as JSON.")
 @storage_option
@@ -376,9 +433,23 @@ def select_(study_name: str, max_latency_ms: float | None, min_accuracy: float |
                    f"packed {r['size_bytes'] / 1024:.1f} KiB{_artifact_kib(r)}, {r['macs']:,} MACs")
         defaults = {p["name"]: p["default"] for p in study.space_dict.get("params", [])}
         click.echo(f"params: {_short_params(r['params'], defaults)}")
-        click.echo(f"export: slimtune export {study.name} --trial {r['trial']} --out model.onnx --storage '{study.storage}'")
+        click.echo(f"export: {export_line(study.name, r['trial'], storage)}")
     finally:
         study.close()
+
+
+def export_line(study_name: str, trial: int, storage: str) -> str:
+    """A copy-paste ``slimtune export`` command with every word shell-quoted (a study
+    name never turns it into another command); the storage is left out when it comes
+    from ``$SLIMTUNE_STORAGE``, and its password is never printed."""
+    import os
+
+    from slimtune.studies import mask_url
+
+    words = ["slimtune", "export", study_name, "--trial", str(trial), "--out", "model.onnx"]
+    if storage != os.environ.get(STORAGE_ENV, "").strip():
+        words += ["--storage", mask_url(storage)]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 @main.command()

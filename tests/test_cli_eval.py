@@ -44,6 +44,10 @@ def test_space_table():
         (["--task", "digitz"], "Unknown task 'digitz'"),
         (["--task", "tests.user_task:make_mlp_task", "--set", "dsconv.0=true"], "no eligible conv"),
         (["--task", "tests.user_task:bad_task"], "class logits"),
+        (["--task", "tests.user_task:raising_task"], "raised FileNotFoundError: no such file: /data/train.csv"),
+        (["--task", "tests.user_task_broken:make_task"], "raised RuntimeError: the data directory is not mounted"),
+        (["--task", "tests.user_task:empty_loader_task"], "The val loader yields no batches"),
+        (["--task", "digits", "--epochs", "1000000000"], "'--epochs': 1000000000 is not in the range"),
     ],
 )
 def test_eval_bad_input_is_one_line_exit_2(tmp_path, args, message):

@@ -40,3 +40,18 @@ def bad_task() -> tasks.Task:
 
 def not_a_task() -> int:
     return 42
+
+
+def raising_task() -> tasks.Task:
+    """A task callable that fails (as a user's data path typo would)."""
+    raise FileNotFoundError("no such file: /data/train.csv")
+
+
+def empty_loader_task() -> tasks.Task:
+    """A task whose validation loader yields no batches."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = _data()
+    train = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=32)
+    empty = DataLoader(TensorDataset(data.x_val[:0], data.y_val[:0]), batch_size=32)
+    return tasks.Task.from_loaders("empty", make_task().build_model, train, empty, train, num_classes=2)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from slimtune.search.trainer import TrainConfig, accuracy, predict_logits, train
+from slimtune.search.weights import WeightsError, load_weights
 from slimtune.tasks.base import Task
 
 logger = logging.getLogger(__name__)
@@ -45,13 +46,15 @@ def get_baseline(task: Task, *, seed: int = 0, use_cache: bool = True, progress:
     model = task.build_model()
     if use_cache and path.exists():
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
+            blob = load_weights(path, what=f"The baseline cache file {str(path)!r}")
             model.load_state_dict(blob["state_dict"])
             model.eval()
             return Baseline(task, model, blob["teacher_logits"], float(blob["val_accuracy"]),
                             float(blob["test_accuracy"]), seed, cached=True)
-        except Exception as exc:  # noqa: BLE001 - a broken cache file is retrained
-            logger.warning("Ignoring unreadable baseline cache %s: %s", path, exc)
+        except WeightsError as exc:  # a tampered or damaged cache file is retrained (and replaced)
+            logger.warning("%s Retraining the baseline.", exc)
+        except Exception as exc:  # noqa: BLE001 - a cache file of another shape is retrained
+            logger.warning("Ignoring the baseline cache %s (%s); retraining the baseline.", path, type(exc).__name__)
     torch.manual_seed(seed)
     model = task.build_model()
     data = task.data

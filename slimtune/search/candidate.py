@@ -28,6 +28,14 @@ from slimtune.tasks.base import Task
 ShouldStop = Callable[[int, float, "PreMeasurement"], "str | None"]
 
 
+#: Accepted ranges of the numeric settings (beyond them a typo runs for days or fails late).
+SETTING_RANGES: dict[str, tuple[float, float]] = {
+    "threads": (1, 1024), "batch_size": (1, 65536), "epochs": (0, 1000), "finetune_epochs": (0, 1000),
+    "lr_scale": (1e-6, 1e3), "qat_lr": (1e-9, 10), "seed": (0, 2**32 - 1), "latency_warmup": (0, 100_000),
+    "latency_repeats": (1, 1_000_000), "calibration_size": (1, 1_000_000),
+}
+
+
 @dataclass
 class EvalSettings:
     """How candidates are trained and measured (identical for every trial of a study)."""
@@ -50,6 +58,12 @@ class EvalSettings:
         for name in ("threads", "batch_size", "latency_repeats"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"`{name}` must be at least 1, but got {getattr(self, name)!r}.")
+        for name, (low, high) in SETTING_RANGES.items():
+            value = getattr(self, name)
+            if value is None and name in ("epochs", "finetune_epochs"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low <= value <= high):
+                raise ValueError(f"`{name}` must be a number in [{low:g}, {high:g}], but got {value!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

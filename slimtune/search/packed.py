@@ -566,15 +566,6 @@ def packed_size(artifact: bytes, *, artifact_format: str, bits: int | None = Non
     return len(pack(artifact, artifact_format=artifact_format, bits=bits))
 
 
-def write_packed(path: "str | os.PathLike[str]", data: bytes) -> Path:
-    """Write a packed file atomically (``path.tmp`` then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    return path
-
-
 def load_packed(path: "str | os.PathLike[str]") -> Unpacked:
     """Read a ``.slim`` file: ``(artifact bytes, meta)``.
 
@@ -595,5 +586,5 @@ def load_packed(path: "str | os.PathLike[str]") -> Unpacked:
 
 
 __all__ = ["MAGIC", "VERSION", "SUFFIX", "PackedFileError", "Unpacked", "pack", "unpack", "load_packed",
-           "write_packed", "describe", "packed_size", "encode_tensor", "decode_tensor", "find_regions"]
+           "describe", "packed_size", "encode_tensor", "decode_tensor", "find_regions"]
 

@@ -437,9 +437,22 @@ def _quantize_onnx(model, calibration: np.ndarray, bits: int, int8_format: str =
     return quantized, rewritten, snapped
 
 
+def _no_telemetry(ort: Any) -> None:
+    """Turn ONNX Runtime's telemetry events off, once (``slimtune/__init__`` also sets
+    ``ORT_DISABLE_TELEMETRY`` before ORT is first imported: nothing under ~/.cache)."""
+    global _TELEMETRY_OFF
+    if not _TELEMETRY_OFF and hasattr(ort, "disable_telemetry_events"):
+        ort.disable_telemetry_events()
+    _TELEMETRY_OFF = True
+
+
+_TELEMETRY_OFF = False
+
+
 def _session(model_bytes: bytes, threads: int, optimized_path: str | None = None):
     import onnxruntime as ort
 
+    _no_telemetry(ort)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

@@ -29,7 +29,9 @@ artifact in its compact form; its length is the trial's ``size_bytes``, and
 
 from __future__ import annotations
 
-import io
+import contextlib
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,11 +126,16 @@ class Candidate:
 
     # -- weights and model ---------------------------------------------------------
     def state_dict(self) -> dict[str, "torch.Tensor"]:
-        """The stored weights (read with ``torch.load(..., weights_only=True)``)."""
-        import torch
+        """The stored weights (read with ``torch.load(..., weights_only=True)``: a
+        tampered blob is refused with a :class:`StudyError`, never executed)."""
+        from slimtune.search.weights import WeightsError, load_state_dict
 
         _, weights = self._record(with_weights=True)
-        return torch.load(io.BytesIO(weights.state_dict), map_location="cpu", weights_only=True)
+        try:
+            return load_state_dict(weights.state_dict or b"",
+                                   what=f"The stored weights of trial {self.trial} of study {self.study.name!r}")
+        except WeightsError as exc:
+            raise StudyError(str(exc)) from None
 
     def artifact(self) -> tuple[bytes, str]:
         """The bytes that were timed and their format (``onnx`` or ``torchscript``)."""
@@ -164,6 +171,8 @@ class Candidate:
         path = Path(path)
         if path.parent and not path.parent.exists():
             raise StudyError(f"Cannot write {str(path)!r}: the directory {str(path.parent)!r} does not exist.")
+        if path.is_dir():
+            raise StudyError(f"Cannot write {str(path)!r}: it is a directory.")
         if fmt == PACKED:
             return self._export_packed(path, data, timed_format)
         if fmt != timed_format:
@@ -176,9 +185,7 @@ class Candidate:
                                      calibration=self.study.task.data.x_train[: settings.calibration_size],
                                      threads=settings.threads)
             data = compiled.artifact
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        write_atomically(path, data)
         return path
 
     def packed(self) -> bytes:
@@ -191,18 +198,44 @@ class Candidate:
         return pack(data, artifact_format=timed_format, bits=int(self.params.get("quant.bits", 32)))
 
     def _export_packed(self, path: Path, data: bytes, timed_format: str) -> Path:
-        from slimtune.search.packed import write_packed
-
         packed = self._pack(data, timed_format)
         if self.row.get("size_bytes") is not None and len(packed) != self.size_bytes:
             warnings.warn(f"Trial {self.trial}'s stored size_bytes ({self.size_bytes:,}) is not the length of its "
                           f"packed file ({len(packed):,} bytes): it was measured by an older slimtune.",
                           UserWarning, stacklevel=3)
-        return write_packed(path, packed)
+        write_atomically(path, packed)
+        return path
 
     def __repr__(self) -> str:
         return (f"Candidate(study={self.study.name!r}, trial={self.trial}, accuracy={self.accuracy:.4f}, "
                 f"latency_ms={self.latency_ms:.4g}, size_bytes={self.size_bytes})")
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and
+    ``os.replace``: ``path`` is either the old file or the whole new one, and no
+    temporary file is left behind when writing fails.
+
+    Raises:
+        StudyError: the file cannot be written (naming the path and the OS reason).
+    """
+    directory = path.parent if str(path.parent) else Path(".")
+    tmp_name = None
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp makes 0600
+        os.replace(tmp_name, path)
+        tmp_name = None
+    except OSError as exc:
+        raise StudyError(f"Cannot write {str(path)!r}: {exc.strerror or exc}.") from None
+    finally:
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
 
 
 def _structure_evaluator(study: "Study"):

@@ -48,6 +48,8 @@ from slimtune.studies.errors import SchemaVersionError, StudyError
 from slimtune.studies.models import SCHEMA_VERSION, Base, SchemaVersion, utcnow
 
 DEFAULT_STORAGE = "sqlite:///slimtune.db"
+#: Environment variable holding the storage URL (keeps passwords off command lines).
+STORAGE_ENV = "SLIMTUNE_STORAGE"
 T = TypeVar("T")
 
 SCHEMA_1_FLAG = ("measured by slimtune schema 1: validation accuracy of the torch model, not of the timed artifact; "
@@ -115,6 +117,17 @@ def creating_concurrently(create: Callable[[], T], *, attempts: int = 6) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def default_storage() -> str:
+    """The storage used when none is given: ``$SLIMTUNE_STORAGE`` if set, else
+    :data:`DEFAULT_STORAGE` (``sqlite:///slimtune.db`` in the working directory)."""
+    return os.environ.get(STORAGE_ENV, "").strip() or DEFAULT_STORAGE
+
+
+def resolve_storage(url: "str | None") -> str:
+    """``url``, or :func:`default_storage` when it is ``None``."""
+    return default_storage() if url is None else url
+
+
 def mask_url(url: "str | URL") -> str:
     """The URL with its password replaced by ``***`` (never print credentials)."""
     try:
@@ -171,11 +184,12 @@ class Database:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    def open(cls, url: str = DEFAULT_STORAGE, *, create: bool = True) -> "Database":
+    def open(cls, url: str | None = None, *, create: bool = True) -> "Database":
         """Connect and check the schema version.
 
         Args:
-            url: any SQLAlchemy URL Optuna's RDBStorage accepts.
+            url: any SQLAlchemy URL Optuna's RDBStorage accepts (default:
+                :func:`default_storage`).
             create: create slimtune's tables (and a SQLite file) when missing; with
                 ``False`` a missing database or missing tables is a :class:`StudyError`
                 and nothing is written.
@@ -184,6 +198,7 @@ class Database:
             StudyError: bad URL, unreachable database, no slimtune tables (``create=False``).
             SchemaVersionError: the database holds a newer slimtune schema.
         """
+        url = resolve_storage(url)
         parsed = parse_storage(url)
         path = sqlite_path(parsed)
         if path is not None:
@@ -227,6 +242,12 @@ class Database:
                 return
         if not create:
             raise StudyError(f"The database {mask_url(self.url)!r} holds no slimtune studies.")
+        foreign = sorted(t for t in tables if not t.startswith("slimtune_"))
+        if foreign and "studies" not in tables and self.engine.dialect.name == "sqlite":
+            # a SQLite file of something else (a typo in the path?): leave it alone
+            raise StudyError(f"{mask_url(self.url)!r} is a SQLite file of something else (tables "
+                             f"{', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}), not a slimtune or "
+                             "Optuna study database; choose another file (it was not changed).")
         Base.metadata.create_all(self.engine)
         self._write_version()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 import threading
 import warnings
 from dataclasses import fields
@@ -25,8 +26,8 @@ from sqlalchemy.exc import IntegrityError
 from slimtune.search.early_stopping import FrontierEarlyStopping, FrontierPoint, resolve_early_stopping
 from slimtune.search.measurement import Measurement
 from slimtune.search.runner import DIRECTIONS, Constraints, TrialOutcome
-from slimtune.studies.database import DEFAULT_STORAGE, Database, mask_url
-from slimtune.studies.errors import NoCandidateError, StudyError
+from slimtune.studies.database import Database, mask_url, resolve_storage
+from slimtune.studies.errors import NoCandidateError, SchemaVersionError, StudyError
 from slimtune.studies.frontier import (
     DEFAULT_OBJECTIVES,
     baseline_on_front,
@@ -53,10 +54,48 @@ HEARTBEAT_INTERVAL = 60
 HEARTBEAT_GRACE = 180
 
 
+#: Names of new studies: safe in a shell, a file name, a URL or HTML without quoting.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
 def _check_name(name: str) -> str:
+    """A name to look up (studies made before names were restricted still open)."""
     if not isinstance(name, str) or not name.strip() or len(name) > 512:
         raise StudyError(f"A study name is a non-empty string of at most 512 characters, but got {name!r}.")
     return name
+
+
+def _check_new_name(name: str) -> str:
+    """A name for a new study: letters, digits, '.', '_' and '-' (at most 128,
+    starting with a letter or digit)."""
+    if not isinstance(name, str) or SAFE_NAME.fullmatch(name) is None:
+        raise StudyError(f"A new study name uses letters, digits, '.', '_' and '-' (at most 128, starting with a "
+                         f"letter or digit), but got {name!r}.")
+    return name
+
+
+def _study_exists(storage: str, name: str) -> bool:
+    """Whether ``storage`` holds slimtune study ``name`` (opening nothing new)."""
+    try:
+        db = Database.open(storage, create=False)
+    except SchemaVersionError:
+        raise
+    except StudyError:
+        return False
+    try:
+        with db.session() as session:
+            return session.scalar(select(StudyRecord.id).where(StudyRecord.study_name == name)) is not None
+    finally:
+        db.dispose()
+
+
+def _check_budget(n_trials: int | None, timeout: float | None) -> None:
+    """``n_trials`` a positive int, ``timeout`` a finite positive number of seconds."""
+    if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1):
+        raise StudyError(f"`n_trials` must be a positive integer, but got {n_trials!r}.")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not math.isfinite(timeout) or timeout <= 0):
+        raise StudyError(f"`timeout` must be a finite number of seconds above 0, but got {timeout!r}.")
 
 
 def _settings_from(settings: "EvalSettings | Mapping[str, Any] | None", base: Mapping[str, Any] | None) -> "EvalSettings":
@@ -118,7 +157,7 @@ class Study:
         cls,
         name: str,
         *,
-        storage: str = DEFAULT_STORAGE,
+        storage: str | None = None,
         task: "str | Task | None" = None,
         space: "Space | None" = None,
         fixed: Mapping[str, Any] | None = None,
@@ -137,7 +176,8 @@ class Study:
 
         Args:
             name: the study name (also the Optuna study name).
-            storage: a SQLAlchemy URL (default ``sqlite:///slimtune.db`` in the cwd).
+            storage: a SQLAlchemy URL (default ``$SLIMTUNE_STORAGE``, else
+                ``sqlite:///slimtune.db`` in the cwd).
             task: a built-in task name, ``package.module:callable`` or a
                 :class:`~slimtune.Task`; needed to create, checked on resume.
             space: the joint space (default: every registered knob for the task's model).
@@ -166,6 +206,7 @@ class Study:
         from slimtune.tasks.base import get_task
 
         _check_name(name)
+        storage = resolve_storage(storage)
         task_obj = get_task(task) if task is not None else None
         wanted_objectives = check_objectives(objectives) if objectives is not None else None
         wanted_constraints = _constraints_from(constraints, max_latency_ms=max_latency_ms, max_size_kb=max_size_kb,
@@ -190,6 +231,8 @@ class Study:
             else:
                 new_space = build_space(task_obj, fixed=fixed)
 
+        if task_obj is not None and SAFE_NAME.fullmatch(name) is None and not _study_exists(storage, name):
+            _check_new_name(name)  # refused before anything is written
         # without a task the study can only be resumed: open without creating anything
         db = Database.open(storage, create=task_obj is not None)
         try:
@@ -240,9 +283,11 @@ class Study:
             raise
 
     @classmethod
-    def load(cls, name: str, *, storage: str = DEFAULT_STORAGE) -> "Study":
-        """An existing study (nothing is created; :class:`StudyError` if it is not there)."""
+    def load(cls, name: str, *, storage: str | None = None) -> "Study":
+        """An existing study (nothing is created; :class:`StudyError` if it is not there).
+        ``storage`` defaults to ``$SLIMTUNE_STORAGE``, else ``sqlite:///slimtune.db``."""
         _check_name(name)
+        storage = resolve_storage(storage)
         db = Database.open(storage, create=False)
         record = cls._find(db, name)
         if record is None:
@@ -492,6 +537,7 @@ class Study:
         from slimtune.search.candidate import Evaluator
         from slimtune.search.runner import TrialRunner
 
+        _check_budget(n_trials, timeout)
         backend_cls = get_backend(backend)
         task, space, settings = self.task, self.space, self.settings
         if self._optuna_study is None or self._optuna_storage is None:
@@ -820,14 +866,18 @@ def _summaries(db: Database) -> list[dict[str, Any]]:
              "slimtune_version": r.slimtune_version} for r in records]
 
 
-def list_studies(storage: str = DEFAULT_STORAGE) -> list[dict[str, Any]]:
-    """The slimtune studies in ``storage``: name, task, objectives, trial counts by
-    state (``trials`` includes running ones, from Optuna), creation time."""
+def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
+    """The slimtune studies in ``storage`` (default ``$SLIMTUNE_STORAGE``, else
+    ``sqlite:///slimtune.db``): name, task, objectives, trial counts by state
+    (``trials`` includes running ones, from Optuna), creation time."""
     import optuna
 
+    storage = resolve_storage(storage)
     db = Database.open(storage, create=False)
     try:
         rows = _summaries(db)
+        if not rows:  # slimtune's tables without a study yet (Optuna's may be missing)
+            return rows
         optuna_storage = _optuna_storage(storage, create=False)
         try:
             totals = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(optuna_storage, include_best_trial=False)}

@@ -89,12 +89,16 @@ class Task:
 
     def check_model(self) -> None:
         """Raise :class:`TaskError` unless the model maps inputs to class logits."""
-        model = self.build_model().eval()
+        try:
+            model = self.build_model().eval()
+        except Exception as exc:  # noqa: BLE001 - the user's factory
+            raise TaskError(f"Task {self.name!r}: building the model raised {_one_line(exc)}") from None
         try:
             with torch.no_grad():
                 out = model(self.example_input(2))
         except Exception as exc:  # noqa: BLE001 - the user's model
-            raise TaskError(f"Task {self.name!r}: the model fails on an input of shape {tuple(self.example_input(2).shape)}: {exc}") from None
+            raise TaskError(f"Task {self.name!r}: the model fails on an input of shape "
+                            f"{tuple(self.example_input(2).shape)}: {_one_line(exc)}") from None
         if not isinstance(out, torch.Tensor) or out.shape != (2, self.num_classes):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise TaskError(
@@ -170,14 +174,23 @@ def get_task(spec: "str | Task") -> Task:
         raise TaskError(f"A task is a built-in name or 'package.module:callable', but got {spec!r}.")
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
+        if not module_name or not attr:
+            raise TaskError(f"A user task is given as 'package.module:callable', but got {spec!r}.")
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise TaskError(f"Cannot import the task module {module_name!r}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
+            raise TaskError(f"Importing the task module {module_name!r} raised {_one_line(exc)}") from None
         factory = getattr(module, attr, None)
         if factory is None:
             raise TaskError(f"Module {module_name!r} has no attribute {attr!r}.")
-        task = factory() if callable(factory) and not isinstance(factory, Task) else factory
+        try:
+            task = factory() if callable(factory) and not isinstance(factory, Task) else factory
+        except TaskError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's callable
+            raise TaskError(f"The task callable {spec!r} raised {_one_line(exc)}") from None
         if not isinstance(task, Task):
             raise TaskError(f"{spec!r} must return a slimtune.Task, but returned {type(task).__name__}.")
         task.extra.setdefault("spec", spec)
@@ -187,3 +200,10 @@ def get_task(spec: "str | Task") -> Task:
     task = _TASKS[spec]()
     task.extra.setdefault("spec", spec)
     return task
+
+
+def _one_line(exc: BaseException) -> str:
+    """``ExcType: first line of its message`` (at most 300 characters)."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -5,13 +5,16 @@
     %slimtune run NAME --task T --trials N [--storage URL] [--timeout S] [--epochs E]
 
 ``run`` creates (or resumes) the study, starts the search in a background thread and
-returns its dashboard at once.  Storage is ``--storage`` or ``sqlite:///slimtune.db``.
+returns its dashboard at once.  Storage is ``--storage``, else ``$SLIMTUNE_STORAGE``
+(which keeps a password out of the notebook), else ``sqlite:///slimtune.db``.  A
+storage URL is shown with its password masked.
 """
 
 from __future__ import annotations
 
 import argparse
 import html
+import math
 import shlex
 from typing import Any, Sequence
 
@@ -43,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     def storage(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--storage", default=None, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
+        p.add_argument("--storage", default=None,
+                       help=f"SQLAlchemy URL (default $SLIMTUNE_STORAGE, else {DEFAULT_STORAGE})")
 
     p = sub.add_parser("studies", help="list the studies in a storage")
     storage(p)
@@ -64,11 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_storage() -> str:
-    try:
-        from slimtune.studies.database import DEFAULT_STORAGE as storage
-    except ImportError:  # pragma: no cover - the studies package always has it
-        storage = DEFAULT_STORAGE
-    return storage
+    """``$SLIMTUNE_STORAGE``, else ``sqlite:///slimtune.db``."""
+    from slimtune.studies.database import default_storage as studies_default
+
+    return studies_default()
 
 
 class StudyList:
@@ -77,8 +80,10 @@ class StudyList:
     COLUMNS = ("name", "task", "objectives", "trials", "complete", "pruned", "failed", "created_at")
 
     def __init__(self, studies: Sequence[Any], storage: str) -> None:
+        from slimtune.studies.database import mask_url
+
         self.studies = [s if isinstance(s, dict) else {"name": getattr(s, "name", str(s))} for s in studies]
-        self.storage = storage
+        self.storage = mask_url(storage)  # what is shown: never the password
 
     def _columns(self) -> list[str]:
         keys = [c for c in self.COLUMNS if any(c in s for s in self.studies)]
@@ -165,6 +170,8 @@ class SlimtuneMagics(Magics):
 
         if n_trials < 1:
             raise UsageError(f"%slimtune run: --trials must be at least 1, but got {n_trials}.")
+        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+            raise UsageError(f"%slimtune run: --timeout must be a finite number of seconds above 0, but got {timeout}.")
         kwargs: dict[str, Any] = {"storage": storage, "task": task}
         if epochs is not None:
             kwargs["settings"] = {"epochs": epochs}
