@@ -100,6 +100,11 @@ class Evaluator:
         self.example_input = task.example_input(1)
         self._reference = None
         self._baseline_measurement: Measurement | None = None
+        self.on_phase: Callable[[str], None] | None = None  # told "train", "compress", "measure" (slimtune eval)
+
+    def _phase(self, name: str) -> None:
+        if self.on_phase is not None:
+            self.on_phase(name)
 
     # -- helpers ----------------------------------------------------------------
     def _train_config(self, values: dict[str, Any], epochs: int, lr: float | None = None) -> TrainConfig:
@@ -211,16 +216,19 @@ class Evaluator:
             return None
 
         t0 = time.perf_counter()
+        self._phase("train")
         _, reason = train(model, data.x_train, data.y_train, self._train_config(values, epochs),
                           teacher_logits=self.baseline.teacher_logits, callback=on_epoch)
         if reason:
             return CandidateResult(values, None, val_acc[-1] if val_acc else None, None, None, {}, None,
                                    time.perf_counter() - t0, time.perf_counter() - started, pre, stopped=reason,
                                    info={"val_accuracy_per_epoch": val_acc})
+        self._phase("compress")
         model = self._apply_stage("compression", model, values, ctx)
         model = self._apply_stage("quantization", model, values, ctx)
         train_seconds = time.perf_counter() - t0
         model.eval()
+        self._phase("measure")
         bits = int(values.get("quant.bits", 32))
         compiled = self._compile(model, bits)
         measurement = self._measure(model, compiled, bits)

@@ -14,13 +14,20 @@ Running an exported ONNX model needs only ``onnxruntime`` and ``numpy``::
 
 An early-exit candidate is one ONNX model whose ``If`` nodes choose the exit: it
 returns ``logits`` and ``exit_index`` (``[1]``, int64; the last index is the final
-classifier), and is meant to run one sample at a time (with a batch, it leaves early
-only when every sample is confident).
+classifier) and takes one sample at a time (batch 1; its metadata says ``batch: 1``).
+
+An exported ONNX file says how to feed it in its ``metadata_props`` (see
+:meth:`Candidate.metadata`: input name, shape and dtype, the task's preprocessing,
+class count, study, trial, params, slimtune version)::
+
+    meta = session.get_modelmeta().custom_metadata_map
+    print(meta["preprocessing"], meta["input_shape"])
 """
 
 from __future__ import annotations
 
 import io
+import json
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +47,55 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Artifact format of each runtime.
 FORMATS = {"onnxruntime": "onnx", "torch": "torchscript"}
 RUNTIME_OF = {v: k for k, v in FORMATS.items()}
+#: The format each file extension means (``export`` infers it, and refuses a mismatch).
+EXTENSION_FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
+                     ".slim": "packed"}
+
+
+def format_for_path(path: "str | Path", format: str | None = None) -> str | None:
+    """The format to write ``path`` in: ``format`` when given, else the one its extension
+    means (``None`` for an extension that means none).
+
+    Raises:
+        StudyError: ``format`` contradicts the extension (e.g. ONNX bytes into ``best.pt``).
+    """
+    suffix = Path(path).suffix.lower()
+    implied = EXTENSION_FORMATS.get(suffix)
+    if format is not None and implied is not None and format != implied:
+        raise StudyError(f"`--out` {str(path)!r} ends in {suffix}, which means {implied}, but `--format` is {format!r}; "
+                         f"use a {_extensions(format)} file or drop --format.")
+    return format or implied
+
+
+def _extensions(fmt: str) -> str:
+    return "/".join(ext for ext, f in EXTENSION_FORMATS.items() if f == fmt) or "file of that"
+
+
+def _onnx_input(data: bytes) -> dict[str, Any]:
+    """Name, shape (``"batch"`` for a free dimension) and dtype of an ONNX model's input,
+    and its output names."""
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load_from_string(data).graph
+    first = graph.input[0]
+    tensor = first.type.tensor_type
+    shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "batch") for d in tensor.shape.dim]
+    return {"input_name": first.name, "input_shape": shape,
+            "input_dtype": str(helper.tensor_dtype_to_np_dtype(tensor.elem_type)),
+            "outputs": [o.name for o in graph.output]}
+
+
+def with_onnx_metadata(data: bytes, metadata: dict[str, Any]) -> bytes:
+    """The ONNX model ``data`` with ``metadata`` in its ``metadata_props`` (strings; other
+    values as JSON).  The graph, and so what was timed, is unchanged."""
+    import onnx
+
+    model = onnx.load_from_string(data)
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
+    onnx.helper.set_model_props(model, props)
+    return model.SerializeToString()
 
 
 class Candidate:
@@ -76,6 +132,36 @@ class Candidate:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.row)
+
+    def metadata(self) -> dict[str, Any]:
+        """How to feed this model, as written into an exported ONNX file's
+        ``metadata_props`` (and given by ``slimtune select --json``)."""
+        import slimtune
+
+        task = self.study.task
+        data, fmt = self.artifact()
+        if fmt == "onnx":
+            shape = _onnx_input(data)
+        else:
+            shape = {"input_name": None, "input_shape": ["batch", *task.input_shape], "input_dtype": "float32",
+                     "outputs": ["logits"]}
+        exits = any(str(k).startswith("exits.") and str(k).endswith(".enabled") and v is True
+                    for k, v in self.params.items())
+        if exits:
+            shape["input_shape"] = [1, *shape["input_shape"][1:]]
+        return {
+            **shape,
+            "batch": "1 (an early-exit model takes one sample at a time)" if exits else "any",
+            "preprocessing": task.preprocessing or ("not stated by the task: feed inputs exactly as the task's "
+                                                    "tensors hold them"),
+            "num_classes": task.num_classes,
+            "task": task.name,
+            "study": self.study.name,
+            "trial": self.trial,
+            "params": self.params,
+            "timed_format": fmt,
+            "slimtune_version": slimtune.__version__,
+        }
 
     def _record(self, *, with_weights: bool = False) -> tuple[CandidateRecord, WeightsRecord | None]:
         db, study_id = self.study._db, self.study._record.id  # noqa: SLF001 - same package
@@ -130,13 +216,18 @@ class Candidate:
         """Write the model to ``path``.
 
         Args:
-            format: ``onnx`` or ``torchscript``; default the format it was timed in
-                (ONNX for onnxruntime studies), in which case the file holds exactly the
-                measured bytes.  The other format is compiled anew from the stored
+            format: ``onnx`` or ``torchscript``; default the one the extension means
+                (``.onnx``; ``.pt``, ``.ts``, ``.torchscript``), else the format it was
+                timed in (ONNX for onnxruntime studies), in which case the file holds the
+                measured model (ONNX files also get :meth:`metadata` in their
+                ``metadata_props``).  The other format is compiled anew from the stored
                 weights (with a warning: that file was not the one timed).
+
+        Raises:
+            StudyError: ``format`` contradicts the file's extension.
         """
         data, timed_format = self.artifact()
-        fmt = format or timed_format
+        fmt = format_for_path(path, format) or timed_format
         if fmt not in RUNTIME_OF:
             raise StudyError(f"`format` must be one of {', '.join(RUNTIME_OF)}, but got {format!r}.")
         path = Path(path)
@@ -152,6 +243,8 @@ class Candidate:
                                      calibration=self.study.task.data.x_train[: settings.calibration_size],
                                      threads=settings.threads)
             data = compiled.artifact
+        if fmt == "onnx":
+            data = with_onnx_metadata(data, self.metadata())
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(data)
         tmp.replace(path)
