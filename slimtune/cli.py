@@ -14,7 +14,9 @@ from typing import Any, Callable
 
 import click
 
-from slimtune.cli_tables import STATE_WORDS, WIDTH, compact_params, speedup, table_lines, test_accuracy, val_accuracy
+from slimtune.vocabulary import STATE_WORDS, STUDY_COLUMNS, created_text
+
+from slimtune.cli_tables import WIDTH, compact_params, speedup, table_lines, test_accuracy, val_accuracy
 
 DEFAULT_STORAGE = "sqlite:///slimtune.db"
 
@@ -196,24 +198,33 @@ def _echo_table(rows: list[dict[str, Any]], study: Any, *, mark_pareto: bool = T
         click.echo(line)
 
 
-def _echo_summary(study: Any) -> None:
+def _echo_wrapped(text: str, *, wide: bool = False) -> None:
+    """One logical line, wrapped to the table width unless ``wide``."""
+    import textwrap
+
+    for line in [text] if wide else textwrap.wrap(text, WIDTH, subsequent_indent="  ", break_on_hyphens=False):
+        click.echo(line)
+
+
+def _echo_summary(study: Any, *, wide: bool = False) -> None:
+    echo = functools.partial(_echo_wrapped, wide=wide)
     rows = study.trials()
     counts = {s: sum(1 for r in rows if r["state"] == s) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
     base = study.baseline
-    click.echo(f"Study {study.name!r} in {study.storage}: task {study.task_name}, objectives "
+    echo(f"Study {study.name!r} in {study.storage}: task {study.task_name}, objectives "
                f"{', '.join(study.objectives)}; {len(rows)} trials ({counts['COMPLETE']} complete, "
                f"{counts['PRUNED']} {STATE_WORDS['PRUNED']} early, {counts['FAIL']} failed"
                + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "") + ")")
     base_row = base.to_dict()
     test = test_accuracy(base_row)
-    click.echo(f"Baseline: val_acc {val_accuracy(base_row):.4f}" + (f", test_acc {test:.4f}" if test is not None else "")
+    echo(f"Baseline: val_acc {val_accuracy(base_row):.4f}" + (f", test_acc {test:.4f}" if test is not None else "")
                + f", latency {base.latency_ms:.4f} ms ({base.runtime}, {base.threads} thread(s), batch "
                f"{base.batch_size}), {base.size_bytes / 1024:.1f} KiB, {base.macs:,} MACs")
     if study.constraints.active:
-        click.echo(f"Constraints: {study.constraints.to_dict()}")
+        echo(f"Constraints: {study.constraints.to_dict()}")
     fingerprints = study.fingerprints()
     if len(fingerprints) > 1:
-        click.echo(f"note: latencies come from {len(fingerprints)} machine fingerprints ({', '.join(fingerprints)}); "
+        echo(f"note: latencies come from {len(fingerprints)} machine fingerprints ({', '.join(fingerprints)}); "
                    "they are not comparable across machines.")
 
 
@@ -332,7 +343,7 @@ def run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: f
         if as_json:
             echo_json(study.frontier())
             return
-        _echo_summary(study)
+        _echo_summary(study, wide=wide)
         _echo_frontier(study, wide=wide)
         click.echo("Next:")
         for line in next_steps(study):
@@ -357,10 +368,12 @@ def studies(as_json: bool, storage: str) -> None:
     if not rows:
         click.echo(f"No studies in {mask_url(storage)}.")
         return
-    click.echo(f"{'study':<24} {'task':<16} {'objectives':<22} {'trials':>6} {'complete':>8} {'stopped':>7} {'failed':>6}  created")
+    c = STUDY_COLUMNS
+    click.echo(f"{c['name']:<24} {c['task']:<16} {c['objectives']:<22} {c['trials']:>6} {c['complete']:>8} "
+               f"{c['pruned']:>7} {c['failed']:>6}  {c['created_at']}")
     for r in rows:
         click.echo(f"{r['name']:<24} {r['task']:<16} {','.join(r['objectives']):<22} {r['trials']:>6} {r['complete']:>8} "
-                   f"{r['pruned']:>7} {r['failed']:>6}  {str(r['created_at'])[:16]}")
+                   f"{r['pruned']:>7} {r['failed']:>6}  {created_text(r['created_at'])}")
 
 
 @main.command()
@@ -385,7 +398,7 @@ def show(study_name: str, pareto: bool, as_json: bool, wide: bool, storage: str)
         if as_json:
             echo_json(rows)
             return
-        _echo_summary(study)
+        _echo_summary(study, wide=wide)
         if pareto:
             _echo_frontier(study, wide=wide)
         else:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import textwrap
 from typing import Any, Iterable, Mapping, Sequence
 
+from slimtune.vocabulary import STATE_WORDS, state_word
+
 #: Width the tables fit unless ``--wide`` is given.
 WIDTH = 100
 
@@ -22,8 +24,6 @@ LEGEND = ("params: p<ratio><w|c>[r] pruning (weight/channel, r = rewind), q<bits
           "T<temperature> a<alpha> distillation, ds{i,..} depthwise-separable convs, ex{i@threshold,..} early exits; "
           "no p/ds/ex: none")
 
-#: The words used for Optuna's trial states, the same in the CLI and the notebook.
-STATE_WORDS = {"COMPLETE": "complete", "PRUNED": "stopped", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 
 
 def _num(value: Any, digits: int = 2) -> str:
@@ -139,7 +139,7 @@ def trial_lines(row: Mapping[str, Any], names: Sequence[str], markers: FlagMarke
                 wide: bool = False) -> list[str]:
     """One trial as table lines (its parameters wrapped to ``WIDTH`` unless ``wide``)."""
     star = "*" if (mark_pareto and row.get("pareto")) else " "
-    state = STATE_WORDS.get(str(row.get("state")), str(row.get("state", "")).lower())
+    state = state_word(row.get("state", ""))
     if row.get("state") == "COMPLETE":
         size = row.get("size_bytes")
         metrics = " ".join([

@@ -90,7 +90,11 @@ def test_export_writes_the_measured_artifact(db, tmp_path):
     assert out.exit_code == 0, out.output
     with Study.load("c", storage=url) as study:
         data, fmt = study.candidate(1).artifact()
-    assert fmt == "onnx" and out_file.read_bytes() == data
+    import onnx
+
+    written, timed = onnx.load(str(out_file)), onnx.load_from_string(data)
+    assert fmt == "onnx" and written.graph == timed.graph  # the timed model, plus metadata on how to feed it
+    assert {p.key for p in written.metadata_props} >= {"input_name", "preprocessing", "trial"}
     ts = tmp_path / "m.pt"
     out = invoke("export", "c", "--trial", "1", "--out", str(ts), "--format", "torchscript", "--storage", url)
     assert out.exit_code == 0, out.output

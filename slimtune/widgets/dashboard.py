@@ -267,7 +267,7 @@ class StudyDashboard(widgets.VBox):
         parts = [f"<b>{esc(name)}</b>"]
         if task:
             parts.append(f"task {esc(task)}")
-        counts = f"{done} complete" + (f", {other} pruned/failed" if other else "")
+        counts = f"{done} complete" + (f", {other} stopped/failed" if other else "")
         if self._running_trials:
             counts += f", {len(self._running_trials)} running"
         parts.append(counts)
@@ -415,7 +415,7 @@ class StudyDashboard(widgets.VBox):
         written = self._candidate.export(target)
         out = Path(written) if isinstance(written, (str, Path)) else target
         size = out.stat().st_size if out.exists() else 0
-        self._say(f"Exported trial {getattr(self._candidate, 'trial', '?')} to {out} ({size / 1024:.1f} KB).",
+        self._say(f"Exported trial {getattr(self._candidate, 'trial', '?')} to {out} ({size / 1024:.1f} KiB).",
                   kind="ok")
         return out
 

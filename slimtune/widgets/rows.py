@@ -19,6 +19,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from slimtune.vocabulary import state_word
+
 Row = Mapping[str, Any]
 
 
@@ -36,7 +38,7 @@ class Axis:
 #: The costs the x axis can show, by the name used in the UI and ``objective=``.
 AXES: dict[str, Axis] = {
     "latency": Axis("latency_ms", "Latency (ms, measured)", 1.0, "ms", ".3~f"),
-    "size": Axis("size_bytes", "Size (KB)", 1 / 1024, "KB", ".1~f"),
+    "size": Axis("size_bytes", "Size (KiB)", 1 / 1024, "KiB", ".1~f"),
     "macs": Axis("macs", "MACs (millions)", 1e-6, "M", ".3~f"),
 }
 
@@ -119,7 +121,7 @@ def format_cost(val: float, axis: Axis) -> str:
     if axis.key == "latency_ms":
         return f"{shown:.3f} ms"
     if axis.key == "size_bytes":
-        return f"{shown:.1f} KB"
+        return f"{shown:.1f} KiB"
     return f"{shown:.3g} M"
 
 
@@ -148,12 +150,12 @@ def params_summary(params: Mapping[str, Any]) -> str:
 
 
 def trial_title(row: Row) -> str:
-    """``trial 7`` or ``trial 7 (pruned: cannot reach the front)`` (plain text)."""
+    """``trial 7`` or ``trial 7 (stopped: cannot reach the front)`` (plain text)."""
     state = str(row.get("state", "COMPLETE")).upper()
     head = f"trial {row.get('trial')}"
     if state != "COMPLETE":
         reason = row.get("stopped_reason") or row.get("error")
-        head += f" ({state.lower()}{': ' + str(reason) if reason else ''})"
+        head += f" ({state_word(state)}{': ' + str(reason) if reason else ''})"
     return head
 
 

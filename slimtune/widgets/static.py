@@ -96,7 +96,7 @@ def render_html(*, title: str, task: str | None, rows: Sequence[Mapping[str, Any
     if task:
         head += f" · task {esc(task)}"
     head += f" · {len(final)} trials, {len(front)} on the {esc(objective)} front"
-    table = ["<table><tr><th>trial</th><th>accuracy</th><th>latency (ms)</th><th>size (KB)</th><th>MACs (M)</th><th>knobs</th></tr>"]
+    table = ["<table><tr><th>trial</th><th>accuracy</th><th>latency (ms)</th><th>size (KiB)</th><th>MACs (M)</th><th>knobs</th></tr>"]
     for r in sorted(front, key=lambda r: -R.value(r, "accuracy"))[:max_rows]:
         table.append(
             f"<tr><td>{esc(str(r.get('trial')))}</td><td>{R.format_accuracy(R.value(r, 'accuracy'))}</td>"
