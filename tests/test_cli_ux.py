@@ -127,6 +127,23 @@ def test_resumed_progress_shows_the_study_wide_front(made):
     assert f"front={len(front)}" in bar, bar
 
 
+def test_notebook_study_list_uses_the_cli_words():
+    from slimtune.widgets.magics import StudyList
+
+    listed = StudyList([{"name": "s", "task": "digits", "objectives": ["accuracy", "latency_ms"], "trials": 3,
+                         "complete": 2, "pruned": 1, "failed": 0, "created_at": "2026-11-30T20:41:39.123"}], "sqlite://")
+    for text in (repr(listed), listed._repr_html_()):
+        assert "stopped" in text and "created" in text and "2026-11-30 20:41" in text
+        assert "pruned" not in text and "created_at" not in text and "20:41:39" not in text
+
+
+def test_cli_study_list_uses_the_same_words(made):
+    url, _ = made
+    out = invoke("studies", "--storage", url)
+    header = out.output.splitlines()[0].split()
+    assert header == ["study", "task", "objectives", "trials", "complete", "stopped", "failed", "created"]
+
+
 # -- bad input -----------------------------------------------------------------------------
 @pytest.mark.parametrize(("args", "fixed"), [
     (["eval", "--task", "digits", "--set", "prune.ratio", "0.5"], "--set prune.ratio=0.5"),

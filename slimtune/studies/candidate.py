@@ -151,7 +151,7 @@ class Candidate:
             shape["input_shape"] = [1, *shape["input_shape"][1:]]
         return {
             **shape,
-            "batch": "1 (an early-exit model takes one sample at a time)" if exits else "any",
+            "batch": "1" if exits else "any",  # an early-exit model takes one sample at a time
             "preprocessing": task.preprocessing or ("not stated by the task: feed inputs exactly as the task's "
                                                     "tensors hold them"),
             "num_classes": task.num_classes,
