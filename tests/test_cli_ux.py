@@ -144,6 +144,16 @@ def test_cli_study_list_uses_the_same_words(made):
     assert header == ["study", "task", "objectives", "trials", "complete", "stopped", "failed", "created"]
 
 
+def test_optuna_info_logs_only_with_verbose(made):
+    import optuna
+
+    url, _ = made
+    assert invoke("--verbose", "studies", "--storage", url).exit_code == 0
+    assert optuna.logging.get_verbosity() == optuna.logging.INFO
+    assert invoke("studies", "--storage", url).exit_code == 0
+    assert optuna.logging.get_verbosity() == optuna.logging.WARNING
+
+
 # -- bad input -----------------------------------------------------------------------------
 @pytest.mark.parametrize(("args", "fixed"), [
     (["eval", "--task", "digits", "--set", "prune.ratio", "0.5"], "--set prune.ratio=0.5"),

@@ -10,6 +10,7 @@ import textwrap
 import threading
 
 import numpy as np
+import onnx
 import optuna
 import pytest
 
@@ -161,7 +162,10 @@ def test_export_round_trip_in_a_fresh_process(study, digits_task, tmp_path):
         cand = study.candidate(row["trial"])
         path = cand.export(tmp_path / f"trial{row['trial']}.onnx")
         data, fmt = cand.artifact()
-        assert fmt == "onnx" and path.read_bytes() == data  # exactly what was measured
+        written, timed = onnx.load(str(path)), onnx.load_from_string(data)
+        assert fmt == "onnx" and written.graph == timed.graph  # exactly the model that was measured
+        meta = {p.key: p.value for p in written.metadata_props}  # ... plus how to feed it
+        assert meta["preprocessing"] == digits_task.preprocessing and json.loads(meta["trial"]) == row["trial"]
         paths.append(str(path))
         expected[str(path)] = row["accuracy"]
     script = tmp_path / "check.py"
