@@ -115,10 +115,13 @@ def test_run_ends_with_the_next_commands_and_they_work(made, tmp_path):
     assert (tmp_path / "ux.onnx").stat().st_size > 1000
 
 
-def test_resumed_progress_shows_the_study_wide_front(made):
+def test_resumed_run_names_the_cached_baseline_and_shows_the_study_wide_front(made, tmp_path):
     url, _ = made
-    result = invoke("run", "--study", "ux", "--trials", "1", "--storage", url)
-    assert result.exit_code == 0, result.output
+    result = run_cli("run", "--study", "ux", "--trials", "1", "--storage", url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    cache = Path(os.environ["SLIMTUNE_CACHE_DIR"]) / "baselines"
+    assert re.search(rf"^Baseline of user-mlp-conv \(seed 0\): from the cache {re.escape(str(cache))}/user-mlp-conv-"
+                     r"[0-9a-f]{16}-seed0\.pt$", result.stdout, flags=re.M), result.stdout
     rows = json.loads(invoke("show", "ux", "--json", "--storage", url).stdout)
     best = max(r.get("val_accuracy", r["accuracy"]) for r in rows if r["state"] == "COMPLETE")
     front = json.loads(invoke("show", "ux", "--pareto", "--json", "--storage", url).stdout)
