@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Mapping
 
 from slimtune.spaces.space import Space
@@ -35,8 +36,20 @@ def evaluate_one(task_spec: "str | Task", values: Mapping[str, Any], *, epochs: 
     space = build_space(task)
     checked = space.complete(values)  # bad names/values fail here, before any work
     settings = EvalSettings(runtime=runtime, threads=threads, batch_size=batch_size, epochs=epochs, seed=seed)
+    started = time.perf_counter()
+    if progress:
+        given = ", ".join(f"{k}={checked[k]}" for k in values) or "none"
+        print(f"Evaluating one candidate of task {task.name}: set {given}; every other parameter at its default. "
+              f"Runtime {runtime}, {threads} thread(s), batch {batch_size}, "
+              f"{task.finetune_epochs if epochs is None else epochs} distillation epoch(s), seed {seed}.", flush=True)
+        print("[baseline] loading or training the baseline (the teacher)...", flush=True)
     baseline = get_baseline(task, seed=seed, progress=progress)
     evaluator = Evaluator(task, space, settings, baseline)
+    if progress:
+        words = {"train": "distilling from the baseline", "compress": "pruning / quantizing",
+                 "measure": f"timing on {runtime} beside the baseline"}
+        evaluator.on_phase = lambda phase: print(f"[{phase}] {words.get(phase, phase)}... "
+                                                 f"({time.perf_counter() - started:.1f} s)", flush=True)
     result = evaluator.evaluate(checked)
     base = evaluator.baseline_measurement()
     m = result.measurement

@@ -1,4 +1,9 @@
-"""The ``slimtune`` command: a thin layer over the Python API."""
+"""The ``slimtune`` command: a thin layer over the Python API.
+
+Heavy modules (torch, the spaces, the search) are imported inside the commands that
+need them, so ``slimtune --help``, ``studies`` and ``show`` start in well under a
+second (``benchmarks/startup.py`` measures it).
+"""
 
 from __future__ import annotations
 
@@ -11,17 +16,27 @@ from typing import Any, Callable
 
 import click
 
-from slimtune.spaces.base import SpaceError
-from slimtune.tasks.base import TaskError
-
-DEFAULT_STORAGE = "sqlite:///slimtune.db"
+from slimtune.cli_tables import WIDTH, compact_params, speedup, table_lines, test_accuracy, val_accuracy
+from slimtune.defaults import DEFAULT_STORAGE, STORAGE_ENV
+from slimtune.vocabulary import STATE_WORDS, STUDY_COLUMNS, created_text
 
 
 class UserError(Exception):
     """Bad input: printed as one line, exit code 2."""
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (SpaceError, TaskError, UserError)
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)
+
+#: Bad-input errors of the other subpackages, as (module, class).  They are looked up
+#: only in modules already imported: an error can only come from a module that ran, and
+#: importing them up front would import torch for `slimtune --help`.
+LAZY_USER_ERRORS = (("slimtune.spaces.base", "SpaceError"), ("slimtune.tasks.base", "TaskError"),
+                    ("slimtune.studies.errors", "StudyError"), ("slimtune.search.backends.base", "BackendError"))
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    loaded = [getattr(sys.modules[m], name) for m, name in LAZY_USER_ERRORS if m in sys.modules]
+    return (*USER_ERRORS, *loaded)
 
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -31,7 +46,9 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except USER_ERRORS as exc:
+        except Exception as exc:
+            if not isinstance(exc, _user_error_types()):
+                raise
             click.echo(f"Error: {exc}", err=True)
             sys.exit(2)
 
@@ -89,9 +106,25 @@ MAX_TIMEOUT_S = 30 * 24 * 3600.0
 SEED = click.IntRange(0, 2**32 - 1)
 POSITIVE = FiniteFloat(min=0, min_open=True)
 FRACTION = FiniteFloat(0, 1)
+ASSIGNMENT_OPTIONS = ("--set", "--fix")
+
+
+class AssignmentCommand(click.Command):
+    """A command whose ``--set``/``--fix`` take one NAME=VALUE word: ``--set prune.ratio 0.5``
+    (no ``=``) is answered with that, not with click's "unexpected extra argument"."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        for i, word in enumerate(args[:-2]):
+            value, extra = args[i + 1], args[i + 2]
+            if word in ASSIGNMENT_OPTIONS and "=" not in value and not extra.startswith("-"):
+                click.echo(f"Error: `{word}` takes one NAME=VALUE word, but got {value!r} {extra!r}: "
+                           f"write {word} {value}={extra}.", err=True)
+                ctx.exit(2)
+        return super().parse_args(ctx, args)
 
 
 def parse_assignments(items: tuple[str, ...], option: str = "--set") -> dict[str, str]:
+    """``("a=1", "b=x")`` -> ``{"a": "1", "b": "x"}``; a word without ``=`` is bad input."""
     out: dict[str, str] = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -107,12 +140,29 @@ def echo_json(data: Any) -> None:
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="slimtune")
-def main() -> None:
+@click.option("--verbose", is_flag=True, help="Show Optuna's info logs (silenced by default).")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """Search a joint compression space (pruning, quantization, distillation, DS-conv,
-    early exits) and show the accuracy-latency frontier."""
+    early exits) and show the accuracy-latency frontier.
+
+    Studies live in --storage (default sqlite:///slimtune.db in the working directory);
+    trained baselines are cached in ~/.cache/slimtune/baselines ($SLIMTUNE_CACHE_DIR;
+    see `slimtune cache list`).
+    """
+    ctx.obj = {"verbose": verbose}
 
 
-@main.command()
+def _quiet_optuna() -> None:
+    """Optuna's info logs ("A new study created ...") only with ``slimtune --verbose``."""
+    import optuna
+
+    ctx = click.get_current_context(silent=True)
+    verbose = bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("verbose"))
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+
+
+@main.command(cls=AssignmentCommand)
 @click.option("--task", "task_spec", required=True, help="Built-in task (digits, fashion-mnist) or package.module:callable.")
 @click.option("--fix", multiple=True, metavar="NAME=VALUE", help="Hold a parameter at a value (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -135,7 +185,7 @@ def space(task_spec: str, fix: tuple[str, ...], as_json: bool) -> None:
         click.echo(f"  {p['name']:<28} {p['kind']:<12} {dom:<32} {state}")
 
 
-@main.command("eval")
+@main.command("eval", cls=AssignmentCommand)
 @click.option("--task", "task_spec", required=True, help="Built-in task or package.module:callable.")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="A parameter value (repeatable); others take defaults.")
 @click.option("--epochs", type=click.IntRange(0, MAX_EPOCHS), default=None, help="Distillation epochs (default: the task's).")
@@ -143,11 +193,14 @@ def space(task_spec: str, fix: tuple[str, ...], as_json: bool) -> None:
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=1, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (no progress lines).")
 @user_errors
 def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: str, threads: int, batch_size: int,
           seed: int, as_json: bool) -> None:
-    """Build, train and measure one candidate; print its metrics beside the baseline's."""
+    """Build, train and measure one candidate; print its metrics beside the baseline's.
+
+    Nothing is stored in a study (no --storage); the trained baseline is cached.
+    """
     from slimtune.api import evaluate_one
 
     report = evaluate_one(task_spec, parse_assignments(sets), epochs=epochs, runtime=runtime, threads=threads,
@@ -156,71 +209,47 @@ def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: st
         echo_json(report)
         return
     base = report["baseline"]
-    click.echo(f"task {report['task']}  runtime {runtime}  threads {threads}  batch {batch_size}")
+    click.echo(f"task {report['task']}  runtime {runtime}  threads {threads}  batch {batch_size}  "
+               f"({report['total_seconds']:.1f} s for the candidate)")
+    click.echo(f"params: {compact_params(report['params'])}")
     click.echo(f"{'':<14}{'candidate':>14}{'baseline':>14}")
-    for key, fmt in (("accuracy", "{:.4f}"), ("latency_ms", "{:.4f}"), ("size_bytes", "{:,}"), ("artifact_bytes", "{:,}"),
-                     ("macs", "{:,}")):
-        click.echo(f"{key:<14}{fmt.format(report[key]):>14}{fmt.format(base[key]):>14}")
+    rows = (("val_acc", val_accuracy(report), val_accuracy(base), "{:.4f}"),
+            ("test_acc", test_accuracy(report), test_accuracy(base), "{:.4f}"),
+            ("latency_ms", report["latency_ms"], base["latency_ms"], "{:.4f}"),
+            ("packed_KiB", report["size_bytes"] / 1024, base["size_bytes"] / 1024, "{:.1f}"),
+            ("artifact_KiB", (report.get("artifact_bytes") or 0) / 1024 or None,
+             (base.get("artifact_bytes") or 0) / 1024 or None, "{:.1f}"),
+            ("MACs", report["macs"], base["macs"], "{:,}"))
+    for key, ours, theirs, fmt in rows:
+        if ours is None and theirs is None:
+            continue
+        click.echo(f"{key:<14}{'-' if ours is None else fmt.format(ours):>14}"
+                   f"{'-' if theirs is None else fmt.format(theirs):>14}")
+    ratio = speedup(report)
+    if ratio is not None:
+        click.echo(f"speedup       {ratio:.2f}x (the baseline timed in the same run / the candidate)")
     if report.get("exit_rates"):
         click.echo("exit rates    " + ", ".join(f"{r:.2f}" for r in report["exit_rates"]))
     for flag in report.get("flags", []):
         click.echo(f"note: {flag}")
 
 
-
 # -- studies: run / studies / show / select / export ------------------------------------
-# (appended after the space/eval commands; the same `user_errors` turns bad input into
-# one line and exit code 2)
-from slimtune.search.backends.base import BackendError  # noqa: E402
-from slimtune.studies.database import STORAGE_ENV  # noqa: E402
-from slimtune.studies.errors import NoCandidateError, StudyError  # noqa: E402
-
-USER_ERRORS = (*USER_ERRORS, StudyError, BackendError)
-
 storage_option = click.option(
     "--storage", default=DEFAULT_STORAGE, show_default=True, metavar="URL", envvar=STORAGE_ENV, show_envvar=True,
     help=f"Study database: any SQLAlchemy URL Optuna accepts (sqlite:///file.db, postgresql://...); "
          f"${STORAGE_ENV} keeps a password off the command line.",
 )
+wide_option = click.option("--wide", is_flag=True, help=f"Do not wrap the table to {WIDTH} columns.")
 
 
-def _quiet_optuna() -> None:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+def _param_names(study: Any) -> list[str]:
+    return [p["name"] for p in study.space_dict.get("params", [])]
 
 
-def _short_params(params: dict[str, Any], defaults: dict[str, Any]) -> str:
-    """The parameters that differ from their defaults, compactly."""
-    from slimtune.spaces.space import inactive_params
-
-    parts = []
-    inactive = inactive_params(params)
-    for name, value in params.items():
-        if name in inactive or defaults.get(name, object()) == value:
-            continue
-        shown = f"{value:.3g}" if isinstance(value, float) else str(value)
-        parts.append(f"{name}={shown}")
-    return " ".join(parts) or "(defaults)"
-
-
-def _echo_table(rows: list[dict[str, Any]], study: Any, *, mark_pareto: bool = True) -> None:
-    defaults = {p["name"]: p["default"] for p in study.space_dict.get("params", [])}
-    click.echo(f"{'trial':>5} {'state':<9}{'accuracy':>9} {'latency_ms':>11} {'packed_KiB':>10} {'artifact_KiB':>12} "
-               f"{'MACs':>11}  params")
-    for r in rows:
-        star = "*" if (mark_pareto and r.get("pareto")) else " "
-        if r["state"] == "COMPLETE":
-            artifact = f"{r['artifact_bytes'] / 1024:>12.1f}" if r.get("artifact_bytes") else f"{'-':>12}"
-            metrics = (f"{r['accuracy']:>9.4f} {r['latency_ms']:>11.4f} {r['size_bytes'] / 1024:>10.1f} {artifact} "
-                       f"{r['macs']:>11,}")
-        else:
-            metrics = f"{'':>9} {'':>11} {'':>10} {'':>12} {'':>11}"
-        click.echo(f"{r['trial']:>4}{star} {r['state']:<9}{metrics}  {_short_params(r['params'], defaults)}")
-        if r["state"] == "PRUNED" and r.get("stopped_reason"):
-            click.echo(f"{'':>16}{r['stopped_reason']}")
-        elif r["state"] == "FAIL" and r.get("error"):
-            click.echo(f"{'':>16}{r['error'].splitlines()[-1][:160]}")
+def _echo_table(rows: list[dict[str, Any]], study: Any, *, mark_pareto: bool = True, wide: bool = False) -> None:
+    for line in table_lines(rows, _param_names(study), mark_pareto=mark_pareto, wide=wide):
+        click.echo(line)
 
 
 def _artifact_kib(row: dict[str, Any]) -> str:
@@ -228,38 +257,81 @@ def _artifact_kib(row: dict[str, Any]) -> str:
     return f", artifact {row['artifact_bytes'] / 1024:.1f} KiB" if row.get("artifact_bytes") else ""
 
 
-def _echo_summary(study: Any) -> None:
+def _echo_wrapped(text: str, *, wide: bool = False) -> None:
+    """One logical line, wrapped to the table width unless ``wide``."""
+    import textwrap
+
+    for line in [text] if wide else textwrap.wrap(text, WIDTH, subsequent_indent="  ", break_on_hyphens=False):
+        click.echo(line)
+
+
+def _echo_summary(study: Any, *, wide: bool = False) -> None:
+    echo = functools.partial(_echo_wrapped, wide=wide)
     rows = study.trials()
     counts = {s: sum(1 for r in rows if r["state"] == s) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
     base = study.baseline
-    click.echo(f"Study {study.name!r} in {study.storage}: task {study.task_name}, objectives "
+    echo(f"Study {study.name!r} in {study.storage}: task {study.task_name}, objectives "
                f"{', '.join(study.objectives)}; {len(rows)} trials ({counts['COMPLETE']} complete, "
-               f"{counts['PRUNED']} stopped early, {counts['FAIL']} failed"
+               f"{counts['PRUNED']} {STATE_WORDS['PRUNED']} early, {counts['FAIL']} failed"
                + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "") + ")")
-    click.echo(f"Baseline: accuracy {base.accuracy:.4f}, latency {base.latency_ms:.4f} ms ({base.runtime}, "
-               f"{base.threads} thread(s), batch {base.batch_size}), packed {base.size_bytes / 1024:.1f} KiB"
-               f"{_artifact_kib({'artifact_bytes': base.artifact_bytes})}, {base.macs:,} MACs")
+    base_row = base.to_dict()
+    test = test_accuracy(base_row)
+    echo(f"Baseline: val_acc {val_accuracy(base_row):.4f}" + (f", test_acc {test:.4f}" if test is not None else "")
+         + f", latency {base.latency_ms:.4f} ms ({base.runtime}, {base.threads} thread(s), batch "
+         f"{base.batch_size}), packed {base.size_bytes / 1024:.1f} KiB{_artifact_kib(base_row)}, {base.macs:,} MACs")
     if study.constraints.active:
-        click.echo(f"Constraints: {study.constraints.to_dict()}")
+        echo(f"Constraints: {study.constraints.to_dict()}")
     fingerprints = study.fingerprints()
     if len(fingerprints) > 1:
-        click.echo(f"note: latencies come from {len(fingerprints)} machine fingerprints ({', '.join(fingerprints)}); "
+        echo(f"note: latencies come from {len(fingerprints)} machine fingerprints ({', '.join(fingerprints)}); "
                    "they are not comparable across machines.")
 
 
-def _echo_frontier(study: Any) -> None:
+def _echo_frontier(study: Any, *, wide: bool = False) -> None:
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the mixed-fingerprint note is printed by _echo_summary
         front = study.frontier()
     complete = len(study.trials(states=("COMPLETE",)))
-    click.echo(f"Frontier: {len(front)} of {complete} complete trials (* = on the frontier)")
+    click.echo(f"Frontier: {len(front)} of {complete} complete trials")
     if front:
-        _echo_table(front, study)
+        _echo_table(front, study, wide=wide)
 
 
-@main.command()
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def next_steps(study: Any) -> list[str]:
+    """The commands a user runs next, filled in with this study's name, storage and trials."""
+    import warnings
+
+    name = _quote(study.name)
+    storage = "" if study.storage == DEFAULT_STORAGE else f" --storage {_quote(study.storage)}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        front = study.frontier()
+    lines = [f"slimtune show {name} --pareto{storage}"]
+    if front:
+        base = study.baseline
+        fast = min(front, key=lambda r: r["latency_ms"])
+        budget = max(fast["latency_ms"], min(base.latency_ms, max(r["latency_ms"] for r in front)))
+        # 4 significant digits, rounded up (x1.001 outweighs the rounding) so the trial it names fits
+        lines.append(f"slimtune select {name} --max-latency-ms {budget * 1.001:.4g}{storage}")
+        best = max(front, key=lambda r: (val_accuracy(r) or 0.0, -r["latency_ms"]))
+        lines.append(f"slimtune export {name} --trial {best['trial']} --out {_file_name(study.name)}.onnx{storage}")
+    return lines
+
+
+def _file_name(name: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name).strip("-")
+    return safe or "model"
+
+
+@main.command(cls=AssignmentCommand)
 @click.option("--study", "study_name", required=True, help="Study name (created, or resumed if it exists).")
 @click.option("--task", "task_spec", default=None, help="Built-in task or package.module:callable (needed to create; checked on resume).")
 @click.option("--trials", "n_trials", type=click.IntRange(1, MAX_TRIALS), default=None, help="Trials to run now.")
@@ -285,6 +357,7 @@ def _echo_frontier(study: Any) -> None:
 @click.option("--latency-repeats", type=click.IntRange(1, MAX_REPEATS), default=None, help="Timed repeats per candidate [default: 100].")
 @click.option("--fix", multiple=True, metavar="NAME=VALUE", help="Hold a parameter at a value (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the frontier as JSON (no progress bar).")
+@wide_option
 @storage_option
 @user_errors
 def run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: float | None, objectives: str | None,
@@ -292,18 +365,19 @@ def run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: f
         max_latency_ms: float | None, max_size_kb: float | None,
         max_accuracy_drop: float | None, early_stopping: bool | None, epochs: int | None, runtime: str | None,
         threads: int | None, batch_size: int | None, latency_repeats: int | None, fix: tuple[str, ...], as_json: bool,
-        storage: str) -> None:
-    """Create or resume a study, run trials (progress bar with ETA), print the frontier.
+        wide: bool, storage: str) -> None:
+    """Create or resume a study, run trials (progress bar with ETA), print the frontier
+    and the commands to run next.
 
     Every worker that runs this with the same --study and --storage joins the same study.
     """
-    from slimtune.studies import Study
-
     if n_trials is None and timeout is None:
         raise UserError("Give --trials N and/or --timeout SECONDS.")
     nni_options = {k: v for k, v in (("tuner", tuner), ("scalarization", scalarize)) if v is not None}
     if nni_options and backend != "nni":
         raise UserError("--tuner and --scalarize set up the NNI backend: add --backend nni.")
+    from slimtune.studies import Study
+
     if backend == "nni":
         from slimtune.search.backends import get_backend
 
@@ -325,13 +399,16 @@ def run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: f
         try:
             study.optimize(n_trials=n_trials, timeout=timeout, backend=backend, progress=not as_json, **nni_options)
         except KeyboardInterrupt:
-            click.echo(f"\nInterrupted: the running trial is recorded as failed; the study keeps its other trials.", err=True)
+            click.echo("\nInterrupted: the running trial is recorded as failed; the study keeps its other trials.", err=True)
             sys.exit(130)
         if as_json:
             echo_json(study.frontier())
             return
-        _echo_summary(study)
-        _echo_frontier(study)
+        _echo_summary(study, wide=wide)
+        _echo_frontier(study, wide=wide)
+        click.echo("Next:")
+        for line in next_steps(study):
+            click.echo(f"  {line}")
     finally:
         study.close()
 
@@ -352,19 +429,22 @@ def studies(as_json: bool, storage: str) -> None:
     if not rows:
         click.echo(f"No studies in {mask_url(storage)}.")
         return
-    click.echo(f"{'study':<24} {'task':<16} {'objectives':<22} {'trials':>6} {'complete':>8} {'stopped':>7} {'failed':>6}  created")
+    c = STUDY_COLUMNS
+    click.echo(f"{c['name']:<24} {c['task']:<16} {c['objectives']:<22} {c['trials']:>6} {c['complete']:>8} "
+               f"{c['pruned']:>7} {c['failed']:>6}  {c['created_at']}")
     for r in rows:
         click.echo(f"{r['name']:<24} {r['task']:<16} {','.join(r['objectives']):<22} {r['trials']:>6} {r['complete']:>8} "
-                   f"{r['pruned']:>7} {r['failed']:>6}  {r['created_at']}")
+                   f"{r['pruned']:>7} {r['failed']:>6}  {created_text(r['created_at'])}")
 
 
 @main.command()
 @click.argument("study_name", metavar="STUDY")
 @click.option("--pareto", is_flag=True, help="Only the frontier.")
 @click.option("--json", "as_json", is_flag=True, help="Print the trial rows as JSON.")
+@wide_option
 @storage_option
 @user_errors
-def show(study_name: str, pareto: bool, as_json: bool, storage: str) -> None:
+def show(study_name: str, pareto: bool, as_json: bool, wide: bool, storage: str) -> None:
     """A study's trials (* marks the frontier)."""
     import warnings
 
@@ -380,11 +460,11 @@ def show(study_name: str, pareto: bool, as_json: bool, storage: str) -> None:
             echo_json({"study": study.name, "objectives": list(study.objectives), "baseline": study.baseline_row(rows),
                        "trials": rows})
             return
-        _echo_summary(study)
+        _echo_summary(study, wide=wide)
         if pareto:
-            _echo_frontier(study)
+            _echo_frontier(study, wide=wide)
         else:
-            _echo_table(rows, study)
+            _echo_table(rows, study, wide=wide)
     finally:
         study.close()
 
@@ -399,7 +479,8 @@ def show(study_name: str, pareto: bool, as_json: bool, storage: str) -> None:
               help="Packed model file (size_bytes, export --format packed) at most this many KiB (1024 B).")
 @click.option("--max-artifact-kb", type=POSITIVE, default=None,
               help="Timed artifact (artifact_bytes: the .onnx/TorchScript file the runtime loads) at most this many KiB.")
-@click.option("--json", "as_json", is_flag=True, help="Print the chosen trial's row as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the chosen trial's row as JSON, with `metadata`: how to feed its exported model.")
 @storage_option
 @user_errors
 def select_(study_name: str, max_latency_ms: float | None, min_accuracy: float | None, split: str,
@@ -409,7 +490,7 @@ def select_(study_name: str, max_latency_ms: float | None, min_accuracy: float |
 
     Exit code 1 when no trial fits (the message names the closest ones).
     """
-    from slimtune.studies import Study
+    from slimtune.studies import NoCandidateError, Study
 
     if max_latency_ms is None and min_accuracy is None and max_size_kb is None and max_artifact_kb is None:
         raise UserError("Give at least one of --max-latency-ms, --min-accuracy, --max-size-kb, --max-artifact-kb.")
@@ -423,16 +504,17 @@ def select_(study_name: str, max_latency_ms: float | None, min_accuracy: float |
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
         if as_json:
-            echo_json({**cand.to_dict(), "ranked_by": f"{split}_accuracy"})
+            echo_json({**cand.to_dict(), "ranked_by": f"{split}_accuracy", "metadata": cand.metadata()})
             return
         r = cand.row
-        test = f"{r['test_accuracy']:.4f}" if r.get("test_accuracy") is not None else "n/a"
-        speedup = f", {r['speedup']:.2f}x the baseline timed in the same run" if r.get("speedup") else ""
+        test = test_accuracy(r)
+        ratio = speedup(r)
         click.echo(f"trial {r['trial']} (ranked by {'validation' if split == 'val' else 'test'} accuracy): "
-                   f"val accuracy {r['accuracy']:.4f}, test accuracy {test}, latency {r['latency_ms']:.4f} ms{speedup}, "
-                   f"packed {r['size_bytes'] / 1024:.1f} KiB{_artifact_kib(r)}, {r['macs']:,} MACs")
-        defaults = {p["name"]: p["default"] for p in study.space_dict.get("params", [])}
-        click.echo(f"params: {_short_params(r['params'], defaults)}")
+                   f"val_acc {val_accuracy(r):.4f}" + (f", test_acc {test:.4f}" if test is not None else "")
+                   + f", latency {r['latency_ms']:.4f} ms"
+                   + (f" ({ratio:.2f}x the baseline timed in the same run)" if ratio else "")
+                   + f", packed {r['size_bytes'] / 1024:.1f} KiB{_artifact_kib(r)}, {r['macs']:,} MACs")
+        click.echo(f"params: {compact_params(r['params'], _param_names(study))}")
         click.echo(f"export: {export_line(study.name, r['trial'], storage)}")
     finally:
         study.close()
@@ -455,20 +537,24 @@ def export_line(study_name: str, trial: int, storage: str) -> str:
 @main.command()
 @click.argument("study_name", metavar="STUDY")
 @click.option("--trial", "trial", type=int, required=True, help="Trial number (a complete trial).")
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="File to write.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="File to write; its extension sets the format (.onnx; .pt, .ts, .torchscript; .slim).")
 @click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript", "packed"]), default=None,
-              help="Default: packed for a .slim file, else the format the trial was timed in (what was measured). "
-                   "'packed': that same artifact "
-                   "as a packed model file (.slim), size_bytes long; read it with slimtune.search.packed.load_packed.")
+              help="Default: the one --out's extension means, else the format the trial was timed in (what was "
+                   "measured). 'packed': that same artifact as a packed model file (.slim), size_bytes long; read it "
+                   "with slimtune.search.packed.load_packed.")
 @storage_option
 @user_errors
 def export(study_name: str, trial: int, out: str, fmt: str | None, storage: str) -> None:
-    """Write a trial's model: by default exactly the artifact that was timed."""
-    from slimtune.studies import Study
-
-    _quiet_optuna()
+    """Write a trial's model: by default exactly the artifact that was timed; ONNX files
+    carry how to feed them in their metadata (input, preprocessing, classes, params)."""
     import warnings
 
+    from slimtune.studies import Study
+    from slimtune.studies.candidate import format_for_path
+
+    fmt = format_for_path(out, fmt)  # a mismatched extension is refused before anything is read
+    _quiet_optuna()
     study = Study.load(study_name, storage=storage)
     try:
         cand = study.candidate(trial)
@@ -480,10 +566,40 @@ def export(study_name: str, trial: int, out: str, fmt: str | None, storage: str)
                 click.echo(f"note: {w.message}", err=True)
         size = path.stat().st_size
         shown = fmt or ("packed" if path.suffix == ".slim" else cand.artifact()[1])
-        click.echo(f"Wrote {path} ({shown}, {size:,} bytes): trial {trial}, accuracy "
-                   f"{cand.accuracy:.4f}, latency {cand.latency_ms:.4f} ms")
+        click.echo(f"Wrote {path} ({shown}, {size:,} bytes): trial {trial}, val_acc "
+                   f"{val_accuracy(cand.row):.4f}, latency {cand.latency_ms:.4f} ms")
     finally:
         study.close()
+
+
+@main.group()
+def cache() -> None:
+    """The trained baselines kept in $SLIMTUNE_CACHE_DIR/baselines (default
+    ~/.cache/slimtune/baselines): one file per task and seed, reused by run and eval."""
+
+
+@cache.command("list")
+@click.option("--task", default=None, help="Only this task's baselines.")
+def cache_list(task: str | None) -> None:
+    """The cached baselines, with their size and date."""
+    from slimtune.search.baseline_cache import baselines_dir, cached_baselines
+
+    items = cached_baselines(task)
+    click.echo(f"Baseline cache: {baselines_dir()} ({len(items)} file{'s' if len(items) != 1 else ''}, "
+               f"{sum(i.size_bytes for i in items) / 1024:.1f} KiB)")
+    for i in items:
+        click.echo(f"  {i.task:<16} seed {i.seed:<4} {i.size_bytes / 1024:>9.1f} KiB  "
+                   f"{i.modified:%Y-%m-%d %H:%M} UTC  {i.name}")
+
+
+@cache.command("clear")
+@click.option("--task", default=None, help="Only this task's baselines.")
+def cache_clear(task: str | None) -> None:
+    """Delete the cached baselines; the next run or eval retrains them."""
+    from slimtune.search.baseline_cache import baselines_dir, clear_baselines
+
+    removed = clear_baselines(task)
+    click.echo(f"Removed {len(removed)} cached baseline{'s' if len(removed) != 1 else ''} from {baselines_dir()}.")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -97,7 +97,12 @@ def test_export_writes_the_measured_artifact(db, tmp_path):
     assert out.exit_code == 0, out.output
     with Study.load("c", storage=url) as study:
         data, fmt = study.candidate(1).artifact()
-    assert fmt == "onnx" and out_file.read_bytes() == data
+    import onnx
+
+    assert fmt == "onnx" and out_file.read_bytes() == data  # exactly the bytes whose session was timed ...
+    written = onnx.load(str(out_file))
+    meta = {p.key: p.value for p in written.metadata_props}  # ... which say how to feed them
+    assert {"input_name", "preprocessing", "trial", "study", "params"} <= set(meta) and meta["trial"] == "1"
     ts = tmp_path / "m.pt"
     out = invoke("export", "c", "--trial", "1", "--out", str(ts), "--format", "torchscript", "--storage", url)
     assert out.exit_code == 0, out.output

@@ -36,3 +36,7 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     assert (work / "quickstart.onnx").stat().st_size > 1000
     text = "".join(o.get("text", "") for o in outputs)
     assert "quickstart.onnx" in text and "trial" in text
+    # the CLI's vocabulary and unit; Optuna's info logs silenced as in the CLI
+    assert "A new study created" not in text and " KB" not in text and "KiB" in text
+    shown = "".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert "stopped" in shown and "created" in shown and "pruned" not in shown and "created_at" not in shown

@@ -320,7 +320,7 @@ def test_stored_sizes_are_the_lengths_of_the_exported_files(tmp_path, runtime):
         assert r["size_bytes"] == packed.stat().st_size < r["artifact_bytes"] == artifact.stat().st_size
         assert load_packed(packed).artifact == artifact.read_bytes()
     table = invoke("show", "p", "--storage", url).output
-    assert "packed_KiB" in table and "artifact_KiB" in table and f"{rows[0]['artifact_bytes'] / 1024:.1f}" in table
+    assert "pack_KiB" in table and "art_KiB" in table and f"{rows[0]['artifact_bytes'] / 1024:.1f}" in table
     # --max-size-kb is on the packed file, --max-artifact-kb on the timed artifact
     small = min(rows, key=lambda r: r["size_bytes"])
     kib = small["size_bytes"] / 1024

@@ -10,6 +10,7 @@ import textwrap
 import threading
 
 import numpy as np
+import onnx
 import optuna
 import pytest
 
@@ -171,7 +172,9 @@ def test_export_round_trip_in_a_fresh_process(study, digits_task, tmp_path):
         cand = study.candidate(row["trial"])
         path = cand.export(tmp_path / f"trial{row['trial']}.onnx")
         data, fmt = cand.artifact()
-        assert fmt == "onnx" and path.read_bytes() == data  # exactly what was measured
+        assert fmt == "onnx" and path.read_bytes() == data  # exactly the bytes that were measured ...
+        meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}  # ... which say how to feed them
+        assert meta["preprocessing"] == digits_task.preprocessing and json.loads(meta["trial"]) == row["trial"]
         paths.append(str(path))
         expected[str(path)] = row["test_accuracy"]  # reported apart: the search saw validation only
     script = tmp_path / "check.py"

@@ -5,25 +5,34 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from slimtune.search.baseline_cache import CACHE_ENV, baselines_dir
 from slimtune.search.trainer import TrainConfig, accuracy, predict_logits, train
 from slimtune.search.weights import WeightsError, load_weights
 from slimtune.tasks.base import Task
 
 logger = logging.getLogger(__name__)
-CACHE_ENV = "SLIMTUNE_CACHE_DIR"
+__all__ = ["CACHE_ENV", "Baseline", "cache_dir", "get_baseline"]
+_announced: set[Path] = set()  # cache files already named to the user in this process
 
 
 def cache_dir() -> Path:
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "slimtune")
-    path = Path(root) / "baselines"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """The baseline cache folder (created): ``$SLIMTUNE_CACHE_DIR/baselines`` or
+    ``~/.cache/slimtune/baselines``."""
+    return baselines_dir(create=True)
+
+
+def _announce(path: Path, text: str) -> None:
+    """Say once per process where the baseline came from (``run`` and ``eval``)."""
+    if path not in _announced:
+        _announced.add(path)
+        print(text, flush=True)
 
 
 @dataclass
@@ -37,6 +46,7 @@ class Baseline:
     test_accuracy: float
     seed: int
     cached: bool
+    path: Path | None = None  # its cache file
 
 
 def get_baseline(task: Task, *, seed: int = 0, use_cache: bool = True, progress: bool = False) -> Baseline:
@@ -49,8 +59,10 @@ def get_baseline(task: Task, *, seed: int = 0, use_cache: bool = True, progress:
             blob = load_weights(path, what=f"The baseline cache file {str(path)!r}")
             model.load_state_dict(blob["state_dict"])
             model.eval()
+            if progress:
+                _announce(path, f"Baseline of {task.name} (seed {seed}): from the cache {path}")
             return Baseline(task, model, blob["teacher_logits"], float(blob["val_accuracy"]),
-                            float(blob["test_accuracy"]), seed, cached=True)
+                            float(blob["test_accuracy"]), seed, cached=True, path=path)
         except WeightsError as exc:  # a tampered or damaged cache file is retrained (and replaced)
             logger.warning("%s Retraining the baseline.", exc)
         except Exception as exc:  # noqa: BLE001 - a cache file of another shape is retrained
@@ -61,6 +73,7 @@ def get_baseline(task: Task, *, seed: int = 0, use_cache: bool = True, progress:
     config = TrainConfig(epochs=task.epochs, lr=task.lr, batch_size=task.batch_size, seed=seed)
     if progress:
         print(f"Training the {task.name} baseline ({task.epochs} epochs, {len(data.x_train):,} images)...", flush=True)
+    started = time.perf_counter()
     train(model, data.x_train, data.y_train, config)
     model.eval()
     teacher = predict_logits(model, data.x_train)
@@ -70,4 +83,7 @@ def get_baseline(task: Task, *, seed: int = 0, use_cache: bool = True, progress:
     torch.save({"state_dict": model.state_dict(), "teacher_logits": teacher, "val_accuracy": val_acc,
                 "test_accuracy": test_acc}, tmp)
     os.replace(tmp, path)
-    return Baseline(task, model, teacher, val_acc, test_acc, seed, cached=False)
+    if progress:
+        _announce(path, f"Baseline of {task.name} (seed {seed}): trained in {time.perf_counter() - started:.1f} s, "
+                        f"saved to the cache {path}")
+    return Baseline(task, model, teacher, val_acc, test_acc, seed, cached=False, path=path)

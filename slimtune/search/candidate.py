@@ -116,6 +116,11 @@ class Evaluator:
         self.example_input = task.example_input(1)
         self._reference = None
         self._baseline_measurement: Measurement | None = None
+        self.on_phase: Callable[[str], None] | None = None  # told "train", "compress", "measure" (slimtune eval)
+
+    def _phase(self, name: str) -> None:
+        if self.on_phase is not None:
+            self.on_phase(name)
 
     # -- helpers ----------------------------------------------------------------
     def _train_config(self, values: dict[str, Any], epochs: int, lr: float | None = None) -> TrainConfig:
@@ -145,11 +150,24 @@ class Evaluator:
                 model = knob.apply(model, self.space.knob_values(knob, values), ctx)
         return model
 
-    def _compile(self, model: nn.Module, bits: int):
+    def _compile(self, model: nn.Module, bits: int, metadata: dict[str, Any] | None = None):
         from slimtune.search.runtime import compile_model
 
         return compile_model(model, runtime=self.settings.runtime, bits=bits, calibration=self.calibration,
-                             threads=self.settings.threads)
+                             threads=self.settings.threads, metadata=metadata)
+
+    def artifact_metadata(self, values: dict[str, Any]) -> dict[str, Any]:
+        """What an exported artifact says about itself: the task's preprocessing and
+        class count, the parameters, the format and slimtune's version (the runtime adds
+        how to feed it; the search adds the study and trial)."""
+        import slimtune
+
+        task = self.task
+        return {"preprocessing": task.preprocessing or ("not stated by the task: feed inputs exactly as the task's "
+                                                        "tensors hold them"),
+                "num_classes": task.num_classes, "task": task.name, "params": dict(values),
+                "timed_format": "onnx" if self.settings.runtime == "onnxruntime" else "torchscript",
+                "slimtune_version": slimtune.__version__}
 
     def _measure(self, model: nn.Module, compiled, bits: int) -> Measurement:
         from slimtune.search.measure import measure
@@ -206,8 +224,10 @@ class Evaluator:
                               size_bytes=packed_size(compiled.artifact, artifact_format=compiled.artifact_format,
                                                      bits=bits))
 
-    def evaluate(self, values: dict[str, Any], *, should_stop: ShouldStop | None = None) -> CandidateResult:
-        """Build, train, compress and measure one candidate."""
+    def evaluate(self, values: dict[str, Any], *, should_stop: ShouldStop | None = None,
+                 metadata: dict[str, Any] | None = None) -> CandidateResult:
+        """Build, train, compress and measure one candidate; ``metadata`` (e.g. the study
+        and trial) goes into the artifact beside :meth:`artifact_metadata`."""
         values = self.space.complete(values)
         started = time.perf_counter()
         torch.manual_seed(self.settings.seed)
@@ -229,18 +249,22 @@ class Evaluator:
             return None
 
         t0 = time.perf_counter()
+        self._phase("train")
         _, reason = train(model, data.x_train, data.y_train, self._train_config(values, epochs),
                           teacher_logits=self.baseline.teacher_logits, callback=on_epoch)
         if reason:
             return CandidateResult(values, None, val_acc[-1] if val_acc else None, None, None, {}, None,
                                    time.perf_counter() - t0, time.perf_counter() - started, pre, stopped=reason,
                                    info={"val_accuracy_per_epoch": val_acc})
+        self._phase("compress")
         model = self._apply_stage("compression", model, values, ctx)
         model = self._apply_stage("quantization", model, values, ctx)
         train_seconds = time.perf_counter() - t0
         model.eval()
+        self._phase("measure")
         bits = int(values.get("quant.bits", 32))
-        compiled = self._compile(model, bits)
+        artifact_meta = {**self.artifact_metadata(values), **(metadata or {})}
+        compiled = self._compile(model, bits, _jsonable(artifact_meta))
         measurement = self._measure(model, compiled, bits)
         flags = tuple(dict.fromkeys([*measurement.flags, *ctx.info.get("flags", [])]))
         measurement = Measurement.from_dict({**measurement.to_dict(), "flags": list(flags)})
@@ -249,6 +273,7 @@ class Evaluator:
         info = {k: v for k, v in ctx.info.items() if k not in ("rewind_state", "flags")}
         info["val_accuracy_per_epoch"] = val_acc
         info["torch_val_accuracy"] = accuracy(model, data.x_val, data.y_val)
+        info["artifact_metadata"] = artifact_meta  # also inside an ONNX artifact's metadata_props
         # the objective is the timed artifact's validation accuracy (measurement.accuracy)
         return CandidateResult(values, measurement, measurement.accuracy, compiled.artifact,
                                compiled.artifact_format, recipe, {k: v.detach().clone() for k, v in model.state_dict().items()},

@@ -28,13 +28,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence
 
-from slimtune.search.backends.base import Backend, Proposal
-from slimtune.search.candidate import CandidateResult, Evaluator
 from slimtune.search.early_stopping import FrontierEarlyStopping, FrontierPoint
 from slimtune.search.measurement import Measurement
 
-if TYPE_CHECKING:  # pragma: no cover
+if TYPE_CHECKING:  # pragma: no cover - kept out of the import so that `slimtune show` starts without torch
     import optuna
+
+    from slimtune.search.backends.base import Backend, Proposal
+    from slimtune.search.candidate import CandidateResult, Evaluator
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +264,8 @@ class TrialRunner:
         interrupted: BaseException | None = None
         try:
             with heartbeat(proposal.trial):
-                result = self.evaluator.evaluate({**proposal.values}, should_stop=should_stop)
+                result = self.evaluator.evaluate({**proposal.values}, should_stop=should_stop,
+                                                 metadata={"study": self.study.study_name, "trial": proposal.number})
             outcome.result = result
             if result.stopped:
                 outcome.state = "PRUNED"
@@ -296,6 +298,24 @@ class TrialRunner:
         self.backend.observe(proposal, outcome.state, outcome.values)
         return row
 
+    def progress_summary(self) -> dict[str, str]:
+        """The study-wide state for the progress bar, over every complete trial (earlier
+        sessions and other workers too): the size of the front, the best validation
+        accuracy, and the fastest trial within 1 point of the baseline's accuracy."""
+        from slimtune.studies.frontier import non_dominated_mask
+
+        points = self.recorder.frontier_points(tuple(dict.fromkeys((*self.costs, "latency_ms"))))
+        if not points:
+            return {}
+        rows = [{"accuracy": p.val_accuracy, **p.costs} for p in points]
+        out = {"front": str(sum(non_dominated_mask(rows, ("accuracy", *self.costs)))),
+               "best_val": f"{max(p.val_accuracy for p in points):.4f}"}
+        close = [p for p in points if p.val_accuracy >= self.baseline_accuracy - 0.01]
+        if close:
+            fast = min(close, key=lambda p: p.costs["latency_ms"])
+            out["fastest_within_1pt"] = f"{fast.costs['latency_ms']:.3g}ms(#{fast.trial})"
+        return out
+
     def run(self, *, n_trials: int | None = None, timeout: float | None = None,
             stop_event: threading.Event | None = None, callbacks: Sequence[TrialCallback] = (),
             progress: bool = False, catch: tuple[type[BaseException], ...] = (Exception,)) -> list[dict]:
@@ -310,6 +330,8 @@ class TrialRunner:
         started = time.monotonic()
         rows: list[dict] = []
         bar = _progress_bar(n_trials, timeout) if progress else None
+        if bar is not None:
+            bar.set_postfix(self.progress_summary())  # a resumed study starts from its own front
         try:
             while True:
                 if n_trials is not None and len(rows) >= n_trials:
@@ -321,7 +343,7 @@ class TrialRunner:
                 row = self.run_one(catch=catch)
                 rows.append(row)
                 if bar is not None:
-                    _update_bar(bar, row, rows, n_trials, started)
+                    _update_bar(bar, row, rows, self.progress_summary())
                 for callback in callbacks:
                     callback(row)
         finally:
@@ -337,11 +359,11 @@ def _progress_bar(n_trials: int | None, timeout: float | None):
                 bar_format=None if n_trials else "{desc}: {n_fmt} trials [{elapsed}, {rate_fmt}]{postfix}")
 
 
-def _update_bar(bar, row: dict, rows: list[dict], n_trials: int | None, started: float) -> None:
-    complete = [r for r in rows if r.get("state") == "COMPLETE"]
-    postfix: dict[str, str] = {}
-    if complete:
-        postfix["best_acc"] = f"{max(r['accuracy'] for r in complete):.4f}"
+def _update_bar(bar, row: dict, rows: list[dict], summary: dict[str, str]) -> None:
+    """Advance the bar; its postfix shows the study-wide ``summary`` (not only this
+    session's trials, so a resumed study keeps its best), then this session's stopped and
+    failed counts and the last trial."""
+    postfix: dict[str, str] = dict(summary)
     pruned = sum(1 for r in rows if r.get("state") == "PRUNED")
     failed = sum(1 for r in rows if r.get("state") == "FAIL")
     if pruned:
@@ -349,6 +371,6 @@ def _update_bar(bar, row: dict, rows: list[dict], n_trials: int | None, started:
     if failed:
         postfix["failed"] = str(failed)
     if row.get("state") == "COMPLETE":
-        postfix["last"] = f"{row['accuracy']:.3f}@{row['latency_ms']:.3g}ms"
+        postfix["last"] = f"{row.get('val_accuracy', row.get('accuracy')) or float('nan'):.3f}@{row['latency_ms']:.3g}ms"
     bar.set_postfix(postfix, refresh=False)
     bar.update(1)

@@ -57,7 +57,7 @@ import os
 import tempfile
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Mapping, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -150,6 +150,7 @@ def compile_model(
     calibration: torch.Tensor,
     threads: int = 1,
     int8_format: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> CompiledModel:
     """Compile ``model`` (a copy; BatchNorm folded) for ``runtime`` at ``bits``.
 
@@ -164,6 +165,10 @@ def compile_model(
             bits <= 8 (default ``$SLIMTUNE_INT8_FORMAT``, else ``auto``; see the module
             docstring).  torch's FX int8 has one format (``u8s8-reduce-range``) and
             ignores it.
+        metadata: written into an ONNX artifact's ``metadata_props`` (strings; other
+            values as JSON) with how to feed it (input name, shape, dtype, outputs,
+            batch), before the session that is timed is built from those bytes: the
+            stored and exported file is the timed one.  TorchScript artifacts carry none.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"`runtime` must be one of {', '.join(RUNTIMES)}, but got {runtime!r}.")
@@ -176,7 +181,7 @@ def compile_model(
     calibration = torch.as_tensor(calibration).float()
     segments = exit_segments(model)
     if runtime == "onnxruntime":
-        return _compile_ort(model, segments, bits, calibration, threads, requested)
+        return _compile_ort(model, segments, bits, calibration, threads, requested, metadata)
     return _compile_torch(model, segments, bits, calibration, threads)
 
 
@@ -500,8 +505,34 @@ def _run_session(session, n_outputs: int) -> Callable[[np.ndarray], "tuple[np.nd
     return run_exits
 
 
+def onnx_input_metadata(model) -> dict[str, Any]:
+    """How to feed an ONNX model: its input's name, shape (``"batch"`` for a free
+    dimension), dtype, its output names, and the batch it takes."""
+    from onnx import helper
+
+    first = model.graph.input[0]
+    tensor = first.type.tensor_type
+    shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "batch") for d in tensor.shape.dim]
+    return {"input_name": first.name, "input_shape": shape,
+            "input_dtype": str(helper.tensor_dtype_to_np_dtype(tensor.elem_type)),
+            "outputs": [o.name for o in model.graph.output], "batch": "any" if shape and shape[0] == "batch" else
+            str(shape[0]) if shape else "any"}
+
+
+def set_onnx_metadata(model, metadata: Mapping[str, Any]) -> None:
+    """Put ``metadata`` into ``model.metadata_props`` (strings as they are, other values
+    as JSON), keeping keys already there that ``metadata`` does not name."""
+    import json
+
+    import onnx
+
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
+    onnx.helper.set_model_props(model, props)
+
+
 def _compile_ort(model: nn.Module, segments: list[Segment] | None, bits: int, calibration: torch.Tensor,
-                 threads: int, requested_format: str = "auto") -> CompiledModel:
+                 threads: int, requested_format: str = "auto", metadata: Mapping[str, Any] | None = None) -> CompiledModel:
     flags: list[str] = []
     calib = _as_numpy(calibration)
     example = calibration[:1]
@@ -522,6 +553,8 @@ def _compile_ort(model: nn.Module, segments: list[Segment] | None, bits: int, ca
     if bits <= 8 and float_weights:
         flags.append(f"onnxruntime left {len(float_weights)} weight(s) in float: they hold {bits}-bit values "
                      f"but run on fp32 kernels ({', '.join(float_weights[:3])})")
+    if metadata is not None:
+        set_onnx_metadata(onnx_model, {**onnx_input_metadata(onnx_model), **metadata})
     model_bytes = onnx_model.SerializeToString()
     session = _session(model_bytes, threads)
     kernel_bits = 32

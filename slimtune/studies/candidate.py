@@ -15,8 +15,14 @@ Running an exported ONNX model needs only ``onnxruntime`` and ``numpy``::
 
 An early-exit candidate is one ONNX model whose ``If`` nodes choose the exit: it
 returns ``logits`` and ``exit_index`` (``[1]``, int64; the last index is the final
-classifier), and is meant to run one sample at a time (with a batch, it leaves early
-only when every sample is confident).
+classifier) and takes one sample at a time (batch 1; its metadata says ``batch: 1``).
+
+An exported ONNX file says how to feed it in its ``metadata_props`` (see
+:meth:`Candidate.metadata`: input name, shape and dtype, the task's preprocessing,
+class count, study, trial, params, slimtune version)::
+
+    meta = session.get_modelmeta().custom_metadata_map
+    print(meta["preprocessing"], meta["input_shape"])
 
 A packed file (``format="packed"``, see :mod:`slimtune.search.packed`) is the timed
 artifact in its compact form; its length is the trial's ``size_bytes``, and
@@ -30,6 +36,7 @@ artifact in its compact form; its length is the trial's ``size_bytes``, and
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 import warnings
@@ -53,7 +60,53 @@ FORMATS = {"onnxruntime": "onnx", "torch": "torchscript"}
 RUNTIME_OF = {v: k for k, v in FORMATS.items()}
 #: The packed model file format (``.slim``) of :mod:`slimtune.search.packed`.
 PACKED = "packed"
-PACKED_SUFFIX = ".slim"
+#: The format each file extension means (``export`` infers it, and refuses a mismatch).
+EXTENSION_FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
+                     ".slim": "packed"}
+
+
+def format_for_path(path: "str | Path", format: str | None = None) -> str | None:
+    """The format to write ``path`` in: ``format`` when given, else the one its extension
+    means (``None`` for an extension that means none).
+
+    Raises:
+        StudyError: ``format`` contradicts the extension (e.g. ONNX bytes into ``best.pt``).
+    """
+    suffix = Path(path).suffix.lower()
+    implied = EXTENSION_FORMATS.get(suffix)
+    if format is not None and implied is not None and format != implied:
+        raise StudyError(f"`--out` {str(path)!r} ends in {suffix}, which means {implied}, but `--format` is {format!r}; "
+                         f"use a {_extensions(format)} file or drop --format.")
+    return format or implied
+
+
+def _extensions(fmt: str) -> str:
+    return "/".join(ext for ext, f in EXTENSION_FORMATS.items() if f == fmt) or "file of that"
+
+
+def _onnx_metadata(data: bytes) -> dict[str, Any]:
+    """An ONNX model's ``metadata_props``, JSON values decoded."""
+    import onnx
+
+    out: dict[str, Any] = {}
+    for prop in onnx.load_from_string(data).metadata_props:
+        try:
+            out[prop.key] = json.loads(prop.value)
+        except ValueError:
+            out[prop.key] = prop.value
+    return out
+
+
+def with_onnx_metadata(data: bytes, metadata: dict[str, Any]) -> bytes:
+    """The ONNX model ``data`` with ``metadata`` in its ``metadata_props`` (the graph, and
+    so what was timed, is unchanged): for artifacts measured by an older slimtune."""
+    import onnx
+
+    from slimtune.search.runtime import set_onnx_metadata
+
+    model = onnx.load_from_string(data)
+    set_onnx_metadata(model, metadata)
+    return model.SerializeToString()
 
 
 class Candidate:
@@ -96,6 +149,49 @@ class Candidate:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.row)
+
+    def metadata(self) -> dict[str, Any]:
+        """How to feed this model: what its ONNX artifact carries in ``metadata_props``
+        (written when it was measured: input name, shape, dtype and batch, the task's
+        preprocessing, class count, study, trial, params, slimtune version), also given
+        by ``slimtune select --json``.  Trials measured by an older slimtune get the
+        same fields from the study's task."""
+        rec, _ = self._record()
+        data, fmt = self.artifact()
+        stored = (rec.info or {}).get("artifact_metadata")
+        if fmt == "onnx":
+            embedded = _onnx_metadata(data)
+            if embedded.get("slimtune_version"):
+                return embedded
+        if stored:
+            return {"input_name": None, "input_shape": ["batch", *self.study.task.input_shape],
+                    "input_dtype": "float32", "outputs": ["logits"], "batch": "any", **stored}
+        return self._rebuilt_metadata(data, fmt)
+
+    def _rebuilt_metadata(self, data: bytes, fmt: str) -> dict[str, Any]:
+        import slimtune
+        from slimtune.search.runtime import onnx_input_metadata
+
+        task = self.study.task
+        if fmt == "onnx":
+            import onnx
+
+            shape = onnx_input_metadata(onnx.load_from_string(data))
+        else:
+            shape = {"input_name": None, "input_shape": ["batch", *task.input_shape], "input_dtype": "float32",
+                     "outputs": ["logits"], "batch": "any"}
+        return {
+            **shape,
+            "preprocessing": task.preprocessing or ("not stated by the task: feed inputs exactly as the task's "
+                                                    "tensors hold them"),
+            "num_classes": task.num_classes,
+            "task": task.name,
+            "study": self.study.name,
+            "trial": self.trial,
+            "params": self.params,
+            "timed_format": fmt,
+            "slimtune_version": slimtune.__version__,
+        }
 
     def _record(self, *, with_weights: bool = False) -> tuple[CandidateRecord, WeightsRecord | None]:
         db, study_id = self.study._db, self.study._record.id  # noqa: SLF001 - same package
@@ -155,17 +251,23 @@ class Candidate:
         """Write the model to ``path``.
 
         Args:
-            format: ``onnx``, ``torchscript`` or ``packed``; default ``packed`` for a
-                ``.slim`` path, else the format it was timed in (ONNX for onnxruntime
-                studies), in which case the file holds exactly the measured bytes.  ``packed`` writes those same bytes as a
-                packed model file (:mod:`slimtune.search.packed`), whose length is the
-                trial's ``size_bytes`` (a warning says so if it is not, e.g. for a trial
-                measured by an older slimtune).  The other runtime's format is compiled
-                anew from the stored weights (with a warning: that file was not the one
-                timed).
+            format: ``onnx``, ``torchscript`` or ``packed``; default the one the
+                extension means (``.onnx``; ``.pt``, ``.ts``, ``.torchscript``;
+                ``.slim``), else the format it was timed in (ONNX for onnxruntime
+                studies), in which case the file holds the measured model (ONNX files
+                also get :meth:`metadata` in their ``metadata_props``; the graph is
+                unchanged).  ``packed`` writes the timed bytes as a packed model file
+                (:mod:`slimtune.search.packed`), whose length is the trial's
+                ``size_bytes`` (a warning says so if it is not, e.g. for a trial measured
+                by an older slimtune).  The other runtime's format is compiled anew from
+                the stored weights (with a warning: that file was not the one timed).
+
+        Raises:
+            StudyError: ``format`` contradicts the file's extension, or the file cannot
+                be written.
         """
         data, timed_format = self.artifact()
-        fmt = format or (PACKED if Path(path).suffix == PACKED_SUFFIX else timed_format)
+        fmt = format_for_path(path, format) or timed_format
         if fmt not in (*RUNTIME_OF, PACKED):
             raise StudyError(f"`format` must be one of {', '.join((*RUNTIME_OF, PACKED))}, but got {format!r}.")
         path = Path(path)
@@ -185,6 +287,8 @@ class Candidate:
                                      calibration=self.study.task.data.x_train[: settings.calibration_size],
                                      threads=settings.threads)
             data = compiled.artifact
+        if fmt == "onnx" and fmt == timed_format and not _onnx_metadata(data).get("slimtune_version"):
+            data = with_onnx_metadata(data, self.metadata())  # measured before artifacts carried it
         write_atomically(path, data)
         return path
 

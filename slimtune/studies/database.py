@@ -44,12 +44,10 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
+from slimtune.defaults import DEFAULT_STORAGE, STORAGE_ENV  # re-exported here
 from slimtune.studies.errors import SchemaVersionError, StudyError
 from slimtune.studies.models import SCHEMA_VERSION, Base, SchemaVersion, utcnow
 
-DEFAULT_STORAGE = "sqlite:///slimtune.db"
-#: Environment variable holding the storage URL (keeps passwords off command lines).
-STORAGE_ENV = "SLIMTUNE_STORAGE"
 T = TypeVar("T")
 
 SCHEMA_1_FLAG = ("measured by slimtune schema 1: validation accuracy of the torch model, not of the timed artifact; "

@@ -56,6 +56,8 @@ class Task:
         recovery_epochs: default fine-tune epochs after pruning and for QAT.
         lr, batch_size: training settings.
         notes: what a user should know when reading results (e.g. a training subset).
+        preprocessing: how raw inputs become the tensors the model takes (written into
+            exported models, e.g. ``pixels / 16``); empty when the task does not say.
     """
 
     name: str
@@ -68,6 +70,7 @@ class Task:
     lr: float = 2e-3
     batch_size: int = 64
     notes: str = ""
+    preprocessing: str = ""
     extra: dict = field(default_factory=dict)
 
     @property

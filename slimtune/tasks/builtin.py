@@ -38,6 +38,8 @@ def digits() -> Task:
         name="digits", build_model=lambda: small_cnn(10), data=data, num_classes=10,
         epochs=15, finetune_epochs=4, recovery_epochs=3, lr=3e-3, batch_size=64,
         notes="sklearn digits, fixed split 60/20/20 (seed 0)",
+        preprocessing="float32 of shape (batch, 1, 8, 8): x = pixels / 16 (sklearn digits pixels are 0..16), "
+                      "then (x - 0.3) / 0.4",
     )
 
 
@@ -78,6 +80,8 @@ def fashion_mnist(train_subset: int = 10_000, val_size: int = 5_000) -> Task:
     return Task(
         name="fashion-mnist", build_model=lambda: resnet8(10), data=data, num_classes=10,
         epochs=4, finetune_epochs=1, lr=3e-3, batch_size=128,
+        preprocessing=f"float32 of shape (batch, 1, 28, 28): x = pixels / 255 (uint8 pixels 0..255), "
+                      f"then (x - {mean}) / {std} (Fashion-MNIST mean and std)",
         notes=f"Fashion-MNIST: trained on a fixed {train_subset:,}-image subset of the 60k training set; "
         f"validation {val_size:,} other training images; accuracy on the full 10,000-image test split",
     )

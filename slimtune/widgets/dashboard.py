@@ -271,7 +271,7 @@ class StudyDashboard(widgets.VBox):
         parts = [f"<b>{esc(name)}</b>"]
         if task:
             parts.append(f"task {esc(task)}")
-        counts = f"{done} complete" + (f", {other} pruned/failed" if other else "")
+        counts = f"{done} complete" + (f", {other} stopped/failed" if other else "")
         if self._running_trials:
             counts += f", {len(self._running_trials)} running"
         parts.append(counts)

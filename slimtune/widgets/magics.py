@@ -7,7 +7,9 @@
 ``run`` creates (or resumes) the study, starts the search in a background thread and
 returns its dashboard at once.  Storage is ``--storage``, else ``$SLIMTUNE_STORAGE``
 (which keeps a password out of the notebook), else ``sqlite:///slimtune.db``.  A
-storage URL is shown with its password masked.
+storage URL is shown with its password masked.  Optuna's info logs ("A new study
+created ...") are silenced as in the CLI; add ``--verbose`` to see them.  Words and
+units are the CLI's (``slimtune.vocabulary``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from typing import Any, Sequence
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
-DEFAULT_STORAGE = "sqlite:///slimtune.db"
+from slimtune.vocabulary import STUDY_COLUMNS, created_text
+
+from slimtune.defaults import DEFAULT_STORAGE  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     def storage(p: argparse.ArgumentParser) -> None:
         p.add_argument("--storage", default=None,
                        help=f"SQLAlchemy URL (default $SLIMTUNE_STORAGE, else {DEFAULT_STORAGE})")
+        p.add_argument("--verbose", action="store_true", help="show Optuna's info logs")
 
     p = sub.add_parser("studies", help="list the studies in a storage")
     storage(p)
@@ -99,8 +104,8 @@ class StudyList:
         if not self.studies:
             return f"No studies in {self.storage}."
         cols = self._columns()
-        lines = ["  ".join(cols)]
-        lines += ["  ".join(_cell(s.get(c)) for c in cols) for s in self.studies]
+        lines = ["  ".join(STUDY_COLUMNS.get(c, c) for c in cols)]
+        lines += ["  ".join(_cell(s.get(c), c) for c in cols) for s in self.studies]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -108,14 +113,23 @@ class StudyList:
         if not self.studies:
             return f"<i>No studies in {esc(self.storage)}.</i>"
         cols = self._columns()
-        head = "".join(f"<th>{esc(c)}</th>" for c in cols)
-        body = "".join("<tr>" + "".join(f"<td>{esc(_cell(s.get(c)))}</td>" for c in cols) + "</tr>"
+        head = "".join(f"<th>{esc(STUDY_COLUMNS.get(c, c))}</th>" for c in cols)
+        body = "".join("<tr>" + "".join(f"<td>{esc(_cell(s.get(c), c))}</td>" for c in cols) + "</tr>"
                        for s in self.studies)
         return (f"<div><b>{len(self.studies)} studies</b> in <code>{esc(self.storage)}</code>"
                 f"<table><tr>{head}</tr>{body}</table></div>")
 
 
-def _cell(value: Any) -> str:
+def _optuna_logs(*, verbose: bool) -> None:
+    """Optuna's info logs only with ``--verbose``, as in the CLI."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+
+
+def _cell(value: Any, column: str = "") -> str:
+    if column == "created_at":
+        return created_text(value)
     if value is None:
         return ""
     if isinstance(value, float):
@@ -144,6 +158,7 @@ class SlimtuneMagics(Magics):
         except ValueError as exc:  # unbalanced quotes
             raise UsageError(f"%slimtune: {exc}") from None
         storage = args.storage or default_storage()
+        _optuna_logs(verbose=args.verbose)
         if args.command == "studies":
             return self.studies(storage)
         if args.command == "show":

@@ -80,7 +80,7 @@ class FrontierPlot:
                                       labels=["trials"], tooltip=self.tooltip,
                                       interactions={"hover": "tooltip"})
         self.others_mark = bq.Scatter(x=[], y=[], scales=scales, colors=[COLORS["other"]], marker="cross",
-                                      default_size=48, opacities=[0.9], labels=["pruned / failed"], tooltip=self.tooltip, interactions={"hover": "tooltip"})
+                                      default_size=48, opacities=[0.9], labels=["stopped / failed"], tooltip=self.tooltip, interactions={"hover": "tooltip"})
         self.baseline_mark = bq.Scatter(x=[], y=[], scales=scales, colors=[COLORS["baseline"]], marker="diamond",
                                         default_size=110, names=[], display_names=True, labels=["baseline"], interactions={}, enable_hover=False)
         for mark in (self.trials_mark, self.others_mark):
@@ -315,7 +315,7 @@ def legend_html() -> str:
     c = COLORS
     return "<div class='slimtune-legend'>" + "".join([
         item(f"<circle cx='8' cy='6' r='4' fill='{c['trial']}'/>", "trial"),
-        item(f"<path d='M8 2v8M4 6h8' stroke='{c['other']}' stroke-width='3'/>", "pruned / failed"),
+        item(f"<path d='M8 2v8M4 6h8' stroke='{c['other']}' stroke-width='3'/>", "stopped / failed"),
         item(f"<path d='M1 10H7V3H15' fill='none' stroke='{c['front']}' stroke-width='2.5'/>", "Pareto front"),
         item(f"<path d='M8 1l5 5l-5 5l-5 -5z' fill='{c['baseline']}'/>", "baseline"),
         item(f"<circle cx='8' cy='6' r='5' fill='none' stroke='{c['selected']}' stroke-width='2.5'/>", "selected model"),

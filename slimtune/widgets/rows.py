@@ -19,6 +19,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from slimtune.vocabulary import state_word
+
 Row = Mapping[str, Any]
 
 
@@ -157,12 +159,12 @@ def params_summary(params: Mapping[str, Any]) -> str:
 
 
 def trial_title(row: Row) -> str:
-    """``trial 7`` or ``trial 7 (pruned: cannot reach the front)`` (plain text)."""
+    """``trial 7`` or ``trial 7 (stopped: cannot reach the front)`` (plain text)."""
     state = str(row.get("state", "COMPLETE")).upper()
     head = f"trial {row.get('trial')}"
     if state != "COMPLETE":
         reason = row.get("stopped_reason") or row.get("error")
-        head += f" ({state.lower()}{': ' + str(reason) if reason else ''})"
+        head += f" ({state_word(state)}{': ' + str(reason) if reason else ''})"
     return head
 
 
