@@ -93,8 +93,14 @@ def test_schema_1_database_is_upgraded(tmp_path):
         best = study.select(min_accuracy=0.5)  # ranks on validation now
         eligible = [r for r in rows if not beaten_by_baseline(r, study.baseline_row(), study.objectives)]
         assert best.trial == max(eligible, key=lambda r: (r["accuracy"], -r["latency_ms"]))["trial"]
-        out = best.export(tmp_path / "best.onnx")
-        assert out.stat().st_size == best.row["artifact_bytes"]
+        data, fmt = best.artifact()
+        assert len(data) == best.row["artifact_bytes"]
+        out = best.export(tmp_path / "best.onnx")  # measured before artifacts carried metadata: it is added
+        import onnx
+
+        written = onnx.load(str(out))
+        assert written.graph == onnx.load_from_string(data).graph
+        assert {p.key: p.value for p in written.metadata_props}["study"] == "v1-study"
     finally:
         study.close()
     with sqlite3.connect(path) as conn:
