@@ -58,7 +58,7 @@ def make_row(record: "CandidateRecord | None", trial: "FrozenTrial | None", *, o
         row["trial"] = record.trial_number
         row["params"] = dict(record.params)
         if trial is None or trial.state.name == "RUNNING":
-            row["state"] = record.state  # recorded, Optuna not told yet
+            row["state"] = merged_state(None, record.state)  # recorded, Optuna not told yet
             row.setdefault("datetime_complete", _iso(record.created_at))
             row.setdefault("constraints", {})
             row.setdefault("feasible", True)
@@ -76,7 +76,24 @@ def make_row(record: "CandidateRecord | None", trial: "FrozenTrial | None", *, o
             val_accuracy_per_epoch=(record.info or {}).get("val_accuracy_per_epoch"),
         )
     row.setdefault("state", "UNKNOWN")
+    if row["state"] == "FAIL" and record is None and not row.get("error"):
+        row["error"] = NO_RECORD_ERROR
     return row
+
+
+#: Why a FAIL trial without slimtune's record failed (Optuna's stale-trial detection).
+NO_RECORD_ERROR = "its worker stopped (no heartbeat for the grace period) before the trial was recorded"
+
+
+def merged_state(optuna_state: str | None, record_state: str | None) -> str:
+    """A trial's state in every view (``show``, ``studies``, ``select``, ``export``):
+    Optuna's once it is finished, else slimtune's record (written just before
+    ``tell``), else Optuna's (RUNNING, WAITING)."""
+    if optuna_state is not None and optuna_state not in ("RUNNING", "WAITING"):
+        return optuna_state
+    if record_state is not None:
+        return record_state
+    return optuna_state or "UNKNOWN"
 
 
 def mark_pareto(rows: list[dict[str, Any]], objectives: Sequence[str], *, feasible_only: bool) -> list[dict[str, Any]]:
