@@ -168,7 +168,8 @@ def test_killed_workers_trials_are_failed_and_counted(tmp_path, short_heartbeats
     for w in (early, late):
         w.proc.kill()
         w.finish()
-    assert set(_optuna_states(storage, "kill").values()) == {"RUNNING"}
+    # the second worker may already have failed the first one's trial (older than the grace period)
+    assert _optuna_states(storage, "kill")[1] == "RUNNING"
     assert _integrity(path) == "ok"
     time.sleep(GRACE_S + 1.5)
 

@@ -425,8 +425,11 @@ class TrialRunner:
             fault("before_tell")
             state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAIL}[outcome.state]
             # skip_if_finished: another worker may have told it from the record meanwhile
-            self.study.tell(trial, outcome.values if outcome.state == "COMPLETE" else None, state=state,
-                            skip_if_finished=True)
+            told = self.study.tell(trial, outcome.values if outcome.state == "COMPLETE" else None, state=state,
+                                   skip_if_finished=True)
+            if told.state != state:  # e.g. failed as stale while this machine slept past the grace period
+                logger.warning("Trial %d was already %s in Optuna when this worker finished it as %s; every view "
+                               "shows it %s.", outcome.number, told.state.name, outcome.state, told.state.name)
         except BaseException:
             if not recorded:
                 try:
