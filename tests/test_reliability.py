@@ -71,7 +71,7 @@ class Worker:
             self.stderr.append(line)
             self.lines.put(line)
 
-    def wait_for(self, point: str, timeout: float = 600) -> None:
+    def wait_for(self, point: str, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
@@ -32,6 +33,7 @@ from slimtune.studies.models import SCHEMA_VERSION, Base, SchemaVersion
 
 DEFAULT_STORAGE = "sqlite:///slimtune.db"
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 #: ``{from_version: step(connection)}``: each step brings the schema one version up.
 MIGRATIONS: dict[int, Callable] = {}
@@ -230,10 +232,13 @@ class Database:
         Persistent in the file; done before the first trial, never by read-only commands."""
         if self.engine.dialect.name != "sqlite" or sqlite_path(make_url(self.url)) is None:
             return
-        with self.engine.connect() as conn:
-            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
-            if str(mode).lower() != "wal":
-                retry_locked(lambda: conn.exec_driver_sql("PRAGMA journal_mode=WAL").scalar())
+        try:
+            with self.engine.connect() as conn:
+                mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+                if str(mode).lower() != "wal":
+                    retry_locked(lambda: conn.exec_driver_sql("PRAGMA journal_mode=WAL").scalar())
+        except OperationalError as exc:  # still usable in rollback-journal mode, with the busy timeout
+            logger.warning("Could not put %s in WAL mode: %s", mask_url(self.url), _scrub(str(exc), self.url))
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -572,6 +572,8 @@ class Study:
                         done["failed"].append(t.number)
                 except optuna.exceptions.UpdateFinishedTrialError:
                     pass  # another worker finished it meanwhile
+                except (KeyError, TypeError, ValueError) as exc:  # a record without the objectives: leave it
+                    logger.warning("Study %r: cannot finish trial %d from its record: %s", self.name, t.number, exc)
         fail_stale_trials(study)
         for key, numbers in done.items():
             if numbers:
@@ -814,9 +816,7 @@ def _optuna_storage(url: str, *, create: bool = True):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-            from slimtune.studies.database import creating_concurrently
-
-            from slimtune.studies.database import engine_options
+            from slimtune.studies.database import creating_concurrently, engine_options
 
             interval, grace = heartbeat_settings()
             return creating_concurrently(lambda: optuna.storages.RDBStorage(
