@@ -151,6 +151,34 @@ def test_every_asked_trial_ends_whatever_raises(tmp_path, short_heartbeats, monk
     st.close()
 
 
+def test_trial_failed_as_stale_after_its_record_stays_complete_everywhere(tmp_path, short_heartbeats):
+    """Optuna fails a trial as stale between slimtune's record and `tell` (another
+    worker's stale-trial detection while this machine slept past the grace period):
+    `show`, `studies`, `select` and `export` all keep the recorded model."""
+    storage = f"sqlite:///{tmp_path / 'stale.db'}"
+    st = Study.create_or_load("stale", storage=storage, task="digits", settings=FAST, fixed=CHEAP, seed=0,
+                              early_stopping=False)
+    record = st.record
+
+    def record_then_failed_elsewhere(outcome):
+        row = record(outcome)
+        other = optuna.load_study(study_name="stale", storage=storage)
+        other.tell(outcome.number, state=optuna.trial.TrialState.FAIL)  # what a stale-trial sweep does
+        return row
+
+    st.record = record_then_failed_elsewhere
+    st.optimize(n_trials=1, progress=False)
+    del st.record
+    assert _optuna_states(storage, "stale") == {0: "FAIL"}
+    (row,) = st.trials()
+    assert row["state"] == "COMPLETE" and row["optuna_state"] == "FAIL" and row["pareto"]
+    summary = {s["name"]: s for s in list_studies(storage)}["stale"]
+    assert (summary["complete"], summary["failed"]) == (1, 0)
+    assert st.select(min_accuracy=0.0).row["trial"] == 0
+    assert st.candidate(0).export(tmp_path / "t0.onnx").stat().st_size > 0
+    st.close()
+
+
 # -- real processes: SIGKILL at chosen points --------------------------------------------
 @pytest.mark.slow
 def test_killed_workers_trials_are_failed_and_counted(tmp_path, short_heartbeats):
@@ -267,4 +295,26 @@ def test_two_sqlite_workers_run_exactly_the_asked_trials(tmp_path):
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     assert numbers == [0, 1, 2, 3] and weights == 4
     assert mode == "wal"
+    assert _integrity(path) == "ok"
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_worker_cleanly(tmp_path):
+    """SIGINT to `run --workers 2` reaches each worker once: each records its running
+    trial as failed with the reason; the parent exits 130 with a short message."""
+    path = tmp_path / "stop.db"
+    storage = f"sqlite:///{path}"
+    _create(storage, "stop")
+    parent = Worker(["--study", "stop", "--trials", "2", "--workers", "2", "--storage", storage], tmp_path,
+                    SLIMTUNE_FAULT="before_eval:sleep")
+    parent.wait_for("before_eval")
+    parent.wait_for("before_eval")
+    parent.proc.send_signal(signal.SIGINT)
+    rc, err = parent.finish(timeout=120)
+    assert rc == 130, err[-3000:]
+    assert "Traceback" not in err and "Interrupted by SIGINT" in err
+    assert _optuna_states(storage, "stop") == {0: "FAIL", 1: "FAIL"}
+    st = Study.load("stop", storage=storage)
+    assert [r["error"] for r in st.trials()] == ["interrupted (SIGINT)"] * 2
+    st.close()
     assert _integrity(path) == "ok"

@@ -16,7 +16,9 @@ For each trial the runner
 
 Whatever raises after ``ask``, the trial ends COMPLETE, PRUNED or FAIL; trials that
 dead workers left RUNNING are finished before each new trial (the recorder's
-``recover_trials``).  The loop ends after ``n_trials``, when ``timeout`` seconds have passed, or when
+``recover_trials``).
+
+The loop ends after ``n_trials``, when ``timeout`` seconds have passed, or when
 ``stop_event`` is set; it always ends *between* trials, so stopping loses nothing.
 """
 
@@ -428,8 +430,8 @@ class TrialRunner:
             told = self.study.tell(trial, outcome.values if outcome.state == "COMPLETE" else None, state=state,
                                    skip_if_finished=True)
             if told.state != state:  # e.g. failed as stale while this machine slept past the grace period
-                logger.warning("Trial %d was already %s in Optuna when this worker finished it as %s; every view "
-                               "shows it %s.", outcome.number, told.state.name, outcome.state, told.state.name)
+                logger.warning("Trial %d was already %s in Optuna when this worker finished it as %s (recorded "
+                               "as such in slimtune's tables).", outcome.number, told.state.name, outcome.state)
         except BaseException:
             if not recorded:
                 try:

@@ -57,8 +57,10 @@ def make_row(record: "CandidateRecord | None", trial: "FrozenTrial | None", *, o
         m = record.measurement or {}
         row["trial"] = record.trial_number
         row["params"] = dict(record.params)
-        if trial is None or trial.state.name == "RUNNING":
-            row["state"] = merged_state(None, record.state)  # recorded, Optuna not told yet
+        if trial is not None and trial.state.is_finished() and trial.state.name != record.state:
+            row["optuna_state"] = trial.state.name  # e.g. failed as stale after slimtune recorded it
+        if trial is None or trial.state.name == "RUNNING" or record.state == "COMPLETE":
+            row["state"] = merged_state(trial.state.name if trial is not None else None, record.state)
             row.setdefault("datetime_complete", _iso(record.created_at))
             row.setdefault("constraints", {})
             row.setdefault("feasible", True)
@@ -86,9 +88,16 @@ NO_RECORD_ERROR = "its worker stopped (no heartbeat for the grace period) before
 
 
 def merged_state(optuna_state: str | None, record_state: str | None) -> str:
-    """A trial's state in every view (``show``, ``studies``, ``select``, ``export``):
-    Optuna's once it is finished, else slimtune's record (written just before
-    ``tell``), else Optuna's (RUNNING, WAITING)."""
+    """A trial's state in every view (``show``, ``studies``, ``select``, ``export``).
+
+    A COMPLETE record (written, with the weights, only by a worker that finished the
+    trial, just before ``tell``) is COMPLETE whatever Optuna says: Optuna may have
+    failed the trial as stale when its worker died, or slept past the grace period,
+    between the two writes.  Otherwise Optuna's state once it is finished, else the
+    record's, else Optuna's (RUNNING, WAITING).
+    """
+    if record_state == "COMPLETE":
+        return "COMPLETE"
     if optuna_state is not None and optuna_state not in ("RUNNING", "WAITING"):
         return optuna_state
     if record_state is not None:
