@@ -7,7 +7,8 @@ Keys (DESIGN.md's JSON contract first): ``trial``, ``params``, ``accuracy``,
 ``reference_latency_ms``, ``kernel_bits``, ``runtime``, ``exit_rates``, ``flags``,
 ``fingerprint_id``, ``stopped_reason``, ``error``, ``backend``, ``tuner``, ``pre``,
 ``val_accuracy_per_epoch``, ``train_seconds``, ``total_seconds``, ``worker``,
-``datetime_start``, ``datetime_complete``.
+``datetime_start``, ``datetime_complete``; ``optuna_state`` only where Optuna's
+finished state differs from the row's (see :func:`merged_state`).
 """
 
 from __future__ import annotations

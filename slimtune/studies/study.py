@@ -496,7 +496,6 @@ class Study:
         if self._optuna_study is None or self._optuna_storage is None:
             self._ensure_optuna_study(_optuna_storage(self._db.url))
         study = self._optuna_study
-        self.recover_trials()  # before the session seed counts the trials
         options = dict(backend_options)
         if backend == "optuna":
             from slimtune.search.backends.optuna_backend import DEFAULT_SAMPLER, SAMPLERS
