@@ -7,17 +7,19 @@ second (``benchmarks/startup.py`` measures it).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import shlex
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 
 from slimtune.cli_tables import WIDTH, compact_params, speedup, table_lines, test_accuracy, val_accuracy
 from slimtune.defaults import DEFAULT_STORAGE, STORAGE_ENV
+from slimtune.search.runner import Interrupted  # light: the runner imports torch only in its functions
 from slimtune.vocabulary import STATE_WORDS, STUDY_COLUMNS, created_text
 
 
@@ -331,6 +333,114 @@ def _file_name(name: str) -> str:
     return safe or "model"
 
 
+#: Exit codes after a stop signal (128 + the signal's number).
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Interrupted` once (the runner records the
+    running trial as failed with that reason); later ones are ignored while it does."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _echo_trial_line(row: dict[str, Any]) -> None:
+    """One line per finished trial (the workers of ``run --workers``)."""
+    if row["state"] == "COMPLETE":
+        detail = f"accuracy {row['accuracy']:.4f}, latency {row['latency_ms']:.4g} ms"
+    else:
+        detail = (row.get("stopped_reason") or row.get("error") or "").splitlines()[-1:] or [""]
+        detail = detail[0][:120]
+    click.echo(f"trial {row['trial']} {row['state']}: {detail}", nl=True)
+
+
+def _worker_argv(ctx: click.Context, skip: set[str]) -> list[str]:
+    """The command line of ``ctx``'s command, without the options in ``skip``."""
+    argv: list[str] = []
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name in skip:
+            continue
+        value = ctx.params.get(param.name)
+        if value is None or (param.multiple and not value):
+            continue
+        if param.is_flag:
+            if param.secondary_opts:
+                argv.append(param.opts[0] if value else param.secondary_opts[0])
+            elif value:
+                argv.append(param.opts[0])
+            continue
+        for item in (value if param.multiple else (value,)):
+            argv += [param.opts[0], str(item)]
+    return argv
+
+
+def _run_workers(ctx: click.Context, workers: int, n_trials: int | None, seed: int | None, as_json: bool) -> list[str]:
+    """Run ``workers`` child processes of this ``run`` against the study (created by
+    now); relay their lines; on SIGINT/SIGTERM stop each child once and wait for it.
+    Returns what went wrong, one string per failed worker."""
+    import os
+    import signal
+    import subprocess
+    import threading
+
+    if n_trials is not None:
+        shares = [n_trials // workers + (i < n_trials % workers) for i in range(workers)]
+    else:
+        shares = [None] * workers
+    base = _worker_argv(ctx, {"workers", "worker_id", "n_trials", "seed", "as_json", "storage"})
+    env = {**os.environ, "SLIMTUNE_STORAGE": ctx.params["storage"]}  # not on the command line: `ps` shows it
+    children: list[tuple[int, subprocess.Popen]] = []
+    for i, share in enumerate(shares):
+        if share == 0:
+            continue
+        argv = [sys.executable, "-m", "slimtune.cli", "run", *base, "--worker-id", str(i)]
+        argv += ["--trials", str(share)] if share is not None else []
+        argv += ["--seed", str(seed + i)] if seed is not None else []
+        # own session: a terminal's Ctrl-C reaches the parent only, which stops each child once
+        children.append((i, subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True, bufsize=1,
+                                             start_new_session=True)))
+
+    def relay(i: int, child: subprocess.Popen) -> None:
+        for line in child.stdout:
+            click.echo(f"[worker {i}] {line.rstrip()}", err=as_json)
+
+    threads = [threading.Thread(target=relay, args=pair, daemon=True) for pair in children]
+    for t in threads:
+        t.start()
+    try:
+        for _, child in children:
+            child.wait()
+    except Interrupted as exc:
+        sig = signal.SIGTERM if exc.signal_name == "SIGTERM" else signal.SIGINT
+        for _, child in children:
+            if child.poll() is None:
+                child.send_signal(sig)
+        for _, child in children:
+            child.wait()
+        raise
+    finally:
+        for t in threads:
+            t.join(timeout=5)
+    return [f"worker {i} exited with code {child.returncode}" for i, child in children if child.returncode != 0]
+
+
 @main.command(cls=AssignmentCommand)
 @click.option("--study", "study_name", required=True, help="Study name (created, or resumed if it exists).")
 @click.option("--task", "task_spec", default=None, help="Built-in task or package.module:callable (needed to create; checked on resume).")
@@ -358,6 +468,10 @@ def _file_name(name: str) -> str:
 @click.option("--fix", multiple=True, metavar="NAME=VALUE", help="Hold a parameter at a value (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the frontier as JSON (no progress bar).")
 @wide_option
+@click.option("--workers", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+              help="Worker processes on this machine, each joining the study (seeds SEED, SEED+1, ...); "
+                   "--trials is their total.")
+@click.option("--worker-id", type=click.IntRange(min=0), default=None, hidden=True)  # a child of --workers
 @storage_option
 @user_errors
 def run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: float | None, objectives: str | None,
@@ -365,12 +479,33 @@ def run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: f
         max_latency_ms: float | None, max_size_kb: float | None,
         max_accuracy_drop: float | None, early_stopping: bool | None, epochs: int | None, runtime: str | None,
         threads: int | None, batch_size: int | None, latency_repeats: int | None, fix: tuple[str, ...], as_json: bool,
-        wide: bool, storage: str) -> None:
+        wide: bool, workers: int, worker_id: int | None, storage: str) -> None:
     """Create or resume a study, run trials (progress bar with ETA), print the frontier
     and the commands to run next.
 
-    Every worker that runs this with the same --study and --storage joins the same study.
+    Every worker that runs this with the same --study and --storage joins the same study
+    (on one or many machines; PostgreSQL for many).  Ctrl-C or SIGTERM: the running
+    trial is recorded as failed, the study stays resumable (exit codes 130 and 143).
     """
+    with stop_signals():
+        try:
+            _run(study_name, task_spec, n_trials, timeout, objectives, sampler, backend, tuner, scalarize, seed,
+                 max_latency_ms, max_size_kb, max_accuracy_drop, early_stopping, epochs, runtime, threads, batch_size,
+                 latency_repeats, fix, as_json, wide, workers, worker_id, storage)
+        except Interrupted as exc:
+            click.echo(f"\nInterrupted by {exc.signal_name}: the running trial is recorded as failed; the study keeps "
+                       "its other trials (run the same command to resume).", err=True)
+            sys.exit(EXIT_CODES.get(exc.signal_name, 130))
+
+
+def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: float | None, objectives: str | None,
+         sampler: str | None, backend: str, tuner: str | None, scalarize: str | None, seed: int | None,
+         max_latency_ms: float | None, max_size_kb: float | None,
+         max_accuracy_drop: float | None, early_stopping: bool | None, epochs: int | None, runtime: str | None,
+         threads: int | None, batch_size: int | None, latency_repeats: int | None, fix: tuple[str, ...], as_json: bool,
+         wide: bool, workers: int, worker_id: int | None, storage: str) -> None:
+    from slimtune.studies import Study
+
     if n_trials is None and timeout is None:
         raise UserError("Give --trials N and/or --timeout SECONDS.")
     nni_options = {k: v for k, v in (("tuner", tuner), ("scalarization", scalarize)) if v is not None}
@@ -391,26 +526,33 @@ def run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: f
         settings=settings or None, seed=seed, sampler=sampler, early_stopping=early_stopping, progress=not as_json,
     )
     try:
+        if worker_id is not None:  # a child of --workers: one line per trial, no summary
+            study.optimize(n_trials=n_trials, timeout=timeout, backend=backend, progress=False,
+                           callbacks=[_echo_trial_line], **nni_options)
+            return
         before = len(study.trials())
         if not as_json:
             click.echo(f"Study {study.name!r} ({study.storage}): {before} earlier trials; running "
                        + (f"{n_trials} trials" if n_trials else "") + (" " if n_trials and timeout else "")
-                       + (f"for at most {timeout:g} s" if timeout else "") + ".")
-        try:
+                       + (f"for at most {timeout:g} s" if timeout else "")
+                       + (f" in {workers} worker processes" if workers > 1 else "") + ".")
+        if workers > 1:
+            failed = _run_workers(click.get_current_context(), workers, n_trials, seed, as_json)
+        else:
+            failed = []
             study.optimize(n_trials=n_trials, timeout=timeout, backend=backend, progress=not as_json, **nni_options)
-        except KeyboardInterrupt:
-            click.echo("\nInterrupted: the running trial is recorded as failed; the study keeps its other trials.", err=True)
-            sys.exit(130)
         if as_json:
             echo_json(study.frontier())
-            return
-        _echo_summary(study, wide=wide)
-        _echo_frontier(study, wide=wide)
-        click.echo("Next:")
-        for line in next_steps(study):
-            click.echo(f"  {line}")
+        else:
+            _echo_summary(study, wide=wide)
+            _echo_frontier(study, wide=wide)
+            click.echo("Next:")
+            for line in next_steps(study):
+                click.echo(f"  {line}")
     finally:
         study.close()
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {workers} workers failed: " + "; ".join(failed))
 
 
 @main.command()

@@ -89,3 +89,57 @@ def test_two_workers_join_one_study(postgres_url, tmp_path):
     rows = rows["trials"] if isinstance(rows, dict) else rows
     assert sorted(r["trial"] for r in rows) == [0, 1, 2, 3]
     assert any(r["pareto"] for r in rows)
+
+
+@pytest.mark.slow
+def test_four_workers_and_a_killed_one(postgres_url, tmp_path, monkeypatch):
+    """4 worker processes x 2 trials give exactly 8 complete trials with their
+    candidate rows and weights; a fifth worker SIGKILLed between `ask` and its first
+    heartbeat leaves a trial that the others fail (nothing stays RUNNING)."""
+    import signal
+    import time
+
+    from sqlalchemy import create_engine, text
+
+    from slimtune import Study
+    from slimtune.studies import list_studies
+
+    heartbeat = {"SLIMTUNE_HEARTBEAT_INTERVAL": "1", "SLIMTUNE_HEARTBEAT_GRACE": "10"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **heartbeat}
+    Study.create_or_load("pg-four", storage=postgres_url, task="digits", early_stopping=False,
+                         settings={"epochs": 1, "latency_repeats": 5, "latency_warmup": 2, "calibration_size": 64},
+                         fixed={"prune.ratio": 0.0, "quant.mode": "ptq"}).close()
+    cmd = [sys.executable, "-m", "slimtune.cli", "run", "--study", "pg-four", "--storage", postgres_url]
+    doomed = subprocess.Popen([*cmd, "--trials", "1"], cwd=tmp_path, env={**env, "SLIMTUNE_FAULT": "after_ask:sleep"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in doomed.stderr:
+        if "slimtune-fault: after_ask" in line:
+            break
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(timeout=60)
+    started = time.monotonic()
+    workers = [subprocess.Popen([*cmd, "--trials", "2", "--seed", str(seed)], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in range(4)]
+    outputs = [w.communicate(timeout=1500) for w in workers]
+    for w, (out, err) in zip(workers, outputs):
+        assert w.returncode == 0, err[-2000:]
+    if time.monotonic() - started < 12:  # the workers were quicker than the grace period
+        time.sleep(11)
+    for key, value in heartbeat.items():
+        monkeypatch.setenv(key, value)
+    with Study.load("pg-four", storage=postgres_url) as st:  # what the next run does first (a no-op if done)
+        st.recover_trials()
+    trials = optuna.load_study(study_name="pg-four", storage=postgres_url).get_trials(deepcopy=False)
+    assert sorted(t.number for t in trials) == list(range(9))
+    states = {t.number: t.state.name for t in trials}
+    assert states[0] == "FAIL" and sorted(states.values()) == ["COMPLETE"] * 8 + ["FAIL"], states
+    engine = create_engine(postgres_url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT c.trial_number, c.state, length(w.state_dict) FROM slimtune_candidates c "
+                                 "LEFT JOIN slimtune_weights w ON w.candidate_id = c.id "
+                                 "WHERE c.study_name = 'pg-four' ORDER BY c.trial_number")).all()
+    engine.dispose()
+    assert [r[0] for r in rows] == list(range(1, 9))  # no duplicates, every complete trial recorded
+    assert all(r[1] == "COMPLETE" and r[2] for r in rows)
+    summary = {s["name"]: s for s in list_studies(postgres_url)}["pg-four"]
+    assert (summary["trials"], summary["complete"], summary["failed"], summary["running"]) == (9, 8, 1, 0)

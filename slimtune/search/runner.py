@@ -2,7 +2,10 @@
 
 For each trial the runner
 
-1. asks the backend for a proposal (a RUNNING Optuna trial holding the values),
+1. asks the backend for a proposal (a RUNNING Optuna trial holding the values); the
+   trial's first heartbeat is written right after Optuna's ``ask`` created it, before
+   anything that can fail (:class:`_TrialStart`), so a dead worker's trial is always
+   found and failed,
 2. evaluates the values (:class:`~slimtune.search.candidate.Evaluator`), with the
    frontier early-stopping rule when it is on,
 3. sets the constraints (``Trial.set_constraint``: ``<= 0`` is feasible) and user
@@ -10,6 +13,10 @@ For each trial the runner
 4. hands the outcome to the recorder (the study database), then tells Optuna
    (COMPLETE with the objective values, PRUNED when stopped early, FAIL on error),
 5. tells the backend (:meth:`Backend.observe`) and calls the per-trial callbacks.
+
+Whatever raises after ``ask``, the trial ends COMPLETE, PRUNED or FAIL; trials that
+dead workers left RUNNING are finished before each new trial (the recorder's
+``recover_trials``).
 
 The loop ends after ``n_trials``, when ``timeout`` seconds have passed, or when
 ``stop_event`` is set; it always ends *between* trials, so stopping loses nothing.
@@ -19,7 +26,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -124,6 +133,9 @@ class Recorder(Protocol):
     def record(self, outcome: TrialOutcome) -> dict:
         """Store the outcome; return its trial row."""
 
+    # optional: ``recover_trials()`` finishes trials that dead workers left RUNNING
+    # (called before each trial instead of Optuna's plain stale-trial failing)
+
 
 def objective_values(measurement: Measurement, objectives: Sequence[str]) -> list[float]:
     return [float(getattr(measurement, name)) for name in objectives]
@@ -155,34 +167,113 @@ def user_attrs(outcome: TrialOutcome, fixed: Mapping[str, Any]) -> dict[str, Any
     return attrs
 
 
+#: Environment variable of the fault-injection hook (tests only; inert when unset).
+FAULT_ENV = "SLIMTUNE_FAULT"
+#: The points of a trial where :func:`fault` can act.
+FAULT_POINTS = ("after_ask", "before_eval", "before_tell")
+#: Optuna system attribute set right after a trial's first heartbeat: a RUNNING trial
+#: older than the grace period without it never beat, so Optuna's stale-trial detection
+#: (which skips trials without a heartbeat row) would never fail it; slimtune does.
+BEATING_ATTR = "slimtune:heartbeat"
+
+
+class InjectedFault(RuntimeError):
+    """Raised by :func:`fault` with ``POINT:raise``."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM in the CLI: the running trial is marked failed with this reason."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def fault(point: str) -> None:
+    """Fault injection for tests, inert unless ``SLIMTUNE_FAULT`` names ``point``.
+
+    ``SLIMTUNE_FAULT=POINT:ACTION[,POINT:ACTION]``, POINT one of :data:`FAULT_POINTS`:
+    ``after_ask`` (the trial exists, before its first heartbeat), ``before_eval``
+    (heartbeat running, before training), ``before_tell`` (slimtune's record
+    committed, Optuna not told yet).  ACTION ``sleep`` prints ``slimtune-fault: POINT``
+    on stderr and sleeps an hour (a test then kills or interrupts the process);
+    ``raise`` raises :class:`InjectedFault`.
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    for item in spec.split(","):
+        name, _, action = item.strip().partition(":")
+        if name != point:
+            continue
+        if action == "sleep":
+            print(f"slimtune-fault: {point}", file=sys.stderr, flush=True)
+            time.sleep(3600)
+        elif action == "raise":
+            raise InjectedFault(f"injected fault at {point}")
+
+
+class Heartbeat:
+    """Optuna heartbeats for one RUNNING trial (RDBStorage with a ``heartbeat_interval``).
+
+    The first beat is written at once, in the caller's thread, then
+    :data:`BEATING_ATTR` is set; a thread beats every interval until :meth:`stop`.
+    A trial of a crashed worker is then failed by the others after the grace period.
+    """
+
+    def __init__(self, trial: "optuna.trial.Trial") -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        storage = trial.storage
+        interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+        if not interval:
+            return
+        trial_id = trial._trial_id  # noqa: SLF001 - Optuna's own heartbeat thread uses the same id
+        storage.record_heartbeat(trial_id)
+        storage.set_trial_system_attr(trial_id, BEATING_ATTR, True)
+
+        def beat() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    storage.record_heartbeat(trial_id)
+                except Exception:  # noqa: BLE001 - a missed beat is not fatal
+                    logger.debug("heartbeat failed", exc_info=True)
+
+        self._thread = threading.Thread(target=beat, name=f"slimtune-heartbeat-{trial.number}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
 @contextmanager
 def heartbeat(trial: "optuna.trial.Trial") -> Iterator[None]:
-    """Record Optuna heartbeats for ``trial`` while it runs (RDBStorage with a
-    ``heartbeat_interval``), so a trial of a crashed worker is failed by the others."""
-    storage = trial.storage
-    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
-    if not interval:
-        yield
-        return
-    stop = threading.Event()
-    trial_id = trial._trial_id  # noqa: SLF001 - Optuna's own heartbeat thread uses the same id
-
-    def beat() -> None:
-        while True:
-            try:
-                storage.record_heartbeat(trial_id)
-            except Exception:  # noqa: BLE001 - a missed beat is not fatal
-                logger.debug("heartbeat failed", exc_info=True)
-            if stop.wait(interval):
-                return
-
-    thread = threading.Thread(target=beat, name=f"slimtune-heartbeat-{trial.number}", daemon=True)
-    thread.start()
+    """Heartbeats for ``trial`` while the block runs (see :class:`Heartbeat`)."""
+    beat = Heartbeat(trial)
     try:
         yield
     finally:
-        stop.set()
-        thread.join()
+        beat.stop()
+
+
+class _TrialStart:
+    """Handed to the backend as ``on_ask``: called with the trial right after Optuna's
+    ``ask`` created it, before anything else can fail; starts its heartbeat."""
+
+    def __init__(self) -> None:
+        self.trial: "optuna.trial.Trial | None" = None
+        self.heartbeat: Heartbeat | None = None
+
+    def __call__(self, trial: "optuna.trial.Trial") -> None:
+        self.trial = trial
+        fault("after_ask")
+        self.heartbeat = Heartbeat(trial)
+
+    def stop(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
 
 
 def fail_stale_trials(study: "optuna.Study") -> None:
@@ -249,23 +340,44 @@ class TrialRunner:
             return None
         return self.early_stopping.should_stop_fn(points, self.costs, self.epochs, extra_epochs=extra)
 
-    def run_one(self, *, catch: tuple[type[BaseException], ...] = (Exception,)) -> dict:
-        """Propose, evaluate and record one trial; return its row."""
-        from optuna.trial import TrialState
+    def _recover(self) -> None:
+        """Finish trials that dead workers left RUNNING (the recorder knows how; a plain
+        Optuna study only fails the stale ones)."""
+        recover = getattr(self.recorder, "recover_trials", None)
+        if recover is not None:
+            recover()
+        else:
+            fail_stale_trials(self.study)
 
-        fail_stale_trials(self.study)
-        with warnings.catch_warnings():
-            # Optuna warns that heartbeats are meant for Study.optimize: this loop beats itself
-            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-            proposal = self.backend.propose(self.study)
-        should_stop = self._should_stop(proposal.values)
-        outcome = TrialOutcome(proposal, "FAIL", None, None, backend=self.backend.name,
-                               early_stopping=self.early_stopping is not None, worker=self.worker)
+    def _propose(self, start: _TrialStart) -> Proposal:
+        self.backend.on_ask = start
+        try:
+            with warnings.catch_warnings():
+                # Optuna warns that heartbeats are meant for Study.optimize: this loop beats itself
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                return self.backend.propose(self.study)
+        finally:
+            self.backend.on_ask = None
+
+    def run_one(self, *, catch: tuple[type[BaseException], ...] = (Exception,)) -> dict:
+        """Propose, evaluate and record one trial; return its row.
+
+        Every trial this asks for ends COMPLETE, PRUNED or FAIL, whatever raises after
+        ``ask`` (an exception of ``catch`` fails the trial and the search goes on;
+        anything else, e.g. ``KeyboardInterrupt``, fails the trial and is re-raised).
+        """
+        self._recover()
+        start = _TrialStart()
+        outcome: TrialOutcome | None = None
         interrupted: BaseException | None = None
         try:
-            with heartbeat(proposal.trial):
-                result = self.evaluator.evaluate({**proposal.values}, should_stop=should_stop,
-                                                 metadata={"study": self.study.study_name, "trial": proposal.number})
+            proposal = self._propose(start)
+            outcome = TrialOutcome(proposal, "FAIL", None, None, backend=self.backend.name,
+                                   early_stopping=self.early_stopping is not None, worker=self.worker)
+            fault("before_eval")
+            should_stop = self._should_stop(proposal.values)
+            result = self.evaluator.evaluate({**proposal.values}, should_stop=should_stop,
+                                             metadata={"study": self.study.study_name, "trial": proposal.number})
             outcome.result = result
             if result.stopped:
                 outcome.state = "PRUNED"
@@ -276,26 +388,62 @@ class TrialRunner:
                     raise ValueError(f"objective values {outcome.values} contain NaN")
                 outcome.constraints = self.constraints.values(m, self.baseline_accuracy)
                 outcome.state = "COMPLETE"
-        except catch as exc:
-            outcome.state, outcome.values = "FAIL", None
-            outcome.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            logger.warning("Trial %d failed: %s\n%s", proposal.number, outcome.error, traceback.format_exc())
-        except BaseException as exc:  # KeyboardInterrupt: record, then re-raise
-            outcome.state, outcome.values = "FAIL", None
-            outcome.error = f"interrupted ({type(exc).__name__})"
-            interrupted = exc
+        except BaseException as exc:
+            if start.trial is None:  # nothing was asked: nothing to finish
+                raise
+            if outcome is None:  # the backend raised after `ask` created the trial
+                from slimtune.search.backends.base import Proposal
 
-        trial = proposal.trial
-        for key, value in outcome.constraints.items():
-            trial.set_constraint(key, value)
-        for key, value in user_attrs(outcome, self.fixed).items():
-            trial.set_user_attr(key, value)
-        row = self.recorder.record(outcome)  # details first: a COMPLETE Optuna trial always has them
-        state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAIL}[outcome.state]
-        self.study.tell(trial, outcome.values if outcome.state == "COMPLETE" else None, state=state)
+                outcome = TrialOutcome(Proposal(start.trial, dict(start.trial.params), tuner=self.backend.tuner),
+                                       "FAIL", None, None, backend=self.backend.name,
+                                       early_stopping=self.early_stopping is not None, worker=self.worker)
+            outcome.state, outcome.values, outcome.constraints = "FAIL", None, {}
+            if isinstance(exc, catch):
+                outcome.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                logger.warning("Trial %d failed: %s\n%s", outcome.number, outcome.error, traceback.format_exc())
+            else:  # KeyboardInterrupt, SIGTERM: record, then re-raise
+                name = exc.signal_name if isinstance(exc, Interrupted) else type(exc).__name__
+                outcome.error = f"interrupted ({name})"
+                interrupted = exc
+        try:
+            row = self._finish(outcome)
+        finally:
+            start.stop()
         if interrupted is not None:
             raise interrupted
-        self.backend.observe(proposal, outcome.state, outcome.values)
+        self.backend.observe(outcome.proposal, outcome.state, outcome.values)
+        return row
+
+    def _finish(self, outcome: TrialOutcome) -> dict:
+        """Record the outcome (slimtune's row first), then tell Optuna.  If recording
+        fails the trial is told FAIL; if only ``tell`` fails the record stands and the
+        next :meth:`_recover` tells Optuna from it."""
+        from optuna.trial import TrialState
+
+        trial = outcome.proposal.trial
+        recorded = False
+        try:
+            for key, value in outcome.constraints.items():
+                trial.set_constraint(key, value)
+            for key, value in user_attrs(outcome, self.fixed).items():
+                trial.set_user_attr(key, value)
+            row = self.recorder.record(outcome)  # details first: a COMPLETE Optuna trial always has them
+            recorded = True
+            fault("before_tell")
+            state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAIL}[outcome.state]
+            # skip_if_finished: another worker may have told it from the record meanwhile
+            told = self.study.tell(trial, outcome.values if outcome.state == "COMPLETE" else None, state=state,
+                                   skip_if_finished=True)
+            if told.state != state:  # e.g. failed as stale while this machine slept past the grace period
+                logger.warning("Trial %d was already %s in Optuna when this worker finished it as %s (recorded "
+                               "as such in slimtune's tables).", outcome.number, told.state.name, outcome.state)
+        except BaseException:
+            if not recorded:
+                try:
+                    self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                except Exception:  # noqa: BLE001 - the heartbeat lets the next worker fail it
+                    logger.debug("could not fail trial %d", outcome.number, exc_info=True)
+            raise
         return row
 
     def progress_summary(self) -> dict[str, str]:

@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import time
@@ -49,6 +50,7 @@ from slimtune.studies.errors import SchemaVersionError, StudyError
 from slimtune.studies.models import SCHEMA_VERSION, Base, SchemaVersion, utcnow
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 SCHEMA_1_FLAG = ("measured by slimtune schema 1: validation accuracy of the torch model, not of the timed artifact; "
                  "test accuracy as the search saw it")
@@ -149,6 +151,39 @@ def _scrub(message: str, url: "str | URL") -> str:
     return message
 
 
+#: SQLite waits this long for another process's write lock before "database is locked".
+SQLITE_BUSY_TIMEOUT_S = 60
+
+
+def engine_options(url: "str | URL") -> dict:
+    """``create_engine`` options for slimtune's and Optuna's engines: a long busy
+    timeout on SQLite (several worker processes share one file), connection checks
+    elsewhere."""
+    if make_url(url).get_backend_name() == "sqlite":
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    return {"pool_pre_ping": True}
+
+
+def is_locked(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite's "database is locked" (or busy): worth a retry."""
+    text = str(exc).lower()
+    return isinstance(exc, OperationalError) and ("database is locked" in text or "database is busy" in text)
+
+
+def retry_locked(write: Callable[[], T], *, attempts: int = 5) -> T:
+    """Run ``write`` (one whole transaction), again when SQLite reports "database is
+    locked" despite the busy timeout (a reader upgrading to a writer in WAL mode fails
+    at once)."""
+    for attempt in range(attempts):
+        try:
+            return write()
+        except OperationalError as exc:
+            if not is_locked(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def parse_storage(url: str) -> URL:
     """Parse a storage URL, raising :class:`StudyError` with a masked URL if it is bad."""
     if not isinstance(url, str) or not url.strip():
@@ -205,9 +240,8 @@ class Database:
             directory = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(directory):
                 raise StudyError(f"Cannot create the study database {path!r}: the directory {directory!r} does not exist.")
-        kwargs = {"connect_args": {"timeout": 60}} if parsed.get_backend_name() == "sqlite" else {"pool_pre_ping": True}
         try:
-            engine = create_engine(parsed, **kwargs)
+            engine = create_engine(parsed, **engine_options(parsed))
         except ImportError as exc:
             raise StudyError(f"Storage {mask_url(url)!r} needs a database driver that is not installed: {exc}") from None
         db = cls(url, engine)
@@ -277,6 +311,20 @@ class Database:
                                  .values(version=version + 1, slimtune_version=__version__, updated_at=utcnow()))
                 version = max(version + 1, int(current or 0))
         Base.metadata.create_all(self.engine)  # tables added by the new version
+
+    def enable_wal(self) -> None:
+        """Put a SQLite file in write-ahead-log mode (readers never block the writer;
+        several processes on one machine can share it; not for network file systems).
+        Persistent in the file; done before the first trial, never by read-only commands."""
+        if self.engine.dialect.name != "sqlite" or sqlite_path(make_url(self.url)) is None:
+            return
+        try:
+            with self.engine.connect() as conn:
+                mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+                if str(mode).lower() != "wal":
+                    retry_locked(lambda: conn.exec_driver_sql("PRAGMA journal_mode=WAL").scalar())
+        except OperationalError as exc:  # still usable in rollback-journal mode, with the busy timeout
+            logger.warning("Could not put %s in WAL mode: %s", mask_url(self.url), _scrub(str(exc), self.url))
 
     @contextmanager
     def session(self) -> Iterator[Session]:

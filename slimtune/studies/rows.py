@@ -10,7 +10,8 @@ Keys (DESIGN.md's JSON contract first): ``trial``, ``params``, ``accuracy``
 ``feasible``, ``constraints``, ``latency_p95_ms``, ``latency_kind``, ``kernel_bits``, ``runtime``, ``exit_rates``, ``flags``,
 ``fingerprint_id``, ``stopped_reason``, ``error``, ``backend``, ``tuner``, ``pre``,
 ``val_accuracy_per_epoch``, ``train_seconds``, ``total_seconds``, ``worker``,
-``datetime_start``, ``datetime_complete``.
+``datetime_start``, ``datetime_complete``; ``optuna_state`` only where Optuna's
+finished state differs from the row's (see :func:`merged_state`).
 """
 
 from __future__ import annotations
@@ -62,8 +63,10 @@ def make_row(record: "CandidateRecord | None", trial: "FrozenTrial | None", *, o
         m = record.measurement or {}
         row["trial"] = record.trial_number
         row["params"] = dict(record.params)
-        if trial is None or trial.state.name == "RUNNING":
-            row["state"] = record.state  # recorded, Optuna not told yet
+        if trial is not None and trial.state.is_finished() and trial.state.name != record.state:
+            row["optuna_state"] = trial.state.name  # e.g. failed as stale after slimtune recorded it
+        if trial is None or trial.state.name == "RUNNING" or record.state == "COMPLETE":
+            row["state"] = merged_state(trial.state.name if trial is not None else None, record.state)
             row.setdefault("datetime_complete", _iso(record.created_at))
             row.setdefault("constraints", {})
             row.setdefault("feasible", True)
@@ -85,6 +88,8 @@ def make_row(record: "CandidateRecord | None", trial: "FrozenTrial | None", *, o
         row["val_accuracy"] = row["accuracy"]  # one figure: the artifact's validation accuracy
     row["speedup"] = speedup(row)
     row.setdefault("state", "UNKNOWN")
+    if row["state"] == "FAIL" and record is None and not row.get("error"):
+        row["error"] = NO_RECORD_ERROR
     return row
 
 
@@ -95,6 +100,28 @@ def speedup(row: Mapping[str, Any]) -> float | None:
     if ref is None or not lat:
         return None
     return float(ref) / float(lat)
+
+
+#: Why a FAIL trial without slimtune's record failed (Optuna's stale-trial detection).
+NO_RECORD_ERROR = "its worker stopped (no heartbeat for the grace period) before the trial was recorded"
+
+
+def merged_state(optuna_state: str | None, record_state: str | None) -> str:
+    """A trial's state in every view (``show``, ``studies``, ``select``, ``export``).
+
+    A COMPLETE record (written, with the weights, only by a worker that finished the
+    trial, just before ``tell``) is COMPLETE whatever Optuna says: Optuna may have
+    failed the trial as stale when its worker died, or slept past the grace period,
+    between the two writes.  Otherwise Optuna's state once it is finished, else the
+    record's, else Optuna's (RUNNING, WAITING).
+    """
+    if record_state == "COMPLETE":
+        return "COMPLETE"
+    if optuna_state is not None and optuna_state not in ("RUNNING", "WAITING"):
+        return optuna_state
+    if record_state is not None:
+        return record_state
+    return optuna_state or "UNKNOWN"
 
 
 def mark_pareto(rows: list[dict[str, Any]], objectives: Sequence[str], *, feasible_only: bool,

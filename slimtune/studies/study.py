@@ -14,9 +14,11 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 import re
 import threading
 import warnings
+from datetime import datetime
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -26,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from slimtune.search.early_stopping import FrontierEarlyStopping, FrontierPoint, resolve_early_stopping
 from slimtune.search.measurement import Measurement
 from slimtune.search.runner import DIRECTIONS, Constraints, TrialOutcome
-from slimtune.studies.database import Database, mask_url, resolve_storage
+from slimtune.studies.database import Database, mask_url, resolve_storage, retry_locked
 from slimtune.studies.errors import NoCandidateError, SchemaVersionError, StudyError
 from slimtune.studies.frontier import (
     DEFAULT_OBJECTIVES,
@@ -36,7 +38,7 @@ from slimtune.studies.frontier import (
     non_dominated_mask,
 )
 from slimtune.studies.models import CandidateRecord, StudyRecord, WeightsRecord, utcnow
-from slimtune.studies.rows import make_row, mark_pareto
+from slimtune.studies.rows import make_row, mark_pareto, merged_state
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -49,13 +51,34 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 #: Optuna heartbeats: a RUNNING trial whose worker has not beaten for ``GRACE`` seconds
-#: is failed by the next worker that starts a trial.
+#: is failed by the next worker that starts a trial.  The environment variables
+#: ``SLIMTUNE_HEARTBEAT_INTERVAL`` / ``SLIMTUNE_HEARTBEAT_GRACE`` (whole seconds)
+#: override them, e.g. so that a test sees a killed worker's trial failed in seconds.
 HEARTBEAT_INTERVAL = 60
 HEARTBEAT_GRACE = 180
 
 
 #: Names of new studies: safe in a shell, a file name, a URL or HTML without quoting.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """``(interval, grace)`` in seconds: the constants above or their environment
+    overrides."""
+    chosen = []
+    for env, default in (("SLIMTUNE_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL), ("SLIMTUNE_HEARTBEAT_GRACE", HEARTBEAT_GRACE)):
+        raw = os.environ.get(env, "").strip()
+        if not raw:
+            chosen.append(default)
+            continue
+        value = int(raw) if raw.isdigit() else 0
+        if value < 1:
+            raise StudyError(f"`{env}` must be a whole number of seconds >= 1, but got {raw!r}.")
+        chosen.append(value)
+    interval, grace = chosen
+    if grace <= interval:
+        raise StudyError(f"The heartbeat grace period ({grace} s) must be longer than its interval ({interval} s).")
+    return interval, grace
 
 
 def _check_name(name: str) -> str:
@@ -540,6 +563,7 @@ class Study:
         _check_budget(n_trials, timeout)
         backend_cls = get_backend(backend)
         task, space, settings = self.task, self.space, self.settings
+        self._db.enable_wal()
         if self._optuna_study is None or self._optuna_storage is None:
             self._ensure_optuna_study(_optuna_storage(self._db.url))
         study = self._optuna_study
@@ -573,6 +597,60 @@ class Study:
             backend_obj.close()
 
     # -- the recorder side of the runner --------------------------------------------
+    def recover_trials(self) -> dict[str, list[int]]:
+        """Finish the trials that dead workers left RUNNING (called before every trial):
+
+        * recorded by slimtune but never told to Optuna (the worker died between the two
+          writes): Optuna is told the recorded outcome, so ``studies``, ``show``,
+          ``select`` and ``export`` agree and the model is kept;
+        * no heartbeat ever written (the worker died between ``ask`` and its first
+          beat, which Optuna's stale-trial detection skips) and started more than the
+          grace period ago: failed, with the reason;
+        * heartbeat older than the grace period: failed (Optuna's stale-trial detection).
+
+        Returns the trial numbers ``told`` from records and ``failed``.
+        """
+        import optuna
+        from optuna.trial import TrialState
+
+        from slimtune.search.runner import BEATING_ATTR, fail_stale_trials
+
+        study = self.optuna_study
+        done: dict[str, list[int]] = {"told": [], "failed": []}
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if running:
+            numbers = [t.number for t in running]
+            with self._db.session() as session:
+                records = {r.trial_number: r for r in session.scalars(select(CandidateRecord).where(
+                    CandidateRecord.study_id == self._record.id, CandidateRecord.trial_number.in_(numbers)))}
+            grace = getattr(self._optuna_storage, "grace_period", None)
+            now = datetime.now()  # Optuna writes datetime_start with the local clock
+            for t in running:
+                try:
+                    rec = records.get(t.number)
+                    if rec is not None:
+                        values = ([float((rec.measurement or {})[o]) for o in self.objectives]
+                                  if rec.state == "COMPLETE" else None)
+                        study.tell(t.number, values, state=TrialState[rec.state], skip_if_finished=True)
+                        done["told"].append(t.number)
+                    elif (grace and BEATING_ATTR not in t.system_attrs and t.datetime_start is not None
+                          and (now - t.datetime_start).total_seconds() > grace):
+                        reason = (f"its worker stopped before the trial's first heartbeat (started "
+                                  f"{t.datetime_start.isoformat(timespec='seconds')}, grace period {grace} s)")
+                        self._optuna_storage.set_trial_user_attr(t._trial_id, "error", reason)  # noqa: SLF001
+                        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+                        done["failed"].append(t.number)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass  # another worker finished it meanwhile
+                except (KeyError, TypeError, ValueError) as exc:  # a record without the objectives: leave it
+                    logger.warning("Study %r: cannot finish trial %d from its record: %s", self.name, t.number, exc)
+        fail_stale_trials(study)
+        for key, numbers in done.items():
+            if numbers:
+                logger.warning("Study %r: %s trials %s left RUNNING by a stopped worker", self.name,
+                               "told from their records" if key == "told" else "failed", numbers)
+        return done
+
     def frontier_points(self, cost_objectives: Sequence[str]) -> list[FrontierPoint]:
         """Validation accuracy, learning curve and measured costs of every complete
         candidate (all workers)."""
@@ -624,16 +702,22 @@ class Study:
             total_seconds=result.total_seconds if result is not None else None, worker=outcome.worker,
             created_at=utcnow(),
         )
-        with self._db.session() as session:
-            session.add(rec)
-            session.flush()
-            if m is not None and result.state_dict is not None:
-                buffer = io.BytesIO()
-                torch.save(result.state_dict, buffer)
-                artifact = result.artifact
-                session.add(WeightsRecord(candidate_id=rec.id, state_dict=buffer.getvalue(), artifact=artifact,
-                                          artifact_format=result.artifact_format,
-                                          artifact_sha256=hashlib.sha256(artifact).hexdigest() if artifact else None))
+        weights = None
+        if m is not None and result.state_dict is not None:
+            buffer = io.BytesIO()
+            torch.save(result.state_dict, buffer)
+            artifact = result.artifact
+            weights = dict(state_dict=buffer.getvalue(), artifact=artifact, artifact_format=result.artifact_format,
+                           artifact_sha256=hashlib.sha256(artifact).hexdigest() if artifact else None)
+
+        def write() -> None:  # one transaction: the row and its weights, or nothing
+            with self._db.session() as session:
+                session.add(rec)
+                session.flush()
+                if weights is not None:
+                    session.add(WeightsRecord(candidate_id=rec.id, **weights))
+
+        retry_locked(write)
         row = make_row(rec, None, objectives=self.objectives)
         row["constraints"], row["feasible"] = dict(outcome.constraints), outcome.feasible
         if row["state"] == "COMPLETE" and row["feasible"]:
@@ -843,10 +927,14 @@ def _optuna_storage(url: str, *, create: bool = True):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-            from slimtune.studies.database import creating_concurrently
+            from slimtune.studies.database import creating_concurrently, engine_options
 
+            interval, grace = heartbeat_settings()
             return creating_concurrently(lambda: optuna.storages.RDBStorage(
-                url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=HEARTBEAT_GRACE, skip_table_creation=not create))
+                url, heartbeat_interval=interval, grace_period=grace, skip_table_creation=not create,
+                engine_kwargs=engine_options(url)))
+    except StudyError:
+        raise
     except Exception as exc:  # noqa: BLE001 - e.g. an Optuna schema needing `optuna storage upgrade`
         from slimtune.studies.database import _scrub
 
@@ -855,21 +943,28 @@ def _optuna_storage(url: str, *, create: bool = True):
 
 
 def _summaries(db: Database) -> list[dict[str, Any]]:
+    """The studies with trial counts from slimtune's records alone (see
+    :func:`list_studies` for counts that include Optuna's view)."""
     with db.session() as session:
         records = session.scalars(select(StudyRecord).order_by(StudyRecord.id)).all()
-        counts: dict[tuple[int, str], int] = {}
-        for study_id, state in session.execute(select(CandidateRecord.study_id, CandidateRecord.state)).all():
-            counts[(study_id, state)] = counts.get((study_id, state), 0) + 1
+        states: dict[int, dict[int, str]] = {}
+        for study_id, number, state in session.execute(
+                select(CandidateRecord.study_id, CandidateRecord.trial_number, CandidateRecord.state)).all():
+            states.setdefault(study_id, {})[number] = state
     return [{"name": r.study_name, "task": r.task_name, "objectives": list(r.objectives),
-             "complete": counts.get((r.id, "COMPLETE"), 0), "pruned": counts.get((r.id, "PRUNED"), 0),
-             "failed": counts.get((r.id, "FAIL"), 0), "created_at": r.created_at.isoformat(timespec="seconds"),
-             "slimtune_version": r.slimtune_version} for r in records]
+             **_counts(list(states.get(r.id, {}).values())), "created_at": r.created_at.isoformat(timespec="seconds"),
+             "slimtune_version": r.slimtune_version, "_records": states.get(r.id, {})} for r in records]
+
+
+def _counts(states: Sequence[str]) -> dict[str, int]:
+    return {"complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"), "failed": states.count("FAIL"),
+            "running": states.count("RUNNING")}
 
 
 def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
     """The slimtune studies in ``storage`` (default ``$SLIMTUNE_STORAGE``, else
-    ``sqlite:///slimtune.db``): name, task, objectives, trial counts by state
-    (``trials`` includes running ones, from Optuna), creation time."""
+    ``sqlite:///slimtune.db``): name, task, objectives, trial counts by state as ``show``
+    has them (``trials`` includes running ones), creation time."""
     import optuna
 
     storage = resolve_storage(storage)
@@ -880,11 +975,20 @@ def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
             return rows
         optuna_storage = _optuna_storage(storage, create=False)
         try:
-            totals = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(optuna_storage, include_best_trial=False)}
+            names = set(optuna.get_all_study_names(optuna_storage))
+            for row in rows:
+                records: dict[int, str] = row.pop("_records")
+                trials = []
+                if row["name"] in names:
+                    study_id = optuna_storage.get_study_id_from_name(row["name"])
+                    trials = optuna_storage.get_all_trials(study_id, deepcopy=False)
+                # the same state per trial as `show` (rows.merged_state): Optuna's once finished,
+                # so trials that Optuna failed for a dead worker are counted as failed
+                states = {t.number: merged_state(t.state.name, records.get(t.number)) for t in trials}
+                states.update({n: st for n, st in records.items() if n not in states})
+                row.update(_counts(list(states.values())), trials=len(states))
         finally:
             optuna_storage.engine.dispose()
-        for row in rows:
-            row["trials"] = totals.get(row["name"], 0)
         return rows
     finally:
         db.dispose()

@@ -29,7 +29,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from slimtune.spaces.base import Param, close_matches
 
@@ -70,6 +70,20 @@ def distribution_of(param: Param) -> "optuna.distributions.BaseDistribution":
     return CategoricalDistribution(list(param.choices))
 
 
+def suggest(trial: "optuna.trial.Trial", name: str, distribution: "optuna.distributions.BaseDistribution") -> Any:
+    """Sample ``name`` from ``distribution`` with the trial's public ``suggest_*`` (what
+    ``study.ask(fixed_distributions=...)`` does for each distribution)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(distribution, FloatDistribution):
+        return trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+    if isinstance(distribution, IntDistribution):
+        return trial.suggest_int(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+    if isinstance(distribution, CategoricalDistribution):
+        return trial.suggest_categorical(name, list(distribution.choices))
+    raise TypeError(f"`distribution` of {name!r} must be a float, int or categorical distribution, but got {distribution!r}.")
+
+
 class Backend(ABC):
     """Proposes values for a space's searched parameters.
 
@@ -85,6 +99,9 @@ class Backend(ABC):
         self.space = space
         self.seed = seed
         self.options = options
+        #: Called with each new trial right after Optuna creates it (the runner starts
+        #: its heartbeat there, before anything else can fail).
+        self.on_ask: Callable[["optuna.trial.Trial"], None] | None = None
 
     def distributions(self) -> dict[str, "optuna.distributions.BaseDistribution"]:
         """Optuna distributions of the searched parameters, in pipeline order."""
@@ -114,13 +131,26 @@ class Backend(ABC):
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "tuner": self.tuner, "seed": self.seed}
 
+    def ask(self, study: "optuna.Study", distributions: dict[str, "optuna.distributions.BaseDistribution"] | None = None
+            ) -> "optuna.trial.Trial":
+        """``study.ask(fixed_distributions=distributions)``, with :attr:`on_ask` called
+        between the trial's creation and the sampling of its values (sampling can
+        raise; the trial must already be known to whoever finishes it)."""
+        trial = study.ask()
+        on_ask = getattr(self, "on_ask", None)
+        if on_ask is not None:
+            on_ask(trial)
+        for name, distribution in (distributions or {}).items():
+            suggest(trial, name, distribution)
+        return trial
+
     # -- for backends whose tuner lives outside Optuna ---------------------------
     def ask_with_values(self, study: "optuna.Study", values: dict[str, Any]) -> "optuna.trial.Trial":
         """A RUNNING trial of ``study`` holding exactly ``values`` (with the space's
         distributions), through Optuna's public enqueue + ask."""
         checked = self.space.check(values)
         study.enqueue_trial(checked)
-        trial = study.ask(fixed_distributions=self.distributions())
+        trial = self.ask(study, self.distributions())
         if any(trial.params.get(k) != v for k, v in checked.items()):
             # another worker of the same study took our enqueued values first (and we
             # took theirs): say so rather than record values under the wrong tuner.

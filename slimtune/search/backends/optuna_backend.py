@@ -54,7 +54,8 @@ def sampler_name(sampler: "str | optuna.samplers.BaseSampler") -> str:
 
 @register_backend
 class OptunaBackend(Backend):
-    """Values proposed by an Optuna sampler through ``study.ask(fixed_distributions=...)``
+    """Values proposed by an Optuna sampler through ``study.ask`` + the space's
+    distributions (:meth:`Backend.ask`)
     (the space's parameters as distributions; no ``suggest`` calls anywhere).
 
     Args:
@@ -77,6 +78,6 @@ class OptunaBackend(Backend):
         return type(self._sampler).__name__
 
     def propose(self, study: "optuna.Study") -> Proposal:
-        trial = study.ask(fixed_distributions=self.distributions())
+        trial = self.ask(study, self.distributions())
         values = {name: trial.params[name] for name in self.distributions()}
         return Proposal(trial, values, tuner=self.tuner)
