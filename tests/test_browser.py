@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._system import require_system
+
 from tests._widget_study import isolated_env, real_study
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -107,7 +109,7 @@ def voila(notebook: Path, env: dict[str, str], log: Path):
 def test_dashboard_in_chromium(tmp_path_factory, tmp_path, capsys):
     reason = _requirements()
     if reason:
-        pytest.skip(reason)
+        require_system(reason)
     from playwright.sync_api import sync_playwright
 
     info = real_study(tmp_path_factory)
@@ -243,7 +245,7 @@ def test_magic_dashboard_in_jupyterlab(tmp_path_factory, tmp_path, capsys):
     installed versions must load there and show the magic's dashboard."""
     reason = _requirements(("playwright", "jupyterlab", "nbformat"))
     if reason:
-        pytest.skip(reason)
+        require_system(reason)
     from playwright.sync_api import sync_playwright
 
     info = real_study(tmp_path_factory)

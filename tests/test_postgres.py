@@ -19,6 +19,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+from tests._system import require_system
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.postgres
 
@@ -33,7 +35,7 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     """initdb refuses to run as root: run the server as the postgres user then."""
     if os.geteuid() == 0:
         if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser: cannot start PostgreSQL as the postgres user")
+            require_system("running as root without runuser: cannot start PostgreSQL as the postgres user")
         return ["runuser", "-u", "postgres", "--", *cmd]
     return cmd
 
@@ -42,11 +44,11 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 def postgres_url():
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not bins:
-        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+        require_system("PostgreSQL server binaries not found (apt-get install postgresql)")
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        pytest.skip("psycopg is not installed (pip install 'slimtune[postgres]')")
+        require_system("psycopg is not installed (pip install 'slimtune[postgres]')")
     bindir = Path(bins[-1]).parent
     # Not under pytest's tmp dir: its parents are private to root, and the server
     # runs as the postgres user.

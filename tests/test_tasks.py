@@ -78,3 +78,32 @@ def test_the_readme_user_task_api_is_importable_from_the_package():
     done = subprocess.run([sys.executable, "-c", "from slimtune import Task; print(Task.__name__)"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "Task", done.stderr
+
+
+def test_fashion_mnist_loads_from_the_debian_package():
+    """The real data set (scripts/test.sh installs dataset-fashion-mnist): under CI a
+    missing package fails this test instead of skipping it."""
+    import os
+
+    from slimtune.tasks.builtin import FASHION_DIR_DEFAULT
+    from tests._system import require_system
+
+    require_system(None if os.path.isdir(FASHION_DIR_DEFAULT) else
+                   f"Fashion-MNIST is not installed ({FASHION_DIR_DEFAULT} missing; apt-get install dataset-fashion-mnist)")
+    task = get_task("fashion-mnist")
+    data = task.data
+    assert task.num_classes == 10 and tuple(data.x_train.shape[1:]) == (1, 28, 28)
+    assert len(data.x_train) == 10_000 and len(data.x_test) == 10_000 and len(data.x_val) == 5_000
+    assert sorted(set(data.y_test.tolist())) == list(range(10))
+
+
+def test_a_missing_system_component_fails_under_ci_and_skips_elsewhere(monkeypatch):
+    from tests._system import require_system
+
+    require_system(None)  # present: nothing happens
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="under CI=true"):
+        require_system("PostgreSQL server binaries not found")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        require_system("PostgreSQL server binaries not found")
