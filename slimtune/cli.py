@@ -125,6 +125,16 @@ class AssignmentCommand(click.Command):
         return super().parse_args(ctx, args)
 
 
+def _check_int8_format() -> None:
+    """A bad ``$SLIMTUNE_INT8_FORMAT`` is one line before any work, not a failed trial."""
+    from slimtune.search.runtime import requested_int8_format
+
+    try:
+        requested_int8_format()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
 def parse_assignments(items: tuple[str, ...], option: str = "--set") -> dict[str, str]:
     """``("a=1", "b=x")`` -> ``{"a": "1", "b": "x"}``; a word without ``=`` is bad input."""
     out: dict[str, str] = {}
@@ -205,6 +215,7 @@ def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: st
     """
     from slimtune.api import evaluate_one
 
+    _check_int8_format()
     report = evaluate_one(task_spec, parse_assignments(sets), epochs=epochs, runtime=runtime, threads=threads,
                           batch_size=batch_size, seed=seed, progress=not as_json)
     if as_json:
@@ -508,6 +519,7 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
 
     if n_trials is None and timeout is None:
         raise UserError("Give --trials N and/or --timeout SECONDS.")
+    _check_int8_format()
     nni_options = {k: v for k, v in (("tuner", tuner), ("scalarization", scalarize)) if v is not None}
     if nni_options and backend != "nni":
         raise UserError("--tuner and --scalarize set up the NNI backend: add --backend nni.")

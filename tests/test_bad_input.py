@@ -324,3 +324,14 @@ def test_python_api_refuses_the_same_input(db, tmp_path):
             with pytest.raises(StudyError):
                 study.optimize(progress=False, **kwargs)
     assert digest(path) == before
+
+
+@pytest.mark.parametrize("command", [["run", "--study", "c", "--task", "digits", "--trials", "1"],
+                                     ["eval", "--task", "digits"]])
+def test_a_bad_int8_format_variable_is_one_line_before_any_work(db, cwd, monkeypatch, command):
+    path, url = db
+    monkeypatch.setenv("SLIMTUNE_INT8_FORMAT", "u9s9")
+    before = digest(path)
+    full = command + (["--storage", url] if command[0] == "run" else [])
+    one_line_exit_2(invoke(*full), "SLIMTUNE_INT8_FORMAT", "u9s9", "auto, u8s8, u8u8, s8s8")
+    assert digest(path) == before and list(cwd.iterdir()) == []
