@@ -127,3 +127,26 @@ def test_pre_measure_counts_an_exit_candidates_shortest_path(digits_task, digits
     pieces = model.segments()
     first_exit = count_macs(model, ev.example_input, [1.0] + [0.0] * (len(pieces) - 1))
     assert pre.macs == first_exit < full  # schema 1 counted the full path (`full`)
+
+
+def test_select_says_when_nothing_beats_the_baseline(tmp_path):
+    """Every trial made slower and less accurate than the baseline (as timed in its own
+    run): none is selected, and the message says to keep the baseline."""
+    from slimtune.studies import NoCandidateError, Study
+
+    path = tmp_path / "old.db"
+    shutil.copy(SCHEMA_1_DB, path)
+    Study.load("v1-study", storage=f"sqlite:///{path}").close()  # migrate
+    with sqlite3.connect(path) as conn:
+        conn.execute("update slimtune_candidates set accuracy = 0.5, val_accuracy = 0.5, latency_ms = 5.0")
+    conn.close()
+    study = Study.load("v1-study", storage=f"sqlite:///{path}")
+    try:
+        rows = study.trials(states=("COMPLETE",))
+        assert rows and not any(r["pareto"] for r in rows)
+        assert study.baseline_row(rows)["pareto"] is True
+        with pytest.raises(NoCandidateError, match="Nothing beats the baseline under latency_ms <= 10") as info:
+            study.select(max_latency_ms=10)
+        assert "keep the baseline" in str(info.value) and len(str(info.value).splitlines()) == 1
+    finally:
+        study.close()
