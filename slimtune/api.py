@@ -26,8 +26,9 @@ def measurement_row(m) -> dict[str, Any]:
 
 def evaluate_one(task_spec: "str | Task", values: Mapping[str, Any], *, epochs: int | None = None,
                  runtime: str = "onnxruntime", threads: int = 1, batch_size: int = 1, seed: int = 0,
-                 progress: bool = False) -> dict[str, Any]:
-    """Build, train and measure one candidate beside the baseline (``slimtune eval``)."""
+                 progress: bool = False, use_cache: bool = True) -> dict[str, Any]:
+    """Build, train and measure one candidate beside the baseline (``slimtune eval``;
+    ``use_cache=False`` retrains the baseline instead of reading the cache)."""
     from slimtune.search.baseline import get_baseline
     from slimtune.search.candidate import EvalSettings, Evaluator
 
@@ -35,13 +36,13 @@ def evaluate_one(task_spec: "str | Task", values: Mapping[str, Any], *, epochs: 
     space = build_space(task)
     checked = space.complete(values)  # bad names/values fail here, before any work
     settings = EvalSettings(runtime=runtime, threads=threads, batch_size=batch_size, epochs=epochs, seed=seed)
-    baseline = get_baseline(task, seed=seed, progress=progress)
+    baseline = get_baseline(task, seed=seed, progress=progress, use_cache=use_cache)
     evaluator = Evaluator(task, space, settings, baseline)
     result = evaluator.evaluate(checked)
     base = evaluator.baseline_measurement()
     m = result.measurement
     return {
-        "task": task.name, "task_notes": task.notes, "params": result.params, **measurement_row(m),
+        "task": task.name, "task_notes": task.notes, "metric": task.metric.name, "params": result.params, **measurement_row(m),
         "train_seconds": round(result.train_seconds, 3), "total_seconds": round(result.total_seconds, 3),
         "fingerprint": m.fingerprint,
         "baseline": measurement_row(base),

@@ -89,14 +89,15 @@ def space(task_spec: str, fix: tuple[str, ...], as_json: bool) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--no-cache", is_flag=True, help="Retrain the baseline instead of reading the cache (the cache is refreshed).")
 @user_errors
 def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: str, threads: int, batch_size: int,
-          seed: int, as_json: bool) -> None:
+          seed: int, as_json: bool, no_cache: bool) -> None:
     """Build, train and measure one candidate; print its metrics beside the baseline's."""
     from slimtune.api import evaluate_one
 
     report = evaluate_one(task_spec, parse_assignments(sets), epochs=epochs, runtime=runtime, threads=threads,
-                          batch_size=batch_size, seed=seed, progress=not as_json)
+                          batch_size=batch_size, seed=seed, progress=not as_json, use_cache=not no_cache)
     if as_json:
         echo_json(report)
         return
@@ -171,7 +172,7 @@ def _echo_summary(study: Any) -> None:
                f"{', '.join(study.objectives)}; {len(rows)} trials ({counts['COMPLETE']} complete, "
                f"{counts['PRUNED']} stopped early, {counts['FAIL']} failed"
                + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "") + ")")
-    click.echo(f"Baseline: accuracy {base.accuracy:.4f}, latency {base.latency_ms:.4f} ms ({base.runtime}, "
+    click.echo(f"Baseline: {getattr(study, 'metric_name', 'accuracy')} {base.accuracy:.4f}, latency {base.latency_ms:.4f} ms ({base.runtime}, "
                f"{base.threads} thread(s), batch {base.batch_size}), {base.size_bytes / 1024:.1f} KiB, {base.macs:,} MACs")
     if study.constraints.active:
         click.echo(f"Constraints: {study.constraints.to_dict()}")
@@ -218,6 +219,7 @@ def _echo_frontier(study: Any) -> None:
 @click.option("--latency-repeats", type=click.IntRange(min=1), default=None, help="Timed repeats per candidate [default: 100].")
 @click.option("--fix", multiple=True, metavar="NAME=VALUE", help="Hold a parameter at a value (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the frontier as JSON (no progress bar).")
+@click.option("--no-cache", is_flag=True, help="Retrain the baseline instead of reading the cache (the cache is refreshed).")
 @storage_option
 @user_errors
 def run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: float | None, objectives: str | None,
@@ -225,7 +227,7 @@ def run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: f
         max_latency_ms: float | None, max_size_kb: float | None,
         max_accuracy_drop: float | None, early_stopping: bool | None, epochs: int | None, runtime: str | None,
         threads: int | None, batch_size: int | None, latency_repeats: int | None, fix: tuple[str, ...], as_json: bool,
-        storage: str) -> None:
+        no_cache: bool, storage: str) -> None:
     """Create or resume a study, run trials (progress bar with ETA), print the frontier.
 
     Every worker that runs this with the same --study and --storage joins the same study.
@@ -248,6 +250,7 @@ def run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: f
         study_name, storage=storage, task=task_spec, fixed=parse_assignments(fix, "--fix") or None, objectives=objectives,
         max_latency_ms=max_latency_ms, max_size_kb=max_size_kb, max_accuracy_drop=max_accuracy_drop,
         settings=settings or None, seed=seed, sampler=sampler, early_stopping=early_stopping, progress=not as_json,
+        use_cache=not no_cache,
     )
     try:
         before = len(study.trials())
@@ -397,6 +400,21 @@ def export(study_name: str, trial: int, out: str, fmt: str | None, storage: str)
                    f"{cand.accuracy:.4f}, latency {cand.latency_ms:.4f} ms")
     finally:
         study.close()
+
+
+@main.group()
+def cache() -> None:
+    """The cache of trained baselines (SLIMTUNE_CACHE_DIR, default ~/.cache/slimtune)."""
+
+
+@cache.command("clear")
+@user_errors
+def cache_clear() -> None:
+    """Delete every cached baseline (the next run retrains)."""
+    from slimtune.search.baseline import cache_dir, clear_cache
+
+    removed = clear_cache()
+    click.echo(f"Removed {removed} cached baseline(s) from {cache_dir()}.")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,5 +1,9 @@
-"""The trained baseline: trained once per (task, seed), cached, the teacher of every
-candidate and the frontier's reference point."""
+"""The baseline: the frontier's reference point and the teacher of every candidate.
+
+A task built from a factory has its baseline trained once per (task fingerprint,
+seed) and cached; a task built with :meth:`Task.from_model` *is* the user's trained
+model, which is never retrained: its metric is measured and its logits on the training
+split computed (cheap, so never cached)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from slimtune.search.trainer import TrainConfig, accuracy, predict_logits, train
+from slimtune.search.trainer import TrainConfig, predict_logits, score, train
 from slimtune.tasks.base import Task
 
 logger = logging.getLogger(__name__)
@@ -25,9 +29,21 @@ def cache_dir() -> Path:
     return path
 
 
+def clear_cache() -> int:
+    """Delete every cached baseline; returns how many files were removed."""
+    removed = 0
+    for path in cache_dir().glob("*.pt"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 @dataclass
 class Baseline:
-    """A trained baseline with its teacher logits on the training split."""
+    """A trained baseline with its teacher logits on the training split.
+
+    ``val_accuracy`` and ``test_accuracy`` hold the task's metric (accuracy unless the
+    task says otherwise), computed with the torch model."""
 
     task: Task
     model: nn.Module
@@ -36,20 +52,37 @@ class Baseline:
     test_accuracy: float
     seed: int
     cached: bool
+    trained: bool = True  # False: the user's model as given (Task.from_model)
+
+
+def _measured(task: Task, model: nn.Module, seed: int, *, cached: bool, trained: bool) -> Baseline:
+    """The baseline's teacher logits and val/test metric, computed now (the teacher
+    logits line up with ``task.data.x_train`` in its current order)."""
+    data = task.data
+    model.eval()
+    teacher = predict_logits(model, data.x_train)
+    val = score(model, data.x_val, data.y_val, task.metric)
+    test = score(model, data.x_test, data.y_test, task.metric)
+    return Baseline(task, model, teacher, val, test, seed, cached=cached, trained=trained)
 
 
 def get_baseline(task: Task, *, seed: int = 0, use_cache: bool = True, progress: bool = False) -> Baseline:
-    """Train ``task``'s baseline (or load it from the cache, keyed by task fingerprint
-    and seed).  Cached files hold tensors only and are read with ``weights_only=True``."""
+    """The baseline of ``task``.
+
+    ``Task.from_model`` tasks: the given model, never trained.  Other tasks: trained
+    (or loaded from the cache, keyed by task fingerprint and seed; ``use_cache=False``
+    retrains and overwrites the cached file).  Cached files hold tensors only and are
+    read with ``weights_only=True``.
+    """
+    if task.pretrained:
+        return _measured(task, task.build_model(), seed, cached=False, trained=False)
     path = cache_dir() / f"{task.name}-{task.fingerprint()}-seed{seed}.pt"
-    model = task.build_model()
     if use_cache and path.exists():
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
+            model = task.build_model()
             model.load_state_dict(blob["state_dict"])
-            model.eval()
-            return Baseline(task, model, blob["teacher_logits"], float(blob["val_accuracy"]),
-                            float(blob["test_accuracy"]), seed, cached=True)
+            return _measured(task, model, seed, cached=True, trained=True)
         except Exception as exc:  # noqa: BLE001 - a broken cache file is retrained
             logger.warning("Ignoring unreadable baseline cache %s: %s", path, exc)
     torch.manual_seed(seed)
@@ -59,12 +92,9 @@ def get_baseline(task: Task, *, seed: int = 0, use_cache: bool = True, progress:
     if progress:
         print(f"Training the {task.name} baseline ({task.epochs} epochs, {len(data.x_train):,} images)...", flush=True)
     train(model, data.x_train, data.y_train, config)
-    model.eval()
-    teacher = predict_logits(model, data.x_train)
-    val_acc = accuracy(model, data.x_val, data.y_val)
-    test_acc = accuracy(model, data.x_test, data.y_test)
+    baseline = _measured(task, model, seed, cached=False, trained=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "teacher_logits": teacher, "val_accuracy": val_acc,
-                "test_accuracy": test_acc}, tmp)
+    torch.save({"state_dict": model.state_dict(), "val_accuracy": baseline.val_accuracy,
+                "test_accuracy": baseline.test_accuracy}, tmp)
     os.replace(tmp, path)
-    return Baseline(task, model, teacher, val_acc, test_acc, seed, cached=False)
+    return baseline

@@ -131,6 +131,7 @@ class Study:
         sampler: Any = None,
         early_stopping: "bool | FrontierEarlyStopping | None" = None,
         progress: bool = False,
+        use_cache: bool = True,
     ) -> "Study":
         """Create the study, or resume it if it exists (trial numbers continue).
 
@@ -155,6 +156,8 @@ class Study:
             sampler: ``gp`` (default), ``tpe``, ``nsga2``, ``random`` or an Optuna sampler.
             early_stopping: the frontier rule (default on), ``False`` to turn it off.
             progress: print progress while training the baseline.
+            use_cache: ``False`` retrains the baseline instead of reading the cache
+                (once, in this session; the cache is refreshed).
 
         On resume, arguments left at ``None`` take the stored values; a task, space,
         objectives, constraints or settings that differ from the stored ones raise
@@ -194,9 +197,11 @@ class Study:
         try:
             record = cls._find(db, name)
             if record is not None:
-                return cls._resume(record, db, task=task_obj, space=space, fixed=fixed, objectives=wanted_objectives,
-                                   constraints=wanted_constraints, settings=settings, sampler=sampler, seed=seed,
-                                   early_stopping=early_stopping)
+                study = cls._resume(record, db, task=task_obj, space=space, fixed=fixed, objectives=wanted_objectives,
+                                    constraints=wanted_constraints, settings=settings, sampler=sampler, seed=seed,
+                                    early_stopping=early_stopping)
+                study._use_cache = use_cache
+                return study
             if task_obj is None:
                 raise StudyError(f"There is no study {name!r} in {mask_url(storage)!r}; give a task to create it.")
             the_settings = _settings_from(settings, None)
@@ -209,7 +214,7 @@ class Study:
             if name in optuna.get_all_study_names(optuna_storage):
                 raise StudyError(f"{mask_url(storage)!r} already holds an Optuna study {name!r} that slimtune did not "
                                  "create; choose another name.")
-            baseline_data = cls._measure_baseline(task_obj, the_space, the_settings, progress)
+            baseline_data = cls._measure_baseline(task_obj, the_space, the_settings, progress, use_cache)
             from slimtune import __version__
             from slimtune.search.backends.optuna_backend import DEFAULT_SAMPLER, sampler_name
 
@@ -286,14 +291,16 @@ class Study:
         return study
 
     @staticmethod
-    def _measure_baseline(task: "Task", space: "Space", settings: "EvalSettings", progress: bool) -> dict[str, Any]:
+    def _measure_baseline(task: "Task", space: "Space", settings: "EvalSettings", progress: bool,
+                          use_cache: bool = True) -> dict[str, Any]:
         from slimtune.search.baseline import get_baseline
         from slimtune.search.candidate import Evaluator
 
-        baseline = get_baseline(task, seed=settings.seed, progress=progress)
+        baseline = get_baseline(task, seed=settings.seed, progress=progress, use_cache=use_cache)
         measurement = Evaluator(task, space, settings, baseline).baseline_measurement()
         return {"measurement": measurement.to_dict(), "val_accuracy": baseline.val_accuracy,
-                "torch_test_accuracy": baseline.test_accuracy}
+                "torch_test_accuracy": baseline.test_accuracy, "metric": task.metric.name,
+                "trained_by_slimtune": baseline.trained}
 
     def _ensure_optuna_study(self, storage) -> "optuna.Study":
         import optuna
@@ -357,6 +364,12 @@ class Study:
     @property
     def task_name(self) -> str:
         return self._record.task_name
+
+    @property
+    def metric_name(self) -> str:
+        """The name of the task's metric, what ``accuracy`` holds (``accuracy`` unless
+        the task chose another)."""
+        return str(self._record.baseline.get("metric") or "accuracy")
 
     @property
     def baseline(self) -> Measurement:
@@ -510,7 +523,8 @@ class Study:
         sampler = backend_obj.optuna_sampler()
         if sampler is not None:
             study.sampler = sampler
-        baseline = get_baseline(task, seed=settings.seed, progress=progress)
+        baseline = get_baseline(task, seed=settings.seed, progress=progress, use_cache=getattr(self, "_use_cache", True))
+        self._use_cache = True  # retrained once (--no-cache); later calls read the fresh cache
         evaluator = Evaluator(task, space, settings, baseline)
         epochs = task.finetune_epochs if settings.epochs is None else settings.epochs
         recovery = getattr(task, "recovery_epochs", 0) if settings.finetune_epochs is None else settings.finetune_epochs

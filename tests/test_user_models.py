@@ -1,0 +1,272 @@
+"""The user's own trained model as the baseline (issue 10): ``Task.from_model``, the
+fingerprint, output adapters, the user's metric, and every knob on models from a
+library nobody here wrote (Hugging Face ``transformers``) and on a tabular MLP."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from slimtune import Task, TaskError
+from slimtune.search.baseline import get_baseline
+from slimtune.tasks.metrics import get_metric
+from slimtune.tasks.outputs import LogitsOutput
+from tests import user_model_task as umt
+from tests._train import train_plain
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _loader(x: torch.Tensor, y: torch.Tensor, shuffle: bool, seed: int = 0) -> DataLoader:
+    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=shuffle, generator=torch.Generator().manual_seed(seed))
+
+
+def _task(model: nn.Module, **kwargs) -> Task:
+    x, y = umt.data()
+    return Task.from_model(model, train=(x, y), val=(x[:48], y[:48]), test=(x[48:], y[48:]), output="logits", **kwargs)
+
+
+# -- 1. a trained model is the baseline --------------------------------------------------
+def test_a_changed_weight_changes_the_fingerprint():
+    model = umt.trained_model()
+    first = _task(model).fingerprint()
+    assert _task(model).fingerprint() == first  # stable
+    with torch.no_grad():
+        model.fc.bias[0] += 1e-3
+    assert _task(model).fingerprint() != first
+
+
+def test_a_factory_loading_other_weights_changes_the_fingerprint(tmp_path):
+    """The baseline cache key sees the weights a factory loads (the old key hashed
+    only the architecture's repr, so replaced weights reused the old baseline)."""
+    x, y = umt.data()
+    path = tmp_path / "w.pt"
+    torch.save(umt.DictOutput().state_dict(), path)
+
+    def factory() -> nn.Module:
+        m = umt.DictOutput()
+        m.load_state_dict(torch.load(path, weights_only=True))
+        return m
+
+    def make() -> Task:
+        return Task(name="f", build_model=factory, data=umt_data(), num_classes=3, output="logits")
+
+    before = make().fingerprint()
+    assert make().fingerprint() == before
+    other = umt.DictOutput()
+    with torch.no_grad():
+        other.fc.weight.mul_(2)
+    torch.save(other.state_dict(), path)
+    assert make().fingerprint() != before
+
+
+def umt_data():
+    from slimtune.tasks import TaskData
+
+    x, y = umt.data()
+    return TaskData(x, y, x[:48], y[:48], x[48:], y[48:])
+
+
+def test_a_shuffling_loader_gives_the_same_fingerprint_and_order():
+    x, y = umt.data()
+    build = umt.DictOutput
+    a = Task.from_loaders("s", build, _loader(x, y, True, 1), _loader(x, y, False), _loader(x, y, False), output="logits")
+    b = Task.from_loaders("s", build, _loader(x, y, True, 2), _loader(x, y, False), _loader(x, y, False), output="logits")
+    assert not torch.equal(next(iter(_loader(x, y, True, 1)))[0], next(iter(_loader(x, y, True, 2)))[0])
+    assert a.fingerprint() == b.fingerprint()
+    assert torch.equal(a.data.x_train, b.data.x_train) and torch.equal(a.data.y_train, b.data.y_train)
+
+
+def test_the_fingerprint_sees_every_sample():
+    """The old fingerprint hashed only the first 4096 values of each split."""
+    model = umt.trained_model()
+    x, y = umt.data(400)
+    base = Task.from_model(model, train=(x, y), val=(x[:48], y[:48]), test=(x[48:], y[48:]), output="logits")
+    x2 = x.clone()
+    x2[-1, 0, 0, 0] += 1.0
+    changed = Task.from_model(model, train=(x2, y), val=(x[:48], y[:48]), test=(x[48:], y[48:]), output="logits")
+    assert base.fingerprint() != changed.fingerprint()
+
+
+def test_the_baseline_of_a_trained_model_is_not_retrained_and_is_measured():
+    model = umt.trained_model()
+    given = {k: v.clone() for k, v in model.state_dict().items()}
+    task = _task(model, metric="accuracy")
+    baseline = get_baseline(task)
+    assert not baseline.trained and not baseline.cached
+    state = baseline.model.state_dict()
+    assert set(state) == {"model." + k for k in given}
+    assert all(torch.equal(state["model." + k], v) for k, v in given.items())
+    with torch.no_grad():
+        val_logits = model(task.data.x_val)["logits"]
+        test_logits = model(task.data.x_test)["logits"]
+        train_logits = model(task.data.x_train)["logits"]
+    assert baseline.val_accuracy == pytest.approx(float((val_logits.argmax(1) == task.data.y_val).float().mean()))
+    assert baseline.test_accuracy == pytest.approx(float((test_logits.argmax(1) == task.data.y_test).float().mean()))
+    assert 0.5 < baseline.val_accuracy < 1.0  # trained, and not a degenerate split
+    assert torch.allclose(baseline.teacher_logits, train_logits, atol=1e-5)
+    # later changes to the user's model do not leak into the task
+    with torch.no_grad():
+        model.fc.weight.zero_()
+    assert torch.equal(get_baseline(task).model.state_dict()["model.fc.weight"], given["fc.weight"])
+
+
+def test_a_state_dict_and_factory_make_the_same_task():
+    model = umt.trained_model()
+    x, y = umt.data()
+    a = _task(model)
+    b = Task.from_model(model.state_dict(), factory=umt.DictOutput, train=(x, y), val=(x[:48], y[:48]),
+                        test=(x[48:], y[48:]), output="logits")
+    assert a.fingerprint() == b.fingerprint()
+    with pytest.raises(TaskError, match="factory="):
+        Task.from_model(model.state_dict(), train=(x, y), val=(x, y), test=(x, y))
+
+
+def test_no_cache_retrains_a_cached_baseline(tmp_path, monkeypatch):
+    from slimtune.search.baseline import cache_dir, clear_cache
+    from slimtune.tasks import get_task
+
+    monkeypatch.setenv("SLIMTUNE_CACHE_DIR", str(tmp_path))
+    task = get_task("tests.user_task:make_task")
+    first = get_baseline(task)
+    assert not first.cached and first.trained and len(list(cache_dir().glob("*.pt"))) == 1
+    assert get_baseline(task).cached
+    again = get_baseline(task, use_cache=False)
+    assert not again.cached and again.trained
+    assert get_baseline(task).cached  # the cache was refreshed
+    assert clear_cache() == 1 and not get_baseline(task).cached
+
+
+def test_resuming_a_study_with_other_weights_is_refused(tmp_path):
+    from slimtune.studies import Study, StudyError
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    settings = {"latency_repeats": 3, "epochs": 0}
+    model = umt.trained_model()
+    study = Study.create_or_load("mine", storage=storage, task=_task(model), settings=settings)
+    assert study.metric_name == "accuracy"
+    study.close()
+    with torch.no_grad():
+        model.fc.bias.add_(0.5)
+    with pytest.raises(StudyError, match="fingerprint"):
+        Study.create_or_load("mine", storage=storage, task=_task(model), settings=settings)
+
+
+# -- bad input ------------------------------------------------------------------------------
+def test_a_model_not_returning_logits_is_one_clear_line():
+    with pytest.raises(TaskError, match=r"output='logits'"):
+        umt.no_adapter_task()
+    x, y = umt.data()
+    with pytest.raises(TaskError, match=r"class logits of shape \(batch, classes\), but got \(2, 8, 8, 8\)"):
+        Task.from_model(nn.Conv2d(1, 8, 3, padding=1), train=(x, y), val=(x, y), test=(x, y))
+
+
+def test_an_output_that_does_not_fit_the_model():
+    with pytest.raises(TaskError, match=r"`output='logitz'` does not fit the model: .*keys \['features', 'logits'\]"):
+        _task(umt.trained_model()).__class__.from_model(umt.trained_model(), train=umt.data(), val=umt.data(),
+                                                        test=umt.data(), output="logitz")
+
+
+def test_labels_outside_the_class_range():
+    x, y = umt.data()
+    with pytest.raises(TaskError, match=r"The val labels must lie in \[0, 2\].*\[0, 7\]"):
+        Task.from_model(umt.trained_model(), train=(x, y), val=(x, y * 7 // 2), test=(x, y), output="logits")
+
+
+def test_an_unknown_metric_name_suggests_close_matches():
+    with pytest.raises(TaskError, match=r"but got 'f1_macr'. Did you mean 'f1_macro'\?"):
+        umt.bad_metric_task()
+
+
+def test_a_loader_yielding_nothing():
+    x, y = umt.data()
+    with pytest.raises(TaskError, match="The train loader yields no batches"):
+        Task.from_model(umt.trained_model(), train=DataLoader(TensorDataset(x[:0], y[:0])), val=(x, y), test=(x, y),
+                        output="logits")
+
+
+def test_cli_bad_input_exits_2_with_one_line():
+    from slimtune.cli import main
+
+    result = CliRunner().invoke(main, ["space", "--task", "tests.user_model_task:bad_metric_task"])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "Did you mean 'f1_macro'" in result.output
+
+
+# -- 2. output adapters -------------------------------------------------------------------
+class TupleOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return x.sum(), self.fc(x)
+
+
+class ObjectOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(loss=None, logits=self.fc(x))
+
+
+@pytest.mark.parametrize(("model", "spec"), [(TupleOut(), 1), (ObjectOut(), "logits"), (ObjectOut(), lambda o: o.logits)])
+def test_output_adapters_give_a_tensor_of_logits_and_export_to_onnx(model, spec):
+    from slimtune.search.runtime import compile_model
+
+    wrapped = LogitsOutput(model, spec).eval()
+    x = torch.randn(5, 4)
+    out = wrapped(x)
+    assert isinstance(out, torch.Tensor) and torch.equal(out, model.fc(x))
+    compiled = compile_model(wrapped, runtime="onnxruntime", bits=32, calibration=x)
+    assert compiled.predict(x) == pytest.approx(out.detach().numpy(), abs=1e-5)
+
+
+# -- 3. the user's metric -----------------------------------------------------------------
+def test_builtin_metrics_on_known_values():
+    logits = torch.tensor([[3.0, 2, 1, 0, -1, -2], [0, 3, 2, 1, -1, -2], [0, 1, 3, 2, -1, -2], [3, 0, 1, 2, -1, -2]])
+    labels = torch.tensor([0, 1, 1, 5])  # predictions 0, 1, 2, 0
+    assert get_metric("accuracy")(logits, labels) == pytest.approx(0.5)
+    assert get_metric("top5")(logits, labels) == pytest.approx(0.75)  # class 5 is last for sample 3
+    # recalls: class 0 1/1, class 1 1/2, class 5 0/1 -> mean 0.5
+    assert get_metric("balanced_accuracy")(logits, labels) == pytest.approx(0.5)
+    # F1: class 0 2*1/(1+2)=0.667, class 1 2*1/(2+1)=0.667, class 2 0, class 5 0 -> 1.333/4
+    assert get_metric("f1_macro")(logits, labels) == pytest.approx((2 / 3 + 2 / 3) / 4)
+
+
+def test_the_task_metric_is_what_measurements_hold():
+    """A callable metric replaces top-1 accuracy in the baseline and the candidates'
+    Measurement (computed on the timed artifact's logits)."""
+    from slimtune.api import build_space
+    from slimtune.search.candidate import EvalSettings, Evaluator
+
+    def neg_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+        return -float(F.cross_entropy(logits, labels))
+
+    model = umt.trained_model()
+    task = _task(model, metric=neg_cross_entropy)
+    assert task.metric.name == "neg_cross_entropy"
+    baseline = get_baseline(task)
+    with torch.no_grad():
+        expected = -float(F.cross_entropy(model(task.data.x_val)["logits"], task.data.y_val))
+    assert baseline.val_accuracy == pytest.approx(expected, rel=1e-5)
+    evaluator = Evaluator(task, build_space(task), EvalSettings(latency_repeats=3, latency_warmup=1, epochs=0), baseline)
+    m = evaluator.baseline_measurement()
+    assert m.accuracy == pytest.approx(expected, rel=1e-4)  # ONNX Runtime's logits, same metric
+    assert m.accuracy < 0
