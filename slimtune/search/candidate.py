@@ -247,7 +247,7 @@ class Evaluator:
         if recipe.get("channel_widths"):
             model = rebuild_channel_widths(model, recipe["channel_widths"], self.example_input)
         if recipe.get("bn_folded"):
-            model = fold_batchnorm(model.eval())
+            model = fold_batchnorm(model.eval(), self.example_input)
         model.load_state_dict(state_dict)
         return model.eval()
 

@@ -78,13 +78,37 @@ def _forward_fn(model: nn.Module) -> Callable[[nn.Module, torch.Tensor], Any] | 
     return None
 
 
+def unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+    """``(parameter, pruning dim)`` for every parameter held by a module Torch-Pruning
+    has no pruner for (e.g. ConvNeXt's per-channel ``layer_scale_parameter``), pruned
+    along its last dimension longer than 1 (its channel axis in the cases seen).
+
+    Torch-Pruning detects these itself but warns on every graph it builds; naming them
+    makes the choice explicit and the warning goes away."""
+    from torch_pruning import ops
+
+    wrapped: set[int] = set()
+    for module in model.modules():
+        if ops.module2type(module) != ops.OPTYPE.ELEMENTWISE:
+            wrapped.update(id(p) for p in module.parameters())
+    out = []
+    for param in model.parameters():
+        if id(param) in wrapped:
+            continue
+        dims = [i for i, size in enumerate(param.shape) if size > 1]
+        if dims:
+            out.append((param, dims[-1]))
+    return out
+
+
 def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     """Torch-Pruning's dependency graph of ``model`` (early-exit models traced through
     ``forward_all`` so the exit heads are part of it).  Leaves ``model`` in its mode."""
     was_training = model.training
     try:
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
-                                                    forward_fn=_forward_fn(model), verbose=False)
+                                                    forward_fn=_forward_fn(model), verbose=False,
+                                                    unwrapped_parameters=unwrapped_parameters(model))
     finally:
         model.train(was_training)
 
@@ -235,6 +259,7 @@ def prune_channels(model: nn.Module, ratio: float, ctx: KnobContext, *,
         model, example_inputs=ctx.example_input,
         importance=importance if importance is not None else tp.importance.MagnitudeImportance(p=1),
         pruning_ratio=float(ratio), ignored_layers=ignored, forward_fn=_forward_fn(model),
+        unwrapped_parameters=unwrapped_parameters(model),
     )  # builds the dependency graph once for this candidate
     pruner.step()
     rewound_to = None
