@@ -78,6 +78,8 @@ def space(task_spec: str, fix: tuple[str, ...], as_json: bool) -> None:
         dom = f"[{p['low']}, {p['high']}]{' log' if p.get('log') else ''}" if "low" in p else "{" + ", ".join(map(str, p["choices"])) + "}"
         state = f"= {p['value']} (fixed)" if p["fixed"] else f"default {p['default']}"
         click.echo(f"  {p['name']:<28} {p['kind']:<12} {dom:<32} {state}")
+    for family, reason in data.get("omitted", {}).items():
+        click.echo(f"  no {family} knob: {reason}")
 
 
 @main.command("eval")

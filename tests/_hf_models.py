@@ -94,3 +94,53 @@ def mlp_task(epochs: int = 30, **kwargs) -> Task:
     train_briefly(model, flat(d.x_train), d.y_train, steps=epochs * 17)
     return Task.from_model(model, train=(flat(d.x_train), d.y_train), val=(flat(d.x_val), d.y_val),
                            test=(flat(d.x_test), d.y_test), name="tabular-mlp", **kwargs)
+
+
+#: One candidate per knob family, as measured in tests and benchmarks/user_models.py.
+KNOBS: dict[str, dict] = {
+    "prune weight 0.5": {"prune.ratio": 0.5, "prune.granularity": "weight"},
+    "prune channel 0.5": {"prune.ratio": 0.5, "prune.granularity": "channel"},
+    "quant 8-bit ptq": {"quant.bits": 8, "quant.mode": "ptq"},
+    "quant 4-bit qat": {"quant.bits": 4, "quant.mode": "qat"},
+    "distill T=4 a=0.7": {"distill.temperature": 4.0, "distill.alpha": 0.7},
+    "dsconv": {},  # filled per model: every eligible conv with more than one input channel
+}
+
+
+def dsconv_values(space, model: nn.Module) -> dict[str, bool]:
+    """Every eligible conv with more than one input channel (a 1-channel stem gains
+    nothing), or every eligible conv if that leaves none."""
+    names = [p.name for p in space.params if p.name.startswith("dsconv.")]
+    wide = [n for n in names if model.get_submodule(n[len("dsconv."):]).in_channels > 1]
+    return {n: True for n in (wide or names)}
+
+
+def run_knobs(task: Task, *, epochs: int = 1, repeats: int = 50) -> tuple[dict, dict[str, dict]]:
+    """The baseline measurement and, per knob of :data:`KNOBS` the space offers, the
+    candidate's measured ratios: ``macs``, ``speedup`` (same-run reference latency /
+    latency), ``size``, ``delta`` (metric change on validation), ``test_delta``,
+    ``flags`` and the warnings raised while it was built and measured."""
+    import warnings
+
+    from slimtune.api import build_space
+    from slimtune.search.baseline import get_baseline
+    from slimtune.search.candidate import EvalSettings, Evaluator
+
+    space = build_space(task)
+    settings = EvalSettings(epochs=epochs, finetune_epochs=1, latency_repeats=repeats, latency_warmup=5)
+    evaluator = Evaluator(task, space, settings, get_baseline(task))
+    base = evaluator.baseline_measurement()
+    rows: dict[str, dict] = {}
+    for label, values in KNOBS.items():
+        if label == "dsconv":
+            if "dsconv" in space.omitted:
+                continue
+            values = dsconv_values(space, task.build_model())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m = evaluator.evaluate(values).measurement
+        rows[label] = {"macs": m.macs / base.macs, "speedup": m.speedup, "size": m.size_bytes / base.size_bytes,
+                       "delta": m.accuracy - base.accuracy, "test_delta": m.test_accuracy - base.test_accuracy,
+                       "accuracy": m.accuracy, "kernel_bits": m.kernel_bits, "flags": list(m.flags),
+                       "warnings": [f"{w.category.__name__}: {w.message}" for w in caught]}
+    return base, rows

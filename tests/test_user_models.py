@@ -270,3 +270,105 @@ def test_the_task_metric_is_what_measurements_hold():
     m = evaluator.baseline_measurement()
     assert m.accuracy == pytest.approx(expected, rel=1e-4)  # ONNX Runtime's logits, same metric
     assert m.accuracy < 0
+
+
+# -- 4. every knob on models nobody here wrote ---------------------------------------------
+transformers = pytest.importorskip("transformers")
+from tests import _hf_models as hf  # noqa: E402
+
+
+def _with_statistics(model: nn.Module) -> nn.Module:
+    """Non-trivial BatchNorm statistics (an untrained BatchNorm is the identity)."""
+    model.train()
+    with torch.no_grad():
+        for seed in range(3):
+            model(torch.randn(16, 1, 32, 32, generator=torch.Generator().manual_seed(seed)))
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", hf.ARCHITECTURES)
+def test_structure_knobs_on_transformers_models(arch):
+    """BatchNorm folding is exact and complete, channel pruning keeps grouped /
+    depthwise convs, squeeze-excitation and residuals consistent (and warns nothing),
+    DS-conv runs inside the library's own layers (MobileNetV2's TF padding reads the
+    conv's stride), quantization folds without a flag."""
+    import warnings
+
+    from slimtune.search.macs import count_macs
+    from slimtune.spaces.dsconv import DepthwiseSeparable
+    from slimtune.spaces.quantization import Quantization
+    from slimtune.spaces.base import KnobContext
+    from slimtune.spaces.pruning import prune_channels
+    from slimtune.spaces.quantization import fold_batchnorm, has_unfolded_batchnorm
+
+    model = _with_statistics(LogitsOutput(hf.build_hf(arch), "logits"))
+    x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(9))
+    ref = model(x)
+    ctx = KnobContext(example_input=x[:1], calibration=x, finetune=lambda *a, **k: None, finetune_epochs=0,
+                      info={"num_classes": 10})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folded = fold_batchnorm(copy.deepcopy(model), x[:1])
+        assert not has_unfolded_batchnorm(folded)
+        assert torch.allclose(folded(x), ref, atol=1e-4 * float(ref.abs().max()))
+        quantized = Quantization().apply(copy.deepcopy(model), {"quant.bits": 8, "quant.mode": "ptq"}, ctx)
+        assert ctx.info["flags"] == [] and ctx.info["quant"]["folded_batchnorms"] == sum(
+            isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        assert (quantized(x).argmax(1) == ref.argmax(1)).float().mean() >= 0.75
+
+        pruned = prune_channels(copy.deepcopy(model), 0.5, ctx)
+        out = pruned(x)
+        assert out.shape == (4, 10)
+        assert count_macs(pruned, x[:1]) < 0.5 * count_macs(model, x[:1])
+        grouped = [m for m in pruned.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+        assert all(m.groups == m.in_channels == m.out_channels for m in grouped)
+        assert (len(grouped) > 0) == (arch != "resnet")  # MobileNetV2 and ConvNeXt are depthwise
+
+        space_knob = DepthwiseSeparable()
+        names = [p.name for p in space_knob.params(model)]
+        assert names, "every one of these models has a k×k conv with groups = 1"
+        ds = space_knob.apply(copy.deepcopy(model), {n: True for n in names}, ctx)
+        assert ds(x).shape == (4, 10) and count_macs(ds, x[:1]) < count_macs(model, x[:1])
+    assert [str(w.message) for w in caught if "Unwrapped" in str(w.message) or "BatchNorm" in str(w.message)] == []
+
+
+def test_the_mlp_on_tabular_data_gets_no_conv_knobs_and_every_other_knob_works():
+    """``(N, features)`` inputs: the example input comes from the data; pruning,
+    quantization and distillation run; DS-conv and exits are left out, with the reason."""
+    from slimtune.api import build_space
+
+    task = hf.mlp_task()
+    assert task.input_shape == (64,)
+    space = build_space(task)
+    assert {p.family for p in space.params} == {"distill", "prune", "quant"}
+    assert "no eligible conv" in space.omitted["dsconv"] and "no exit points" in space.omitted["exits"]
+    base, rows = hf.run_knobs(task, repeats=20)
+    assert base.accuracy > 0.9 and set(rows) == set(hf.KNOBS) - {"dsconv"}
+    assert rows["prune channel 0.5"]["macs"] < 0.5 and rows["prune channel 0.5"]["delta"] > -0.1
+    assert rows["prune weight 0.5"]["size"] < 0.6 and rows["prune weight 0.5"]["macs"] == 1.0
+    assert rows["quant 8-bit ptq"]["kernel_bits"] == 8 and rows["quant 8-bit ptq"]["size"] < 0.3
+    assert abs(rows["quant 8-bit ptq"]["delta"]) < 0.03
+    assert rows["quant 4-bit qat"]["size"] < 0.16 and rows["quant 4-bit qat"]["delta"] > -0.05
+    assert abs(rows["distill T=4 a=0.7"]["delta"]) < 0.05
+    assert all(not r["warnings"] for r in rows.values()), {k: r["warnings"] for k, r in rows.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", hf.ARCHITECTURES)
+def test_every_knob_family_on_a_trained_transformers_model(arch):
+    """A briefly trained ``transformers`` classifier handed over with from_model; each
+    knob family through Evaluator.evaluate, measured on ONNX Runtime."""
+    task = hf.hf_task(arch)
+    base, rows = hf.run_knobs(task)
+    assert base.accuracy > 0.8, base.accuracy
+    assert set(rows) == set(hf.KNOBS)
+    assert rows["prune channel 0.5"]["macs"] < 0.5 and rows["prune channel 0.5"]["size"] < 0.5
+    assert rows["prune weight 0.5"]["size"] < 0.6 and rows["prune weight 0.5"]["delta"] > -0.05
+    assert rows["quant 8-bit ptq"]["kernel_bits"] == 8 and rows["quant 8-bit ptq"]["size"] < 0.3
+    assert rows["quant 8-bit ptq"]["delta"] > -0.03
+    assert rows["quant 4-bit qat"]["size"] < 0.17
+    assert rows["distill T=4 a=0.7"]["delta"] > -0.05
+    assert rows["dsconv"]["macs"] < 1.0
+    for label, row in rows.items():
+        assert not any("could not be folded" in f for f in row["flags"]), (label, row["flags"])
+        assert not [w for w in row["warnings"] if "Unwrapped" in w or "BatchNorm" in w], (label, row["warnings"])

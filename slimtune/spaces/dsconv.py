@@ -170,6 +170,11 @@ class DepthwiseSeparable(Knob):
         return [Param(f"dsconv.{name}", "bool", False, doc=f"make {name} depthwise-separable")
                 for name in eligible_convs(model)]
 
+    def unavailable(self, model: nn.Module) -> str | None:
+        if eligible_convs(model):
+            return None
+        return "the model has no eligible conv (a k×k Conv2d with k > 1 and groups = 1)"
+
     def apply(self, model: nn.Module, values: dict[str, Any], ctx: KnobContext) -> nn.Module:
         """Replace each chosen conv in place; writes ``ctx.info["dsconv"]``
         (``replaced``: names, ``init``, ``approx_error``: relative Frobenius error of

@@ -213,6 +213,11 @@ class EarlyExits(Knob):
                                 doc=f"leave at exit {point} when the max softmax probability is >= this"))
         return params
 
+    def unavailable(self, model: nn.Module) -> str | None:
+        if exit_points(model):
+            return None
+        return "the model has no exit points (early exits need a model with `blocks` (nn.Sequential) and `head`)"
+
     def apply(self, model: nn.Module, values: dict[str, Any], ctx: KnobContext) -> nn.Module:
         """Attach exit heads where ``exits.<i>.enabled`` is true.
 

@@ -30,8 +30,13 @@ class Space:
         self.knobs = sorted(knobs, key=lambda k: STAGES.index(k.stage))
         self._params: dict[str, Param] = {}
         self._knob_of: dict[str, Knob] = {}
+        #: ``{family: reason}`` for the knobs that offer no parameter for this model.
+        self.omitted: dict[str, str] = {}
         for knob in self.knobs:
-            for param in knob.params(model):
+            params = knob.params(model)
+            if not params:
+                self.omitted[knob.family] = knob.unavailable(model) or "no parameter for this model"
+            for param in params:
                 if param.name in self._params:
                     raise ValueError(f"Parameter {param.name!r} is defined by two knobs.")
                 self._params[param.name] = param
@@ -65,12 +70,8 @@ class Space:
         if name in self._params:
             return
         family = name.split(".", 1)[0]
-        if family == "dsconv" and not any(p.family == "dsconv" for p in self._params.values()):
-            raise SpaceError(f"`{name}`: the model has no eligible conv for dsconv (a k×k Conv2d with k > 1 and groups = 1).")
-        if family == "exits" and not any(p.family == "exits" for p in self._params.values()):
-            raise SpaceError(
-                f"`{name}`: the model has no exit points (early exits need a model with `blocks` (nn.Sequential) and `head`)."
-            )
+        if family in self.omitted:
+            raise SpaceError(f"`{name}`: the space offers no {family} parameter: {self.omitted[family]}.")
         raise SpaceError(f"Unknown parameter {name!r}." + close_matches(name, list(self._params)))
 
     def check(self, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,6 +102,7 @@ class Space:
                  **({"value": self.fixed[p.name]} if p.name in self.fixed else {}), "doc": p.doc}
                 for p in self._params.values()
             ],
+            **({"omitted": dict(self.omitted)} if self.omitted else {}),
         }
 
     def to_nni(self) -> dict[str, dict[str, Any]]:
