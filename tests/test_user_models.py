@@ -372,3 +372,47 @@ def test_every_knob_family_on_a_trained_transformers_model(arch):
     for label, row in rows.items():
         assert not any("could not be folded" in f for f in row["flags"]), (label, row["flags"])
         assert not [w for w in row["warnings"] if "Unwrapped" in w or "BatchNorm" in w], (label, row["warnings"])
+
+
+# -- the CLI and the display ----------------------------------------------------------------
+def test_cli_eval_of_a_from_model_task_and_no_cache(tmp_path, monkeypatch):
+    """``--task module:callable`` returning Task.from_model; ``--no-cache`` retrains a
+    cached baseline (the cache file is rewritten)."""
+    import json
+
+    from slimtune.cli import main
+    from slimtune.search.baseline import cache_dir
+
+    monkeypatch.setenv("SLIMTUNE_CACHE_DIR", str(tmp_path))
+    result = CliRunner().invoke(main, ["eval", "--task", "tests.user_model_task:trained_task", "--epochs", "0",
+                                       "--set", "quant.bits=8", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["metric"] == "accuracy" and report["baseline"]["val_accuracy"] > 0.8
+    assert not list(cache_dir().glob("*.pt"))  # a trained model is not cached: nothing to retrain
+
+    args = ["eval", "--task", "tests.user_task:make_task", "--epochs", "0", "--json"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    (cached,) = cache_dir().glob("*.pt")
+    before = cached.stat().st_mtime_ns
+    assert CliRunner().invoke(main, args).exit_code == 0 and cached.stat().st_mtime_ns == before  # read
+    assert CliRunner().invoke(main, [*args, "--no-cache"]).exit_code == 0
+    assert cached.stat().st_mtime_ns != before  # retrained and rewritten
+    result = CliRunner().invoke(main, ["cache", "clear"])
+    assert result.exit_code == 0 and "Removed 1 cached baseline" in result.output and not cached.exists()
+
+
+def test_show_names_the_metric_and_the_plot_axis_too(tmp_path):
+    from slimtune.cli import main
+    from slimtune.studies import Study
+    from slimtune.widgets.plot import FrontierPlot
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = Study.create_or_load("f1", storage=storage, task=umt.trained_task(metric="f1_macro"),
+                                 settings={"latency_repeats": 3, "epochs": 0})
+    assert study.metric_name == "f1_macro"
+    study.close()
+    result = CliRunner().invoke(main, ["show", "f1", "--storage", storage])
+    assert result.exit_code == 0 and "Baseline: f1_macro 0." in result.output, result.output
+    assert FrontierPlot(metric="f1_macro").y_axis.label == "Validation f1 macro"
+    assert FrontierPlot().y_axis.label == "Validation accuracy"

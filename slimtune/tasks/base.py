@@ -163,9 +163,14 @@ class Task:
             self.metric = get_metric(self.metric)
         except MetricError as exc:
             raise TaskError(f"Task {self.name!r}: {exc}") from None
-        if self.output is not None:
+        if self.output is not None and not getattr(self.build_model, "_wraps_output", False):
             raw, spec = self.build_model, self.output
-            self.build_model = lambda: LogitsOutput(raw(), spec)
+
+            def build() -> nn.Module:
+                return LogitsOutput(raw(), spec)
+
+            build._wraps_output = True  # type: ignore[attr-defined]  # dataclasses.replace: wrap once
+            self.build_model = build
 
     @property
     def input_shape(self) -> tuple[int, ...]:
