@@ -11,7 +11,8 @@ from slimtune.tasks.base import Task, get_task
 def build_space(task: Task, *, fixed: Mapping[str, Any] | None = None, families: list[str] | None = None) -> Space:
     """The joint space of ``task``'s baseline model (checks the model outputs logits)."""
     task.check_model()
-    return Space.for_model(task.build_model(), families=families, fixed=fixed)
+    options = {"exits": {"exits_after": list(task.extra["exits_after"])}} if task.extra.get("exits_after") else None
+    return Space.for_model(task.build_model(), families=families, fixed=fixed, options=options)
 
 
 def measurement_row(m) -> dict[str, Any]:

@@ -334,14 +334,14 @@ def test_structure_knobs_on_transformers_models(arch):
 
 def test_the_mlp_on_tabular_data_gets_no_conv_knobs_and_every_other_knob_works():
     """``(N, features)`` inputs: the example input comes from the data; pruning,
-    quantization and distillation run; DS-conv and exits are left out, with the reason."""
+    quantization and distillation run; DS-conv is left out, with the reason."""
     from slimtune.api import build_space
 
     task = hf.mlp_task()
     assert task.input_shape == (64,)
     space = build_space(task)
-    assert {p.family for p in space.params} == {"distill", "prune", "quant"}
-    assert "no eligible conv" in space.omitted["dsconv"] and "no exit points" in space.omitted["exits"]
+    assert {p.family for p in space.params} == {"distill", "prune", "quant", "exits"}
+    assert list(space.omitted) == ["dsconv"] and "no eligible conv" in space.omitted["dsconv"]
     base, rows = hf.run_knobs(task, repeats=20)
     assert base.accuracy > 0.9 and set(rows) == set(hf.KNOBS) - {"dsconv"}
     assert rows["prune channel 0.5"]["macs"] < 0.5 and rows["prune channel 0.5"]["delta"] > -0.1
@@ -416,3 +416,57 @@ def test_show_names_the_metric_and_the_plot_axis_too(tmp_path):
     assert result.exit_code == 0 and "Baseline: f1_macro 0." in result.output, result.output
     assert FrontierPlot(metric="f1_macro").y_axis.label == "Validation f1 macro"
     assert FrontierPlot().y_axis.label == "Validation accuracy"
+
+
+# -- 5. early exits on any model ----------------------------------------------------------------
+def test_exit_points_are_found_in_a_transformers_resnet_and_export_as_one_onnx_model():
+    """The stages of a ``transformers`` ResNet are found by tracing (no ``blocks`` /
+    ``head``); the exit model computes the same function when nobody leaves, and is
+    exported as one ONNX model that agrees with torch."""
+    from slimtune.search.runtime import compile_model
+    from slimtune.spaces.base import KnobContext
+    from slimtune.spaces.exits import EarlyExitNet, EarlyExits
+
+    model = _with_statistics(LogitsOutput(hf.build_hf("resnet"), "logits"))
+    knob = EarlyExits()
+    docs = [p.doc for p in knob.params(model) if p.name.endswith(".enabled")]
+    assert docs == [f"attach an exit head after model.resnet.encoder.stages.{i}" for i in range(3)]
+    x = torch.randn(6, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    ctx = KnobContext(example_input=x[:1], calibration=x, finetune=lambda *a, **k: None)
+    net = knob.apply(copy.deepcopy(model), {"exits.0.enabled": True, "exits.0.threshold": 2.0,
+                                            "exits.2.enabled": True, "exits.2.threshold": 2.0}, ctx)
+    assert isinstance(net, EarlyExitNet) and net.exit_points == [0, 2]
+    assert ctx.info["exits"]["after"] == ["model.resnet.encoder.stages.0", "model.resnet.encoder.stages.2"]
+    with torch.no_grad():
+        assert torch.allclose(net(x), model(x), atol=1e-5)  # thresholds above 1: nobody leaves
+        net.set_thresholds([0.0, 0.0])
+        first = net.forward_all(x)[0]
+        assert torch.equal(net(x), first)  # threshold 0: everybody leaves at the first exit
+    compiled = compile_model(net.eval(), runtime="onnxruntime", bits=32, calibration=x)
+    logits, where = compiled.predict_with_exits(x)
+    assert compiled.num_exits == 2 and (where == 0).all()
+    assert logits == pytest.approx(first.numpy(), abs=1e-4)
+
+
+def test_exits_after_names_modules_and_bad_names_are_one_line():
+    from slimtune.spaces.base import SpaceError
+    from slimtune.spaces.exits import EarlyExits
+
+    model = LogitsOutput(hf.build_hf("resnet"), "logits").eval()
+    named = EarlyExits(exits_after=["resnet.encoder.stages.1"]).params(model)
+    assert [p.doc for p in named if p.name.endswith(".enabled")] == [
+        "attach an exit head after model.resnet.encoder.stages.1"]
+    with pytest.raises(SpaceError, match=r"`exits_after` names 'resnet.encoder.stage.1', which is not a module.*"
+                                         r"Did you mean"):
+        EarlyExits(exits_after=["resnet.encoder.stage.1"]).params(model)
+    with pytest.raises(SpaceError, match="more than one value flows past it"):  # inside a residual block
+        EarlyExits(exits_after=["resnet.encoder.stages.1.layers.0.layer.0"]).params(model)
+
+
+def test_a_model_that_cannot_be_traced_gets_no_exit_knob_and_the_reason():
+    from slimtune.spaces.space import Space
+
+    space = Space.for_model(LogitsOutput(hf.build_hf("mobilenet_v2"), "logits").eval())
+    assert not any(p.family == "exits" for p in space.params)
+    assert "torch.fx cannot trace the model" in space.omitted["exits"]
+    assert any(p.family == "prune" for p in space.params)  # the other knobs stay

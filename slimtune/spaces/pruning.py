@@ -137,18 +137,21 @@ def logit_layers(model: nn.Module, example_input: torch.Tensor | None = None,
         inner = [m for m in head.modules() if isinstance(m, _PRUNABLE)]
         if inner:
             layers.append(inner[-1])
-    if layers:
+    head = getattr(model, "head", None)
+    classifier_in_head = isinstance(head, nn.Module) and any(isinstance(m, _PRUNABLE) for m in head.modules())
+    if layers and classifier_in_head:
         return layers
+    # the final classifier lies elsewhere (e.g. early exits on a traced model's pieces)
     if num_classes is None and example_input is not None:
         was_training = model.training
         model.eval()
         with torch.no_grad():
             num_classes = int(model(example_input).shape[-1])
         model.train(was_training)
-    layers = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
-    if not layers:
-        layers = [m for _, m in _prunable_layers(model)][-1:]
-    return layers
+    found = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    if not found:
+        found = [m for _, m in _prunable_layers(model)][-1:]
+    return list({id(m): m for m in [*layers, *found]}.values())
 
 
 def _ignored_layers(model: nn.Module, ctx: KnobContext) -> list[nn.Module]:

@@ -44,9 +44,13 @@ class Space:
         self.fixed: dict[str, Any] = self.check(dict(fixed or {}))
 
     @classmethod
-    def for_model(cls, model: nn.Module, *, families: Iterable[str] | None = None, fixed: Mapping[str, Any] | None = None) -> "Space":
+    def for_model(cls, model: nn.Module, *, families: Iterable[str] | None = None, fixed: Mapping[str, Any] | None = None,
+                  options: Mapping[str, Mapping[str, Any]] | None = None) -> "Space":
+        """Every registered knob (or ``families``) for ``model``; ``options`` passes
+        keyword arguments to a family's knob, e.g. ``{"exits": {"exits_after": ["layer1"]}}``."""
         names = list(families) if families is not None else knob_families()
-        return cls([get_knob(name)() for name in names], model, fixed)
+        options = options or {}
+        return cls([get_knob(name)(**dict(options.get(name, {}))) for name in names], model, fixed)
 
     # -- the parameters as data -------------------------------------------------
     @property

@@ -237,6 +237,7 @@ class Task:
         lr: float = 1e-3,
         batch_size: int = 64,
         notes: str = "",
+        exits_after: "Iterable[str] | None" = None,
     ) -> "Task":
         """A task whose baseline and teacher is the user's **trained** model.
 
@@ -258,6 +259,8 @@ class Task:
             num_classes: default: the width of the model's output.
             finetune_epochs, recovery_epochs, lr, batch_size: how candidates are
                 trained (distilled from this model).
+            exits_after: module names of ``model`` to offer early exits after
+                (default: found automatically where a single tensor flows).
 
         Example:
             >>> task = Task.from_model(trained_resnet, train=train_loader, val=val_loader,
@@ -280,7 +283,8 @@ class Task:
         data = TaskData(*_collect(train, "train"), *_collect(val, "val"), *_collect(test, "test"))
         task = cls(name=name, build_model=lambda: copy.deepcopy(trained), data=data, num_classes=num_classes or 1,
                    epochs=0, finetune_epochs=finetune_epochs, recovery_epochs=recovery_epochs, lr=lr,
-                   batch_size=batch_size, notes=notes, metric=metric, output=output, pretrained=True)
+                   batch_size=batch_size, notes=notes, metric=metric, output=output, pretrained=True,
+                   extra={"exits_after": list(exits_after)} if exits_after is not None else {})
         if num_classes is None:
             task.num_classes = _output_width(task)
         task.check_model()
