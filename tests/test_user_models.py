@@ -470,3 +470,52 @@ def test_a_model_that_cannot_be_traced_gets_no_exit_knob_and_the_reason():
     assert not any(p.family == "exits" for p in space.params)
     assert "torch.fx cannot trace the model" in space.omitted["exits"]
     assert any(p.family == "prune" for p in space.params)  # the other knobs stay
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """A BatchNorm fused with its activation (the timm ``BatchNormAct2d`` pattern)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(super().forward(x))
+
+
+class Untraceable(nn.Module):
+    """Data-dependent control flow (torch.fx cannot trace it); with ``residual`` the
+    conv output is also added after the BatchNorm, so folding would be wrong."""
+
+    def __init__(self, residual: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if float(x.detach().sum()) > -1e9:
+            y = self.conv(x)
+            return self.bn(y) + y if self.residual else self.bn(y)
+        return x
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_batchnorm_folding_found_by_running_is_exact_or_not_done(residual):
+    from slimtune.spaces.quantization import conv_bn_pairs, fold_batchnorm, has_unfolded_batchnorm
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), BatchNormAct2d(4), Untraceable(residual))
+    model.train()
+    with torch.no_grad():
+        for seed in range(3):
+            model(torch.randn(8, 1, 6, 6, generator=torch.Generator().manual_seed(seed)))
+    model.eval()
+    x = torch.randn(5, 1, 6, 6, generator=torch.Generator().manual_seed(7))
+    ref = model(x)
+    assert conv_bn_pairs(model) == [("0", "1")]  # Sequential neighbours; the pair inside `Untraceable` is unseen
+    pairs = conv_bn_pairs(model, x[:1])
+    assert pairs == [("0", "1")] + ([] if residual else [("2.conv", "2.bn")])
+    folded = fold_batchnorm(copy.deepcopy(model), x[:1])
+    assert torch.allclose(folded(x), ref, atol=1e-5)
+    assert has_unfolded_batchnorm(folded) == residual
+    assert isinstance(folded[1], BatchNormAct2d) and (folded[1](-torch.ones(1, 4, 2, 2)) == 0).all()  # ReLU kept
