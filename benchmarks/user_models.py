@@ -36,7 +36,8 @@ def main() -> None:
               f"{time.process_time() - cpu:.0f} s CPU)")
         print(f"  {'knob':<20}{'MACs':>7}{'speed-up':>10}{'size':>7}{'d val':>8}{'d test':>8}  notes")
         for label, r in rows.items():
-            notes = "; ".join([*r["flags"], *r["warnings"]])[:90]
+            rates = ["exit rates " + "/".join(f"{x:.2f}" for x in r["exit_rates"])] if r["exit_rates"] else []
+            notes = "; ".join([*rates, *r["flags"], *r["warnings"]])[:90]
             print(f"  {label:<20}{r['macs']:>7.3f}{r['speedup']:>9.2f}x{r['size']:>7.3f}{r['delta']:>+8.3f}"
                   f"{r['test_delta']:>+8.3f}  {notes}")
 

@@ -104,6 +104,8 @@ KNOBS: dict[str, dict] = {
     "quant 4-bit qat": {"quant.bits": 4, "quant.mode": "qat"},
     "distill T=4 a=0.7": {"distill.temperature": 4.0, "distill.alpha": 0.7},
     "dsconv": {},  # filled per model: every eligible conv with more than one input channel
+    "exits 0+1 @0.9": {"exits.0.enabled": True, "exits.0.threshold": 0.9,
+                       "exits.1.enabled": True, "exits.1.threshold": 0.9},
 }
 
 
@@ -136,11 +138,14 @@ def run_knobs(task: Task, *, epochs: int = 1, repeats: int = 50) -> tuple[dict, 
             if "dsconv" in space.omitted:
                 continue
             values = dsconv_values(space, task.build_model())
+        if any(name not in space for name in values):
+            continue  # the space does not offer it (e.g. no exit points): see space.omitted
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             m = evaluator.evaluate(values).measurement
         rows[label] = {"macs": m.macs / base.macs, "speedup": m.speedup, "size": m.size_bytes / base.size_bytes,
                        "delta": m.accuracy - base.accuracy, "test_delta": m.test_accuracy - base.test_accuracy,
                        "accuracy": m.accuracy, "kernel_bits": m.kernel_bits, "flags": list(m.flags),
+                       "exit_rates": list(m.exit_rates) if m.exit_rates else None,
                        "warnings": [f"{w.category.__name__}: {w.message}" for w in caught]}
     return base, rows
