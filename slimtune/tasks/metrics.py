@@ -52,15 +52,15 @@ def _confusion(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) 
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 accuracy."""
-    return float((logits.argmax(-1) == labels).float().mean())
+    """Top-1 accuracy (an exact fraction: correct / samples, in float64)."""
+    return int((logits.argmax(-1) == labels).sum()) / max(1, len(labels))
 
 
 def top5(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Share of samples whose label is among the 5 highest logits (all of them with
     fewer than 5 classes)."""
     k = min(5, logits.shape[-1])
-    return float((logits.topk(k, dim=-1).indices == labels[:, None]).any(dim=-1).float().mean())
+    return int((logits.topk(k, dim=-1).indices == labels[:, None]).any(dim=-1).sum()) / max(1, len(labels))
 
 
 def balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
