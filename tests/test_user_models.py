@@ -18,7 +18,6 @@ from slimtune.search.baseline import get_baseline
 from slimtune.tasks.metrics import get_metric
 from slimtune.tasks.outputs import LogitsOutput
 from tests import user_model_task as umt
-from tests._train import train_plain
 
 
 @pytest.fixture(scope="module", autouse=True)

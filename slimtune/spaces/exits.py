@@ -19,7 +19,6 @@ import math
 from typing import Any, Mapping, Sequence
 
 import torch
-import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
