@@ -45,9 +45,17 @@ def _hf_trace(model: nn.Module) -> torch.fx.GraphModule | None:
         return None
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        graph_module = hf_symbolic_trace(inner, input_names=["pixel_values"])
+    saved = dict(vars(torch))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph_module = hf_symbolic_trace(inner, input_names=["pixel_values"])
+    finally:
+        # transformers' tracer replaces torch.arange, torch.tensor, ... while tracing and
+        # leaves them replaced when it fails part-way (seen with ConvNeXt): put them back
+        for name, value in saved.items():
+            if vars(torch).get(name) is not value:
+                setattr(torch, name, value)
     graph = graph_module.graph
     output = next(n for n in graph.nodes if n.op == "output")
     result = output.args[0]
