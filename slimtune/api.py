@@ -12,7 +12,8 @@ from slimtune.tasks.base import Task, get_task
 def build_space(task: Task, *, fixed: Mapping[str, Any] | None = None, families: list[str] | None = None) -> Space:
     """The joint space of ``task``'s baseline model (checks the model outputs logits)."""
     task.check_model()
-    return Space.for_model(task.build_model(), families=families, fixed=fixed)
+    options = {"exits": {"exits_after": list(task.extra["exits_after"])}} if task.extra.get("exits_after") else None
+    return Space.for_model(task.build_model(), families=families, fixed=fixed, options=options)
 
 
 def measurement_row(m) -> dict[str, Any]:
@@ -27,8 +28,9 @@ def measurement_row(m) -> dict[str, Any]:
 
 def evaluate_one(task_spec: "str | Task", values: Mapping[str, Any], *, epochs: int | None = None,
                  runtime: str = "onnxruntime", threads: int = 1, batch_size: int = 1, seed: int = 0,
-                 progress: bool = False) -> dict[str, Any]:
-    """Build, train and measure one candidate beside the baseline (``slimtune eval``)."""
+                 progress: bool = False, use_cache: bool = True) -> dict[str, Any]:
+    """Build, train and measure one candidate beside the baseline (``slimtune eval``;
+    ``use_cache=False`` retrains the baseline instead of reading the cache)."""
     from slimtune.search.baseline import get_baseline
     from slimtune.search.candidate import EvalSettings, Evaluator
 
@@ -43,7 +45,7 @@ def evaluate_one(task_spec: "str | Task", values: Mapping[str, Any], *, epochs: 
               f"Runtime {runtime}, {threads} thread(s), batch {batch_size}, "
               f"{task.finetune_epochs if epochs is None else epochs} distillation epoch(s), seed {seed}.", flush=True)
         print("[baseline] loading or training the baseline (the teacher)...", flush=True)
-    baseline = get_baseline(task, seed=seed, progress=progress)
+    baseline = get_baseline(task, seed=seed, progress=progress, use_cache=use_cache)
     evaluator = Evaluator(task, space, settings, baseline)
     if progress:
         words = {"train": "distilling from the baseline", "compress": "pruning / quantizing",
@@ -54,7 +56,7 @@ def evaluate_one(task_spec: "str | Task", values: Mapping[str, Any], *, epochs: 
     base = evaluator.baseline_measurement()
     m = result.measurement
     return {
-        "task": task.name, "task_notes": task.notes, "params": result.params, **measurement_row(m),
+        "task": task.name, "task_notes": task.notes, "metric": task.metric.name, "params": result.params, **measurement_row(m),
         "train_seconds": round(result.train_seconds, 3), "total_seconds": round(result.total_seconds, 3),
         "fingerprint": m.fingerprint,
         "baseline": measurement_row(base),

@@ -195,6 +195,8 @@ def space(task_spec: str, fix: tuple[str, ...], as_json: bool) -> None:
         dom = f"[{p['low']}, {p['high']}]{' log' if p.get('log') else ''}" if "low" in p else "{" + ", ".join(map(str, p["choices"])) + "}"
         state = f"= {p['value']} (fixed)" if p["fixed"] else f"default {p['default']}"
         click.echo(f"  {p['name']:<28} {p['kind']:<12} {dom:<32} {state}")
+    for family, reason in data.get("omitted", {}).items():
+        click.echo(f"  no {family} knob: {reason}")
 
 
 @main.command("eval", cls=AssignmentCommand)
@@ -206,9 +208,10 @@ def space(task_spec: str, fix: tuple[str, ...], as_json: bool) -> None:
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=1, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (no progress lines).")
+@click.option("--no-cache", is_flag=True, help="Retrain the baseline instead of reading the cache (the cache is refreshed).")
 @user_errors
 def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: str, threads: int, batch_size: int,
-          seed: int, as_json: bool) -> None:
+          seed: int, as_json: bool, no_cache: bool) -> None:
     """Build, train and measure one candidate; print its metrics beside the baseline's.
 
     Nothing is stored in a study (no --storage); the trained baseline is cached.
@@ -217,7 +220,7 @@ def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: st
 
     _check_int8_format()
     report = evaluate_one(task_spec, parse_assignments(sets), epochs=epochs, runtime=runtime, threads=threads,
-                          batch_size=batch_size, seed=seed, progress=not as_json)
+                          batch_size=batch_size, seed=seed, progress=not as_json, use_cache=not no_cache)
     if as_json:
         echo_json(report)
         return
@@ -289,7 +292,9 @@ def _echo_summary(study: Any, *, wide: bool = False) -> None:
                + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "") + ")")
     base_row = base.to_dict()
     test = test_accuracy(base_row)
-    echo(f"Baseline: val_acc {val_accuracy(base_row):.4f}" + (f", test_acc {test:.4f}" if test is not None else "")
+    metric = getattr(study, "metric_name", "accuracy")
+    names = ("val_acc", "test_acc") if metric == "accuracy" else (metric, f"test {metric}")
+    echo(f"Baseline: {names[0]} {val_accuracy(base_row):.4f}" + (f", {names[1]} {test:.4f}" if test is not None else "")
          + f", latency {base.latency_ms:.4f} ms ({base.runtime}, {base.threads} thread(s), batch "
          f"{base.batch_size}), packed {base.size_bytes / 1024:.1f} KiB{_artifact_kib(base_row)}, {base.macs:,} MACs")
     if study.constraints.active:
@@ -483,6 +488,7 @@ def _run_workers(ctx: click.Context, workers: int, n_trials: int | None, seed: i
               help="Worker processes on this machine, each joining the study (seeds SEED, SEED+1, ...); "
                    "--trials is their total.")
 @click.option("--worker-id", type=click.IntRange(min=0), default=None, hidden=True)  # a child of --workers
+@click.option("--no-cache", is_flag=True, help="Retrain the baseline instead of reading the cache (the cache is refreshed).")
 @storage_option
 @user_errors
 def run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: float | None, objectives: str | None,
@@ -490,7 +496,7 @@ def run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: f
         max_latency_ms: float | None, max_size_kb: float | None,
         max_accuracy_drop: float | None, early_stopping: bool | None, epochs: int | None, runtime: str | None,
         threads: int | None, batch_size: int | None, latency_repeats: int | None, fix: tuple[str, ...], as_json: bool,
-        wide: bool, workers: int, worker_id: int | None, storage: str) -> None:
+        wide: bool, workers: int, worker_id: int | None, no_cache: bool, storage: str) -> None:
     """Create or resume a study, run trials (progress bar with ETA), print the frontier
     and the commands to run next.
 
@@ -502,7 +508,7 @@ def run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: f
         try:
             _run(study_name, task_spec, n_trials, timeout, objectives, sampler, backend, tuner, scalarize, seed,
                  max_latency_ms, max_size_kb, max_accuracy_drop, early_stopping, epochs, runtime, threads, batch_size,
-                 latency_repeats, fix, as_json, wide, workers, worker_id, storage)
+                 latency_repeats, fix, as_json, wide, workers, worker_id, no_cache, storage)
         except Interrupted as exc:
             click.echo(f"\nInterrupted by {exc.signal_name}: the running trial is recorded as failed; the study keeps "
                        "its other trials (run the same command to resume).", err=True)
@@ -514,9 +520,7 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
          max_latency_ms: float | None, max_size_kb: float | None,
          max_accuracy_drop: float | None, early_stopping: bool | None, epochs: int | None, runtime: str | None,
          threads: int | None, batch_size: int | None, latency_repeats: int | None, fix: tuple[str, ...], as_json: bool,
-         wide: bool, workers: int, worker_id: int | None, storage: str) -> None:
-    from slimtune.studies import Study
-
+         wide: bool, workers: int, worker_id: int | None, no_cache: bool, storage: str) -> None:
     if n_trials is None and timeout is None:
         raise UserError("Give --trials N and/or --timeout SECONDS.")
     _check_int8_format()
@@ -536,6 +540,7 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
         study_name, storage=storage, task=task_spec, fixed=parse_assignments(fix, "--fix") or None, objectives=objectives,
         max_latency_ms=max_latency_ms, max_size_kb=max_size_kb, max_accuracy_drop=max_accuracy_drop,
         settings=settings or None, seed=seed, sampler=sampler, early_stopping=early_stopping, progress=not as_json,
+        use_cache=not no_cache,
     )
     try:
         if worker_id is not None:  # a child of --workers: one line per trial, no summary

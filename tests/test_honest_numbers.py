@@ -150,3 +150,21 @@ def test_select_says_when_nothing_beats_the_baseline(tmp_path):
         assert "keep the baseline" in str(info.value) and len(str(info.value).splitlines()) == 1
     finally:
         study.close()
+
+
+def test_a_schema_1_study_resumes_with_its_task(tmp_path):
+    """slimtune 0.1.0 stored another task fingerprint: it is recognised once, replaced,
+    and the study runs on with today's measurements beside the migrated ones."""
+    from slimtune.studies import Study
+
+    path = tmp_path / "old.db"
+    shutil.copy(SCHEMA_1_DB, path)
+    storage = f"sqlite:///{path}"
+    study = Study.create_or_load("v1-study", storage=storage, task="digits", seed=3, early_stopping=False)
+    try:
+        assert study.info()["task_fingerprint"] == study.task.fingerprint()
+        rows = study.optimize(n_trials=1, progress=False)
+        assert [r["trial"] for r in rows] == [3] and rows[0]["state"] == "COMPLETE", rows[0].get("error")
+        assert rows[0]["test_accuracy"] is not None and rows[0]["artifact_bytes"] > 0
+    finally:
+        study.close()

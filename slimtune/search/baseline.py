@@ -1,5 +1,9 @@
-"""The trained baseline: trained once per (task, seed), cached, the teacher of every
-candidate and the frontier's reference point."""
+"""The baseline: the frontier's reference point and the teacher of every candidate.
+
+A task built from a factory has its baseline trained once per (task fingerprint,
+seed) and cached; a task built with :meth:`Task.from_model` *is* the user's trained
+model, which is never retrained: its metric is measured and its logits on the training
+split computed (cheap, so never cached)."""
 
 from __future__ import annotations
 
@@ -12,13 +16,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from slimtune.search.baseline_cache import CACHE_ENV, baselines_dir
-from slimtune.search.trainer import TrainConfig, accuracy, predict_logits, train
+from slimtune.search.baseline_cache import CACHE_ENV, baselines_dir, clear_baselines
+from slimtune.search.trainer import TrainConfig, predict_logits, score, train
 from slimtune.search.weights import WeightsError, load_weights
 from slimtune.tasks.base import Task
 
 logger = logging.getLogger(__name__)
-__all__ = ["CACHE_ENV", "Baseline", "cache_dir", "get_baseline"]
+__all__ = ["CACHE_ENV", "Baseline", "cache_dir", "clear_cache", "get_baseline"]
 _announced: set[Path] = set()  # cache files already named to the user in this process
 
 
@@ -26,6 +30,11 @@ def cache_dir() -> Path:
     """The baseline cache folder (created): ``$SLIMTUNE_CACHE_DIR/baselines`` or
     ``~/.cache/slimtune/baselines``."""
     return baselines_dir(create=True)
+
+
+def clear_cache(task: str | None = None) -> int:
+    """Delete the cached baselines (of ``task`` only, when given); how many were removed."""
+    return len(clear_baselines(task))
 
 
 def _announce(path: Path, text: str) -> None:
@@ -37,7 +46,10 @@ def _announce(path: Path, text: str) -> None:
 
 @dataclass
 class Baseline:
-    """A trained baseline with its teacher logits on the training split."""
+    """A baseline with its teacher logits on the training split.
+
+    ``val_accuracy`` and ``test_accuracy`` hold the task's metric (accuracy unless the
+    task says otherwise), computed with the torch model."""
 
     task: Task
     model: nn.Module
@@ -46,23 +58,41 @@ class Baseline:
     test_accuracy: float
     seed: int
     cached: bool
+    trained: bool = True  # False: the user's model as given (Task.from_model)
     path: Path | None = None  # its cache file
 
 
+def _measured(task: Task, model: nn.Module, seed: int, *, cached: bool, trained: bool,
+              path: Path | None = None) -> Baseline:
+    """The baseline's teacher logits and val/test metric, computed now (the teacher
+    logits line up with ``task.data.x_train`` in its current order)."""
+    data = task.data
+    model.eval()
+    teacher = predict_logits(model, data.x_train)
+    val = score(model, data.x_val, data.y_val, task.metric)
+    test = score(model, data.x_test, data.y_test, task.metric)
+    return Baseline(task, model, teacher, val, test, seed, cached=cached, trained=trained, path=path)
+
+
 def get_baseline(task: Task, *, seed: int = 0, use_cache: bool = True, progress: bool = False) -> Baseline:
-    """Train ``task``'s baseline (or load it from the cache, keyed by task fingerprint
-    and seed).  Cached files hold tensors only and are read with ``weights_only=True``."""
+    """The baseline of ``task``.
+
+    ``Task.from_model`` tasks: the given model, never trained.  Other tasks: trained
+    (or loaded from the cache, keyed by task fingerprint and seed; ``use_cache=False``
+    retrains and overwrites the cached file).  Cached files hold tensors only and are
+    read with ``weights_only=True``; a tampered or unreadable one is retrained.
+    """
+    if task.pretrained:
+        return _measured(task, task.build_model(), seed, cached=False, trained=False)
     path = cache_dir() / f"{task.name}-{task.fingerprint()}-seed{seed}.pt"
-    model = task.build_model()
     if use_cache and path.exists():
         try:
             blob = load_weights(path, what=f"The baseline cache file {str(path)!r}")
+            model = task.build_model()
             model.load_state_dict(blob["state_dict"])
-            model.eval()
             if progress:
                 _announce(path, f"Baseline of {task.name} (seed {seed}): from the cache {path}")
-            return Baseline(task, model, blob["teacher_logits"], float(blob["val_accuracy"]),
-                            float(blob["test_accuracy"]), seed, cached=True, path=path)
+            return _measured(task, model, seed, cached=True, trained=True, path=path)
         except WeightsError as exc:  # a tampered or damaged cache file is retrained (and replaced)
             logger.warning("%s Retraining the baseline.", exc)
         except Exception as exc:  # noqa: BLE001 - a cache file of another shape is retrained
@@ -75,15 +105,12 @@ def get_baseline(task: Task, *, seed: int = 0, use_cache: bool = True, progress:
         print(f"Training the {task.name} baseline ({task.epochs} epochs, {len(data.x_train):,} images)...", flush=True)
     started = time.perf_counter()
     train(model, data.x_train, data.y_train, config)
-    model.eval()
-    teacher = predict_logits(model, data.x_train)
-    val_acc = accuracy(model, data.x_val, data.y_val)
-    test_acc = accuracy(model, data.x_test, data.y_test)
+    baseline = _measured(task, model, seed, cached=False, trained=True, path=path)
     tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "teacher_logits": teacher, "val_accuracy": val_acc,
-                "test_accuracy": test_acc}, tmp)
+    torch.save({"state_dict": model.state_dict(), "val_accuracy": baseline.val_accuracy,
+                "test_accuracy": baseline.test_accuracy}, tmp)
     os.replace(tmp, path)
     if progress:
         _announce(path, f"Baseline of {task.name} (seed {seed}): trained in {time.perf_counter() - started:.1f} s, "
                         f"saved to the cache {path}")
-    return Baseline(task, model, teacher, val_acc, test_acc, seed, cached=False, path=path)
+    return baseline

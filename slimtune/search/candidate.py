@@ -18,7 +18,7 @@ from torch import nn
 
 from slimtune.search.baseline import Baseline
 from slimtune.search.measurement import RUNTIMES, Measurement
-from slimtune.search.trainer import TrainConfig, accuracy, train
+from slimtune.search.trainer import TrainConfig, score, train
 from slimtune.spaces.base import KnobContext
 from slimtune.spaces.space import Space
 from slimtune.tasks.base import Task
@@ -174,7 +174,7 @@ class Evaluator:
 
         data = self.task.data
         return measure(model, compiled, data.x_val, data.y_val, x_test=data.x_test, y_test=data.y_test, bits=bits,
-                       example_input=self.example_input,
+                       example_input=self.example_input, metric=self.task.metric,
                        reference=self.reference(), batch_size=self.settings.batch_size, threads=self.settings.threads,
                        warmup=self.settings.latency_warmup, repeats=self.settings.latency_repeats)
 
@@ -241,7 +241,7 @@ class Evaluator:
         def on_epoch(epoch: int, m: nn.Module) -> str | None:
             if epoch == 0:
                 ctx.info["rewind_state"] = {k: v.detach().clone() for k, v in m.state_dict().items()}
-            acc = accuracy(m, data.x_val, data.y_val)
+            acc = score(m, data.x_val, data.y_val, self.task.metric)
             val_acc.append(acc)
             m.train()
             if should_stop is not None and pre is not None:
@@ -272,7 +272,7 @@ class Evaluator:
                   "bn_folded": bool(ctx.info.get("quant", {}).get("bn_folded", False))}
         info = {k: v for k, v in ctx.info.items() if k not in ("rewind_state", "flags")}
         info["val_accuracy_per_epoch"] = val_acc
-        info["torch_val_accuracy"] = accuracy(model, data.x_val, data.y_val)
+        info["torch_val_accuracy"] = score(model, data.x_val, data.y_val, self.task.metric)
         info["artifact_metadata"] = artifact_meta  # also inside an ONNX artifact's metadata_props
         # the objective is the timed artifact's validation accuracy (measurement.accuracy)
         return CandidateResult(values, measurement, measurement.accuracy, compiled.artifact,
@@ -290,7 +290,7 @@ class Evaluator:
         if recipe.get("channel_widths"):
             model = rebuild_channel_widths(model, recipe["channel_widths"], self.example_input)
         if recipe.get("bn_folded"):
-            model = fold_batchnorm(model.eval())
+            model = fold_batchnorm(model.eval(), self.example_input)
         model.load_state_dict(state_dict)
         return model.eval()
 

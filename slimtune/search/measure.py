@@ -231,15 +231,19 @@ def _batches(x: torch.Tensor, batch_size: int, limit: int) -> list[torch.Tensor]
     return [x[i * batch_size:(i + 1) * batch_size] for i in range(n)]
 
 
-def _accuracy(compiled: "CompiledModel", x: torch.Tensor, y: torch.Tensor,
-              eval_batch: int) -> tuple[float, np.ndarray, np.ndarray | None]:
-    """Accuracy of ``compiled`` on ``(x, y)``, its logits and, for early-exit models, the
-    exit taken by every sample (run one sample at a time, as deployed)."""
+def _accuracy(compiled: "CompiledModel", x: torch.Tensor, y: torch.Tensor, eval_batch: int,
+              metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None
+              ) -> tuple[float, np.ndarray, np.ndarray | None]:
+    """The task's metric (top-1 accuracy when ``metric`` is None) of ``compiled``'s
+    logits on ``(x, y)``, the logits and, for early-exit models, the exit taken by every
+    sample (run one sample at a time, as deployed)."""
     labels = np.asarray(torch.as_tensor(y))
     if compiled.has_exits:
         logits, exits = compiled.predict_with_exits(x)
     else:
         logits, exits = compiled.predict(x, batch_size=eval_batch), None
+    if metric is not None:
+        return float(metric(torch.from_numpy(np.asarray(logits)), torch.from_numpy(labels))), logits, exits
     return float((logits.argmax(-1) == labels).mean()), logits, exits
 
 
@@ -260,6 +264,7 @@ def measure(
     repeats: int = 200,
     eval_batch: int = 256,
     seed: int = 0,
+    metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
 ) -> Measurement:
     """Measure ``compiled`` (built from ``model``).
 
@@ -278,7 +283,9 @@ def measure(
     timed interleaved on the same samples and summarised by its mean as well, so the
     speed-up compares like with like.  ``size_bytes`` is the length of the packed file
     of ``compiled.artifact`` (``bits`` recorded in its header), ``artifact_bytes`` the
-    length of the artifact; MACs and params come from ``model``.
+    length of the artifact; MACs and params come from ``model``.  ``metric``
+    (``(logits, labels) -> float``, the task's) replaces top-1 accuracy in ``accuracy``
+    and ``test_accuracy``.
 
     ``runtime_agreement`` is the share of the validation samples on which
     ``compiled`` predicts the class that ``model`` predicts in torch with its weights
@@ -295,11 +302,11 @@ def measure(
         raise ValueError("`x_test` and `y_test` must be given together, non-empty and aligned.")
     flags = list(compiled.flags)
     exit_rates: tuple[float, ...] | None = None
-    accuracy, val_logits, exits = _accuracy(compiled, x_val, y_val, eval_batch)
+    accuracy, val_logits, exits = _accuracy(compiled, x_val, y_val, eval_batch, metric)
     if exits is not None:
         counts = np.bincount(exits, minlength=compiled.num_exits + 1)
         exit_rates = tuple(float(c) / len(exits) for c in counts)
-    test_accuracy = _accuracy(compiled, x_test, y_test, eval_batch)[0] if x_test is not None else None
+    test_accuracy = _accuracy(compiled, x_test, y_test, eval_batch, metric)[0] if x_test is not None else None
     agreement = runtime_agreement(model, bits, x_val, val_logits, exits)
     note = agreement_flag(agreement, len(y_val), compiled.int8_format)
     if note:

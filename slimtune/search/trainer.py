@@ -104,3 +104,15 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         correct += int((out.argmax(-1) == y[start:start + batch_size]).sum())
     return correct / max(1, len(x))
 
+
+@torch.no_grad()
+def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
+          batch_size: int = 512) -> float:
+    """``metric(logits, y)`` on ``model``'s own forward (dynamic exits applied);
+    top-1 accuracy when ``metric`` is None."""
+    if metric is None:
+        return accuracy(model, x, y, batch_size)
+    model.eval()
+    logits = torch.cat([model(x[start:start + batch_size]) for start in range(0, len(x), batch_size)])
+    return float(metric(logits, y))
+

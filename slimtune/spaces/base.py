@@ -142,6 +142,11 @@ class Knob(ABC):
     def params(self, model: "nn.Module") -> list[Param]:
         """The parameters this knob offers for ``model`` (may be empty)."""
 
+    def unavailable(self, model: "nn.Module") -> str | None:
+        """Why this knob offers no parameter for ``model`` (shown by the space), or
+        None."""
+        return None
+
     def apply(self, model: "nn.Module", values: dict[str, Any], ctx: KnobContext) -> "nn.Module":
         """Transform ``model`` with this knob's ``values`` (full parameter names).
 

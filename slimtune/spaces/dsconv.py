@@ -57,6 +57,33 @@ class DepthwiseSeparableConv(nn.Sequential):
             nn.Conv2d(in_channels, out_channels, 1, bias=bias),
         )
 
+    # The replaced conv's geometry, for code that reads it from the layer (e.g. Hugging
+    # Face MobileNetV2 computes its "same" padding from ``stride``, ``kernel_size`` and
+    # ``dilation`` of the conv it is about to call).
+    @property
+    def in_channels(self) -> int:
+        return self.depthwise.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.pointwise.out_channels
+
+    @property
+    def kernel_size(self) -> tuple[int, ...]:
+        return self.depthwise.kernel_size
+
+    @property
+    def stride(self) -> tuple[int, ...]:
+        return self.depthwise.stride
+
+    @property
+    def padding(self) -> "tuple[int, ...] | str":
+        return self.depthwise.padding
+
+    @property
+    def dilation(self) -> tuple[int, ...]:
+        return self.depthwise.dilation
+
     @property
     def depthwise(self) -> nn.Conv2d:
         return self[0]  # type: ignore[return-value]
@@ -143,6 +170,11 @@ class DepthwiseSeparable(Knob):
     def params(self, model: nn.Module) -> list[Param]:
         return [Param(f"dsconv.{name}", "bool", False, doc=f"make {name} depthwise-separable")
                 for name in eligible_convs(model)]
+
+    def unavailable(self, model: nn.Module) -> str | None:
+        if eligible_convs(model):
+            return None
+        return "the model has no eligible conv (a k×k Conv2d with k > 1 and groups = 1)"
 
     def apply(self, model: nn.Module, values: dict[str, Any], ctx: KnobContext) -> nn.Module:
         """Replace each chosen conv in place; writes ``ctx.info["dsconv"]``

@@ -2,8 +2,11 @@
 
 Exit points are the boundaries after each block of ``model.blocks`` except the last
 (a *block classifier*: ``blocks`` is an ``nn.Sequential`` and ``head`` the final
-classifier, see :mod:`slimtune.tasks.models`).  A model without that structure has no
-exit points and this knob offers no parameters for it.
+classifier, see :mod:`slimtune.tasks.models`).  Any other model is traced with
+torch.fx and cut after modules where a single tensor flows (e.g. after each stage of
+a ``transformers`` ResNet), chosen automatically or named with ``exits_after``
+(:class:`ExitChain`); where none exists (or the model cannot be traced) this knob
+offers no parameters, and says why.
 
 Example:
     >>> net = EarlyExits().apply(small_cnn(), {"exits.0.enabled": True, "exits.0.threshold": 0.8}, ctx)
@@ -19,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimtune.spaces.base import Knob, KnobContext, Param, SpaceError
+from slimtune.spaces.base import Knob, KnobContext, Param, SpaceError, close_matches
 from slimtune.spaces.registry import register_knob
 
 __all__ = ["EarlyExitNet", "EarlyExits", "ExitHead", "exit_points"]
@@ -183,14 +186,86 @@ class EarlyExitNet(nn.Module):
 
 
 def exit_points(model: nn.Module) -> list[int]:
-    """Candidate exit points of ``model``: after each block but the last.
+    """Candidate exit points of a *block classifier*: after each block but the last.
 
-    Empty unless the model has ``blocks`` (an ``nn.Sequential``) and ``head``.
+    Empty unless the model has ``blocks`` (an ``nn.Sequential``) and ``head``; other
+    models get theirs from :class:`ExitChain`.
     """
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.Sequential) or not isinstance(getattr(model, "head", None), nn.Module):
         return []
     return list(range(len(blocks) - 1))
+
+
+class ExitChain:
+    """Where exits can go on any model: a block classifier's blocks, or, for any
+    other model, modules after which a single tensor flows, found in its torch.fx
+    graph (:mod:`slimtune.spaces.graph_cuts`): chosen automatically, or named by the
+    user (``exits_after``).
+
+    Attributes:
+        names: the module after which each exit point lies (exit ``i`` after ``names[i]``).
+        reason: why there is none (when ``names`` is empty).
+    """
+
+    def __init__(self, model: nn.Module, exits_after: Sequence[str] | None = None, max_points: int = 4) -> None:
+        self.model = model
+        self.graph = None
+        self.positions: list[int] = []
+        self.reason = ""
+        if exits_after is None and exit_points(model):
+            self.names = [f"blocks.{i}" for i in exit_points(model)]
+            return
+        from slimtune.spaces import graph_cuts
+
+        self.names = []
+        modules = dict(model.named_modules())
+        wanted: list[str] = []
+        for name in exits_after or ():
+            # names of the user's own model are accepted inside an output adapter too
+            full = name if name and name in modules else f"model.{name}" if f"model.{name}" in modules else None
+            if full is None:
+                raise SpaceError(f"`exits_after` names {name!r}, which is not a module of the model."
+                                 + close_matches(str(name), [n for n in modules if n]))
+            wanted.append(full)
+        try:
+            self.graph = graph_cuts.trace(model)
+        except graph_cuts.TraceFailure as exc:
+            if exits_after is not None:
+                raise SpaceError(f"`exits_after`: {exc}, so it cannot be cut into pieces.") from None
+            self.reason = f"{exc}; early exits need the model cut where a single tensor flows"
+            return
+        cuts = graph_cuts.find_cuts(self.graph)
+        prefix = "model." if getattr(self.graph, "traced_inner", False) else ""  # traced inside the adapter
+        if exits_after is not None:
+            keys = []
+            for full in wanted:
+                key = full[len(prefix):] if prefix else full
+                if key not in cuts:
+                    raise SpaceError(f"`exits_after` names {full!r}, but more than one value flows past it (e.g. a "
+                                     "residual or a skip connection), so the model cannot stop there.")
+                keys.append(key)
+            names = sorted(dict.fromkeys(keys), key=lambda n: cuts[n])
+        else:
+            names = graph_cuts.auto_cut_names(self.graph, cuts, max_points)
+        if not names:
+            self.reason = "no module of the model is followed by a single tensor with enough computation after it"
+            return
+        self.names = [prefix + n for n in names]
+        self.positions = [cuts[n] for n in names]
+
+    @property
+    def is_block_classifier(self) -> bool:
+        return self.graph is None and bool(self.names)
+
+    def chain(self) -> tuple[nn.Sequential, nn.Module]:
+        """``(blocks, head)``: the model as pieces, exit ``i`` reading ``blocks[i]``."""
+        if self.is_block_classifier:
+            return self.model.blocks, self.model.head  # type: ignore[return-value]
+        from slimtune.spaces import graph_cuts
+
+        pieces = graph_cuts.split(self.graph, self.positions)
+        return nn.Sequential(*pieces), nn.Identity()
 
 
 @register_knob
@@ -200,48 +275,77 @@ class EarlyExits(Knob):
     :meth:`apply` returns an :class:`EarlyExitNet` with freshly initialised exit
     heads (the trainer then trains every exit with the distillation loss), or the
     model unchanged when no exit is enabled.
+
+    Args:
+        exits_after: module names to put the exit points after (default: found
+            automatically, see :class:`ExitChain`).
+        max_points: at most this many automatic exit points.
     """
 
     family = "exits"
     title = "Early exits"
     stage = "architecture"
 
+    def __init__(self, *, exits_after: Sequence[str] | None = None, max_points: int = 4) -> None:
+        self.exits_after = tuple(exits_after) if exits_after is not None else None
+        self.max_points = max_points
+
+    def _chain(self, model: nn.Module) -> ExitChain:
+        return ExitChain(model, self.exits_after, self.max_points)
+
     def params(self, model: nn.Module) -> list[Param]:
         params: list[Param] = []
-        for point in exit_points(model):
-            params.append(Param(f"exits.{point}.enabled", "bool", False, doc=f"attach an exit head after blocks[{point}]"))
+        for point, name in enumerate(self._chain(model).names):
+            params.append(Param(f"exits.{point}.enabled", "bool", False, doc=f"attach an exit head after {name}"))
             params.append(Param(f"exits.{point}.threshold", "float", 0.9, low=0.5, high=1.0,
                                 doc=f"leave at exit {point} when the max softmax probability is >= this"))
         return params
+
+    def unavailable(self, model: nn.Module) -> str | None:
+        chain = self._chain(model)
+        return None if chain.names else f"the model has no exit points ({chain.reason})"
 
     def apply(self, model: nn.Module, values: dict[str, Any], ctx: KnobContext) -> nn.Module:
         """Attach exit heads where ``exits.<i>.enabled`` is true.
 
         Thresholds are taken as given (not clipped to the searched domain), so a
         pipeline may set e.g. ``0.0`` to measure the shortest path.  Writes
-        ``ctx.info["exits"] = {"points", "thresholds", "channels"}``.
+        ``ctx.info["exits"] = {"points", "thresholds", "channels", "after"}``.
         """
-        points = exit_points(model)
+        chain = self._chain(model)
+        points = list(range(len(chain.names)))
         enabled = [p for p in points if _as_bool(values.get(f"exits.{p}.enabled", False), f"exits.{p}.enabled")]
         for name in values:
             if name.startswith("exits.") and name.split(".")[1].isdigit() and int(name.split(".")[1]) not in points:
                 raise SpaceError(f"`{name}`: the model's exit points are {points}, but got exit {name.split('.')[1]}.")
         if not enabled:
-            ctx.info["exits"] = {"points": [], "thresholds": [], "channels": []}
+            ctx.info["exits"] = {"points": [], "thresholds": [], "channels": [], "after": []}
             return model
         thresholds = {p: float(values.get(f"exits.{p}.threshold", 0.9)) for p in enabled}
-        channels, num_classes = _exit_shapes(model, ctx.example_input, enabled)
+        blocks, head = chain.chain()
+        shapes, num_classes = _exit_shapes(blocks, head, ctx.example_input, enabled)
         device = next(model.parameters()).device
         heads: dict[int, nn.Module] = {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ctx.seed)
             for point in enabled:
-                heads[point] = ExitHead(channels[point], num_classes).to(device)
-        net = EarlyExitNet(model.blocks, model.head, heads, thresholds)  # type: ignore[arg-type]
+                heads[point] = exit_head(shapes[point], num_classes, f"exits.{point}.enabled").to(device)
+        net = EarlyExitNet(blocks, head, heads, thresholds)
         net.train(model.training)
         ctx.info["exits"] = {"points": enabled, "thresholds": [thresholds[p] for p in enabled],
-                             "channels": [channels[p] for p in enabled]}
+                             "channels": [shapes[p][0] for p in enabled], "after": [chain.names[p] for p in enabled]}
         return net
+
+
+def exit_head(shape: tuple[int, ...], num_classes: int, param: str) -> nn.Module:
+    """An exit head for features of ``shape`` (without the batch): :class:`ExitHead`
+    on ``(C, H, W)`` feature maps, a Linear on ``(F,)`` feature vectors."""
+    if len(shape) == 3:
+        return ExitHead(shape[0], num_classes)
+    if len(shape) == 1:
+        return nn.Sequential(nn.Linear(shape[0], num_classes))
+    raise SpaceError(f"`{param}`: an exit head needs (N, C, H, W) feature maps or (N, F) features there, but got "
+                     f"shape (N, {', '.join(map(str, shape))}).")
 
 
 def _as_bool(value: Any, name: str) -> bool:
@@ -251,23 +355,24 @@ def _as_bool(value: Any, name: str) -> bool:
 
 
 @torch.no_grad()
-def _exit_shapes(model: nn.Module, example_input: torch.Tensor, points: list[int]) -> tuple[dict[int, int], int]:
-    """Channels of ``blocks[i]``'s output for each point, and the number of classes."""
-    was_training = model.training
-    model.eval()
+def _exit_shapes(blocks: nn.Sequential, head: nn.Module, example_input: torch.Tensor,
+                 points: list[int]) -> tuple[dict[int, tuple[int, ...]], int]:
+    """The feature shape (without the batch) after ``blocks[i]`` for each point, and
+    the number of classes."""
+    modes = [(m, m.training) for m in (blocks, head)]
+    blocks.eval()
+    head.eval()
     try:
-        channels: dict[int, int] = {}
+        shapes: dict[int, tuple[int, ...]] = {}
         x = example_input
-        for index, block in enumerate(model.blocks):  # type: ignore[arg-type]
+        for index, block in enumerate(blocks):
             x = block(x)
             if index in points:
-                if x.dim() != 4:
-                    raise SpaceError(
-                        f"`exits.{index}.enabled`: an exit head needs a 4-D feature map (N, C, H, W) after "
-                        f"blocks[{index}], but got shape {tuple(x.shape)}."
-                    )
-                channels[index] = int(x.shape[1])
-        num_classes = int(model.head(x).shape[-1])  # type: ignore[operator]
+                if not isinstance(x, torch.Tensor):
+                    raise SpaceError(f"`exits.{index}.enabled`: the model passes a {type(x).__name__} there, not a tensor.")
+                shapes[index] = tuple(int(d) for d in x.shape[1:])
+        num_classes = int(head(x).shape[-1])
     finally:
-        model.train(was_training)
-    return channels, num_classes
+        for module, mode in modes:
+            module.train(mode)
+    return shapes, num_classes

@@ -78,13 +78,37 @@ def _forward_fn(model: nn.Module) -> Callable[[nn.Module, torch.Tensor], Any] | 
     return None
 
 
+def unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+    """``(parameter, pruning dim)`` for every parameter held by a module Torch-Pruning
+    has no pruner for (e.g. ConvNeXt's per-channel ``layer_scale_parameter``), pruned
+    along its last dimension longer than 1 (its channel axis in the cases seen).
+
+    Torch-Pruning detects these itself but warns on every graph it builds; naming them
+    makes the choice explicit and the warning goes away."""
+    from torch_pruning import ops
+
+    wrapped: set[int] = set()
+    for module in model.modules():
+        if ops.module2type(module) != ops.OPTYPE.ELEMENTWISE:
+            wrapped.update(id(p) for p in module.parameters())
+    out = []
+    for param in model.parameters():
+        if id(param) in wrapped:
+            continue
+        dims = [i for i, size in enumerate(param.shape) if size > 1]
+        if dims:
+            out.append((param, dims[-1]))
+    return out
+
+
 def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     """Torch-Pruning's dependency graph of ``model`` (early-exit models traced through
     ``forward_all`` so the exit heads are part of it).  Leaves ``model`` in its mode."""
     was_training = model.training
     try:
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
-                                                    forward_fn=_forward_fn(model), verbose=False)
+                                                    forward_fn=_forward_fn(model), verbose=False,
+                                                    unwrapped_parameters=unwrapped_parameters(model))
     finally:
         model.train(was_training)
 
@@ -113,18 +137,21 @@ def logit_layers(model: nn.Module, example_input: torch.Tensor | None = None,
         inner = [m for m in head.modules() if isinstance(m, _PRUNABLE)]
         if inner:
             layers.append(inner[-1])
-    if layers:
+    head = getattr(model, "head", None)
+    classifier_in_head = isinstance(head, nn.Module) and any(isinstance(m, _PRUNABLE) for m in head.modules())
+    if layers and classifier_in_head:
         return layers
+    # the final classifier lies elsewhere (e.g. early exits on a traced model's pieces)
     if num_classes is None and example_input is not None:
         was_training = model.training
         model.eval()
         with torch.no_grad():
             num_classes = int(model(example_input).shape[-1])
         model.train(was_training)
-    layers = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
-    if not layers:
-        layers = [m for _, m in _prunable_layers(model)][-1:]
-    return layers
+    found = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    if not found:
+        found = [m for _, m in _prunable_layers(model)][-1:]
+    return list({id(m): m for m in [*layers, *found]}.values())
 
 
 def _ignored_layers(model: nn.Module, ctx: KnobContext) -> list[nn.Module]:
@@ -235,6 +262,7 @@ def prune_channels(model: nn.Module, ratio: float, ctx: KnobContext, *,
         model, example_inputs=ctx.example_input,
         importance=importance if importance is not None else tp.importance.MagnitudeImportance(p=1),
         pruning_ratio=float(ratio), ignored_layers=ignored, forward_fn=_forward_fn(model),
+        unwrapped_parameters=unwrapped_parameters(model),
     )  # builds the dependency graph once for this candidate
     pruner.step()
     rewound_to = None

@@ -133,13 +133,17 @@ def _traced_pairs(module: nn.Module) -> tuple[list[tuple[str, str]], set[str]] |
     return pairs, called
 
 
-def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+def conv_bn_pairs(model: nn.Module, example_input: torch.Tensor | None = None) -> list[tuple[str, str]]:
     """Qualified names ``(conv, bn)`` of every BatchNorm that directly follows a
     convolution whose output nothing else reads.
 
     The model is traced with torch.fx; where a module cannot be traced (e.g. an
-    early-exit network's data-dependent forward) its children are traced instead, and
-    in an ``nn.Sequential`` adjacent Conv/BN children count as pairs.
+    early-exit network's data-dependent forward, or a library's conv layer that
+    computes its padding from the input shape) its children are traced instead, and
+    in an ``nn.Sequential`` adjacent Conv/BN children count as pairs.  With
+    ``example_input``, BatchNorms still unpaired are matched by running the model
+    (:func:`_run_pairs`: the BatchNorm reads exactly the tensor a conv wrote), and each
+    such pair is kept only if folding it is proven exact on that input.
     """
     found: list[tuple[str, str]] = []
 
@@ -162,15 +166,92 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
                 visit(child, f"{prefix}{name}.")
 
     visit(model, "")
+    out = _valid_pairs(model, found)
+    if example_input is not None:
+        paired = {bn for _, bn in out}
+        unpaired = [n for n, m in model.named_modules() if isinstance(m, _BN_TYPES) and n not in paired
+                    and not getattr(m, FOLDED_ATTR, False)]
+        if unpaired:
+            out += _valid_pairs(model, _run_pairs(model, example_input, set(unpaired)), exclude=paired)
+    return out
+
+
+def _valid_pairs(model: nn.Module, pairs: list[tuple[str, str]], exclude: set[str] = frozenset()) -> list[tuple[str, str]]:
     modules = dict(model.named_modules())
-    out, seen = [], set()
-    for conv, bn in found:
+    out, seen = [], set(exclude)
+    for conv, bn in pairs:
         c, b = modules[conv], modules[bn]
-        if bn in seen or b.running_mean is None or c.out_channels != b.num_features:
+        if bn in seen or b.running_mean is None or c.out_channels != b.num_features or getattr(b, FOLDED_ATTR, False):
             continue
         seen.add(bn)
         out.append((conv, bn))
     return out
+
+
+@torch.no_grad()
+def _run_pairs(model: nn.Module, example_input: torch.Tensor, wanted: set[str]) -> list[tuple[str, str]]:
+    """Conv -> BN pairs among the BatchNorms named in ``wanted``, found by running
+    ``model`` once: the BatchNorm's input is the very tensor a conv returned, each
+    called once.  Every pair is then checked: folding it into a copy whose BatchNorm
+    statistics are randomised must leave the model's output unchanged (so a conv
+    output also read elsewhere, e.g. by a residual addition, is never folded)."""
+    names = {m: n for n, m in model.named_modules()}
+    conv_out: dict[str, list[torch.Tensor]] = {}
+    bn_in: dict[str, list[torch.Tensor]] = {}
+    handles = []
+    for module, name in names.items():
+        if isinstance(module, _CONV_TYPES):
+            handles.append(module.register_forward_hook(
+                lambda m, i, o, n=name: conv_out.setdefault(n, []).append(o)))
+        elif isinstance(module, _BN_TYPES) and name in wanted:
+            handles.append(module.register_forward_pre_hook(
+                lambda m, i, n=name: bn_in.setdefault(n, []).append(i[0] if i else None)))
+    was_training = model.training
+    model.eval()
+    try:
+        model(example_input)
+    except Exception:  # noqa: BLE001 - the user's model; nothing is folded by this route then
+        return []
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    by_tensor = {id(outs[0]): conv for conv, outs in conv_out.items() if len(outs) == 1}
+    candidates = [(by_tensor[id(ins[0])], bn) for bn, ins in bn_in.items()
+                  if len(ins) == 1 and ins[0] is not None and id(ins[0]) in by_tensor]
+    candidates = _valid_pairs(model, candidates)
+    if not candidates:
+        return []
+    if _folding_is_exact(model, example_input, candidates):
+        return candidates
+    return [pair for pair in candidates if _folding_is_exact(model, example_input, [pair])]
+
+
+@torch.no_grad()
+def _folding_is_exact(model: nn.Module, example_input: torch.Tensor, pairs: list[tuple[str, str]]) -> bool:
+    """Whether folding ``pairs`` keeps the output of ``model`` (eval mode), checked on
+    a copy whose BatchNorms get random statistics (an untrained BatchNorm is the
+    identity, which would hide a wrong pair)."""
+    import copy
+
+    probe = copy.deepcopy(model).eval()
+    g = torch.Generator().manual_seed(0)
+    for _, bn in pairs:
+        b = probe.get_submodule(bn)
+        n = b.num_features
+        b.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+        b.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+        if b.affine:
+            b.weight.copy_(torch.rand(n, generator=g) + 0.5)
+            b.bias.copy_(torch.randn(n, generator=g) * 0.5)
+    try:
+        before = probe(example_input)
+        after = _fold_pairs(copy.deepcopy(probe), pairs)(example_input)
+    except Exception:  # noqa: BLE001
+        return False
+    if not isinstance(before, torch.Tensor) or not isinstance(after, torch.Tensor) or before.shape != after.shape:
+        return False
+    return bool(torch.allclose(before, after, rtol=1e-3, atol=1e-4 * float(before.abs().max().clamp_min(1.0))))
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -179,17 +260,15 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent._modules[attr] = new
 
 
-@torch.no_grad()
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold each BatchNorm into the convolution before it (running statistics, i.e.
-    eval-mode semantics), in place; the BatchNorm becomes ``nn.Identity``.
+#: Set on a BatchNorm subclass (e.g. a BatchNorm fused with its activation) that was
+#: folded: it stays in place, with identity statistics, to run the rest of its forward.
+FOLDED_ATTR = "_slimtune_folded"
 
-    The conv gains a bias if it had none.  Weights under a ``torch.nn.utils.prune``
-    mask are scaled through ``weight_orig`` so the mask stays in force.  Returns
-    ``model``.
-    """
+
+@torch.no_grad()
+def _fold_pairs(model: nn.Module, pairs: list[tuple[str, str]]) -> nn.Module:
     modules = dict(model.named_modules())
-    for conv_name, bn_name in conv_bn_pairs(model):
+    for conv_name, bn_name in pairs:
         conv, bn = modules[conv_name], modules[bn_name]
         std = torch.sqrt(bn.running_var + bn.eps)
         gamma = bn.weight if bn.affine else torch.ones_like(std)
@@ -203,12 +282,35 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             conv.bias = nn.Parameter(new_bias.detach().clone())
         else:
             conv.bias.copy_(new_bias)
-        _set_module(model, bn_name, nn.Identity())
+        if type(bn) in _BN_TYPES:
+            _set_module(model, bn_name, nn.Identity())
+        else:  # a BatchNorm fused with more (e.g. an activation): keep the rest of its forward
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0 - bn.eps)
+            if bn.affine:
+                bn.weight.fill_(1.0)
+                bn.bias.zero_()
+            setattr(bn, FOLDED_ATTR, True)
     return model
 
 
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, example_input: torch.Tensor | None = None) -> nn.Module:
+    """Fold each BatchNorm into the convolution before it (running statistics, i.e.
+    eval-mode semantics), in place; the BatchNorm becomes ``nn.Identity`` (a
+    BatchNorm subclass that does more, such as a BatchNorm fused with its activation,
+    stays with identity statistics so the rest of its forward still runs).
+
+    The conv gains a bias if it had none.  Weights under a ``torch.nn.utils.prune``
+    mask are scaled through ``weight_orig`` so the mask stays in force.  With
+    ``example_input``, pairs that tracing cannot see are found by running the model
+    (see :func:`conv_bn_pairs`).  Returns ``model``.
+    """
+    return _fold_pairs(model, conv_bn_pairs(model, example_input))
+
+
 def has_unfolded_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, _BN_TYPES) for m in model.modules())
+    return any(isinstance(m, _BN_TYPES) and not getattr(m, FOLDED_ATTR, False) for m in model.modules())
 
 
 def make_pruning_permanent(model: nn.Module) -> int:
@@ -286,10 +388,10 @@ class Quantization(Knob):
             raise ValueError(f"`quant.mode` must be one of {', '.join(MODES)}, but got {mode!r}.")
         model.eval()
         made_permanent = make_pruning_permanent(model)
-        pairs = len(conv_bn_pairs(model))
-        fold_batchnorm(model)
+        pairs = conv_bn_pairs(model, ctx.example_input)
+        _fold_pairs(model, pairs)
         flags: list[str] = ctx.info.setdefault("flags", [])
-        info: dict[str, Any] = {"bits": bits, "mode": mode, "bn_folded": True, "folded_batchnorms": pairs,
+        info: dict[str, Any] = {"bits": bits, "mode": mode, "bn_folded": True, "folded_batchnorms": len(pairs),
                                 "pruning_made_permanent": made_permanent}
         if has_unfolded_batchnorm(model):
             flags.append("some BatchNorm layers could not be folded into a preceding conv")

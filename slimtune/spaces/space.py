@@ -30,8 +30,13 @@ class Space:
         self.knobs = sorted(knobs, key=lambda k: STAGES.index(k.stage))
         self._params: dict[str, Param] = {}
         self._knob_of: dict[str, Knob] = {}
+        #: ``{family: reason}`` for the knobs that offer no parameter for this model.
+        self.omitted: dict[str, str] = {}
         for knob in self.knobs:
-            for param in knob.params(model):
+            params = knob.params(model)
+            if not params:
+                self.omitted[knob.family] = knob.unavailable(model) or "no parameter for this model"
+            for param in params:
                 if param.name in self._params:
                     raise ValueError(f"Parameter {param.name!r} is defined by two knobs.")
                 self._params[param.name] = param
@@ -39,9 +44,13 @@ class Space:
         self.fixed: dict[str, Any] = self.check(dict(fixed or {}))
 
     @classmethod
-    def for_model(cls, model: nn.Module, *, families: Iterable[str] | None = None, fixed: Mapping[str, Any] | None = None) -> "Space":
+    def for_model(cls, model: nn.Module, *, families: Iterable[str] | None = None, fixed: Mapping[str, Any] | None = None,
+                  options: Mapping[str, Mapping[str, Any]] | None = None) -> "Space":
+        """Every registered knob (or ``families``) for ``model``; ``options`` passes
+        keyword arguments to a family's knob, e.g. ``{"exits": {"exits_after": ["layer1"]}}``."""
         names = list(families) if families is not None else knob_families()
-        return cls([get_knob(name)() for name in names], model, fixed)
+        options = options or {}
+        return cls([get_knob(name)(**dict(options.get(name, {}))) for name in names], model, fixed)
 
     # -- the parameters as data -------------------------------------------------
     @property
@@ -65,12 +74,8 @@ class Space:
         if name in self._params:
             return
         family = name.split(".", 1)[0]
-        if family == "dsconv" and not any(p.family == "dsconv" for p in self._params.values()):
-            raise SpaceError(f"`{name}`: the model has no eligible conv for dsconv (a k×k Conv2d with k > 1 and groups = 1).")
-        if family == "exits" and not any(p.family == "exits" for p in self._params.values()):
-            raise SpaceError(
-                f"`{name}`: the model has no exit points (early exits need a model with `blocks` (nn.Sequential) and `head`)."
-            )
+        if family in self.omitted:
+            raise SpaceError(f"`{name}`: the space offers no {family} parameter: {self.omitted[family]}.")
         raise SpaceError(f"Unknown parameter {name!r}." + close_matches(name, list(self._params)))
 
     def check(self, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,6 +106,7 @@ class Space:
                  **({"value": self.fixed[p.name]} if p.name in self.fixed else {}), "doc": p.doc}
                 for p in self._params.values()
             ],
+            **({"omitted": dict(self.omitted)} if self.omitted else {}),
         }
 
     def to_nni(self) -> dict[str, dict[str, Any]]:
@@ -116,12 +122,20 @@ class Space:
         return from_nni(self, proposal)
 
     def fingerprint(self) -> str:
-        """A hash of the parameter names, domains and fixed values (to check a resumed
-        study searches the same space)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """A hash of the parameter names, kinds, domains, defaults and fixed values (to
+        check a resumed study searches the same space); their documentation is left
+        out, so rewording a parameter's help never orphans a study."""
+        return space_fingerprint(self.to_dict()["params"])
 
     def __repr__(self) -> str:
         return f"Space({len(self.searched)} searched, {len(self.fixed)} fixed: {', '.join(self._params)})"
+
+
+def space_fingerprint(params: Iterable[Mapping[str, Any]]) -> str:
+    """:meth:`Space.fingerprint` of parameters as ``Space.to_dict()["params"]`` lists
+    them (also for a space stored by a study)."""
+    content = [{k: v for k, v in p.items() if k != "doc"} for p in params]
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def inactive_params(values: Mapping[str, Any]) -> set[str]:

@@ -194,6 +194,7 @@ class Study:
         sampler: Any = None,
         early_stopping: "bool | FrontierEarlyStopping | None" = None,
         progress: bool = False,
+        use_cache: bool = True,
     ) -> "Study":
         """Create the study, or resume it if it exists (trial numbers continue).
 
@@ -219,6 +220,8 @@ class Study:
             sampler: ``gp`` (default), ``tpe``, ``nsga2``, ``random`` or an Optuna sampler.
             early_stopping: the frontier rule (default on), ``False`` to turn it off.
             progress: print progress while training the baseline.
+            use_cache: ``False`` retrains the baseline instead of reading the cache
+                (once, in this session; the cache is refreshed).
 
         On resume, arguments left at ``None`` take the stored values; a task, space,
         objectives, constraints or settings that differ from the stored ones raise
@@ -261,9 +264,11 @@ class Study:
         try:
             record = cls._find(db, name)
             if record is not None:
-                return cls._resume(record, db, task=task_obj, space=space, fixed=fixed, objectives=wanted_objectives,
-                                   constraints=wanted_constraints, settings=settings, sampler=sampler, seed=seed,
-                                   early_stopping=early_stopping)
+                study = cls._resume(record, db, task=task_obj, space=space, fixed=fixed, objectives=wanted_objectives,
+                                    constraints=wanted_constraints, settings=settings, sampler=sampler, seed=seed,
+                                    early_stopping=early_stopping)
+                study._use_cache = use_cache
+                return study
             if task_obj is None:
                 raise StudyError(f"There is no study {name!r} in {mask_url(storage)!r}; give a task to create it.")
             the_settings = _settings_from(settings, None)
@@ -276,7 +281,7 @@ class Study:
             if name in optuna.get_all_study_names(optuna_storage):
                 raise StudyError(f"{mask_url(storage)!r} already holds an Optuna study {name!r} that slimtune did not "
                                  "create; choose another name.")
-            baseline_data = cls._measure_baseline(task_obj, the_space, the_settings, progress)
+            baseline_data = cls._measure_baseline(task_obj, the_space, the_settings, progress, use_cache)
             from slimtune import __version__
             from slimtune.search.backends.optuna_backend import DEFAULT_SAMPLER, sampler_name
 
@@ -332,7 +337,7 @@ class Study:
                 sampler, seed, early_stopping) -> "Study":
         name = record.study_name
         if task is not None:
-            if task.name != record.task_name or task.fingerprint() != record.task_fingerprint:
+            if task.name != record.task_name or not _same_task(db, record, task):
                 raise StudyError(
                     f"Study {name!r} searches task {record.task_name!r} (fingerprint {record.task_fingerprint}), "
                     f"but the given task is {task.name!r} (fingerprint {task.fingerprint()}): use another study name."
@@ -355,14 +360,16 @@ class Study:
         return study
 
     @staticmethod
-    def _measure_baseline(task: "Task", space: "Space", settings: "EvalSettings", progress: bool) -> dict[str, Any]:
+    def _measure_baseline(task: "Task", space: "Space", settings: "EvalSettings", progress: bool,
+                          use_cache: bool = True) -> dict[str, Any]:
         from slimtune.search.baseline import get_baseline
         from slimtune.search.candidate import Evaluator
 
-        baseline = get_baseline(task, seed=settings.seed, progress=progress)
+        baseline = get_baseline(task, seed=settings.seed, progress=progress, use_cache=use_cache)
         measurement = Evaluator(task, space, settings, baseline).baseline_measurement()
         return {"measurement": measurement.to_dict(), "val_accuracy": baseline.val_accuracy,
-                "torch_test_accuracy": baseline.test_accuracy}
+                "torch_test_accuracy": baseline.test_accuracy, "metric": task.metric.name,
+                "trained_by_slimtune": baseline.trained}
 
     def _ensure_optuna_study(self, storage) -> "optuna.Study":
         import optuna
@@ -428,6 +435,12 @@ class Study:
         return self._record.task_name
 
     @property
+    def metric_name(self) -> str:
+        """The name of the task's metric, what ``accuracy`` holds (``accuracy`` unless
+        the task chose another)."""
+        return str(self._record.baseline.get("metric") or "accuracy")
+
+    @property
     def baseline(self) -> Measurement:
         """The baseline measured like a candidate when the study was created."""
         return Measurement.from_dict(self._record.baseline["measurement"])
@@ -479,7 +492,7 @@ class Study:
             except TaskError as exc:
                 raise StudyError(f"Study {self.name!r}: cannot rebuild its task {self._record.task_spec!r} ({exc}); "
                                  "pass task= to Study.create_or_load.") from None
-            if task.fingerprint() != self._record.task_fingerprint:
+            if not _same_task(self._db, self._record, task):
                 raise StudyError(f"Study {self.name!r}: task {self._record.task_spec!r} has changed since the study was "
                                  f"created (fingerprint {task.fingerprint()} vs {self._record.task_fingerprint}).")
             self._task = task
@@ -504,12 +517,26 @@ class Study:
         elif fixed:
             space = Space(space.knobs, task.build_model(), {**space.fixed, **dict(fixed)})
         if space.fingerprint() != self._record.space_fingerprint:
+            from slimtune.spaces.space import space_fingerprint
+
+            if space_fingerprint(self._record.space.get("params", [])) == space.fingerprint():
+                self._restamp_space(space)  # same parameters, stored by an older slimtune
+                return space
             stored = {p["name"]: p for p in self._record.space.get("params", [])}
             now = {p["name"]: p for p in space.to_dict()["params"]}
             changed = sorted(n for n in set(stored) | set(now) if stored.get(n) != now.get(n))
             raise StudyError(f"Study {self.name!r} searches another space (its fingerprint {self._record.space_fingerprint}, "
                              f"this one {space.fingerprint()}); differing parameters: {', '.join(changed[:8])}.")
         return space
+
+    def _restamp_space(self, space: "Space") -> None:
+        """Store ``space`` (the same parameters, reworded or fingerprinted by an older
+        slimtune) and its fingerprint as the study's."""
+        stored = {"families": [k.family for k in space.knobs], **space.to_dict()}
+        with self._db.session() as session:
+            record = session.get(StudyRecord, self._record.id)
+            record.space, record.space_fingerprint = stored, space.fingerprint()
+        self._record.space, self._record.space_fingerprint = stored, space.fingerprint()
 
     @property
     def optuna_study(self) -> "optuna.Study":
@@ -581,7 +608,8 @@ class Study:
         sampler = backend_obj.optuna_sampler()
         if sampler is not None:
             study.sampler = sampler
-        baseline = get_baseline(task, seed=settings.seed, progress=progress)
+        baseline = get_baseline(task, seed=settings.seed, progress=progress, use_cache=getattr(self, "_use_cache", True))
+        self._use_cache = True  # retrained once (--no-cache); later calls read the fresh cache
         evaluator = Evaluator(task, space, settings, baseline)
         epochs = task.finetune_epochs if settings.epochs is None else settings.epochs
         recovery = getattr(task, "recovery_epochs", 0) if settings.finetune_epochs is None else settings.finetune_epochs
@@ -897,6 +925,20 @@ class Study:
 
     def __repr__(self) -> str:
         return f"Study({self.name!r}, task={self.task_name!r}, objectives={self.objectives}, storage={self.storage!r})"
+
+
+def _same_task(db: Database, record: StudyRecord, task: "Task") -> bool:
+    """Whether ``task`` is the study's task: same fingerprint, or the fingerprint that
+    slimtune 0.1.0 stored for it (schema 1), which is then replaced by today's."""
+    if task.fingerprint() == record.task_fingerprint:
+        return True
+    if task.legacy_fingerprint() != record.task_fingerprint:
+        return False
+    with db.session() as session:
+        stored = session.get(StudyRecord, record.id)
+        stored.task_fingerprint = task.fingerprint()
+    record.task_fingerprint = task.fingerprint()
+    return True
 
 
 #: What ``select(split=...)`` ranks by: the validation accuracy (the objective) or the test one.

@@ -1,17 +1,22 @@
-"""A task: a baseline model factory, its data, and how to train it."""
+"""A task: a baseline model (a factory to train, or the user's trained model), its
+data, its metric, and how to train it."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Iterable, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from slimtune.spaces.base import close_matches
+from slimtune.tasks.metrics import Metric, MetricError, get_metric
+from slimtune.tasks.outputs import LogitsOutput, OutputSpec, describe_output
 
 
 class TaskError(ValueError):
@@ -42,22 +47,101 @@ class TaskData:
         return {"train": len(self.x_train), "val": len(self.x_val), "test": len(self.x_test)}
 
 
+def _digest_tensor(h: "hashlib._Hash", t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of every parameter and buffer of ``model`` (names, dtypes, shapes, values)."""
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        if isinstance(value, torch.Tensor):
+            _digest_tensor(h, value)
+        else:
+            h.update(repr(value).encode())
+    return h.hexdigest()
+
+
+def sample_digests(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """One 64-bit digest per ``(x[i], y[i])`` sample (blake2b of its bytes)."""
+    xs = x.detach().cpu().contiguous().reshape(len(x), -1)
+    xb = xs.view(torch.uint8).numpy() if xs.numel() else np.zeros((len(x), 0), np.uint8)
+    yb = y.detach().cpu().contiguous().reshape(len(y), -1).view(torch.uint8).numpy()
+    out = np.empty(len(x), dtype=np.uint64)
+    for i in range(len(x)):
+        h = hashlib.blake2b(xb[i].tobytes(), digest_size=8)
+        h.update(yb[i].tobytes())
+        out[i] = int.from_bytes(h.digest(), "little")
+    return out
+
+
+def data_digest(x: torch.Tensor, y: torch.Tensor) -> str:
+    """A hash of the *multiset* of samples: every sample counts, their order does not
+    (a shuffling loader gives the same digest)."""
+    h = hashlib.sha256(f"{x.dtype}|{tuple(x.shape[1:])}|{y.dtype}|{len(x)}|".encode())
+    h.update(np.sort(sample_digests(x, y)).tobytes())
+    return h.hexdigest()
+
+
+def _canonical_order(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples sorted by their digests: the same tensors whatever order a loader
+    yielded them in (so training and teacher logits do not depend on it)."""
+    order = torch.from_numpy(np.argsort(sample_digests(x, y), kind="stable").astype(np.int64))
+    return x[order], y[order]
+
+
+def _collect(source: Any, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, labels)`` tensors from an ``(x, y)`` pair of tensors or an iterable of
+    ``(inputs, labels)`` batches (a DataLoader), in a loader-order-independent order."""
+    if isinstance(source, (tuple, list)) and len(source) == 2 and all(isinstance(t, torch.Tensor) for t in source):
+        x, y = source
+        return x, y.long()
+    if isinstance(source, TaskData):
+        raise TaskError(f"`{split}` must be a DataLoader or an (inputs, labels) pair of tensors, but got TaskData.")
+    if not isinstance(source, Iterable):
+        raise TaskError(f"`{split}` must be a DataLoader or an (inputs, labels) pair of tensors, but got "
+                        f"{type(source).__name__}.")
+    xs, ys = [], []
+    for batch in source:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise TaskError(f"The {split} loader must yield (inputs, labels) batches, but yielded {type(batch).__name__}.")
+        xs.append(torch.as_tensor(batch[0]).float())
+        ys.append(torch.as_tensor(batch[1]).long())
+    if not xs:
+        raise TaskError(f"The {split} loader yields no batches.")
+    return _canonical_order(torch.cat(xs), torch.cat(ys))
+
+
 @dataclass
 class Task:
     """Everything slimtune needs to search a classifier.
 
     Args:
         name: how studies refer to the task.
-        build_model: returns a *fresh, untrained* baseline model.
+        build_model: returns a *fresh, untrained* baseline model (slimtune trains it),
+            or, for a task made by :meth:`from_model`, a copy of the user's *trained*
+            model (``pretrained=True``: never retrained).
         data: train/val/test tensors (see :meth:`from_loaders` for DataLoaders).
         num_classes: number of output logits.
-        epochs: baseline training epochs.
+        epochs: baseline training epochs (unused when ``pretrained``).
         finetune_epochs: default distillation epochs for a candidate.
         recovery_epochs: default fine-tune epochs after pruning and for QAT.
         lr, batch_size: training settings.
         notes: what a user should know when reading results (e.g. a training subset).
         preprocessing: how raw inputs become the tensors the model takes (written into
             exported models, e.g. ``pixels / 16``); empty when the task does not say.
+        metric: the metric to maximize: a name (``accuracy``, ``top5``,
+            ``balanced_accuracy``, ``f1_macro``) or a callable ``(logits, labels) ->
+            float``; it is what ``Measurement.accuracy`` and ``test_accuracy`` hold.
+        output: where the logits are when the model's forward returns something else
+            than a tensor: ``"logits"`` (attribute or key, e.g. Hugging Face
+            ``transformers`` outputs), a tuple position, or a callable; the model is
+            wrapped once in :class:`~slimtune.tasks.outputs.LogitsOutput`.
+        pretrained: ``build_model`` returns trained weights: the baseline is that
+            model as given (its metrics measured, its logits the teacher's).
     """
 
     name: str
@@ -72,6 +156,24 @@ class Task:
     notes: str = ""
     preprocessing: str = ""
     extra: dict = field(default_factory=dict)
+    metric: Any = "accuracy"
+    output: Any = None
+    pretrained: bool = False
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        try:
+            self.metric = get_metric(self.metric)
+        except MetricError as exc:
+            raise TaskError(f"Task {self.name!r}: {exc}") from None
+        if self.output is not None and not getattr(self.build_model, "_wraps_output", False):
+            raw, spec = self.build_model, self.output
+
+            def build() -> nn.Module:
+                return LogitsOutput(raw(), spec)
+
+            build._wraps_output = True  # type: ignore[attr-defined]  # dataclasses.replace: wrap once
+            self.build_model = build
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -81,7 +183,29 @@ class Task:
         return self.data.x_train[:batch_size].clone()
 
     def fingerprint(self) -> str:
-        """Hash of what determines the baseline: architecture, data, training settings."""
+        """Hash of what determines the baseline: the architecture and weights of
+        ``build_model()`` (built under a fixed seed, so a random init hashes the same
+        every time and a factory loading other weights does not), every sample of
+        every split (order-independent: see :func:`data_digest`), the metric, the
+        output adapter and the training settings.  Computed once per task."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = self.build_model()
+            h.update(repr(model).encode())
+            h.update(weights_digest(model).encode())
+            for split in ("train", "val", "test"):
+                h.update(f"{split}:{data_digest(getattr(self.data, f'x_{split}'), getattr(self.data, f'y_{split}'))}".encode())
+            h.update(f"{self.num_classes}|{self.epochs}|{self.lr}|{self.batch_size}|{self.pretrained}|"
+                     f"{self.metric.name}|{describe_output(self.output)}".encode())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def legacy_fingerprint(self) -> str:
+        """The fingerprint slimtune 0.1.0 stored (architecture, the first 4,096 values of
+        three tensors, settings): a study it created is recognised by it once, and its
+        stored fingerprint replaced by :meth:`fingerprint`."""
         h = hashlib.sha256()
         h.update(repr(self.build_model()).encode())
         for t in (self.data.x_train, self.data.y_train, self.data.x_test):
@@ -96,17 +220,95 @@ class Task:
             model = self.build_model().eval()
         except Exception as exc:  # noqa: BLE001 - the user's factory
             raise TaskError(f"Task {self.name!r}: building the model raised {_one_line(exc)}") from None
+        x = self.example_input(2)
         try:
             with torch.no_grad():
-                out = model(self.example_input(2))
+                out = model(x)
+        except ValueError as exc:  # an output adapter that does not fit
+            raise TaskError(f"Task {self.name!r}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - the user's model
             raise TaskError(f"Task {self.name!r}: the model fails on an input of shape "
-                            f"{tuple(self.example_input(2).shape)}: {_one_line(exc)}") from None
-        if not isinstance(out, torch.Tensor) or out.shape != (2, self.num_classes):
+                            f"{tuple(x.shape)}: {_one_line(exc)}") from None
+        if not isinstance(out, torch.Tensor) or out.shape != (len(x), self.num_classes):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            hint = "" if isinstance(out, torch.Tensor) or self.output is not None else \
+                " Declare where the logits are with output= (e.g. output='logits')."
             raise TaskError(
-                f"Task {self.name!r}: the model must output class logits of shape (batch, {self.num_classes}), but got {shape}."
+                f"Task {self.name!r}: the model must output class logits of shape (batch, {self.num_classes}), "
+                f"but got {shape}.{hint}"
             )
+
+    @classmethod
+    def from_model(
+        cls,
+        model: "nn.Module | Mapping[str, torch.Tensor]",
+        *,
+        train: Any,
+        val: Any,
+        test: Any,
+        metric: "str | Callable | Metric" = "accuracy",
+        output: OutputSpec | None = None,
+        factory: Callable[[], nn.Module] | None = None,
+        name: str = "user-model",
+        num_classes: int | None = None,
+        finetune_epochs: int = 2,
+        recovery_epochs: int = 1,
+        lr: float = 1e-3,
+        batch_size: int = 64,
+        notes: str = "",
+        exits_after: "Iterable[str] | None" = None,
+    ) -> "Task":
+        """A task whose baseline and teacher is the user's **trained** model.
+
+        The model is never retrained: its validation and test metric are measured,
+        its logits on the training split are the distillation targets, and the hash
+        of its weights is part of :meth:`fingerprint` (a study made with other
+        weights is not resumed with these).
+
+        Args:
+            model: the trained ``nn.Module`` (copied now: later changes to it do not
+                leak into the task), or a state dict with ``factory``.
+            train, val, test: DataLoaders yielding ``(inputs, labels)`` batches (read
+                once into memory; their order does not matter), or ``(inputs,
+                labels)`` pairs of tensors.
+            metric: a name or a callable ``(logits, labels) -> float`` to maximize.
+            output: where the logits are when the forward does not return a tensor
+                (``"logits"`` for Hugging Face models, a tuple position, a callable).
+            factory: builds the architecture a state-dict ``model`` loads into.
+            num_classes: default: the width of the model's output.
+            finetune_epochs, recovery_epochs, lr, batch_size: how candidates are
+                trained (distilled from this model).
+            exits_after: module names of ``model`` to offer early exits after
+                (default: found automatically where a single tensor flows).
+
+        Example:
+            >>> task = Task.from_model(trained_resnet, train=train_loader, val=val_loader,
+            ...                        test=test_loader, metric="f1_macro", output="logits")
+        """
+        if isinstance(model, Mapping):
+            if factory is None:
+                raise TaskError("`model` is a state dict: give `factory=` that builds the architecture it loads into.")
+            module = factory()
+            try:
+                module.load_state_dict(dict(model))
+            except (RuntimeError, KeyError) as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise TaskError(f"The state dict does not load into `factory()`'s model: {first}") from None
+            model = module
+        if not isinstance(model, nn.Module):
+            raise TaskError(f"`model` must be a trained torch.nn.Module (or a state dict with factory=), but got "
+                            f"{type(model).__name__}.")
+        trained = copy.deepcopy(model).cpu().eval()
+        data = TaskData(*_collect(train, "train"), *_collect(val, "val"), *_collect(test, "test"))
+        task = cls(name=name, build_model=lambda: copy.deepcopy(trained), data=data, num_classes=num_classes or 1,
+                   epochs=0, finetune_epochs=finetune_epochs, recovery_epochs=recovery_epochs, lr=lr,
+                   batch_size=batch_size, notes=notes, metric=metric, output=output, pretrained=True,
+                   extra={"exits_after": list(exits_after)} if exits_after is not None else {})
+        if num_classes is None:
+            task.num_classes = _output_width(task)
+        task.check_model()
+        _check_labels(task)
+        return task
 
     @classmethod
     def from_loaders(
@@ -122,26 +324,45 @@ class Task:
     ) -> "Task":
         """Build a task from DataLoaders yielding ``(inputs, labels)`` batches.
 
-        The loaders are read once into memory (slimtune targets models whose data fit).
+        The loaders are read once into memory (slimtune targets models whose data fit)
+        and their samples put in a canonical order, so a shuffling loader gives the
+        same task (and fingerprint) every time.
         """
-
-        def collect(loader: DataLoader, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-            xs, ys = [], []
-            for batch in loader:
-                if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                    raise TaskError(f"The {split} loader must yield (inputs, labels) batches.")
-                xs.append(torch.as_tensor(batch[0]).float())
-                ys.append(torch.as_tensor(batch[1]).long())
-            if not xs:
-                raise TaskError(f"The {split} loader yields no batches.")
-            return torch.cat(xs), torch.cat(ys)
-
-        xtr, ytr = collect(train, "train")
-        xva, yva = collect(val, "val")
-        xte, yte = collect(test, "test")
+        xtr, ytr = _collect(train, "train")
+        xva, yva = _collect(val, "val")
+        xte, yte = _collect(test, "test")
         if num_classes is None:
             num_classes = int(max(ytr.max(), yva.max(), yte.max())) + 1
         return cls(name=name, build_model=build_model, data=TaskData(xtr, ytr, xva, yva, xte, yte), num_classes=num_classes, **kwargs)
+
+
+def _output_width(task: Task) -> int:
+    """The number of logits the task's model outputs (checked to be ``(N, C)``)."""
+    x = task.example_input(2)
+    model = task.build_model().eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except ValueError as exc:
+        raise TaskError(f"Task {task.name!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the user's model
+        raise TaskError(f"Task {task.name!r}: the model fails on an input of shape {tuple(x.shape)}: {exc}") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(x):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        hint = "" if isinstance(out, torch.Tensor) or task.output is not None else \
+            " Declare where the logits are with output= (e.g. output='logits')."
+        raise TaskError(f"Task {task.name!r}: the model must output class logits of shape (batch, classes), "
+                        f"but got {shape}.{hint}")
+    return int(out.shape[1])
+
+
+def _check_labels(task: Task) -> None:
+    for split in ("train", "val", "test"):
+        y = getattr(task.data, f"y_{split}")
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= task.num_classes:
+            raise TaskError(f"The {split} labels must lie in [0, {task.num_classes - 1}] (the model has "
+                            f"{task.num_classes} outputs), but range over [{low}, {high}].")
 
 
 _TASKS: dict[str, Callable[[], Task]] = {}

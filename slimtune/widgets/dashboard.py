@@ -115,7 +115,8 @@ class StudyDashboard(widgets.VBox):
                                     name=f"slimtune-select-{getattr(study, 'name', 'study')}")
         self.baseline = R.baseline_row(getattr(study, "baseline", None))
 
-        self.plot = FrontierPlot(objective=objective, on_pick=self.inspect_row, on_error=self.report_error)
+        self.plot = FrontierPlot(objective=objective, on_pick=self.inspect_row, on_error=self.report_error,
+                                 metric=str(getattr(study, "metric_name", "accuracy")))
         self.details = DetailsPane()
         self.table = ParetoTable(on_pick=self.inspect_row, on_error=self.report_error)
         self.progress = SearchProgress()

@@ -48,7 +48,8 @@ class FrontierPlot:
     """
 
     def __init__(self, *, objective: str = "latency", on_pick: PickCallback | None = None,
-                 on_error: Callable[[BaseException], None] | None = None, height: str = "420px") -> None:
+                 on_error: Callable[[BaseException], None] | None = None, height: str = "420px",
+                 metric: str = "accuracy") -> None:
         self.axis = R.check_axis(objective)
         self._on_pick = on_pick
         self._on_error = on_error
@@ -65,7 +66,7 @@ class FrontierPlot:
         self.y_scale = bq.LinearScale()
         self.x_axis = bq.Axis(scale=self.x_scale, label=self.axis.label, tick_format=self.axis.tick_format,
                               grid_color="#eeeeee", label_offset="36px")
-        self.y_axis = bq.Axis(scale=self.y_scale, side="left", label="Validation accuracy", tick_format=".3f",
+        self.y_axis = bq.Axis(scale=self.y_scale, side="left", label=f"Validation {metric.replace('_', ' ')}", tick_format=".3f",
                               grid_color="#eeeeee", label_offset="46px")
         scales = {"x": self.x_scale, "y": self.y_scale}
         self.tooltip = widgets.HTML(layout=widgets.Layout(max_width="380px"))

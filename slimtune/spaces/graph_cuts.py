@@ -1,0 +1,226 @@
+"""Cut any traceable model into a chain of pieces where a single tensor flows.
+
+Early exits need the model as a chain ``piece_0 -> piece_1 -> ... -> piece_k`` (each
+piece reads only the previous piece's output) so that computation can stop after a
+piece and each piece can be exported on its own.  Models written as a *block
+classifier* (``blocks`` + ``head``) are such a chain already; any other model is
+traced with torch.fx (Hugging Face ``transformers`` models with their own fx tracer)
+and cut after modules whose output is the only value the rest of the graph reads.
+
+Example:
+    >>> cuts = find_cuts(model)                  # {"layer1": 12, "layer2": 20, ...}
+    >>> pieces = split(trace(model), [cuts["layer1"], cuts["layer2"]])
+    >>> x = pieces[2](pieces[1](pieces[0](x)))   # == model(x)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx
+from torch import nn
+
+__all__ = ["TraceFailure", "auto_cut_names", "find_cuts", "split", "trace"]
+
+
+class TraceFailure(RuntimeError):
+    """The model cannot be traced into a graph (the reason is the message)."""
+
+
+def _hf_trace(model: nn.Module) -> torch.fx.GraphModule | None:
+    """``transformers``' own fx tracer for a ``LogitsOutput`` around a supported
+    ``PreTrainedModel``, its output rewired to the logits; None when it does not apply."""
+    from slimtune.tasks.outputs import LogitsOutput
+
+    if not isinstance(model, LogitsOutput) or model.spec != "logits":
+        return None
+    try:
+        from transformers import PreTrainedModel
+        from transformers.utils.fx import symbolic_trace as hf_symbolic_trace
+    except ImportError:
+        return None
+    inner = model.model
+    if not isinstance(inner, PreTrainedModel):
+        return None
+    import warnings
+
+    saved = dict(vars(torch))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph_module = hf_symbolic_trace(inner, input_names=["pixel_values"])
+    finally:
+        # transformers' tracer replaces torch.arange, torch.tensor, ... while tracing and
+        # leaves them replaced when it fails part-way (seen with ConvNeXt): put them back
+        for name, value in saved.items():
+            if vars(torch).get(name) is not value:
+                setattr(torch, name, value)
+    graph = graph_module.graph
+    output = next(n for n in graph.nodes if n.op == "output")
+    result = output.args[0]
+    logits = result.get("logits") if isinstance(result, dict) else None
+    if not isinstance(logits, torch.fx.Node):
+        return None
+    output.args = (logits,)
+    graph.eliminate_dead_code()
+    graph_module.recompile()
+    graph_module.traced_inner = True  # module names are those of model.model
+    return graph_module
+
+
+def trace(model: nn.Module) -> torch.fx.GraphModule:
+    """``model`` as an fx graph (sharing its modules and parameters).
+
+    Raises:
+        TraceFailure: neither ``torch.fx.symbolic_trace`` nor (for ``transformers``
+            models) their own tracer can trace it.
+    """
+    try:
+        return torch.fx.symbolic_trace(model)
+    except Exception as exc:  # noqa: BLE001 - data-dependent control flow, custom ops, ...
+        first = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    try:
+        traced = _hf_trace(model)
+    except Exception as exc:  # noqa: BLE001
+        first += f"; transformers' tracer: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:120]}"
+        traced = None
+    if traced is None:
+        raise TraceFailure(f"torch.fx cannot trace the model ({first[:200]})")
+    return traced
+
+
+def _owner(node: torch.fx.Node) -> str | None:
+    if node.op in ("call_module", "get_attr"):
+        return str(node.target)
+    return None
+
+
+def _single_tensor_cuts(graph: torch.fx.Graph) -> set[int]:
+    """Positions ``i`` after which the only value still needed is node ``i``'s output
+    (parameters fetched by ``get_attr`` are re-fetched, so they do not count)."""
+    nodes = list(graph.nodes)
+    index = {n: i for i, n in enumerate(nodes)}
+    last_use = {n: max((index[u] for u in n.users), default=index[n]) for n in nodes}
+    live: set[torch.fx.Node] = set()
+    cuts: set[int] = set()
+    for i, node in enumerate(nodes):
+        if node.op == "output":
+            break
+        if node.op != "get_attr":
+            live.add(node)
+        live = {n for n in live if last_use[n] > i}
+        if node.op in ("call_module", "call_function", "call_method") and live == {node}:
+            cuts.add(i)
+    return cuts
+
+
+def find_cuts(graph_module: torch.fx.GraphModule) -> dict[str, int]:
+    """``{module name: graph position}`` for every submodule after which a single
+    tensor flows: the last node that uses the module (or anything under it) is
+    followed only by computation on that node's output."""
+    nodes = list(graph_module.graph.nodes)
+    cuts = _single_tensor_cuts(graph_module.graph)
+    last: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        owner = _owner(node)
+        if owner is None:
+            continue
+        parts = owner.split(".")
+        for depth in range(1, len(parts) + 1):
+            last[".".join(parts[:depth])] = i
+    out = {}
+    for name, position in last.items():
+        # the module's output may be followed by parameter-free ops (an activation)
+        # before the next module: cut at the first single-tensor point before it
+        end = position
+        while end < len(nodes) - 1 and end not in cuts and _owner(nodes[end + 1]) is None \
+                and nodes[end + 1].op != "output" and len(nodes[end].users) == 1:
+            end += 1
+        if end in cuts:
+            out[name] = end
+    return out
+
+
+def auto_cut_names(graph_module: torch.fx.GraphModule, cuts: dict[str, int], max_points: int = 4) -> list[str]:
+    """Exit points chosen automatically among ``cuts`` (see :func:`find_cuts`).
+
+    A useful exit has computation before it and enough after it: at least one module
+    with parameters before the cut and two after (more than the final classifier).
+    Candidates come in groups: the numbered children of one container (``stages.0``,
+    ``stages.1``, ...), or the model's top-level children.  The group that cuts the
+    model into the most substantial pieces (two or more modules with parameters) wins
+    (ties: more cuts, then the shallower group); at most ``max_points``, evenly spread.
+    """
+    nodes = list(graph_module.graph.nodes)
+    modules = dict(graph_module.named_modules())
+    weighted = [i for i, n in enumerate(nodes) if n.op == "call_module"
+                and any(True for _ in modules[str(n.target)].parameters(recurse=False))]
+
+    def useful(name: str) -> bool:
+        position = cuts[name]
+        return sum(i <= position for i in weighted) >= 1 and sum(i > position for i in weighted) >= 2
+
+    groups: dict[str, list[str]] = {}
+    for name in cuts:
+        if not useful(name):
+            continue
+        parent, _, leaf = name.rpartition(".")
+        if leaf.isdigit():
+            groups.setdefault(parent, []).append(name)
+        if "." not in name:
+            groups.setdefault("<top>", []).append(name)
+    best: list[str] = []
+    best_key = None
+    for parent, names in groups.items():
+        unique = list({cuts[n]: n for n in sorted(names, key=lambda n: cuts[n])}.values())
+        depth = 0 if parent == "<top>" else parent.count(".") + 1 + (parent != "")
+        bounds = [-1, *(cuts[n] for n in unique), len(nodes)]
+        chunks = [sum(lo < i <= hi for i in weighted) for lo, hi in zip(bounds, bounds[1:])]
+        key = (sum(c >= 2 for c in chunks), len(unique), -depth)  # substantial pieces first
+        if best_key is None or key > best_key:
+            best, best_key = unique, key
+    if len(best) > max_points:
+        step = len(best) / max_points
+        best = [best[int(i * step)] for i in range(max_points)]
+    return sorted(best, key=lambda n: cuts[n])
+
+
+def split(graph_module: torch.fx.GraphModule, positions: list[int]) -> list[torch.fx.GraphModule]:
+    """The graph cut after each of ``positions`` (from :func:`find_cuts`): pieces
+    sharing the traced model's modules; ``pieces[k+1]`` takes ``pieces[k]``'s output."""
+    nodes = list(graph_module.graph.nodes)
+    bounds = sorted(set(positions))
+    pieces = []
+    start = 0
+    carried: torch.fx.Node | None = None
+    for end in [*bounds, len(nodes) - 1]:
+        graph = torch.fx.Graph()
+        env: dict[torch.fx.Node, torch.fx.Node] = {}
+        if carried is not None:
+            env[carried] = graph.placeholder("x")
+        final = end == len(nodes) - 1
+        for node in nodes[start:end + 1] if not final else nodes[start:]:
+            if node.op == "output":
+                graph.output(env[node.args[0]] if isinstance(node.args[0], torch.fx.Node) else
+                             torch.fx.map_arg(node.args[0], lambda n: env[n]))
+                continue
+            if node.op == "placeholder" and carried is not None:
+                continue
+            env[node] = graph.node_copy(node, lambda n: _fetch(n, env, graph))
+        if not final:
+            graph.output(env[nodes[end]])
+        pieces.append(torch.fx.GraphModule(graph_module, graph, class_name=f"Piece{len(pieces)}"))
+        carried = nodes[end]
+        start = end + 1
+    return pieces
+
+
+def _fetch(node: torch.fx.Node, env: dict, graph: torch.fx.Graph) -> Any:
+    """A node from an earlier piece: only parameters (get_attr) may be, re-fetched."""
+    if node in env:
+        return env[node]
+    if node.op == "get_attr":
+        env[node] = graph.get_attr(node.target)
+        return env[node]
+    raise ValueError(f"The graph cannot be cut there: {node.name} is needed on both sides.")
