@@ -21,8 +21,8 @@ WIDTH = 100
 
 #: The compact codes, explained under every table that uses them.
 LEGEND = ("params: p<ratio><w|c>[r] pruning (weight/channel, r = rewind), q<bits>[ptq|qat] quantization, "
-          "T<temperature> a<alpha> distillation, ds{i,..} depthwise-separable convs, ex{i@threshold,..} early exits; "
-          "no p/ds/ex: none")
+          "T<temperature> a<alpha> distillation, ds{i,..} depthwise-separable convs, lr{i:rank share,..} low-rank "
+          "groups, ex{i@threshold,..} early exits; no p/ds/lr/ex: none")
 
 
 
@@ -63,6 +63,12 @@ def compact_params(params: Mapping[str, Any], names: Sequence[str] | None = None
     known |= set(ds_index)
     if on:
         parts.append("ds{" + ",".join(on) + "}")
+    lr_index = _indices("lowrank.", names + [n for n in params if n not in names])
+    known |= set(lr_index)
+    factorized = [f"{i}:{_num(params[n])}" for n, i in lr_index.items()
+                  if params.get(n) is not None and float(params[n]) < 1.0]
+    if factorized:
+        parts.append("lr{" + ",".join(factorized) + "}")
     exits = sorted({n.split(".")[1] for n in params if n.startswith("exits.")}, key=lambda k: (len(k), k))
     known |= {n for n in params if n.startswith("exits.")}
     enabled = [f"{k}@{_num(params.get(f'exits.{k}.threshold', float('nan')))}" for k in exits
@@ -76,9 +82,15 @@ def compact_params(params: Mapping[str, Any], names: Sequence[str] | None = None
 
 
 def dsconv_legend(names: Iterable[str]) -> str:
-    """``ds{i}``: which conv each index is (from the space's parameter names)."""
-    layers = [n.split(".", 1)[1] for n in names if n.startswith("dsconv.")]
-    return "ds{i}: " + ", ".join(f"{i} = {layer}" for i, layer in enumerate(layers)) if layers else ""
+    """``ds{i}`` and ``lr{i}``: which conv or layer group each index is (from the space's
+    parameter names)."""
+    names = list(names)
+    out = []
+    for prefix, code in (("dsconv.", "ds"), ("lowrank.", "lr")):
+        layers = [n.split(".", 1)[1] for n in names if n.startswith(prefix)]
+        if layers:
+            out.append(f"{code}{{i}}: " + ", ".join(f"{i} = {layer}" for i, layer in enumerate(layers)))
+    return "; ".join(out)
 
 
 def val_accuracy(row: Mapping[str, Any]) -> float | None:

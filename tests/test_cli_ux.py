@@ -327,3 +327,12 @@ def test_license_is_an_spdx_string():
     assert "setuptools>=77" in meta["build-system"]["requires"]
     assert "jupyterlab>=4" in meta["project"]["optional-dependencies"]["notebook"]
     assert "jupyterlab>=4" in meta["project"]["optional-dependencies"]["dev"]
+
+
+def test_low_rank_groups_have_a_compact_code_and_a_legend():
+    from slimtune.cli_tables import dsconv_legend
+
+    names = ["dsconv.blocks.0.0", "lowrank.blocks.0", "lowrank.blocks.1", "lowrank.head.2"]
+    params = {"quant.bits": 32, "lowrank.blocks.0": 0.05, "lowrank.blocks.1": 1.0, "lowrank.head.2": 0.423}
+    assert compact_params(params, names) == "q32 lr{0:0.05,2:0.42}"  # 1.0 = not factorized: left out
+    assert dsconv_legend(names) == "ds{i}: 0 = blocks.0.0; lr{i}: 0 = blocks.0, 1 = blocks.1, 2 = head.2"
