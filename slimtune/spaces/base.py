@@ -154,6 +154,13 @@ class Knob(ABC):
         return model
 
 
+def replace_module(model: "nn.Module", name: str, new: "nn.Module") -> None:
+    """Put ``new`` where the submodule called ``name`` (a qualified name) is."""
+    parent_name, _, leaf = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, leaf, new)
+
+
 def close_matches(name: str, candidates: list[str]) -> str:
     """A ' Did you mean ...?' suffix listing close matches, or the known names."""
     matches = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimtune.spaces.base import Knob, KnobContext, Param, SpaceError, close_matches
+from slimtune.spaces.base import Knob, KnobContext, Param, SpaceError, close_matches, replace_module
 from slimtune.spaces.registry import register_knob
 
 __all__ = ["DepthwiseSeparable", "DepthwiseSeparableConv", "eligible_convs"]
@@ -150,12 +150,6 @@ def eligible_convs(model: nn.Module) -> list[str]:
     return names
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, leaf, new)
-
-
 @register_knob
 class DepthwiseSeparable(Knob):
     """``dsconv.<module path>`` (bool) for every eligible conv of the model."""
@@ -198,6 +192,6 @@ class DepthwiseSeparable(Knob):
                 err = (ds.composite_kernel() - conv.weight).norm() / conv.weight.norm().clamp_min(1e-12)
             errors[name] = round(float(err), 6)
             ds.train(conv.training)
-            _replace(model, name, ds)
+            replace_module(model, name, ds)
         ctx.info["dsconv"] = {"replaced": sorted(chosen, key=eligible.index), "init": self.init, "approx_error": errors}
         return model

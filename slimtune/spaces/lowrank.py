@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimtune.spaces.base import Knob, KnobContext, Param
+from slimtune.spaces.base import Knob, KnobContext, Param, replace_module
 from slimtune.spaces.registry import register_knob
 
 __all__ = ["LowRank", "LowRankConv", "LowRankLinear", "lowrank_groups"]
@@ -139,12 +139,6 @@ def lowrank_groups(model: nn.Module, *, target: int = 4, most: int = 12) -> dict
     return best
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, leaf, new)
-
-
 @register_knob
 class LowRank(Knob):
     """``lowrank.<group>``: share of each layer's rank kept in that group (1.0 = off)."""
@@ -187,7 +181,7 @@ class LowRank(Knob):
                     original = layer.weight.flatten(1)
                     errors[name] = round(float((approx - original).norm() / original.norm().clamp_min(1e-12)), 6)
                 new.train(layer.training)
-                _replace(model, name, new)
+                replace_module(model, name, new)
                 ranks[name] = [rank, full_rank(layer)]
         ctx.info["lowrank"] = {"ranks": ranks, "kept": kept, "approx_error": errors}
         return model

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 
-from slimtune.spaces.base import Knob, KnobContext, Param
+from slimtune.spaces.base import Knob, KnobContext, Param, replace_module
 from slimtune.spaces.registry import register_knob
 
 BITS = (32, 16, 8, 6, 4, 2)
@@ -254,12 +254,6 @@ def _folding_is_exact(model: nn.Module, example_input: torch.Tensor, pairs: list
     return bool(torch.allclose(before, after, rtol=1e-3, atol=1e-4 * float(before.abs().max().clamp_min(1.0))))
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    parent._modules[attr] = new
-
-
 #: Set on a BatchNorm subclass (e.g. a BatchNorm fused with its activation) that was
 #: folded: it stays in place, with identity statistics, to run the rest of its forward.
 FOLDED_ATTR = "_slimtune_folded"
@@ -283,7 +277,7 @@ def _fold_pairs(model: nn.Module, pairs: list[tuple[str, str]]) -> nn.Module:
         else:
             conv.bias.copy_(new_bias)
         if type(bn) in _BN_TYPES:
-            _set_module(model, bn_name, nn.Identity())
+            replace_module(model, bn_name, nn.Identity())
         else:  # a BatchNorm fused with more (e.g. an activation): keep the rest of its forward
             bn.running_mean.zero_()
             bn.running_var.fill_(1.0 - bn.eps)
