@@ -83,3 +83,13 @@ def test_end_to_end_candidate_is_faster_and_accurate(digits_task, digits_baselin
     assert m.accuracy > 0.85 and m.test_accuracy > 0.85
     model = ev.rebuild(result.recipe, result.state_dict)  # the stored recipe rebuilds it
     assert any(isinstance(mod, LowRankConv) for mod in model.modules())
+
+
+def test_the_knob_describes_itself_to_the_dashboard():
+    """Display comes from the knob (Knob.summary, Knob.title): nothing in widgets names it."""
+    from slimtune.widgets.rows import group_params, params_summary
+
+    values = {"lowrank.blocks.1": 0.25, "lowrank.blocks.2": 1.0, "quant.bits": 8, "quant.mode": "ptq"}
+    assert params_summary(values) == "low-rank 1 group(s) (min 0.25), 8-bit ptq"
+    assert params_summary({"lowrank.blocks.1": 1.0}) == "no compression"
+    assert [title for title, _ in group_params(values)] == ["Low-rank", "Quantization"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Mapping
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -152,6 +152,17 @@ class Knob(ABC):
 
         The default does nothing (knobs that only configure training)."""
         return model
+
+    def inactive(self, values: Mapping[str, Any]) -> set[str]:
+        """Names among ``values`` (this knob's, full names) that have no effect given
+        the others (e.g. pruning options at ratio 0); tables hide them.  Default: none."""
+        return set()
+
+    def summary(self, values: Mapping[str, Any]) -> str:
+        """A few words saying what ``values`` (this knob's, full names) do, for hover
+        text and the dashboard's table; empty when they leave the model alone (the
+        default)."""
+        return ""
 
 
 def replace_module(model: "nn.Module", name: str, new: "nn.Module") -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,11 @@ class Distillation(Knob):
     family = "distill"
     title = "Distillation"
     stage = "training"
+
+    def summary(self, values: Mapping[str, Any]) -> str:
+        if "distill.temperature" not in values:
+            return ""
+        return f"T={float(values['distill.temperature']):.4g} α={float(values.get('distill.alpha', 0.0)):.4g}"
 
     def params(self, model: nn.Module) -> list[Param]:
         return [

@@ -18,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -157,6 +157,10 @@ class DepthwiseSeparable(Knob):
     family = "dsconv"
     title = "DS-conv"
     stage = "architecture"
+
+    def summary(self, values: Mapping[str, Any]) -> str:
+        chosen = [name for name, value in values.items() if value]
+        return f"dsconv {len(chosen)}" if chosen else ""
 
     def __init__(self, *, init: str = "svd") -> None:
         self.init = init

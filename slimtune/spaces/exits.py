@@ -286,6 +286,15 @@ class EarlyExits(Knob):
     title = "Early exits"
     stage = "architecture"
 
+    def inactive(self, values: Mapping[str, Any]) -> set[str]:
+        """The threshold of a disabled exit means nothing."""
+        return {name for name in values if name.endswith(".threshold")
+                and not values.get(name[: -len("threshold")] + "enabled", False)}
+
+    def summary(self, values: Mapping[str, Any]) -> str:
+        enabled = [name for name, value in values.items() if name.endswith(".enabled") and value]
+        return f"exits {len(enabled)}" if enabled else ""
+
     def __init__(self, *, exits_after: Sequence[str] | None = None, max_points: int = 4) -> None:
         self.exits_after = tuple(exits_after) if exits_after is not None else None
         self.max_points = max_points

@@ -24,7 +24,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -146,6 +146,10 @@ class LowRank(Knob):
     family = "lowrank"
     title = "Low-rank"
     stage = "architecture"
+
+    def summary(self, values: Mapping[str, Any]) -> str:
+        factored = [float(v) for v in values.values() if float(v) < 1.0]
+        return f"low-rank {len(factored)} group(s) (min {min(factored):.2g})" if factored else ""
 
     def params(self, model: nn.Module) -> list[Param]:
         return [Param(f"lowrank.{group}", "float", 1.0, low=MIN_RATIO, high=1.0,

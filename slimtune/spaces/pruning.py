@@ -334,6 +334,16 @@ class Pruning(Knob):
     title = "Pruning"
     stage = "compression"
 
+    def inactive(self, values: Mapping[str, Any]) -> set[str]:
+        """Granularity and rewinding mean nothing at ratio 0."""
+        if float(values.get("prune.ratio", 0.0) or 0.0) == 0.0:
+            return {"prune.granularity", "prune.rewind"} & set(values)
+        return set()
+
+    def summary(self, values: Mapping[str, Any]) -> str:
+        ratio = float(values.get("prune.ratio", 0.0) or 0.0)
+        return f"prune {ratio:.4g} {values.get('prune.granularity', '')}".rstrip() if ratio > 0 else ""
+
     def __init__(self, *, importance: Callable[..., torch.Tensor] | None = None) -> None:
         self.importance = importance
 

@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.fx
@@ -364,6 +364,14 @@ class Quantization(Knob):
     family = "quant"
     title = "Quantization"
     stage = "quantization"
+
+    def inactive(self, values: Mapping[str, Any]) -> set[str]:
+        """The mode means nothing at 16 and 32 bits (QAT runs at 8 bits and below)."""
+        return {"quant.mode"} & set(values) if int(values.get("quant.bits", 32)) >= 16 else set()
+
+    def summary(self, values: Mapping[str, Any]) -> str:
+        bits = int(values.get("quant.bits", 32))
+        return "" if bits == 32 else f"{bits}-bit {values.get('quant.mode', '') if bits < 16 else ''}".rstrip()
 
     def params(self, model: nn.Module) -> list[Param]:
         return [

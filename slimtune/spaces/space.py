@@ -138,17 +138,28 @@ def space_fingerprint(params: Iterable[Mapping[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def inactive_params(values: Mapping[str, Any]) -> set[str]:
-    """Parameters whose value has no effect given the others: the threshold of a
-    disabled exit, pruning options at ratio 0, the quantization mode at 16/32 bits
-    (QAT only runs at 8 bits and below)."""
-    out: set[str] = set()
-    for name in values:
-        if name.startswith("exits.") and name.endswith(".threshold"):
-            if not values.get(name[: -len("threshold")] + "enabled", False):
-                out.add(name)
-    if float(values.get("prune.ratio", 0.0) or 0.0) == 0.0:
-        out |= {"prune.granularity", "prune.rewind"} & set(values)
-    if int(values.get("quant.bits", 32)) >= 16 and "quant.mode" in values:
-        out.add("quant.mode")
+def _by_knob(values: Mapping[str, Any]) -> list[tuple[Knob, dict[str, Any]]]:
+    """Every registered knob (pipeline order) with the values of its family."""
+    knobs = sorted((get_knob(name)() for name in knob_families()), key=lambda k: STAGES.index(k.stage))
+    out = []
+    for knob in knobs:
+        mine = {k: v for k, v in values.items() if str(k).split(".", 1)[0] == knob.family}
+        if mine:
+            out.append((knob, mine))
     return out
+
+
+def inactive_params(values: Mapping[str, Any]) -> set[str]:
+    """Parameters whose value has no effect given the others, as each knob says
+    (:meth:`Knob.inactive`: e.g. the threshold of a disabled exit, pruning options at
+    ratio 0, the quantization mode at 16/32 bits)."""
+    out: set[str] = set()
+    for knob, mine in _by_knob(values):
+        out |= knob.inactive(mine)
+    return out
+
+
+def summaries(values: Mapping[str, Any]) -> list[str]:
+    """What the values do, a few words per knob that changes the model
+    (:meth:`Knob.summary`), in pipeline order."""
+    return [text for knob, mine in _by_knob(values) if (text := knob.summary(mine))]

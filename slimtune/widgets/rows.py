@@ -139,23 +139,11 @@ def format_accuracy(val: float) -> str:
 
 
 def params_summary(params: Mapping[str, Any]) -> str:
-    """A compact one-line summary of the key knobs (for hover text and the table)."""
-    parts = []
-    ratio = params.get("prune.ratio")
-    if ratio not in (None, 0, 0.0):
-        parts.append(f"prune {format_param(ratio)} {params.get('prune.granularity', '')}".rstrip())
-    bits = params.get("quant.bits")
-    if bits not in (None, 32):
-        parts.append(f"{bits}-bit {params.get('quant.mode', '')}".rstrip())
-    dsconv = [k.split(".", 1)[1] for k, v in params.items() if str(k).startswith("dsconv.") and v]
-    if dsconv:
-        parts.append(f"dsconv {len(dsconv)}")
-    exits = [k for k, v in params.items() if str(k).startswith("exits.") and str(k).endswith(".enabled") and v]
-    if exits:
-        parts.append(f"exits {len(exits)}")
-    if "distill.temperature" in params:
-        parts.append(f"T={format_param(params['distill.temperature'])} α={format_param(params.get('distill.alpha', ''))}")
-    return ", ".join(parts) or "no compression"
+    """A compact one-line summary of what the knobs do (hover text and the table): each
+    registered knob describes its own values (:meth:`slimtune.spaces.Knob.summary`)."""
+    from slimtune.spaces.space import summaries
+
+    return ", ".join(summaries(params)) or "no compression"
 
 
 def trial_title(row: Row) -> str:
