@@ -186,3 +186,5 @@ def test_recovery_epochs_after_distillation_widen_the_prior():
     assert runner.recovery_after_distillation({"prune.ratio": 0.0, "quant.mode": "ptq"}) == 0
     assert runner.recovery_after_distillation({"prune.ratio": 0.3, "quant.mode": "ptq"}) == 3
     assert runner.recovery_after_distillation({"prune.ratio": 0.3, "quant.mode": "qat"}) == 6
+    # QAT runs below 16 bits only: a 16-bit "qat" candidate has nothing to recover
+    assert runner.recovery_after_distillation({"prune.ratio": 0.0, "quant.mode": "qat", "quant.bits": 16}) == 0

@@ -321,12 +321,11 @@ class TrialRunner:
         self.worker = socket.gethostname()
 
     def recovery_after_distillation(self, values: Mapping[str, Any]) -> int:
-        """Recovery epochs that follow distillation for a candidate (pruning fine-tuning
-        when it prunes, QAT when it quantizes with ``qat``)."""
-        values = {**self.fixed, **values}
-        prunes = float(values.get("prune.ratio") or 0.0) > 0.0
-        qat = values.get("quant.mode") == "qat" and int(values.get("quant.bits", 32) or 32) < 32
-        return self.recovery_epochs * (int(prunes) + int(qat))
+        """Recovery epochs that follow distillation for a candidate: the task's recovery
+        epochs for each recovery fine-tune its knobs run (pruning's, QAT's)."""
+        from slimtune.spaces.space import recovery_passes
+
+        return self.recovery_epochs * recovery_passes({**self.fixed, **values})
 
     def _should_stop(self, values: Mapping[str, Any]):
         if self.early_stopping is None:

@@ -158,6 +158,12 @@ class Knob(ABC):
         the others (e.g. pruning options at ratio 0); tables hide them.  Default: none."""
         return set()
 
+    def recovery_passes(self, values: Mapping[str, Any]) -> int:
+        """How many recovery fine-tunes (of the task's recovery epochs each) this knob
+        runs after distillation for ``values`` (pruning's fine-tuning, QAT); early
+        stopping counts them as training still to come.  Default: none."""
+        return 0
+
     def summary(self, values: Mapping[str, Any]) -> str:
         """A few words saying what ``values`` (this knob's, full names) do, for hover
         text and the dashboard's table; empty when they leave the model alone (the

@@ -334,6 +334,10 @@ class Pruning(Knob):
     title = "Pruning"
     stage = "compression"
 
+    def recovery_passes(self, values: Mapping[str, Any]) -> int:
+        """A pruned model is fine-tuned once."""
+        return int(float(values.get("prune.ratio", 0.0) or 0.0) > 0.0)
+
     def inactive(self, values: Mapping[str, Any]) -> set[str]:
         """Granularity and rewinding mean nothing at ratio 0."""
         if float(values.get("prune.ratio", 0.0) or 0.0) == 0.0:

@@ -365,6 +365,10 @@ class Quantization(Knob):
     title = "Quantization"
     stage = "quantization"
 
+    def recovery_passes(self, values: Mapping[str, Any]) -> int:
+        """QAT fine-tunes once, below 16 bits (where it runs)."""
+        return int(values.get("quant.mode") == "qat" and int(values.get("quant.bits", 32) or 32) < 16)
+
     def inactive(self, values: Mapping[str, Any]) -> set[str]:
         """The mode means nothing at 16 and 32 bits (QAT runs at 8 bits and below)."""
         return {"quant.mode"} & set(values) if int(values.get("quant.bits", 32)) >= 16 else set()

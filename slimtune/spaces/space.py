@@ -159,6 +159,12 @@ def inactive_params(values: Mapping[str, Any]) -> set[str]:
     return out
 
 
+def recovery_passes(values: Mapping[str, Any]) -> int:
+    """Recovery fine-tunes that follow distillation for ``values``, as the knobs say
+    (:meth:`Knob.recovery_passes`: pruning's fine-tuning, QAT)."""
+    return sum(knob.recovery_passes(mine) for knob, mine in _by_knob(values))
+
+
 def summaries(values: Mapping[str, Any]) -> list[str]:
     """What the values do, a few words per knob that changes the model
     (:meth:`Knob.summary`), in pipeline order."""
