@@ -268,8 +268,9 @@ class Evaluator:
         measurement = self._measure(model, compiled, bits)
         flags = tuple(dict.fromkeys([*measurement.flags, *ctx.info.get("flags", [])]))
         measurement = Measurement.from_dict({**measurement.to_dict(), "flags": list(flags)})
-        recipe = {"values": values, "channel_widths": ctx.info.get("channel_widths"),
-                  "bn_folded": bool(ctx.info.get("quant", {}).get("bn_folded", False))}
+        recipe: dict[str, Any] = {"values": values}
+        for knob in self.space.knobs:  # what each knob needs to rebuild the stored model
+            recipe.update(knob.recipe(ctx.info))
         info = {k: v for k, v in ctx.info.items() if k not in ("rewind_state", "flags")}
         info["val_accuracy_per_epoch"] = val_acc
         info["torch_val_accuracy"] = score(model, data.x_val, data.y_val, self.task.metric)
@@ -280,17 +281,14 @@ class Evaluator:
                                train_seconds, time.perf_counter() - started, pre, info=_jsonable(info))
 
     def rebuild(self, recipe: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> nn.Module:
-        """A runnable module from a stored recipe and weights, without retraining."""
-        from slimtune.spaces.pruning import rebuild_channel_widths
-        from slimtune.spaces.quantization import fold_batchnorm
-
+        """A runnable module from a stored recipe and weights, without retraining: the
+        architecture from the values, then each knob's :meth:`~slimtune.spaces.Knob.rebuild`
+        in pipeline order."""
         values = self.space.complete(recipe["values"]) if recipe.get("values") else {}
         ctx = self._context(values)
         model = self.build_architecture(values, ctx)
-        if recipe.get("channel_widths"):
-            model = rebuild_channel_widths(model, recipe["channel_widths"], self.example_input)
-        if recipe.get("bn_folded"):
-            model = fold_batchnorm(model.eval(), self.example_input)
+        for knob in self.space.knobs:
+            model = knob.rebuild(model, recipe, self.example_input)
         model.load_state_dict(state_dict)
         return model.eval()
 

@@ -158,6 +158,18 @@ class Knob(ABC):
         the others (e.g. pruning options at ratio 0); tables hide them.  Default: none."""
         return set()
 
+    def recipe(self, info: Mapping[str, Any]) -> dict[str, Any]:
+        """What a stored candidate needs, beyond its parameter values, to be rebuilt
+        without training (read from what :meth:`apply` wrote into ``ctx.info``; JSON).
+        Default: nothing (architecture knobs are re-applied from the values)."""
+        return {}
+
+    def rebuild(self, model: "nn.Module", recipe: Mapping[str, Any], example_input: "torch.Tensor") -> "nn.Module":
+        """Give ``model`` (the rebuilt architecture, earlier stages already rebuilt) the
+        structure this knob left, from ``recipe``, so that the stored weights load.
+        Default: unchanged."""
+        return model
+
     def recovery_passes(self, values: Mapping[str, Any]) -> int:
         """How many recovery fine-tunes (of the task's recovery epochs each) this knob
         runs after distillation for ``values`` (pruning's fine-tuning, QAT); early

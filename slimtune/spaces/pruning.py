@@ -334,6 +334,15 @@ class Pruning(Knob):
     title = "Pruning"
     stage = "compression"
 
+    def recipe(self, info: Mapping[str, Any]) -> dict[str, Any]:
+        """Channel pruning's surviving widths."""
+        return {"channel_widths": info.get("channel_widths")}
+
+    def rebuild(self, model: nn.Module, recipe: Mapping[str, Any], example_input: torch.Tensor) -> nn.Module:
+        if recipe.get("channel_widths"):
+            return rebuild_channel_widths(model, recipe["channel_widths"], example_input)
+        return model
+
     def recovery_passes(self, values: Mapping[str, Any]) -> int:
         """A pruned model is fine-tuned once."""
         return int(float(values.get("prune.ratio", 0.0) or 0.0) > 0.0)

@@ -365,6 +365,13 @@ class Quantization(Knob):
     title = "Quantization"
     stage = "quantization"
 
+    def recipe(self, info: Mapping[str, Any]) -> dict[str, Any]:
+        """Whether BatchNorm was folded into the convolutions."""
+        return {"bn_folded": bool(info.get("quant", {}).get("bn_folded", False))}
+
+    def rebuild(self, model: nn.Module, recipe: Mapping[str, Any], example_input: torch.Tensor) -> nn.Module:
+        return fold_batchnorm(model.eval(), example_input) if recipe.get("bn_folded") else model
+
     def recovery_passes(self, values: Mapping[str, Any]) -> int:
         """QAT fine-tunes once, below 16 bits (where it runs)."""
         return int(values.get("quant.mode") == "qat" and int(values.get("quant.bits", 32) or 32) < 16)
