@@ -340,7 +340,8 @@ class Pruning(Knob):
 
     def rebuild(self, model: nn.Module, recipe: Mapping[str, Any], example_input: torch.Tensor) -> nn.Module:
         if recipe.get("channel_widths"):
-            return rebuild_channel_widths(model, recipe["channel_widths"], example_input)
+            with torch.enable_grad():  # Torch-Pruning traces with autograd, even under a caller's no_grad
+                return rebuild_channel_widths(model, recipe["channel_widths"], example_input)
         return model
 
     def recovery_passes(self, values: Mapping[str, Any]) -> int:
