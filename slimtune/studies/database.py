@@ -102,19 +102,27 @@ def _migrate_1_to_2(conn: Connection) -> None:
 MIGRATIONS: dict[int, Callable] = {1: _migrate_1_to_2}
 
 
+def _retrying(call: Callable[[], T], *, when: Callable[[Exception], bool], attempts: int, delay: float,
+              jitter: float) -> T:
+    """``call()``, again (after a growing, jittered pause) while it raises an error that
+    ``when`` accepts, at most ``attempts`` times; other errors pass at once."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - `when` decides, the rest is re-raised
+            if not when(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(delay * (attempt + 1) + random.random() * jitter)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def creating_concurrently(create: Callable[[], T], *, attempts: int = 6) -> T:
     """Run ``create`` (which creates tables when missing), retrying when another worker
     creates the same tables at the same moment: PostgreSQL then fails one of two
     concurrent ``CREATE TABLE`` with a unique violation, and the retry finds the tables.
     """
-    for attempt in range(attempts):
-        try:
-            return create()
-        except (IntegrityError, ProgrammingError):
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.1 * (attempt + 1) + random.random() * 0.2)
-    raise AssertionError("unreachable")  # pragma: no cover
+    return _retrying(create, when=lambda exc: isinstance(exc, (IntegrityError, ProgrammingError)),
+                     attempts=attempts, delay=0.1, jitter=0.2)
 
 
 def default_storage() -> str:
@@ -174,14 +182,8 @@ def retry_locked(write: Callable[[], T], *, attempts: int = 5) -> T:
     """Run ``write`` (one whole transaction), again when SQLite reports "database is
     locked" despite the busy timeout (a reader upgrading to a writer in WAL mode fails
     at once)."""
-    for attempt in range(attempts):
-        try:
-            return write()
-        except OperationalError as exc:
-            if not is_locked(exc) or attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
-    raise AssertionError("unreachable")  # pragma: no cover
+    return _retrying(write, when=lambda exc: isinstance(exc, OperationalError) and is_locked(exc),
+                     attempts=attempts, delay=0.2, jitter=0.3)
 
 
 def parse_storage(url: str) -> URL:
