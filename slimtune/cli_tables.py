@@ -14,6 +14,7 @@ from __future__ import annotations
 import textwrap
 from typing import Any, Iterable, Mapping, Sequence
 
+from slimtune.search.measurement import same_run_speedup
 from slimtune.vocabulary import STATE_WORDS, state_word
 
 #: Width the tables fit unless ``--wide`` is given.
@@ -106,11 +107,9 @@ def test_accuracy(row: Mapping[str, Any]) -> float | None:
 
 
 def speedup(row: Mapping[str, Any]) -> float | None:
-    """``reference_latency_ms / latency_ms`` of the same trial (baseline timed in the same run)."""
-    ref, lat = row.get("reference_latency_ms"), row.get("latency_ms")
-    if ref is None or not lat:
-        return None
-    return float(ref) / float(lat)
+    """``reference_latency_ms / latency_ms`` of the same trial (the baseline timed in the
+    same run; ``None`` when either is missing)."""
+    return same_run_speedup(row.get("reference_latency_ms"), row.get("latency_ms"))
 
 
 def _macs(value: Any) -> str:

@@ -96,6 +96,13 @@ class Measurement:
     def speedup(self) -> float | None:
         """``reference_latency_ms / latency_ms``: the speed-up against the baseline
         timed in the same run (``None`` without a reference)."""
-        if self.reference_latency_ms is None or not self.latency_ms:
-            return None
-        return float(self.reference_latency_ms) / float(self.latency_ms)
+        return same_run_speedup(self.reference_latency_ms, self.latency_ms)
+
+
+def same_run_speedup(reference_latency_ms: float | None, latency_ms: float | None) -> float | None:
+    """The baseline's latency, timed in the same run, over the candidate's (``None``
+    when either is missing): the one definition of a speed-up (measurements, rows, CLI
+    tables).  This module imports nothing heavy, so the CLI can use it."""
+    if reference_latency_ms is None or not latency_ms:
+        return None
+    return float(reference_latency_ms) / float(latency_ms)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from slimtune.search.measurement import same_run_speedup
 from slimtune.studies.frontier import beaten_by_baseline, non_dominated_mask
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -94,12 +95,9 @@ def make_row(record: "CandidateRecord | None", trial: "FrozenTrial | None", *, o
 
 
 def speedup(row: Mapping[str, Any]) -> float | None:
-    """``reference_latency_ms / latency_ms``: the speed-up against the baseline timed in
-    the same run as the trial (``None`` when either is missing)."""
-    ref, lat = row.get("reference_latency_ms"), row.get("latency_ms")
-    if ref is None or not lat:
-        return None
-    return float(ref) / float(lat)
+    """``reference_latency_ms / latency_ms`` of the same trial (the baseline timed in the
+    same run; ``None`` when either is missing)."""
+    return same_run_speedup(row.get("reference_latency_ms"), row.get("latency_ms"))
 
 
 #: Why a FAIL trial without slimtune's record failed (Optuna's stale-trial detection).
