@@ -157,17 +157,8 @@ class Evaluator:
                              threads=self.settings.threads, metadata=metadata)
 
     def artifact_metadata(self, values: dict[str, Any]) -> dict[str, Any]:
-        """What an exported artifact says about itself: the task's preprocessing and
-        class count, the parameters, the format and slimtune's version (the runtime adds
-        how to feed it; the search adds the study and trial)."""
-        import slimtune
-
-        task = self.task
-        return {"preprocessing": task.preprocessing or ("not stated by the task: feed inputs exactly as the task's "
-                                                        "tensors hold them"),
-                "num_classes": task.num_classes, "task": task.name, "params": dict(values),
-                "timed_format": "onnx" if self.settings.runtime == "onnxruntime" else "torchscript",
-                "slimtune_version": slimtune.__version__}
+        """:func:`artifact_metadata` of this task and runtime."""
+        return artifact_metadata(self.task, values, "onnx" if self.settings.runtime == "onnxruntime" else "torchscript")
 
     def _measure(self, model: nn.Module, compiled, bits: int) -> Measurement:
         from slimtune.search.measure import measure
@@ -291,6 +282,18 @@ class Evaluator:
             model = knob.rebuild(model, recipe, self.example_input)
         model.load_state_dict(state_dict)
         return model.eval()
+
+
+def artifact_metadata(task: Task, values: dict[str, Any], timed_format: str) -> dict[str, Any]:
+    """What an exported artifact says about itself: the task's preprocessing and class
+    count, the parameters, the format and slimtune's version (the runtime adds how to
+    feed it; the search adds the study and trial)."""
+    import slimtune
+
+    return {"preprocessing": task.preprocessing or ("not stated by the task: feed inputs exactly as the task's "
+                                                    "tensors hold them"),
+            "num_classes": task.num_classes, "task": task.name, "params": dict(values),
+            "timed_format": timed_format, "slimtune_version": slimtune.__version__}
 
 
 def _shortest_path_macs(model: nn.Module, example_input: torch.Tensor) -> int:

@@ -84,6 +84,12 @@ def _extensions(fmt: str) -> str:
     return "/".join(ext for ext, f in EXTENSION_FORMATS.items() if f == fmt) or "file of that"
 
 
+def _tensor_input(task: Any) -> dict[str, Any]:
+    """How to feed a TorchScript artifact: a float32 batch of the task's input shape."""
+    return {"input_name": None, "input_shape": ["batch", *task.input_shape], "input_dtype": "float32",
+            "outputs": ["logits"], "batch": "any"}
+
+
 def _onnx_metadata(data: bytes) -> dict[str, Any]:
     """An ONNX model's ``metadata_props``, JSON values decoded."""
     import onnx
@@ -164,12 +170,11 @@ class Candidate:
             if embedded.get("slimtune_version"):
                 return embedded
         if stored:
-            return {"input_name": None, "input_shape": ["batch", *self.study.task.input_shape],
-                    "input_dtype": "float32", "outputs": ["logits"], "batch": "any", **stored}
+            return {**_tensor_input(self.study.task), **stored}
         return self._rebuilt_metadata(data, fmt)
 
     def _rebuilt_metadata(self, data: bytes, fmt: str) -> dict[str, Any]:
-        import slimtune
+        from slimtune.search.candidate import artifact_metadata
         from slimtune.search.runtime import onnx_input_metadata
 
         task = self.study.task
@@ -178,20 +183,8 @@ class Candidate:
 
             shape = onnx_input_metadata(onnx.load_from_string(data))
         else:
-            shape = {"input_name": None, "input_shape": ["batch", *task.input_shape], "input_dtype": "float32",
-                     "outputs": ["logits"], "batch": "any"}
-        return {
-            **shape,
-            "preprocessing": task.preprocessing or ("not stated by the task: feed inputs exactly as the task's "
-                                                    "tensors hold them"),
-            "num_classes": task.num_classes,
-            "task": task.name,
-            "study": self.study.name,
-            "trial": self.trial,
-            "params": self.params,
-            "timed_format": fmt,
-            "slimtune_version": slimtune.__version__,
-        }
+            shape = _tensor_input(task)
+        return {**shape, **artifact_metadata(task, self.params, fmt), "study": self.study.name, "trial": self.trial}
 
     def _record(self, *, with_weights: bool = False) -> tuple[CandidateRecord, WeightsRecord | None]:
         db, study_id = self.study._db, self.study._record.id  # noqa: SLF001 - same package
