@@ -14,11 +14,11 @@ import statistics
 
 import torch
 
-from slimtune.api import build_space
-from slimtune.search.baseline import get_baseline
-from slimtune.search.candidate import EvalSettings, Evaluator
-from slimtune.search.measure import measure_latency
-from slimtune.search.runtime import compile_model
+from slimtune._api import build_space
+from slimtune.search._baseline import get_baseline
+from slimtune.search._pipeline import EvalSettings, Evaluator
+from slimtune.search._profiling import measure_latency
+from slimtune.search._runtime import compile_model
 from slimtune.tasks import TaskError, get_task
 
 SETTINGS = {

@@ -1,7 +1,7 @@
 """How far a latency can be trusted, and what a MACs reduction buys in time.
 
 1. Repeatability: one candidate (and the baseline) is measured ``--runs`` times in this
-   process with the study's own procedure (``slimtune.search.measure.measure``:
+   process with the study's own procedure (``slimtune.search._profiling.measure``:
    warm-up, interleaved rounds, median) — the coefficient of variation of those
    medians is the *within-run* fidelity (target <= 3%).  The same is done in
    ``--processes`` fresh processes (each rebuilds the same structure from the same baseline), giving the
@@ -37,9 +37,9 @@ KNOBS = {
 def _evaluator(task_name: str, repeats: int):
     import torch
 
-    from slimtune.api import build_space
-    from slimtune.search.baseline import get_baseline
-    from slimtune.search.candidate import EvalSettings, Evaluator
+    from slimtune._api import build_space
+    from slimtune.search._baseline import get_baseline
+    from slimtune.search._pipeline import EvalSettings, Evaluator
     from slimtune.tasks import get_task
 
     torch.set_num_threads(1)
@@ -116,8 +116,8 @@ def repeatability(task_name: str, runs: int, processes: int, repeats: int) -> No
 
 
 def speedup_vs_macs(task_name: str, repeats: int) -> None:
-    from slimtune.search.macs import count_macs
-    from slimtune.search.measure import measure_latency
+    from slimtune.search._macs import count_macs
+    from slimtune.search._profiling import measure_latency
 
     task, space, evaluator = _evaluator(task_name, repeats)
     base_model = evaluator.baseline.model.eval()

@@ -20,18 +20,18 @@ import torch
 from torch import nn
 
 from slimtune.search.packed import pack, unpack
-from slimtune.search.runtime import compile_model
+from slimtune.search._runtime import compile_model
 from slimtune.spaces.base import KnobContext
 from slimtune.spaces.pruning import prune_weights
 from slimtune.spaces.quantization import snap_weights
-from slimtune.tasks.models import resnet8
+from slimtune.tasks._models import resnet8
 
 SETTINGS = [(bits, 0.0) for bits in (32, 16, 8, 6, 4, 2)] + [(32, 0.5), (32, 0.7), (32, 0.9), (8, 0.7), (4, 0.7)]
 
 
 def _model(name: str) -> tuple[nn.Module, torch.Tensor]:
     if name == "digits":
-        from slimtune.search.baseline import get_baseline
+        from slimtune.search._baseline import get_baseline
         from slimtune.tasks import get_task
 
         task = get_task("digits")

@@ -50,7 +50,7 @@ LATENCY_REF = 1.2  # x the baseline's latency
 def relative_hypervolume(rows: list[dict], baseline_macs: int | None = None) -> float:
     """Normalised hypervolume of (accuracy, relative latency) of complete rows; with
     ``baseline_macs``, of (accuracy, MACs / baseline MACs) instead (no timing noise)."""
-    from slimtune.studies.frontier import hypervolume
+    from slimtune.studies._frontier import hypervolume
 
     points = []
     for r in rows:
@@ -68,7 +68,7 @@ def relative_hypervolume(rows: list[dict], baseline_macs: int | None = None) -> 
 
 
 def run_one(config: str, seed: int, args: argparse.Namespace, workdir: Path) -> dict:
-    from slimtune.search.early_stopping import FrontierEarlyStopping
+    from slimtune.search._early_stopping import FrontierEarlyStopping
     from slimtune.studies import Study
 
     sampler, _, flag = config.partition("-")

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
     if any(c.startswith("nni-") for c in configs):
-        from slimtune.search.backends.nni_backend import require_nni
+        from slimtune.search._backends.nni_backend import require_nni
 
         started = time.perf_counter()
         require_nni()

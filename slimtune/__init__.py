@@ -19,11 +19,11 @@ _LAZY: dict[str, str] = {
     "StudyError": "slimtune.studies",
     "NoCandidateError": "slimtune.studies",
     "list_studies": "slimtune.studies",
-    "Task": "slimtune.tasks.base",
-    "TaskError": "slimtune.tasks.base",
-    "Constraints": "slimtune.search.runner",
-    "EvalSettings": "slimtune.search.candidate",
-    "FrontierEarlyStopping": "slimtune.search.early_stopping",
+    "Task": "slimtune.tasks._task",
+    "TaskError": "slimtune.tasks._task",
+    "Constraints": "slimtune.search._runner",
+    "EvalSettings": "slimtune.search._pipeline",
+    "FrontierEarlyStopping": "slimtune.search._early_stopping",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -42,14 +42,14 @@ def __dir__() -> list[str]:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext slimtune``: registers the ``%slimtune`` magic (see slimtune.widgets.magics)."""
-    from slimtune.widgets.magics import load_ipython_extension as load
+    """``%load_ext slimtune``: registers the ``%slimtune`` magic (see slimtune.widgets._magics)."""
+    from slimtune.widgets._magics import load_ipython_extension as load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """``%unload_ext slimtune``."""
-    from slimtune.widgets.magics import unload_ipython_extension as unload
+    from slimtune.widgets._magics import unload_ipython_extension as unload
 
     unload(ipython)

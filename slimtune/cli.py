@@ -17,10 +17,10 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from slimtune.cli_tables import WIDTH, compact_params, speedup, table_lines, test_accuracy, val_accuracy
-from slimtune.defaults import DEFAULT_STORAGE, STORAGE_ENV
-from slimtune.search.runner import Interrupted  # light: the runner imports torch only in its functions
-from slimtune.vocabulary import STATE_WORDS, STUDY_COLUMNS, created_text
+from slimtune._cli_tables import WIDTH, compact_params, speedup, table_lines, test_accuracy, val_accuracy
+from slimtune._defaults import DEFAULT_STORAGE, STORAGE_ENV
+from slimtune.search._runner import Interrupted  # light: the runner imports torch only in its functions
+from slimtune._vocabulary import STATE_WORDS, STUDY_COLUMNS, created_text
 
 
 class UserError(Exception):
@@ -32,8 +32,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)
 #: Bad-input errors of the other subpackages, as (module, class).  They are looked up
 #: only in modules already imported: an error can only come from a module that ran, and
 #: importing them up front would import torch for `slimtune --help`.
-LAZY_USER_ERRORS = (("slimtune.spaces.base", "SpaceError"), ("slimtune.tasks.base", "TaskError"),
-                    ("slimtune.studies.errors", "StudyError"), ("slimtune.search.backends.base", "BackendError"))
+LAZY_USER_ERRORS = (("slimtune.spaces.base", "SpaceError"), ("slimtune.tasks._task", "TaskError"),
+                    ("slimtune.studies._errors", "StudyError"), ("slimtune.search._backends.base", "BackendError"))
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -127,7 +127,7 @@ class AssignmentCommand(click.Command):
 
 def _check_int8_format() -> None:
     """A bad ``$SLIMTUNE_INT8_FORMAT`` is one line before any work, not a failed trial."""
-    from slimtune.search.runtime import requested_int8_format
+    from slimtune.search._runtime import requested_int8_format
 
     try:
         requested_int8_format()
@@ -181,7 +181,7 @@ def _quiet_optuna() -> None:
 @user_errors
 def space(task_spec: str, fix: tuple[str, ...], as_json: bool) -> None:
     """The parameters of the joint space of a task's model, with their domains."""
-    from slimtune.api import build_space
+    from slimtune._api import build_space
     from slimtune.tasks import get_task
 
     task = get_task(task_spec)
@@ -216,7 +216,7 @@ def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: st
 
     Nothing is stored in a study (no --storage); the trained baseline is cached.
     """
-    from slimtune.api import evaluate_one
+    from slimtune._api import evaluate_one
 
     _check_int8_format()
     report = evaluate_one(task_spec, parse_assignments(sets), epochs=epochs, runtime=runtime, threads=threads,
@@ -530,7 +530,7 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
     from slimtune.studies import Study
 
     if backend == "nni":
-        from slimtune.search.backends import get_backend
+        from slimtune.search._backends import get_backend
 
         get_backend("nni").check_options(**nni_options)  # before a study is created
     _quiet_optuna()
@@ -710,7 +710,7 @@ def export(study_name: str, trial: int, out: str, fmt: str | None, storage: str)
     import warnings
 
     from slimtune.studies import Study
-    from slimtune.studies.candidate import format_for_path
+    from slimtune.studies._candidate import format_for_path
 
     fmt = format_for_path(out, fmt)  # a mismatched extension is refused before anything is read
     _quiet_optuna()
@@ -741,7 +741,7 @@ def cache() -> None:
 @click.option("--task", default=None, help="Only this task's baselines.")
 def cache_list(task: str | None) -> None:
     """The cached baselines, with their size and date."""
-    from slimtune.search.baseline_cache import baselines_dir, cached_baselines
+    from slimtune.search._baseline_cache import baselines_dir, cached_baselines
 
     items = cached_baselines(task)
     click.echo(f"Baseline cache: {baselines_dir()} ({len(items)} file{'s' if len(items) != 1 else ''}, "
@@ -755,7 +755,7 @@ def cache_list(task: str | None) -> None:
 @click.option("--task", default=None, help="Only this task's baselines.")
 def cache_clear(task: str | None) -> None:
     """Delete the cached baselines; the next run or eval retrains them."""
-    from slimtune.search.baseline_cache import baselines_dir, clear_baselines
+    from slimtune.search._baseline_cache import baselines_dir, clear_baselines
 
     removed = clear_baselines(task)
     click.echo(f"Removed {len(removed)} cached baseline{'s' if len(removed) != 1 else ''} from {baselines_dir()}.")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimtune import Task
-from slimtune.tasks.outputs import LogitsOutput
+from slimtune.tasks._outputs import LogitsOutput
 
 ARCHITECTURES = ("resnet", "mobilenet_v2", "convnext")
 
@@ -124,9 +124,9 @@ def run_knobs(task: Task, *, epochs: int = 1, repeats: int = 50) -> tuple[dict, 
     ``flags`` and the warnings raised while it was built and measured."""
     import warnings
 
-    from slimtune.api import build_space
-    from slimtune.search.baseline import get_baseline
-    from slimtune.search.candidate import EvalSettings, Evaluator
+    from slimtune._api import build_space
+    from slimtune.search._baseline import get_baseline
+    from slimtune.search._pipeline import EvalSettings, Evaluator
 
     space = build_space(task)
     settings = EvalSettings(epochs=epochs, finetune_epochs=1, latency_repeats=repeats, latency_warmup=5)

@@ -24,6 +24,6 @@ def digits_task():
 
 @pytest.fixture(scope="session")
 def digits_baseline(digits_task):
-    from slimtune.search.baseline import get_baseline
+    from slimtune.search._baseline import get_baseline
 
     return get_baseline(digits_task, seed=0)

@@ -306,7 +306,7 @@ def test_export_replaces_an_existing_file_whole(db, tmp_path):
 
 
 def test_python_api_refuses_the_same_input(db, tmp_path):
-    from slimtune.search.candidate import EvalSettings
+    from slimtune.search._pipeline import EvalSettings
     from slimtune.studies import Study, StudyError
 
     path, url = db

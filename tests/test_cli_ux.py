@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from slimtune.cli import main
-from slimtune.cli_tables import WIDTH, compact_params, table_lines
+from slimtune._cli_tables import WIDTH, compact_params, table_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "tests.user_task:make_task"  # 96 tiny images: seconds per trial
@@ -132,7 +132,7 @@ def test_resumed_run_names_the_cached_baseline_and_shows_the_study_wide_front(ma
 
 
 def test_notebook_study_list_uses_the_cli_words():
-    from slimtune.widgets.magics import StudyList
+    from slimtune.widgets._magics import StudyList
 
     listed = StudyList([{"name": "s", "task": "digits", "objectives": ["accuracy", "latency_ms"], "trials": 3,
                          "complete": 2, "pruned": 1, "failed": 0, "created_at": "2026-11-30T20:41:39.123"}], "sqlite://")
@@ -222,7 +222,7 @@ def test_builtin_preprocessing_is_what_the_task_does():
     from sklearn.datasets import load_digits
 
     from slimtune.tasks import get_task
-    from slimtune.tasks.builtin import _split
+    from slimtune.tasks._builtin import _split
 
     task = get_task("digits")
     assert "pixels / 16" in task.preprocessing and "(x - 0.3) / 0.4" in task.preprocessing
@@ -330,7 +330,7 @@ def test_license_is_an_spdx_string():
 
 
 def test_low_rank_groups_have_a_compact_code_and_a_legend():
-    from slimtune.cli_tables import dsconv_legend
+    from slimtune._cli_tables import dsconv_legend
 
     names = ["dsconv.blocks.0.0", "lowrank.blocks.0", "lowrank.blocks.1", "lowrank.head.2"]
     params = {"quant.bits": 32, "lowrank.blocks.0": 0.05, "lowrank.blocks.1": 1.0, "lowrank.head.2": 0.423}

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from slimtune.search.macs import count_macs
+from slimtune.search._macs import count_macs
 from slimtune.spaces.base import KnobContext, SpaceError
 from slimtune.spaces.dsconv import DepthwiseSeparable, DepthwiseSeparableConv, eligible_convs
-from slimtune.tasks.models import resnet8, small_cnn
+from slimtune.tasks._models import resnet8, small_cnn
 
 
 def _ctx(shape: tuple[int, ...] = (2, 1, 8, 8)) -> KnobContext:

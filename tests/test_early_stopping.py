@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from slimtune.search.early_stopping import (
+from slimtune.search._early_stopping import (
     FrontierEarlyStopping,
     FrontierPoint,
     frontier_points_only,
@@ -147,8 +147,8 @@ def test_real_candidate_stopped_or_kept(digits_task, digits_baseline):
 
     (The rule sees the validation accuracy of the architecture being distilled, before
     pruning and quantization, which only ever come after training.)"""
-    from slimtune.api import build_space
-    from slimtune.search.candidate import EvalSettings, Evaluator
+    from slimtune._api import build_space
+    from slimtune.search._pipeline import EvalSettings, Evaluator
 
     space = build_space(digits_task)
     ev = Evaluator(digits_task, space, EvalSettings(epochs=2, latency_repeats=5, latency_warmup=2), digits_baseline)
@@ -174,7 +174,7 @@ def test_real_candidate_stopped_or_kept(digits_task, digits_baseline):
 
 
 def test_recovery_epochs_after_distillation_widen_the_prior():
-    from slimtune.search.runner import TrialRunner
+    from slimtune.search._runner import TrialRunner
 
     assert RULE.margin(1, 2, extra_epochs=3) == pytest.approx(0.02 + 3 * 0.05)
     # 0.56 after the last distillation epoch, 3 recovery epochs to come: not stopped

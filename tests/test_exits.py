@@ -9,7 +9,7 @@ from torch import nn
 
 from slimtune.spaces.base import KnobContext, SpaceError
 from slimtune.spaces.exits import EarlyExitNet, EarlyExits, ExitHead, exit_points
-from slimtune.tasks.models import resnet8, small_cnn
+from slimtune.tasks._models import resnet8, small_cnn
 
 X_SHAPE = (2, 1, 16, 16)
 

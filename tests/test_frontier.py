@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 
-from slimtune.studies.frontier import dominates, loss_vector, non_dominated_mask
+from slimtune.studies._frontier import dominates, loss_vector, non_dominated_mask
 
 
 def _pairwise(rows, objectives):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from slimtune.studies.frontier import beaten_by_baseline
-from slimtune.studies.rows import make_row, mark_pareto
+from slimtune.studies._frontier import beaten_by_baseline
+from slimtune.studies._rows import make_row, mark_pareto
 
 SCHEMA_1_DB = Path(__file__).parent / "data" / "schema_v1.db"
 
@@ -40,7 +40,7 @@ def test_a_trial_the_baseline_dominates_is_not_on_the_front():
 
 
 def test_widget_front_and_deltas_use_the_same_run():
-    from slimtune.widgets import rows as R
+    from slimtune.widgets import _axes as R
 
     front = R.front_rows([SLOWER_SAME_ACCURACY, FASTER_LESS_ACCURATE], "latency", BASELINE)
     assert [r["trial"] for r in front] == [2]
@@ -68,8 +68,8 @@ def test_schema_1_database_is_upgraded(tmp_path):
     """A study database written by slimtune 0.1.0 (schema 1, which stored the test
     accuracy as the objective) opens, is migrated once, and reads as schema 2."""
     from slimtune.studies import Study
-    from slimtune.studies.database import SCHEMA_1_FLAG
-    from slimtune.studies.models import SCHEMA_VERSION
+    from slimtune.studies._database import SCHEMA_1_FLAG
+    from slimtune.studies._schema import SCHEMA_VERSION
 
     path = tmp_path / "old.db"
     shutil.copy(SCHEMA_1_DB, path)
@@ -114,9 +114,9 @@ def test_schema_1_database_is_upgraded(tmp_path):
 
 
 def test_pre_measure_counts_an_exit_candidates_shortest_path(digits_task, digits_baseline):
-    from slimtune.api import build_space
-    from slimtune.search.candidate import EvalSettings, Evaluator
-    from slimtune.search.macs import count_macs
+    from slimtune._api import build_space
+    from slimtune.search._pipeline import EvalSettings, Evaluator
+    from slimtune.search._macs import count_macs
 
     space = build_space(digits_task)
     ev = Evaluator(digits_task, space, EvalSettings(latency_repeats=5, latency_warmup=1), digits_baseline)

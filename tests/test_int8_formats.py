@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimtune.search import runtime
-from slimtune.search.cpu import cpu_features, u8s8_can_saturate
-from slimtune.search.measure import machine_fingerprint, measure, runtime_agreement
-from slimtune.search.runtime import (
+from slimtune.search import _runtime as runtime
+from slimtune.search._cpu import cpu_features, u8s8_can_saturate
+from slimtune.search._profiling import machine_fingerprint, measure, runtime_agreement
+from slimtune.search._runtime import (
     INT8_FORMAT_ENV,
     choose_int8_format,
     compile_model,
@@ -27,7 +27,7 @@ from slimtune.search.runtime import (
 )
 from slimtune.spaces.exits import EarlyExitNet, ExitHead
 from slimtune.spaces.quantization import fold_batchnorm, snap_weights
-from slimtune.tasks.models import resnet8, small_cnn
+from slimtune.tasks._models import resnet8, small_cnn
 from tests._mobilenet import mobilenet_like
 from tests._train import train_plain
 

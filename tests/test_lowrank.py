@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from slimtune.search.macs import count_macs
+from slimtune.search._macs import count_macs
 from slimtune.spaces import Space
 from slimtune.spaces.base import KnobContext
 from slimtune.spaces.lowrank import LowRank, LowRankConv, LowRankLinear, full_rank, lowrank_groups, saves
-from slimtune.tasks.models import resnet8, small_cnn
+from slimtune.tasks._models import resnet8, small_cnn
 
 
 def _ctx() -> KnobContext:
@@ -69,8 +69,8 @@ def test_a_rank_that_saves_nothing_leaves_the_layer():
 
 def test_end_to_end_candidate_is_faster_and_accurate(digits_task, digits_baseline):
     """A real candidate: factorized, distilled, compiled, timed beside the baseline."""
-    from slimtune.api import build_space
-    from slimtune.search.candidate import EvalSettings, Evaluator
+    from slimtune._api import build_space
+    from slimtune.search._pipeline import EvalSettings, Evaluator
 
     space = build_space(digits_task)
     ev = Evaluator(digits_task, space, EvalSettings(epochs=2, latency_repeats=40, latency_warmup=5), digits_baseline)
@@ -87,7 +87,7 @@ def test_end_to_end_candidate_is_faster_and_accurate(digits_task, digits_baselin
 
 def test_the_knob_describes_itself_to_the_dashboard():
     """Display comes from the knob (Knob.summary, Knob.title): nothing in widgets names it."""
-    from slimtune.widgets.rows import group_params, params_summary
+    from slimtune.widgets._axes import group_params, params_summary
 
     values = {"lowrank.blocks.1": 0.25, "lowrank.blocks.2": 1.0, "quant.bits": 8, "quant.mode": "ptq"}
     assert params_summary(values) == "low-rank 1 group(s) (min 0.25), 8-bit ptq"

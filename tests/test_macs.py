@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from slimtune.search.macs import count_macs, count_params, layer_macs
+from slimtune.search._macs import count_macs, count_params, layer_macs
 from slimtune.spaces.exits import EarlyExitNet, ExitHead
-from slimtune.tasks.models import resnet8, small_cnn
+from slimtune.tasks._models import resnet8, small_cnn
 
 
 def test_conv_and_linear_formulas() -> None:

@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimtune.search.measure import export_artifact, machine_fingerprint, measure, measure_latency, params_count
-from slimtune.search.measurement import Measurement
+from slimtune.search._profiling import export_artifact, machine_fingerprint, measure, measure_latency, params_count
+from slimtune.search._measurement import Measurement
 from slimtune.search.packed import pack, unpack
-from slimtune.search.runtime import compile_model
+from slimtune.search._runtime import compile_model
 from slimtune.spaces.exits import EarlyExitNet, ExitHead
 from slimtune.spaces.quantization import fold_batchnorm, snap_weights
-from slimtune.tasks.models import small_cnn
+from slimtune.tasks._models import small_cnn
 from tests._train import train_plain
 
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from torch import nn
 
-from slimtune.search.backends import BackendError, get_backend
-from slimtune.search.scalarization import Scalarization
+from slimtune.search._backends import BackendError, get_backend
+from slimtune.search._scalarization import Scalarization
 from slimtune.spaces import Knob, Param, Space, SpaceError
-from slimtune.spaces.nni_format import from_nni, param_from_nni, params_from_nni, to_nni, values_to_nni
+from slimtune.spaces._nni_format import from_nni, param_from_nni, params_from_nni, to_nni, values_to_nni
 
 HAS_NNI = importlib.util.find_spec("nni") is not None
 needs_nni = pytest.mark.skipif(not HAS_NNI, reason="NNI is not installed (pip install 'slimtune[nni]'); "
@@ -49,7 +49,7 @@ def toy_space(**fixed) -> Space:
 
 
 def joint_space() -> Space:
-    from slimtune.tasks.models import small_cnn
+    from slimtune.tasks._models import small_cnn
 
     return Space.for_model(small_cnn())
 
@@ -193,7 +193,7 @@ NNI_3_TUNERS = ("PPO", "SMAC", "TPE", "TPE_legacy", "Random", "Anneal", "Evoluti
 
 
 def test_every_nni_tuner_is_offered_or_refused_with_a_reason():
-    from slimtune.search.backends.nni_backend import REFUSED, TUNERS, get_tuner_info
+    from slimtune.search._backends.nni_backend import REFUSED, TUNERS, get_tuner_info
 
     assert set(TUNERS) == {"TPE", "Random", "Evolution", "GridSearch"}
     assert set(TUNERS) | set(REFUSED) == set(NNI_3_TUNERS)
@@ -352,7 +352,7 @@ def test_cli_run_with_nni_backend_records_both_objectives_and_resumes(tmp_path, 
     from click.testing import CliRunner
 
     from slimtune.cli import main
-    from slimtune.search.backends.nni_backend import NNIBackend
+    from slimtune.search._backends.nni_backend import NNIBackend
     from slimtune.studies import Study
 
     replayed: list[int] = []
@@ -393,7 +393,7 @@ def test_cli_run_with_nni_backend_records_both_objectives_and_resumes(tmp_path, 
 
 @needs_nni
 def test_gridsearch_says_when_a_finite_space_is_exhausted():
-    from slimtune.search.backends.nni_backend import SpaceExhausted
+    from slimtune.search._backends.nni_backend import SpaceExhausted
 
     study = _study()
     space = toy_space(**{"toy.rate": 0.3, "toy.temp": 2.0, "toy.epochs": 1, "toy.width": 4, "toy.bits": 8})

@@ -32,12 +32,12 @@ from slimtune.search.packed import (
     unpack,
     unpack_uint,
 )
-from slimtune.search.runtime import compile_model
+from slimtune.search._runtime import compile_model
 from slimtune.spaces.base import KnobContext
 from slimtune.spaces.exits import EarlyExitNet, ExitHead
 from slimtune.spaces.pruning import Pruning
 from slimtune.spaces.quantization import snap_weights
-from slimtune.tasks.models import resnet8, small_cnn
+from slimtune.tasks._models import resnet8, small_cnn
 from tests._train import train_plain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,7 +209,7 @@ def test_packed_file_predicts_the_same_in_a_fresh_process(compiled, digits, tmp_
             session = ort.InferenceSession(artifact, providers=["CPUExecutionProvider"])
             preds = [int(session.run(None, {"input": x[i:i + 1]})[0].argmax(-1)[0]) for i in range(len(x))]
             out[name] = preds
-        banned = sorted(m for m in ("torch", "onnx", "slimtune.search.runtime") if m in sys.modules)
+        banned = sorted(m for m in ("torch", "onnx", "slimtune.search._runtime") if m in sys.modules)
         print(json.dumps({"preds": out, "banned": banned}))
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

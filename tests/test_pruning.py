@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimtune.search.macs import count_macs, count_params, layer_macs
+from slimtune.search._macs import count_macs, count_params, layer_macs
 from slimtune.spaces.base import KnobContext, SpaceError
 from slimtune.spaces.dsconv import DepthwiseSeparable
 from slimtune.spaces.exits import EarlyExits
 from slimtune.spaces.pruning import Pruning, channel_widths, rebuild_channel_widths
-from slimtune.tasks.models import resnet8, small_cnn
+from slimtune.tasks._models import resnet8, small_cnn
 
 CHANNEL = {"prune.granularity": "channel", "prune.rewind": False}
 WEIGHT = {"prune.granularity": "weight", "prune.rewind": False}

@@ -21,8 +21,8 @@ from slimtune.spaces.quantization import (
     quantize_weight,
     snap_weights,
 )
-from slimtune.spaces.registry import get_knob
-from slimtune.tasks.models import resnet8, small_cnn
+from slimtune.spaces._registry import get_knob
+from slimtune.tasks._models import resnet8, small_cnn
 
 
 def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:

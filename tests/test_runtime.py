@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
-from slimtune.search.measure import export_artifact, measure
-from slimtune.search.runtime import compile_model, exit_segments, optimized_op_types
+from slimtune.search._profiling import export_artifact, measure
+from slimtune.search._runtime import compile_model, exit_segments, optimized_op_types
 from slimtune.spaces.exits import EarlyExitNet, ExitHead
 from slimtune.spaces.quantization import fold_batchnorm, quantize_weight
-from slimtune.tasks.models import resnet8, small_cnn
+from slimtune.tasks._models import resnet8, small_cnn
 from tests._train import train_plain
 
 

@@ -15,9 +15,9 @@ import optuna
 import pytest
 
 from slimtune import Study
-from slimtune.search.early_stopping import FrontierPoint
+from slimtune.search._early_stopping import FrontierPoint
 from slimtune.studies import NoCandidateError, StudyError
-from slimtune.studies.frontier import beaten_by_baseline, loss_vector
+from slimtune.studies._frontier import beaten_by_baseline, loss_vector
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

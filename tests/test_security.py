@@ -80,7 +80,7 @@ def test_a_crafted_weights_blob_in_the_database_is_refused_not_run(tampered, tmp
 
 
 def test_a_damaged_weights_blob_is_one_clear_sentence(tmp_path):
-    from slimtune.search.weights import WeightsError, load_state_dict
+    from slimtune.search._weights import WeightsError, load_state_dict
 
     good = io.BytesIO()
     torch.save({"w": torch.ones(3)}, good)
@@ -96,14 +96,14 @@ def test_a_damaged_weights_blob_is_one_clear_sentence(tmp_path):
 
 
 def test_a_crafted_baseline_cache_file_is_retrained_not_run(tmp_path, monkeypatch, caplog):
-    from slimtune.search.baseline import cache_dir, get_baseline
+    from slimtune.search._baseline import cache_dir, get_baseline
     from slimtune.tasks import get_task
 
     monkeypatch.setenv("SLIMTUNE_CACHE_DIR", str(tmp_path / "cache"))
     task, marker = get_task(TASK), tmp_path / "marker"
     path = cache_dir() / f"{task.name}-{task.fingerprint()}-seed0.pt"
     path.write_bytes(crafted_blob(marker))
-    with caplog.at_level(logging.WARNING, logger="slimtune.search.baseline"):
+    with caplog.at_level(logging.WARNING, logger="slimtune.search._baseline"):
         baseline = get_baseline(task, seed=0)
     assert not baseline.cached and not marker.exists()
     assert "not a valid weights blob" in caplog.text and "weights_only" not in caplog.text
@@ -112,7 +112,7 @@ def test_a_crafted_baseline_cache_file_is_retrained_not_run(tmp_path, monkeypatc
 
 def test_the_notebook_never_shows_a_storage_password(tmp_path, monkeypatch):
     from slimtune.studies import StudyError
-    from slimtune.widgets.magics import SlimtuneMagics, StudyList
+    from slimtune.widgets._magics import SlimtuneMagics, StudyList
 
     empty = StudyList([], "postgresql+psycopg://alice:hunter2@db.example/st")
     assert "hunter2" not in repr(empty) and "hunter2" not in empty._repr_html_() and "***" in repr(empty)
@@ -143,7 +143,7 @@ def test_onnxruntime_writes_no_telemetry_under_home(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     code = ("import torch; torch.set_num_threads(1)\n"
-            "from slimtune.search.runtime import compile_model\n"
+            "from slimtune.search._runtime import compile_model\n"
             "model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4)).eval()\n"
             "compiled = compile_model(model, runtime='onnxruntime', bits=8, calibration=torch.randn(8, 1, 4, 4))\n"
             "print(len(compiled.artifact))\n")

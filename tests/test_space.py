@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from slimtune.spaces import Space, SpaceError
 from slimtune.spaces.base import Param
 from slimtune.spaces.distillation import distillation_loss
-from slimtune.tasks.models import small_cnn
+from slimtune.tasks._models import small_cnn
 
 
 def test_space_has_every_family_for_block_cnn():
@@ -83,7 +83,7 @@ def test_kd_loss_matches_formula_and_changes_with_temperature():
 
 
 def test_inactive_params_are_those_without_effect():
-    from slimtune.spaces.space import inactive_params
+    from slimtune.spaces._space import inactive_params
 
     space = Space.for_model(small_cnn())
     values = space.complete({"exits.1.enabled": True, "quant.bits": 32})

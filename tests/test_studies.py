@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import inspect
 
 from slimtune.studies import Database, SchemaVersionError, Study, StudyError, hypervolume, mask_url, non_dominated
-from slimtune.studies.frontier import check_objectives, dominates, loss_vector, non_dominated_mask
-from slimtune.studies.models import SCHEMA_VERSION
+from slimtune.studies._frontier import check_objectives, dominates, loss_vector, non_dominated_mask
+from slimtune.studies._schema import SCHEMA_VERSION
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -107,7 +107,7 @@ def test_database_creates_prefixed_tables_with_version(tmp_path):
 
 
 def test_session_rolls_back_on_error(tmp_path):
-    from slimtune.studies.models import SchemaVersion
+    from slimtune.studies._schema import SchemaVersion
 
     db = Database.open(f"sqlite:///{tmp_path / 'st.db'}")
     with pytest.raises(RuntimeError):

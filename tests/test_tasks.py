@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from slimtune.search.baseline import get_baseline
+from slimtune.search._baseline import get_baseline
 from slimtune.tasks import Task, TaskError, get_task, list_tasks
-from slimtune.tasks.builtin import FASHION_DIR_ENV
+from slimtune.tasks._builtin import FASHION_DIR_ENV
 
 
 def test_builtin_tasks_listed():
@@ -85,7 +85,7 @@ def test_fashion_mnist_loads_from_the_debian_package():
     missing package fails this test instead of skipping it."""
     import os
 
-    from slimtune.tasks.builtin import FASHION_DIR_DEFAULT
+    from slimtune.tasks._builtin import FASHION_DIR_DEFAULT
     from tests._system import require_system
 
     require_system(None if os.path.isdir(FASHION_DIR_DEFAULT) else

@@ -14,9 +14,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from slimtune import Task, TaskError
-from slimtune.search.baseline import get_baseline
-from slimtune.tasks.metrics import get_metric
-from slimtune.tasks.outputs import LogitsOutput
+from slimtune.search._baseline import get_baseline
+from slimtune.tasks._metrics import get_metric
+from slimtune.tasks._outputs import LogitsOutput
 from tests import user_model_task as umt
 
 
@@ -134,7 +134,7 @@ def test_a_state_dict_and_factory_make_the_same_task():
 
 
 def test_no_cache_retrains_a_cached_baseline(tmp_path, monkeypatch):
-    from slimtune.search.baseline import cache_dir, clear_cache
+    from slimtune.search._baseline import cache_dir, clear_cache
     from slimtune.tasks import get_task
 
     monkeypatch.setenv("SLIMTUNE_CACHE_DIR", str(tmp_path))
@@ -227,7 +227,7 @@ class ObjectOut(nn.Module):
 
 @pytest.mark.parametrize(("model", "spec"), [(TupleOut(), 1), (ObjectOut(), "logits"), (ObjectOut(), lambda o: o.logits)])
 def test_output_adapters_give_a_tensor_of_logits_and_export_to_onnx(model, spec):
-    from slimtune.search.runtime import compile_model
+    from slimtune.search._runtime import compile_model
 
     wrapped = LogitsOutput(model, spec).eval()
     x = torch.randn(5, 4)
@@ -252,8 +252,8 @@ def test_builtin_metrics_on_known_values():
 def test_the_task_metric_is_what_measurements_hold():
     """A callable metric replaces top-1 accuracy in the baseline and the candidates'
     Measurement (computed on the timed artifact's logits)."""
-    from slimtune.api import build_space
-    from slimtune.search.candidate import EvalSettings, Evaluator
+    from slimtune._api import build_space
+    from slimtune.search._pipeline import EvalSettings, Evaluator
 
     def neg_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:
         return -float(F.cross_entropy(logits, labels))
@@ -293,7 +293,7 @@ def test_structure_knobs_on_transformers_models(arch):
     conv's stride), quantization folds without a flag."""
     import warnings
 
-    from slimtune.search.macs import count_macs
+    from slimtune.search._macs import count_macs
     from slimtune.spaces.dsconv import DepthwiseSeparable
     from slimtune.spaces.quantization import Quantization
     from slimtune.spaces.base import KnobContext
@@ -334,7 +334,7 @@ def test_structure_knobs_on_transformers_models(arch):
 def test_the_mlp_on_tabular_data_gets_no_conv_knobs_and_every_other_knob_works():
     """``(N, features)`` inputs: the example input comes from the data; pruning,
     quantization and distillation run; DS-conv is left out, with the reason."""
-    from slimtune.api import build_space
+    from slimtune._api import build_space
 
     task = hf.mlp_task()
     assert task.input_shape == (64,)
@@ -385,7 +385,7 @@ def test_cli_eval_of_a_from_model_task_and_no_cache(tmp_path, monkeypatch):
     import json
 
     from slimtune.cli import main
-    from slimtune.search.baseline import cache_dir
+    from slimtune.search._baseline import cache_dir
 
     monkeypatch.setenv("SLIMTUNE_CACHE_DIR", str(tmp_path))
     result = CliRunner().invoke(main, ["eval", "--task", "tests.user_model_task:trained_task", "--epochs", "0",
@@ -409,7 +409,7 @@ def test_cli_eval_of_a_from_model_task_and_no_cache(tmp_path, monkeypatch):
 def test_show_names_the_metric_and_the_plot_axis_too(tmp_path):
     from slimtune.cli import main
     from slimtune.studies import Study
-    from slimtune.widgets.plot import FrontierPlot
+    from slimtune.widgets._plot import FrontierPlot
 
     storage = f"sqlite:///{tmp_path / 's.db'}"
     study = Study.create_or_load("f1", storage=storage, task=umt.trained_task(metric="f1_macro"),
@@ -427,7 +427,7 @@ def test_exit_points_are_found_in_a_transformers_resnet_and_export_as_one_onnx_m
     """The stages of a ``transformers`` ResNet are found by tracing (no ``blocks`` /
     ``head``); the exit model computes the same function when nobody leaves, and is
     exported as one ONNX model that agrees with torch."""
-    from slimtune.search.runtime import compile_model
+    from slimtune.search._runtime import compile_model
     from slimtune.spaces.base import KnobContext
     from slimtune.spaces.exits import EarlyExitNet, EarlyExits
 
@@ -473,7 +473,7 @@ def test_a_model_that_cannot_be_traced_gets_no_exit_knob_and_the_reason(arch):
     leaves torch as it was (transformers' tracer patches torch.arange, torch.tensor,
     ... and left them patched when it failed on ConvNeXt, which broke TorchScript
     later in the process)."""
-    from slimtune.spaces.space import Space
+    from slimtune.spaces._space import Space
 
     model = LogitsOutput(hf.build_hf(arch), "logits").eval()
     before = dict(vars(torch))

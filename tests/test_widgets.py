@@ -62,8 +62,8 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 # -- pure helpers ----------------------------------------------------------------------
 def test_front_indices_match_the_study_frontier_rule():
-    from slimtune.studies.frontier import non_dominated_mask
-    from slimtune.widgets.rows import front_indices
+    from slimtune.studies._frontier import non_dominated_mask
+    from slimtune.widgets._axes import front_indices
 
     rng = random.Random(0)
     for _ in range(50):
@@ -78,7 +78,7 @@ def test_front_indices_match_the_study_frontier_rule():
 
 
 def test_group_params_by_family_in_pipeline_order():
-    from slimtune.widgets.rows import group_params
+    from slimtune.widgets._axes import group_params
 
     groups = group_params({"exits.10.threshold": 0.9, "exits.2.threshold": 0.8, "quant.bits": 8, "prune.ratio": 0.5,
                            "distill.alpha": 0.3, "dsconv.features.3": True, "lowrank.blocks.1": 0.5, "custom": 1})
@@ -90,9 +90,9 @@ def test_group_params_by_family_in_pipeline_order():
 
 def test_html_reaching_the_page_is_escaped():
     from slimtune.widgets import details_html
-    from slimtune.widgets.magics import StudyList
-    from slimtune.widgets.plot import tooltip_html
-    from slimtune.widgets.static import render_html
+    from slimtune.widgets._magics import StudyList
+    from slimtune.widgets._plot import tooltip_html
+    from slimtune.widgets._static import render_html
 
     evil = "<img src=x onerror=alert(1)>"
     row = {"trial": 3, "state": "PRUNED", "accuracy": 0.9, "latency_ms": 0.1, "size_bytes": 2048, "macs": 10**6,
@@ -365,7 +365,7 @@ def test_magic_lists_and_shows_studies(shell, study_info):
 
 
 def test_studies_never_import_widgets():
-    code = ("import sys, slimtune, slimtune.studies, slimtune.search.runner;"
+    code = ("import sys, slimtune, slimtune.studies, slimtune.search._runner;"
             "bad = [m for m in sys.modules if m.startswith('slimtune.widgets') or m in ('ipywidgets', 'bqplot')];"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=ROOT)

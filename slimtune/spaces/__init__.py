@@ -1,7 +1,7 @@
 """The joint compression space: one module per knob, composed by :class:`Space`."""
 
 from slimtune.spaces.base import STAGES, Knob, KnobContext, Param, SpaceError
-from slimtune.spaces.registry import get_knob, knob_families, register_knob
+from slimtune.spaces._registry import get_knob, knob_families, register_knob
 
 # One import line per knob module registers it (order = pipeline order within a stage).
 from slimtune.spaces import dsconv as _dsconv  # noqa: F401,E402
@@ -10,6 +10,6 @@ from slimtune.spaces import exits as _exits  # noqa: F401,E402
 from slimtune.spaces import distillation as _distillation  # noqa: F401,E402
 from slimtune.spaces import pruning as _pruning  # noqa: F401,E402
 from slimtune.spaces import quantization as _quantization  # noqa: F401,E402
-from slimtune.spaces.space import Space  # noqa: E402
+from slimtune.spaces._space import Space  # noqa: E402
 
 __all__ = ["STAGES", "Knob", "KnobContext", "Param", "Space", "SpaceError", "get_knob", "knob_families", "register_knob"]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimtune.spaces.base import Knob, Param
-from slimtune.spaces.registry import register_knob
+from slimtune.spaces._registry import register_knob
 
 
 def distillation_loss(

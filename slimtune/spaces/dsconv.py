@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from slimtune.spaces.base import Knob, KnobContext, Param, SpaceError, close_matches, replace_module
-from slimtune.spaces.registry import register_knob
+from slimtune.spaces._registry import register_knob
 
 __all__ = ["DepthwiseSeparable", "DepthwiseSeparableConv", "eligible_convs"]
 

@@ -2,7 +2,7 @@
 
 Exit points are the boundaries after each block of ``model.blocks`` except the last
 (a *block classifier*: ``blocks`` is an ``nn.Sequential`` and ``head`` the final
-classifier, see :mod:`slimtune.tasks.models`).  Any other model is traced with
+classifier, see :mod:`slimtune.tasks._models`).  Any other model is traced with
 torch.fx and cut after modules where a single tensor flows (e.g. after each stage of
 a ``transformers`` ResNet), chosen automatically or named with ``exits_after``
 (:class:`ExitChain`); where none exists (or the model cannot be traced) this knob
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimtune.spaces.base import Knob, KnobContext, Param, SpaceError, close_matches
-from slimtune.spaces.registry import register_knob
+from slimtune.spaces._registry import register_knob
 
 __all__ = ["EarlyExitNet", "EarlyExits", "ExitHead", "exit_points"]
 
@@ -200,7 +200,7 @@ def exit_points(model: nn.Module) -> list[int]:
 class ExitChain:
     """Where exits can go on any model: a block classifier's blocks, or, for any
     other model, modules after which a single tensor flows, found in its torch.fx
-    graph (:mod:`slimtune.spaces.graph_cuts`): chosen automatically, or named by the
+    graph (:mod:`slimtune.spaces._graph_cuts`): chosen automatically, or named by the
     user (``exits_after``).
 
     Attributes:
@@ -216,7 +216,7 @@ class ExitChain:
         if exits_after is None and exit_points(model):
             self.names = [f"blocks.{i}" for i in exit_points(model)]
             return
-        from slimtune.spaces import graph_cuts
+        from slimtune.spaces import _graph_cuts as graph_cuts
 
         self.names = []
         modules = dict(model.named_modules())
@@ -262,7 +262,7 @@ class ExitChain:
         """``(blocks, head)``: the model as pieces, exit ``i`` reading ``blocks[i]``."""
         if self.is_block_classifier:
             return self.model.blocks, self.model.head  # type: ignore[return-value]
-        from slimtune.spaces import graph_cuts
+        from slimtune.spaces import _graph_cuts as graph_cuts
 
         pieces = graph_cuts.split(self.graph, self.positions)
         return nn.Sequential(*pieces), nn.Identity()

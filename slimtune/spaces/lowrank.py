@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from slimtune.spaces.base import Knob, KnobContext, Param, replace_module
-from slimtune.spaces.registry import register_knob
+from slimtune.spaces._registry import register_knob
 
 __all__ = ["LowRank", "LowRankConv", "LowRankLinear", "lowrank_groups"]
 

@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from slimtune.spaces.base import Knob, KnobContext, Param, SpaceError
-from slimtune.spaces.registry import register_knob
+from slimtune.spaces._registry import register_knob
 
 __all__ = [
     "Pruning",

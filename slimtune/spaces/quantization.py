@@ -12,7 +12,7 @@ the b-bit grid, per output channel and symmetric::
 exactly (the packed model file, :mod:`slimtune.search.packed`, stores fp16-exact
 values and grid scales in 16 bits).  QAT fine-tunes with
 fake-quantized weights (straight-through estimator) before snapping.  Activations are
-quantized later, by the runtime (:mod:`slimtune.search.runtime`), which reproduces
+quantized later, by the runtime (:mod:`slimtune.search._runtime`), which reproduces
 exactly these b-bit weights in its int8 kernels.
 
 Example:
@@ -31,7 +31,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 
 from slimtune.spaces.base import Knob, KnobContext, Param, replace_module
-from slimtune.spaces.registry import register_knob
+from slimtune.spaces._registry import register_knob
 
 BITS = (32, 16, 8, 6, 4, 2)
 MODES = ("ptq", "qat")

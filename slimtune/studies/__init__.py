@@ -1,12 +1,12 @@
 """The study database: slimtune's tables beside Optuna's; create / load / resume;
 frontier; select; export."""
 
-from slimtune.studies.candidate import Candidate
-from slimtune.studies.database import DEFAULT_STORAGE, Database, mask_url
-from slimtune.studies.errors import NoCandidateError, SchemaVersionError, StudyError
-from slimtune.studies.frontier import DEFAULT_OBJECTIVES, OBJECTIVES, hypervolume, non_dominated, non_dominated_mask
-from slimtune.studies.models import SCHEMA_VERSION
-from slimtune.studies.study import Study, list_studies
+from slimtune.studies._candidate import Candidate
+from slimtune.studies._database import DEFAULT_STORAGE, Database, mask_url
+from slimtune.studies._errors import NoCandidateError, SchemaVersionError, StudyError
+from slimtune.studies._frontier import DEFAULT_OBJECTIVES, OBJECTIVES, hypervolume, non_dominated, non_dominated_mask
+from slimtune.studies._schema import SCHEMA_VERSION
+from slimtune.studies._study import Study, list_studies
 
 __all__ = [
     "Candidate",

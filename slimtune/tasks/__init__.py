@@ -1,6 +1,6 @@
 """Built-in tasks (model + data) and the Task type for user tasks."""
 
-from slimtune.tasks.base import Task, TaskData, TaskError, get_task, list_tasks, register_task
-from slimtune.tasks import builtin as _builtin  # noqa: F401  (registers the built-in tasks)
+from slimtune.tasks._task import Task, TaskData, TaskError, get_task, list_tasks, register_task
+from slimtune.tasks import _builtin  # noqa: F401  (registers the built-in tasks)
 
 __all__ = ["Task", "TaskData", "TaskError", "get_task", "list_tasks", "register_task"]

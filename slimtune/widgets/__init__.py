@@ -8,12 +8,12 @@ Example:
     >>> StudyDashboard(study)                             # doctest: +SKIP
 """
 
-from slimtune.widgets.dashboard import StudyDashboard
-from slimtune.widgets.details import DetailsPane, details_html
-from slimtune.widgets.magics import SlimtuneMagics, load_ipython_extension, unload_ipython_extension
-from slimtune.widgets.plot import FrontierPlot
-from slimtune.widgets.static import render_html
-from slimtune.widgets.table import ParetoTable
+from slimtune.widgets._dashboard import StudyDashboard
+from slimtune.widgets._details import DetailsPane, details_html
+from slimtune.widgets._magics import SlimtuneMagics, load_ipython_extension, unload_ipython_extension
+from slimtune.widgets._plot import FrontierPlot
+from slimtune.widgets._static import render_html
+from slimtune.widgets._table import ParetoTable
 
 __all__ = [
     "DetailsPane",

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from slimtune.vocabulary import state_word
+from slimtune._vocabulary import state_word
 
 Row = Mapping[str, Any]
 
@@ -141,7 +141,7 @@ def format_accuracy(val: float) -> str:
 def params_summary(params: Mapping[str, Any]) -> str:
     """A compact one-line summary of what the knobs do (hover text and the table): each
     registered knob describes its own values (:meth:`slimtune.spaces.Knob.summary`)."""
-    from slimtune.spaces.space import summaries
+    from slimtune.spaces._space import summaries
 
     return ", ".join(summaries(params)) or "no compression"
 
@@ -210,7 +210,7 @@ def front_rows(rows: Sequence[Row], objective: str = "latency", baseline: Row | 
 
 def not_beaten_by_baseline(rows: Sequence[Row], indices: np.ndarray, axis: Axis, baseline: Row | None) -> np.ndarray:
     """``indices`` without the rows that the baseline dominates on (accuracy, axis)."""
-    from slimtune.studies.frontier import beaten_by_baseline
+    from slimtune.studies._frontier import beaten_by_baseline
 
     if not baseline:
         return indices

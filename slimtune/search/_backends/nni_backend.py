@@ -9,7 +9,7 @@ objectives, so the frontier, the dashboard and ``select`` see NNI's trials like
 Optuna's and a study may mix both backends.
 
 NNI's tuners are single-objective: the score they receive is a
-:class:`~slimtune.search.scalarization.Scalarization` of accuracy and costs
+:class:`~slimtune.search._scalarization.Scalarization` of accuracy and costs
 (default ``accuracy - 0.05*log2(latency_ms)``), written on each trial as the user
 attribute ``nni_scalarization``.
 
@@ -48,15 +48,15 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from slimtune.search.backends.base import Backend, BackendError, Proposal, register_backend
-from slimtune.search.scalarization import Scalarization
+from slimtune.search._backends.base import Backend, BackendError, Proposal, register_backend
+from slimtune.search._scalarization import Scalarization
 from slimtune.spaces.base import SpaceError, close_matches
-from slimtune.spaces.nni_format import from_nni, to_nni, values_to_nni
+from slimtune.spaces._nni_format import from_nni, to_nni, values_to_nni
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-    from slimtune.spaces.space import Space
+    from slimtune.spaces._space import Space
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class NNIBackend(Backend):
             so it does not repeat its first proposals.
         tuner: an offered NNI tuner (:data:`TUNERS`), ``"TPE"`` by default.
         scalarization: the single objective NNI maximizes: a
-            :class:`~slimtune.search.scalarization.Scalarization`, a string such as
+            :class:`~slimtune.search._scalarization.Scalarization`, a string such as
             ``"latency_ms*0.05"`` or ``"latency_ms<=2,penalty=2"``, a dict, or ``None``
             for ``accuracy - 0.05*log2(<first cost objective>)``.
         objectives: the study's objective names in order (default: the study's metric

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping
 
-from slimtune.spaces.space import Space
-from slimtune.tasks.base import Task, get_task
+from slimtune.spaces._space import Space
+from slimtune.tasks._task import Task, get_task
 
 
 def build_space(task: Task, *, fixed: Mapping[str, Any] | None = None, families: list[str] | None = None) -> Space:
@@ -31,8 +31,8 @@ def evaluate_one(task_spec: "str | Task", values: Mapping[str, Any], *, epochs: 
                  progress: bool = False, use_cache: bool = True) -> dict[str, Any]:
     """Build, train and measure one candidate beside the baseline (``slimtune eval``;
     ``use_cache=False`` retrains the baseline instead of reading the cache)."""
-    from slimtune.search.baseline import get_baseline
-    from slimtune.search.candidate import EvalSettings, Evaluator
+    from slimtune.search._baseline import get_baseline
+    from slimtune.search._pipeline import EvalSettings, Evaluator
 
     task = get_task(task_spec)
     space = build_space(task)

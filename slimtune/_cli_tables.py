@@ -14,8 +14,8 @@ from __future__ import annotations
 import textwrap
 from typing import Any, Iterable, Mapping, Sequence
 
-from slimtune.search.measurement import same_run_speedup
-from slimtune.vocabulary import STATE_WORDS, state_word
+from slimtune.search._measurement import same_run_speedup
+from slimtune._vocabulary import STATE_WORDS, state_word
 
 #: Width the tables fit unless ``--wide`` is given.
 WIDTH = 100

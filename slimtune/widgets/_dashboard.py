@@ -27,13 +27,13 @@ from typing import Any, Callable, Mapping
 
 import ipywidgets as widgets
 
-from slimtune.widgets import rows as R
-from slimtune.widgets.background import BackgroundSearch, LatestOnly, Watcher
-from slimtune.widgets.details import DetailsPane
-from slimtune.widgets.plot import FrontierPlot
-from slimtune.widgets.static import render_html
-from slimtune.widgets.style import CSS
-from slimtune.widgets.table import ParetoTable
+from slimtune.widgets import _axes as R
+from slimtune.widgets._background import BackgroundSearch, LatestOnly, Watcher
+from slimtune.widgets._details import DetailsPane
+from slimtune.widgets._plot import FrontierPlot
+from slimtune.widgets._static import render_html
+from slimtune.widgets._style import CSS
+from slimtune.widgets._table import ParetoTable
 
 #: Errors of the user's input (no model fits, bad path...): shown as a message, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, OSError)

@@ -25,28 +25,28 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from slimtune.search.early_stopping import FrontierEarlyStopping, FrontierPoint, resolve_early_stopping
-from slimtune.search.measurement import Measurement
-from slimtune.search.runner import DIRECTIONS, Constraints, TrialOutcome
-from slimtune.studies.database import Database, mask_url, resolve_storage, retry_locked
-from slimtune.studies.errors import NoCandidateError, SchemaVersionError, StudyError
-from slimtune.studies.frontier import (
+from slimtune.search._early_stopping import FrontierEarlyStopping, FrontierPoint, resolve_early_stopping
+from slimtune.search._measurement import Measurement
+from slimtune.search._runner import DIRECTIONS, Constraints, TrialOutcome
+from slimtune.studies._database import Database, mask_url, resolve_storage, retry_locked
+from slimtune.studies._errors import NoCandidateError, SchemaVersionError, StudyError
+from slimtune.studies._frontier import (
     DEFAULT_OBJECTIVES,
     baseline_on_front,
     beaten_by_baseline,
     check_objectives,
     non_dominated_mask,
 )
-from slimtune.studies.models import CandidateRecord, StudyRecord, WeightsRecord, utcnow
-from slimtune.studies.rows import make_row, mark_pareto, merged_state
+from slimtune.studies._schema import CandidateRecord, StudyRecord, WeightsRecord, utcnow
+from slimtune.studies._rows import make_row, mark_pareto, merged_state
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-    from slimtune.search.candidate import EvalSettings, Evaluator
-    from slimtune.spaces.space import Space
-    from slimtune.studies.candidate import Candidate
-    from slimtune.tasks.base import Task
+    from slimtune.search._pipeline import EvalSettings, Evaluator
+    from slimtune.spaces._space import Space
+    from slimtune.studies._candidate import Candidate
+    from slimtune.tasks._task import Task
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def _check_budget(n_trials: int | None, timeout: float | None) -> None:
 
 
 def _settings_from(settings: "EvalSettings | Mapping[str, Any] | None", base: Mapping[str, Any] | None) -> "EvalSettings":
-    from slimtune.search.candidate import EvalSettings
+    from slimtune.search._pipeline import EvalSettings
 
     if isinstance(settings, EvalSettings):
         return settings
@@ -210,7 +210,7 @@ class Study:
                 ``macs`` (default ``("accuracy", "latency_ms")``).
             constraints, max_latency_ms, max_size_kb, max_accuracy_drop: hard limits
                 given to the samplers through ``Trial.set_constraint``.
-            settings: :class:`~slimtune.search.candidate.EvalSettings` or a dict of
+            settings: :class:`~slimtune.search._pipeline.EvalSettings` or a dict of
                 overrides (epochs, runtime, threads, batch_size, latency_repeats, ...).
             seed: sampler seed (reproducible proposals; a resumed session mixes in the
                 number of earlier trials so it does not replay them).  Training uses
@@ -228,8 +228,8 @@ class Study:
         :class:`StudyError` (nothing is written).  ``sampler``, ``seed`` and
         ``early_stopping`` apply to this session only.
         """
-        from slimtune.api import build_space
-        from slimtune.tasks.base import get_task
+        from slimtune._api import build_space
+        from slimtune.tasks._task import get_task
 
         _check_name(name)
         storage = resolve_storage(storage)
@@ -243,7 +243,7 @@ class Study:
             except ValueError as exc:
                 raise StudyError(str(exc)) from None
         if sampler is not None:
-            from slimtune.search.backends import make_sampler
+            from slimtune.search._backends import make_sampler
 
             make_sampler(sampler)  # bad names fail before anything is written
         if settings is not None:
@@ -251,7 +251,7 @@ class Study:
         new_space = None
         if task_obj is not None:  # bad names or values in `fixed` fail before anything is written
             if space is not None:
-                from slimtune.spaces.space import Space
+                from slimtune.spaces._space import Space
 
                 new_space = Space(space.knobs, task_obj.build_model(), {**space.fixed, **dict(fixed)}) if fixed else space
             else:
@@ -283,7 +283,7 @@ class Study:
                                  "create; choose another name.")
             baseline_data = cls._measure_baseline(task_obj, the_space, the_settings, progress, use_cache)
             from slimtune import __version__
-            from slimtune.search.backends.optuna_backend import DEFAULT_SAMPLER, sampler_name
+            from slimtune.search._backends.optuna_backend import DEFAULT_SAMPLER, sampler_name
 
             record = StudyRecord(
                 study_name=name, task_name=task_obj.name, task_spec=str(task_obj.extra.get("spec") or task_obj.name),
@@ -362,8 +362,8 @@ class Study:
     @staticmethod
     def _measure_baseline(task: "Task", space: "Space", settings: "EvalSettings", progress: bool,
                           use_cache: bool = True) -> dict[str, Any]:
-        from slimtune.search.baseline import get_baseline
-        from slimtune.search.candidate import Evaluator
+        from slimtune.search._baseline import get_baseline
+        from slimtune.search._pipeline import Evaluator
 
         baseline = get_baseline(task, seed=settings.seed, progress=progress, use_cache=use_cache)
         measurement = Evaluator(task, space, settings, baseline).baseline_measurement()
@@ -485,7 +485,7 @@ class Study:
     def task(self) -> "Task":
         """The study's task, rebuilt from its spec (and checked against its fingerprint)."""
         if self._task is None:
-            from slimtune.tasks.base import TaskError, get_task
+            from slimtune.tasks._task import TaskError, get_task
 
             try:
                 task = get_task(self._record.task_spec)
@@ -507,8 +507,8 @@ class Study:
         return self._space
 
     def _check_space(self, space: "Space | None", fixed: Mapping[str, Any] | None) -> "Space":
-        from slimtune.api import build_space
-        from slimtune.spaces.space import Space
+        from slimtune._api import build_space
+        from slimtune.spaces._space import Space
 
         task = self.task
         if space is None:
@@ -517,7 +517,7 @@ class Study:
         elif fixed:
             space = Space(space.knobs, task.build_model(), {**space.fixed, **dict(fixed)})
         if space.fingerprint() != self._record.space_fingerprint:
-            from slimtune.spaces.space import space_fingerprint
+            from slimtune.spaces._space import space_fingerprint
 
             if space_fingerprint(self._record.space.get("params", [])) == space.fingerprint():
                 self._restamp_space(space)  # same parameters, stored by an older slimtune
@@ -582,10 +582,10 @@ class Study:
         Returns:
             The rows of the trials run by this call.
         """
-        from slimtune.search.backends import get_backend
-        from slimtune.search.baseline import get_baseline
-        from slimtune.search.candidate import Evaluator
-        from slimtune.search.runner import TrialRunner
+        from slimtune.search._backends import get_backend
+        from slimtune.search._baseline import get_baseline
+        from slimtune.search._pipeline import Evaluator
+        from slimtune.search._runner import TrialRunner
 
         _check_budget(n_trials, timeout)
         backend_cls = get_backend(backend)
@@ -596,7 +596,7 @@ class Study:
         study = self._optuna_study
         options = dict(backend_options)
         if backend == "optuna":
-            from slimtune.search.backends.optuna_backend import DEFAULT_SAMPLER, SAMPLERS
+            from slimtune.search._backends.optuna_backend import DEFAULT_SAMPLER, SAMPLERS
 
             sampler = self.sampler
             if isinstance(sampler, str) and sampler not in SAMPLERS:  # a custom sampler instance made the study
@@ -641,7 +641,7 @@ class Study:
         import optuna
         from optuna.trial import TrialState
 
-        from slimtune.search.runner import BEATING_ATTR, fail_stale_trials
+        from slimtune.search._runner import BEATING_ATTR, fail_stale_trials
 
         study = self.optuna_study
         done: dict[str, list[int]] = {"told": [], "failed": []}
@@ -763,7 +763,7 @@ class Study:
         return {r.trial_number: r for r in records}
 
     def trials(self, *, states: Sequence[str] | None = None) -> list[dict]:
-        """Every trial as a row (see :mod:`slimtune.studies.rows`), by trial number;
+        """Every trial as a row (see :mod:`slimtune.studies._rows`), by trial number;
         ``pareto`` marks the frontier.  ``states`` filters (e.g. ``("COMPLETE",)``)."""
         records = self._records()
         frozen = {t.number: t for t in self.optuna_study.get_trials(deepcopy=False)}
@@ -807,7 +807,7 @@ class Study:
 
     def candidate(self, number: int) -> "Candidate":
         """Trial ``number`` as a :class:`Candidate` (it must be complete)."""
-        from slimtune.studies.candidate import Candidate
+        from slimtune.studies._candidate import Candidate
 
         rows = {r["trial"]: r for r in self.trials()}
         if number not in rows:
@@ -839,7 +839,7 @@ class Study:
             NoCandidateError: nothing fits, or nothing that fits beats the baseline; the
                 message names the closest alternatives.
         """
-        from slimtune.studies.candidate import Candidate
+        from slimtune.studies._candidate import Candidate
 
         for arg, value in (("max_latency_ms", max_latency_ms), ("max_size_kb", max_size_kb),
                            ("max_artifact_kb", max_artifact_kb)):
@@ -969,7 +969,7 @@ def _optuna_storage(url: str, *, create: bool = True):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-            from slimtune.studies.database import creating_concurrently, engine_options
+            from slimtune.studies._database import creating_concurrently, engine_options
 
             interval, grace = heartbeat_settings()
             return creating_concurrently(lambda: optuna.storages.RDBStorage(
@@ -978,7 +978,7 @@ def _optuna_storage(url: str, *, create: bool = True):
     except StudyError:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. an Optuna schema needing `optuna storage upgrade`
-        from slimtune.studies.database import _scrub
+        from slimtune.studies._database import _scrub
 
         first = _scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
         raise StudyError(f"Optuna cannot open {mask_url(url)!r}: {first}") from None

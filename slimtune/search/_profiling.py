@@ -1,7 +1,7 @@
 """Measuring a compiled candidate: accuracy, latency, real file sizes, MACs.
 
 Latency is always measured on the runtime that executes the candidate (the
-:class:`~slimtune.search.runtime.CompiledModel`), after warm-up, with timings
+:class:`~slimtune.search._runtime.CompiledModel`), after warm-up, with timings
 interleaved in rounds against a reference so that machine noise does not favour
 either, and stored with a fingerprint of the machine and runtime.
 
@@ -34,12 +34,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimtune.search.cpu import cpu_features, u8s8_can_saturate
-from slimtune.search.measurement import Measurement
+from slimtune.search._cpu import cpu_features, u8s8_can_saturate
+from slimtune.search._measurement import Measurement
 from slimtune.spaces.quantization import QUANTIZABLE, fold_batchnorm, snap_weights
 
 if TYPE_CHECKING:  # pragma: no cover
-    from slimtune.search.runtime import CompiledModel
+    from slimtune.search._runtime import CompiledModel
 
 MAX_TIMED_INPUTS = 16  # distinct held-out batches cycled through while timing a static model
 #: Below this share of equal predictions (runtime vs torch fake-quant) a measurement is flagged.
@@ -167,7 +167,7 @@ def fake_quant_reference(model: nn.Module, bits: int) -> nn.Module:
 def torch_exit_logits(model: nn.Module, x: torch.Tensor, batch: int = 256) -> list[np.ndarray]:
     """Logits of every exit of ``model`` (then the final classifier) for every sample,
     through the same ``segments()`` the runtime compiles; one array for a static model."""
-    from slimtune.search.runtime import exit_segments
+    from slimtune.search._runtime import exit_segments
 
     segments = exit_segments(model)
     outputs: list[list[np.ndarray]] = [[] for _ in range(len(segments) if segments else 1)]
@@ -293,7 +293,7 @@ def measure(
     torch forward pass); below 99% the measurement is flagged, since then the
     runtime (e.g. saturating int8 kernels), not the compressed model, costs accuracy.
     """
-    from slimtune.search.macs import count_macs
+    from slimtune.search._macs import count_macs
     from slimtune.search.packed import packed_size
 
     if len(x_val) != len(y_val) or len(x_val) == 0:

@@ -9,7 +9,7 @@ returns its dashboard at once.  Storage is ``--storage``, else ``$SLIMTUNE_STORA
 (which keeps a password out of the notebook), else ``sqlite:///slimtune.db``.  A
 storage URL is shown with its password masked.  Optuna's info logs ("A new study
 created ...") are silenced as in the CLI; add ``--verbose`` to see them.  Words and
-units are the CLI's (``slimtune.vocabulary``).
+units are the CLI's (``slimtune._vocabulary``).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any, Sequence
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from slimtune.vocabulary import STUDY_COLUMNS, created_text
+from slimtune._vocabulary import STUDY_COLUMNS, created_text
 
-from slimtune.defaults import DEFAULT_STORAGE  # noqa: E402
+from slimtune._defaults import DEFAULT_STORAGE  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_storage() -> str:
     """``$SLIMTUNE_STORAGE``, else ``sqlite:///slimtune.db``."""
-    from slimtune.studies.database import default_storage as studies_default
+    from slimtune.studies._database import default_storage as studies_default
 
     return studies_default()
 
@@ -85,7 +85,7 @@ class StudyList:
     COLUMNS = ("name", "task", "objectives", "trials", "complete", "pruned", "failed", "created_at")
 
     def __init__(self, studies: Sequence[Any], storage: str) -> None:
-        from slimtune.studies.database import mask_url
+        from slimtune.studies._database import mask_url
 
         self.studies = [s if isinstance(s, dict) else {"name": getattr(s, "name", str(s))} for s in studies]
         self.storage = mask_url(storage)  # what is shown: never the password
@@ -173,7 +173,7 @@ class SlimtuneMagics(Magics):
 
     def show(self, name: str, storage: str, *, objective: str = "latency", watch: bool = True) -> Any:
         from slimtune.studies import Study
-        from slimtune.widgets.dashboard import StudyDashboard
+        from slimtune.widgets._dashboard import StudyDashboard
 
         study = Study.load(name, storage=storage)
         return self._keep(storage, name, StudyDashboard(study, objective=objective, watch=watch))
@@ -181,7 +181,7 @@ class SlimtuneMagics(Magics):
     def run(self, name: str, storage: str, *, task: str, n_trials: int, timeout: float | None = None,
             epochs: int | None = None, objective: str = "latency") -> Any:
         from slimtune.studies import Study
-        from slimtune.widgets.dashboard import StudyDashboard
+        from slimtune.widgets._dashboard import StudyDashboard
 
         if n_trials < 1:
             raise UsageError(f"%slimtune run: --trials must be at least 1, but got {n_trials}.")

@@ -7,7 +7,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ipywidgets as widgets
 
-from slimtune.widgets import rows as R
+from slimtune.widgets import _axes as R
 
 #: Sortable columns: label -> (row field, descending by default).
 SORT_KEYS: dict[str, tuple[str, bool]] = {

@@ -6,7 +6,7 @@ For each trial the runner
    trial's first heartbeat is written right after Optuna's ``ask`` created it, before
    anything that can fail (:class:`_TrialStart`), so a dead worker's trial is always
    found and failed,
-2. evaluates the values (:class:`~slimtune.search.candidate.Evaluator`), with the
+2. evaluates the values (:class:`~slimtune.search._pipeline.Evaluator`), with the
    frontier early-stopping rule when it is on,
 3. sets the constraints (``Trial.set_constraint``: ``<= 0`` is feasible) and user
    attributes on the Optuna trial,
@@ -37,14 +37,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence
 
-from slimtune.search.early_stopping import FrontierEarlyStopping, FrontierPoint
-from slimtune.search.measurement import Measurement
+from slimtune.search._early_stopping import FrontierEarlyStopping, FrontierPoint
+from slimtune.search._measurement import Measurement
 
 if TYPE_CHECKING:  # pragma: no cover - kept out of the import so that `slimtune show` starts without torch
     import optuna
 
-    from slimtune.search.backends.base import Backend, Proposal
-    from slimtune.search.candidate import CandidateResult, Evaluator
+    from slimtune.search._backends.base import Backend, Proposal
+    from slimtune.search._pipeline import CandidateResult, Evaluator
 
 logger = logging.getLogger(__name__)
 
@@ -323,7 +323,7 @@ class TrialRunner:
     def recovery_after_distillation(self, values: Mapping[str, Any]) -> int:
         """Recovery epochs that follow distillation for a candidate: the task's recovery
         epochs for each recovery fine-tune its knobs run (pruning's, QAT's)."""
-        from slimtune.spaces.space import recovery_passes
+        from slimtune.spaces._space import recovery_passes
 
         return self.recovery_epochs * recovery_passes({**self.fixed, **values})
 
@@ -391,7 +391,7 @@ class TrialRunner:
             if start.trial is None:  # nothing was asked: nothing to finish
                 raise
             if outcome is None:  # the backend raised after `ask` created the trial
-                from slimtune.search.backends.base import Proposal
+                from slimtune.search._backends.base import Proposal
 
                 outcome = TrialOutcome(Proposal(start.trial, dict(start.trial.params), tuner=self.backend.tuner),
                                        "FAIL", None, None, backend=self.backend.name,
@@ -449,7 +449,7 @@ class TrialRunner:
         """The study-wide state for the progress bar, over every complete trial (earlier
         sessions and other workers too): the size of the front, the best validation
         accuracy, and the fastest trial within 1 point of the baseline's accuracy."""
-        from slimtune.studies.frontier import non_dominated_mask
+        from slimtune.studies._frontier import non_dominated_mask
 
         points = self.recorder.frontier_points(tuple(dict.fromkeys((*self.costs, "latency_ms"))))
         if not points:

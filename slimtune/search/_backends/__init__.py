@@ -1,6 +1,6 @@
 """Search backends behind one interface: propose -> evaluate -> record."""
 
-from slimtune.search.backends.base import (
+from slimtune.search._backends.base import (
     Backend,
     BackendError,
     Proposal,
@@ -9,8 +9,8 @@ from slimtune.search.backends.base import (
     get_backend,
     register_backend,
 )
-from slimtune.search.backends import optuna_backend as _optuna_backend  # noqa: F401,E402  (registers "optuna")
-from slimtune.search.backends.optuna_backend import DEFAULT_SAMPLER, SAMPLERS, OptunaBackend, make_sampler  # noqa: E402
+from slimtune.search._backends import optuna_backend as _optuna_backend  # noqa: F401,E402  (registers "optuna")
+from slimtune.search._backends.optuna_backend import DEFAULT_SAMPLER, SAMPLERS, OptunaBackend, make_sampler  # noqa: E402
 
 __all__ = [
     "Backend",

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import ipywidgets as widgets
 
-from slimtune.widgets import rows as R
+from slimtune.widgets import _axes as R
 
 PLACEHOLDER = "<div class='slimtune-details-empty'>Click a point (or a row of the Pareto table) to see its details.</div>"
 

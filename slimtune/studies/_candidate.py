@@ -45,15 +45,15 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from slimtune.search.measurement import Measurement
-from slimtune.studies.errors import StudyError
-from slimtune.studies.models import CandidateRecord, WeightsRecord
+from slimtune.search._measurement import Measurement
+from slimtune.studies._errors import StudyError
+from slimtune.studies._schema import CandidateRecord, WeightsRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-    from slimtune.studies.study import Study
+    from slimtune.studies._study import Study
 
 #: Artifact format of each runtime.
 FORMATS = {"onnxruntime": "onnx", "torch": "torchscript"}
@@ -108,7 +108,7 @@ def with_onnx_metadata(data: bytes, metadata: dict[str, Any]) -> bytes:
     so what was timed, is unchanged): for artifacts measured by an older slimtune."""
     import onnx
 
-    from slimtune.search.runtime import set_onnx_metadata
+    from slimtune.search._runtime import set_onnx_metadata
 
     model = onnx.load_from_string(data)
     set_onnx_metadata(model, metadata)
@@ -174,8 +174,8 @@ class Candidate:
         return self._rebuilt_metadata(data, fmt)
 
     def _rebuilt_metadata(self, data: bytes, fmt: str) -> dict[str, Any]:
-        from slimtune.search.candidate import artifact_metadata
-        from slimtune.search.runtime import onnx_input_metadata
+        from slimtune.search._pipeline import artifact_metadata
+        from slimtune.search._runtime import onnx_input_metadata
 
         task = self.study.task
         if fmt == "onnx":
@@ -217,7 +217,7 @@ class Candidate:
     def state_dict(self) -> dict[str, "torch.Tensor"]:
         """The stored weights (read with ``torch.load(..., weights_only=True)``: a
         tampered blob is refused with a :class:`StudyError`, never executed)."""
-        from slimtune.search.weights import WeightsError, load_state_dict
+        from slimtune.search._weights import WeightsError, load_state_dict
 
         _, weights = self._record(with_weights=True)
         try:
@@ -271,7 +271,7 @@ class Candidate:
         if fmt == PACKED:
             return self._export_packed(path, data, timed_format)
         if fmt != timed_format:
-            from slimtune.search.runtime import compile_model
+            from slimtune.search._runtime import compile_model
 
             warnings.warn(f"Trial {self.trial} was timed as {timed_format}; the {fmt} file is compiled anew from its "
                           "weights and was not itself timed.", UserWarning, stacklevel=2)
@@ -340,8 +340,8 @@ def _structure_evaluator(study: "Study"):
     candidate overwrites every weight, so the baseline need not be (re)trained."""
     import math
 
-    from slimtune.search.baseline import Baseline
-    from slimtune.search.candidate import Evaluator
+    from slimtune.search._baseline import Baseline
+    from slimtune.search._pipeline import Evaluator
 
     task = study.task
     baseline = Baseline(task=task, model=task.build_model().eval(), teacher_logits=None, val_accuracy=math.nan,

@@ -16,7 +16,7 @@ import bqplot as bq
 import ipywidgets as widgets
 import numpy as np
 
-from slimtune.widgets import rows as R
+from slimtune.widgets import _axes as R
 
 #: (fill colour, role) used by the marks, kept in one place so the legend, the
 #: static fallback and the docs agree.

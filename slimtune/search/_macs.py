@@ -7,7 +7,7 @@ method, see :class:`slimtune.spaces.exits.EarlyExitNet`) are counted piece by pi
 so the MACs can be weighted by the share of samples leaving at each exit.
 
 Example:
-    >>> from slimtune.tasks.models import small_cnn
+    >>> from slimtune.tasks._models import small_cnn
     >>> count_macs(small_cnn(), torch.zeros(1, 1, 8, 8))
     1788544
 """

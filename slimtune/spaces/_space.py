@@ -9,7 +9,7 @@ from typing import Any, Iterable, Mapping
 from torch import nn
 
 from slimtune.spaces.base import STAGES, Knob, Param, SpaceError, close_matches
-from slimtune.spaces.registry import get_knob, knob_families
+from slimtune.spaces._registry import get_knob, knob_families
 
 
 class Space:
@@ -111,13 +111,13 @@ class Space:
 
     def to_nni(self) -> dict[str, dict[str, Any]]:
         """This space in NNI's search-space format (searched parameters only)."""
-        from slimtune.spaces.nni_format import to_nni
+        from slimtune.spaces._nni_format import to_nni
 
         return to_nni(self)
 
     def from_nni(self, proposal: Mapping[str, Any]) -> dict[str, Any]:
         """Values proposed by an NNI tuner, back in this space's names and types."""
-        from slimtune.spaces.nni_format import from_nni
+        from slimtune.spaces._nni_format import from_nni
 
         return from_nni(self, proposal)
 

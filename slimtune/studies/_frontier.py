@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
-from slimtune.studies.errors import StudyError
+from slimtune.studies._errors import StudyError
 
 #: Every objective a study may use, with its direction.
 OBJECTIVES: dict[str, str] = {

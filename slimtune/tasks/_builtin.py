@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from slimtune.tasks.base import Task, TaskData, TaskError, register_task
-from slimtune.tasks.models import resnet8, small_cnn
+from slimtune.tasks._task import Task, TaskData, TaskError, register_task
+from slimtune.tasks._models import resnet8, small_cnn
 
 FASHION_DIR_ENV = "SLIMTUNE_FASHION_MNIST_DIR"
 FASHION_DIR_DEFAULT = "/usr/share/datasets/fashion-mnist"

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from slimtune.search.baseline_cache import CACHE_ENV, baselines_dir, clear_baselines
-from slimtune.search.trainer import TrainConfig, predict_logits, score, train
-from slimtune.search.weights import WeightsError, load_weights
-from slimtune.tasks.base import Task
+from slimtune.search._baseline_cache import CACHE_ENV, baselines_dir, clear_baselines
+from slimtune.search._trainer import TrainConfig, predict_logits, score, train
+from slimtune.search._weights import WeightsError, load_weights
+from slimtune.tasks._task import Task
 
 logger = logging.getLogger(__name__)
 __all__ = ["CACHE_ENV", "Baseline", "cache_dir", "clear_cache", "get_baseline"]

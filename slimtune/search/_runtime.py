@@ -17,7 +17,7 @@ TorchScript bytes).  Accuracy, latency and the exported file all come from it.
   ``u8u8`` (uint8 weights ``q + 128``, zero point 128: the same integers, ORT's U8U8
   kernels, which never saturate) or ``s8s8`` (int8 activations; ORT on x86 turns
   them back into U8S8).  ``auto`` is ``u8s8`` unless this CPU's U8S8 kernels can
-  saturate (x86 AVX2/AVX-512 without VNNI, see :mod:`slimtune.search.cpu`) *and* the
+  saturate (x86 AVX2/AVX-512 without VNNI, see :mod:`slimtune.search._cpu`) *and* the
   b-bit grid exceeds +-64 (8 bits), then ``u8u8``; grids of 6 bits and less never
   saturate (the effect of ``reduce_range``, without changing the 8-bit grid).  A
   forced format that can saturate here is flagged; the format used is
@@ -63,8 +63,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimtune.search.cpu import SAFE_U8S8_WEIGHT, u8s8_can_saturate
-from slimtune.search.measurement import RUNTIMES
+from slimtune.search._cpu import SAFE_U8S8_WEIGHT, u8s8_can_saturate
+from slimtune.search._measurement import RUNTIMES
 from slimtune.spaces.quantization import FP16_FLAG, fold_batchnorm, low_bit_flag, qmax, quantize_weight, snap_weights
 
 OPSET = 17
@@ -200,7 +200,7 @@ def requested_int8_format(int8_format: str | None = None) -> str:
 def choose_int8_format(requested: str, bits: int, *, saturates: bool | None = None) -> str:
     """The ONNX Runtime int8 format for a ``bits``-bit weight grid: ``requested`` unless
     it is ``auto``, which is ``u8u8`` where this CPU's U8S8 kernels can saturate
-    (``saturates``, default :func:`~slimtune.search.cpu.u8s8_can_saturate`) and the
+    (``saturates``, default :func:`~slimtune.search._cpu.u8s8_can_saturate`) and the
     grid exceeds +-64, else ``u8s8``."""
     if requested != "auto":
         return requested

@@ -16,12 +16,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from slimtune.search.baseline import Baseline
-from slimtune.search.measurement import RUNTIMES, Measurement
-from slimtune.search.trainer import TrainConfig, score, train
+from slimtune.search._baseline import Baseline
+from slimtune.search._measurement import RUNTIMES, Measurement
+from slimtune.search._trainer import TrainConfig, score, train
 from slimtune.spaces.base import KnobContext
-from slimtune.spaces.space import Space
-from slimtune.tasks.base import Task
+from slimtune.spaces._space import Space
+from slimtune.tasks._task import Task
 
 #: ``should_stop(epoch, val_accuracy, pre) -> reason | None``; called after each
 #: distillation epoch so a search can stop a candidate that cannot reach its frontier.
@@ -151,7 +151,7 @@ class Evaluator:
         return model
 
     def _compile(self, model: nn.Module, bits: int, metadata: dict[str, Any] | None = None):
-        from slimtune.search.runtime import compile_model
+        from slimtune.search._runtime import compile_model
 
         return compile_model(model, runtime=self.settings.runtime, bits=bits, calibration=self.calibration,
                              threads=self.settings.threads, metadata=metadata)
@@ -161,7 +161,7 @@ class Evaluator:
         return artifact_metadata(self.task, values, "onnx" if self.settings.runtime == "onnxruntime" else "torchscript")
 
     def _measure(self, model: nn.Module, compiled, bits: int) -> Measurement:
-        from slimtune.search.measure import measure
+        from slimtune.search._profiling import measure
 
         data = self.task.data
         return measure(model, compiled, data.x_val, data.y_val, x_test=data.x_test, y_test=data.y_test, bits=bits,
@@ -191,7 +191,7 @@ class Evaluator:
 
     def pre_measure(self, values: dict[str, Any]) -> PreMeasurement:
         """Latency, MACs and size of the compressed structure before any training."""
-        from slimtune.search.measure import measure_latency
+        from slimtune.search._profiling import measure_latency
         from slimtune.search.packed import packed_size
 
         ctx = self._context(values)
@@ -300,7 +300,7 @@ def _shortest_path_macs(model: nn.Module, example_input: torch.Tensor) -> int:
     """MACs of ``model`` when every sample leaves at its first enabled exit (a lower
     bound of an early-exit candidate's cost, like its pre-training latency); the full
     count for a static model."""
-    from slimtune.search.macs import count_macs
+    from slimtune.search._macs import count_macs
 
     segments = getattr(model, "segments", None)
     if not callable(segments):

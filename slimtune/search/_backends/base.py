@@ -36,7 +36,7 @@ from slimtune.spaces.base import Param, close_matches
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-    from slimtune.spaces.space import Space
+    from slimtune.spaces._space import Space
 
 
 class BackendError(ValueError):
@@ -160,7 +160,7 @@ class Backend(ABC):
 
 _BACKENDS: dict[str, type[Backend]] = {}
 #: Backends imported on first use (their dependencies are optional).
-_LAZY: dict[str, str] = {"nni": "slimtune.search.backends.nni_backend"}
+_LAZY: dict[str, str] = {"nni": "slimtune.search._backends.nni_backend"}
 _INSTALL_HINT: dict[str, str] = {"nni": "install slimtune[nni] (pip install 'slimtune[nni]')"}
 
 

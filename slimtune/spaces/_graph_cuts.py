@@ -31,7 +31,7 @@ class TraceFailure(RuntimeError):
 def _hf_trace(model: nn.Module) -> torch.fx.GraphModule | None:
     """``transformers``' own fx tracer for a ``LogitsOutput`` around a supported
     ``PreTrainedModel``, its output rewired to the logits; None when it does not apply."""
-    from slimtune.tasks.outputs import LogitsOutput
+    from slimtune.tasks._outputs import LogitsOutput
 
     if not isinstance(model, LogitsOutput) or model.spec != "logits":
         return None

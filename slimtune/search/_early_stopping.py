@@ -1,7 +1,7 @@
 """Early stopping for multi-objective searches (Optuna's pruners are single-objective).
 
 Before a candidate trains, its compressed structure is compiled and timed, so its
-latency, size and MACs are known (:class:`~slimtune.search.candidate.PreMeasurement`).
+latency, size and MACs are known (:class:`~slimtune.search._pipeline.PreMeasurement`).
 Only its accuracy is still open.  After each distillation epoch the rule asks: *is
 there a finished trial that is no costlier and clearly more accurate than this
 candidate can still become?*

@@ -10,8 +10,8 @@ import html
 import math
 from typing import Any, Mapping, Sequence
 
-from slimtune.widgets import rows as R
-from slimtune.widgets.plot import COLORS
+from slimtune.widgets import _axes as R
+from slimtune.widgets._plot import COLORS
 
 WIDTH, HEIGHT = 560, 300
 MARGIN = {"left": 58, "right": 14, "top": 12, "bottom": 40}

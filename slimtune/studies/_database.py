@@ -45,9 +45,9 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from slimtune.defaults import DEFAULT_STORAGE, STORAGE_ENV  # re-exported here
-from slimtune.studies.errors import SchemaVersionError, StudyError
-from slimtune.studies.models import SCHEMA_VERSION, Base, SchemaVersion, utcnow
+from slimtune._defaults import DEFAULT_STORAGE, STORAGE_ENV  # re-exported here
+from slimtune.studies._errors import SchemaVersionError, StudyError
+from slimtune.studies._schema import SCHEMA_VERSION, Base, SchemaVersion, utcnow
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)

@@ -19,13 +19,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from slimtune.search.measurement import same_run_speedup
-from slimtune.studies.frontier import beaten_by_baseline, non_dominated_mask
+from slimtune.search._measurement import same_run_speedup
+from slimtune.studies._frontier import beaten_by_baseline, non_dominated_mask
 
 if TYPE_CHECKING:  # pragma: no cover
     from optuna.trial import FrozenTrial
 
-    from slimtune.studies.models import CandidateRecord
+    from slimtune.studies._schema import CandidateRecord
 
 METRICS = ("accuracy", "test_accuracy", "latency_ms", "size_bytes", "artifact_bytes", "macs")
 

@@ -15,8 +15,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from slimtune.spaces.base import close_matches
-from slimtune.tasks.metrics import Metric, MetricError, get_metric
-from slimtune.tasks.outputs import LogitsOutput, OutputSpec, describe_output
+from slimtune.tasks._metrics import Metric, MetricError, get_metric
+from slimtune.tasks._outputs import LogitsOutput, OutputSpec, describe_output
 
 
 class TaskError(ValueError):
@@ -139,7 +139,7 @@ class Task:
         output: where the logits are when the model's forward returns something else
             than a tensor: ``"logits"`` (attribute or key, e.g. Hugging Face
             ``transformers`` outputs), a tuple position, or a callable; the model is
-            wrapped once in :class:`~slimtune.tasks.outputs.LogitsOutput`.
+            wrapped once in :class:`~slimtune.tasks._outputs.LogitsOutput`.
         pretrained: ``build_model`` returns trained weights: the baseline is that
             model as given (its metrics measured, its logits the teacher's).
     """
