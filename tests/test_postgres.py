@@ -6,66 +6,29 @@ stopped afterwards; without the server binaries the test is skipped with the rea
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import optuna
 import pytest
 
+from slimtune._pgserver import PostgresUnavailable, temporary_postgres
 from tests._system import require_system
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.postgres
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _as_postgres(cmd: list[str]) -> list[str]:
-    """initdb refuses to run as root: run the server as the postgres user then."""
-    if os.geteuid() == 0:
-        if shutil.which("runuser") is None:
-            require_system("running as root without runuser: cannot start PostgreSQL as the postgres user")
-        return ["runuser", "-u", "postgres", "--", *cmd]
-    return cmd
-
-
 @pytest.fixture(scope="module")
 def postgres_url():
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not bins:
-        require_system("PostgreSQL server binaries not found (apt-get install postgresql)")
     try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        require_system("psycopg is not installed (pip install 'slimtune[postgres]')")
-    bindir = Path(bins[-1]).parent
-    # Not under pytest's tmp dir: its parents are private to root, and the server
-    # runs as the postgres user.
-    root = Path(tempfile.mkdtemp(prefix="slimtune-pg-"))
-    os.chmod(root, 0o777)
-    data = root / "data"
-    port = _free_port()
-    subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres", "-E", "UTF8"]),
-                   check=True, capture_output=True)
-    log = root / "server.log"
-    subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
-                                 f"-h 127.0.0.1 -p {port} -k {root}", "start"]), check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        with temporary_postgres() as url:
+            yield url
+    except PostgresUnavailable as exc:
+        require_system(str(exc))
 
 
 def test_two_workers_join_one_study(postgres_url, tmp_path):
