@@ -33,7 +33,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)
 #: only in modules already imported: an error can only come from a module that ran, and
 #: importing them up front would import torch for `slimtune --help`.
 LAZY_USER_ERRORS = (("slimtune.spaces.base", "SpaceError"), ("slimtune.tasks._task", "TaskError"),
-                    ("slimtune.studies._errors", "StudyError"), ("slimtune.search._backends.base", "BackendError"))
+                    ("slimtune.studies._errors", "StudyError"), ("slimtune.search._backends._interface", "BackendError"))
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -422,6 +422,8 @@ def _run_workers(ctx: click.Context, workers: int, n_trials: int | None, seed: i
         shares = [None] * workers
     base = _worker_argv(ctx, {"workers", "worker_id", "n_trials", "seed", "as_json", "storage"})
     env = {**os.environ, "SLIMTUNE_STORAGE": ctx.params["storage"]}  # not on the command line: `ps` shows it
+    # the workers share the cores: unless the user chose, each gets its part of them (torch reads this at start)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     children: list[tuple[int, subprocess.Popen]] = []
     for i, share in enumerate(shares):
         if share == 0:
