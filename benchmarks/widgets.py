@@ -72,7 +72,7 @@ def synthetic_trials(study: Any, n: int, *, start: int = 0, seed: int = 0) -> li
     import optuna
     from optuna.trial import TrialState, create_trial
 
-    from slimtune.search._backends.base import distribution_of
+    from slimtune.search._backends._interface import distribution_of
 
     rng = random.Random(seed + start)
     params_spec = [(p, distribution_of(p)) for p in study.space.searched]

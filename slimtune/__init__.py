@@ -14,16 +14,28 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 # Public names, imported on first use so that `import slimtune` (and the CLI) stays light.
 _LAZY: dict[str, str] = {
+    # studies: create / resume / select / export
     "Study": "slimtune.studies",
     "Candidate": "slimtune.studies",
-    "StudyError": "slimtune.studies",
-    "NoCandidateError": "slimtune.studies",
     "list_studies": "slimtune.studies",
-    "Task": "slimtune.tasks._task",
-    "TaskError": "slimtune.tasks._task",
+    # tasks: the model and data to compress
+    "Task": "slimtune.tasks",
+    "TaskData": "slimtune.tasks",
+    # settings of a search
     "Constraints": "slimtune.search._runner",
     "EvalSettings": "slimtune.search._pipeline",
     "FrontierEarlyStopping": "slimtune.search._early_stopping",
+    # extensions: a new compression method is a Knob subclass plus register_knob
+    "Knob": "slimtune.spaces",
+    "KnobContext": "slimtune.spaces",
+    "Param": "slimtune.spaces",
+    "register_knob": "slimtune.spaces",
+    # errors (each says what was wrong with which argument)
+    "StudyError": "slimtune.studies",
+    "NoCandidateError": "slimtune.studies",
+    "SchemaVersionError": "slimtune.studies",
+    "TaskError": "slimtune.tasks",
+    "SpaceError": "slimtune.spaces",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -43,7 +43,7 @@ from slimtune.search._measurement import Measurement
 if TYPE_CHECKING:  # pragma: no cover - kept out of the import so that `slimtune show` starts without torch
     import optuna
 
-    from slimtune.search._backends.base import Backend, Proposal
+    from slimtune.search._backends._interface import Backend, Proposal
     from slimtune.search._pipeline import CandidateResult, Evaluator
 
 logger = logging.getLogger(__name__)
@@ -391,7 +391,7 @@ class TrialRunner:
             if start.trial is None:  # nothing was asked: nothing to finish
                 raise
             if outcome is None:  # the backend raised after `ask` created the trial
-                from slimtune.search._backends.base import Proposal
+                from slimtune.search._backends._interface import Proposal
 
                 outcome = TrialOutcome(Proposal(start.trial, dict(start.trial.params), tuner=self.backend.tuner),
                                        "FAIL", None, None, backend=self.backend.name,

@@ -1,6 +1,6 @@
 """Search backends behind one interface: propose -> evaluate -> record."""
 
-from slimtune.search._backends.base import (
+from slimtune.search._backends._interface import (
     Backend,
     BackendError,
     Proposal,

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from slimtune.search._backends.base import Backend, BackendError, Proposal, register_backend
+from slimtune.search._backends._interface import Backend, BackendError, Proposal, register_backend
 from slimtune.search._scalarization import Scalarization
 from slimtune.spaces.base import SpaceError, close_matches
 from slimtune.spaces._nni_format import from_nni, to_nni, values_to_nni

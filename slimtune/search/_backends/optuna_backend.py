@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from slimtune.search._backends.base import Backend, BackendError, Proposal, register_backend
+from slimtune.search._backends._interface import Backend, BackendError, Proposal, register_backend
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna

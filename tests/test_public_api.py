@@ -1,0 +1,69 @@
+"""The public API is small and the rest is private by name (issue 9)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import slimtune
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "slimtune"
+
+#: Modules a user may import by path: the CLI entry point, the knob base class and the
+#: knob files (each one an example of the extension API), the packed-file loader.
+PUBLIC_MODULES = {
+    "cli.py", "spaces/base.py", "search/packed.py",
+    "spaces/pruning.py", "spaces/quantization.py", "spaces/distillation.py", "spaces/dsconv.py",
+    "spaces/lowrank.py", "spaces/exits.py",
+}
+
+
+def test_every_public_name_resolves():
+    for name in slimtune.__all__:
+        assert getattr(slimtune, name) is not None, name
+    for name in ("Study", "Task", "Candidate", "Knob", "register_knob", "StudyError", "TaskError", "SpaceError",
+                 "NoCandidateError"):
+        assert name in slimtune.__all__, name
+
+
+def test_internal_modules_are_private_by_name():
+    public = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).as_posix()
+        parts = rel.split("/")
+        if parts[-1] == "__init__.py" or any(p.startswith("_") for p in parts) or rel in PUBLIC_MODULES:
+            continue
+        public.append(rel)
+    assert public == [], f"modules outside the public API must start with an underscore: {public}"
+
+
+def test_no_two_modules_share_a_name():
+    names: dict[str, list[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        if path.name != "__init__.py":
+            names.setdefault(path.stem.lstrip("_"), []).append(path.relative_to(PACKAGE).as_posix())
+    assert {k: v for k, v in names.items() if len(v) > 1} == {}
+
+
+def test_readme_uses_only_the_public_api():
+    text = (ROOT / "README.md").read_text()
+    used = set(re.findall(r"\bslimtune\.([A-Za-z_]\w*)", text)) - {"db", "cli"}
+    modules = {p.name for p in PACKAGE.iterdir()}
+    for name in sorted(used):
+        if name in modules:  # a public subpackage (slimtune.search.packed, slimtune.widgets, ...)
+            assert not name.startswith("_"), name
+            continue
+        assert name in slimtune.__all__, f"README uses slimtune.{name}, which is not exported"
+    for match in re.finditer(r"from (slimtune[\w.]*) import ([\w, ]+)", text):
+        assert not any(part.startswith("_") for part in match.group(1).split(".")), match.group(0)
+
+
+def test_package_inits_reexport_what_they_list():
+    import importlib
+
+    for init in PACKAGE.rglob("__init__.py"):
+        mod = ".".join(["slimtune", *init.parent.relative_to(PACKAGE).parts])
+        module = importlib.import_module(mod)
+        missing = [n for n in getattr(module, "__all__", ()) if not hasattr(module, n) and n not in dir(module)]
+        assert missing == [], (mod, missing)
