@@ -127,7 +127,7 @@ class AssignmentCommand(click.Command):
 
 def _check_int8_format() -> None:
     """A bad ``$SLIMTUNE_INT8_FORMAT`` is one line before any work, not a failed trial."""
-    from slimtune.search._runtime import requested_int8_format
+    from slimtune.search._runtimes import requested_int8_format
 
     try:
         requested_int8_format()

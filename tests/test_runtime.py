@@ -18,7 +18,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from slimtune.search._profiling import export_artifact, measure
-from slimtune.search._runtime import compile_model, exit_segments, optimized_op_types
+from slimtune.search._runtimes import compile_model, exit_segments, optimized_op_types
 from slimtune.spaces.exits import EarlyExitNet, ExitHead
 from slimtune.spaces.quantization import fold_batchnorm, quantize_weight
 from slimtune.tasks._models import resnet8, small_cnn

@@ -151,7 +151,7 @@ class Evaluator:
         return model
 
     def _compile(self, model: nn.Module, bits: int, metadata: dict[str, Any] | None = None):
-        from slimtune.search._runtime import compile_model
+        from slimtune.search._runtimes import compile_model
 
         return compile_model(model, runtime=self.settings.runtime, bits=bits, calibration=self.calibration,
                              threads=self.settings.threads, metadata=metadata)
