@@ -158,7 +158,9 @@ class Evaluator:
 
     def artifact_metadata(self, values: dict[str, Any]) -> dict[str, Any]:
         """:func:`artifact_metadata` of this task and runtime."""
-        return artifact_metadata(self.task, values, "onnx" if self.settings.runtime == "onnxruntime" else "torchscript")
+        from slimtune.search._runtimes import get_runtime
+
+        return artifact_metadata(self.task, values, get_runtime(self.settings.runtime).artifact_format)
 
     def _measure(self, model: nn.Module, compiled, bits: int) -> Measurement:
         from slimtune.search._profiling import measure

@@ -257,6 +257,9 @@ class OrtRuntime(Runtime):
               int8_format: str | None, info: dict[str, Any]) -> tuple[Any, list[str]]:
         """The ONNX model (quantized when ``int8_format`` is set) and the weights ORT
         left in float; details go into ``info``."""
+        if segments is not None:
+            raise ValueError(f"The {self.name} runtime compiles static models, but got a {type(model).__name__} with "
+                             "dynamic exits (`segments()`); `runtime_for(..., exits=True)` names the runtime for it.")
         onnx_model = export_onnx(model, calibration[:1], ["logits"])
         float_weights: list[str] = []
         if int8_format is not None:
