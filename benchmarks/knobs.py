@@ -18,7 +18,7 @@ from slimtune._api import build_space
 from slimtune.search._baseline import get_baseline
 from slimtune.search._pipeline import EvalSettings, Evaluator
 from slimtune.search._profiling import measure_latency
-from slimtune.search._runtime import compile_model
+from slimtune.search._runtimes import compile_model
 from slimtune.tasks import TaskError, get_task
 
 SETTINGS = {

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from slimtune.search.packed import pack, unpack
-from slimtune.search._runtime import compile_model
+from slimtune.search._runtimes import compile_model
 from slimtune.spaces.base import KnobContext
 from slimtune.spaces.pruning import prune_weights
 from slimtune.spaces.quantization import snap_weights

@@ -19,6 +19,7 @@ import click
 
 from slimtune._cli_tables import WIDTH, compact_params, speedup, table_lines, test_accuracy, val_accuracy
 from slimtune._defaults import DEFAULT_STORAGE, STORAGE_ENV
+from slimtune.search._measurement import RUNTIMES  # light: no torch
 from slimtune.search._runner import Interrupted  # light: the runner imports torch only in its functions
 from slimtune._vocabulary import STATE_WORDS, STUDY_COLUMNS, created_text
 
@@ -127,7 +128,7 @@ class AssignmentCommand(click.Command):
 
 def _check_int8_format() -> None:
     """A bad ``$SLIMTUNE_INT8_FORMAT`` is one line before any work, not a failed trial."""
-    from slimtune.search._runtime import requested_int8_format
+    from slimtune.search._runtimes import requested_int8_format
 
     try:
         requested_int8_format()
@@ -203,7 +204,7 @@ def space(task_spec: str, fix: tuple[str, ...], as_json: bool) -> None:
 @click.option("--task", "task_spec", required=True, help="Built-in task or package.module:callable.")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="A parameter value (repeatable); others take defaults.")
 @click.option("--epochs", type=click.IntRange(0, MAX_EPOCHS), default=None, help="Distillation epochs (default: the task's).")
-@click.option("--runtime", type=click.Choice(["onnxruntime", "torch"]), default="onnxruntime", show_default=True)
+@click.option("--runtime", type=click.Choice(list(RUNTIMES)), default="onnxruntime", show_default=True)
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=1, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
@@ -479,7 +480,7 @@ def _run_workers(ctx: click.Context, workers: int, n_trials: int | None, seed: i
 @click.option("--max-accuracy-drop", type=FRACTION, default=None, help="Constraint: validation accuracy at least the baseline's minus this (e.g. 0.01).")
 @click.option("--early-stopping/--no-early-stopping", default=None, help="Stop candidates a no-costlier trial clearly beats [default: on].")
 @click.option("--epochs", type=click.IntRange(0, MAX_EPOCHS), default=None, help="Distillation epochs per candidate (default: the task's).")
-@click.option("--runtime", type=click.Choice(["onnxruntime", "torch"]), default=None, help="Runtime that is timed [default: onnxruntime].")
+@click.option("--runtime", type=click.Choice(list(RUNTIMES)), default=None, help="Runtime that is timed [default: onnxruntime].")
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None, help="Inference threads [default: 1].")
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=None, help="Timed batch size [default: 1].")
 @click.option("--latency-repeats", type=click.IntRange(1, MAX_REPEATS), default=None, help="Timed repeats per candidate [default: 100].")

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimtune.search import _runtime as runtime
+from slimtune.search._runtimes import _ort
 from slimtune.search._cpu import cpu_features, u8s8_can_saturate
 from slimtune.search._profiling import machine_fingerprint, measure, runtime_agreement
-from slimtune.search._runtime import (
+from slimtune.search._runtimes import (
     INT8_FORMAT_ENV,
     choose_int8_format,
     compile_model,
@@ -144,7 +144,7 @@ def test_saturating_cpu_gets_u8u8_and_a_forced_u8s8_is_flagged(models, digits, m
     """On an x86 CPU without VNNI (the CPU predicate answers so; nothing else is
     replaced), ``auto`` at 8 bits quantizes to U8U8 and stays in agreement, and a
     forced U8S8 carries the saturation flag."""
-    monkeypatch.setattr(runtime, "u8s8_can_saturate", lambda: True)
+    monkeypatch.setattr(_ort, "u8s8_can_saturate", lambda: True)
     model, _ = models["resnet8"]
     calibration = digits.x_train[:256]
     auto = compile_model(model, bits=8, calibration=calibration)

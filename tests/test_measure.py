@@ -12,7 +12,7 @@ from torch import nn
 from slimtune.search._profiling import export_artifact, machine_fingerprint, measure, measure_latency, params_count
 from slimtune.search._measurement import Measurement
 from slimtune.search.packed import pack, unpack
-from slimtune.search._runtime import compile_model
+from slimtune.search._runtimes import compile_model
 from slimtune.spaces.exits import EarlyExitNet, ExitHead
 from slimtune.spaces.quantization import fold_batchnorm, snap_weights
 from slimtune.tasks._models import small_cnn

@@ -32,7 +32,7 @@ from slimtune.search.packed import (
     unpack,
     unpack_uint,
 )
-from slimtune.search._runtime import compile_model
+from slimtune.search._runtimes import compile_model
 from slimtune.spaces.base import KnobContext
 from slimtune.spaces.exits import EarlyExitNet, ExitHead
 from slimtune.spaces.pruning import Pruning
@@ -209,7 +209,7 @@ def test_packed_file_predicts_the_same_in_a_fresh_process(compiled, digits, tmp_
             session = ort.InferenceSession(artifact, providers=["CPUExecutionProvider"])
             preds = [int(session.run(None, {"input": x[i:i + 1]})[0].argmax(-1)[0]) for i in range(len(x))]
             out[name] = preds
-        banned = sorted(m for m in ("torch", "onnx", "slimtune.search._runtime") if m in sys.modules)
+        banned = sorted(m for m in ("torch", "onnx", "slimtune.search._runtimes") if m in sys.modules)
         print(json.dumps({"preds": out, "banned": banned}))
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

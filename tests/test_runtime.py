@@ -1,13 +1,16 @@
 """compile_model: ONNX Runtime (fp32, QDQ int8, exact b-bit weights, early exits as one
-ONNX model with nested If) and torch (eager, FX int8, TorchScript artifacts)."""
+ONNX model with nested If) and torch (eager, FX int8, TorchScript artifacts); the
+runtime registry (one module per runtime, chosen by asking the model)."""
 
 from __future__ import annotations
 
+import ast
 import copy
 import hashlib
 import io
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,10 +20,25 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
-from slimtune.search._profiling import export_artifact, measure
-from slimtune.search._runtime import compile_model, exit_segments, optimized_op_types
+from slimtune.search import _runtimes
+from slimtune.search._measurement import RUNTIMES
+from slimtune.search._profiling import export_artifact, fake_quant_reference, measure, runtime_agreement
+from slimtune.search._runtimes import (
+    CompiledModel,
+    Runtime,
+    compile_model,
+    deployments,
+    exit_segments,
+    get_runtime,
+    optimized_op_types,
+    prepare_model,
+    register_runtime,
+    runtime_for,
+    runtime_names,
+)
+from slimtune.search._runtimes import _registry
 from slimtune.spaces.exits import EarlyExitNet, ExitHead
-from slimtune.spaces.quantization import fold_batchnorm, quantize_weight
+from slimtune.spaces.quantization import fake_quantize, fold_batchnorm, quantize_weight
 from slimtune.tasks._models import resnet8, small_cnn
 from tests._train import train_plain
 
@@ -216,9 +234,12 @@ def test_early_exit_fp32_matches_torch_per_sample(exit_net, digits, runtime):
     np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4, rtol=1e-4)
 
 
-def test_early_exit_is_one_onnx_model_with_nested_if(exit_net, digits):
+def test_early_exit_is_one_onnx_model_with_nested_if(exit_net, digits, tmp_path):
     compiled = compile_model(exit_net, bits=32, calibration=digits.x_train[:64])
-    model = onnx.load_from_string(compiled.artifact)
+    assert compiled.engine == "onnxruntime-exits" and compiled.runtime == "onnxruntime"  # as measurements record it
+    path = export_artifact(compiled, tmp_path / "exits.onnx")
+    assert path.read_bytes() == compiled.artifact  # the exported file is the one timed
+    model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     assert [o.name for o in model.graph.output] == ["logits", "exit_index"]
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1  # batch 1 only
@@ -317,3 +338,165 @@ def test_torch_runtime_times_and_scores_the_stored_torchscript(trained, exit_net
     m = measure(model, compiled, x, digits.y_test, bits=bits, example_input=x[:1], repeats=10, warmup=2)
     assert m.accuracy == pytest.approx(float((reloaded.argmax(-1) == digits.y_test.numpy()).mean()))
     assert m.runtime == "torch" and len(m.latency_samples_ms) == 10
+
+
+# -- the runtime registry --------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_registry_lists_the_runtimes_and_names_close_matches():
+    assert runtime_names()[:3] == ["onnxruntime", "onnxruntime-exits", "torch"]
+    assert get_runtime("onnxruntime-exits").name == "onnxruntime-exits"
+    assert deployments() == list(RUNTIMES)  # the torch-free tuple the CLI and settings check against
+    from slimtune.studies._candidate import FORMATS
+
+    assert {name: get_runtime(name).artifact_format for name in RUNTIMES} == FORMATS
+    with pytest.raises(ValueError, match=r"Unknown runtime 'onnxruntim'\. Did you mean 'onnxruntime'"):
+        get_runtime("onnxruntim")
+    with pytest.raises(ValueError, match="Known: onnxruntime, onnxruntime-exits, torch"):
+        get_runtime("tvm")
+    with pytest.raises(TypeError, match="Runtime subclass"):
+        register_runtime("eager", object)  # type: ignore[arg-type]
+
+
+def test_the_model_chooses_the_exits_runtime(trained, exit_net):
+    """No knob is named: a model exposing dynamic exits (``segments()``) gets the
+    deployment's runtime for exit models."""
+    assert runtime_for("onnxruntime", exits=False).name == "onnxruntime"
+    assert runtime_for("onnxruntime", exits=True).name == "onnxruntime-exits"
+    assert runtime_for("torch", exits=True).name == runtime_for("torch", exits=False).name == "torch"
+    with pytest.raises(ValueError, match="`runtime` must be one of onnxruntime, torch, but got 'tvm'"):
+        runtime_for("tvm", exits=False)
+
+    class Segmented(nn.Module):  # any model with segments(), not only the exits knob's EarlyExitNet
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x)
+
+        def segments(self):
+            return self.net.segments()
+
+    assert exit_segments(Segmented(exit_net)) is not None
+    with pytest.raises(ValueError, match="compiles static models"):
+        get_runtime("onnxruntime").compile(prepare_model(exit_net, 32), exit_segments(exit_net), bits=32,
+                                           calibration=torch.zeros(2, 1, 8, 8), threads=1, int8_format="auto",
+                                           metadata=None)
+    with pytest.raises(ValueError, match="dynamic exits"):
+        get_runtime("onnxruntime-exits").compile(prepare_model(trained, 32), None, bits=32,
+                                                 calibration=torch.zeros(2, 1, 8, 8), threads=1,
+                                                 int8_format="auto", metadata=None)
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "onnxruntime-exits", "torch"])
+def test_each_runtime_compiles_predicts_and_exports(trained, exit_net, digits, tmp_path, name):
+    """Through the registry: compile a prepared model, predict like torch, export the
+    timed bytes, and the exported file runs on its own."""
+    runtime = get_runtime(name)
+    source = exit_net if runtime.exit_models else trained
+    prepared = prepare_model(source, 32)
+    segments = exit_segments(prepared)
+    metadata = {"study": "s"} if runtime.artifact_format == "onnx" else None
+    compiled = runtime.compile(prepared, segments, bits=32, calibration=digits.x_train[:64], threads=1,
+                               int8_format="auto", metadata=metadata)
+    assert isinstance(compiled, CompiledModel) and compiled.engine == name
+    assert compiled.runtime == runtime.deployment and compiled.artifact_format == runtime.artifact_format
+    x = digits.x_test[:24]
+    with torch.no_grad():
+        expected = (source.predict_with_exits(x)[0] if segments else source(x)).numpy()
+    np.testing.assert_allclose(compiled.predict(x), expected, atol=1e-4, rtol=1e-4)
+    path = runtime.export(compiled, tmp_path / "sub" / f"model.{runtime.artifact_format}")
+    assert path.read_bytes() == compiled.artifact
+    if runtime.artifact_format == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert session.get_modelmeta().custom_metadata_map["study"] == "s"
+        outs = [session.run(None, {"input": x[i:i + 1].numpy()})[0] for i in range(len(x))]
+    else:
+        loaded = torch.jit.load(str(path))
+        with torch.no_grad():
+            outs = [loaded(x[i:i + 1]) for i in range(len(x))]
+        outs = [(o[0] if isinstance(o, tuple) else o).numpy() for o in outs]
+    np.testing.assert_allclose(np.concatenate(outs), expected, atol=1e-4, rtol=1e-4)
+
+
+class _EagerRuntime(Runtime):
+    """A runtime added by registration alone: the prepared torch module, run eagerly
+    (its artifact a TorchScript trace, so that the packed size can be measured)."""
+
+    deployment = "eager"
+    artifact_format = "torchscript"
+
+    def compile(self, model, segments, *, bits, calibration, threads, int8_format, metadata):
+        buffer = io.BytesIO()
+        with torch.no_grad():
+            torch.jit.save(torch.jit.trace(model, calibration[:1]), buffer)
+
+        def run(x):
+            with torch.no_grad():
+                return model(x).numpy(), None
+
+        return CompiledModel(runtime=self.deployment, bits=bits, kernel_bits=32, artifact=buffer.getvalue(),
+                             artifact_format=self.artifact_format, threads=threads, flags=(), num_exits=0,
+                             _run=run, _prepare=torch.as_tensor, engine=self.name)
+
+
+def test_a_registered_runtime_is_compiled_and_measured_without_naming_it(trained, digits, monkeypatch):
+    monkeypatch.setattr(_registry, "_RUNTIMES", dict(_registry._RUNTIMES))  # undone after the test
+    register_runtime("eager", _EagerRuntime)
+    assert "eager" in runtime_names() and "eager" in deployments()
+    compiled = compile_model(trained, runtime="eager", bits=32, calibration=digits.x_train[:8])
+    assert compiled.engine == "eager"
+    m = measure(trained, compiled, digits.x_val[:64], digits.y_val[:64], bits=32, example_input=digits.x_val[:1],
+                repeats=3, warmup=1)
+    assert m.runtime == "eager" and m.runtime_agreement == 1.0  # the same folded model torch computes
+    with pytest.warns(UserWarning, match="registered twice"):
+        register_runtime("eager", type("Other", (_EagerRuntime,), {}))
+
+
+@pytest.mark.parametrize("bits", [32, 16, 8, 4])
+def test_the_agreement_reference_is_the_compiled_copy_snapped(trained, digits, bits, monkeypatch):
+    """The runtime-agreement check folds and rounds the model through the compile path
+    (``prepare_model``), then puts its weights on the b-bit grid."""
+    calls = []
+    real = _runtimes.prepare_model
+
+    def counting(model, b):
+        calls.append(b)
+        return real(model, b)
+
+    monkeypatch.setattr(_runtimes, "prepare_model", counting)
+    reference = fake_quant_reference(trained, bits)
+    assert calls == [bits]
+    expected = real(trained, bits)
+    for (name, got), (_, want) in zip(reference.state_dict().items(), expected.state_dict().items()):
+        if bits <= 8 and name.endswith("weight") and got.dim() > 1:
+            want = fake_quantize(want, bits)
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
+    compiled = compile_model(trained, bits=bits, calibration=digits.x_train[:64])
+    assert runtime_agreement(trained, bits, digits.x_val, compiled.predict(digits.x_val)) >= 0.97
+
+
+def _calls_named(tree: ast.AST, name: str) -> list[ast.Call]:
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+            and (getattr(n.func, "attr", None) == name or getattr(n.func, "id", None) == name)]
+
+
+def test_if_composition_lives_with_the_exits_runtime_only():
+    """``spaces/exits.py`` (the model side) builds no ONNX graph, and the only module
+    that makes ``If`` nodes is the exits runtime."""
+    exits_source = (ROOT / "slimtune" / "spaces" / "exits.py").read_text()
+    tree = ast.parse(exits_source)
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not any(m.split(".")[0] == "onnx" for m in imported), imported
+    assert "helper" not in {getattr(n, "attr", None) for n in ast.walk(tree)}
+    makers = set()
+    for path in (ROOT / "slimtune").rglob("*.py"):
+        for call in _calls_named(ast.parse(path.read_text()), "make_node"):
+            if call.args and isinstance(call.args[0], ast.Constant) and call.args[0].value == "If":
+                makers.add(path.relative_to(ROOT).as_posix())
+    assert makers == {"slimtune/search/_runtimes/_ort_exits.py"}

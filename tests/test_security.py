@@ -143,7 +143,7 @@ def test_onnxruntime_writes_no_telemetry_under_home(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     code = ("import torch; torch.set_num_threads(1)\n"
-            "from slimtune.search._runtime import compile_model\n"
+            "from slimtune.search._runtimes import compile_model\n"
             "model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4)).eval()\n"
             "compiled = compile_model(model, runtime='onnxruntime', bits=8, calibration=torch.randn(8, 1, 4, 4))\n"
             "print(len(compiled.artifact))\n")

@@ -227,7 +227,7 @@ class ObjectOut(nn.Module):
 
 @pytest.mark.parametrize(("model", "spec"), [(TupleOut(), 1), (ObjectOut(), "logits"), (ObjectOut(), lambda o: o.logits)])
 def test_output_adapters_give_a_tensor_of_logits_and_export_to_onnx(model, spec):
-    from slimtune.search._runtime import compile_model
+    from slimtune.search._runtimes import compile_model
 
     wrapped = LogitsOutput(model, spec).eval()
     x = torch.randn(5, 4)
@@ -427,7 +427,7 @@ def test_exit_points_are_found_in_a_transformers_resnet_and_export_as_one_onnx_m
     """The stages of a ``transformers`` ResNet are found by tracing (no ``blocks`` /
     ``head``); the exit model computes the same function when nobody leaves, and is
     exported as one ONNX model that agrees with torch."""
-    from slimtune.search._runtime import compile_model
+    from slimtune.search._runtimes import compile_model
     from slimtune.spaces.base import KnobContext
     from slimtune.spaces.exits import EarlyExitNet, EarlyExits
 

@@ -151,14 +151,16 @@ class Evaluator:
         return model
 
     def _compile(self, model: nn.Module, bits: int, metadata: dict[str, Any] | None = None):
-        from slimtune.search._runtime import compile_model
+        from slimtune.search._runtimes import compile_model
 
         return compile_model(model, runtime=self.settings.runtime, bits=bits, calibration=self.calibration,
                              threads=self.settings.threads, metadata=metadata)
 
     def artifact_metadata(self, values: dict[str, Any]) -> dict[str, Any]:
         """:func:`artifact_metadata` of this task and runtime."""
-        return artifact_metadata(self.task, values, "onnx" if self.settings.runtime == "onnxruntime" else "torchscript")
+        from slimtune.search._runtimes import get_runtime
+
+        return artifact_metadata(self.task, values, get_runtime(self.settings.runtime).artifact_format)
 
     def _measure(self, model: nn.Module, compiled, bits: int) -> Measurement:
         from slimtune.search._profiling import measure

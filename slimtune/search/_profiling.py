@@ -1,7 +1,7 @@
 """Measuring a compiled candidate: accuracy, latency, real file sizes, MACs.
 
 Latency is always measured on the runtime that executes the candidate (the
-:class:`~slimtune.search._runtime.CompiledModel`), after warm-up, with timings
+:class:`~slimtune.search._runtimes.CompiledModel`), after warm-up, with timings
 interleaved in rounds against a reference so that machine noise does not favour
 either, and stored with a fingerprint of the machine and runtime.
 
@@ -19,7 +19,6 @@ itself (the ONNX model or TorchScript archive the runtime loads).
 
 from __future__ import annotations
 
-import copy
 import gc
 import hashlib
 import json
@@ -36,10 +35,10 @@ from torch import nn
 
 from slimtune.search._cpu import cpu_features, u8s8_can_saturate
 from slimtune.search._measurement import Measurement
-from slimtune.spaces.quantization import QUANTIZABLE, fold_batchnorm, snap_weights
+from slimtune.spaces.quantization import QUANTIZABLE, snap_weights
 
 if TYPE_CHECKING:  # pragma: no cover
-    from slimtune.search._runtime import CompiledModel
+    from slimtune.search._runtimes import CompiledModel
 
 MAX_TIMED_INPUTS = 16  # distinct held-out batches cycled through while timing a static model
 #: Below this share of equal predictions (runtime vs torch fake-quant) a measurement is flagged.
@@ -154,11 +153,15 @@ def params_count(model: nn.Module) -> int:
 
 # -- runtime vs torch ---------------------------------------------------------------
 def fake_quant_reference(model: nn.Module, bits: int) -> nn.Module:
-    """A copy of ``model`` as torch computes it at ``bits``: BatchNorm folded, weights on
-    the b-bit grid (idempotent when the quantization knob already snapped them), float
-    activations.  The runtime's int8 artifact should predict what this model predicts."""
-    reference = fold_batchnorm(copy.deepcopy(model).eval())
-    if bits < 32:
+    """A copy of ``model`` as torch computes it at ``bits``: the copy the runtimes compile
+    (:func:`~slimtune.search._runtimes.prepare_model`: BatchNorm folded, 16-bit weights
+    rounded) with its weights on the b-bit grid (idempotent when the quantization knob
+    already snapped them), float activations.  The runtime's int8 artifact should
+    predict what this model predicts."""
+    from slimtune.search._runtimes import prepare_model
+
+    reference = prepare_model(model, bits)
+    if bits <= 8:
         snap_weights(reference, bits)
     return reference
 
@@ -167,7 +170,7 @@ def fake_quant_reference(model: nn.Module, bits: int) -> nn.Module:
 def torch_exit_logits(model: nn.Module, x: torch.Tensor, batch: int = 256) -> list[np.ndarray]:
     """Logits of every exit of ``model`` (then the final classifier) for every sample,
     through the same ``segments()`` the runtime compiles; one array for a static model."""
-    from slimtune.search._runtime import exit_segments
+    from slimtune.search._runtimes import exit_segments
 
     segments = exit_segments(model)
     outputs: list[list[np.ndarray]] = [[] for _ in range(len(segments) if segments else 1)]
@@ -312,8 +315,9 @@ def measure(
     if note:
         flags.append(note)
 
-    if compiled.runtime == "torch" or (reference is not None and reference.runtime == "torch"):
-        torch.set_num_threads(threads)
+    for timed in (compiled, reference):
+        if timed is not None:
+            _runtime_of(timed).pin_threads(threads)
     if compiled.has_exits:
         if batch_size != 1:
             flags.append(f"early-exit model timed one sample at a time (batch_size {batch_size} requested)")
@@ -358,9 +362,14 @@ def measure(
     )
 
 
+def _runtime_of(compiled: "CompiledModel"):
+    """The registered runtime that compiled ``compiled``."""
+    from slimtune.search._runtimes import get_runtime
+
+    return get_runtime(compiled.engine or compiled.runtime)
+
+
 def export_artifact(compiled: "CompiledModel", path: str | os.PathLike) -> Path:
-    """Write the very artifact that was measured (``.onnx`` or TorchScript bytes)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(compiled.artifact)
-    return path
+    """Write the very artifact that was measured (``.onnx`` or TorchScript bytes), as
+    the runtime that compiled it exports it."""
+    return _runtime_of(compiled).export(compiled, path)

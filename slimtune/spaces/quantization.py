@@ -12,7 +12,7 @@ the b-bit grid, per output channel and symmetric::
 exactly (the packed model file, :mod:`slimtune.search.packed`, stores fp16-exact
 values and grid scales in 16 bits).  QAT fine-tunes with
 fake-quantized weights (straight-through estimator) before snapping.  Activations are
-quantized later, by the runtime (:mod:`slimtune.search._runtime`), which reproduces
+quantized later, by the runtime (:mod:`slimtune.search._runtimes`), which reproduces
 exactly these b-bit weights in its int8 kernels.
 
 Example:

@@ -108,7 +108,7 @@ def with_onnx_metadata(data: bytes, metadata: dict[str, Any]) -> bytes:
     so what was timed, is unchanged): for artifacts measured by an older slimtune."""
     import onnx
 
-    from slimtune.search._runtime import set_onnx_metadata
+    from slimtune.search._runtimes import set_onnx_metadata
 
     model = onnx.load_from_string(data)
     set_onnx_metadata(model, metadata)
@@ -175,7 +175,7 @@ class Candidate:
 
     def _rebuilt_metadata(self, data: bytes, fmt: str) -> dict[str, Any]:
         from slimtune.search._pipeline import artifact_metadata
-        from slimtune.search._runtime import onnx_input_metadata
+        from slimtune.search._runtimes import onnx_input_metadata
 
         task = self.study.task
         if fmt == "onnx":
@@ -271,7 +271,7 @@ class Candidate:
         if fmt == PACKED:
             return self._export_packed(path, data, timed_format)
         if fmt != timed_format:
-            from slimtune.search._runtime import compile_model
+            from slimtune.search._runtimes import compile_model
 
             warnings.warn(f"Trial {self.trial} was timed as {timed_format}; the {fmt} file is compiled anew from its "
                           "weights and was not itself timed.", UserWarning, stacklevel=2)
