@@ -6,7 +6,10 @@ run by the real CLI (``slimtune run --workers W``), timed from the start of the
 command to its end; the baseline is trained once, before any timing, into a cache
 that every run shares (so no run pays for it).  PostgreSQL is a real server started
 by this script from Debian's ``postgresql`` package (as the tests do) and stopped
-afterwards.
+afterwards.  Two rates are printed: over the whole command (process start-up, task
+and baseline loading included: what a short run sees) and from the first trial's start
+to the last trial's end in the study's own timestamps (the steady state a long search
+sees); the target is read on the second.
 
     PYTHONPATH=. python benchmarks/scale.py [--trials 8] [--epochs 2] [--storages sqlite,postgres]
     PYTHONPATH=. python benchmarks/scale.py --quick          # 4 trials per run, 1 epoch
@@ -30,6 +33,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
+
+
+def _study_span(storage: str, study: str, env: dict[str, str], cwd: Path) -> float:
+    """Seconds from the first trial's start to the last trial's end (the study's own
+    timestamps): the steady-state time, without process start-up and task loading."""
+    import datetime as dt
+    import json
+
+    proc = subprocess.run([sys.executable, "-m", "slimtune.cli", "show", study, "--storage", storage, "--json"],
+                          cwd=cwd, env=env, capture_output=True, text=True, check=True)
+    rows = json.loads(proc.stdout)["trials"]
+    starts = [dt.datetime.fromisoformat(r["datetime_start"]) for r in rows if r.get("datetime_start")]
+    ends = [dt.datetime.fromisoformat(r["datetime_complete"]) for r in rows if r.get("datetime_complete")]
+    return (max(ends) - min(starts)).total_seconds()
 
 
 def _run(storage: str, study: str, workers: int, trials: int, epochs: int, env: dict[str, str], cwd: Path) -> tuple[float, int]:
@@ -66,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     _warm_baseline(env, work, args.epochs)
     print(f"## Scale: digits, {args.trials} trials per run, {args.epochs} epoch(s), random sampler, "
           f"early stopping off, 1 thread per worker, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at start\n")
-    print("| storage | workers | wall s | trials/hour | vs 1 worker | target |")
-    print("|---|---|---|---|---|---|")
+    print("| storage | workers | command wall s | trials/hour (command) | vs 1 worker | trials/hour (first start to last end) "
+          "| vs 1 worker | target (>= 1.8x) |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in [s.strip() for s in args.storages.split(",") if s.strip()]:
         with contextlib.ExitStack() as stack:
             if name == "sqlite":
@@ -81,15 +99,16 @@ def main(argv: list[str] | None = None) -> int:
                 url_of = lambda study, url=url: url  # noqa: E731
             else:
                 raise SystemExit(f"--storages: unknown storage {name!r} (sqlite, postgres)")
-            one = None
+            one = one_steady = None
             for workers in (1, 2):
                 study = f"scale-{name}-{workers}"
                 wall, trials = _run(url_of(study), study, workers, args.trials, args.epochs, env, work)
-                rate = trials / wall * 3600
-                one = one or rate
-                ratio = rate / one
-                target = "" if workers == 1 else ("met (>= 1.8x)" if ratio >= 1.8 else "missed (< 1.8x)")
-                print(f"| {name} | {workers} | {wall:.1f} | {rate:.0f} | {ratio:.2f}x | {target} |", flush=True)
+                rate, steady = trials / wall * 3600, trials / _study_span(url_of(study), study, env, work) * 3600
+                one, one_steady = one or rate, one_steady or steady
+                ratio, ratio_steady = rate / one, steady / one_steady
+                target = "" if workers == 1 else ("met" if ratio_steady >= 1.8 else "missed")
+                print(f"| {name} | {workers} | {wall:.1f} | {rate:.0f} | {ratio:.2f}x | {steady:.0f} | {ratio_steady:.2f}x "
+                      f"| {target} |", flush=True)
     print(f"\nload {os.getloadavg()[0]:.1f} at the end")
     return 0
 
