@@ -5,6 +5,8 @@ never names one; a knob registered from a test file runs a search with no core e
 from __future__ import annotations
 
 import ast
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -30,7 +32,8 @@ FAST = {"epochs": 1, "latency_repeats": 5, "latency_warmup": 2, "calibration_siz
 
 #: The modules that must never name a knob (the core), relative to slimtune/.
 CORE = ["search/_pipeline.py", "search/_runner.py", "search/_trainer.py", "search/_early_stopping.py",
-        "spaces/_space.py", "_api.py", "_cli_tables.py", "_knob_codes.py",
+        "search/_baseline.py", "spaces/_space.py", "_api.py", "_cli_tables.py", "_knob_codes.py",
+        *(f"search/_backends/{p.name}" for p in sorted((PACKAGE / "search" / "_backends").glob("*.py"))),
         *(f"studies/{p.name}" for p in sorted((PACKAGE / "studies").glob("*.py"))),
         *(f"widgets/{p.name}" for p in sorted((PACKAGE / "widgets").glob("*.py")))]
 KNOB_MODULES = ("pruning", "quantization", "distillation", "dsconv", "lowrank", "exits")
@@ -124,9 +127,8 @@ def test_a_task_places_the_exits_through_the_knobs_task_options():
     from slimtune._api import build_space
     from slimtune.tasks import get_task
 
-    task = get_task("digits")
-    task.extra = {**task.extra, "exits_after": ["blocks.1"]}
-    space = build_space(task)
+    digits = get_task("digits")
+    space = build_space(dataclasses.replace(digits, extra={**digits.extra, "exits_after": ["blocks.1"]}))
     assert [p.name for p in space.params if p.family == "exits"] == ["exits.0.enabled", "exits.0.threshold"]
     assert "after blocks.1" in space["exits.0.enabled"].doc
 
@@ -166,8 +168,6 @@ def test_compact_codes_read_from_the_knob_files_without_torch_match_the_knobs():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
-    import json
-
     shown, legend, numbering, torch_loaded = json.loads(proc.stdout)
     assert shown == EXPECTED and legend == codes_legend() and not torch_loaded
     assert legend.startswith("params: p<ratio><w|c>[r] pruning") and "ex{i@threshold,..} early exits" in legend
@@ -257,9 +257,10 @@ def test_a_knob_registered_from_a_test_file_runs_a_search_with_no_core_edit(smoo
     assert "s0.20" in compact_params(row["params"]).split() and "s<eps> label smoothing" in codes_legend()
     assert ("Label smoothing", [("eps", 0.2)]) in group_params(row["params"])
     assert "smoothing 0.2" in params_summary(row["params"])
-    # the stored candidate rebuilds and predicts like its timed artifact's accuracy
-    model = study.candidate(row["trial"]).load()
-    assert model(study.task.data.x_val[:4]).shape == (4, 10)
+    # the stored candidate rebuilds through the knobs
+    candidate = study.candidate(row["trial"])
+    assert candidate.recipe["weight_bits"] == candidate.weight_bits == 8  # the bits packing and export use
+    assert candidate.load()(study.task.data.x_val[:4]).shape == (4, 10)
     # stopped early by an unreachable point: the user reads "stopped early", Optuna keeps PRUNED
     study.frontier_points = lambda costs: [FrontierPoint(-1, 1.0, {c: 0.0 for c in costs})]
     (stopped,) = study.optimize(n_trials=1, progress=False)
