@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping
 
+from slimtune.spaces._registry import get_knob, knob_families
 from slimtune.spaces._space import Space
 from slimtune.tasks._task import Task, get_task
 
@@ -12,7 +13,8 @@ from slimtune.tasks._task import Task, get_task
 def build_space(task: Task, *, fixed: Mapping[str, Any] | None = None, families: list[str] | None = None) -> Space:
     """The joint space of ``task``'s baseline model (checks the model outputs logits)."""
     task.check_model()
-    options = {"exits": {"exits_after": list(task.extra["exits_after"])}} if task.extra.get("exits_after") else None
+    names = families if families is not None else knob_families()
+    options = {name: opts for name in names if (opts := get_knob(name).task_options(task.extra))}  # e.g. exits_after
     return Space.for_model(task.build_model(), families=families, fixed=fixed, options=options)
 
 

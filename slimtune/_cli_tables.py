@@ -15,67 +15,44 @@ import textwrap
 from typing import Any, Iterable, Mapping, Sequence
 
 from slimtune.search._measurement import same_run_speedup
+from slimtune._knob_codes import knob_codes
 from slimtune._vocabulary import STATE_WORDS, state_word
 
 #: Width the tables fit unless ``--wide`` is given.
 WIDTH = 100
-
-#: The compact codes, explained under every table that uses them.
-LEGEND = ("params: p<ratio><w|c>[r] pruning (weight/channel, r = rewind), q<bits>[ptq|qat] quantization, "
-          "T<temperature> a<alpha> distillation, ds{i,..} depthwise-separable convs, lr{i:rank share,..} low-rank "
-          "groups, ex{i@threshold,..} early exits; no p/ds/lr/ex: none")
-
 
 
 def _num(value: Any, digits: int = 2) -> str:
     return f"{float(value):.{digits}f}"
 
 
-def _indices(prefix: str, names: Sequence[str]) -> dict[str, int]:
-    """Position of each ``prefix.*`` parameter among ``names`` (the space's order)."""
-    return {n: i for i, n in enumerate(n for n in names if n.startswith(prefix))}
+def codes_legend() -> str:
+    """The compact codes, explained under every table that uses them (each knob's
+    ``compact_legend``)."""
+    codes = [code.legend for code in knob_codes() if code.legend]
+    return "params: " + ", ".join(codes) + "; a family left out: off"
 
 
 def compact_params(params: Mapping[str, Any], names: Sequence[str] | None = None) -> str:
-    """Every active parameter in a short form, e.g. ``p0.28w q8ptq T4.0 a0.70 ds{1} ex{1@0.90}``.
+    """Every active parameter in a short form, e.g. ``p0.28w q8ptq T4.0 a0.70 ds{1} ex{1@0.90}``:
+    each knob writes its own (:meth:`slimtune.spaces.Knob.compact`), in registration order.
 
-    ``names`` is the space's parameter order (it numbers the DS-convs); parameters of
-    families it does not know are shown as ``name=value``.
+    ``names`` is the space's parameter order (it numbers e.g. the DS-convs); parameters
+    of families without a compact code are shown as ``name=value``.
     """
-    names = list(names or params)
+    order = list(names or params)
+    order += [n for n in params if n not in order]
     parts: list[str] = []
     known: set[str] = set()
-    ratio = params.get("prune.ratio")
-    known |= {"prune.ratio", "prune.granularity", "prune.rewind"}
-    if ratio is not None and float(ratio) > 0:
-        gran = str(params.get("prune.granularity", ""))[:1]
-        parts.append(f"p{_num(ratio)}{gran}{'r' if params.get('prune.rewind') in (True, 'true', 'True') else ''}")
-    bits = params.get("quant.bits")
-    known |= {"quant.bits", "quant.mode"}
-    if bits is not None:
-        parts.append(f"q{int(bits)}{params.get('quant.mode', '') if int(bits) < 16 else ''}")
-    known |= {"distill.temperature", "distill.alpha"}
-    if params.get("distill.temperature") is not None:
-        parts.append(f"T{_num(params['distill.temperature'], 1)}")
-    if params.get("distill.alpha") is not None:
-        parts.append(f"a{_num(params['distill.alpha'])}")
-    ds_index = _indices("dsconv.", names + [n for n in params if n not in names])
-    on = [str(i) for n, i in ds_index.items() if params.get(n) in (True, "true", "True")]
-    known |= set(ds_index)
-    if on:
-        parts.append("ds{" + ",".join(on) + "}")
-    lr_index = _indices("lowrank.", names + [n for n in params if n not in names])
-    known |= set(lr_index)
-    factorized = [f"{i}:{_num(params[n])}" for n, i in lr_index.items()
-                  if params.get(n) is not None and float(params[n]) < 1.0]
-    if factorized:
-        parts.append("lr{" + ",".join(factorized) + "}")
-    exits = sorted({n.split(".")[1] for n in params if n.startswith("exits.")}, key=lambda k: (len(k), k))
-    known |= {n for n in params if n.startswith("exits.")}
-    enabled = [f"{k}@{_num(params.get(f'exits.{k}.threshold', float('nan')))}" for k in exits
-               if params.get(f"exits.{k}.enabled") in (True, "true", "True")]
-    if enabled:
-        parts.append("ex{" + ",".join(enabled) + "}")
+    for code in knob_codes():
+        prefix = code.family + "."
+        mine = {n: v for n, v in params.items() if n.startswith(prefix)}
+        if not mine:
+            continue
+        known |= set(mine)
+        text = code.compact(mine, [n for n in order if n.startswith(prefix)])
+        if text:
+            parts.append(text)
     for name, value in params.items():
         if name not in known:
             parts.append(f"{name}={_num(value, 3) if isinstance(value, float) else value}")
@@ -83,14 +60,14 @@ def compact_params(params: Mapping[str, Any], names: Sequence[str] | None = None
 
 
 def dsconv_legend(names: Iterable[str]) -> str:
-    """``ds{i}`` and ``lr{i}``: which conv or layer group each index is (from the space's
-    parameter names)."""
+    """What the ``{i}`` of numbered codes (``ds{i}``, ``lr{i}``) stand for, from the
+    space's parameter names."""
     names = list(names)
     out = []
-    for prefix, code in (("dsconv.", "ds"), ("lowrank.", "lr")):
-        layers = [n.split(".", 1)[1] for n in names if n.startswith(prefix)]
+    for code in knob_codes():
+        layers = [n.split(".", 1)[1] for n in names if n.startswith(code.family + ".")] if code.index else []
         if layers:
-            out.append(f"{code}{{i}}: " + ", ".join(f"{i} = {layer}" for i, layer in enumerate(layers)))
+            out.append(f"{code.index}{{i}}: " + ", ".join(f"{i} = {layer}" for i, layer in enumerate(layers)))
     return "; ".join(out)
 
 
@@ -190,7 +167,7 @@ def table_lines(rows: Sequence[Mapping[str, Any]], names: Sequence[str], *, mark
     notes = [("* = on the frontier; " if mark_pareto else "") + "speedup = this trial's baseline latency, timed "
              "in the same run, / its latency; pack_KiB = the packed model file (export --format packed), art_KiB = "
              "the timed .onnx/TorchScript artifact"]
-    notes.append(LEGEND)
+    notes.append(codes_legend())
     legend = dsconv_legend(names)
     if legend:
         notes.append(legend)

@@ -1,9 +1,10 @@
-"""One candidate, end to end: build -> train (distilled) -> prune -> quantize -> measure.
+"""One candidate, end to end: build -> train -> compress -> quantize -> measure.
 
-The order is DESIGN.md's: architecture knobs (dsconv, exits), then distillation
-training from the baseline teacher, then compression (pruning + fine-tune), then
-quantization (PTQ calibration or QAT), then a real measurement of the compiled model
-on its runtime.
+The order is DESIGN.md's stages: the architecture knobs, then training from the
+baseline teacher (with what the knobs change in it, e.g. the distillation loss), then
+the compression knobs (which may fine-tune), then the quantization knobs, then a real
+measurement of the compiled model on its runtime.  The evaluator asks the space's
+knobs at each step and never names one.
 """
 
 from __future__ import annotations
@@ -126,8 +127,7 @@ class Evaluator:
     def _train_config(self, values: dict[str, Any], epochs: int, lr: float | None = None) -> TrainConfig:
         return TrainConfig(
             epochs=epochs, lr=lr if lr is not None else self.task.lr * self.settings.lr_scale,
-            batch_size=self.task.batch_size, temperature=float(values.get("distill.temperature", 4.0)),
-            alpha=float(values.get("distill.alpha", 0.0)), seed=self.settings.seed,
+            batch_size=self.task.batch_size, seed=self.settings.seed, hooks=self.space.training_hooks(values),
         )
 
     def _context(self, values: dict[str, Any]) -> KnobContext:
@@ -198,17 +198,13 @@ class Evaluator:
 
         ctx = self._context(values)
         ctx.finetune = lambda *a, **k: None  # structure only: no training
-        shortest = dict(values)
-        for name in values:
-            if name.startswith("exits.") and name.endswith(".threshold"):
-                shortest[name] = 0.0  # everyone leaves at the first exit: a lower bound
-        shortest["quant.mode"] = "ptq"
+        shortest = self.space.cost_bound_values(values)  # e.g. everyone leaves at the first exit
         with torch.random.fork_rng():
             model = self.build_architecture(shortest, ctx)
             model = self._apply_stage("compression", model, shortest, ctx)
             model = self._apply_stage("quantization", model, shortest, ctx)
             model.eval()
-            bits = int(values.get("quant.bits", 32))
+            bits = self.space.weight_bits(values)
             compiled = self._compile(model, bits)
         x = self.task.data.x_val[: 1 if compiled.has_exits else self.settings.batch_size]  # exits: batch 1 only
         timings = measure_latency({"c": lambda: compiled.run_one(x)}, warmup=5, repeats=30, rounds=3)["c"]
@@ -255,13 +251,13 @@ class Evaluator:
         train_seconds = time.perf_counter() - t0
         model.eval()
         self._phase("measure")
-        bits = int(values.get("quant.bits", 32))
+        bits = self.space.weight_bits(values)
         artifact_meta = {**self.artifact_metadata(values), **(metadata or {})}
         compiled = self._compile(model, bits, _jsonable(artifact_meta))
         measurement = self._measure(model, compiled, bits)
         flags = tuple(dict.fromkeys([*measurement.flags, *ctx.info.get("flags", [])]))
         measurement = Measurement.from_dict({**measurement.to_dict(), "flags": list(flags)})
-        recipe: dict[str, Any] = {"values": values}
+        recipe: dict[str, Any] = {"values": values, "weight_bits": bits}
         for knob in self.space.knobs:  # what each knob needs to rebuild the stored model
             recipe.update(knob.recipe(ctx.info))
         info = {k: v for k, v in ctx.info.items() if k not in ("rewind_state", "flags")}

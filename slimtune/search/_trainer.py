@@ -1,14 +1,17 @@
-"""Training with distillation from the baseline teacher."""
+"""Training a student against the baseline teacher's logits, with what the knobs
+change in training (:class:`~slimtune.spaces.base.TrainingHooks`: the loss, e.g.
+distillation's; learning-rate multipliers and extra outputs, e.g. early exits')."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from slimtune.spaces.distillation import distillation_loss
+from slimtune.spaces.base import TrainingHooks
 
 
 @dataclass
@@ -16,21 +19,37 @@ class TrainConfig:
     epochs: int
     lr: float
     batch_size: int = 64
-    temperature: float = 4.0
-    alpha: float = 0.0
     weight_decay: float = 1e-4
     seed: int = 0
-    head_lr_scale: float = 10.0  # freshly attached exit heads learn faster than the trained trunk
+    hooks: TrainingHooks = field(default_factory=TrainingHooks)  # the candidate's knobs' (Space.training_hooks)
 
 
 #: ``callback(epoch, model) -> reason or None``: return a string to stop training.
 EpochCallback = Callable[[int, nn.Module], "str | None"]
 
 
-def model_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """Every output a student is trained on: each early exit, then the final head."""
-    forward_all = getattr(model, "forward_all", None)
-    return list(forward_all(x)) if callable(forward_all) else [model(x)]
+def model_outputs(model: nn.Module, x: torch.Tensor, hooks: TrainingHooks | None = None) -> list[torch.Tensor]:
+    """Every output a student is trained on, the final head's last: the knobs' (e.g.
+    each early exit, then the final head), else ``[model(x)]``."""
+    outputs = hooks.outputs(model, x) if hooks is not None and hooks.outputs is not None else None
+    return list(outputs) if outputs is not None else [model(x)]
+
+
+def _cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+    """The loss when no knob sets one: cross-entropy on the labels."""
+    return F.cross_entropy(student_logits, labels)
+
+
+def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """The trainable parameters by learning rate (``config.lr`` times the knobs'
+    multiplier), the unscaled group first."""
+    scale_of = config.hooks.lr_scale or (lambda name: None)
+    groups: dict[float, list[nn.Parameter]] = {1.0: []}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            scale = scale_of(name)
+            groups.setdefault(1.0 if scale is None else float(scale), []).append(param)
+    return [{"params": params, "lr": config.lr * scale} for scale, params in groups.items() if params or scale == 1.0]
 
 
 def train(
@@ -42,8 +61,9 @@ def train(
     teacher_logits: torch.Tensor | None = None,
     callback: EpochCallback | None = None,
 ) -> tuple[int, str | None]:
-    """Train ``model`` in place (Adam, cosine schedule) with the distillation loss
-    against precomputed ``teacher_logits`` aligned with ``x``.
+    """Train ``model`` in place (Adam, cosine schedule) with the knobs' loss (e.g.
+    distillation against precomputed ``teacher_logits`` aligned with ``x``; default
+    cross-entropy), averaged over the model's outputs.
 
     Pruning masks (``torch.nn.utils.prune``) stay in force since they are applied in the
     forward pass.  Returns (epochs run, stop reason or None).
@@ -51,15 +71,10 @@ def train(
     if config.epochs <= 0:
         return 0, None
     generator = torch.Generator().manual_seed(config.seed)
-    heads = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("exits.")]
-    trunk = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("exits.")]
-    groups = [{"params": trunk, "lr": config.lr}]
-    if heads:
-        groups.append({"params": heads, "lr": config.lr * config.head_lr_scale})
-    optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, (len(x) + config.batch_size - 1) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
-    alpha = config.alpha if teacher_logits is not None else 0.0
+    loss_fn = config.hooks.loss or _cross_entropy
     for epoch in range(config.epochs):
         model.train()
         order = torch.randperm(len(x), generator=generator)
@@ -69,8 +84,8 @@ def train(
                 continue
             xb, yb = x[idx], y[idx]
             tb = teacher_logits[idx] if teacher_logits is not None else None
-            outputs = model_outputs(model, xb)
-            loss = sum(distillation_loss(o, tb, yb, temperature=config.temperature, alpha=alpha) for o in outputs) / len(outputs)
+            outputs = model_outputs(model, xb, config.hooks)
+            loss = sum(loss_fn(o, tb, yb) for o in outputs) / len(outputs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

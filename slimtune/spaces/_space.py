@@ -8,7 +8,7 @@ from typing import Any, Iterable, Mapping
 
 from torch import nn
 
-from slimtune.spaces.base import STAGES, Knob, Param, SpaceError, close_matches
+from slimtune.spaces.base import STAGES, Knob, Param, SpaceError, TrainingHooks, close_matches
 from slimtune.spaces._registry import get_knob, knob_families
 
 
@@ -98,6 +98,25 @@ class Space:
     def knob_values(self, knob: Knob, values: Mapping[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in values.items() if self._knob_of.get(k) is knob}
 
+    # -- what the knobs say about a candidate ----------------------------------------
+    def training_hooks(self, values: Mapping[str, Any]) -> TrainingHooks:
+        """The knobs' :meth:`~Knob.training` hooks for ``values``, combined."""
+        return combine_training_hooks([(knob.family, knob.training(self.knob_values(knob, values)))
+                                       for knob in self.knobs])
+
+    def cost_bound_values(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values`` with each knob's :meth:`~Knob.cost_bound_values`: the structure
+        measured before training, whose cost bounds the candidate's from below."""
+        out = dict(values)
+        for knob in self.knobs:
+            out.update(knob.cost_bound_values(self.knob_values(knob, values)))
+        return out
+
+    def weight_bits(self, values: Mapping[str, Any]) -> int:
+        """The bits the runtime compiles the weights at (:meth:`Knob.weight_bits`; 32
+        when no knob quantizes)."""
+        return _fewest_bits((knob, self.knob_values(knob, values)) for knob in self.knobs)
+
     # -- serialisation ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -169,3 +188,48 @@ def summaries(values: Mapping[str, Any]) -> list[str]:
     """What the values do, a few words per knob that changes the model
     (:meth:`Knob.summary`), in pipeline order."""
     return [text for knob, mine in _by_knob(values) if (text := knob.summary(mine))]
+
+
+def weight_bits(values: Mapping[str, Any]) -> int:
+    """:meth:`Space.weight_bits` of stored ``values``, as the registered knobs say."""
+    return _fewest_bits(_by_knob(values))
+
+
+def _fewest_bits(pairs: Iterable[tuple[Knob, Mapping[str, Any]]]) -> int:
+    bits = [b for knob, mine in pairs if (b := knob.weight_bits(mine)) is not None]
+    return min(bits, default=32)
+
+
+def combine_training_hooks(hooks: Iterable[tuple[str, TrainingHooks | None]]) -> TrainingHooks:
+    """One :class:`TrainingHooks` from several knobs' (``(family, hooks)`` in pipeline
+    order): the loss and the outputs come from the one knob that sets them; a
+    parameter's learning-rate multiplier from the first knob that gives one.
+
+    Raises:
+        SpaceError: two knobs set the loss, or two the outputs.
+    """
+    owner: dict[str, str] = {}
+    loss = outputs = None
+    scales = []
+    for family, hook in hooks:
+        if hook is None:
+            continue
+        for field_name in ("loss", "outputs"):
+            if getattr(hook, field_name) is None:
+                continue
+            if field_name in owner:
+                raise SpaceError(f"Knobs {owner[field_name]!r} and {family!r} both set the training {field_name} "
+                                 "for these values; a candidate can take it from one knob only (fix the other's "
+                                 "parameters so that it sets none, or leave its family out of the space).")
+            owner[field_name] = family
+        loss = hook.loss or loss
+        outputs = hook.outputs or outputs
+        if hook.lr_scale is not None:
+            scales.append(hook.lr_scale)
+    if not scales:
+        return TrainingHooks(loss=loss, outputs=outputs)
+
+    def lr_scale(name: str) -> float | None:
+        return next((scale for fn in scales if (scale := fn(name)) is not None), None)
+
+    return TrainingHooks(loss=loss, lr_scale=lr_scale, outputs=outputs)

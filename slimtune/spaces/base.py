@@ -10,13 +10,17 @@ from __future__ import annotations
 import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
 ParamKind = Literal["float", "int", "categorical", "bool"]
+
+#: ``loss(student_logits, teacher_logits or None, labels) -> scalar``: the training loss
+#: of one output (the teacher's logits are None where there is no teacher).
+Loss = Callable[["torch.Tensor", "torch.Tensor | None", "torch.Tensor"], "torch.Tensor"]
 
 #: Pipeline stages, in the order of DESIGN.md.
 STAGES = ("architecture", "training", "compression", "quantization")
@@ -126,17 +130,54 @@ class KnobContext:
     info: dict[str, Any] = field(default_factory=dict)  # knobs report what they did here
 
 
+@dataclass(frozen=True)
+class TrainingHooks:
+    """What a knob changes in the training of a candidate (:meth:`Knob.training`);
+    every field is optional.
+
+    Attributes:
+        loss: the loss of each output (default: cross-entropy on the labels); at most one
+            knob of a space sets it (distillation's).
+        lr_scale: ``lr_scale(parameter_name) -> multiplier or None``: a learning-rate
+            multiplier for some parameters (e.g. freshly attached exit heads); None
+            leaves a parameter to the other knobs (default 1).
+        outputs: ``outputs(model, x) -> list of logits or None``: every output the
+            student is trained on, the final head's last (e.g. each early exit, then the
+            final head); None where the model is not this knob's (default: ``[model(x)]``).
+    """
+
+    loss: Loss | None = None
+    lr_scale: Callable[[str], "float | None"] | None = None
+    outputs: Callable[["nn.Module", "torch.Tensor"], "Sequence[torch.Tensor] | None"] | None = None
+
+
 class Knob(ABC):
     """One compression family of the joint space.
 
     Subclasses set ``family`` (the parameter prefix) and ``stage`` (one of
     :data:`STAGES`), return their parameters in :meth:`params` and transform a model
     in :meth:`apply`.  Register them with :func:`slimtune.spaces.register_knob`.
+    The optional hooks below tell the core the rest (display, training, the cost bound
+    before training, the recipe to rebuild, recovery epochs, weight bits), so the core
+    never names a knob.
     """
 
     family: ClassVar[str]
     stage: ClassVar[str]
     title: ClassVar[str] = ""  # how people read the family (the dashboard's group title); default: family
+    #: The CLI's compact code for this family, explained under its tables (e.g.
+    #: ``"q<bits>[ptq|qat] quantization"``); empty: parameters are shown as ``name=value``.
+    #: A string literal: the CLI reads it from this file without importing torch.
+    compact_legend: ClassVar[str] = ""
+    #: The code whose ``{i}`` numbers this family's parameters in the space's order (the
+    #: tables then say which is which, e.g. ``ds{i}: 0 = blocks.0.0``); a string literal.
+    compact_index: ClassVar[str] = ""
+
+    @classmethod
+    def task_options(cls, extra: Mapping[str, Any]) -> dict[str, Any]:
+        """Keyword arguments for this knob taken from a task's ``extra`` settings (e.g.
+        where early exits go).  Default: none."""
+        return {}
 
     @abstractmethod
     def params(self, model: "nn.Module") -> list[Param]:
@@ -181,6 +222,35 @@ class Knob(ABC):
         text and the dashboard's table; empty when they leave the model alone (the
         default)."""
         return ""
+
+    @staticmethod
+    def compact(values: Mapping[str, Any], names: Sequence[str]) -> str:
+        """``values`` (this knob's, full names) in the CLI's compact code (see
+        :attr:`compact_legend`); ``names`` are this family's parameter names in the
+        space's order (for :attr:`compact_index`).  Empty when they leave the model alone.
+
+        It must use builtins only (no name of its module): ``slimtune show`` compiles it
+        from the knob's file without importing the module (and torch).  Default: the
+        family's parameters are shown as ``name=value`` instead."""
+        return ""
+
+    def training(self, values: Mapping[str, Any]) -> TrainingHooks | None:
+        """What ``values`` (this knob's, full names) change in every training run of
+        the candidate (distillation and the recovery fine-tunes): its loss, learning
+        rates, outputs.  Default: nothing."""
+        return None
+
+    def cost_bound_values(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """This knob's values for the structure that is built and measured before
+        training: its cost must bound the trained candidate's from below (early
+        stopping compares it with the frontier), e.g. every enabled exit at threshold 0
+        (all samples leave at the first exit).  Default: ``values`` unchanged."""
+        return dict(values)
+
+    def weight_bits(self, values: Mapping[str, Any]) -> int | None:
+        """The bits the runtime compiles the weights at for ``values`` (quantization's
+        ``quant.bits``), or None when this knob does not quantize (the default)."""
+        return None
 
 
 def replace_module(model: "nn.Module", name: str, new: "nn.Module") -> None:

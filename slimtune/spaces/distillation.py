@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import functools
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimtune.spaces.base import Knob, Param
+from slimtune.spaces.base import Knob, Param, TrainingHooks
 from slimtune.spaces._registry import register_knob
 
 
@@ -47,6 +48,25 @@ class Distillation(Knob):
     family = "distill"
     title = "Distillation"
     stage = "training"
+    compact_legend = "T<temperature> a<alpha> distillation"
+
+    @staticmethod
+    def compact(values: Mapping[str, Any], names: Sequence[str]) -> str:
+        parts = []
+        if values.get("distill.temperature") is not None:
+            parts.append(f"T{float(values['distill.temperature']):.1f}")
+        if values.get("distill.alpha") is not None:
+            parts.append(f"a{float(values['distill.alpha']):.2f}")
+        return " ".join(parts)
+
+    def training(self, values: Mapping[str, Any]) -> TrainingHooks | None:
+        """Every output learns from the teacher with :func:`distillation_loss` (plain
+        cross-entropy where there is no teacher); at ``alpha = 0`` the loss is the
+        trainer's own cross-entropy, so this knob sets none."""
+        settings = self.loss_settings(values)
+        if settings["alpha"] == 0.0:
+            return None
+        return TrainingHooks(loss=functools.partial(distillation_loss, **settings))
 
     def summary(self, values: Mapping[str, Any]) -> str:
         if "distill.temperature" not in values:
@@ -62,5 +82,8 @@ class Distillation(Knob):
         ]
 
     @staticmethod
-    def loss_settings(values: dict[str, Any]) -> dict[str, float]:
-        return {"temperature": float(values["distill.temperature"]), "alpha": float(values["distill.alpha"])}
+    def loss_settings(values: Mapping[str, Any]) -> dict[str, float]:
+        """``temperature`` and ``alpha`` of :func:`distillation_loss` (without the
+        parameters: T = 4, alpha = 0, i.e. cross-entropy)."""
+        return {"temperature": float(values.get("distill.temperature", 4.0)),
+                "alpha": float(values.get("distill.alpha", 0.0))}

@@ -18,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -157,6 +157,13 @@ class DepthwiseSeparable(Knob):
     family = "dsconv"
     title = "DS-conv"
     stage = "architecture"
+    compact_legend = "ds{i,..} depthwise-separable convs"
+    compact_index = "ds"
+
+    @staticmethod
+    def compact(values: Mapping[str, Any], names: Sequence[str]) -> str:
+        on = [str(i) for i, name in enumerate(names) if values.get(name) in (True, "true", "True")]
+        return "ds{" + ",".join(on) + "}" if on else ""
 
     def summary(self, values: Mapping[str, Any]) -> str:
         chosen = [name for name, value in values.items() if value]

@@ -22,10 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimtune.spaces.base import Knob, KnobContext, Param, SpaceError, close_matches
+from slimtune.spaces.base import Knob, KnobContext, Param, SpaceError, TrainingHooks, close_matches
 from slimtune.spaces._registry import register_knob
 
 __all__ = ["EarlyExitNet", "EarlyExits", "ExitHead", "exit_points"]
+
+#: Freshly attached exit heads learn this much faster than the trained trunk.
+HEAD_LR_SCALE = 10.0
 
 
 class ExitHead(nn.Sequential):
@@ -285,6 +288,32 @@ class EarlyExits(Knob):
     family = "exits"
     title = "Early exits"
     stage = "architecture"
+    compact_legend = "ex{i@threshold,..} early exits"
+
+    @staticmethod
+    def compact(values: Mapping[str, Any], names: Sequence[str]) -> str:
+        exits = sorted({n.split(".")[1] for n in values}, key=lambda k: (len(k), k))
+        enabled = [f"{k}@{float(values.get(f'exits.{k}.threshold', float('nan'))):.2f}" for k in exits
+                   if values.get(f"exits.{k}.enabled") in (True, "true", "True")]
+        return "ex{" + ",".join(enabled) + "}" if enabled else ""
+
+    @classmethod
+    def task_options(cls, extra: Mapping[str, Any]) -> dict[str, Any]:
+        """A task's ``exits_after`` (module names) places the exit points."""
+        return {"exits_after": list(extra["exits_after"])} if extra.get("exits_after") else {}
+
+    def training(self, values: Mapping[str, Any]) -> TrainingHooks | None:
+        """With an exit enabled, every exit is trained beside the final head (each
+        output with the candidate's loss), the fresh heads at :data:`HEAD_LR_SCALE`
+        times the learning rate."""
+        if not any(name.endswith(".enabled") and _as_bool(value, name) for name, value in values.items()):
+            return None
+        return TrainingHooks(lr_scale=_head_lr_scale, outputs=_all_outputs)
+
+    def cost_bound_values(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Every threshold at 0: all samples leave at the first enabled exit (the
+        shortest path bounds the dynamic model's cost from below)."""
+        return {name: 0.0 if name.endswith(".threshold") else value for name, value in values.items()}
 
     def inactive(self, values: Mapping[str, Any]) -> set[str]:
         """The threshold of a disabled exit means nothing."""
@@ -344,6 +373,17 @@ class EarlyExits(Knob):
         ctx.info["exits"] = {"points": enabled, "thresholds": [thresholds[p] for p in enabled],
                              "channels": [shapes[p][0] for p in enabled], "after": [chain.names[p] for p in enabled]}
         return net
+
+
+def _head_lr_scale(name: str) -> float | None:
+    """:data:`HEAD_LR_SCALE` for the parameters of an :class:`EarlyExitNet`'s heads."""
+    return HEAD_LR_SCALE if name.startswith("exits.") else None
+
+
+def _all_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor] | None:
+    """Every exit's logits, then the final head's (:meth:`EarlyExitNet.forward_all`)."""
+    forward_all = getattr(model, "forward_all", None)  # also through wrappers that pass it on
+    return list(forward_all(x)) if callable(forward_all) else None
 
 
 def exit_head(shape: tuple[int, ...], num_classes: int, param: str) -> nn.Module:

@@ -24,7 +24,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -146,6 +146,14 @@ class LowRank(Knob):
     family = "lowrank"
     title = "Low-rank"
     stage = "architecture"
+    compact_legend = "lr{i:rank share,..} low-rank groups"
+    compact_index = "lr"
+
+    @staticmethod
+    def compact(values: Mapping[str, Any], names: Sequence[str]) -> str:
+        factorized = [f"{i}:{float(values[name]):.2f}" for i, name in enumerate(names)
+                      if values.get(name) is not None and float(values[name]) < 1.0]
+        return "lr{" + ",".join(factorized) + "}" if factorized else ""
 
     def summary(self, values: Mapping[str, Any]) -> str:
         factored = [float(v) for v in values.values() if float(v) < 1.0]

@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch_pruning as tp
@@ -333,6 +333,15 @@ class Pruning(Knob):
     family = "prune"
     title = "Pruning"
     stage = "compression"
+    compact_legend = "p<ratio><w|c>[r] pruning (weight/channel, r = rewind)"
+
+    @staticmethod
+    def compact(values: Mapping[str, Any], names: Sequence[str]) -> str:
+        ratio = values.get("prune.ratio")
+        if ratio is None or float(ratio) <= 0:
+            return ""
+        rewind = "r" if values.get("prune.rewind") in (True, "true", "True") else ""
+        return f"p{float(ratio):.2f}{str(values.get('prune.granularity', ''))[:1]}{rewind}"
 
     def recipe(self, info: Mapping[str, Any]) -> dict[str, Any]:
         """Channel pruning's surviving widths."""

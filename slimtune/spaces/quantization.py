@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.fx
@@ -364,6 +364,21 @@ class Quantization(Knob):
     family = "quant"
     title = "Quantization"
     stage = "quantization"
+    compact_legend = "q<bits>[ptq|qat] quantization"
+
+    @staticmethod
+    def compact(values: Mapping[str, Any], names: Sequence[str]) -> str:
+        bits = values.get("quant.bits")
+        if bits is None:
+            return ""
+        return f"q{int(bits)}{values.get('quant.mode', '') if int(bits) < 16 else ''}"
+
+    def weight_bits(self, values: Mapping[str, Any]) -> int:
+        return int(values.get("quant.bits", 32))
+
+    def cost_bound_values(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Post-training quantization: the structure is measured before any training."""
+        return {**values, "quant.mode": "ptq"}
 
     def recipe(self, info: Mapping[str, Any]) -> dict[str, Any]:
         """Whether BatchNorm was folded into the convolutions."""

@@ -210,6 +210,17 @@ class Candidate:
         return dict(rec.recipe or {})
 
     @property
+    def weight_bits(self) -> int:
+        """The bits the weights were compiled at: from the stored recipe, or (for a trial
+        stored before recipes carried them) as the knobs say for its parameters."""
+        bits = self.recipe.get("weight_bits")
+        if bits is None:
+            from slimtune.spaces._space import weight_bits
+
+            return weight_bits(self.params)
+        return int(bits)
+
+    @property
     def artifact_format(self) -> str:
         return FORMATS.get(self.row.get("runtime") or "", "onnx")
 
@@ -276,7 +287,7 @@ class Candidate:
             warnings.warn(f"Trial {self.trial} was timed as {timed_format}; the {fmt} file is compiled anew from its "
                           "weights and was not itself timed.", UserWarning, stacklevel=2)
             settings = self.study.settings
-            compiled = compile_model(self.load(), runtime=RUNTIME_OF[fmt], bits=int(self.params.get("quant.bits", 32)),
+            compiled = compile_model(self.load(), runtime=RUNTIME_OF[fmt], bits=self.weight_bits,
                                      calibration=self.study.task.data.x_train[: settings.calibration_size],
                                      threads=settings.threads)
             data = compiled.artifact
@@ -292,7 +303,7 @@ class Candidate:
     def _pack(self, data: bytes, timed_format: str) -> bytes:
         from slimtune.search.packed import pack
 
-        return pack(data, artifact_format=timed_format, bits=int(self.params.get("quant.bits", 32)))
+        return pack(data, artifact_format=timed_format, bits=self.weight_bits)
 
     def _export_packed(self, path: Path, data: bytes, timed_format: str) -> Path:
         packed = self._pack(data, timed_format)

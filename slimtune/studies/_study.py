@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from slimtune._vocabulary import STATE_PHRASES
 from slimtune.search._early_stopping import FrontierEarlyStopping, FrontierPoint, resolve_early_stopping
 from slimtune.search._measurement import Measurement
 from slimtune.search._runner import DIRECTIONS, Constraints, TrialOutcome
@@ -815,7 +816,8 @@ class Study:
         row = rows[number]
         if row["state"] != "COMPLETE":
             reason = row.get("stopped_reason") or row.get("error") or ""
-            raise StudyError(f"Trial {number} of study {self.name!r} is {row['state']}, not COMPLETE"
+            state = STATE_PHRASES["PRUNED"] if row["state"] == "PRUNED" else row["state"]  # users never read "pruned"
+            raise StudyError(f"Trial {number} of study {self.name!r} is {state}, not COMPLETE"
                              + (f" ({reason})" if reason else "") + ": it has no model to load or export.")
         return Candidate(self, row)
 

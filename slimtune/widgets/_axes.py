@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from slimtune._vocabulary import state_word
+from slimtune._vocabulary import state_phrase
 
 Row = Mapping[str, Any]
 
@@ -147,12 +147,12 @@ def params_summary(params: Mapping[str, Any]) -> str:
 
 
 def trial_title(row: Row) -> str:
-    """``trial 7`` or ``trial 7 (stopped: cannot reach the front)`` (plain text)."""
+    """``trial 7`` or ``trial 7 (stopped early: cannot reach the front)`` (plain text)."""
     state = str(row.get("state", "COMPLETE")).upper()
     head = f"trial {row.get('trial')}"
     if state != "COMPLETE":
         reason = row.get("stopped_reason") or row.get("error")
-        head += f" ({state_word(state)}{': ' + str(reason) if reason else ''})"
+        head += f" ({state_phrase(state)}{': ' + str(reason) if reason else ''})"
     return head
 
 

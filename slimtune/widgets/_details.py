@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 import ipywidgets as widgets
 
+from slimtune._vocabulary import state_phrase
 from slimtune.widgets import _axes as R
 
 PLACEHOLDER = "<div class='slimtune-details-empty'>Click a point (or a row of the Pareto table) to see its details.</div>"
@@ -17,7 +18,7 @@ def details_html(row: Mapping[str, Any], baseline: Mapping[str, Any] | None = No
     """The details of ``row`` as an HTML fragment."""
     esc = html.escape
     state = str(row.get("state", "COMPLETE")).upper()
-    badge = "" if state == "COMPLETE" else f" <span class='slimtune-badge'>{esc(state.lower())}</span>"
+    badge = "" if state == "COMPLETE" else f" <span class='slimtune-badge'>{esc(state_phrase(state))}</span>"
     pareto = " <span class='slimtune-badge slimtune-front'>on the front</span>" if row.get("pareto") else ""
     parts = [f"<div class='slimtune-details' data-trial='{esc(str(row.get('trial')))}'>",
              f"<h4>Trial {esc(str(row.get('trial')))}{badge}{pareto}</h4>"]

@@ -136,7 +136,7 @@ REFUSED: dict[str, str] = {
     "GP": "fails on scipy 1.17 once past its random start ('x0' must only have one dimension, "
           "in scipy.optimize.minimize), and accepts numeric choices only (the space has string choices)",
     "Metis": "fails on scipy 1.17 ('x0' must only have one dimension, in scipy.optimize.minimize), "
-             "and has no loguniform (distill.temperature is log-scaled)",
+             "and has no loguniform (the space has log-scaled parameters)",
     "Hyperband": "an advisor that needs the NNI manager's command channel and per-epoch budgets; "
                  "its metric handler raises TypeError in nni/recoverable.py "
                  "('<=' not supported between 'str' and 'int', NNI issue #5263)",
