@@ -324,3 +324,21 @@ def test_peak_memory_grows_by_far_less_than_the_streamed_dataset(tmp_path):
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["dataset"] >= 200 * 2**20
     assert report["growth"] < report["dataset"] / 5, report
+
+
+def test_run_sets_the_calibration_size_and_rejects_a_bad_one(tmp_path):
+    from click.testing import CliRunner
+
+    from slimtune.cli import main
+
+    url = f"sqlite:///{tmp_path / 'cal.db'}"
+    common = ["run", "--study", "cal", "--task", "tests.user_task:make_task", "--trials", "1", "--epochs", "1",
+              "--latency-repeats", "3", "--storage", url]
+    bad = CliRunner().invoke(main, [*common, "--calibration-size", "0"])
+    assert bad.exit_code == 2 and "--calibration-size" in bad.output and "0" in bad.output
+    assert not (tmp_path / "cal.db").exists()  # nothing written
+    good = CliRunner().invoke(main, [*common, "--calibration-size", "32"])
+    assert good.exit_code == 0, good.output
+    study = Study.create_or_load("cal", storage=url)
+    assert study.settings.calibration_size == 32
+    study.close()

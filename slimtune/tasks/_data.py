@@ -380,6 +380,8 @@ def as_split(source: Any, name: str, *, streaming: bool | None = None) -> Split:
                         f"{type(source).__name__}): slimtune reads it once per epoch.")
     keep = 0 if streaming else (float("inf") if streaming is False or one_pass else MAX_IN_MEMORY_BYTES)
     scan = _scan(source, name, keep)
-    if scan.kept is not None:
-        return TensorSplit(*scan.kept, name)
-    return LoaderSplit(source, name, scan)
+    if scan.kept is None:
+        return LoaderSplit(source, name, scan)
+    split = TensorSplit(*scan.kept, name)
+    split._digest = _combine(torch.float32, scan.sample_shape, torch.int64, scan.digests)  # already hashed
+    return split
