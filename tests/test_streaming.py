@@ -177,6 +177,53 @@ def test_streaming_and_in_memory_give_the_same_metrics_and_measurement():
     assert a.size_bytes == b.size_bytes and a.macs == b.macs
 
 
+def test_an_early_exit_model_is_measured_the_same_from_a_stream():
+    from slimtune.search._runtime import compile_model
+    from slimtune.spaces.base import KnobContext
+    from slimtune.spaces.exits import EarlyExitNet, EarlyExits
+
+    torch.manual_seed(0)
+    x, y = torch.randn(90, 1, 8, 8), torch.randint(0, CLASSES, (90,))
+    ctx = KnobContext(example_input=x[:2], calibration=x[:8], finetune=lambda *a, **k: None)
+    net = EarlyExits().apply(small_cnn(CLASSES, width=8), {"exits.0.enabled": True, "exits.0.threshold": 0.3}, ctx)
+    assert isinstance(net, EarlyExitNet)
+    net.eval()
+    compiled = compile_model(net, bits=32, calibration=x[:8])
+    streamed = as_split(DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True), "val", streaming=True)
+    a = measure(net, compiled, streamed, None, bits=32, example_input=x[:1], warmup=1, repeats=4)
+    b = measure(net, compiled, x, y, bits=32, example_input=x[:1], warmup=1, repeats=4)
+    assert a.exit_rates == b.exit_rates and sum(a.exit_rates) == pytest.approx(1.0)
+    assert (a.accuracy, a.runtime_agreement, a.macs) == (b.accuracy, b.runtime_agreement, b.macs)
+    assert a.latency_kind == "mean_over_samples" and len(a.latency_samples_ms) == 4
+
+
+def test_without_streaming_a_loader_streams_only_above_the_memory_limit(monkeypatch):
+    import slimtune.tasks._data as data_module
+
+    x, y = torch.randn(100, 1, 8, 8), torch.arange(100) % CLASSES
+    loader = DataLoader(TensorDataset(x, y), batch_size=10, shuffle=True)
+    assert isinstance(as_split(loader, "train"), TensorSplit)  # 28 KB: held
+    monkeypatch.setattr(data_module, "MAX_IN_MEMORY_BYTES", 50 * 4 * 64)  # room for 50 samples' inputs
+    streamed = as_split(loader, "train")
+    assert isinstance(streamed, LoaderSplit) and len(streamed) == 100
+    assert streamed.digest() == data_digest(x, y)
+
+
+def test_a_loader_with_worker_processes_streams_with_a_stable_fingerprint():
+    tracker = LiveSamples(10 * LIVE_LIMIT)  # workers prefetch: a few more batches in flight
+    model = small_cnn(CLASSES, width=4).eval()
+
+    def task(workers: int, augment: float) -> Task:
+        dataset = RefusingDataset(256, tracker, augment=augment)
+        loaders = {s: DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers) for s in
+                   ("train", "val", "test")}
+        return Task.from_model(model, **loaders, streaming=True)
+
+    assert task(2, 0.1).fingerprint() == task(2, 0.1).fingerprint()  # augmented in the workers
+    assert task(2, 0.0).fingerprint() == task(0, 0.0).fingerprint()  # the same samples
+    assert len(task(2, 0.0).data.val.head(40)) == 40
+
+
 def test_training_on_a_stream_distils_from_the_teacher_per_batch(streaming_task, tracker):
     calls = []
     teacher_model = streaming_task.build_model().eval()
