@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -366,7 +367,7 @@ def test_peak_memory_grows_by_far_less_than_the_streamed_dataset(tmp_path):
     script.write_text(MEMORY_SCRIPT)
     n = -(-200 * 2**20 // (4 * 3 * 32 * 32))  # 200 MiB of float32 samples, rounded up
     out = subprocess.run([sys.executable, str(script), str(n), "stream"], capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["dataset"] >= 200 * 2**20

@@ -270,6 +270,8 @@ def _accuracy(compiled: "CompiledModel", data: Split, eval_batch: int,
 
 def _split(x: "torch.Tensor | Split | None", y: torch.Tensor | None, name: str) -> Split | None:
     """``x`` as a :class:`Split`: itself, or the tensors ``(x, y)`` (checked non-empty and aligned)."""
+    if x is None and y is not None:
+        raise ValueError(f"`x_{name}` and `y_{name}` must be given together, but got only `y_{name}`.")
     if x is None or isinstance(x, Split):
         return x
     if y is None or len(x) != len(y) or len(x) == 0:
@@ -307,8 +309,8 @@ def measure(
     :class:`~slimtune.tasks._data.Split` in ``x_val`` / ``x_test`` (its ``y_`` left
     ``None``): its batches are read one at a time and only the logits kept.
 
-    Latency is timed on validation inputs (the first ones of a split).  Static models: the median of ``repeats``
-    timings of ``compiled.run_one`` at ``batch_size``, interleaved with
+    Latency is timed on validation inputs (a split's first ones).  Static models: the
+    median of ``repeats`` timings of ``compiled.run_one`` at ``batch_size``, interleaved with
     ``reference.run_one`` on the same inputs (its median in
     ``reference_latency_ms``).  Early-exit models: the dynamic model is timed one
     sample at a time over ``repeats`` real validation samples (a seeded random order),

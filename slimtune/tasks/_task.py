@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from slimtune.spaces.base import close_matches
-from slimtune.tasks._data import Split, TaskError, TensorSplit, as_split, data_digest, sample_digests
+from slimtune.tasks._data import Split, TaskError, TensorSplit, as_split
+from slimtune.tasks._data import data_digest, sample_digests  # noqa: F401  (their home before _data)
 from slimtune.tasks._metrics import Metric, MetricError, get_metric
 from slimtune.tasks._outputs import LogitsOutput, OutputSpec, describe_output
 
