@@ -105,6 +105,7 @@ MAX_EPOCHS = 1000
 MAX_THREADS = 1024
 MAX_BATCH = 65536
 MAX_REPEATS = 1_000_000
+MAX_CALIBRATION = 1_000_000
 MAX_TIMEOUT_S = 30 * 24 * 3600.0
 SEED = click.IntRange(0, 2**32 - 1)
 POSITIVE = FiniteFloat(min=0, min_open=True)
@@ -484,6 +485,9 @@ def _run_workers(ctx: click.Context, workers: int, n_trials: int | None, seed: i
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None, help="Inference threads [default: 1].")
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=None, help="Timed batch size [default: 1].")
 @click.option("--latency-repeats", type=click.IntRange(1, MAX_REPEATS), default=None, help="Timed repeats per candidate [default: 100].")
+@click.option("--calibration-size", type=click.IntRange(1, MAX_CALIBRATION), default=None,
+              help="PTQ calibration samples, the first of the training split (a streaming loader reads only the "
+                   "batches they fill) [default: 256].")
 @click.option("--fix", multiple=True, metavar="NAME=VALUE", help="Hold a parameter at a value (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the frontier as JSON (no progress bar).")
 @wide_option
@@ -498,8 +502,9 @@ def run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: f
         sampler: str | None, backend: str, tuner: str | None, scalarize: str | None, seed: int | None,
         max_latency_ms: float | None, max_size_kb: float | None,
         max_accuracy_drop: float | None, early_stopping: bool | None, epochs: int | None, runtime: str | None,
-        threads: int | None, batch_size: int | None, latency_repeats: int | None, fix: tuple[str, ...], as_json: bool,
-        wide: bool, workers: int, worker_id: int | None, no_cache: bool, storage: str) -> None:
+        threads: int | None, batch_size: int | None, latency_repeats: int | None, calibration_size: int | None,
+        fix: tuple[str, ...], as_json: bool, wide: bool, workers: int, worker_id: int | None, no_cache: bool,
+        storage: str) -> None:
     """Create or resume a study, run trials (progress bar with ETA), print the frontier
     and the commands to run next.
 
@@ -511,7 +516,7 @@ def run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: f
         try:
             _run(study_name, task_spec, n_trials, timeout, objectives, sampler, backend, tuner, scalarize, seed,
                  max_latency_ms, max_size_kb, max_accuracy_drop, early_stopping, epochs, runtime, threads, batch_size,
-                 latency_repeats, fix, as_json, wide, workers, worker_id, no_cache, storage)
+                 latency_repeats, calibration_size, fix, as_json, wide, workers, worker_id, no_cache, storage)
         except Interrupted as exc:
             click.echo(f"\nInterrupted by {exc.signal_name}: the running trial is recorded as failed; the study keeps "
                        "its other trials (run the same command to resume).", err=True)
@@ -522,8 +527,9 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
          sampler: str | None, backend: str, tuner: str | None, scalarize: str | None, seed: int | None,
          max_latency_ms: float | None, max_size_kb: float | None,
          max_accuracy_drop: float | None, early_stopping: bool | None, epochs: int | None, runtime: str | None,
-         threads: int | None, batch_size: int | None, latency_repeats: int | None, fix: tuple[str, ...], as_json: bool,
-         wide: bool, workers: int, worker_id: int | None, no_cache: bool, storage: str) -> None:
+         threads: int | None, batch_size: int | None, latency_repeats: int | None, calibration_size: int | None,
+         fix: tuple[str, ...], as_json: bool, wide: bool, workers: int, worker_id: int | None, no_cache: bool,
+         storage: str) -> None:
     if n_trials is None and timeout is None:
         raise UserError("Give --trials N and/or --timeout SECONDS.")
     _check_int8_format()
@@ -538,7 +544,8 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
         get_backend("nni").check_options(**nni_options)  # before a study is created
     _quiet_optuna()
     settings = {k: v for k, v in {"epochs": epochs, "runtime": runtime, "threads": threads, "batch_size": batch_size,
-                                  "latency_repeats": latency_repeats}.items() if v is not None}
+                                  "latency_repeats": latency_repeats, "calibration_size": calibration_size}.items()
+                if v is not None}
     study = Study.create_or_load(
         study_name, storage=storage, task=task_spec, fixed=parse_assignments(fix, "--fix") or None, objectives=objectives,
         max_latency_ms=max_latency_ms, max_size_kb=max_size_kb, max_accuracy_drop=max_accuracy_drop,

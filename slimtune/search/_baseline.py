@@ -3,7 +3,9 @@
 A task built from a factory has its baseline trained once per (task fingerprint,
 seed) and cached; a task built with :meth:`Task.from_model` *is* the user's trained
 model, which is never retrained: its metric is measured and its logits on the training
-split computed (cheap, so never cached)."""
+split computed (cheap, so never cached).  On a training split that streams from a
+loader the teacher's logits are computed per batch instead (:meth:`Baseline.teacher`),
+never held for the whole split."""
 
 from __future__ import annotations
 
@@ -46,14 +48,15 @@ def _announce(path: Path, text: str) -> None:
 
 @dataclass
 class Baseline:
-    """A baseline with its teacher logits on the training split.
+    """A baseline with its teacher logits on the training split (``None`` when that
+    split streams: :meth:`teacher` then runs the model on each batch).
 
     ``val_accuracy`` and ``test_accuracy`` hold the task's metric (accuracy unless the
     task says otherwise), computed with the torch model."""
 
     task: Task
     model: nn.Module
-    teacher_logits: torch.Tensor
+    teacher_logits: torch.Tensor | None
     val_accuracy: float
     test_accuracy: float
     seed: int
@@ -61,16 +64,27 @@ class Baseline:
     trained: bool = True  # False: the user's model as given (Task.from_model)
     path: Path | None = None  # its cache file
 
+    @torch.no_grad()
+    def teacher(self, x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """The teacher's logits of a training batch: the precomputed ones of the
+        samples at ``index`` (an in-memory split), or the model's forward in eval mode
+        on ``x`` (a streaming split, whose batches may be augmented)."""
+        if self.teacher_logits is not None and index is not None:
+            return self.teacher_logits[index]
+        self.model.eval()
+        return self.model(x)
+
 
 def _measured(task: Task, model: nn.Module, seed: int, *, cached: bool, trained: bool,
               path: Path | None = None) -> Baseline:
-    """The baseline's teacher logits and val/test metric, computed now (the teacher
-    logits line up with ``task.data.x_train`` in its current order)."""
+    """The baseline's teacher logits (in-memory training split: they line up with
+    ``task.data.x_train`` in its current order; ``None`` when it streams) and val/test
+    metric, computed now."""
     data = task.data
     model.eval()
-    teacher = predict_logits(model, data.x_train)
-    val = score(model, data.x_val, data.y_val, task.metric)
-    test = score(model, data.x_test, data.y_test, task.metric)
+    teacher = None if data.train.streaming else predict_logits(model, data.x_train)
+    val = score(model, data.val, task.metric)
+    test = score(model, data.test, task.metric)
     return Baseline(task, model, teacher, val, test, seed, cached=cached, trained=trained, path=path)
 
 
@@ -102,9 +116,9 @@ def get_baseline(task: Task, *, seed: int = 0, use_cache: bool = True, progress:
     data = task.data
     config = TrainConfig(epochs=task.epochs, lr=task.lr, batch_size=task.batch_size, seed=seed)
     if progress:
-        print(f"Training the {task.name} baseline ({task.epochs} epochs, {len(data.x_train):,} images)...", flush=True)
+        print(f"Training the {task.name} baseline ({task.epochs} epochs, {len(data.train):,} images)...", flush=True)
     started = time.perf_counter()
-    train(model, data.x_train, data.y_train, config)
+    train(model, data.train, config)
     baseline = _measured(task, model, seed, cached=False, trained=True, path=path)
     tmp = path.with_suffix(".tmp")
     torch.save({"state_dict": model.state_dict(), "val_accuracy": baseline.val_accuracy,

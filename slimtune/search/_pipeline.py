@@ -51,7 +51,7 @@ class EvalSettings:
     seed: int = 0
     latency_warmup: int = 10
     latency_repeats: int = 100
-    calibration_size: int = 256
+    calibration_size: int = 256  # PTQ calibration: this many training samples (the first of a stream)
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -112,8 +112,8 @@ class Evaluator:
         self.space = space
         self.settings = settings
         self.baseline = baseline
-        data = task.data
-        self.calibration = data.x_train[: settings.calibration_size].clone()
+        # PTQ calibration: the first calibration_size training samples (a stream reads only the batches they fill)
+        self.calibration = task.data.train.head(settings.calibration_size).clone()
         self.example_input = task.example_input(1)
         self._reference = None
         self._baseline_measurement: Measurement | None = None
@@ -137,8 +137,7 @@ class Evaluator:
 
         def finetune(model: nn.Module, epochs: int | None = None, lr: float | None = None) -> None:
             n = recovery if epochs is None else epochs
-            train(model, data.x_train, data.y_train, self._train_config(values, n, lr),
-                  teacher_logits=self.baseline.teacher_logits)
+            train(model, data.train, self._train_config(values, n, lr), teacher=self.baseline.teacher)
 
         return KnobContext(example_input=self.example_input, calibration=self.calibration, finetune=finetune,
                            finetune_epochs=recovery, seed=self.settings.seed,
@@ -166,7 +165,7 @@ class Evaluator:
         from slimtune.search._profiling import measure
 
         data = self.task.data
-        return measure(model, compiled, data.x_val, data.y_val, x_test=data.x_test, y_test=data.y_test, bits=bits,
+        return measure(model, compiled, data.val, None, x_test=data.test, bits=bits,
                        example_input=self.example_input, metric=self.task.metric,
                        reference=self.reference(), batch_size=self.settings.batch_size, threads=self.settings.threads,
                        warmup=self.settings.latency_warmup, repeats=self.settings.latency_repeats)
@@ -206,7 +205,7 @@ class Evaluator:
             model.eval()
             bits = self.space.weight_bits(values)
             compiled = self._compile(model, bits)
-        x = self.task.data.x_val[: 1 if compiled.has_exits else self.settings.batch_size]  # exits: batch 1 only
+        x = self.task.data.val.head(1 if compiled.has_exits else self.settings.batch_size)  # exits: batch 1 only
         timings = measure_latency({"c": lambda: compiled.run_one(x)}, warmup=5, repeats=30, rounds=3)["c"]
         timings.sort()
         return PreMeasurement(latency_ms=timings[len(timings) // 2], macs=_shortest_path_macs(model, self.example_input),
@@ -230,7 +229,7 @@ class Evaluator:
         def on_epoch(epoch: int, m: nn.Module) -> str | None:
             if epoch == 0:
                 ctx.info["rewind_state"] = {k: v.detach().clone() for k, v in m.state_dict().items()}
-            acc = score(m, data.x_val, data.y_val, self.task.metric)
+            acc = score(m, data.val, self.task.metric)
             val_acc.append(acc)
             m.train()
             if should_stop is not None and pre is not None:
@@ -239,8 +238,8 @@ class Evaluator:
 
         t0 = time.perf_counter()
         self._phase("train")
-        _, reason = train(model, data.x_train, data.y_train, self._train_config(values, epochs),
-                          teacher_logits=self.baseline.teacher_logits, callback=on_epoch)
+        _, reason = train(model, data.train, self._train_config(values, epochs), teacher=self.baseline.teacher,
+                          callback=on_epoch)
         if reason:
             return CandidateResult(values, None, val_acc[-1] if val_acc else None, None, None, {}, None,
                                    time.perf_counter() - t0, time.perf_counter() - started, pre, stopped=reason,
@@ -262,7 +261,7 @@ class Evaluator:
             recipe.update(knob.recipe(ctx.info))
         info = {k: v for k, v in ctx.info.items() if k not in ("rewind_state", "flags")}
         info["val_accuracy_per_epoch"] = val_acc
-        info["torch_val_accuracy"] = score(model, data.x_val, data.y_val, self.task.metric)
+        info["torch_val_accuracy"] = score(model, data.val, self.task.metric)
         info["artifact_metadata"] = artifact_meta  # also inside an ONNX artifact's metadata_props
         # the objective is the timed artifact's validation accuracy (measurement.accuracy)
         return CandidateResult(values, measurement, measurement.accuracy, compiled.artifact,

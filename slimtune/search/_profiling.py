@@ -36,6 +36,7 @@ from torch import nn
 from slimtune.search._cpu import cpu_features, u8s8_can_saturate
 from slimtune.search._measurement import Measurement
 from slimtune.spaces.quantization import QUANTIZABLE, snap_weights
+from slimtune.tasks._data import Split, TensorSplit
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimtune.search._runtimes import CompiledModel
@@ -194,12 +195,19 @@ def runtime_agreement(model: nn.Module, bits: int, x: torch.Tensor, logits: np.n
     (``exits``), i.e. the torch logits of that same exit head; the exit decision
     itself is not compared, because a confidence within rounding of a threshold may
     legitimately go either way."""
-    per_exit = torch_exit_logits(fake_quant_reference(model, bits), torch.as_tensor(x).float())
+    x = torch.as_tensor(x).float()
+    return _agreeing(fake_quant_reference(model, bits), x, logits, exits) / len(x)
+
+
+def _agreeing(reference: nn.Module, x: torch.Tensor, logits: np.ndarray, exits: np.ndarray | None) -> int:
+    """How many samples of ``x`` the runtime's ``logits`` (at ``exits``) classify as
+    the torch ``reference`` (:func:`fake_quant_reference`) does."""
+    per_exit = torch_exit_logits(reference, x)
     if exits is None or len(per_exit) == 1:
         expected = per_exit[-1]
     else:
         expected = np.stack(per_exit)[np.asarray(exits), np.arange(len(x))]
-    return float((expected.argmax(-1) == np.asarray(logits).argmax(-1)).mean())
+    return int((expected.argmax(-1) == np.asarray(logits).argmax(-1)).sum())
 
 
 def agreement_flag(agreement: float, n: int, int8_format: str | None) -> str | None:
@@ -234,31 +242,56 @@ def _batches(x: torch.Tensor, batch_size: int, limit: int) -> list[torch.Tensor]
     return [x[i * batch_size:(i + 1) * batch_size] for i in range(n)]
 
 
-def _accuracy(compiled: "CompiledModel", x: torch.Tensor, y: torch.Tensor, eval_batch: int,
-              metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None
-              ) -> tuple[float, np.ndarray, np.ndarray | None]:
+def _accuracy(compiled: "CompiledModel", data: Split, eval_batch: int,
+              metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
+              reference: nn.Module | None = None) -> tuple[float, np.ndarray | None, float | None]:
     """The task's metric (top-1 accuracy when ``metric`` is None) of ``compiled``'s
-    logits on ``(x, y)``, the logits and, for early-exit models, the exit taken by every
-    sample (run one sample at a time, as deployed)."""
-    labels = np.asarray(torch.as_tensor(y))
-    if compiled.has_exits:
-        logits, exits = compiled.predict_with_exits(x)
-    else:
-        logits, exits = compiled.predict(x, batch_size=eval_batch), None
+    logits on every sample of ``data`` (accumulated over its batches; early-exit models
+    run one sample at a time, as deployed), the exit each sample took (``None`` for a
+    static model) and, with a torch ``reference``, the share of samples on which the
+    two agree (:func:`runtime_agreement`)."""
+    logits, labels, exits, agreeing = [], [], [], 0
+    for x, y in data.chunks():
+        if compiled.has_exits:
+            chunk_logits, chunk_exits = compiled.predict_with_exits(x)
+            exits.append(np.asarray(chunk_exits))
+        else:
+            chunk_logits, chunk_exits = compiled.predict(x, batch_size=eval_batch), None
+        if reference is not None:
+            agreeing += _agreeing(reference, torch.as_tensor(x).float(), chunk_logits, chunk_exits)
+        logits.append(np.asarray(chunk_logits))
+        labels.append(np.asarray(y))
+    all_logits, all_labels = np.concatenate(logits), np.concatenate(labels)
+    all_exits = np.concatenate(exits) if exits else None
+    agreement = agreeing / len(all_labels) if reference is not None else None
     if metric is not None:
-        return float(metric(torch.from_numpy(np.asarray(logits)), torch.from_numpy(labels))), logits, exits
-    return float((logits.argmax(-1) == labels).mean()), logits, exits
+        value = float(metric(torch.from_numpy(all_logits), torch.from_numpy(all_labels)))
+    else:
+        value = float((all_logits.argmax(-1) == all_labels).mean())
+    return value, all_exits, agreement
+
+
+def _split(x: "torch.Tensor | Split | None", y: torch.Tensor | None, name: str) -> Split | None:
+    """``x`` as a :class:`Split`: itself, or the tensors ``(x, y)`` (checked non-empty and aligned)."""
+    if x is None and y is not None:
+        raise ValueError(f"`x_{name}` and `y_{name}` must be given together, but got only `y_{name}`.")
+    if x is None or isinstance(x, Split):
+        return x
+    if y is None or len(x) != len(y) or len(x) == 0:
+        got = "no labels" if y is None else f"{len(x)} and {len(y)}"
+        raise ValueError(f"`x_{name}` and `y_{name}` must be given together, non-empty and aligned, but got {got}.")
+    return TensorSplit(torch.as_tensor(x), torch.as_tensor(y), name)
 
 
 def measure(
     model: nn.Module,
     compiled: "CompiledModel",
-    x_val: torch.Tensor,
-    y_val: torch.Tensor,
+    x_val: "torch.Tensor | Split",
+    y_val: torch.Tensor | None,
     *,
     bits: int,
     example_input: torch.Tensor,
-    x_test: torch.Tensor | None = None,
+    x_test: "torch.Tensor | Split | None" = None,
     y_test: torch.Tensor | None = None,
     reference: "CompiledModel | None" = None,
     batch_size: int = 1,
@@ -275,10 +308,12 @@ def measure(
     artifact that is timed and exported, on the **validation** split ``(x_val,
     y_val)``; early-exit models run sample by sample there, giving ``exit_rates``.
     ``test_accuracy`` is the same artifact on ``(x_test, y_test)`` when given: it is
-    reported, never used to choose anything.
+    reported, never used to choose anything.  A split may also be given as a
+    :class:`~slimtune.tasks._data.Split` in ``x_val`` / ``x_test`` (its ``y_`` left
+    ``None``): its batches are read one at a time and only the logits kept.
 
-    Latency is timed on validation inputs.  Static models: the median of ``repeats``
-    timings of ``compiled.run_one`` at ``batch_size``, interleaved with
+    Latency is timed on validation inputs (a split's first ones).  Static models: the
+    median of ``repeats`` timings of ``compiled.run_one`` at ``batch_size``, interleaved with
     ``reference.run_one`` on the same inputs (its median in
     ``reference_latency_ms``).  Early-exit models: the dynamic model is timed one
     sample at a time over ``repeats`` real validation samples (a seeded random order),
@@ -299,19 +334,16 @@ def measure(
     from slimtune.search._macs import count_macs
     from slimtune.search.packed import packed_size
 
-    if len(x_val) != len(y_val) or len(x_val) == 0:
-        raise ValueError(f"`x_val` and `y_val` must be non-empty and aligned, but got {len(x_val)} and {len(y_val)}.")
-    if (x_test is None) != (y_test is None) or (x_test is not None and (len(x_test) != len(y_test) or len(x_test) == 0)):
-        raise ValueError("`x_test` and `y_test` must be given together, non-empty and aligned.")
+    val = _split(x_val, y_val, "val")
+    test = _split(x_test, y_test, "test")
     flags = list(compiled.flags)
     exit_rates: tuple[float, ...] | None = None
-    accuracy, val_logits, exits = _accuracy(compiled, x_val, y_val, eval_batch, metric)
+    accuracy, exits, agreement = _accuracy(compiled, val, eval_batch, metric, fake_quant_reference(model, bits))
     if exits is not None:
         counts = np.bincount(exits, minlength=compiled.num_exits + 1)
         exit_rates = tuple(float(c) / len(exits) for c in counts)
-    test_accuracy = _accuracy(compiled, x_test, y_test, eval_batch, metric)[0] if x_test is not None else None
-    agreement = runtime_agreement(model, bits, x_val, val_logits, exits)
-    note = agreement_flag(agreement, len(y_val), compiled.int8_format)
+    test_accuracy = _accuracy(compiled, test, eval_batch, metric)[0] if test is not None else None
+    note = agreement_flag(agreement, len(val), compiled.int8_format)
     if note:
         flags.append(note)
 
@@ -322,10 +354,10 @@ def measure(
         if batch_size != 1:
             flags.append(f"early-exit model timed one sample at a time (batch_size {batch_size} requested)")
         batch_size = 1
-        order = torch.randperm(len(x_val), generator=torch.Generator().manual_seed(seed))[:repeats]
-        samples = [x_val[int(i):int(i) + 1] for i in order]
+        chosen = val.sample(repeats, seed)  # a seeded random order of real samples
+        samples = [chosen[i:i + 1] for i in range(len(chosen))]
     else:
-        samples = _batches(x_val, batch_size, MAX_TIMED_INPUTS)
+        samples = _batches(val.head(batch_size * MAX_TIMED_INPUTS), batch_size, MAX_TIMED_INPUTS)
     runners = {"candidate": _cycler([compiled.prepare(s) for s in samples], compiled.run_one)}
     if reference is not None:
         runners["reference"] = _cycler([reference.prepare(s) for s in samples], reference.run_one)

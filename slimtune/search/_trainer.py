@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimtune.spaces.base import TrainingHooks
+from slimtune.tasks._data import Split
 
 
 @dataclass
@@ -26,6 +27,10 @@ class TrainConfig:
 
 #: ``callback(epoch, model) -> reason or None``: return a string to stop training.
 EpochCallback = Callable[[int, nn.Module], "str | None"]
+
+#: ``teacher(inputs, index) -> logits`` of a training batch: ``index`` the samples'
+#: positions in an in-memory split (precomputed logits), ``None`` when it streams.
+Teacher = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 def model_outputs(model: nn.Module, x: torch.Tensor, hooks: TrainingHooks | None = None) -> list[torch.Tensor]:
@@ -54,16 +59,15 @@ def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
 
 def train(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    data: Split,
     config: TrainConfig,
     *,
-    teacher_logits: torch.Tensor | None = None,
+    teacher: Teacher | None = None,
     callback: EpochCallback | None = None,
 ) -> tuple[int, str | None]:
-    """Train ``model`` in place (Adam, cosine schedule) with the knobs' loss (e.g.
-    distillation against precomputed ``teacher_logits`` aligned with ``x``; default
-    cross-entropy), averaged over the model's outputs.
+    """Train ``model`` in place (Adam, cosine schedule) on the batches of ``data``
+    with the knobs' loss (e.g. distillation against ``teacher``'s logits of each
+    batch; default cross-entropy), averaged over the model's outputs.
 
     Pruning masks (``torch.nn.utils.prune``) stay in force since they are applied in the
     forward pass.  Returns (epochs run, stop reason or None).
@@ -72,18 +76,17 @@ def train(
         return 0, None
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = max(1, (len(x) + config.batch_size - 1) // config.batch_size)
+    steps_per_epoch = max(1, data.steps(config.batch_size))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
     loss_fn = config.hooks.loss or _cross_entropy
+    # the teacher runs (or is looked up) only when a knob's loss may use it
+    wants_teacher = teacher is not None and config.hooks.loss is not None
     for epoch in range(config.epochs):
         model.train()
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), config.batch_size):
-            idx = order[start:start + config.batch_size]
-            if len(idx) < 2:  # BatchNorm needs two samples
+        for xb, yb, idx in data.batches(config.batch_size, generator=generator):
+            if len(xb) < 2:  # BatchNorm needs two samples
                 continue
-            xb, yb = x[idx], y[idx]
-            tb = teacher_logits[idx] if teacher_logits is not None else None
+            tb = teacher(xb, idx) if wants_teacher else None
             outputs = model_outputs(model, xb, config.hooks)
             loss = sum(loss_fn(o, tb, yb) for o in outputs) / len(outputs)
             optimizer.zero_grad(set_to_none=True)
@@ -121,13 +124,18 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 @torch.no_grad()
-def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
+def score(model: nn.Module, data: Split, metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
           batch_size: int = 512) -> float:
-    """``metric(logits, y)`` on ``model``'s own forward (dynamic exits applied);
-    top-1 accuracy when ``metric`` is None."""
-    if metric is None:
-        return accuracy(model, x, y, batch_size)
+    """``metric(logits, labels)`` of ``model``'s own forward (dynamic exits applied)
+    on every sample of ``data``, logits accumulated batch by batch; top-1 accuracy
+    when ``metric`` is None."""
     model.eval()
-    logits = torch.cat([model(x[start:start + batch_size]) for start in range(0, len(x), batch_size)])
-    return float(metric(logits, y))
+    logits, labels = [], []
+    for xb, yb in data.chunks(batch_size):
+        logits.append(model(xb))
+        labels.append(yb)
+    all_logits, all_labels = torch.cat(logits), torch.cat(labels)
+    if metric is None:
+        return int((all_logits.argmax(-1) == all_labels).sum()) / len(all_labels)
+    return float(metric(all_logits, all_labels))
 

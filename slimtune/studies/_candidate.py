@@ -288,7 +288,7 @@ class Candidate:
                           "weights and was not itself timed.", UserWarning, stacklevel=2)
             settings = self.study.settings
             compiled = compile_model(self.load(), runtime=RUNTIME_OF[fmt], bits=self.weight_bits,
-                                     calibration=self.study.task.data.x_train[: settings.calibration_size],
+                                     calibration=self.study.task.data.train.head(settings.calibration_size),
                                      threads=settings.threads)
             data = compiled.artifact
         if fmt == "onnx" and fmt == timed_format and not _onnx_metadata(data).get("slimtune_version"):

@@ -9,42 +9,60 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from slimtune.spaces.base import close_matches
+from slimtune.tasks._data import Split, TaskError, TensorSplit, as_split
+from slimtune.tasks._data import data_digest, sample_digests  # noqa: F401  (their home before _data)
 from slimtune.tasks._metrics import Metric, MetricError, get_metric
 from slimtune.tasks._outputs import LogitsOutput, OutputSpec, describe_output
 
 
-class TaskError(ValueError):
-    """A task cannot be built or does not fit slimtune (one clear line for the user)."""
-
-
-@dataclass
 class TaskData:
-    """Held in memory as tensors so that teacher logits computed once line up with
-    the training samples in every epoch of every trial."""
+    """A task's train/val/test :class:`~slimtune.tasks._data.Split` s.
 
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
+    Built from six tensors (``TaskData(x_train, y_train, x_val, y_val, x_test,
+    y_test)``: held in memory, so that teacher logits computed once line up with the
+    training samples in every epoch of every trial) or from splits
+    (:meth:`from_splits`), some of which may stream from DataLoaders.  ``x_train``
+    and its kin are the tensors of an in-memory split."""
 
-    def __post_init__(self) -> None:
-        for split in ("train", "val", "test"):
-            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
-            if len(x) != len(y):
-                raise TaskError(f"The {split} split has {len(x)} inputs but {len(y)} labels.")
-            if len(x) == 0:
-                raise TaskError(f"The {split} split is empty.")
+    def __init__(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+                 x_test: torch.Tensor, y_test: torch.Tensor) -> None:
+        self.train: Split = TensorSplit(x_train, y_train, "train")
+        self.val: Split = TensorSplit(x_val, y_val, "val")
+        self.test: Split = TensorSplit(x_test, y_test, "test")
+
+    @classmethod
+    def from_splits(cls, train: Split, val: Split, test: Split) -> "TaskData":
+        """Data whose splits are given (tensors or streaming)."""
+        data = cls.__new__(cls)
+        data.train, data.val, data.test = train, val, test
+        return data
+
+    @property
+    def streaming(self) -> bool:
+        """Whether any split streams from a loader (then no split is all held as tensors)."""
+        return any(s.streaming for s in (self.train, self.val, self.test))
+
+    def _tensors(self, split: str) -> TensorSplit:
+        held = getattr(self, split)
+        if not isinstance(held, TensorSplit):
+            raise TaskError(f"The {split} split streams from a DataLoader: it has no tensors "
+                            f"(iterate `task.data.{split}.chunks()` instead).")
+        return held
+
+    x_train = property(lambda self: self._tensors("train").x)
+    y_train = property(lambda self: self._tensors("train").y)
+    x_val = property(lambda self: self._tensors("val").x)
+    y_val = property(lambda self: self._tensors("val").y)
+    x_test = property(lambda self: self._tensors("test").x)
+    y_test = property(lambda self: self._tensors("test").y)
 
     def summary(self) -> dict[str, int]:
-        return {"train": len(self.x_train), "val": len(self.x_val), "test": len(self.x_test)}
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 
 def _digest_tensor(h: "hashlib._Hash", t: torch.Tensor) -> None:
@@ -65,54 +83,13 @@ def weights_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def sample_digests(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    """One 64-bit digest per ``(x[i], y[i])`` sample (blake2b of its bytes)."""
-    xs = x.detach().cpu().contiguous().reshape(len(x), -1)
-    xb = xs.view(torch.uint8).numpy() if xs.numel() else np.zeros((len(x), 0), np.uint8)
-    yb = y.detach().cpu().contiguous().reshape(len(y), -1).view(torch.uint8).numpy()
-    out = np.empty(len(x), dtype=np.uint64)
-    for i in range(len(x)):
-        h = hashlib.blake2b(xb[i].tobytes(), digest_size=8)
-        h.update(yb[i].tobytes())
-        out[i] = int.from_bytes(h.digest(), "little")
-    return out
-
-
-def data_digest(x: torch.Tensor, y: torch.Tensor) -> str:
-    """A hash of the *multiset* of samples: every sample counts, their order does not
-    (a shuffling loader gives the same digest)."""
-    h = hashlib.sha256(f"{x.dtype}|{tuple(x.shape[1:])}|{y.dtype}|{len(x)}|".encode())
-    h.update(np.sort(sample_digests(x, y)).tobytes())
-    return h.hexdigest()
-
-
-def _canonical_order(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The samples sorted by their digests: the same tensors whatever order a loader
-    yielded them in (so training and teacher logits do not depend on it)."""
-    order = torch.from_numpy(np.argsort(sample_digests(x, y), kind="stable").astype(np.int64))
-    return x[order], y[order]
-
-
-def _collect(source: Any, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(inputs, labels)`` tensors from an ``(x, y)`` pair of tensors or an iterable of
-    ``(inputs, labels)`` batches (a DataLoader), in a loader-order-independent order."""
-    if isinstance(source, (tuple, list)) and len(source) == 2 and all(isinstance(t, torch.Tensor) for t in source):
-        x, y = source
-        return x, y.long()
-    if isinstance(source, TaskData):
-        raise TaskError(f"`{split}` must be a DataLoader or an (inputs, labels) pair of tensors, but got TaskData.")
-    if not isinstance(source, Iterable):
-        raise TaskError(f"`{split}` must be a DataLoader or an (inputs, labels) pair of tensors, but got "
-                        f"{type(source).__name__}.")
-    xs, ys = [], []
-    for batch in source:
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise TaskError(f"The {split} loader must yield (inputs, labels) batches, but yielded {type(batch).__name__}.")
-        xs.append(torch.as_tensor(batch[0]).float())
-        ys.append(torch.as_tensor(batch[1]).long())
-    if not xs:
-        raise TaskError(f"The {split} loader yields no batches.")
-    return _canonical_order(torch.cat(xs), torch.cat(ys))
+def _splits(train: Any, val: Any, test: Any, streaming: bool | None) -> TaskData:
+    """:class:`TaskData` from what a user gave for each split (see :func:`as_split`)."""
+    for name, source in (("train", train), ("val", val), ("test", test)):
+        if isinstance(source, TaskData):
+            raise TaskError(f"`{name}` must be a DataLoader or an (inputs, labels) pair of tensors, but got TaskData.")
+    return TaskData.from_splits(as_split(train, "train", streaming=streaming), as_split(val, "val", streaming=streaming),
+                                as_split(test, "test", streaming=streaming))
 
 
 @dataclass
@@ -124,7 +101,8 @@ class Task:
         build_model: returns a *fresh, untrained* baseline model (slimtune trains it),
             or, for a task made by :meth:`from_model`, a copy of the user's *trained*
             model (``pretrained=True``: never retrained).
-        data: train/val/test tensors (see :meth:`from_loaders` for DataLoaders).
+        data: train/val/test splits, tensors or streaming loaders (see
+            :meth:`from_loaders`).
         num_classes: number of output logits.
         epochs: baseline training epochs (unused when ``pretrained``).
         finetune_epochs: default distillation epochs for a candidate.
@@ -177,10 +155,10 @@ class Task:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.data.x_train.shape[1:])
+        return tuple(self.data.train.input_shape)
 
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
-        return self.data.x_train[:batch_size].clone()
+        return self.data.train.head(batch_size).clone()
 
     def fingerprint(self) -> str:
         """Hash of what determines the baseline: the architecture and weights of
@@ -196,7 +174,7 @@ class Task:
             h.update(repr(model).encode())
             h.update(weights_digest(model).encode())
             for split in ("train", "val", "test"):
-                h.update(f"{split}:{data_digest(getattr(self.data, f'x_{split}'), getattr(self.data, f'y_{split}'))}".encode())
+                h.update(f"{split}:{getattr(self.data, split).digest()}".encode())
             h.update(f"{self.num_classes}|{self.epochs}|{self.lr}|{self.batch_size}|{self.pretrained}|"
                      f"{self.metric.name}|{describe_output(self.output)}".encode())
             self._fingerprint = h.hexdigest()[:16]
@@ -205,7 +183,10 @@ class Task:
     def legacy_fingerprint(self) -> str:
         """The fingerprint slimtune 0.1.0 stored (architecture, the first 4,096 values of
         three tensors, settings): a study it created is recognised by it once, and its
-        stored fingerprint replaced by :meth:`fingerprint`."""
+        stored fingerprint replaced by :meth:`fingerprint`.  Empty for streaming data
+        (0.1.0 read every loader into memory: no study of it streamed)."""
+        if self.data.streaming:
+            return ""
         h = hashlib.sha256()
         h.update(repr(self.build_model()).encode())
         for t in (self.data.x_train, self.data.y_train, self.data.x_test):
@@ -257,6 +238,7 @@ class Task:
         batch_size: int = 64,
         notes: str = "",
         exits_after: "Iterable[str] | None" = None,
+        streaming: bool | None = None,
     ) -> "Task":
         """A task whose baseline and teacher is the user's **trained** model.
 
@@ -268,9 +250,9 @@ class Task:
         Args:
             model: the trained ``nn.Module`` (copied now: later changes to it do not
                 leak into the task), or a state dict with ``factory``.
-            train, val, test: DataLoaders yielding ``(inputs, labels)`` batches (read
-                once into memory; their order does not matter), or ``(inputs,
-                labels)`` pairs of tensors.
+            train, val, test: DataLoaders yielding ``(inputs, labels)`` batches (their
+                order does not matter; shuffling and augmentation are fine), or
+                ``(inputs, labels)`` pairs of tensors.
             metric: a name or a callable ``(logits, labels) -> float`` to maximize.
             output: where the logits are when the forward does not return a tensor
                 (``"logits"`` for Hugging Face models, a tuple position, a callable).
@@ -280,6 +262,11 @@ class Task:
                 trained (distilled from this model).
             exits_after: module names of ``model`` to offer early exits after
                 (default: found automatically where a single tensor flows).
+            streaming: ``True``: the loaders are read batch by batch on every use,
+                never held (for data larger than memory: candidates train on the
+                loader's batches, the teacher's logits are computed per batch);
+                ``False``: read once into memory; ``None``: in memory when a split's
+                samples take at most 1 GiB (:data:`~slimtune.tasks._data.MAX_IN_MEMORY_BYTES`).
 
         Example:
             >>> task = Task.from_model(trained_resnet, train=train_loader, val=val_loader,
@@ -299,7 +286,7 @@ class Task:
             raise TaskError(f"`model` must be a trained torch.nn.Module (or a state dict with factory=), but got "
                             f"{type(model).__name__}.")
         trained = copy.deepcopy(model).cpu().eval()
-        data = TaskData(*_collect(train, "train"), *_collect(val, "val"), *_collect(test, "test"))
+        data = _splits(train, val, test, streaming)
         task = cls(name=name, build_model=lambda: copy.deepcopy(trained), data=data, num_classes=num_classes or 1,
                    epochs=0, finetune_epochs=finetune_epochs, recovery_epochs=recovery_epochs, lr=lr,
                    batch_size=batch_size, notes=notes, metric=metric, output=output, pretrained=True,
@@ -320,20 +307,21 @@ class Task:
         test: DataLoader,
         *,
         num_classes: int | None = None,
+        streaming: bool | None = None,
         **kwargs,
     ) -> "Task":
         """Build a task from DataLoaders yielding ``(inputs, labels)`` batches.
 
-        The loaders are read once into memory (slimtune targets models whose data fit)
-        and their samples put in a canonical order, so a shuffling loader gives the
-        same task (and fingerprint) every time.
+        Each loader is read once: checked, its labels' range taken, every sample
+        hashed; then held in memory in a canonical order (``streaming=False``, or
+        ``None`` and at most 1 GiB) or streamed on every use (``streaming=True``).
+        Either way a shuffling loader gives the same task (and fingerprint) every
+        time.
         """
-        xtr, ytr = _collect(train, "train")
-        xva, yva = _collect(val, "val")
-        xte, yte = _collect(test, "test")
+        data = _splits(train, val, test, streaming)
         if num_classes is None:
-            num_classes = int(max(ytr.max(), yva.max(), yte.max())) + 1
-        return cls(name=name, build_model=build_model, data=TaskData(xtr, ytr, xva, yva, xte, yte), num_classes=num_classes, **kwargs)
+            num_classes = max(s.label_range()[1] for s in (data.train, data.val, data.test)) + 1
+        return cls(name=name, build_model=build_model, data=data, num_classes=num_classes, **kwargs)
 
 
 def _output_width(task: Task) -> int:
@@ -358,8 +346,7 @@ def _output_width(task: Task) -> int:
 
 def _check_labels(task: Task) -> None:
     for split in ("train", "val", "test"):
-        y = getattr(task.data, f"y_{split}")
-        low, high = int(y.min()), int(y.max())
+        low, high = getattr(task.data, split).label_range()
         if low < 0 or high >= task.num_classes:
             raise TaskError(f"The {split} labels must lie in [0, {task.num_classes - 1}] (the model has "
                             f"{task.num_classes} outputs), but range over [{low}, {high}].")
