@@ -28,6 +28,7 @@ from slimtune.search._baseline import get_baseline
 from slimtune.search._pipeline import EvalSettings, Evaluator
 from slimtune.search._profiling import measure
 from slimtune.search._trainer import TrainConfig, score, train
+from slimtune.spaces import get_knob
 from slimtune.spaces._space import Space
 from slimtune.tasks._data import LoaderSplit, TensorSplit, as_split, data_digest
 from slimtune.tasks._models import small_cnn
@@ -169,7 +170,7 @@ def test_streaming_and_in_memory_give_the_same_metrics_and_measurement():
     streamed, held = as_split(loader, "val", streaming=True), TensorSplit(x, y, "val")
     model = small_cnn(CLASSES, width=8).eval()
     assert score(model, streamed) == pytest.approx(score(model, held), abs=1e-12)
-    from slimtune.search._runtime import compile_model
+    from slimtune.search._runtimes import compile_model
 
     compiled = compile_model(model, bits=8, calibration=x[:64])
     a = measure(model, compiled, streamed, None, x_test=streamed, bits=8, example_input=x[:1], warmup=1, repeats=3)
@@ -179,7 +180,7 @@ def test_streaming_and_in_memory_give_the_same_metrics_and_measurement():
 
 
 def test_an_early_exit_model_is_measured_the_same_from_a_stream():
-    from slimtune.search._runtime import compile_model
+    from slimtune.search._runtimes import compile_model
     from slimtune.spaces.base import KnobContext
     from slimtune.spaces.exits import EarlyExitNet, EarlyExits
 
@@ -235,7 +236,8 @@ def test_training_on_a_stream_distils_from_the_teacher_per_batch(streaming_task,
             return teacher_model(xb)
 
     student = small_cnn(CLASSES, width=4)
-    epochs, reason = train(student, streaming_task.data.train, TrainConfig(epochs=2, lr=1e-3, alpha=0.7),
+    hooks = get_knob("distill")().training({"distill.alpha": 0.7, "distill.temperature": 4.0})
+    epochs, reason = train(student, streaming_task.data.train, TrainConfig(epochs=2, lr=1e-3, hooks=hooks),
                            teacher=teacher)
     assert (epochs, reason) == (2, None)
     assert len(calls) == 2 * math.ceil(640 / BATCH) and all(index is None for _, index in calls)
