@@ -73,9 +73,23 @@ def _hf_trace(model: nn.Module) -> torch.fx.GraphModule | None:
     return graph_module
 
 
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _extends_a_torch_layer(m: nn.Module) -> bool:
+    """A subclass of a torch.nn layer (e.g. ``transformers``' ConvNextLayerNorm, an
+    ``nn.LayerNorm``): traced through, its parent's forward would be recorded with
+    the layer's attributes as constants (``normalized_shape``), which channel pruning
+    later changes; kept whole, the layer reads them when it runs."""
+    if isinstance(m, _CONTAINERS):
+        return False
+    return any(base.__module__.startswith("torch.nn.") and base is not nn.Module for base in type(m).__mro__[1:])
+
+
 class _LeafTracer(torch.fx.Tracer):
-    """A torch.fx tracer that keeps the modules of ``leaf_types`` whole (one
-    ``call_module`` node) and remembers the innermost module whose forward failed."""
+    """A torch.fx tracer that keeps the modules of ``leaf_types`` and subclasses of
+    torch.nn layers whole (one ``call_module`` node) and remembers the innermost
+    module whose forward failed."""
 
     def __init__(self, leaf_types: set[type]) -> None:
         super().__init__()
@@ -83,7 +97,8 @@ class _LeafTracer(torch.fx.Tracer):
         self.failed: tuple[type, str, BaseException] | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return type(m) in self.leaf_types or super().is_leaf_module(m, module_qualified_name)
+        return (type(m) in self.leaf_types or _extends_a_torch_layer(m)
+                or super().is_leaf_module(m, module_qualified_name))
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
         try:

@@ -27,7 +27,7 @@ from torch import nn
 from slimtune.spaces.base import Knob, KnobContext, Param, SpaceError, close_matches
 from slimtune.spaces._registry import register_knob
 
-__all__ = ["EarlyExitNet", "EarlyExits", "ExitHead", "GridPool", "exit_points"]
+__all__ = ["EarlyExitNet", "EarlyExits", "ExitHead", "exit_points", "grid_pool"]
 
 
 class ExitHead(nn.Sequential):
@@ -38,7 +38,7 @@ class ExitHead(nn.Sequential):
     25% validation accuracy with global pooling and clearly more with 2×2.
 
     With the feature map's ``size`` known, the grid is ``min(pool, H, W)`` and the
-    pooling has fixed windows (:class:`GridPool`), so the head exports to ONNX even
+    pooling has fixed windows (:func:`grid_pool`), so the head exports to ONNX even
     where the exporter cannot see the spatial size (e.g. after ``transformers``'
     TF-style padding, whose pad amounts are computed from the input's shape); without
     ``size`` it is ``AdaptiveAvgPool2d(pool)``.
@@ -47,7 +47,7 @@ class ExitHead(nn.Sequential):
     def __init__(self, in_channels: int, num_classes: int, pool: int = 2,
                  size: tuple[int, int] | None = None) -> None:
         grid = pool if size is None else max(1, min(pool, *size))
-        pooling = nn.AdaptiveAvgPool2d(pool) if size is None else GridPool(size, grid)
+        pooling = nn.AdaptiveAvgPool2d(pool) if size is None else grid_pool(size, grid)
         super().__init__(pooling, nn.Flatten(), nn.Linear(in_channels * grid * grid, num_classes))
 
     @property
@@ -56,31 +56,22 @@ class ExitHead(nn.Sequential):
         return self[2]  # type: ignore[return-value]
 
 
-class GridPool(nn.Module):
-    """``AdaptiveAvgPool2d(grid)`` for inputs of one known ``size`` ``(H, W)``: the
-    same windows, fixed when built (one ``AvgPool2d`` when ``grid`` divides the size,
-    else a mean over each window's constant slice)."""
+def grid_pool(size: tuple[int, int], grid: int) -> nn.Module:
+    """``AdaptiveAvgPool2d(grid)`` for inputs of one known ``size`` ``(H, W)`` as an
+    ``AvgPool2d`` with the same windows where there is one (``grid`` divides the size,
+    or ``grid`` is 1 or 2: windows ``[0, ceil(H/2))`` and ``[floor(H/2), H)``); else
+    the adaptive pooling itself."""
+    def window(length: int) -> tuple[int, int] | None:
+        if length % grid == 0:
+            return length // grid, length // grid
+        if grid == 2:
+            return -(-length // 2), length // 2
+        return None
 
-    def __init__(self, size: tuple[int, int], grid: int) -> None:
-        super().__init__()
-        self.size, self.grid = (int(size[0]), int(size[1])), int(grid)
-        height, width = self.size
-        self.even = height % grid == 0 and width % grid == 0
-        self.pool = nn.AvgPool2d((height // grid, width // grid)) if self.even else None
-
-        def windows(length: int) -> list[tuple[int, int]]:
-            return [((i * length) // grid, -(-((i + 1) * length) // grid)) for i in range(grid)]
-
-        self.windows = [(r, c) for r in windows(height) for c in windows(width)]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pool is not None:
-            return self.pool(x)
-        cells = [x[:, :, r0:r1, c0:c1].mean(dim=(2, 3)) for (r0, r1), (c0, c1) in self.windows]
-        return torch.stack(cells, dim=-1).reshape(x.shape[0], x.shape[1], self.grid, self.grid)
-
-    def extra_repr(self) -> str:
-        return f"size={self.size}, grid={self.grid}"
+    rows, cols = window(int(size[0])), window(int(size[1]))
+    if rows is None or cols is None:
+        return nn.AdaptiveAvgPool2d(grid)
+    return nn.AvgPool2d((rows[0], cols[0]), stride=(rows[1], cols[1]))
 
 
 class EarlyExitNet(nn.Module):
