@@ -5,7 +5,10 @@ channel, 32x32, 10 labels), trained briefly on digits upsampled to 32x32 and han
 over with ``Task.from_model``; plus an MLP on tabular (64-feature) digits.  Prints,
 per architecture and knob: MACs ratio, same-run speed-up (ONNX Runtime, 1 thread,
 batch 1, interleaved with the baseline), packed-size ratio, validation and test
-metric change.  Usage (from the repository root)::
+metric change.  The early-exit row (exits 0 and 1, threshold 0.9; exit points found
+automatically on every architecture) gives the expected MACs at the measured exit
+rates, the speed-up of the one ONNX model with ``If`` nodes timed one sample at a
+time, and the exit rates in the notes.  Usage (from the repository root)::
 
     PYTHONPATH=. python benchmarks/user_models.py [--archs resnet,mobilenet_v2,convnext,mlp] [--steps 200]
 """
