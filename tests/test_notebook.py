@@ -80,7 +80,7 @@ def test_own_model_notebook_trains_hands_over_searches_and_runs_the_export(tmp_p
             for i in range(3)] == [True] * 3
     trained = [float(v) for v in re.findall(r"epoch \d: validation accuracy (\d\.\d+)", text)]
     assert len(trained) == 2 and trained[-1] > 0.6, text  # ten classes: chance is 0.1
-    rows = re.findall(r"^\s+(\d+)\s+(\d\.\d+)\s+[\d.]+ ms\s+[\d.]+x", text, flags=re.M)
+    rows = re.findall(r"^\s+(\d+)\s+(\d\.\d+)\s+[\d.]+ ms\s+([\d.]+x|-)", text, flags=re.M)
     assert len(rows) >= 2, text  # most of the 3 trials complete
     assert (work / "own_model.onnx").stat().st_size > 10_000
     found = re.search(r"onnxruntime test accuracy (\d\.\d+) \(measured at search time: (\d\.\d+)\)", text)
