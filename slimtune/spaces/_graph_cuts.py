@@ -8,8 +8,8 @@ traced with torch.fx and cut after modules whose output is the only value the re
 the graph reads.  A submodule whose code torch.fx cannot trace (control flow on a
 tensor, ``int()`` of a shape, e.g. the TF-style padding of ``transformers``'
 MobileNetV2 or the channel check of its ConvNeXt embeddings) is kept whole as one
-call in the graph (a *leaf*), so the stages around it can still be cut; a model
-whose own forward cannot be traced is tried with ``transformers``' fx tracer.
+call in the graph (a *leaf*), so the stages around it can still be cut
+(``transformers`` models that their own fx tracer supports are traced with it first).
 
 Example:
     >>> cuts = find_cuts(model)                  # {"layer1": 12, "layer2": 20, ...}
@@ -122,7 +122,8 @@ def trace_with_leaves(model: nn.Module, max_leaf_types: int = 32) -> tuple[torch
 
     Raises:
         TraceFailure: the model's own forward (outside any submodule) cannot be
-            traced, or more than ``max_leaf_types`` classes fail.
+            traced, or more than ``max_leaf_types`` classes fail (``0``: plain
+            torch.fx, but subclasses of torch.nn layers are kept whole).
     """
     leaves: set[type] = set()
     while True:
@@ -140,25 +141,33 @@ def trace_with_leaves(model: nn.Module, max_leaf_types: int = 32) -> tuple[torch
 
 
 def trace(model: nn.Module) -> torch.fx.GraphModule:
-    """``model`` as an fx graph (sharing its modules and parameters), submodules that
-    cannot be traced kept whole (see :func:`trace_with_leaves`).
+    """``model`` as an fx graph (sharing its modules and parameters).
+
+    In this order: torch.fx as it is; for a ``transformers`` model, their own fx
+    tracer (as before, so that stored exit models keep their ``state_dict`` keys);
+    torch.fx with the submodules it cannot trace kept whole (see
+    :func:`trace_with_leaves`).
 
     Raises:
-        TraceFailure: neither torch.fx (with leaves) nor (for ``transformers``
-            models) their own tracer can trace it.
+        TraceFailure: none of these can trace it (the model's own forward cannot be).
     """
     try:
-        return trace_with_leaves(model)[0]
+        return trace_with_leaves(model, max_leaf_types=0)[0]
     except TraceFailure as exc:
         first = str(exc)
     try:
         traced = _hf_trace(model)
     except Exception as exc:  # noqa: BLE001
-        first += f"; transformers' tracer: {_first_line(exc)}"
+        hf_failure = f"; transformers' tracer: {_first_line(exc)}"
         traced = None
-    if traced is None:
-        raise TraceFailure(f"torch.fx cannot trace the model ({first[:200]})")
-    return traced
+    else:
+        hf_failure = ""
+    if traced is not None:
+        return traced
+    try:
+        return trace_with_leaves(model)[0]
+    except TraceFailure as exc:
+        raise TraceFailure(f"torch.fx cannot trace the model ({(str(exc) + hf_failure)[:200]})") from None
 
 
 def reproduces(model: nn.Module, pieces: list[nn.Module], example_input: torch.Tensor) -> bool:
