@@ -40,3 +40,50 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     assert "A new study created" not in text and " KB" not in text and "KiB" in text
     shown = "".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert "stopped" in shown and "created" in shown and "pruned" not in shown and "created_at" not in shown
+
+
+OWN_MODEL = ROOT / "examples" / "own_model.ipynb"
+
+
+def test_own_model_notebook_trains_hands_over_searches_and_runs_the_export(tmp_path, monkeypatch):
+    """examples/own_model.ipynb: a ``transformers`` ResNet trained briefly on
+    Fashion-MNIST, handed over with Task.from_model, searched, selected, exported and
+    run with ONNX Runtime alone, with the Hugging Face hub offline (nothing downloaded)."""
+    import os
+    import re
+
+    from slimtune.tasks._builtin import FASHION_DIR_DEFAULT
+    from tests._system import require_system
+
+    require_system(None if os.path.isdir(FASHION_DIR_DEFAULT) else
+                   f"Fashion-MNIST is not installed ({FASHION_DIR_DEFAULT} missing; apt-get install dataset-fashion-mnist)")
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(OWN_MODEL, work / OWN_MODEL.name)
+    for key, value in isolated_env(tmp_path / "jupyter").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    nb = nbformat.read(work / OWN_MODEL.name, as_version=4)
+    assert sum(c.cell_type == "markdown" for c in nb.cells) >= sum(c.cell_type == "code" for c in nb.cells)
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(work)}})
+    client.execute()
+
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.get("name") == "stdout")
+    assert "train 2000, validation 500, test 1000 images of shape (1, 28, 28)" in text
+    # exit points found in the transformers model's graph, no names given
+    assert [f"exits.{i}.enabled: attach an exit head after model.resnet.encoder.stages.{i}" in text
+            for i in range(3)] == [True] * 3
+    trained = [float(v) for v in re.findall(r"epoch \d: validation accuracy (\d\.\d+)", text)]
+    assert len(trained) == 2 and trained[-1] > 0.6, text  # ten classes: chance is 0.1
+    rows = re.findall(r"^\s+(\d+)\s+(\d\.\d+)\s+[\d.]+ ms\s+([\d.]+x|-)", text, flags=re.M)
+    assert len(rows) >= 2, text  # most of the 3 trials complete
+    assert (work / "own_model.onnx").stat().st_size > 10_000
+    found = re.search(r"onnxruntime test accuracy (\d\.\d+) \(measured at search time: (\d\.\d+)\)", text)
+    assert found, text
+    assert float(found[1]) == pytest.approx(float(found[2]), abs=0.002)  # the exported file is the measured model
+    assert "A new study created" not in text

@@ -4,8 +4,12 @@ Early exits need the model as a chain ``piece_0 -> piece_1 -> ... -> piece_k`` (
 piece reads only the previous piece's output) so that computation can stop after a
 piece and each piece can be exported on its own.  Models written as a *block
 classifier* (``blocks`` + ``head``) are such a chain already; any other model is
-traced with torch.fx (Hugging Face ``transformers`` models with their own fx tracer)
-and cut after modules whose output is the only value the rest of the graph reads.
+traced with torch.fx and cut after modules whose output is the only value the rest of
+the graph reads.  A submodule whose code torch.fx cannot trace (control flow on a
+tensor, ``int()`` of a shape, e.g. the TF-style padding of ``transformers``'
+MobileNetV2 or the channel check of its ConvNeXt embeddings) is kept whole as one
+call in the graph (a *leaf*), so the stages around it can still be cut
+(``transformers`` models that their own fx tracer supports are traced with it first).
 
 Example:
     >>> cuts = find_cuts(model)                  # {"layer1": 12, "layer2": 20, ...}
@@ -21,7 +25,7 @@ import torch
 import torch.fx
 from torch import nn
 
-__all__ = ["TraceFailure", "auto_cut_names", "find_cuts", "split", "trace"]
+__all__ = ["TraceFailure", "auto_cut_names", "find_cuts", "reproduces", "split", "trace", "trace_with_leaves"]
 
 
 class TraceFailure(RuntimeError):
@@ -69,25 +73,119 @@ def _hf_trace(model: nn.Module) -> torch.fx.GraphModule | None:
     return graph_module
 
 
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _extends_a_torch_layer(m: nn.Module) -> bool:
+    """A subclass of a torch.nn layer (e.g. ``transformers``' ConvNextLayerNorm, an
+    ``nn.LayerNorm``): traced through, its parent's forward would be recorded with
+    the layer's attributes as constants (``normalized_shape``), which channel pruning
+    later changes; kept whole, the layer reads them when it runs."""
+    if isinstance(m, _CONTAINERS):
+        return False
+    return any(base.__module__.startswith("torch.nn.") and base is not nn.Module for base in type(m).__mro__[1:])
+
+
+class _LeafTracer(torch.fx.Tracer):
+    """A torch.fx tracer that keeps the modules of ``leaf_types`` and subclasses of
+    torch.nn layers whole (one ``call_module`` node) and remembers the innermost
+    module whose forward failed."""
+
+    def __init__(self, leaf_types: set[type]) -> None:
+        super().__init__()
+        self.leaf_types = leaf_types
+        self.failed: tuple[type, str, BaseException] | None = None
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return (type(m) in self.leaf_types or _extends_a_torch_layer(m)
+                or super().is_leaf_module(m, module_qualified_name))
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as exc:
+            if self.failed is None:  # the innermost module sees the error first
+                self.failed = (type(m), self.path_of_module(m), exc)
+            raise
+
+
+def _first_line(exc: BaseException, limit: int = 120) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:limit] if text else ''}"
+
+
+def trace_with_leaves(model: nn.Module, max_leaf_types: int = 32) -> tuple[torch.fx.GraphModule, list[str]]:
+    """``model`` as an fx graph where every module class whose forward torch.fx
+    cannot trace is kept whole (a leaf; all modules of that class, since they run
+    the same code): trace, and on a failure inside a submodule make its class a leaf
+    and trace again.  Returns the graph and the leaf class names.
+
+    Raises:
+        TraceFailure: the model's own forward (outside any submodule) cannot be
+            traced, or more than ``max_leaf_types`` classes fail (``0``: plain
+            torch.fx, but subclasses of torch.nn layers are kept whole).
+    """
+    leaves: set[type] = set()
+    while True:
+        tracer = _LeafTracer(leaves)
+        try:
+            graph = tracer.trace(model)
+        except Exception as exc:  # noqa: BLE001 - data-dependent control flow, custom ops, ...
+            failed = tracer.failed
+            if failed is None or failed[0] in leaves or failed[0] is type(model) or len(leaves) >= max_leaf_types:
+                raise TraceFailure(_first_line(exc, 200)) from None
+            leaves.add(failed[0])
+            continue
+        name = model.__class__.__name__ if isinstance(model, nn.Module) else "Traced"
+        return torch.fx.GraphModule(tracer.root, graph, name), sorted(t.__name__ for t in leaves)
+
+
 def trace(model: nn.Module) -> torch.fx.GraphModule:
     """``model`` as an fx graph (sharing its modules and parameters).
 
+    In this order: torch.fx as it is; for a ``transformers`` model, their own fx
+    tracer (as before, so that stored exit models keep their ``state_dict`` keys);
+    torch.fx with the submodules it cannot trace kept whole (see
+    :func:`trace_with_leaves`).
+
     Raises:
-        TraceFailure: neither ``torch.fx.symbolic_trace`` nor (for ``transformers``
-            models) their own tracer can trace it.
+        TraceFailure: none of these can trace it (the model's own forward cannot be).
     """
     try:
-        return torch.fx.symbolic_trace(model)
-    except Exception as exc:  # noqa: BLE001 - data-dependent control flow, custom ops, ...
-        first = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        return trace_with_leaves(model, max_leaf_types=0)[0]
+    except TraceFailure as exc:
+        first = str(exc)
     try:
         traced = _hf_trace(model)
     except Exception as exc:  # noqa: BLE001
-        first += f"; transformers' tracer: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:120]}"
+        hf_failure = f"; transformers' tracer: {_first_line(exc)}"
         traced = None
-    if traced is None:
-        raise TraceFailure(f"torch.fx cannot trace the model ({first[:200]})")
-    return traced
+    else:
+        hf_failure = ""
+    if traced is not None:
+        return traced
+    try:
+        return trace_with_leaves(model)[0]
+    except TraceFailure as exc:
+        raise TraceFailure(f"torch.fx cannot trace the model ({(str(exc) + hf_failure)[:200]})") from None
+
+
+def reproduces(model: nn.Module, pieces: list[nn.Module], example_input: torch.Tensor) -> bool:
+    """Whether running ``pieces`` one after another gives exactly ``model``'s output
+    on ``example_input`` (both in eval mode, without gradients)."""
+    modes = [(m, m.training) for m in (model, *pieces)]
+    try:
+        with torch.no_grad():
+            for module, _ in modes:
+                module.eval()
+            expected = model(example_input)
+            x = example_input
+            for piece in pieces:
+                x = piece(x)
+        return isinstance(x, torch.Tensor) and isinstance(expected, torch.Tensor) and torch.equal(x, expected)
+    finally:
+        for module, mode in modes:
+            module.train(mode)
 
 
 def _owner(node: torch.fx.Node) -> str | None:
@@ -145,17 +243,20 @@ def find_cuts(graph_module: torch.fx.GraphModule) -> dict[str, int]:
 def auto_cut_names(graph_module: torch.fx.GraphModule, cuts: dict[str, int], max_points: int = 4) -> list[str]:
     """Exit points chosen automatically among ``cuts`` (see :func:`find_cuts`).
 
-    A useful exit has computation before it and enough after it: at least one module
-    with parameters before the cut and two after (more than the final classifier).
+    A useful exit has computation before it and enough after it: at least one
+    weighted module (a conv or linear layer, i.e. a module holding a weight of two or
+    more dimensions, counted whole for a leaf; normalization layers do not count)
+    before the cut and two after (more than the final classifier).
     Candidates come in groups: the numbered children of one container (``stages.0``,
     ``stages.1``, ...), or the model's top-level children.  The group that cuts the
-    model into the most substantial pieces (two or more modules with parameters) wins
-    (ties: more cuts, then the shallower group); at most ``max_points``, evenly spread.
+    model into the most substantial pieces (two or more weighted modules) wins
+    (ties: more cuts, then the shallower group); at most ``max_points``, evenly spread
+    (the middle of each of ``max_points`` equal runs of candidates).
     """
     nodes = list(graph_module.graph.nodes)
     modules = dict(graph_module.named_modules())
     weighted = [i for i, n in enumerate(nodes) if n.op == "call_module"
-                and any(True for _ in modules[str(n.target)].parameters(recurse=False))]
+                and any(p.dim() >= 2 for p in modules[str(n.target)].parameters())]
 
     def useful(name: str) -> bool:
         position = cuts[name]
@@ -182,7 +283,7 @@ def auto_cut_names(graph_module: torch.fx.GraphModule, cuts: dict[str, int], max
             best, best_key = unique, key
     if len(best) > max_points:
         step = len(best) / max_points
-        best = [best[int(i * step)] for i in range(max_points)]
+        best = [best[int((i + 0.5) * step)] for i in range(max_points)]
     return sorted(best, key=lambda n: cuts[n])
 
 

@@ -3,10 +3,12 @@
 Exit points are the boundaries after each block of ``model.blocks`` except the last
 (a *block classifier*: ``blocks`` is an ``nn.Sequential`` and ``head`` the final
 classifier, see :mod:`slimtune.tasks._models`).  Any other model is traced with
-torch.fx and cut after modules where a single tensor flows (e.g. after each stage of
-a ``transformers`` ResNet), chosen automatically or named with ``exits_after``
+torch.fx (submodules it cannot trace kept whole) and cut after modules where a single
+tensor flows (e.g. after each stage of a ``transformers`` ResNet or ConvNeXt, or after
+layers of its MobileNetV2), chosen automatically or named with ``exits_after``
 (:class:`ExitChain`); where none exists (or the model cannot be traced) this knob
-offers no parameters, and says why.
+offers no parameters, and says why.  The pieces are checked to reproduce the model's
+output exactly before exit heads are attached.
 
 Example:
     >>> net = EarlyExits().apply(small_cnn(), {"exits.0.enabled": True, "exits.0.threshold": 0.8}, ctx)
@@ -25,27 +27,54 @@ from torch import nn
 from slimtune.spaces.base import Knob, KnobContext, Param, SpaceError, TrainingHooks, close_matches
 from slimtune.spaces._registry import register_knob
 
-__all__ = ["EarlyExitNet", "EarlyExits", "ExitHead", "exit_points"]
+__all__ = ["EarlyExitNet", "EarlyExits", "ExitHead", "exit_points", "grid_pool"]
 
 #: Freshly attached exit heads learn this much faster than the trained trunk.
 HEAD_LR_SCALE = 10.0
 
 
 class ExitHead(nn.Sequential):
-    """``AdaptiveAvgPool2d(pool) -> Flatten -> Linear(in_channels * pool², num_classes)``.
+    """``pool to a grid -> Flatten -> Linear(in_channels * grid², num_classes)``.
 
     A 2×2 pooling grid keeps coarse spatial layout, which early (low-level) features
     need to classify at all: on digits, the exit after the first block reached about
     25% validation accuracy with global pooling and clearly more with 2×2.
+
+    With the feature map's ``size`` known, the grid is ``min(pool, H, W)`` and the
+    pooling has fixed windows (:func:`grid_pool`), so the head exports to ONNX even
+    where the exporter cannot see the spatial size (e.g. after ``transformers``'
+    TF-style padding, whose pad amounts are computed from the input's shape); without
+    ``size`` it is ``AdaptiveAvgPool2d(pool)``.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, pool: int = 2) -> None:
-        super().__init__(nn.AdaptiveAvgPool2d(pool), nn.Flatten(), nn.Linear(in_channels * pool * pool, num_classes))
+    def __init__(self, in_channels: int, num_classes: int, pool: int = 2,
+                 size: tuple[int, int] | None = None) -> None:
+        grid = pool if size is None else max(1, min(pool, *size))
+        pooling = nn.AdaptiveAvgPool2d(pool) if size is None else grid_pool(size, grid)
+        super().__init__(pooling, nn.Flatten(), nn.Linear(in_channels * grid * grid, num_classes))
 
     @property
     def classifier(self) -> nn.Linear:
         """The Linear layer producing the exit's logits."""
         return self[2]  # type: ignore[return-value]
+
+
+def grid_pool(size: tuple[int, int], grid: int) -> nn.Module:
+    """``AdaptiveAvgPool2d(grid)`` for inputs of one known ``size`` ``(H, W)`` as an
+    ``AvgPool2d`` with the same windows where there is one (``grid`` divides the size,
+    or ``grid`` is 1 or 2: windows ``[0, ceil(H/2))`` and ``[floor(H/2), H)``); else
+    the adaptive pooling itself."""
+    def window(length: int) -> tuple[int, int] | None:
+        if length % grid == 0:
+            return length // grid, length // grid
+        if grid == 2:
+            return -(-length // 2), length // 2
+        return None
+
+    rows, cols = window(int(size[0])), window(int(size[1]))
+    if rows is None or cols is None:
+        return nn.AdaptiveAvgPool2d(grid)
+    return nn.AvgPool2d((rows[0], cols[0]), stride=(rows[1], cols[1]))
 
 
 class EarlyExitNet(nn.Module):
@@ -361,6 +390,8 @@ class EarlyExits(Knob):
             return model
         thresholds = {p: float(values.get(f"exits.{p}.threshold", 0.9)) for p in enabled}
         blocks, head = chain.chain()
+        if not chain.is_block_classifier:
+            _check_reproduces(model, blocks, head, ctx.example_input, chain.names)
         shapes, num_classes = _exit_shapes(blocks, head, ctx.example_input, enabled)
         device = next(model.parameters()).device
         heads: dict[int, nn.Module] = {}
@@ -390,11 +421,22 @@ def exit_head(shape: tuple[int, ...], num_classes: int, param: str) -> nn.Module
     """An exit head for features of ``shape`` (without the batch): :class:`ExitHead`
     on ``(C, H, W)`` feature maps, a Linear on ``(F,)`` feature vectors."""
     if len(shape) == 3:
-        return ExitHead(shape[0], num_classes)
+        return ExitHead(shape[0], num_classes, size=(shape[1], shape[2]))
     if len(shape) == 1:
         return nn.Sequential(nn.Linear(shape[0], num_classes))
     raise SpaceError(f"`{param}`: an exit head needs (N, C, H, W) feature maps or (N, F) features there, but got "
                      f"shape (N, {', '.join(map(str, shape))}).")
+
+
+def _check_reproduces(model: nn.Module, blocks: nn.Sequential, head: nn.Module, example_input: torch.Tensor,
+                      names: Sequence[str]) -> None:
+    """Refuse pieces of a traced model that do not give exactly its output (a trace
+    that recorded one path of data-dependent code would)."""
+    from slimtune.spaces import _graph_cuts as graph_cuts
+
+    if not graph_cuts.reproduces(model, [*blocks, head], example_input):
+        raise SpaceError(f"The model cut after {', '.join(names)} does not reproduce its output on the example "
+                         "input, so early exits cannot be attached there (use `exits_after` to name other modules).")
 
 
 def _as_bool(value: Any, name: str) -> bool:

@@ -209,7 +209,7 @@ def _run_pairs(model: nn.Module, example_input: torch.Tensor, wanted: set[str]) 
     was_training = model.training
     model.eval()
     try:
-        model(example_input)
+        _run_every_path(model, example_input)
     except Exception:  # noqa: BLE001 - the user's model; nothing is folded by this route then
         return []
     finally:
@@ -225,6 +225,16 @@ def _run_pairs(model: nn.Module, example_input: torch.Tensor, wanted: set[str]) 
     if _folding_is_exact(model, example_input, candidates):
         return candidates
     return [pair for pair in candidates if _folding_is_exact(model, example_input, [pair])]
+
+
+def _run_every_path(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)``, or for an early-exit model (``forward_all``) every exit's logits
+    and the final head's side by side, so that no layer is skipped by a sample
+    leaving early."""
+    forward_all = getattr(model, "forward_all", None)
+    if callable(forward_all):
+        return torch.cat([out.flatten(1) for out in forward_all(x)], dim=1)
+    return model(x)
 
 
 @torch.no_grad()
@@ -245,8 +255,8 @@ def _folding_is_exact(model: nn.Module, example_input: torch.Tensor, pairs: list
             b.weight.copy_(torch.rand(n, generator=g) + 0.5)
             b.bias.copy_(torch.randn(n, generator=g) * 0.5)
     try:
-        before = probe(example_input)
-        after = _fold_pairs(copy.deepcopy(probe), pairs)(example_input)
+        before = _run_every_path(probe, example_input)
+        after = _run_every_path(_fold_pairs(copy.deepcopy(probe), pairs), example_input)
     except Exception:  # noqa: BLE001
         return False
     if not isinstance(before, torch.Tensor) or not isinstance(after, torch.Tensor) or before.shape != after.shape:
