@@ -488,7 +488,7 @@ def test_exits_on_models_torch_fx_cannot_trace_whole(arch):
     leaves at the first exit."""
     import onnx
 
-    from slimtune.search._runtime import compile_model
+    from slimtune.search._runtimes import compile_model
     from slimtune.spaces._space import Space
     from slimtune.spaces.base import KnobContext
     from slimtune.spaces.exits import EarlyExitNet, EarlyExits
