@@ -188,3 +188,24 @@ def test_recovery_epochs_after_distillation_widen_the_prior():
     assert runner.recovery_after_distillation({"prune.ratio": 0.3, "quant.mode": "qat"}) == 6
     # QAT runs below 16 bits only: a 16-bit "qat" candidate has nothing to recover
     assert runner.recovery_after_distillation({"prune.ratio": 0.0, "quant.mode": "qat", "quant.bits": 16}) == 0
+
+
+def test_accuracy_tolerance_stops_a_costlier_candidate_that_could_only_tie():
+    """Accuracy saturates (digits: 0.99 after one epoch, 0.994-0.997 at the end): a
+    candidate that can at most tie a faster point is stopped only with a tolerance."""
+    strict = FrontierEarlyStopping(min_margin=0.0, margin_per_epoch=0.0, learn_margin=False)
+    tolerant = dataclasses.replace(strict, accuracy_tolerance=0.01)
+    fast = [FrontierPoint(0, 0.994, {"latency_ms": 0.6})]
+    assert strict.check(0, 0.994, Pre(1.0), fast, ("latency_ms",), epochs=4) is None
+    reason = tolerant.check(0, 0.994, Pre(1.0), fast, ("latency_ms",), epochs=4)
+    assert reason and "0.01 tolerance" in reason and "trial 0" in reason
+    # never a cheaper candidate, and never one that can still pass the point by more than the tolerance
+    assert tolerant.check(0, 0.994, Pre(0.7), fast, ("latency_ms",), epochs=4) is None
+    wider = dataclasses.replace(tolerant, margin_per_epoch=0.01)
+    assert wider.check(0, 0.980, Pre(1.0), fast, ("latency_ms",), epochs=4, extra_epochs=3) is None  # may reach 0.98 + 0.06
+    # the runner skips the pre-measurement only when no point can pass the lowest bar
+    assert tolerant.lowest_bar(4) == pytest.approx(-0.01)
+    assert FrontierEarlyStopping(min_margin=0.02, margin_per_epoch=0.2).lowest_bar(4, extra_epochs=3) == pytest.approx(0.62)
+    assert FrontierEarlyStopping.from_dict(tolerant.to_dict()) == tolerant
+    with pytest.raises(ValueError, match="accuracy_tolerance"):
+        FrontierEarlyStopping(accuracy_tolerance=-0.01)

@@ -103,6 +103,9 @@ class FrontierEarlyStopping:
             that epoch and still count as "no better".
         latency_tolerance: relative latency noise allowed for before a point counts
             as no slower.
+        accuracy_tolerance: accuracy the rule may give up: a no-costlier point at most
+            this much below what the candidate can reach already stops it (the
+            candidate could only add a sliver of accuracy at a higher cost).
     """
 
     min_margin: float = 0.02
@@ -110,9 +113,10 @@ class FrontierEarlyStopping:
     learn_margin: bool = True
     similar_slack: float = 0.05
     latency_tolerance: float = 0.2
+    accuracy_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("min_margin", "margin_per_epoch", "similar_slack", "latency_tolerance"):
+        for name in ("min_margin", "margin_per_epoch", "similar_slack", "latency_tolerance", "accuracy_tolerance"):
             if not (getattr(self, name) >= 0):
                 raise ValueError(f"`{name}` must be >= 0, but got {getattr(self, name)!r}.")
 
@@ -134,6 +138,11 @@ class FrontierEarlyStopping:
         with ``extra_epochs`` of recovery training (pruning fine-tuning, QAT) to follow."""
         return self.min_margin + self.margin_per_epoch * (max(0, epochs - (epoch + 1)) + max(0, extra_epochs))
 
+    def lowest_bar(self, epochs: int, *, extra_epochs: int = 0) -> float:
+        """The lowest validation accuracy a point needs to stop any candidate (one at 0
+        after its last epoch): a study whose best point is not above it stops nothing."""
+        return self.margin(epochs - 1, epochs, extra_epochs=extra_epochs) - self.accuracy_tolerance
+
     def _no_costlier(self, point: FrontierPoint, costs: Mapping[str, float]) -> bool:
         for name, cost in costs.items():
             mine = point.costs[name] * (1.0 + self.latency_tolerance) if name == "latency_ms" else point.costs[name]
@@ -153,14 +162,16 @@ class FrontierEarlyStopping:
         costs = {name: float(getattr(pre, name)) for name in cost_objectives}
         best: FrontierPoint | None = None
         for point in points:
-            if point.val_accuracy > reachable and self._no_costlier(point, costs):
+            if point.val_accuracy > reachable - self.accuracy_tolerance and self._no_costlier(point, costs):
                 if best is None or point.val_accuracy > best.val_accuracy:
                     best = point
         if best is None:
             return None
         compared = ", ".join(f"{name} {best.costs[name]:.4g} <= {costs[name]:.4g}" for name in cost_objectives)
+        within = f" - {self.accuracy_tolerance:g} tolerance" if self.accuracy_tolerance else ""
         return (f"early stop after epoch {epoch + 1}/{epochs}: val accuracy {val_accuracy:.4f} can reach "
-                f"{reachable:.4f} at most < {best.val_accuracy:.4f} of trial {best.trial}, which is no costlier ({compared})")
+                f"{reachable:.4f}{within} at most < {best.val_accuracy:.4f} of trial {best.trial}, which is no costlier "
+                f"({compared})")
 
     def should_stop_fn(self, points: Sequence[FrontierPoint], cost_objectives: Sequence[str], epochs: int, *,
                        extra_epochs: int = 0):
@@ -182,7 +193,8 @@ class FrontierEarlyStopping:
     def from_dict(cls, data: Mapping[str, Any] | None) -> "FrontierEarlyStopping | None":
         if not data:
             return None
-        names = ("min_margin", "margin_per_epoch", "learn_margin", "similar_slack", "latency_tolerance")
+        names = ("min_margin", "margin_per_epoch", "learn_margin", "similar_slack", "latency_tolerance",
+                 "accuracy_tolerance")
         known = {k: data[k] for k in names if k in data}
         return cls(**known)
 
