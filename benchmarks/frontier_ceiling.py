@@ -13,7 +13,8 @@ after each distillation epoch, the pre-training cost bound early stopping uses
 measurement, for training and in all.  The true (test accuracy, latency ratio)
 frontier and its hypervolume are stored with the machine fingerprint in
 ``benchmarks/results/ceiling_digits.json`` and reused (``--recompute`` evaluates the
-space again, resuming from ``ceiling_digits.partial.jsonl`` if one is there).
+space again; each configuration is appended to ``ceiling_digits.partial.jsonl`` as it
+finishes, and an interrupted run resumes from it when no ceiling is stored).
 
 **The searches are replayed**, not rerun: each proposes values through the real
 backend (slimtune's Optuna backend with its default sampler, Optuna's random and TPE
@@ -409,9 +410,10 @@ def _systems() -> dict[str, tuple[Callable[[Any, int], Any], bool]]:
     return {
         "slimtune default": (default, True),
         "slimtune default, no early stopping": (default, False),
-        "optuna random": (lambda space, seed: optuna_backend(space, seed=seed,
+        # Optuna's own samplers as a user of Optuna gets them: no warm start
+        "optuna random": (lambda space, seed: optuna_backend(space, seed=seed, warm_start=False,
                                                              sampler=optuna.samplers.RandomSampler(seed=seed)), False),
-        "optuna TPE": (lambda space, seed: optuna_backend(space, seed=seed,
+        "optuna TPE": (lambda space, seed: optuna_backend(space, seed=seed, warm_start=False,
                                                           sampler=optuna.samplers.TPESampler(seed=seed)), False),
         "nni TPE": (lambda space, seed: get_backend("nni")(space, seed=seed, tuner="TPE"), False),
     }
