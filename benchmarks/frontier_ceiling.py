@@ -485,11 +485,15 @@ def _median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
 
 
-#: Early-stopping settings of the saving / loss curve (``FrontierEarlyStopping`` fields).
+#: Early-stopping settings of the saving / loss curve (``FrontierEarlyStopping`` fields):
+#: the previous default, priors per epoch, then the accuracy tolerance (the shipped
+#: default is ``accuracy_tolerance=0.05`` with no prior margin, learned part on).
 ES_SETTINGS: list[dict[str, Any]] = [
-    {"margin_per_epoch": mpe, "min_margin": mm, "learn_margin": learn, "accuracy_tolerance": tol}
-    for learn in (True, False) for tol in (0.0, 0.01)
-    for mpe, mm in ((0.2, 0.02), (0.05, 0.02), (0.02, 0.01), (0.01, 0.0), (0.0, 0.0))
+    *({"margin_per_epoch": mpe, "min_margin": mm, "learn_margin": True, "accuracy_tolerance": tol}
+      for mpe, mm, tol in ((0.2, 0.02, 0.0), (0.05, 0.02, 0.0), (0.01, 0.0, 0.0), (0.01, 0.0, 0.05),
+                           (0.005, 0.0, 0.05))),
+    *({"margin_per_epoch": 0.0, "min_margin": 0.0, "learn_margin": learn, "accuracy_tolerance": tol}
+      for learn in (True, False) for tol in (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)),
 ]
 
 

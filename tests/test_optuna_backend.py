@@ -83,4 +83,4 @@ def test_the_sampler_sees_stopped_trials_as_pending_points(space):
     assert [t.number for t in seen["pruned"]] == [0, 1]  # asked for PRUNED: the truth
     assert study.trials[0].state == TrialState.PRUNED  # the study itself is unchanged
     backend = get_backend("optuna")(space, seed=0)
-    assert backend.tuner == "GPSampler" and isinstance(backend.optuna_sampler(), type(sampler))
+    assert backend.tuner == "TPESampler" and isinstance(backend.optuna_sampler(), type(sampler))
