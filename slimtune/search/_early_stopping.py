@@ -41,8 +41,8 @@ with and without the rule) the curve of saving vs loss was: ``accuracy_tolerance
 0 / 0.01 / 0.02 / 0.03 / 0.05 (no prior margin, learned part on) saved 0 / 21 / 25 /
 27 / 32% of training time (-6 / 15 / 19 / 21 / 26% of wall time, the pre-training
 measurement included) at 0 / 0.1 / 0.1 / 0.1 / 0.2% hypervolume loss (worst seed
-0.7%); with a prior of 0.005 per epoch (tolerance 0.005-0.02) the saving fell to 2-7%,
-with 0.01 to 0-0.5%.  With slimtune's default search (TPE after a warm start; seeds 0-2) the rule stopped 7
+0.7%); adding a prior of 0.005 / 0.01 per epoch to the 0.05 tolerance, it fell to
+26 / 7%.  With slimtune's default search (TPE after a warm start; seeds 0-2) the rule stopped 7
 of 29 candidates and saved 17% of training time (14-20% per seed) at no hypervolume
 loss (95.7% of the ceiling with it, 92.5% without: stopped candidates shown to the
 sampler as pending points steer it elsewhere); over seeds 0-9, 24% with one seed of
