@@ -44,11 +44,12 @@ measurement included) at 0 / 0.1 / 0.1 / 0.1 / 0.2% hypervolume loss (worst seed
 0.7%); adding a prior of 0.005 / 0.01 per epoch to the 0.05 tolerance, it fell to
 26 / 7%.  With slimtune's default search (TPE after a warm start; seeds 0-2) the rule stopped 7
 of 29 candidates and saved 17% of training time (14-20% per seed) at no hypervolume
-loss (95.7% of the ceiling with it, 92.5% without: stopped candidates shown to the
-sampler as pending points steer it elsewhere); over seeds 0-9, 24% with one seed of
+loss (95.7% of the ceiling with it, 92.5% without: TPE ranks stopped candidates
+after every complete one and looks elsewhere); over seeds 0-9, 24% with one seed of
 ten losing 30% (its later proposals changed).  A good sampler proposes few candidates
-that the rule can stop; after the same warm start, GP (which without pending points
-re-proposed what the rule had stopped) saved 36%.  Where curves keep rising (longer training, harder data) the learned part keeps candidates the
+that the rule can stop; after the same warm start, GP saved 36% (with stopped trials
+shown to it as pending points: without them it re-proposed what the rule had stopped
+and lost 22% of the hypervolume).  Where curves keep rising (longer training, harder data) the learned part keeps candidates the
 study has seen rise; the first such candidate may be stopped by a no-costlier point
 that is already better than it can be shown to reach.
 
