@@ -43,15 +43,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ACCURACY_REF = 0.5
-LATENCY_REF = 1.2  # x the baseline's latency
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/: the shared hypervolume
+from _hypervolume import ACCURACY_REF, LATENCY_REF, normalised_hypervolume  # noqa: E402
 
 
 def relative_hypervolume(rows: list[dict], baseline_macs: int | None = None) -> float:
     """Normalised hypervolume of (accuracy, relative latency) of complete rows; with
     ``baseline_macs``, of (accuracy, MACs / baseline MACs) instead (no timing noise)."""
-    from slimtune.studies._frontier import hypervolume
-
     points = []
     for r in rows:
         if r.get("state") != "COMPLETE":
@@ -62,9 +60,8 @@ def relative_hypervolume(rows: list[dict], baseline_macs: int | None = None) -> 
             cost = float(r["latency_ms"]) / float(r["reference_latency_ms"])
         else:
             continue
-        points.append((-float(r["accuracy"]), cost))
-    box = (1.0 - ACCURACY_REF) * LATENCY_REF
-    return hypervolume(points, (-ACCURACY_REF, LATENCY_REF)) / box
+        points.append((float(r["accuracy"]), cost))
+    return normalised_hypervolume(points)
 
 
 def run_one(config: str, seed: int, args: argparse.Namespace, workdir: Path) -> dict:

@@ -24,7 +24,7 @@ class Pre:
     macs: int = 10_000
 
 
-RULE = FrontierEarlyStopping(min_margin=0.02, margin_per_epoch=0.05)
+RULE = FrontierEarlyStopping(min_margin=0.02, margin_per_epoch=0.05, accuracy_tolerance=0.0)
 
 
 # (tests/conftest.py trains with one torch thread)
@@ -36,7 +36,8 @@ def test_margin_shrinks_with_epochs_left():
     assert RULE.margin(2, 4) == pytest.approx(0.07)
     assert RULE.margin(3, 4) == pytest.approx(0.02)
     assert RULE.margin(9, 4) == pytest.approx(0.02)  # never below min_margin
-    assert FrontierEarlyStopping().margin(0, 4) == pytest.approx(0.62)  # the default prior: 0.2 per epoch left
+    assert FrontierEarlyStopping().margin(0, 4, extra_epochs=6) == 0.0  # the default: no prior margin
+    assert FrontierEarlyStopping().lowest_bar(4) == pytest.approx(-0.05)  # a 0.05 accuracy tolerance
 
 
 def test_learned_bound_gives_the_best_outcome_of_trials_no_better_at_that_epoch():
@@ -188,3 +189,25 @@ def test_recovery_epochs_after_distillation_widen_the_prior():
     assert runner.recovery_after_distillation({"prune.ratio": 0.3, "quant.mode": "qat"}) == 6
     # QAT runs below 16 bits only: a 16-bit "qat" candidate has nothing to recover
     assert runner.recovery_after_distillation({"prune.ratio": 0.0, "quant.mode": "qat", "quant.bits": 16}) == 0
+
+
+def test_accuracy_tolerance_stops_a_costlier_candidate_that_could_only_tie():
+    """Accuracy saturates (digits: 0.99 after one epoch, 0.994-0.997 at the end): a
+    candidate that can at most tie a faster point is stopped only with a tolerance."""
+    strict = FrontierEarlyStopping(min_margin=0.0, margin_per_epoch=0.0, learn_margin=False, accuracy_tolerance=0.0)
+    tolerant = dataclasses.replace(strict, accuracy_tolerance=0.01)
+    fast = [FrontierPoint(0, 0.994, {"latency_ms": 0.6})]
+    assert strict.check(0, 0.994, Pre(1.0), fast, ("latency_ms",), epochs=4) is None
+    reason = tolerant.check(0, 0.994, Pre(1.0), fast, ("latency_ms",), epochs=4)
+    assert reason and "0.01 tolerance" in reason and "trial 0" in reason
+    # never a cheaper candidate, and never one that can still pass the point by more than the tolerance
+    assert tolerant.check(0, 0.994, Pre(0.7), fast, ("latency_ms",), epochs=4) is None
+    wider = dataclasses.replace(tolerant, margin_per_epoch=0.01)
+    assert wider.check(0, 0.980, Pre(1.0), fast, ("latency_ms",), epochs=4, extra_epochs=3) is None  # may reach 0.98 + 0.06
+    # the runner skips the pre-measurement only when no point can pass the lowest bar
+    assert tolerant.lowest_bar(4) == pytest.approx(-0.01)
+    assert FrontierEarlyStopping(min_margin=0.02, margin_per_epoch=0.2, accuracy_tolerance=0.0).lowest_bar(
+        4, extra_epochs=3) == pytest.approx(0.62)
+    assert FrontierEarlyStopping.from_dict(tolerant.to_dict()) == tolerant
+    with pytest.raises(ValueError, match="accuracy_tolerance"):
+        FrontierEarlyStopping(accuracy_tolerance=-0.01)

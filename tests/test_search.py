@@ -59,7 +59,7 @@ def test_run_creates_complete_trials_with_both_objectives(study):
                     "backend", "tuner", "fingerprint_id", "datetime_complete"):
             assert key in row
         assert 0.0 <= row["accuracy"] <= 1.0 and row["latency_ms"] > 0 and row["size_bytes"] > 0 and row["macs"] > 0
-        assert row["backend"] == "optuna" and row["tuner"] == "GPSampler"  # the default sampler
+        assert row["backend"] == "optuna" and row["tuner"] == "TPESampler"  # the default sampler
         assert set(row["params"]) == {p["name"] for p in study.space_dict["params"]}
     json.dumps(rows)  # JSON-friendly
     assert study.baseline.accuracy > 0.9 and study.baseline.latency_ms > 0

@@ -334,8 +334,8 @@ class TrialRunner:
         extra = self.recovery_after_distillation(values)
         # no point is more accurate than the smallest margin this candidate gets: the rule
         # cannot stop it, so do not spend time pre-measuring it
-        if not points or max(p.val_accuracy for p in points) <= self.early_stopping.margin(
-                self.epochs - 1, self.epochs, extra_epochs=extra):
+        if not points or max(p.val_accuracy for p in points) <= self.early_stopping.lowest_bar(
+                self.epochs, extra_epochs=extra):
             return None
         return self.early_stopping.should_stop_fn(points, self.costs, self.epochs, extra_epochs=extra)
 

@@ -1,0 +1,661 @@
+"""Frontier ceiling on digits: an enumerable joint space evaluated exhaustively once,
+then searches replayed against the stored table.
+
+**The ceiling.**  A discretised joint space with every compression family (DS-conv,
+low-rank, early exits, distillation, channel pruning, quantization with QAT;
+:data:`GRID`, 144 configurations) is evaluated exhaustively through slimtune's real
+pipeline (``Evaluator.evaluate``, the task's default settings, training seed 0).
+Per configuration the table stores everything a replay needs: the parameters, val and
+test accuracy, the same-run latency ratio (``latency_ms / reference_latency_ms``, the
+baseline timed interleaved with the candidate), MACs, size, the validation accuracy
+after each distillation epoch, the pre-training cost bound early stopping uses
+(``PreMeasurement``), and wall / CPU seconds up to each epoch, for the pre-training
+measurement, for training and in all.  The true (test accuracy, latency ratio)
+frontier and its hypervolume are stored with the machine fingerprint in
+``benchmarks/results/ceiling_digits.json`` and reused (``--recompute`` evaluates the
+space again; each configuration is appended to ``ceiling_digits.partial.jsonl`` as it
+finishes, and an interrupted run resumes from it when no ceiling is stored).
+
+**The searches are replayed**, not rerun: each proposes values through the real
+backend (slimtune's Optuna backend with its default sampler, Optuna's random and TPE
+samplers, NNI's TPE tuner: their real ``propose`` / ``observe`` and Optuna's
+ask/tell), the values are snapped to the nearest point of the grid, the result is
+looked up in the table, and early stopping is replayed with the real
+:class:`~slimtune.search._early_stopping.FrontierEarlyStopping` on the stored
+per-epoch validation curve against the complete trials so far (exactly the runner's
+``_should_stop``).  That makes 3+ seeds x 5 systems x 2 budgets cost seconds instead
+of hours.  Replayed time is the sum of the stored times the candidates actually spent:
+a stopped candidate is charged its pre-training measurement and the epochs it ran; a
+candidate the runner would not pre-measure is charged without it.
+
+Hypervolume: (test accuracy, latency ratio) of the complete trials, reference
+accuracy 0.5 and 1.2x the baseline's latency, normalised by that box (the definition
+of ``benchmarks/search.py``), reported as a fraction of the ceiling's.
+
+Usage::
+
+    PYTHONPATH=. python benchmarks/frontier_ceiling.py              # stored ceiling, 3 seeds, 10% and 20%
+    PYTHONPATH=. python benchmarks/frontier_ceiling.py --quick --markdown
+    PYTHONPATH=. nice -n 5 python benchmarks/frontier_ceiling.py --recompute   # ~30-40 min on 2 busy cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/: the shared hypervolume
+from _hypervolume import ACCURACY_REF, LATENCY_REF, normalised_hypervolume  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CEILING_FILE = RESULTS / "ceiling_digits.json"
+SCHEMA = 1
+
+#: The enumerated values of the searched parameters (every family present).
+GRID: dict[str, list[Any]] = {
+    "dsconv.blocks.1.0": [False, True],
+    "lowrank.blocks.2": [1.0, 0.3],
+    "exits.0.enabled": [False, True],
+    "distill.alpha": [0.0, 0.8],
+    "prune.ratio": [0.0, 0.4, 0.7],
+    "quant.bits": [32, 8, 4],
+}
+#: Held fixed (every other parameter keeps its default).
+FIXED: dict[str, Any] = {
+    "prune.granularity": "channel", "prune.rewind": False, "quant.mode": "qat", "distill.temperature": 4.0,
+    "exits.0.threshold": 0.9,
+}
+
+
+def grid_points(grid: Mapping[str, Sequence[Any]] = GRID) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, in a fixed order."""
+    names = list(grid)
+    return [dict(zip(names, combo)) for combo in itertools.product(*(grid[n] for n in names))]
+
+
+def config_key(values: Mapping[str, Any], grid: Mapping[str, Sequence[Any]] | None = None) -> str:
+    """The table key of a grid point: its values in grid order (default: in the order
+    of ``values``, as the stored rows hold them)."""
+    return json.dumps([values[name] for name in (grid if grid is not None else values)])
+
+
+def space_fixed(space_params: Sequence[str], grid: Mapping[str, Sequence[Any]] = GRID,
+                fixed: Mapping[str, Any] = FIXED, defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The fixed values of the real space: everything not in the grid, at ``fixed`` or
+    its default."""
+    defaults = defaults or {}
+    return {name: fixed.get(name, defaults.get(name)) for name in space_params if name not in grid}
+
+
+# -- the exhaustive evaluation ----------------------------------------------------------
+def _digits_evaluator():
+    """The real evaluator of ``digits`` (default settings) on the grid's space."""
+    from slimtune._api import build_space
+    from slimtune.search._baseline import get_baseline
+    from slimtune.search._pipeline import EvalSettings, Evaluator
+    from slimtune.tasks._task import get_task
+
+    task = get_task("digits")
+    full = build_space(task)
+    fixed = space_fixed([p.name for p in full.params], defaults={p.name: p.default for p in full.params})
+    space = build_space(task, fixed=fixed)
+    settings = EvalSettings()
+    baseline = get_baseline(task, seed=settings.seed)
+    return task, space, settings, Evaluator(task, space, settings, baseline)
+
+
+def evaluate_config(evaluator, values: Mapping[str, Any]) -> dict[str, Any]:
+    """One configuration through the real pipeline, with the pre-training measurement
+    and per-epoch times recorded (a ``should_stop`` that never stops)."""
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    marks: dict[str, Any] = {"epochs": []}
+    measure_pre = type(evaluator).pre_measure
+
+    def timed_pre(values_):
+        start = time.perf_counter(), time.process_time()
+        out = measure_pre(evaluator, values_)
+        marks["pre"] = (time.perf_counter() - start[0], time.process_time() - start[1])
+        return out
+
+    def never_stop(epoch: int, acc: float, pre) -> None:
+        marks["epochs"].append((time.perf_counter() - wall0, time.process_time() - cpu0))
+        return None
+
+    evaluator.pre_measure = timed_pre
+    try:
+        result = evaluator.evaluate(dict(values), should_stop=never_stop)
+    finally:
+        del evaluator.pre_measure
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    m = result.measurement
+    return {
+        "params": {k: result.params[k] for k in values}, "all_params": result.params,
+        "val_accuracy": m.accuracy, "test_accuracy": m.test_accuracy, "latency_ms": m.latency_ms,
+        "reference_latency_ms": m.reference_latency_ms, "latency_ratio": m.latency_ms / m.reference_latency_ms,
+        "macs": m.macs, "size_bytes": m.size_bytes, "exit_rates": list(m.exit_rates) if m.exit_rates else None,
+        "val_accuracy_per_epoch": list(result.info.get("val_accuracy_per_epoch", [])),
+        "pre": {"latency_ms": result.pre.latency_ms, "macs": result.pre.macs, "size_bytes": result.pre.size_bytes,
+                "latency_ratio": result.pre.latency_ms / m.reference_latency_ms},
+        "pre_seconds": marks["pre"][0], "pre_cpu_seconds": marks["pre"][1],
+        "epoch_seconds": [w for w, _ in marks["epochs"]], "epoch_cpu_seconds": [c for _, c in marks["epochs"]],
+        "train_seconds": result.train_seconds, "total_seconds": wall, "total_cpu_seconds": cpu,
+        "fingerprint": m.fingerprint,
+    }
+
+
+def enumerate_space(partial: Path, *, progress: bool = True) -> list[dict[str, Any]]:
+    """Evaluate every grid point not yet in ``partial`` (one JSON line each, appended as
+    it finishes, so an interrupted run resumes); return all rows in grid order."""
+    import torch
+
+    torch.set_num_threads(1)
+    done: dict[str, dict] = {}
+    if partial.exists():
+        for line in partial.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done[config_key(row["params"], GRID)] = row
+    points = grid_points()
+    todo = [p for p in points if config_key(p, GRID) not in done]
+    if todo:
+        _, _, _, evaluator = _digits_evaluator()
+        started = time.perf_counter()
+        for i, values in enumerate(todo, 1):
+            try:
+                row = evaluate_config(evaluator, values)
+            except Exception as exc:  # noqa: BLE001 - a failing configuration is a result too
+                row = {"params": dict(values), "error": f"{type(exc).__name__}: {exc}"}
+            with partial.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            done[config_key(values, GRID)] = row
+            if progress:
+                eta = (time.perf_counter() - started) / i * (len(todo) - i)
+                print(f"[{len(done)}/{len(points)}] {values} -> "
+                      + (row.get("error") or f"test {row['test_accuracy']:.4f} ratio {row['latency_ratio']:.3f} "
+                                              f"{row['total_seconds']:.1f}s")
+                      + f"  (eta {eta / 60:.1f} min)", flush=True)
+    return [done[config_key(p, GRID)] for p in points]
+
+
+
+
+# -- the stored ceiling -------------------------------------------------------------------
+def frontier_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Keys of the configurations on the true (test accuracy, latency ratio) frontier."""
+    from slimtune.studies._frontier import non_dominated_mask
+
+    ok = [r for r in rows if "error" not in r]
+    mask = non_dominated_mask([{"accuracy": r["test_accuracy"], "latency_ms": r["latency_ratio"]} for r in ok],
+                              ("accuracy", "latency_ms"))
+    return [config_key(r["params"]) for r, on in zip(ok, mask) if on]
+
+
+def table_hypervolume(rows: Sequence[Mapping[str, Any]]) -> float:
+    """Normalised hypervolume of (test accuracy, latency ratio) of ``rows``."""
+    return normalised_hypervolume((r["test_accuracy"], r["latency_ratio"]) for r in rows if "error" not in r)
+
+
+def build_ceiling(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stored document: the grid, settings, machine fingerprint, every row, the true
+    frontier and its hypervolume."""
+    import hashlib
+
+    from slimtune.search._pipeline import EvalSettings
+    from slimtune.search._profiling import machine_fingerprint
+    from slimtune.tasks._task import get_task
+
+    task = get_task("digits")
+    settings = EvalSettings()
+    fingerprint, fingerprint_id = machine_fingerprint(settings.runtime, settings.threads, settings.batch_size)
+    ids = {hashlib.sha256(json.dumps(r["fingerprint"], sort_keys=True).encode()).hexdigest()[:12]
+           for r in rows if "fingerprint" in r}
+    stored = [{k: v for k, v in r.items() if k != "fingerprint"} for r in rows]
+    return {
+        "schema": SCHEMA, "task": "digits", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "grid": GRID, "fixed": FIXED, "settings": settings.to_dict(),
+        "epochs": task.finetune_epochs if settings.epochs is None else settings.epochs,
+        "recovery_epochs": task.recovery_epochs if settings.finetune_epochs is None else settings.finetune_epochs,
+        "fingerprint": fingerprint, "fingerprint_id": fingerprint_id,
+        "row_fingerprints": sorted(str(i) for i in ids),
+        "hypervolume_reference": {"accuracy": ACCURACY_REF, "latency_ratio": LATENCY_REF},
+        "enumeration_seconds": sum(r.get("total_seconds", 0.0) for r in rows),
+        "enumeration_cpu_seconds": sum(r.get("total_cpu_seconds", 0.0) for r in rows), "configurations": stored,
+        "frontier": frontier_keys(stored), "ceiling_hypervolume": table_hypervolume(stored),
+    }
+
+
+def check_ceiling(doc: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a stored ceiling (empty: nothing): schema, grid, fingerprint
+    and its id, the stored frontier and hypervolume against the rows."""
+    import hashlib
+
+    from slimtune.search._profiling import machine_fingerprint
+
+    problems = []
+    if doc.get("schema") != SCHEMA:
+        problems.append(f"schema {doc.get('schema')!r}, expected {SCHEMA}")
+    if len(doc["configurations"]) != len(grid_points(doc["grid"])):
+        problems.append(f"{len(doc['configurations'])} configurations for a grid of {len(grid_points(doc['grid']))}")
+    here, _ = machine_fingerprint("onnxruntime", 1, 1)
+    if set(doc["fingerprint"]) != set(here):
+        problems.append(f"fingerprint keys {sorted(doc['fingerprint'])}, expected {sorted(here)}")
+    digest = hashlib.sha256(json.dumps(doc["fingerprint"], sort_keys=True).encode()).hexdigest()[:12]
+    if digest != doc["fingerprint_id"]:
+        problems.append(f"fingerprint_id {doc['fingerprint_id']!r} is not the fingerprint's hash {digest!r}")
+    if frontier_keys(doc["configurations"]) != doc["frontier"]:
+        problems.append("stored frontier differs from the rows' frontier")
+    if not math.isclose(table_hypervolume(doc["configurations"]), doc["ceiling_hypervolume"], rel_tol=1e-12):
+        problems.append("stored hypervolume differs from the rows' hypervolume")
+    return problems
+
+
+def load_or_compute_ceiling(path: Path = CEILING_FILE, *, recompute: bool = False) -> dict[str, Any]:
+    """The stored ceiling, or (``recompute`` or none stored) a fresh enumeration."""
+    if path.exists() and not recompute:
+        return json.loads(path.read_text())
+    partial = path.with_suffix(".partial.jsonl")
+    if recompute and partial.exists() and not path.exists():
+        print(f"resuming the enumeration from {partial}", flush=True)
+    elif recompute and partial.exists():
+        partial.unlink()
+    doc = build_ceiling(enumerate_space(partial))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    partial.unlink()
+    return doc
+
+
+# -- replaying searches against the table ---------------------------------------------------
+def snap(values: Mapping[str, Any], grid: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+    """The grid point nearest to proposed ``values`` (numbers: the nearest level; bools and
+    names: the value itself, which the restricted space keeps to the grid's levels)."""
+    out = {}
+    for name, levels in grid.items():
+        value = values[name]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in levels)
+        out[name] = min(levels, key=lambda level: abs(float(level) - float(value))) if numeric else value
+        if out[name] not in levels:
+            raise ValueError(f"`{name}` = {value!r} is not a level of the grid {list(levels)}.")
+    return out
+
+
+def replay_space(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any]):
+    """The real digits space with the grid's parameters searched over the grid's hull
+    (floats keep their kind and take ``[min, max]`` of the levels; categoricals and bools
+    take the levels) and every other parameter fixed as in the enumeration."""
+    from slimtune._api import build_space
+    from slimtune.tasks._task import get_task
+
+    task = get_task("digits")
+    full = build_space(task)
+    defaults = {p.name: p.default for p in full.params}
+    space = build_space(task, fixed=space_fixed([p.name for p in full.params], grid, fixed, defaults))
+    for name, levels in grid.items():
+        param = space[name]
+        if param.kind == "float":
+            low, high = float(min(levels)), float(max(levels))
+            param = replace(param, low=low, high=high, default=min(max(float(param.default), low), high))
+        elif param.kind == "categorical":
+            param = replace(param, choices=tuple(levels),
+                            default=param.default if param.default in levels else levels[0])
+        space._params[name] = param  # noqa: SLF001 - the benchmark's discretised hull of the real space
+    return space
+
+
+@dataclass
+class Table:
+    """The enumerated configurations by grid key."""
+
+    doc: Mapping[str, Any]
+    rows: dict[str, dict[str, Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rows = {config_key(r["params"], self.doc["grid"]): r for r in self.doc["configurations"]}
+
+    @property
+    def grid(self) -> dict[str, list[Any]]:
+        return self.doc["grid"]
+
+    def lookup(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        return self.rows[config_key(snap(values, self.grid), self.grid)]
+
+
+class ReplayEvaluator:
+    """``Evaluator.evaluate`` answered from the table: the stored result of the nearest
+    grid point; with ``should_stop``, the stored per-epoch curve is fed to it epoch by
+    epoch (with the stored pre-training bound, latency as a ratio to the baseline like
+    the costs the runner compares it with) and a stop returns what the real evaluator
+    returns.  Times are the stored ones actually spent."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    def evaluate(self, values: dict[str, Any], *, should_stop=None, metadata=None):
+        from slimtune.search._measurement import Measurement
+        from slimtune.search._pipeline import CandidateResult, PreMeasurement
+
+        row = self.table.lookup(values)
+        if "error" in row:
+            raise RuntimeError(row["error"])
+        key = config_key(row["params"], self.table.grid)
+        curve = list(row["val_accuracy_per_epoch"])
+        pre = None
+        if should_stop is not None:
+            pre = PreMeasurement(latency_ms=row["pre"]["latency_ratio"], macs=row["pre"]["macs"],
+                                 size_bytes=row["pre"]["size_bytes"])
+            for epoch, acc in enumerate(curve):
+                reason = should_stop(epoch, acc, pre)
+                if reason:
+                    wall, cpu = row["epoch_seconds"][epoch], row["epoch_cpu_seconds"][epoch]
+                    info = {"key": key, "epochs_run": epoch + 1, "cpu_seconds": cpu, "val_accuracy_per_epoch": curve[:epoch + 1]}
+                    return CandidateResult(values, None, acc, None, None, {}, None, max(0.0, wall - row["pre_seconds"]),
+                                           wall, pre, stopped=reason, info=info)
+        skipped = 0.0 if pre is not None else row["pre_seconds"]  # the runner would not pre-measure
+        skipped_cpu = 0.0 if pre is not None else row["pre_cpu_seconds"]
+        m = Measurement(accuracy=row["val_accuracy"], latency_ms=row["latency_ratio"], size_bytes=row["size_bytes"],
+                        macs=row["macs"], reference_latency_ms=1.0, test_accuracy=row["test_accuracy"])
+        info = {"key": key, "epochs_run": len(curve), "cpu_seconds": row["total_cpu_seconds"] - skipped_cpu,
+                "val_accuracy_per_epoch": curve}
+        return CandidateResult(values, m, row["val_accuracy"], None, None, {}, None, row["train_seconds"],
+                               row["total_seconds"] - skipped, pre, info=info)
+
+
+class ReplayRecorder:
+    """The runner's recorder over replayed outcomes (in memory)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def frontier_points(self, cost_objectives: Sequence[str]):
+        from slimtune.search._early_stopping import FrontierPoint
+
+        return [FrontierPoint(r["trial"], r["val_accuracy"], {c: r[c] for c in cost_objectives}, tuple(r["curve"]))
+                for r in self.rows if r["state"] == "COMPLETE"]
+
+    def record(self, outcome) -> dict[str, Any]:
+        result = outcome.result
+        row: dict[str, Any] = {"trial": outcome.number, "state": outcome.state, "params": dict(outcome.proposal.values)}
+        if result is not None:
+            m = result.measurement
+            row.update(key=result.info["key"], epochs_run=result.info["epochs_run"], curve=result.info["val_accuracy_per_epoch"],
+                       val_accuracy=result.val_accuracy, train_seconds=result.train_seconds,
+                       total_seconds=result.total_seconds, cpu_seconds=result.info["cpu_seconds"],
+                       test_accuracy=m.test_accuracy if m else None, latency_ms=m.latency_ms if m else None,
+                       stopped=result.stopped)
+        else:
+            row.update(train_seconds=0.0, total_seconds=0.0, cpu_seconds=0.0, error=outcome.error)
+        self.rows.append(row)
+        return row
+
+
+#: The compared systems: name -> (backend factory (space, seed), early stopping on?).
+def _systems() -> dict[str, tuple[Callable[[Any, int], Any], bool]]:
+    import optuna
+
+    from slimtune.search._backends import get_backend
+
+    optuna_backend = get_backend("optuna")
+
+    def default(space, seed):
+        return optuna_backend(space, seed=seed)  # slimtune's default sampler and settings
+
+    return {
+        "slimtune default": (default, True),
+        "slimtune default, no early stopping": (default, False),
+        # Optuna's own samplers as a user of Optuna gets them: no warm start
+        "optuna random": (lambda space, seed: optuna_backend(space, seed=seed, warm_start=False,
+                                                             sampler=optuna.samplers.RandomSampler(seed=seed)), False),
+        "optuna TPE": (lambda space, seed: optuna_backend(space, seed=seed, warm_start=False,
+                                                          sampler=optuna.samplers.TPESampler(seed=seed)), False),
+        "nni TPE": (lambda space, seed: get_backend("nni")(space, seed=seed, tuner="TPE"), False),
+    }
+
+
+def replay(table: Table, space, make_backend: Callable[[Any, int], Any], seed: int, n_trials: int,
+           early_stopping=None) -> list[dict[str, Any]]:
+    """One search of ``n_trials`` through the real backend and the real trial runner
+    (its early-stopping decision included), answered from the table.  Each row also
+    carries ``overhead_s``: the real seconds the search itself (sampler, runner) took."""
+    import optuna
+
+    from slimtune.search._runner import TrialRunner
+
+    backend = make_backend(space, seed)
+    sampler = backend.optuna_sampler() or optuna.samplers.RandomSampler(seed=seed)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    recorder = ReplayRecorder()
+    runner = TrialRunner(study=study, backend=backend, evaluator=ReplayEvaluator(table),
+                         objectives=("accuracy", "latency_ms"), recorder=recorder, early_stopping=early_stopping,
+                         epochs=int(table.doc["epochs"]), recovery_epochs=int(table.doc["recovery_epochs"]),
+                         fixed=space.fixed)
+    last = [time.perf_counter()]
+
+    def timed(row: dict) -> None:
+        now = time.perf_counter()
+        row["overhead_s"] = now - last[0]
+        last[0] = now
+
+    try:
+        runner.run(n_trials=n_trials, callbacks=[timed], progress=False)
+    finally:
+        backend.close()
+    return recorder.rows
+
+
+def hv_curve(rows: Sequence[Mapping[str, Any]], ceiling: float) -> list[float]:
+    """Hypervolume (fraction of the ceiling's) of the complete trials after each trial."""
+    out, points = [], []
+    for r in rows:
+        if r["state"] == "COMPLETE":
+            points.append((r["test_accuracy"], r["latency_ms"]))
+        out.append(normalised_hypervolume(points) / ceiling if points else 0.0)
+    return out
+
+
+def trials_to_reach(curve: Sequence[float], fraction: float) -> int | None:
+    """The first trial count whose hypervolume reaches ``fraction`` of the ceiling."""
+    return next((i + 1 for i, v in enumerate(curve) if v >= fraction - 1e-12), None)
+
+
+def summarize_run(rows: Sequence[Mapping[str, Any]], ceiling: float, budget: int) -> dict[str, Any]:
+    """The numbers of one replayed run at ``budget`` trials (its first ``budget`` trials)."""
+    curve = hv_curve(rows, ceiling)
+    head = rows[:budget]
+    return {
+        "hv": curve[budget - 1], "to90": trials_to_reach(curve, 0.90), "to95": trials_to_reach(curve, 0.95),
+        "wall_s": sum(r["total_seconds"] for r in head) + sum(r.get("overhead_s", 0.0) for r in head),
+        "cpu_s": sum(r["cpu_seconds"] for r in head), "train_s": sum(r["train_seconds"] for r in head),
+        "overhead_s": sum(r.get("overhead_s", 0.0) for r in head),
+        "stopped": sum(r["state"] == "PRUNED" for r in head), "failed": sum(r["state"] == "FAIL" for r in head),
+        "distinct": len({r.get("key") for r in head}),
+    }
+
+
+def _median(xs: Sequence[float]) -> float:
+    import statistics
+
+    return statistics.median(xs)
+
+
+#: Early-stopping settings of the saving / loss curve (``FrontierEarlyStopping`` fields):
+#: the previous default, priors per epoch, then the accuracy tolerance (the shipped
+#: default is ``accuracy_tolerance=0.05`` with no prior margin, learned part on).
+ES_SETTINGS: list[dict[str, Any]] = [
+    *({"margin_per_epoch": mpe, "min_margin": mm, "learn_margin": True, "accuracy_tolerance": tol}
+      for mpe, mm, tol in ((0.2, 0.02, 0.0), (0.05, 0.02, 0.0), (0.01, 0.0, 0.0), (0.01, 0.0, 0.05),
+                           (0.005, 0.0, 0.05))),
+    *({"margin_per_epoch": 0.0, "min_margin": 0.0, "learn_margin": learn, "accuracy_tolerance": tol}
+      for learn in (True, False) for tol in (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)),
+]
+
+
+def es_curve(table: Table, space, make_backend, seeds: Sequence[int], budget: int,
+             settings: Sequence[Mapping[str, Any]] = ES_SETTINGS) -> list[dict[str, Any]]:
+    """Training-time saving vs hypervolume loss of each rule setting against the same
+    search without early stopping (paired seeds), at ``budget`` trials."""
+    from slimtune.search._early_stopping import FrontierEarlyStopping
+
+    ceiling = float(table.doc["ceiling_hypervolume"])
+    off = {seed: summarize_run(replay(table, space, make_backend, seed, budget), ceiling, budget) for seed in seeds}
+    out = []
+    for setting in settings:
+        rule = FrontierEarlyStopping(**setting)
+        runs = {seed: summarize_run(replay(table, space, make_backend, seed, budget, rule), ceiling, budget)
+                for seed in seeds}
+        saving = [1 - runs[s]["train_s"] / off[s]["train_s"] for s in seeds]
+        total_saving = [1 - runs[s]["wall_s"] / off[s]["wall_s"] for s in seeds]
+        loss = [1 - runs[s]["hv"] / off[s]["hv"] for s in seeds]
+        out.append({**setting, "train_saving": sum(saving) / len(saving), "wall_saving": sum(total_saving) / len(seeds),
+                    "hv_loss": sum(loss) / len(loss), "worst_hv_loss": max(loss),
+                    "stopped": sum(r["stopped"] for r in runs.values()) / len(seeds)})
+    return out
+
+
+def compare(table: Table, space, seeds: Sequence[int], budgets: Sequence[int],
+            systems: Mapping[str, tuple[Callable, bool]], progress: bool = True) -> dict[str, dict[int, list[dict]]]:
+    """Every system, seed and budget: the summaries of the replayed runs (one run per
+    system and seed, to the largest budget; smaller budgets are its first trials, as a
+    sampler does not know the budget)."""
+    from slimtune.search._early_stopping import FrontierEarlyStopping
+
+    ceiling = float(table.doc["ceiling_hypervolume"])
+    out: dict[str, dict[int, list[dict]]] = {}
+    for name, (make_backend, early) in systems.items():
+        out[name] = {b: [] for b in budgets}
+        for seed in seeds:
+            started = time.perf_counter()
+            rows = replay(table, space, make_backend, seed, max(budgets), FrontierEarlyStopping() if early else None)
+            for b in budgets:
+                out[name][b].append({"seed": seed, **summarize_run(rows, ceiling, b)})
+            if progress:
+                print(f"  replayed {name}, seed {seed}: {max(budgets)} trials in {time.perf_counter() - started:.1f} s",
+                      file=sys.stderr, flush=True)
+    return out
+
+
+def _fmt_trials(values: Sequence[int | None], horizon: int) -> str:
+    reached = sorted(v for v in values if v is not None)
+    if len(reached) * 2 <= len(values):
+        return f">{horizon}"
+    return str(int(_median([v if v is not None else horizon + 1 for v in values])))
+
+
+def results_table(results: Mapping[str, Mapping[int, list[dict]]], n_space: int, markdown: bool) -> str:
+    """The comparison as text (or a markdown table)."""
+    budgets = sorted({b for per in results.values() for b in per})
+    horizon = max(budgets)
+    head = ["system", "trials", "hv % of ceiling: median [min, max]", "to 90%", "to 95%", "stopped",
+            "wall s", "CPU s"]
+    lines = []
+    for name, per in results.items():
+        for b in budgets:
+            runs = per[b]
+            hv = [100 * r["hv"] for r in runs]
+            lines.append([name, f"{b} ({100 * b / n_space:.0f}%)", f"{_median(hv):.1f} [{min(hv):.1f}, {max(hv):.1f}]",
+                          _fmt_trials([r["to90"] for r in runs], horizon), _fmt_trials([r["to95"] for r in runs], horizon),
+                          f"{_median([r['stopped'] for r in runs]):g}", f"{_median([r['wall_s'] for r in runs]):.0f}",
+                          f"{_median([r['cpu_s'] for r in runs]):.0f}"])
+    if markdown:
+        rows = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        rows += ["| " + " | ".join(line) + " |" for line in lines]
+        return "\n".join(rows)
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in [head, *lines])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recompute", action="store_true", help="evaluate the whole space again (~30-40 min)")
+    parser.add_argument("--quick", action="store_true", help="the stored ceiling, 1 seed, no early-stopping curve")
+    parser.add_argument("--markdown", action="store_true", help="print the results table in markdown")
+    parser.add_argument("--seeds", default="0,1,2", help="search seeds (default 0,1,2; --quick: 0)")
+    parser.add_argument("--budgets", default="0.1,0.2", help="budgets as fractions of the space")
+    parser.add_argument("--es-seeds", default="0,1,2,3,4,5,6,7,8,9",
+                        help="seeds of the early-stopping curve (random sampler, so runs with and without the rule "
+                             "propose the same candidates)")
+    parser.add_argument("--no-es-curve", action="store_true", help="skip the early-stopping curve")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    import optuna
+    import torch
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    torch.set_num_threads(1)
+    doc = load_or_compute_ceiling(recompute=args.recompute)
+    problems = check_ceiling(doc)
+    if problems:
+        print("The stored ceiling is inconsistent: " + "; ".join(problems) + " (run with --recompute).", file=sys.stderr)
+        return 2
+    table = Table(doc)
+    n_space = len(doc["configurations"])
+    ceiling = float(doc["ceiling_hypervolume"])
+    seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+    try:
+        budgets = sorted({max(1, round(float(f) * n_space)) for f in args.budgets.split(",")})
+    except ValueError:
+        print(f"--budgets must be comma-separated fractions, but got {args.budgets!r}.", file=sys.stderr)
+        return 2
+    from slimtune.search._profiling import machine_fingerprint
+
+    _, here = machine_fingerprint("onnxruntime", 1, 1)
+    print(f"Ceiling: digits, {n_space} configurations of {len(doc['grid'])} searched parameters "
+          f"({', '.join(doc['grid'])}), every one trained and measured once with the default settings "
+          f"({doc['epochs']} distillation + {doc['recovery_epochs']} recovery epochs, training seed "
+          f"{doc['settings']['seed']}) in {doc['enumeration_seconds']:.0f} s ({doc['enumeration_cpu_seconds']:.0f} s CPU); "
+          f"{len(doc['frontier'])} on the true (test accuracy, latency ratio) frontier; ceiling hypervolume "
+          f"{ceiling:.4f} (reference accuracy {ACCURACY_REF}, {LATENCY_REF}x baseline latency, normalised). "
+          f"Machine fingerprint {doc['fingerprint_id']}" + (" (this machine)." if here == doc["fingerprint_id"]
+                                                            else f" (this machine: {here}; latencies are the stored ones)."))
+    print(f"Searches are REPLAYED against the stored table: the real backends propose through Optuna's ask/tell, "
+          f"proposals snap to the nearest grid point, results are looked up, and early stopping is the real rule "
+          f"run by the real trial runner on the stored per-epoch curves. Times are the stored candidates' times "
+          f"actually spent (stopped candidates: their epochs run) plus the real search overhead. "
+          f"Seeds {seeds}; budgets {budgets} trials.", flush=True)
+    systems = _systems()
+    results = compare(table, replay_space(doc["grid"], doc["fixed"]), seeds, budgets, systems)
+    print()
+    print(results_table(results, n_space, args.markdown))
+    out: dict[str, Any] = {"ceiling_hypervolume": ceiling, "seeds": seeds, "budgets": budgets, "results": results}
+    default, no_es, rand = (results.get(k) for k in ("slimtune default", "slimtune default, no early stopping",
+                                                     "optuna random"))
+    lo, hi = budgets[0], budgets[-1]
+    med = lambda runs, key: _median([r[key] for r in runs])  # noqa: E731
+    print()
+    print(f"targets: default >= 95% of the ceiling with <= 20% of the trials: median {100 * med(default[hi], 'hv'):.1f}% "
+          f"at {hi} trials; beats random by >= 10 points at 10%: "
+          f"{100 * (med(default[lo], 'hv') - med(rand[lo], 'hv')):+.1f} points at {lo} trials")
+    saving = [1 - a["train_s"] / b["train_s"] for a, b in zip(default[hi], no_es[hi])]
+    loss = [1 - a["hv"] / b["hv"] for a, b in zip(default[hi], no_es[hi])]
+    print(f"early stopping (default rule, paired seeds, {hi} trials): training time -{100 * _median(saving):.0f}% "
+          f"(per seed {', '.join(f'{100 * s:.0f}%' for s in saving)}), hypervolume loss {100 * _median(loss):.1f}% "
+          f"(per seed {', '.join(f'{100 * x:.1f}%' for x in loss)})")
+    if not args.quick and not args.no_es_curve:
+        es_seeds = [int(s) for s in args.es_seeds.split(",")]
+        print(f"\nEarly-stopping curve (optuna random sampler, seeds {es_seeds}, {hi} trials; with and without the rule "
+              "the same candidates are proposed):", flush=True)
+        curve = es_curve(table, replay_space(doc["grid"], doc["fixed"]), systems["optuna random"][0], es_seeds, hi)
+        print(f"{'learn':>5} {'acc_tol':>7} {'min_margin':>10} {'per_epoch':>9} {'stopped':>7} {'train saved':>11} "
+              f"{'wall saved':>10} {'hv loss':>7} {'worst':>6}")
+        for c in curve:
+            print(f"{str(c['learn_margin']):>5} {c['accuracy_tolerance']:>7g} {c['min_margin']:>10g} "
+                  f"{c['margin_per_epoch']:>9g} {c['stopped']:>7.1f} "
+                  f"{100 * c['train_saving']:>10.0f}% {100 * c['wall_saving']:>9.0f}% {100 * c['hv_loss']:>6.1f}% "
+                  f"{100 * c['worst_hv_loss']:>5.1f}%")
+        out["es_curve"] = curve
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""The Optuna backend's defaults: the baseline's neighbourhood as a new study's first
+trials, and trials stopped early seen by the sampler as pending points (no training:
+the proposals only)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from slimtune.search._backends import get_backend
+from slimtune.search._backends.optuna_backend import neighbourhood, stopped_as_pending
+
+
+@pytest.fixture(scope="module")
+def space(digits_task):
+    from slimtune._api import build_space
+
+    return build_space(digits_task, fixed={"prune.granularity": "channel"})
+
+
+def test_neighbourhood_moves_one_family_at_a_time(space):
+    configs = neighbourhood(space, seed=0)
+    families = list(dict.fromkeys(p.family for p in space.searched))
+    assert len(configs) == len(families) and len(families) >= 6
+    for family, values in zip(families, configs):
+        assert set(values) == {p.name for p in space.searched}  # fixed parameters stay out
+        moved = {p.family for p in space.searched if values[p.name] != p.default}
+        assert moved == {family}, (family, values)
+        assert space.check(values) == values  # every value in its domain
+    assert neighbourhood(space, seed=0) == configs and neighbourhood(space, seed=1) != configs
+
+
+def test_a_new_study_proposes_the_neighbourhood_first_and_a_used_one_does_not(space):
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    backend_cls = get_backend("optuna")
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    backend = backend_cls(space, seed=3, sampler="random", warm_start=True)
+    expected = neighbourhood(space, seed=3)
+    proposed = []
+    for _ in range(len(expected) + 2):
+        proposal = backend.propose(study)
+        proposed.append(proposal.values)
+        study.tell(proposal.trial, [0.9, 1.0])
+    assert proposed[:len(expected)] == expected
+    assert proposed[len(expected)] not in expected
+    # a second session (or worker) on the same study enqueues nothing more
+    again = backend_cls(space, seed=3, sampler="random", warm_start=True)
+    assert again.propose(study).values not in expected
+    # enqueued one at a time: a session that stops early leaves no waiting trial
+    short = optuna.create_study(directions=["maximize", "minimize"])
+    backend_cls(space, seed=3, sampler="random").propose(short)
+    assert [t.state for t in short.get_trials()] == [optuna.trial.TrialState.RUNNING]
+    cold = backend_cls(space, seed=3, sampler="random", warm_start=False)
+    assert cold.propose(optuna.create_study(directions=["maximize", "minimize"])).values not in expected
+    with pytest.raises(ValueError, match="startup_trials"):
+        backend_cls(space, seed=3, startup_trials=-1)
+
+
+def test_the_sampler_sees_stopped_trials_as_pending_points(space):
+    """GP and TPE learn from COMPLETE trials only: a stopped candidate is shown to them as
+    a RUNNING (pending) point, so they do not propose its neighbourhood again and again."""
+    from optuna.trial import TrialState
+
+    seen = {}
+
+    class Spy(optuna.samplers.RandomSampler):
+        def sample_relative(self, study, trial, search_space):
+            seen["trials"] = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+            seen["pruned"] = study._get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+            return {}
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    stopped, pruned, done = study.ask(), study.ask(), study.ask()
+    stopped.set_user_attr("stopped_reason", "early stop after epoch 1/4")
+    study.tell(stopped, state=TrialState.PRUNED)
+    study.tell(pruned, state=TrialState.PRUNED)  # pruned by something else: not shown
+    study.tell(done, [0.9, 1.0])
+    sampler = stopped_as_pending(Spy(seed=0))
+    assert stopped_as_pending(sampler) is sampler
+    sampler.sample_relative(study, None, {})
+    states = {t.number: t.state for t in seen["trials"]}
+    assert states == {0: TrialState.RUNNING, 2: TrialState.COMPLETE}
+    assert [t.number for t in seen["pruned"]] == [0, 1]  # asked for PRUNED: the truth
+    assert study.trials[0].state == TrialState.PRUNED  # the study itself is unchanged
+    backend = get_backend("optuna")(space, seed=0)
+    assert backend.tuner == "TPESampler" and isinstance(backend.optuna_sampler(), type(sampler))
