@@ -50,10 +50,6 @@ logger = logging.getLogger(__name__)
 
 TrialCallback = Callable[[dict], Any]
 
-#: The direction of every objective a study may use.
-DIRECTIONS: dict[str, str] = {"accuracy": "maximize", "latency_ms": "minimize", "size_bytes": "minimize", "macs": "minimize"}
-
-
 @dataclass(frozen=True)
 class Constraints:
     """Hard limits, passed to Optuna's samplers with ``Trial.set_constraint``.

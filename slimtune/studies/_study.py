@@ -22,28 +22,32 @@ from datetime import datetime
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from slimtune.search._early_stopping import FrontierEarlyStopping, FrontierPoint, resolve_early_stopping
 from slimtune.search._measurement import Measurement
-from slimtune.search._runner import DIRECTIONS, Constraints, TrialOutcome
-from slimtune.studies._database import Database, mask_url, resolve_storage, retry_locked
+from slimtune.search._runner import Constraints, TrialOutcome
+from slimtune.studies._database import Database, mask_url, resolve_storage
 from slimtune.studies._errors import NoCandidateError, SchemaVersionError, StudyError
 from slimtune.studies._frontier import (
     DEFAULT_OBJECTIVES,
+    SPLITS,
+    Limits,
     baseline_on_front,
     beaten_by_baseline,
     check_objectives,
+    directions,
     non_dominated_mask,
+    select_rows,
 )
-from slimtune.studies._schema import CandidateRecord, StudyRecord, WeightsRecord, utcnow
+from slimtune.studies._schema import CandidateRecord, StudyRecord, utcnow
 from slimtune.studies._rows import make_row, mark_pareto, merged_state
+from slimtune.studies._storage import StudyStorage
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-    from slimtune.search._pipeline import EvalSettings, Evaluator
+    from slimtune.search._pipeline import EvalSettings
     from slimtune.spaces._space import Space
     from slimtune.studies._candidate import Candidate
     from slimtune.tasks._task import Task
@@ -106,8 +110,7 @@ def _study_exists(storage: str, name: str) -> bool:
     except StudyError:
         return False
     try:
-        with db.session() as session:
-            return session.scalar(select(StudyRecord.id).where(StudyRecord.study_name == name)) is not None
+        return StudyStorage(db).study_exists(name)
     finally:
         db.dispose()
 
@@ -165,6 +168,9 @@ class Study:
                  early_stopping: "FrontierEarlyStopping | None | bool" = None) -> None:
         self._record = record
         self._db = db
+        self._storage = StudyStorage(db)
+        self._optuna_study_id: int | None = None
+        self.use_cache = True
         self._task = task
         self._space = space
         self._optuna_storage = None
@@ -267,7 +273,7 @@ class Study:
                 study = cls._resume(record, db, task=task_obj, space=space, fixed=fixed, objectives=wanted_objectives,
                                     constraints=wanted_constraints, settings=settings, sampler=sampler, seed=seed,
                                     early_stopping=early_stopping)
-                study._use_cache = use_cache
+                study.use_cache = use_cache
                 return study
             if task_obj is None:
                 raise StudyError(f"There is no study {name!r} in {mask_url(storage)!r}; give a task to create it.")
@@ -281,8 +287,10 @@ class Study:
             if name in optuna.get_all_study_names(optuna_storage):
                 raise StudyError(f"{mask_url(storage)!r} already holds an Optuna study {name!r} that slimtune did not "
                                  "create; choose another name.")
-            baseline_data = cls._measure_baseline(task_obj, the_space, the_settings, progress, use_cache)
-            from slimtune import __version__
+            from slimtune.search._optimize import measure_baseline
+
+            baseline_data = measure_baseline(task_obj, the_space, the_settings, progress=progress, use_cache=use_cache)
+            from slimtune._version import __version__
             from slimtune.search._backends.optuna_backend import DEFAULT_SAMPLER, sampler_name
 
             record = StudyRecord(
@@ -295,8 +303,7 @@ class Study:
                 seed=seed, baseline=baseline_data, slimtune_version=__version__,
             )
             try:
-                with db.session() as session:
-                    session.add(record)
+                StudyStorage(db).add_study(record)
             except IntegrityError:  # another worker created it meanwhile: join it
                 record = cls._find(db, name)
                 return cls._resume(record, db, task=task_obj, space=the_space, fixed=None, objectives=wanted_objectives,
@@ -319,7 +326,7 @@ class Study:
         db = Database.open(storage, create=False)
         record = cls._find(db, name)
         if record is None:
-            names = [s["name"] for s in _summaries(db)]
+            names = [r.study_name for r, _ in StudyStorage(db).summaries()]
             db.dispose()
             from slimtune.spaces.base import close_matches
 
@@ -329,8 +336,7 @@ class Study:
 
     @staticmethod
     def _find(db: Database, name: str) -> StudyRecord | None:
-        with db.session() as session:
-            return session.scalar(select(StudyRecord).where(StudyRecord.study_name == name))
+        return StudyStorage(db).find_study(name)
 
     @classmethod
     def _resume(cls, record: StudyRecord, db: Database, *, task, space, fixed, objectives, constraints, settings,
@@ -359,27 +365,13 @@ class Study:
         study._ensure_optuna_study(_optuna_storage(db.url))
         return study
 
-    @staticmethod
-    def _measure_baseline(task: "Task", space: "Space", settings: "EvalSettings", progress: bool,
-                          use_cache: bool = True) -> dict[str, Any]:
-        from slimtune.search._baseline import get_baseline
-        from slimtune.search._pipeline import Evaluator
-
-        baseline = get_baseline(task, seed=settings.seed, progress=progress, use_cache=use_cache)
-        measurement = Evaluator(task, space, settings, baseline).baseline_measurement()
-        return {"measurement": measurement.to_dict(), "val_accuracy": baseline.val_accuracy,
-                "torch_test_accuracy": baseline.test_accuracy, "metric": task.metric.name,
-                "trained_by_slimtune": baseline.trained}
-
     def _ensure_optuna_study(self, storage) -> "optuna.Study":
         import optuna
 
-        directions = [DIRECTIONS[o] for o in self.objectives]
+        wanted = list(directions(self.objectives))
         names = optuna.get_all_study_names(storage)
         if self.name not in names:
-            with self._db.session() as session:
-                n = session.scalar(select(CandidateRecord.id).where(CandidateRecord.study_id == self._record.id).limit(1))
-            if n is not None:
+            if self._storage.has_candidates(self._record.id):
                 raise StudyError(f"The Optuna study {self.name!r} was deleted from {self.storage!r}, but slimtune's "
                                  "records of its trials remain; use another study name.")
         created = False
@@ -387,11 +379,11 @@ class Study:
             study = optuna.load_study(study_name=self.name, storage=storage)
         else:
             try:
-                study = optuna.create_study(study_name=self.name, storage=storage, directions=directions)
+                study = optuna.create_study(study_name=self.name, storage=storage, directions=wanted)
                 created = True
             except optuna.exceptions.DuplicatedStudyError:  # another worker was quicker
                 study = optuna.load_study(study_name=self.name, storage=storage)
-        if [d.name.lower() for d in study.directions] != directions:
+        if [d.name.lower() for d in study.directions] != wanted:
             raise StudyError(f"The Optuna study {self.name!r} has directions {[d.name.lower() for d in study.directions]}, "
                              f"not those of its objectives {list(self.objectives)}.")
         if created:
@@ -420,7 +412,7 @@ class Study:
 
     @property
     def directions(self) -> tuple[str, ...]:
-        return tuple(DIRECTIONS[o] for o in self.objectives)
+        return directions(self.objectives)
 
     @property
     def constraints(self) -> Constraints:
@@ -533,9 +525,7 @@ class Study:
         """Store ``space`` (the same parameters, reworded or fingerprinted by an older
         slimtune) and its fingerprint as the study's."""
         stored = {"families": [k.family for k in space.knobs], **space.to_dict()}
-        with self._db.session() as session:
-            record = session.get(StudyRecord, self._record.id)
-            record.space, record.space_fingerprint = stored, space.fingerprint()
+        self._storage.set_space(self._record.id, stored, space.fingerprint())
         self._record.space, self._record.space_fingerprint = stored, space.fingerprint()
 
     @property
@@ -582,47 +572,19 @@ class Study:
         Returns:
             The rows of the trials run by this call.
         """
-        from slimtune.search._backends import get_backend
-        from slimtune.search._baseline import get_baseline
-        from slimtune.search._pipeline import Evaluator
-        from slimtune.search._runner import TrialRunner
+        from slimtune.search._optimize import run_search
 
         _check_budget(n_trials, timeout)
-        backend_cls = get_backend(backend)
-        task, space, settings = self.task, self.space, self.settings
+        return run_search(self, n_trials, timeout=timeout, backend=backend, callbacks=callbacks, stop_event=stop_event,
+                          progress=progress, catch=catch, **backend_options)
+
+    def open_for_search(self) -> "optuna.Study":
+        """Make the study ready for trials: a SQLite file in WAL mode (several workers),
+        the Optuna study loaded with heartbeats on.  Returns the Optuna study."""
         self._db.enable_wal()
         if self._optuna_study is None or self._optuna_storage is None:
             self._ensure_optuna_study(_optuna_storage(self._db.url))
-        study = self._optuna_study
-        options = dict(backend_options)
-        if backend == "optuna":
-            from slimtune.search._backends.optuna_backend import DEFAULT_SAMPLER, SAMPLERS
-
-            sampler = self.sampler
-            if isinstance(sampler, str) and sampler not in SAMPLERS:  # a custom sampler instance made the study
-                warnings.warn(f"Study {self.name!r} was created with the sampler {sampler}, which cannot be rebuilt "
-                              f"by name; using {DEFAULT_SAMPLER!r} (pass sampler= to choose).", UserWarning, stacklevel=2)
-                sampler = DEFAULT_SAMPLER
-            options.setdefault("sampler", sampler)
-        backend_obj = backend_cls(space, seed=_session_seed(self.seed, len(study.get_trials(deepcopy=False))), **options)
-        sampler = backend_obj.optuna_sampler()
-        if sampler is not None:
-            study.sampler = sampler
-        baseline = get_baseline(task, seed=settings.seed, progress=progress, use_cache=getattr(self, "_use_cache", True))
-        self._use_cache = True  # retrained once (--no-cache); later calls read the fresh cache
-        evaluator = Evaluator(task, space, settings, baseline)
-        epochs = task.finetune_epochs if settings.epochs is None else settings.epochs
-        recovery = getattr(task, "recovery_epochs", 0) if settings.finetune_epochs is None else settings.finetune_epochs
-        runner = TrialRunner(study=study, backend=backend_obj, evaluator=evaluator, objectives=self.objectives,
-                             recorder=self, constraints=self.constraints,
-                             baseline_accuracy=float(self._record.baseline["measurement"]["accuracy"]),
-                             early_stopping=self.early_stopping, epochs=epochs, recovery_epochs=int(recovery or 0),
-                             fixed=space.fixed)
-        try:
-            return runner.run(n_trials=n_trials, timeout=timeout, stop_event=stop_event, callbacks=callbacks,
-                              progress=progress, catch=catch)
-        finally:
-            backend_obj.close()
+        return self._optuna_study
 
     # -- the recorder side of the runner --------------------------------------------
     def recover_trials(self) -> dict[str, list[int]]:
@@ -648,9 +610,7 @@ class Study:
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if running:
             numbers = [t.number for t in running]
-            with self._db.session() as session:
-                records = {r.trial_number: r for r in session.scalars(select(CandidateRecord).where(
-                    CandidateRecord.study_id == self._record.id, CandidateRecord.trial_number.in_(numbers)))}
+            records = self._storage.candidates(self._record.id, numbers)
             grace = getattr(self._optuna_storage, "grace_period", None)
             now = datetime.now()  # Optuna writes datetime_start with the local clock
             for t in running:
@@ -682,14 +642,8 @@ class Study:
     def frontier_points(self, cost_objectives: Sequence[str]) -> list[FrontierPoint]:
         """Validation accuracy, learning curve and measured costs of every complete
         candidate (all workers)."""
-        columns = [getattr(CandidateRecord, c) for c in cost_objectives]
-        with self._db.session() as session:
-            result = session.execute(
-                select(CandidateRecord.trial_number, CandidateRecord.val_accuracy, CandidateRecord.info, *columns)
-                .where(CandidateRecord.study_id == self._record.id, CandidateRecord.state == "COMPLETE")
-            ).all()
         points = []
-        for number, val_accuracy, info, *measured in result:
+        for number, val_accuracy, info, *measured in self._storage.complete_costs(self._record.id, cost_objectives):
             if val_accuracy is None or any(v is None for v in measured):
                 continue
             # a finished trial's true costs: its final measurement (its pre-training
@@ -738,14 +692,7 @@ class Study:
             weights = dict(state_dict=buffer.getvalue(), artifact=artifact, artifact_format=result.artifact_format,
                            artifact_sha256=hashlib.sha256(artifact).hexdigest() if artifact else None)
 
-        def write() -> None:  # one transaction: the row and its weights, or nothing
-            with self._db.session() as session:
-                session.add(rec)
-                session.flush()
-                if weights is not None:
-                    session.add(WeightsRecord(candidate_id=rec.id, **weights))
-
-        retry_locked(write)
+        self._storage.add_candidate(rec, weights)  # one transaction: the row and its weights, or nothing
         row = make_row(rec, None, objectives=self.objectives)
         row["constraints"], row["feasible"] = dict(outcome.constraints), outcome.feasible
         if row["state"] == "COMPLETE" and row["feasible"]:
@@ -757,16 +704,20 @@ class Study:
         return row
 
     # -- reading -------------------------------------------------------------------
-    def _records(self) -> dict[int, CandidateRecord]:
-        with self._db.session() as session:
-            records = session.scalars(select(CandidateRecord).where(CandidateRecord.study_id == self._record.id)).all()
-        return {r.trial_number: r for r in records}
+    def _optuna_trials(self) -> Sequence[Any]:
+        """Optuna's trials of the study, read in bulk (with what slimtune's records do
+        not already carry)."""
+        study = self.optuna_study
+        if self._optuna_study_id is None:
+            self._optuna_study_id = self._optuna_storage.get_study_id_from_name(self.name)
+        return self._storage.optuna_trials(self._optuna_study_id, self._record.id,
+                                           fallback=lambda: study.get_trials(deepcopy=False))
 
     def trials(self, *, states: Sequence[str] | None = None) -> list[dict]:
         """Every trial as a row (see :mod:`slimtune.studies._rows`), by trial number;
         ``pareto`` marks the frontier.  ``states`` filters (e.g. ``("COMPLETE",)``)."""
-        records = self._records()
-        frozen = {t.number: t for t in self.optuna_study.get_trials(deepcopy=False)}
+        records = self._storage.candidates(self._record.id)
+        frozen = {t.number: t for t in self._optuna_trials()}
         rows = [make_row(records.get(n), frozen.get(n), objectives=self.objectives, fixed=self._record.fixed)
                 for n in sorted(set(records) | set(frozen))]
         mark_pareto(rows, self.objectives, feasible_only=self.constraints.active, baseline=self.baseline_row())
@@ -847,24 +798,14 @@ class Study:
                 raise StudyError(f"`{arg}` must be positive, but got {value!r}.")
         if split not in SPLITS:
             raise StudyError(f"`split` must be one of {', '.join(SPLITS)}, but got {split!r}.")
-        acc = SPLITS[split]
+        limits = Limits(max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, max_size_kb=max_size_kb,
+                        max_artifact_kb=max_artifact_kb, split=split)
+        acc, fits, key = limits.accuracy, limits.fits, limits.key
         rows = [r for r in self.trials(states=("COMPLETE",)) if r.get(acc) is not None]
         if not rows:
             raise NoCandidateError(f"Study {self.name!r} has no complete trial yet.")
-
-        def fits(r: dict, skip: str = "") -> bool:
-            return ((skip == "latency" or max_latency_ms is None or r["latency_ms"] <= max_latency_ms)
-                    and (skip == "accuracy" or min_accuracy is None or r[acc] >= min_accuracy)
-                    and (skip == "size" or max_size_kb is None or r["size_bytes"] <= max_size_kb * 1024)
-                    and (skip == "artifact" or max_artifact_kb is None
-                         or (r.get("artifact_bytes") or math.inf) <= max_artifact_kb * 1024))
-
-        def key(r: dict) -> tuple:
-            return (-r[acc], r["latency_ms"], r["size_bytes"], r["trial"])
-
         baseline = self.baseline_row()
-        fitting = sorted((r for r in rows if fits(r)), key=key)
-        better = [r for r in fitting if not beaten_by_baseline(r, baseline, self.objectives)]
+        fitting, better = select_rows(rows, limits, baseline=baseline, objectives=self.objectives)
         if better:
             return Candidate(self, better[0])
         asked = " and ".join(a for a in (
@@ -934,32 +875,15 @@ def _same_task(db: Database, record: StudyRecord, task: "Task") -> bool:
         return True
     if task.legacy_fingerprint() != record.task_fingerprint:
         return False
-    with db.session() as session:
-        stored = session.get(StudyRecord, record.id)
-        stored.task_fingerprint = task.fingerprint()
+    StudyStorage(db).set_task_fingerprint(record.id, task.fingerprint())
     record.task_fingerprint = task.fingerprint()
     return True
-
-
-#: What ``select(split=...)`` ranks by: the validation accuracy (the objective) or the test one.
-SPLITS = {"val": "accuracy", "test": "test_accuracy"}
 
 
 def _describe(row: dict, acc: str = "accuracy") -> str:
     label = "test accuracy" if acc == "test_accuracy" else "val accuracy"
     trial = "baseline" if row.get("trial") == "baseline" else f"trial {row['trial']}"
     return f"{trial} ({label} {row[acc]:.4f}, latency {row['latency_ms']:.4g} ms, {row['size_bytes'] / 1024:.1f} KiB)"
-
-
-def _session_seed(seed: int | None, n_existing: int) -> int | None:
-    """The sampler seed for a session that starts after ``n_existing`` trials: the seed
-    itself for a new study; mixed with the count on resume, so a resumed search does
-    not replay the proposals of its first session, yet stays reproducible."""
-    if seed is None or n_existing == 0:
-        return seed
-    import numpy as np
-
-    return int(np.random.SeedSequence([int(seed), int(n_existing)]).generate_state(1)[0] % (2**31 - 1))
 
 
 def _optuna_storage(url: str, *, create: bool = True):
@@ -987,15 +911,9 @@ def _optuna_storage(url: str, *, create: bool = True):
 def _summaries(db: Database) -> list[dict[str, Any]]:
     """The studies with trial counts from slimtune's records alone (see
     :func:`list_studies` for counts that include Optuna's view)."""
-    with db.session() as session:
-        records = session.scalars(select(StudyRecord).order_by(StudyRecord.id)).all()
-        states: dict[int, dict[int, str]] = {}
-        for study_id, number, state in session.execute(
-                select(CandidateRecord.study_id, CandidateRecord.trial_number, CandidateRecord.state)).all():
-            states.setdefault(study_id, {})[number] = state
     return [{"name": r.study_name, "task": r.task_name, "objectives": list(r.objectives),
-             **_counts(list(states.get(r.id, {}).values())), "created_at": r.created_at.isoformat(timespec="seconds"),
-             "slimtune_version": r.slimtune_version, "_records": states.get(r.id, {})} for r in records]
+             **_counts(list(states.values())), "created_at": r.created_at.isoformat(timespec="seconds"),
+             "slimtune_version": r.slimtune_version, "_records": states} for r, states in StudyStorage(db).summaries()]
 
 
 def _counts(states: Sequence[str]) -> dict[str, int]:
