@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-from sqlalchemy import DateTime, Float, Integer, String, Text, column, or_, select, table
+from sqlalchemy import DateTime, Float, Integer, String, Text, case, column, func, or_, select, table, type_coerce
 from sqlalchemy.exc import SQLAlchemyError
 
 from slimtune.studies._database import Database, retry_locked
@@ -115,14 +116,45 @@ class StudyStorage:
         return [(r, states.get(r.id, {})) for r in records]
 
     # -- candidates --------------------------------------------------------------------
-    def candidates(self, study_id: int, numbers: Iterable[int] | None = None) -> dict[int, "Row"]:
-        """The study's candidate records (every column but the recipe, as rows with
-        attribute access) by trial number; only ``numbers`` when given."""
-        query = select(*ROW_COLUMNS).where(CandidateRecord.study_id == study_id)
+    def candidates(self, study_id: int, numbers: Iterable[int] | None = None, *,
+                   measurement_keys: Sequence[str] | None = None) -> dict[int, Any]:
+        """The study's candidate records (every column but the recipe, with attribute
+        access) by trial number; only ``numbers`` when given.
+
+        With ``measurement_keys`` a record's ``measurement`` holds only those keys: on
+        SQLite they are read with ``json_extract`` instead of decoding every
+        measurement in Python (its latency samples are most of a record), unless the
+        measurement holds a NaN or an infinity, which SQLite's JSON does not parse.
+        """
+        light = measurement_keys is not None and self.db.engine.dialect.name == "sqlite"
+        columns = [c for c in ROW_COLUMNS if not (light and c.name == "measurement")]
+        if light:
+            text = type_coerce(CandidateRecord.measurement, Text)
+            odd = (func.instr(text, "NaN") > 0) | (func.instr(text, "Infinity") > 0)
+            columns.append(case((odd, text), else_=None).label("raw_measurement"))
+            columns += [case((odd, None), else_=func.json_extract(text, f'$."{key}"')).label(f"m_{i}")
+                        for i, key in enumerate(measurement_keys)]
+        query = select(*columns).where(CandidateRecord.study_id == study_id)
         if numbers is not None:
             query = query.where(CandidateRecord.trial_number.in_(list(numbers)))
         with self.db.engine.connect() as conn:
-            return {r.trial_number: r for r in conn.execute(query)}
+            try:
+                result = conn.execute(query)
+            except SQLAlchemyError:
+                if not light:
+                    raise
+                return self.candidates(study_id, numbers)  # a SQLite built without its JSON functions
+            if not light:
+                return {r.trial_number: r for r in result}
+            out = {}
+            for r in result:
+                fields = r._asdict()
+                raw = fields.pop("raw_measurement")
+                picked = [fields.pop(f"m_{i}") for i in range(len(measurement_keys))]
+                fields["measurement"] = (json.loads(raw) if raw is not None
+                                         else dict(zip(measurement_keys, picked)))
+                out[r.trial_number] = SimpleNamespace(**fields)
+            return out
 
     def candidate(self, study_id: int, number: int, *, with_weights: bool = False
                   ) -> tuple[CandidateRecord | None, WeightsRecord | None]:

@@ -41,7 +41,7 @@ from slimtune.studies._frontier import (
     select_rows,
 )
 from slimtune.studies._schema import CandidateRecord, StudyRecord, utcnow
-from slimtune.studies._rows import make_row, mark_pareto, merged_state
+from slimtune.studies._rows import MEASUREMENT_KEYS, make_row, mark_pareto, merged_state
 from slimtune.studies._storage import StudyStorage
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -716,7 +716,7 @@ class Study:
     def trials(self, *, states: Sequence[str] | None = None) -> list[dict]:
         """Every trial as a row (see :mod:`slimtune.studies._rows`), by trial number;
         ``pareto`` marks the frontier.  ``states`` filters (e.g. ``("COMPLETE",)``)."""
-        records = self._storage.candidates(self._record.id)
+        records = self._storage.candidates(self._record.id, measurement_keys=MEASUREMENT_KEYS)
         frozen = {t.number: t for t in self._optuna_trials()}
         rows = [make_row(records.get(n), frozen.get(n), objectives=self.objectives, fixed=self._record.fixed)
                 for n in sorted(set(records) | set(frozen))]
