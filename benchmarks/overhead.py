@@ -71,7 +71,7 @@ def trial_overhead(directory: Path, trials: int, epochs: int | None) -> None:
     study.close()
 
 
-def _trial_figures(rng: "random.Random", base: Any) -> dict[str, Any]:
+def _trial_figures(rng: Any, base: Any) -> dict[str, Any]:
     """Plausible figures of one candidate: accuracy falls as latency falls."""
     squeeze = rng.betavariate(2, 2)  # 0 = like the baseline, 1 = heavily compressed
     reference = base["latency_ms"] * rng.uniform(0.9, 1.1)  # the baseline timed in the trial's run

@@ -272,6 +272,57 @@ def selection_may_change(current: Mapping[str, Any] | None, new_rows: Sequence[M
     return bool(eligible) and (current is None or limits.key(eligible[0]) < limits.key(current))
 
 
+def no_candidate_message(study_name: str, rows: Sequence[Mapping[str, Any]], fitting: Sequence[Mapping[str, Any]],
+                         limits: Limits, baseline: Mapping[str, Any]) -> str:
+    """Why ``select`` found nothing among the complete ``rows``: nothing beats the
+    baseline among the ``fitting`` ones, or nothing fits; it names the closest
+    alternatives."""
+    max_latency_ms, min_accuracy, split = limits.max_latency_ms, limits.min_accuracy, limits.split
+    max_size_kb, max_artifact_kb = limits.max_size_kb, limits.max_artifact_kb
+    acc, fits, key = limits.accuracy, limits.fits, limits.key
+    asked = " and ".join(a for a in (
+        f"latency_ms <= {max_latency_ms:g}" if max_latency_ms is not None else "",
+        f"{split} accuracy >= {min_accuracy:g}" if min_accuracy is not None else "",
+        f"size <= {max_size_kb:g} KiB" if max_size_kb is not None else "",
+        f"artifact <= {max_artifact_kb:g} KiB" if max_artifact_kb is not None else "") if a) or "no limits"
+    if fitting:
+        return (
+            f"Nothing beats the baseline under {asked}: the baseline ({_describe(baseline, acc)}) dominates every "
+            f"one of the {len(fitting)} fitting trials when timed in their own runs (e.g. {_describe(fitting[0], acc)}, "
+            f"baseline {fitting[0].get('reference_latency_ms') or baseline['latency_ms']:.4g} ms in that run); "
+            "keep the baseline.")
+    alternatives: list[str] = []
+    if max_latency_ms is not None:
+        near = sorted((r for r in rows if fits(r, "latency")), key=lambda r: (r["latency_ms"], -r[acc]))
+        if near:
+            alternatives.append(f"the fastest meeting the other limits is {_describe(near[0], acc)}")
+    if min_accuracy is not None:
+        near = sorted((r for r in rows if fits(r, "accuracy")), key=key)
+        if near:
+            alternatives.append(f"the most accurate meeting the other limits is {_describe(near[0], acc)}")
+    if max_size_kb is not None:
+        near = sorted((r for r in rows if fits(r, "size")), key=lambda r: (r["size_bytes"], -r[acc]))
+        if near:
+            alternatives.append(f"the smallest meeting the other limits is {_describe(near[0], acc)}")
+    if max_artifact_kb is not None:
+        near = sorted((r for r in rows if fits(r, "artifact") and r.get("artifact_bytes")),
+                      key=lambda r: (r["artifact_bytes"], -r[acc]))
+        if near:
+            alternatives.append(f"the smallest artifact meeting the other limits is {_describe(near[0], acc)}, "
+                                f"artifact {near[0]['artifact_bytes'] / 1024:.1f} KiB")
+    if not alternatives:
+        fastest = min(rows, key=lambda r: (r["latency_ms"], -r[acc]))
+        best = min(rows, key=key)
+        alternatives.append(f"the fastest is {_describe(fastest, acc)}; the most accurate is {_describe(best, acc)}")
+    return f"No complete trial of study {study_name!r} fits {asked}: " + "; ".join(alternatives) + "."
+
+
+def _describe(row: Mapping[str, Any], acc: str = "accuracy") -> str:
+    label = "test accuracy" if acc == "test_accuracy" else "val accuracy"
+    trial = "baseline" if row.get("trial") == "baseline" else f"trial {row['trial']}"
+    return f"{trial} ({label} {row[acc]:.4f}, latency {row['latency_ms']:.4g} ms, {row['size_bytes'] / 1024:.1f} KiB)"
+
+
 def hypervolume(points: Iterable[Sequence[float]], reference: Sequence[float]) -> float:
     """Hypervolume dominated by loss vectors ``points`` (every coordinate minimized) and
     bounded by ``reference``; points not strictly better than the reference in every

@@ -30,7 +30,6 @@ from slimtune.studies._schema import CandidateRecord, StudyRecord, WeightsRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     from optuna.trial import FrozenTrial, TrialState
-    from sqlalchemy.engine import Row
 
 #: The candidate columns a trial row reads (everything but the rebuild recipe).
 ROW_COLUMNS = tuple(c for c in CandidateRecord.__table__.columns if c.name != "recipe")
@@ -200,6 +199,17 @@ class StudyStorage:
             with self.db.engine.connect() as conn:
                 return _read_trials(conn, optuna_study_id, study_id)
         except (SQLAlchemyError, KeyError, ValueError):
+            return fallback()
+
+
+    def optuna_states(self, optuna_study_id: int, *, fallback: Callable[[], dict[int, str]]) -> dict[int, str]:
+        """The state of each of Optuna's trials of a study, by trial number (one
+        statement; ``fallback()`` when Optuna's tables are not as expected)."""
+        try:
+            with self.db.engine.connect() as conn:
+                return dict(conn.execute(select(_trials.c.number, _trials.c.state)
+                                         .where(_trials.c.study_id == optuna_study_id).order_by(_trials.c.trial_id)).all())
+        except SQLAlchemyError:
             return fallback()
 
 
