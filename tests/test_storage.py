@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
+import math
 import shutil
 import warnings
 from pathlib import Path
@@ -164,7 +166,43 @@ def test_bulk_rows_are_the_rows_optuna_gives(small_study, tmp_path):
     plain = fast[-1]
     assert plain["params"]["plain.bits"] == 8 and plain["backend"] == "plain" and plain["size_bytes"] == 10
     assert plain["constraints"] == {"latency_ms": -1.0}
-    assert len(fast) == 201 and fast == slow
+    assert len(fast) == 201 and json.dumps(fast) == json.dumps(slow)  # same values, same key order
+
+
+def test_rows_read_with_json_extract_are_the_rows_of_whole_records(small_study, tmp_path):
+    """On SQLite a row's six measurement fields are read with ``json_extract``; the rows
+    are those built from whole records, also when a measurement holds a NaN (which
+    SQLite's JSON parser refuses or reads as null)."""
+    from sqlalchemy import create_engine, text
+
+    from slimtune.studies import Study
+
+    path = tmp_path / "nan.db"
+    shutil.copy(small_study, path)
+    storage = f"sqlite:///{path}"
+    study = Study.load(NAME, storage=storage)
+    whole = study._storage.candidates  # noqa: SLF001
+
+    def rows(*, light: bool) -> str:
+        study._storage.candidates = whole if light else (  # noqa: SLF001
+            lambda study_id, numbers=None, measurement_keys=None: whole(study_id, numbers))
+        return json.dumps(study.trials())
+
+    try:
+        assert rows(light=True) == rows(light=False)
+        engine = create_engine(storage)
+        with engine.begin() as conn:  # one measurement with a NaN p95, as Measurement's default
+            number, measurement = conn.execute(text(
+                "SELECT trial_number, measurement FROM slimtune_candidates WHERE state = 'COMPLETE' LIMIT 1")).one()
+            changed = {**json.loads(measurement), "latency_p95_ms": float("nan")}
+            conn.execute(text("UPDATE slimtune_candidates SET measurement = :m WHERE trial_number = :n"),
+                         {"m": json.dumps(changed), "n": number})
+        engine.dispose()
+        light = rows(light=True)
+        assert light == rows(light=False)
+        assert math.isnan(next(r for r in json.loads(light) if r["trial"] == number)["latency_p95_ms"])
+    finally:
+        study.close()
 
 
 # -- one select rule ---------------------------------------------------------------------------

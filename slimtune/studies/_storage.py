@@ -22,7 +22,7 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-from sqlalchemy import DateTime, Float, Integer, String, Text, case, column, func, or_, select, table, type_coerce
+from sqlalchemy import JSON, DateTime, Float, Integer, String, Text, case, column, func, or_, select, table, type_coerce
 from sqlalchemy.exc import SQLAlchemyError
 
 from slimtune.studies._database import Database, retry_locked
@@ -123,37 +123,20 @@ class StudyStorage:
         With ``measurement_keys`` a record's ``measurement`` holds only those keys: on
         SQLite they are read with ``json_extract`` instead of decoding every
         measurement in Python (its latency samples are most of a record), unless the
-        measurement holds a NaN or an infinity, which SQLite's JSON does not parse.
+        measurement holds a NaN or an infinity, which SQLite's JSON does not parse
+        (then every measurement is decoded in Python); the other JSON columns are
+        decoded here, in one pass.
         """
-        light = measurement_keys is not None and self.db.engine.dialect.name == "sqlite"
-        columns = [c for c in ROW_COLUMNS if not (light and c.name == "measurement")]
-        if light:
-            text = type_coerce(CandidateRecord.measurement, Text)
-            odd = (func.instr(text, "NaN") > 0) | (func.instr(text, "Infinity") > 0)
-            columns.append(case((odd, text), else_=None).label("raw_measurement"))
-            columns += [case((odd, None), else_=func.json_extract(text, f'$."{key}"')).label(f"m_{i}")
-                        for i, key in enumerate(measurement_keys)]
-        query = select(*columns).where(CandidateRecord.study_id == study_id)
+        query = select(*ROW_COLUMNS).where(CandidateRecord.study_id == study_id)
         if numbers is not None:
             query = query.where(CandidateRecord.trial_number.in_(list(numbers)))
-        with self.db.engine.connect() as conn:
+        if measurement_keys is not None and self.db.engine.dialect.name == "sqlite":
             try:
-                result = conn.execute(query)
+                return _light_candidates(self.db, query, measurement_keys)
             except SQLAlchemyError:
-                if not light:
-                    raise
-                return self.candidates(study_id, numbers)  # a SQLite built without its JSON functions
-            if not light:
-                return {r.trial_number: r for r in result}
-            out = {}
-            for r in result:
-                fields = r._asdict()
-                raw = fields.pop("raw_measurement")
-                picked = [fields.pop(f"m_{i}") for i in range(len(measurement_keys))]
-                fields["measurement"] = (json.loads(raw) if raw is not None
-                                         else dict(zip(measurement_keys, picked)))
-                out[r.trial_number] = SimpleNamespace(**fields)
-            return out
+                pass  # a NaN in a measurement (SQLite < 3.42), or a SQLite without its JSON functions
+        with self.db.engine.connect() as conn:
+            return {r.trial_number: r for r in conn.execute(query).all()}
 
     def candidate(self, study_id: int, number: int, *, with_weights: bool = False
                   ) -> tuple[CandidateRecord | None, WeightsRecord | None]:
@@ -213,6 +196,49 @@ class StudyStorage:
             return fallback()
 
 
+def _light_candidates(db: Database, query: Any, measurement_keys: Sequence[str]) -> dict[int, SimpleNamespace]:
+    """:meth:`StudyStorage.candidates` on SQLite, ``measurement`` reduced to
+    ``measurement_keys`` (read by ``json_extract``)."""
+    text = type_coerce(CandidateRecord.measurement, Text)
+    odd = (func.instr(text, "NaN") > 0) | (func.instr(text, "Infinity") > 0)
+    json_columns = [c.name for c in ROW_COLUMNS if isinstance(c.type, JSON) and c.name != "measurement"]
+    columns = [type_coerce(c, Text).label(c.name) if c.name in json_columns else c
+               for c in ROW_COLUMNS if c.name != "measurement"]
+    # a NaN makes SQLite < 3.42 fail the query (the caller then decodes in Python); newer
+    # ones read it as JSON5, so such a measurement is decoded here, whole
+    extracted = [func.json_extract(text, f'$."{key}"') for key in measurement_keys]
+    query = query.with_only_columns(*columns, case((odd, text), else_=None), *extracted)
+    with db.engine.connect() as conn:
+        result = conn.execute(query).all()
+    names = [c.name for c in columns]
+    out = {}
+    for r in result:
+        fields = dict(zip(names, r))
+        for name in json_columns:
+            fields[name] = _loads(fields[name])
+        raw, picked = r[len(names)], r[len(names) + 1:]
+        fields["measurement"] = _loads(raw) if raw is not None else dict(zip(measurement_keys, picked))
+        out[fields["trial_number"]] = SimpleNamespace(**fields)
+    return out
+
+
+_scan = json.JSONDecoder().scan_once  # json.loads less its per-call whitespace regexes
+
+
+def _loads(text: str | None) -> Any:
+    """JSON text as SQLAlchemy's ``JSON`` type reads it (SQL NULL and JSON null are
+    ``None``), the frequent empty values without calling the parser."""
+    if text is None or text == "null":
+        return None
+    if text == "[]":
+        return []
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        end = -1
+    return value if end == len(text) else json.loads(text)  # json.loads raises on what is not JSON
+
+
 #: The trial metrics a record may lack (then read from Optuna's user attributes).
 RECORD_METRICS = ("accuracy", "test_accuracy", "latency_ms", "size_bytes", "artifact_bytes", "macs")
 
@@ -239,7 +265,7 @@ def _read_trials(conn: Any, optuna_study_id: int, study_id: int) -> list[TrialVi
     for trial_id, _, value, kind in conn.execute(
             select(_values.c.trial_id, _values.c.objective, _values.c.value, _values.c.value_type)
             .select_from(_values.join(_trials, _trials.c.trial_id == _values.c.trial_id)).where(of_study)
-            .order_by(_values.c.trial_id, _values.c.objective)):
+            .order_by(_values.c.trial_id, _values.c.objective)).all():
         view = views[trial_id]
         if view.values is None:
             view.values = []
@@ -249,21 +275,21 @@ def _read_trials(conn: Any, optuna_study_id: int, study_id: int) -> list[TrialVi
                                              for name in RECORD_METRICS])
     for trial_id, key, value in conn.execute(
             select(_user_attrs.c.trial_id, _user_attrs.c.key, _user_attrs.c.value_json).select_from(joined)
-            .where(of_study, _user_attrs.c.key.in_(ROW_ATTRS), lacking)):
-        views[trial_id].user_attrs[key] = json.loads(value)
+            .where(of_study, _user_attrs.c.key.in_(ROW_ATTRS), lacking)).all():
+        views[trial_id].user_attrs[key] = _loads(value)
     system: dict[int, dict[str, Any]] = {}
     for trial_id, key, value in conn.execute(
             select(_system_attrs.c.trial_id, _system_attrs.c.key, _system_attrs.c.value_json)
             .select_from(_system_attrs.join(_trials, _trials.c.trial_id == _system_attrs.c.trial_id))
             .where(of_study, (_system_attrs.c.key == CONSTRAINTS_KEY) | _system_attrs.c.key.like(f"{CONSTRAINTS_KEY}:%"))
-            .order_by(_system_attrs.c.trial_system_attribute_id)):
+            .order_by(_system_attrs.c.trial_system_attribute_id)).all():
         system.setdefault(trial_id, {})[key] = json.loads(value)
     for trial_id, attrs in system.items():
         views[trial_id].constraints = constraints_from(attrs)
     joined, records = _with_record(_params.c.trial_id, optuna_study_id, study_id)
     for trial_id, name, value, distribution in conn.execute(
             select(_params.c.trial_id, _params.c.param_name, _params.c.param_value, _params.c.distribution_json)
-            .select_from(joined).where(of_study, records.c.id.is_(None)).order_by(_params.c.param_id)):
+            .select_from(joined).where(of_study, records.c.id.is_(None)).order_by(_params.c.param_id)).all():
         views[trial_id].params[name] = _distribution(distribution).to_external_repr(value)
     return list(views.values())
 
