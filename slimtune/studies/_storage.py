@@ -3,8 +3,8 @@
 :class:`StudyStorage` reads and writes slimtune's tables through one
 :class:`~slimtune.studies._database.Database` (engine, sessions, schema version), and
 reads Optuna's trials of a study in bulk: a handful of ``SELECT`` statements over
-Optuna's documented RDB tables instead of Optuna's per-trial ORM objects, so a study of
-10,000 trials opens in a fraction of a second.  Only reads go to Optuna's tables
+Optuna's RDB tables instead of Optuna's per-trial ORM objects (``benchmarks/overhead.py``
+times a study of 10,000 trials).  Only reads go to Optuna's tables
 (Optuna's API does every write); if its tables do not look as expected the read falls
 back to Optuna's own ``get_all_trials``.
 
@@ -42,7 +42,7 @@ ROW_ATTRS = ("accuracy", "test_accuracy", "latency_ms", "size_bytes", "artifact_
 #: Optuna's constraint values live in trial system attributes under this key (and ``key:name``).
 CONSTRAINTS_KEY = "constraints"
 
-# Optuna's RDB tables, the columns read here (Optuna's schema 12+, stable since Optuna 3).
+# Optuna's RDB tables, only the columns read here (a read that fails falls back to Optuna's API).
 _trials = table("trials", column("trial_id", Integer), column("number", Integer), column("study_id", Integer),
                 column("state", String), column("datetime_start", DateTime), column("datetime_complete", DateTime))
 _values = table("trial_values", column("trial_id", Integer), column("objective", Integer), column("value", Float),
@@ -183,7 +183,6 @@ class StudyStorage:
                 return _read_trials(conn, optuna_study_id, study_id)
         except (SQLAlchemyError, KeyError, ValueError):
             return fallback()
-
 
     def optuna_states(self, optuna_study_id: int, *, fallback: Callable[[], dict[int, str]]) -> dict[int, str]:
         """The state of each of Optuna's trials of a study, by trial number (one
