@@ -518,8 +518,10 @@ class Study(Recording):
     def trials(self, *, states: Sequence[str] | None = None) -> list[dict]:
         """Every trial as a row (see :mod:`slimtune.studies._rows`), by trial number;
         ``pareto`` marks the frontier.  ``states`` filters (e.g. ``("COMPLETE",)``)."""
-        records = self._storage.candidates(self._record.id, measurement_keys=MEASUREMENT_KEYS)
+        # Optuna's side first: it leaves out what the records then present carry, and
+        # records are written once and never removed, so the records read next carry it
         frozen = {t.number: t for t in self._optuna_trials()}
+        records = self._storage.candidates(self._record.id, measurement_keys=MEASUREMENT_KEYS)
         rows = [make_row(records.get(n), frozen.get(n), objectives=self.objectives, fixed=self._record.fixed)
                 for n in sorted(set(records) | set(frozen))]
         mark_pareto(rows, self.objectives, feasible_only=self.constraints.active, baseline=self.baseline_row())
