@@ -26,20 +26,14 @@ Row = Mapping[str, Any]
 
 @dataclass(frozen=True)
 class Axis:
-    """One cost shown on the x axis."""
+    """One cost shown on the x axis (which way is better: the frontier module's
+    ``DIRECTIONS[key]``)."""
 
     key: str  # the row field
     label: str  # axis label
     unit_scale: float  # row value * unit_scale = shown value
     unit: str
     tick_format: str
-
-    @property
-    def maximize(self) -> bool:
-        """Whether more is better on this axis (the speed-up), as the frontier module says."""
-        from slimtune.studies._frontier import DIRECTIONS
-
-        return DIRECTIONS[self.key] == "maximize"
 
 
 #: The costs the x axis can show, by the name used in the UI and ``objective=``.
