@@ -43,6 +43,7 @@ ROW_ATTRS = ("accuracy", "test_accuracy", "latency_ms", "size_bytes", "artifact_
 CONSTRAINTS_KEY = "constraints"
 
 # Optuna's RDB tables, only the columns read here (a read that fails falls back to Optuna's API).
+_studies = table("studies", column("study_id", Integer), column("study_name", String))
 _trials = table("trials", column("trial_id", Integer), column("number", Integer), column("study_id", Integer),
                 column("state", String), column("datetime_start", DateTime), column("datetime_complete", DateTime))
 _values = table("trial_values", column("trial_id", Integer), column("objective", Integer), column("value", Float),
@@ -183,6 +184,15 @@ class StudyStorage:
                 return _read_trials(conn, optuna_study_id, study_id)
         except (SQLAlchemyError, KeyError, ValueError):
             return fallback()
+
+    def optuna_study_id(self, name: str) -> int | None:
+        """The id of Optuna's study ``name`` in Optuna's tables (``None`` when it is
+        missing or the tables cannot be read: Optuna's API then says why)."""
+        try:
+            with self.db.engine.connect() as conn:
+                return conn.execute(select(_studies.c.study_id).where(_studies.c.study_name == name)).scalar()
+        except SQLAlchemyError:
+            return None
 
     def optuna_states(self, optuna_study_id: int, *, fallback: Callable[[], dict[int, str]]) -> dict[int, str]:
         """The state of each of Optuna's trials of a study, by trial number (one

@@ -508,12 +508,14 @@ class Study(Recording):
     # -- reading -------------------------------------------------------------------
     def _optuna_trials(self) -> Sequence[Any]:
         """Optuna's trials of the study, read in bulk (with what slimtune's records do
-        not already carry)."""
-        study = self.optuna_study
+        not already carry), without building Optuna's storage (its schema check loads
+        every migration script) unless the bulk read cannot answer."""
         if self._optuna_study_id is None:
-            self._optuna_study_id = self._optuna_storage.get_study_id_from_name(self.name)
+            self._optuna_study_id = self._storage.optuna_study_id(self.name)
+            if self._optuna_study_id is None:  # missing or unreadable: Optuna's API says why
+                self._optuna_study_id = self.optuna_study._study_id  # noqa: SLF001
         return self._storage.optuna_trials(self._optuna_study_id, self._record.id,
-                                           fallback=lambda: study.get_trials(deepcopy=False))
+                                           fallback=lambda: self.optuna_study.get_trials(deepcopy=False))
 
     def trials(self, *, states: Sequence[str] | None = None) -> list[dict]:
         """Every trial as a row (see :mod:`slimtune.studies._rows`), by trial number;
