@@ -93,9 +93,9 @@ def bulk_synthetic_study(storage: str, name: str, n: int, *, seed: int = 0) -> N
     (state, times, parameters with their distributions, objective values, the user
     attributes of ``search._runner.user_attrs``) and slimtune's candidate record with a
     full measurement (latency samples included).  Trial ``i`` is COMPLETE, PRUNED (~8%)
-    or FAIL (~2%).  Optuna's ``add_trials`` writes one trial per transaction, several
-    minutes for 10,000; here Optuna's tables are filled with multi-row INSERTs (their
-    columns read from the database, not from Optuna's private models).
+    or FAIL (~2%).  Optuna's ``add_trials`` writes trials one at a time; here Optuna's
+    tables are filled with multi-row INSERTs (their columns read from the database, not
+    from Optuna's private models).  Calling it again adds ``n`` more trials.
     """
     import json
     import random
