@@ -6,7 +6,7 @@ import importlib
 import os
 from typing import Any
 
-__version__ = "0.1.0"
+from slimtune._version import __version__
 
 # ONNX Runtime writes a device id and telemetry events under ~/.cache/Microsoft when it
 # is imported, unless this is set first (a user's own setting is kept).

@@ -213,13 +213,10 @@ class FrontierEarlyStopping:
 def frontier_points_only(points: Sequence[FrontierPoint], cost_objectives: Sequence[str]) -> list[FrontierPoint]:
     """The non-dominated points under (val accuracy, costs): the same answer as all
     points, since a dominated point stops nothing its dominator would not."""
+    from slimtune.studies._frontier import non_dominated_mask  # the one dominance rule
 
-    def beats(a: FrontierPoint, b: FrontierPoint) -> bool:
-        no_worse = a.val_accuracy >= b.val_accuracy and all(a.costs[c] <= b.costs[c] for c in cost_objectives)
-        better = a.val_accuracy > b.val_accuracy or any(a.costs[c] < b.costs[c] for c in cost_objectives)
-        return no_worse and better
-
-    return [p for p in points if not any(beats(q, p) for q in points)]
+    rows = [{"accuracy": p.val_accuracy, **{c: p.costs[c] for c in cost_objectives}} for p in points]
+    return [p for p, keep in zip(points, non_dominated_mask(rows, ("accuracy", *cost_objectives))) if keep]
 
 
 def points_from_rows(rows: Sequence[Mapping[str, Any]], cost_objectives: Sequence[str]) -> list[FrontierPoint]:

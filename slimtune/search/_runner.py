@@ -50,10 +50,6 @@ logger = logging.getLogger(__name__)
 
 TrialCallback = Callable[[dict], Any]
 
-#: The direction of every objective a study may use.
-DIRECTIONS: dict[str, str] = {"accuracy": "maximize", "latency_ms": "minimize", "size_bytes": "minimize", "macs": "minimize"}
-
-
 @dataclass(frozen=True)
 class Constraints:
     """Hard limits, passed to Optuna's samplers with ``Trial.set_constraint``.
@@ -417,6 +413,7 @@ class TrialRunner:
         """Record the outcome (slimtune's row first), then tell Optuna.  If recording
         fails the trial is told FAIL; if only ``tell`` fails the record stands and the
         next :meth:`_recover` tells Optuna from it."""
+        from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
         trial = outcome.proposal.trial
@@ -431,8 +428,11 @@ class TrialRunner:
             fault("before_tell")
             state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAIL}[outcome.state]
             # skip_if_finished: another worker may have told it from the record meanwhile
-            told = self.study.tell(trial, outcome.values if outcome.state == "COMPLETE" else None, state=state,
-                                   skip_if_finished=True)
+            try:
+                told = self.study.tell(trial, outcome.values if outcome.state == "COMPLETE" else None, state=state,
+                                       skip_if_finished=True)
+            except UpdateFinishedTrialError:  # ... even while Optuna's tell ran (between its check and its write)
+                told = self.study._storage.get_trial(trial._trial_id)  # noqa: SLF001 - what it was told
             if told.state != state:  # e.g. failed as stale while this machine slept past the grace period
                 logger.warning("Trial %d was already %s in Optuna when this worker finished it as %s (recorded "
                                "as such in slimtune's tables).", outcome.number, told.state.name, outcome.state)

@@ -6,7 +6,8 @@ from slimtune.studies._database import DEFAULT_STORAGE, Database, mask_url
 from slimtune.studies._errors import NoCandidateError, SchemaVersionError, StudyError
 from slimtune.studies._frontier import DEFAULT_OBJECTIVES, OBJECTIVES, hypervolume, non_dominated, non_dominated_mask
 from slimtune.studies._schema import SCHEMA_VERSION
-from slimtune.studies._study import Study, list_studies
+from slimtune.studies._listing import list_studies
+from slimtune.studies._study import Study
 
 __all__ = [
     "Candidate",

@@ -43,8 +43,6 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-
 from slimtune.search._measurement import Measurement
 from slimtune.studies._errors import StudyError
 from slimtune.studies._schema import CandidateRecord, WeightsRecord
@@ -187,14 +185,11 @@ class Candidate:
         return {**shape, **artifact_metadata(task, self.params, fmt), "study": self.study.name, "trial": self.trial}
 
     def _record(self, *, with_weights: bool = False) -> tuple[CandidateRecord, WeightsRecord | None]:
-        db, study_id = self.study._db, self.study._record.id  # noqa: SLF001 - same package
-        with db.session() as session:
-            rec = session.scalar(select(CandidateRecord).where(CandidateRecord.study_id == study_id,
-                                                               CandidateRecord.trial_number == self.trial))
-            if rec is None:
-                raise StudyError(f"Trial {self.trial} of study {self.study.name!r} has no slimtune record "
-                                 "(was it added with plain Optuna?).")
-            weights = session.get(WeightsRecord, rec.id) if with_weights else None
+        storage, study_id = self.study._storage, self.study._record.id  # noqa: SLF001 - same package
+        rec, weights = storage.candidate(study_id, self.trial, with_weights=with_weights)
+        if rec is None:
+            raise StudyError(f"Trial {self.trial} of study {self.study.name!r} has no slimtune record "
+                             "(was it added with plain Optuna?).")
         if with_weights and weights is None:
             raise StudyError(f"Trial {self.trial} of study {self.study.name!r} has no stored weights.")
         return rec, weights

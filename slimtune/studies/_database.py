@@ -286,7 +286,7 @@ class Database:
         self._write_version()
 
     def _write_version(self) -> None:
-        from slimtune import __version__
+        from slimtune._version import __version__
 
         try:
             with self.session() as session:
@@ -299,7 +299,7 @@ class Database:
         """Bring the schema up to :data:`SCHEMA_VERSION`, one step per transaction; each
         step re-reads the version under a row lock (PostgreSQL), so two workers opening
         an old database at once migrate it once."""
-        from slimtune import __version__
+        from slimtune._version import __version__
 
         while version < SCHEMA_VERSION:
             step = MIGRATIONS.get(version)

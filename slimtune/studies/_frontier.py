@@ -1,8 +1,12 @@
-"""The accuracy-cost frontier: objective directions, non-dominated rows, hypervolume.
+"""The accuracy-cost frontier: objective directions, dominance, the non-dominated sort
+(a 2-D sweep, a lexicographic scan above), the baseline rule, the ``select`` rule,
+hypervolume.
 
-Pure functions over plain rows (``dict`` objects carrying the objective names as keys),
-so the same code serves the study database, the early-stopping rule, the benchmark
-and the widgets.
+The one place these are written: the study database, the early-stopping rule, the
+widgets, the CLI and the benchmarks all call them.  Pure functions over plain rows
+(``dict`` objects carrying the objective names as keys) or over loss matrices (every
+column minimized), vectorised with numpy so that a study of 10,000 trials sorts in
+milliseconds.
 
 Example:
     >>> rows = [{"accuracy": 0.9, "latency_ms": 1.0}, {"accuracy": 0.8, "latency_ms": 2.0}]
@@ -13,10 +17,12 @@ Example:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from slimtune.studies._errors import StudyError
+import numpy as np
 
+from slimtune.studies._errors import StudyError
 #: Every objective a study may use, with its direction.
 OBJECTIVES: dict[str, str] = {
     "accuracy": "maximize",
@@ -56,6 +62,19 @@ def check_objectives(objectives: Iterable[str] | str) -> tuple[str, ...]:
     return names
 
 
+def directions(objectives: Sequence[str]) -> tuple[str, ...]:
+    """``maximize`` / ``minimize`` for each name (objectives and axis figures)."""
+    return tuple(DIRECTIONS[name] for name in objectives)
+
+
+def _number(value: Any) -> float:
+    """``float(value)``, NaN when it is missing or not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def loss_vector(row: Mapping[str, Any], objectives: Sequence[str]) -> tuple[float, ...]:
     """The row's objective values turned into losses (every one minimized)."""
     out = []
@@ -65,48 +84,85 @@ def loss_vector(row: Mapping[str, Any], objectives: Sequence[str]) -> tuple[floa
     return tuple(out)
 
 
+def loss_matrix(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> np.ndarray:
+    """The rows' losses as an ``(n, k)`` array (every column minimized); a missing or
+    non-numeric value is NaN."""
+    signs = np.array([-1.0 if DIRECTIONS[name] == "maximize" else 1.0 for name in objectives])
+    values = np.array([[_number(row.get(name)) for name in objectives] for row in rows], dtype=float)
+    return values.reshape(len(rows), len(objectives)) * signs
+
+
+def dominates_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pareto dominance, row by row (arrays broadcast): ``a[i]`` no worse than ``b[i]``
+    in every loss and better in one.  A NaN on either side never dominates."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return np.all(a <= b, axis=-1) & np.any(a < b, axis=-1)
+
+
 def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
     """Whether loss vector ``a`` Pareto-dominates ``b`` (no worse anywhere, better somewhere)."""
-    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+    return bool(dominates_rows(np.asarray(a, dtype=float), np.asarray(b, dtype=float)))
+
+
+def non_dominated_losses(losses: np.ndarray) -> np.ndarray:
+    """``True`` for each row of the loss matrix that no other row dominates; rows with
+    a NaN are never on the front, equal rows are all kept (as in Optuna's
+    ``best_trials``)."""
+    losses = np.asarray(losses, dtype=float)
+    mask = np.zeros(len(losses), dtype=bool)
+    if losses.size == 0:
+        return mask
+    valid = np.flatnonzero(~np.isnan(losses).any(axis=1))
+    if valid.size:
+        kept = losses[valid]
+        mask[valid] = _sweep_2d(kept) if kept.shape[1] == 2 else _scan(kept)
+    return mask
+
+
+def _sweep_2d(losses: np.ndarray) -> np.ndarray:
+    """Two losses in O(n log n): sorted by the first loss, a point is dominated by an
+    earlier group (strictly smaller first loss) whose best second loss is <= its own, or
+    within its own group by a strictly smaller second loss."""
+    order = np.lexsort((losses[:, 1], losses[:, 0]))
+    first, second = losses[order, 0], losses[order, 1]
+    starts = np.flatnonzero(np.r_[True, first[1:] != first[:-1]])
+    group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(order)]))
+    group_min = second[starts]  # sorted by the second loss within a group
+    best_before = np.r_[np.inf, np.minimum.accumulate(group_min)[:-1]]
+    keep = np.empty(len(order), dtype=bool)
+    keep[order] = (second <= group_min[group]) & (second < best_before[group])
+    return keep
+
+
+def _scan(losses: np.ndarray) -> np.ndarray:
+    """Any number of losses: scan in lexicographic order (a later point never dominates
+    an earlier one) and test each point against the front so far (a point dominated by
+    anything is dominated by a front member)."""
+    order = np.lexsort(losses.T[::-1])
+    front = np.empty_like(losses)
+    size = 0
+    keep = np.zeros(len(losses), dtype=bool)
+    for i in order:
+        if size and dominates_rows(front[:size], losses[i]).any():
+            continue
+        front[size] = losses[i]
+        size += 1
+        keep[i] = True
+    return keep
 
 
 def non_dominated_mask(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> list[bool]:
     """``True`` for each row no other row dominates (equal rows are all kept, as in
     Optuna's ``best_trials``).  Rows with a missing or NaN objective are never on it."""
-    losses: list[tuple[float, ...] | None] = []
-    for row in rows:
-        try:
-            vec = loss_vector(row, objectives)
-        except (KeyError, TypeError, ValueError):
-            vec = None
-        losses.append(None if vec is None or any(math.isnan(v) for v in vec) else vec)
-    if len(objectives) == 2:
-        return _non_dominated_mask_2d(losses)
-    valid = [v for v in losses if v is not None]
-    return [v is not None and not any(dominates(w, v) for w in valid) for v in losses]
+    return non_dominated_losses(loss_matrix(rows, objectives)).tolist()
 
 
-def _non_dominated_mask_2d(losses: Sequence[tuple[float, ...] | None]) -> list[bool]:
-    """The same rule for two objectives in O(n log n): sweep by the first loss; a point
-    is dominated by an earlier group (strictly smaller first loss) with second loss <=
-    its own, or within its group by a strictly smaller second loss."""
-    mask = [False] * len(losses)
-    order = sorted((i for i, v in enumerate(losses) if v is not None), key=lambda i: losses[i])  # type: ignore[index]
-    best_before = math.inf
-    start = 0
-    while start < len(order):
-        end = start
-        first = losses[order[start]][0]  # type: ignore[index]
-        while end < len(order) and losses[order[end]][0] == first:  # type: ignore[index]
-            end += 1
-        group = order[start:end]
-        group_min = min(losses[i][1] for i in group)  # type: ignore[index]
-        for i in group:
-            second = losses[i][1]  # type: ignore[index]
-            mask[i] = not (best_before <= second or second > group_min)
-        best_before = min(best_before, group_min)
-        start = end
-    return mask
+def front_order(x: Sequence[float], y: Sequence[float], *, x_objective: str, y_objective: str = "accuracy") -> np.ndarray:
+    """Indices of the non-dominated points of a 2-D plot (each axis in its objective's
+    direction), best ``x`` first (then best ``y``, then index)."""
+    losses = loss_matrix([{x_objective: a, y_objective: b} for a, b in zip(x, y)], (x_objective, y_objective))
+    keep = np.flatnonzero(non_dominated_losses(losses))
+    return keep[np.lexsort((keep, losses[keep, 1], losses[keep, 0]))] if keep.size else keep
 
 
 def baseline_point(row: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, Any]:
@@ -120,32 +176,151 @@ def baseline_point(row: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[
     return point
 
 
+def _baseline_losses(rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any],
+                     objectives: Sequence[str]) -> np.ndarray:
+    """The losses of :func:`baseline_point` beside each row, as a matrix."""
+    losses = np.repeat(loss_matrix([baseline_point({}, baseline)], objectives), len(rows), axis=0)
+    if "latency_ms" in objectives:  # minimized: the loss is the latency itself
+        references = [r.get("reference_latency_ms") for r in rows]
+        timed = np.array([v is not None for v in references], dtype=bool)
+        values = np.array([_number(v) for v in references], dtype=float)
+        column = losses[:, list(objectives).index("latency_ms")]
+        column[timed] = values[timed]
+    return losses
+
+
+def beaten_by_baseline_mask(rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any] | None,
+                            objectives: Sequence[str]) -> np.ndarray:
+    """For each row, whether the baseline dominates it under ``objectives``, latency
+    compared within the trial's own run: such a trial is never on the front nor
+    selected.  A missing value on either side means not beaten."""
+    if not baseline or not rows:
+        return np.zeros(len(rows), dtype=bool)
+    return dominates_rows(_baseline_losses(rows, baseline, objectives), loss_matrix(rows, objectives))
+
+
 def beaten_by_baseline(row: Mapping[str, Any], baseline: Mapping[str, Any] | None, objectives: Sequence[str]) -> bool:
-    """Whether the baseline dominates ``row`` under ``objectives``, latency compared
-    within the trial's own run: such a trial is never on the front nor selected."""
-    if not baseline:
-        return False
-    try:
-        return dominates(loss_vector(baseline_point(row, baseline), objectives), loss_vector(row, objectives))
-    except (KeyError, TypeError, ValueError):
-        return False
+    """:func:`beaten_by_baseline_mask` for one row."""
+    return bool(beaten_by_baseline_mask([row], baseline, objectives)[0])
 
 
 def baseline_on_front(baseline: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> bool:
     """Whether no row dominates the baseline, each compared with the baseline as timed
     in that row's own run."""
-    for row in rows:
-        try:
-            if dominates(loss_vector(row, objectives), loss_vector(baseline_point(row, baseline), objectives)):
-                return False
-        except (KeyError, TypeError, ValueError):
-            continue
-    return True
+    if not rows:
+        return True
+    return not dominates_rows(loss_matrix(rows, objectives), _baseline_losses(rows, baseline, objectives)).any()
 
 
 def non_dominated(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> list[Mapping[str, Any]]:
     """The rows on the frontier, in their original order."""
     return [row for row, keep in zip(rows, non_dominated_mask(rows, objectives)) if keep]
+
+
+# -- the select rule ----------------------------------------------------------------------
+#: What ``select(split=...)`` ranks by: the validation accuracy (the objective) or the test one.
+SPLITS = {"val": "accuracy", "test": "test_accuracy"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What ``Study.select`` is asked for (``None``: no limit).  Sizes in KiB (1024 B);
+    ``min_accuracy`` applies to the accuracy of ``split``."""
+
+    max_latency_ms: float | None = None
+    min_accuracy: float | None = None
+    max_size_kb: float | None = None
+    max_artifact_kb: float | None = None
+    split: str = "val"
+
+    @property
+    def accuracy(self) -> str:
+        """The row field ranked and limited: ``accuracy`` or ``test_accuracy``."""
+        return SPLITS[self.split]
+
+    def fits(self, row: Mapping[str, Any], skip: str = "") -> bool:
+        """Whether ``row`` meets every limit but ``skip`` (``latency``, ``accuracy``,
+        ``size`` or ``artifact``).  A trial with no recorded artifact length never meets
+        ``max_artifact_kb``."""
+        return ((skip == "latency" or self.max_latency_ms is None or row["latency_ms"] <= self.max_latency_ms)
+                and (skip == "accuracy" or self.min_accuracy is None or row[self.accuracy] >= self.min_accuracy)
+                and (skip == "size" or self.max_size_kb is None or row["size_bytes"] <= self.max_size_kb * 1024)
+                and (skip == "artifact" or self.max_artifact_kb is None
+                     or (row.get("artifact_bytes") or math.inf) <= self.max_artifact_kb * 1024))
+
+    def key(self, row: Mapping[str, Any]) -> tuple:
+        """The ranking: most accurate first, ties to lower latency, smaller size, earlier trial."""
+        return (-row[self.accuracy], row["latency_ms"], row["size_bytes"], row["trial"])
+
+
+def select_rows(rows: Sequence[Mapping[str, Any]], limits: Limits, *, baseline: Mapping[str, Any] | None,
+                objectives: Sequence[str]) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+    """The ``select`` rule over complete rows: ``(fitting, eligible)``, both ranked by
+    :meth:`Limits.key`: the rows within the limits, and those of them the baseline does
+    not beat (timed in their own runs).  ``eligible[0]`` is the answer."""
+    scored = [r for r in rows if r.get(limits.accuracy) is not None]
+    fitting = sorted((r for r in scored if limits.fits(r)), key=limits.key)
+    beaten = beaten_by_baseline_mask(fitting, baseline, objectives)
+    return fitting, [r for r, out in zip(fitting, beaten) if not out]
+
+
+def selection_may_change(current: Mapping[str, Any] | None, new_rows: Sequence[Mapping[str, Any]], limits: Limits, *,
+                         baseline: Mapping[str, Any] | None, objectives: Sequence[str]) -> bool:
+    """Whether complete ``new_rows`` can change what :func:`select_rows` chose
+    (``current``, ``None`` when nothing was): one of them is eligible and ranks before it."""
+    _, eligible = select_rows(new_rows, limits, baseline=baseline, objectives=objectives)
+    return bool(eligible) and (current is None or limits.key(eligible[0]) < limits.key(current))
+
+
+def no_candidate_message(study_name: str, rows: Sequence[Mapping[str, Any]], fitting: Sequence[Mapping[str, Any]],
+                         limits: Limits, baseline: Mapping[str, Any]) -> str:
+    """Why ``select`` found nothing among the complete ``rows``: nothing beats the
+    baseline among the ``fitting`` ones, or nothing fits; it names the closest
+    alternatives."""
+    max_latency_ms, min_accuracy, split = limits.max_latency_ms, limits.min_accuracy, limits.split
+    max_size_kb, max_artifact_kb = limits.max_size_kb, limits.max_artifact_kb
+    acc, fits, key = limits.accuracy, limits.fits, limits.key
+    asked = " and ".join(a for a in (
+        f"latency_ms <= {max_latency_ms:g}" if max_latency_ms is not None else "",
+        f"{split} accuracy >= {min_accuracy:g}" if min_accuracy is not None else "",
+        f"size <= {max_size_kb:g} KiB" if max_size_kb is not None else "",
+        f"artifact <= {max_artifact_kb:g} KiB" if max_artifact_kb is not None else "") if a) or "no limits"
+    if fitting:
+        return (
+            f"Nothing beats the baseline under {asked}: the baseline ({_describe(baseline, acc)}) dominates every "
+            f"one of the {len(fitting)} fitting trials when timed in their own runs (e.g. {_describe(fitting[0], acc)}, "
+            f"baseline {fitting[0].get('reference_latency_ms') or baseline['latency_ms']:.4g} ms in that run); "
+            "keep the baseline.")
+    alternatives: list[str] = []
+    if max_latency_ms is not None:
+        near = sorted((r for r in rows if fits(r, "latency")), key=lambda r: (r["latency_ms"], -r[acc]))
+        if near:
+            alternatives.append(f"the fastest meeting the other limits is {_describe(near[0], acc)}")
+    if min_accuracy is not None:
+        near = sorted((r for r in rows if fits(r, "accuracy")), key=key)
+        if near:
+            alternatives.append(f"the most accurate meeting the other limits is {_describe(near[0], acc)}")
+    if max_size_kb is not None:
+        near = sorted((r for r in rows if fits(r, "size")), key=lambda r: (r["size_bytes"], -r[acc]))
+        if near:
+            alternatives.append(f"the smallest meeting the other limits is {_describe(near[0], acc)}")
+    if max_artifact_kb is not None:
+        near = sorted((r for r in rows if fits(r, "artifact") and r.get("artifact_bytes")),
+                      key=lambda r: (r["artifact_bytes"], -r[acc]))
+        if near:
+            alternatives.append(f"the smallest artifact meeting the other limits is {_describe(near[0], acc)}, "
+                                f"artifact {near[0]['artifact_bytes'] / 1024:.1f} KiB")
+    if not alternatives:
+        fastest = min(rows, key=lambda r: (r["latency_ms"], -r[acc]))
+        best = min(rows, key=key)
+        alternatives.append(f"the fastest is {_describe(fastest, acc)}; the most accurate is {_describe(best, acc)}")
+    return f"No complete trial of study {study_name!r} fits {asked}: " + "; ".join(alternatives) + "."
+
+
+def _describe(row: Mapping[str, Any], acc: str = "accuracy") -> str:
+    label = "test accuracy" if acc == "test_accuracy" else "val accuracy"
+    trial = "baseline" if row.get("trial") == "baseline" else f"trial {row['trial']}"
+    return f"{trial} ({label} {row[acc]:.4f}, latency {row['latency_ms']:.4g} ms, {row['size_bytes'] / 1024:.1f} KiB)"
 
 
 def hypervolume(points: Iterable[Sequence[float]], reference: Sequence[float]) -> float:

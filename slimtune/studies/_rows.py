@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from slimtune.studies._schema import CandidateRecord
 
 METRICS = ("accuracy", "test_accuracy", "latency_ms", "size_bytes", "artifact_bytes", "macs")
+#: The keys of a record's ``measurement`` that :func:`make_row` reads.
+MEASUREMENT_KEYS = ("latency_p95_ms", "latency_kind", "reference_latency_ms", "kernel_bits", "runtime", "params_count")
 
 
 def _iso(value: datetime | None) -> str | None:

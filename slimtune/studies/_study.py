@@ -1,5 +1,10 @@
 """A slimtune study: an Optuna study plus slimtune's record of every candidate.
 
+:class:`Study` creates, resumes and reads a study; the rest lives beside it: every SQL
+statement in :mod:`~slimtune.studies._storage`, the recorder side of the trial runner in
+:mod:`~slimtune.studies._recording`, dominance and the select rule in
+:mod:`~slimtune.studies._frontier`, running trials in :mod:`slimtune.search._optimize`.
+
 Example:
     >>> study = Study.create_or_load("digits-demo", task="digits", settings={"epochs": 1})
     >>> study.optimize(n_trials=20)
@@ -11,91 +16,50 @@ Example:
 
 from __future__ import annotations
 
-import io
-import logging
-import math
-import os
-import re
 import threading
 import warnings
-from datetime import datetime
-from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from slimtune._vocabulary import STATE_PHRASES
-from slimtune.search._early_stopping import FrontierEarlyStopping, FrontierPoint, resolve_early_stopping
+from slimtune.search._early_stopping import FrontierEarlyStopping, resolve_early_stopping
 from slimtune.search._measurement import Measurement
-from slimtune.search._runner import DIRECTIONS, Constraints, TrialOutcome
-from slimtune.studies._database import Database, mask_url, resolve_storage, retry_locked
+from slimtune.search._runner import Constraints
+from slimtune.studies._database import Database, mask_url, resolve_storage
 from slimtune.studies._errors import NoCandidateError, SchemaVersionError, StudyError
 from slimtune.studies._frontier import (
     DEFAULT_OBJECTIVES,
+    SPLITS,
+    Limits,
     baseline_on_front,
-    beaten_by_baseline,
     check_objectives,
-    non_dominated_mask,
+    directions,
+    no_candidate_message,
+    select_rows,
 )
-from slimtune.studies._schema import CandidateRecord, StudyRecord, WeightsRecord, utcnow
-from slimtune.studies._rows import make_row, mark_pareto, merged_state
+from slimtune.studies._schema import StudyRecord
+from slimtune.studies._rows import MEASUREMENT_KEYS, make_row, mark_pareto
+from slimtune.studies._arguments import (
+    SAFE_NAME,
+    check_budget,
+    check_name,
+    check_new_name,
+    constraints_from,
+    differences,
+    settings_from,
+)
+from slimtune.studies._optuna import optuna_storage
+from slimtune.studies._recording import Recording
+from slimtune.studies._storage import StudyStorage
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-    from slimtune.search._pipeline import EvalSettings, Evaluator
+    from slimtune.search._pipeline import EvalSettings
     from slimtune.spaces._space import Space
     from slimtune.studies._candidate import Candidate
     from slimtune.tasks._task import Task
-
-logger = logging.getLogger(__name__)
-
-#: Optuna heartbeats: a RUNNING trial whose worker has not beaten for ``GRACE`` seconds
-#: is failed by the next worker that starts a trial.  The environment variables
-#: ``SLIMTUNE_HEARTBEAT_INTERVAL`` / ``SLIMTUNE_HEARTBEAT_GRACE`` (whole seconds)
-#: override them, e.g. so that a test sees a killed worker's trial failed in seconds.
-HEARTBEAT_INTERVAL = 60
-HEARTBEAT_GRACE = 180
-
-
-#: Names of new studies: safe in a shell, a file name, a URL or HTML without quoting.
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-def heartbeat_settings() -> tuple[int, int]:
-    """``(interval, grace)`` in seconds: the constants above or their environment
-    overrides."""
-    chosen = []
-    for env, default in (("SLIMTUNE_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL), ("SLIMTUNE_HEARTBEAT_GRACE", HEARTBEAT_GRACE)):
-        raw = os.environ.get(env, "").strip()
-        if not raw:
-            chosen.append(default)
-            continue
-        value = int(raw) if raw.isdigit() else 0
-        if value < 1:
-            raise StudyError(f"`{env}` must be a whole number of seconds >= 1, but got {raw!r}.")
-        chosen.append(value)
-    interval, grace = chosen
-    if grace <= interval:
-        raise StudyError(f"The heartbeat grace period ({grace} s) must be longer than its interval ({interval} s).")
-    return interval, grace
-
-
-def _check_name(name: str) -> str:
-    """A name to look up (studies made before names were restricted still open)."""
-    if not isinstance(name, str) or not name.strip() or len(name) > 512:
-        raise StudyError(f"A study name is a non-empty string of at most 512 characters, but got {name!r}.")
-    return name
-
-
-def _check_new_name(name: str) -> str:
-    """A name for a new study: letters, digits, '.', '_' and '-' (at most 128,
-    starting with a letter or digit)."""
-    if not isinstance(name, str) or SAFE_NAME.fullmatch(name) is None:
-        raise StudyError(f"A new study name uses letters, digits, '.', '_' and '-' (at most 128, starting with a "
-                         f"letter or digit), but got {name!r}.")
-    return name
 
 
 def _study_exists(storage: str, name: str) -> bool:
@@ -107,54 +71,12 @@ def _study_exists(storage: str, name: str) -> bool:
     except StudyError:
         return False
     try:
-        with db.session() as session:
-            return session.scalar(select(StudyRecord.id).where(StudyRecord.study_name == name)) is not None
+        return StudyStorage(db).study_exists(name)
     finally:
         db.dispose()
 
 
-def _check_budget(n_trials: int | None, timeout: float | None) -> None:
-    """``n_trials`` a positive int, ``timeout`` a finite positive number of seconds."""
-    if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1):
-        raise StudyError(f"`n_trials` must be a positive integer, but got {n_trials!r}.")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not math.isfinite(timeout) or timeout <= 0):
-        raise StudyError(f"`timeout` must be a finite number of seconds above 0, but got {timeout!r}.")
-
-
-def _settings_from(settings: "EvalSettings | Mapping[str, Any] | None", base: Mapping[str, Any] | None) -> "EvalSettings":
-    from slimtune.search._pipeline import EvalSettings
-
-    if isinstance(settings, EvalSettings):
-        return settings
-    known = {f.name for f in fields(EvalSettings)}
-    overrides = dict(settings or {})
-    unknown = [k for k in overrides if k not in known]
-    if unknown:
-        raise StudyError(f"Unknown evaluation setting {unknown[0]!r}; the settings are {', '.join(sorted(known))}.")
-    try:
-        return EvalSettings(**{**dict(base or {}), **overrides})
-    except (TypeError, ValueError) as exc:
-        raise StudyError(str(exc)) from None
-
-
-def _constraints_from(constraints: "Constraints | Mapping[str, Any] | None", **limits: float | None) -> Constraints | None:
-    given = {k: v for k, v in limits.items() if v is not None}
-    if constraints is None and not given:
-        return None
-    try:
-        base = constraints if isinstance(constraints, Constraints) else Constraints.from_dict(constraints)
-        return Constraints(**{**base.to_dict(), **given})
-    except (TypeError, ValueError) as exc:
-        raise StudyError(str(exc)) from None
-
-
-def _differences(stored: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
-    keys = sorted(set(stored) | set(given))
-    return [f"{k}: {stored.get(k)!r} (study) vs {given.get(k)!r} (given)" for k in keys if stored.get(k) != given.get(k)]
-
-
-class Study:
+class Study(Recording):
     """A study in a database: create or resume it, run trials, read its frontier.
 
     Use :meth:`create_or_load` (or :meth:`load` for an existing one) rather than the
@@ -166,6 +88,9 @@ class Study:
                  early_stopping: "FrontierEarlyStopping | None | bool" = None) -> None:
         self._record = record
         self._db = db
+        self._storage = StudyStorage(db)
+        self._optuna_study_id: int | None = None
+        self.use_cache = True
         self._task = task
         self._space = space
         self._optuna_storage = None
@@ -232,11 +157,11 @@ class Study:
         from slimtune._api import build_space
         from slimtune.tasks._task import get_task
 
-        _check_name(name)
+        check_name(name)
         storage = resolve_storage(storage)
         task_obj = get_task(task) if task is not None else None
         wanted_objectives = check_objectives(objectives) if objectives is not None else None
-        wanted_constraints = _constraints_from(constraints, max_latency_ms=max_latency_ms, max_size_kb=max_size_kb,
+        wanted_constraints = constraints_from(constraints, max_latency_ms=max_latency_ms, max_size_kb=max_size_kb,
                                                max_accuracy_drop=max_accuracy_drop)
         if early_stopping is not None:
             try:
@@ -248,7 +173,7 @@ class Study:
 
             make_sampler(sampler)  # bad names fail before anything is written
         if settings is not None:
-            _settings_from(settings, None)
+            settings_from(settings, None)
         new_space = None
         if task_obj is not None:  # bad names or values in `fixed` fail before anything is written
             if space is not None:
@@ -259,7 +184,7 @@ class Study:
                 new_space = build_space(task_obj, fixed=fixed)
 
         if task_obj is not None and SAFE_NAME.fullmatch(name) is None and not _study_exists(storage, name):
-            _check_new_name(name)  # refused before anything is written
+            check_new_name(name)  # refused before anything is written
         # without a task the study can only be resumed: open without creating anything
         db = Database.open(storage, create=task_obj is not None)
         try:
@@ -268,22 +193,24 @@ class Study:
                 study = cls._resume(record, db, task=task_obj, space=space, fixed=fixed, objectives=wanted_objectives,
                                     constraints=wanted_constraints, settings=settings, sampler=sampler, seed=seed,
                                     early_stopping=early_stopping)
-                study._use_cache = use_cache
+                study.use_cache = use_cache
                 return study
             if task_obj is None:
                 raise StudyError(f"There is no study {name!r} in {mask_url(storage)!r}; give a task to create it.")
-            the_settings = _settings_from(settings, None)
+            the_settings = settings_from(settings, None)
             the_space = new_space
             the_objectives = wanted_objectives or DEFAULT_OBJECTIVES
             rule = resolve_early_stopping(early_stopping)
-            optuna_storage = _optuna_storage(storage)
+            rdb = optuna_storage(storage)
             import optuna
 
-            if name in optuna.get_all_study_names(optuna_storage):
+            if name in optuna.get_all_study_names(rdb):
                 raise StudyError(f"{mask_url(storage)!r} already holds an Optuna study {name!r} that slimtune did not "
                                  "create; choose another name.")
-            baseline_data = cls._measure_baseline(task_obj, the_space, the_settings, progress, use_cache)
-            from slimtune import __version__
+            from slimtune.search._optimize import measure_baseline
+
+            baseline_data = measure_baseline(task_obj, the_space, the_settings, progress=progress, use_cache=use_cache)
+            from slimtune._version import __version__
             from slimtune.search._backends.optuna_backend import DEFAULT_SAMPLER, sampler_name
 
             record = StudyRecord(
@@ -296,8 +223,7 @@ class Study:
                 seed=seed, baseline=baseline_data, slimtune_version=__version__,
             )
             try:
-                with db.session() as session:
-                    session.add(record)
+                StudyStorage(db).add_study(record)
             except IntegrityError:  # another worker created it meanwhile: join it
                 record = cls._find(db, name)
                 return cls._resume(record, db, task=task_obj, space=the_space, fixed=None, objectives=wanted_objectives,
@@ -305,7 +231,7 @@ class Study:
                                    early_stopping=early_stopping)
             study = cls(record, db, task=task_obj, space=the_space, sampler=sampler, seed=seed,
                         early_stopping=early_stopping)
-            study._ensure_optuna_study(optuna_storage)
+            study._ensure_optuna_study(rdb)
             return study
         except BaseException:
             db.dispose()
@@ -315,12 +241,12 @@ class Study:
     def load(cls, name: str, *, storage: str | None = None) -> "Study":
         """An existing study (nothing is created; :class:`StudyError` if it is not there).
         ``storage`` defaults to ``$SLIMTUNE_STORAGE``, else ``sqlite:///slimtune.db``."""
-        _check_name(name)
+        check_name(name)
         storage = resolve_storage(storage)
         db = Database.open(storage, create=False)
         record = cls._find(db, name)
         if record is None:
-            names = [s["name"] for s in _summaries(db)]
+            names = [r.study_name for r, _ in StudyStorage(db).summaries()]
             db.dispose()
             from slimtune.spaces.base import close_matches
 
@@ -330,8 +256,7 @@ class Study:
 
     @staticmethod
     def _find(db: Database, name: str) -> StudyRecord | None:
-        with db.session() as session:
-            return session.scalar(select(StudyRecord).where(StudyRecord.study_name == name))
+        return StudyStorage(db).find_study(name)
 
     @classmethod
     def _resume(cls, record: StudyRecord, db: Database, *, task, space, fixed, objectives, constraints, settings,
@@ -350,37 +275,23 @@ class Study:
             raise StudyError(f"Study {name!r} has constraints {dict(record.constraints) or 'none'}, "
                              f"but {constraints.to_dict()} were given.")
         if settings is not None:
-            the_settings = _settings_from(settings, record.settings)
-            diff = _differences(record.settings, the_settings.to_dict())
+            the_settings = settings_from(settings, record.settings)
+            diff = differences(record.settings, the_settings.to_dict())
             if diff:
                 raise StudyError(f"Study {name!r} was created with other evaluation settings: {'; '.join(diff)}.")
         study = cls(record, db, task=task, sampler=sampler, seed=seed, early_stopping=early_stopping)
         if space is not None or fixed:
             study._space = study._check_space(space, fixed)
-        study._ensure_optuna_study(_optuna_storage(db.url))
+        study._ensure_optuna_study(optuna_storage(db.url))
         return study
-
-    @staticmethod
-    def _measure_baseline(task: "Task", space: "Space", settings: "EvalSettings", progress: bool,
-                          use_cache: bool = True) -> dict[str, Any]:
-        from slimtune.search._baseline import get_baseline
-        from slimtune.search._pipeline import Evaluator
-
-        baseline = get_baseline(task, seed=settings.seed, progress=progress, use_cache=use_cache)
-        measurement = Evaluator(task, space, settings, baseline).baseline_measurement()
-        return {"measurement": measurement.to_dict(), "val_accuracy": baseline.val_accuracy,
-                "torch_test_accuracy": baseline.test_accuracy, "metric": task.metric.name,
-                "trained_by_slimtune": baseline.trained}
 
     def _ensure_optuna_study(self, storage) -> "optuna.Study":
         import optuna
 
-        directions = [DIRECTIONS[o] for o in self.objectives]
+        wanted = list(directions(self.objectives))
         names = optuna.get_all_study_names(storage)
         if self.name not in names:
-            with self._db.session() as session:
-                n = session.scalar(select(CandidateRecord.id).where(CandidateRecord.study_id == self._record.id).limit(1))
-            if n is not None:
+            if self._storage.has_candidates(self._record.id):
                 raise StudyError(f"The Optuna study {self.name!r} was deleted from {self.storage!r}, but slimtune's "
                                  "records of its trials remain; use another study name.")
         created = False
@@ -388,11 +299,11 @@ class Study:
             study = optuna.load_study(study_name=self.name, storage=storage)
         else:
             try:
-                study = optuna.create_study(study_name=self.name, storage=storage, directions=directions)
+                study = optuna.create_study(study_name=self.name, storage=storage, directions=wanted)
                 created = True
             except optuna.exceptions.DuplicatedStudyError:  # another worker was quicker
                 study = optuna.load_study(study_name=self.name, storage=storage)
-        if [d.name.lower() for d in study.directions] != directions:
+        if [d.name.lower() for d in study.directions] != wanted:
             raise StudyError(f"The Optuna study {self.name!r} has directions {[d.name.lower() for d in study.directions]}, "
                              f"not those of its objectives {list(self.objectives)}.")
         if created:
@@ -421,7 +332,7 @@ class Study:
 
     @property
     def directions(self) -> tuple[str, ...]:
-        return tuple(DIRECTIONS[o] for o in self.objectives)
+        return directions(self.objectives)
 
     @property
     def constraints(self) -> Constraints:
@@ -429,7 +340,7 @@ class Study:
 
     @property
     def settings(self) -> "EvalSettings":
-        return _settings_from(None, self._record.settings)
+        return settings_from(None, self._record.settings)
 
     @property
     def task_name(self) -> str:
@@ -534,9 +445,7 @@ class Study:
         """Store ``space`` (the same parameters, reworded or fingerprinted by an older
         slimtune) and its fingerprint as the study's."""
         stored = {"families": [k.family for k in space.knobs], **space.to_dict()}
-        with self._db.session() as session:
-            record = session.get(StudyRecord, self._record.id)
-            record.space, record.space_fingerprint = stored, space.fingerprint()
+        self._storage.set_space(self._record.id, stored, space.fingerprint())
         self._record.space, self._record.space_fingerprint = stored, space.fingerprint()
 
     @property
@@ -545,7 +454,7 @@ class Study:
         if self._optuna_study is None:
             import optuna
 
-            storage = _optuna_storage(self._db.url, create=False)
+            storage = optuna_storage(self._db.url, create=False)
             try:
                 self._optuna_study = optuna.load_study(study_name=self.name, storage=storage)
             except KeyError:
@@ -583,191 +492,39 @@ class Study:
         Returns:
             The rows of the trials run by this call.
         """
-        from slimtune.search._backends import get_backend
-        from slimtune.search._baseline import get_baseline
-        from slimtune.search._pipeline import Evaluator
-        from slimtune.search._runner import TrialRunner
+        from slimtune.search._optimize import run_search
 
-        _check_budget(n_trials, timeout)
-        backend_cls = get_backend(backend)
-        task, space, settings = self.task, self.space, self.settings
+        check_budget(n_trials, timeout)
+        return run_search(self, n_trials, timeout=timeout, backend=backend, callbacks=callbacks, stop_event=stop_event,
+                          progress=progress, catch=catch, **backend_options)
+
+    def open_for_search(self) -> "optuna.Study":
+        """Make the study ready for trials: a SQLite file in WAL mode (several workers),
+        the Optuna study loaded with heartbeats on.  Returns the Optuna study."""
         self._db.enable_wal()
         if self._optuna_study is None or self._optuna_storage is None:
-            self._ensure_optuna_study(_optuna_storage(self._db.url))
-        study = self._optuna_study
-        options = dict(backend_options)
-        if backend == "optuna":
-            from slimtune.search._backends.optuna_backend import DEFAULT_SAMPLER, SAMPLERS
-
-            sampler = self.sampler
-            if isinstance(sampler, str) and sampler not in SAMPLERS:  # a custom sampler instance made the study
-                warnings.warn(f"Study {self.name!r} was created with the sampler {sampler}, which cannot be rebuilt "
-                              f"by name; using {DEFAULT_SAMPLER!r} (pass sampler= to choose).", UserWarning, stacklevel=2)
-                sampler = DEFAULT_SAMPLER
-            options.setdefault("sampler", sampler)
-        backend_obj = backend_cls(space, seed=_session_seed(self.seed, len(study.get_trials(deepcopy=False))), **options)
-        sampler = backend_obj.optuna_sampler()
-        if sampler is not None:
-            study.sampler = sampler
-        baseline = get_baseline(task, seed=settings.seed, progress=progress, use_cache=getattr(self, "_use_cache", True))
-        self._use_cache = True  # retrained once (--no-cache); later calls read the fresh cache
-        evaluator = Evaluator(task, space, settings, baseline)
-        epochs = task.finetune_epochs if settings.epochs is None else settings.epochs
-        recovery = getattr(task, "recovery_epochs", 0) if settings.finetune_epochs is None else settings.finetune_epochs
-        runner = TrialRunner(study=study, backend=backend_obj, evaluator=evaluator, objectives=self.objectives,
-                             recorder=self, constraints=self.constraints,
-                             baseline_accuracy=float(self._record.baseline["measurement"]["accuracy"]),
-                             early_stopping=self.early_stopping, epochs=epochs, recovery_epochs=int(recovery or 0),
-                             fixed=space.fixed)
-        try:
-            return runner.run(n_trials=n_trials, timeout=timeout, stop_event=stop_event, callbacks=callbacks,
-                              progress=progress, catch=catch)
-        finally:
-            backend_obj.close()
-
-    # -- the recorder side of the runner --------------------------------------------
-    def recover_trials(self) -> dict[str, list[int]]:
-        """Finish the trials that dead workers left RUNNING (called before every trial):
-
-        * recorded by slimtune but never told to Optuna (the worker died between the two
-          writes): Optuna is told the recorded outcome, so ``studies``, ``show``,
-          ``select`` and ``export`` agree and the model is kept;
-        * no heartbeat ever written (the worker died between ``ask`` and its first
-          beat, which Optuna's stale-trial detection skips) and started more than the
-          grace period ago: failed, with the reason;
-        * heartbeat older than the grace period: failed (Optuna's stale-trial detection).
-
-        Returns the trial numbers ``told`` from records and ``failed``.
-        """
-        import optuna
-        from optuna.trial import TrialState
-
-        from slimtune.search._runner import BEATING_ATTR, fail_stale_trials
-
-        study = self.optuna_study
-        done: dict[str, list[int]] = {"told": [], "failed": []}
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if running:
-            numbers = [t.number for t in running]
-            with self._db.session() as session:
-                records = {r.trial_number: r for r in session.scalars(select(CandidateRecord).where(
-                    CandidateRecord.study_id == self._record.id, CandidateRecord.trial_number.in_(numbers)))}
-            grace = getattr(self._optuna_storage, "grace_period", None)
-            now = datetime.now()  # Optuna writes datetime_start with the local clock
-            for t in running:
-                try:
-                    rec = records.get(t.number)
-                    if rec is not None:
-                        values = ([float((rec.measurement or {})[o]) for o in self.objectives]
-                                  if rec.state == "COMPLETE" else None)
-                        study.tell(t.number, values, state=TrialState[rec.state], skip_if_finished=True)
-                        done["told"].append(t.number)
-                    elif (grace and BEATING_ATTR not in t.system_attrs and t.datetime_start is not None
-                          and (now - t.datetime_start).total_seconds() > grace):
-                        reason = (f"its worker stopped before the trial's first heartbeat (started "
-                                  f"{t.datetime_start.isoformat(timespec='seconds')}, grace period {grace} s)")
-                        self._optuna_storage.set_trial_user_attr(t._trial_id, "error", reason)  # noqa: SLF001
-                        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-                        done["failed"].append(t.number)
-                except optuna.exceptions.UpdateFinishedTrialError:
-                    pass  # another worker finished it meanwhile
-                except (KeyError, TypeError, ValueError) as exc:  # a record without the objectives: leave it
-                    logger.warning("Study %r: cannot finish trial %d from its record: %s", self.name, t.number, exc)
-        fail_stale_trials(study)
-        for key, numbers in done.items():
-            if numbers:
-                logger.warning("Study %r: %s trials %s left RUNNING by a stopped worker", self.name,
-                               "told from their records" if key == "told" else "failed", numbers)
-        return done
-
-    def frontier_points(self, cost_objectives: Sequence[str]) -> list[FrontierPoint]:
-        """Validation accuracy, learning curve and measured costs of every complete
-        candidate (all workers)."""
-        columns = [getattr(CandidateRecord, c) for c in cost_objectives]
-        with self._db.session() as session:
-            result = session.execute(
-                select(CandidateRecord.trial_number, CandidateRecord.val_accuracy, CandidateRecord.info, *columns)
-                .where(CandidateRecord.study_id == self._record.id, CandidateRecord.state == "COMPLETE")
-            ).all()
-        points = []
-        for number, val_accuracy, info, *measured in result:
-            if val_accuracy is None or any(v is None for v in measured):
-                continue
-            # a finished trial's true costs: its final measurement (its pre-training
-            # latency can be far lower: the shortest path of an early-exit model)
-            costs = {c: float(v) for c, v in zip(cost_objectives, measured)}
-            curve = tuple(float(a) for a in (info or {}).get("val_accuracy_per_epoch") or ())
-            points.append(FrontierPoint(int(number), float(val_accuracy), costs, curve))
-        return points
-
-    def record(self, outcome: TrialOutcome) -> dict:
-        """Store one outcome (candidate row + weights and artifact); return its row."""
-        import hashlib
-
-        import torch
-
-        result = outcome.result
-        m = result.measurement if result is not None else None
-        params = dict(result.params) if result is not None else {**self.fixed, **outcome.proposal.values}
-        info = dict(result.info) if result is not None else {}
-        info["constraints"] = outcome.constraints
-        info["early_stopping"] = outcome.early_stopping
-        rec = CandidateRecord(
-            study_id=self._record.id, study_name=self.name, trial_number=outcome.number, state=outcome.state,
-            params=params, accuracy=m.accuracy if m else None,
-            val_accuracy=result.val_accuracy if result is not None else None,
-            test_accuracy=m.test_accuracy if m else None,
-            latency_ms=m.latency_ms if m else None, size_bytes=int(m.size_bytes) if m else None,
-            artifact_bytes=(len(result.artifact) if m and result.artifact is not None else None),
-            macs=int(m.macs) if m else None, measurement=m.to_dict() if m else None,
-            pre=({"latency_ms": result.pre.latency_ms, "size_bytes": int(result.pre.size_bytes), "macs": int(result.pre.macs)}
-                 if result is not None and result.pre is not None else None),
-            fingerprint_id=m.fingerprint_id if m else None,
-            exit_rates=list(m.exit_rates) if m and m.exit_rates is not None else None,
-            flags=list(m.flags) if m else [], recipe=result.recipe if result is not None and m else None,
-            info=info, backend=outcome.backend, tuner=outcome.proposal.tuner,
-            stopped_reason=result.stopped if result is not None else None, error=outcome.error,
-            train_seconds=result.train_seconds if result is not None else None,
-            total_seconds=result.total_seconds if result is not None else None, worker=outcome.worker,
-            created_at=utcnow(),
-        )
-        weights = None
-        if m is not None and result.state_dict is not None:
-            buffer = io.BytesIO()
-            torch.save(result.state_dict, buffer)
-            artifact = result.artifact
-            weights = dict(state_dict=buffer.getvalue(), artifact=artifact, artifact_format=result.artifact_format,
-                           artifact_sha256=hashlib.sha256(artifact).hexdigest() if artifact else None)
-
-        def write() -> None:  # one transaction: the row and its weights, or nothing
-            with self._db.session() as session:
-                session.add(rec)
-                session.flush()
-                if weights is not None:
-                    session.add(WeightsRecord(candidate_id=rec.id, **weights))
-
-        retry_locked(write)
-        row = make_row(rec, None, objectives=self.objectives)
-        row["constraints"], row["feasible"] = dict(outcome.constraints), outcome.feasible
-        if row["state"] == "COMPLETE" and row["feasible"]:
-            others = [r for r in self.trials() if r["trial"] != row["trial"]]
-            row["pareto"] = (bool(non_dominated_mask([row] + [r for r in others if r["state"] == "COMPLETE" and
-                                                              (r["feasible"] or not self.constraints.active)],
-                                                     self.objectives)[0])
-                             and not beaten_by_baseline(row, self.baseline_row(), self.objectives))
-        return row
+            self._ensure_optuna_study(optuna_storage(self._db.url))
+        return self._optuna_study
 
     # -- reading -------------------------------------------------------------------
-    def _records(self) -> dict[int, CandidateRecord]:
-        with self._db.session() as session:
-            records = session.scalars(select(CandidateRecord).where(CandidateRecord.study_id == self._record.id)).all()
-        return {r.trial_number: r for r in records}
+    def _optuna_trials(self) -> Sequence[Any]:
+        """Optuna's trials of the study, read in bulk (with what slimtune's records do
+        not already carry), without building Optuna's storage (its schema check loads
+        every migration script) unless the bulk read cannot answer."""
+        if self._optuna_study_id is None:
+            self._optuna_study_id = self._storage.optuna_study_id(self.name)
+            if self._optuna_study_id is None:  # missing or unreadable: Optuna's API says why
+                self._optuna_study_id = self.optuna_study._study_id  # noqa: SLF001
+        return self._storage.optuna_trials(self._optuna_study_id, self._record.id,
+                                           fallback=lambda: self.optuna_study.get_trials(deepcopy=False))
 
     def trials(self, *, states: Sequence[str] | None = None) -> list[dict]:
         """Every trial as a row (see :mod:`slimtune.studies._rows`), by trial number;
         ``pareto`` marks the frontier.  ``states`` filters (e.g. ``("COMPLETE",)``)."""
-        records = self._records()
-        frozen = {t.number: t for t in self.optuna_study.get_trials(deepcopy=False)}
+        # Optuna's side first: it leaves out what the records then present carry, and
+        # records are written once and never removed, so the records read next carry it
+        frozen = {t.number: t for t in self._optuna_trials()}
+        records = self._storage.candidates(self._record.id, measurement_keys=MEASUREMENT_KEYS)
         rows = [make_row(records.get(n), frozen.get(n), objectives=self.objectives, fixed=self._record.fixed)
                 for n in sorted(set(records) | set(frozen))]
         mark_pareto(rows, self.objectives, feasible_only=self.constraints.active, baseline=self.baseline_row())
@@ -849,61 +606,16 @@ class Study:
                 raise StudyError(f"`{arg}` must be positive, but got {value!r}.")
         if split not in SPLITS:
             raise StudyError(f"`split` must be one of {', '.join(SPLITS)}, but got {split!r}.")
-        acc = SPLITS[split]
-        rows = [r for r in self.trials(states=("COMPLETE",)) if r.get(acc) is not None]
+        limits = Limits(max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, max_size_kb=max_size_kb,
+                        max_artifact_kb=max_artifact_kb, split=split)
+        rows = [r for r in self.trials(states=("COMPLETE",)) if r.get(limits.accuracy) is not None]
         if not rows:
             raise NoCandidateError(f"Study {self.name!r} has no complete trial yet.")
-
-        def fits(r: dict, skip: str = "") -> bool:
-            return ((skip == "latency" or max_latency_ms is None or r["latency_ms"] <= max_latency_ms)
-                    and (skip == "accuracy" or min_accuracy is None or r[acc] >= min_accuracy)
-                    and (skip == "size" or max_size_kb is None or r["size_bytes"] <= max_size_kb * 1024)
-                    and (skip == "artifact" or max_artifact_kb is None
-                         or (r.get("artifact_bytes") or math.inf) <= max_artifact_kb * 1024))
-
-        def key(r: dict) -> tuple:
-            return (-r[acc], r["latency_ms"], r["size_bytes"], r["trial"])
-
         baseline = self.baseline_row()
-        fitting = sorted((r for r in rows if fits(r)), key=key)
-        better = [r for r in fitting if not beaten_by_baseline(r, baseline, self.objectives)]
+        fitting, better = select_rows(rows, limits, baseline=baseline, objectives=self.objectives)
         if better:
             return Candidate(self, better[0])
-        asked = " and ".join(a for a in (
-            f"latency_ms <= {max_latency_ms:g}" if max_latency_ms is not None else "",
-            f"{split} accuracy >= {min_accuracy:g}" if min_accuracy is not None else "",
-            f"size <= {max_size_kb:g} KiB" if max_size_kb is not None else "",
-            f"artifact <= {max_artifact_kb:g} KiB" if max_artifact_kb is not None else "") if a) or "no limits"
-        if fitting:
-            raise NoCandidateError(
-                f"Nothing beats the baseline under {asked}: the baseline ({_describe(baseline, acc)}) dominates every "
-                f"one of the {len(fitting)} fitting trials when timed in their own runs (e.g. {_describe(fitting[0], acc)}, "
-                f"baseline {fitting[0].get('reference_latency_ms') or baseline['latency_ms']:.4g} ms in that run); "
-                "keep the baseline.")
-        alternatives: list[str] = []
-        if max_latency_ms is not None:
-            near = sorted((r for r in rows if fits(r, "latency")), key=lambda r: (r["latency_ms"], -r[acc]))
-            if near:
-                alternatives.append(f"the fastest meeting the other limits is {_describe(near[0], acc)}")
-        if min_accuracy is not None:
-            near = sorted((r for r in rows if fits(r, "accuracy")), key=key)
-            if near:
-                alternatives.append(f"the most accurate meeting the other limits is {_describe(near[0], acc)}")
-        if max_size_kb is not None:
-            near = sorted((r for r in rows if fits(r, "size")), key=lambda r: (r["size_bytes"], -r[acc]))
-            if near:
-                alternatives.append(f"the smallest meeting the other limits is {_describe(near[0], acc)}")
-        if max_artifact_kb is not None:
-            near = sorted((r for r in rows if fits(r, "artifact") and r.get("artifact_bytes")),
-                          key=lambda r: (r["artifact_bytes"], -r[acc]))
-            if near:
-                alternatives.append(f"the smallest artifact meeting the other limits is {_describe(near[0], acc)}, "
-                                    f"artifact {near[0]['artifact_bytes'] / 1024:.1f} KiB")
-        if not alternatives:
-            fastest = min(rows, key=lambda r: (r["latency_ms"], -r[acc]))
-            best = min(rows, key=key)
-            alternatives.append(f"the fastest is {_describe(fastest, acc)}; the most accurate is {_describe(best, acc)}")
-        raise NoCandidateError(f"No complete trial of study {self.name!r} fits {asked}: " + "; ".join(alternatives) + ".")
+        raise NoCandidateError(no_candidate_message(self.name, rows, fitting, limits, baseline))
 
     def dashboard(self, **kwargs: Any):
         """A live notebook dashboard of this study (``slimtune.widgets.StudyDashboard``;
@@ -936,103 +648,6 @@ def _same_task(db: Database, record: StudyRecord, task: "Task") -> bool:
         return True
     if task.legacy_fingerprint() != record.task_fingerprint:
         return False
-    with db.session() as session:
-        stored = session.get(StudyRecord, record.id)
-        stored.task_fingerprint = task.fingerprint()
+    StudyStorage(db).set_task_fingerprint(record.id, task.fingerprint())
     record.task_fingerprint = task.fingerprint()
     return True
-
-
-#: What ``select(split=...)`` ranks by: the validation accuracy (the objective) or the test one.
-SPLITS = {"val": "accuracy", "test": "test_accuracy"}
-
-
-def _describe(row: dict, acc: str = "accuracy") -> str:
-    label = "test accuracy" if acc == "test_accuracy" else "val accuracy"
-    trial = "baseline" if row.get("trial") == "baseline" else f"trial {row['trial']}"
-    return f"{trial} ({label} {row[acc]:.4f}, latency {row['latency_ms']:.4g} ms, {row['size_bytes'] / 1024:.1f} KiB)"
-
-
-def _session_seed(seed: int | None, n_existing: int) -> int | None:
-    """The sampler seed for a session that starts after ``n_existing`` trials: the seed
-    itself for a new study; mixed with the count on resume, so a resumed search does
-    not replay the proposals of its first session, yet stays reproducible."""
-    if seed is None or n_existing == 0:
-        return seed
-    import numpy as np
-
-    return int(np.random.SeedSequence([int(seed), int(n_existing)]).generate_state(1)[0] % (2**31 - 1))
-
-
-def _optuna_storage(url: str, *, create: bool = True):
-    """Optuna's RDBStorage on the same URL (heartbeats on, so dead workers' trials fail)."""
-    import optuna
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-            from slimtune.studies._database import creating_concurrently, engine_options
-
-            interval, grace = heartbeat_settings()
-            return creating_concurrently(lambda: optuna.storages.RDBStorage(
-                url, heartbeat_interval=interval, grace_period=grace, skip_table_creation=not create,
-                engine_kwargs=engine_options(url)))
-    except StudyError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - e.g. an Optuna schema needing `optuna storage upgrade`
-        from slimtune.studies._database import _scrub
-
-        first = _scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
-        raise StudyError(f"Optuna cannot open {mask_url(url)!r}: {first}") from None
-
-
-def _summaries(db: Database) -> list[dict[str, Any]]:
-    """The studies with trial counts from slimtune's records alone (see
-    :func:`list_studies` for counts that include Optuna's view)."""
-    with db.session() as session:
-        records = session.scalars(select(StudyRecord).order_by(StudyRecord.id)).all()
-        states: dict[int, dict[int, str]] = {}
-        for study_id, number, state in session.execute(
-                select(CandidateRecord.study_id, CandidateRecord.trial_number, CandidateRecord.state)).all():
-            states.setdefault(study_id, {})[number] = state
-    return [{"name": r.study_name, "task": r.task_name, "objectives": list(r.objectives),
-             **_counts(list(states.get(r.id, {}).values())), "created_at": r.created_at.isoformat(timespec="seconds"),
-             "slimtune_version": r.slimtune_version, "_records": states.get(r.id, {})} for r in records]
-
-
-def _counts(states: Sequence[str]) -> dict[str, int]:
-    return {"complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"), "failed": states.count("FAIL"),
-            "running": states.count("RUNNING")}
-
-
-def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
-    """The slimtune studies in ``storage`` (default ``$SLIMTUNE_STORAGE``, else
-    ``sqlite:///slimtune.db``): name, task, objectives, trial counts by state as ``show``
-    has them (``trials`` includes running ones), creation time."""
-    import optuna
-
-    storage = resolve_storage(storage)
-    db = Database.open(storage, create=False)
-    try:
-        rows = _summaries(db)
-        if not rows:  # slimtune's tables without a study yet (Optuna's may be missing)
-            return rows
-        optuna_storage = _optuna_storage(storage, create=False)
-        try:
-            names = set(optuna.get_all_study_names(optuna_storage))
-            for row in rows:
-                records: dict[int, str] = row.pop("_records")
-                trials = []
-                if row["name"] in names:
-                    study_id = optuna_storage.get_study_id_from_name(row["name"])
-                    trials = optuna_storage.get_all_trials(study_id, deepcopy=False)
-                # the same state per trial as `show` (rows.merged_state): Optuna's once finished,
-                # so trials that Optuna failed for a dead worker are counted as failed
-                states = {t.number: merged_state(t.state.name, records.get(t.number)) for t in trials}
-                states.update({n: st for n, st in records.items() if n not in states})
-                row.update(_counts(list(states.values())), trials=len(states))
-        finally:
-            optuna_storage.engine.dispose()
-        return rows
-    finally:
-        db.dispose()

@@ -26,14 +26,14 @@ Row = Mapping[str, Any]
 
 @dataclass(frozen=True)
 class Axis:
-    """One cost shown on the x axis."""
+    """One cost shown on the x axis (which way is better: the frontier module's
+    ``DIRECTIONS[key]``)."""
 
     key: str  # the row field
     label: str  # axis label
     unit_scale: float  # row value * unit_scale = shown value
     unit: str
     tick_format: str
-    maximize: bool = False  # True for figures where more is better (speed-up)
 
 
 #: The costs the x axis can show, by the name used in the UI and ``objective=``.
@@ -41,7 +41,7 @@ class Axis:
 #: (``size_bytes``), ``artifact`` the ONNX/TorchScript file that was timed.
 AXES: dict[str, Axis] = {
     "latency": Axis("latency_ms", "Latency (ms, measured)", 1.0, "ms", ".3~f"),
-    "speedup": Axis("speedup", "Speed-up vs baseline (×, timed in the same run)", 1.0, "×", ".2~f", maximize=True),
+    "speedup": Axis("speedup", "Speed-up vs baseline (×, timed in the same run)", 1.0, "×", ".2~f"),
     "size": Axis("size_bytes", "Size of the packed model file (KiB)", 1 / 1024, "KiB", ".1~f"),
     "artifact": Axis("artifact_bytes", "Size of the timed artifact, ONNX / TorchScript (KiB)", 1 / 1024, "KiB",
                      ".1~f"),
@@ -166,36 +166,17 @@ def hover_text(row: Row) -> str:
     return f"{head} · {metrics} · {params_summary(row.get('params') or {})}"
 
 
-def front_indices(x: np.ndarray, y: np.ndarray, *, maximize_x: bool = False) -> np.ndarray:
-    """Indices of the non-dominated points (x minimized, or maximized with
-    ``maximize_x``; y maximized), sorted by x (best x first).
+def front_indices(x: np.ndarray, y: np.ndarray, *, key: str = "latency_ms") -> np.ndarray:
+    """Indices of the non-dominated points (x is the row field ``key``, in its
+    objective's direction; y the accuracy, maximized), sorted by x (best x first).
 
-    O(n log n).  Points with a NaN coordinate are never on the front; equal points are
-    all kept (as in Optuna's ``best_trials``).
+    The frontier module's rule (:func:`slimtune.studies._frontier.front_order`): points
+    with a NaN coordinate are never on the front; equal points are all kept (as in
+    Optuna's ``best_trials``).
     """
-    x = -np.asarray(x, dtype=float) if maximize_x else np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    valid = np.flatnonzero(~(np.isnan(x) | np.isnan(y)))
-    if valid.size == 0:
-        return valid
-    # by x ascending, then y descending: a point is on the front when its y beats every
-    # y seen at a strictly smaller x, and ties the best at its own x.
-    order = valid[np.lexsort((-y[valid], x[valid]))]
-    keep: list[int] = []
-    best_before = -math.inf  # best y at strictly smaller x
-    i = 0
-    while i < len(order):
-        j = i
-        xi = x[order[i]]
-        while j < len(order) and x[order[j]] == xi:
-            j += 1
-        group = order[i:j]
-        top = y[group[0]]  # the group is sorted by y descending
-        if top > best_before:
-            keep.extend(int(k) for k in group if y[k] == top)
-            best_before = top
-        i = j
-    return np.asarray(keep, dtype=int)
+    from slimtune.studies._frontier import front_order
+
+    return front_order(np.asarray(x, dtype=float), np.asarray(y, dtype=float), x_objective=key)
 
 
 def front_rows(rows: Sequence[Row], objective: str = "latency", baseline: Row | None = None) -> list[Row]:
@@ -205,17 +186,18 @@ def front_rows(rows: Sequence[Row], objective: str = "latency", baseline: Row | 
     done = [r for r in rows if is_complete(r)]
     x = np.array([value(r, axis.key) for r in done])
     y = np.array([value(r, "accuracy") for r in done])
-    return [done[i] for i in not_beaten_by_baseline(done, front_indices(x, y, maximize_x=axis.maximize), axis, baseline)]
+    return [done[i] for i in not_beaten_by_baseline(done, front_indices(x, y, key=axis.key), axis, baseline)]
 
 
 def not_beaten_by_baseline(rows: Sequence[Row], indices: np.ndarray, axis: Axis, baseline: Row | None) -> np.ndarray:
     """``indices`` without the rows that the baseline dominates on (accuracy, axis)."""
-    from slimtune.studies._frontier import beaten_by_baseline
+    from slimtune.studies._frontier import beaten_by_baseline_mask
 
-    if not baseline:
+    indices = np.asarray(indices, dtype=int)
+    if not baseline or indices.size == 0:
         return indices
-    keep = [int(i) for i in indices if not beaten_by_baseline(rows[int(i)], baseline, ("accuracy", axis.key))]
-    return np.asarray(keep, dtype=int)
+    beaten = beaten_by_baseline_mask([rows[int(i)] for i in indices], baseline, ("accuracy", axis.key))
+    return indices[~beaten]
 
 
 def baseline_row(baseline: Any) -> dict[str, Any] | None:

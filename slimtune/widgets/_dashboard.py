@@ -336,22 +336,15 @@ class StudyDashboard(widgets.VBox):
 
     def _selection_may_change(self, fresh: list[dict[str, Any]]) -> bool:
         """Whether new trials can change ``study.select``'s answer (it is asked again
-        only then: on a big study each call reads every trial).  Mirrors its rule:
-        the most accurate fitting trial, ties to lower latency, size, trial number."""
+        only then: on a big study each call reads every trial).  The frontier module's
+        select rule, the baseline rule included: a new trial must fit the limits, not
+        be beaten by the baseline, and rank before the current choice."""
+        from slimtune.studies._frontier import DEFAULT_OBJECTIVES, Limits, selection_may_change
+
         current = self._rows.get(getattr(self._candidate, "trial", None)) if self._candidate is not None else None
-        limits = self._constraints()
-
-        def fits(r: Mapping[str, Any]) -> bool:
-            return (R.is_complete(r) and R.value(r, "latency_ms") <= limits.get("max_latency_ms", math.inf)
-                    and R.value(r, "accuracy") >= limits.get("min_accuracy", -math.inf))
-
-        def key(r: Mapping[str, Any]) -> tuple:
-            return (-R.value(r, "accuracy"), R.value(r, "latency_ms"), R.value(r, "size_bytes"), r.get("trial"))
-
-        candidates = [r for r in fresh if fits(r)]
-        if not candidates:
-            return False
-        return current is None or min(key(r) for r in candidates) < key(current)
+        return selection_may_change(current, [r for r in fresh if R.is_complete(r)], Limits(**self._constraints()),
+                                    baseline=self.baseline,
+                                    objectives=tuple(getattr(self.study, "objectives", DEFAULT_OBJECTIVES)))
 
     def _set_candidate(self, candidate: Any, message: str, constraints: dict[str, float]) -> None:
         with self._lock:

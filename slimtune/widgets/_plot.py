@@ -216,7 +216,7 @@ class FrontierPlot:
 
     def _draw_done(self) -> None:
         x, y = self._x, self._y
-        self._front = R.not_beaten_by_baseline(self._done, R.front_indices(x, y, maximize_x=self.axis.maximize),
+        self._front = R.not_beaten_by_baseline(self._done, R.front_indices(x, y, key=self.axis.key),
                                                self.axis, self._baseline)
         with self.trials_mark.hold_sync():  # float32: half the bytes, plenty for a plot
             self.trials_mark.x = x.astype(np.float32)

@@ -1,0 +1,63 @@
+"""Optuna's side of a study: its ``RDBStorage`` on the study database's URL, with
+heartbeats on so that the trials of dead workers are failed.
+
+Example:
+    >>> storage = optuna_storage("sqlite:///slimtune.db", create=False)
+    >>> names = optuna.get_all_study_names(storage)
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import TYPE_CHECKING
+
+from slimtune.studies._database import _scrub, creating_concurrently, engine_options, mask_url
+from slimtune.studies._errors import StudyError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+#: Optuna heartbeats: a RUNNING trial whose worker has not beaten for ``GRACE`` seconds
+#: is failed by the next worker that starts a trial.  The environment variables
+#: ``SLIMTUNE_HEARTBEAT_INTERVAL`` / ``SLIMTUNE_HEARTBEAT_GRACE`` (whole seconds)
+#: override them, e.g. so that a test sees a killed worker's trial failed in seconds.
+HEARTBEAT_INTERVAL = 60
+HEARTBEAT_GRACE = 180
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """``(interval, grace)`` in seconds: the constants above or their environment
+    overrides."""
+    chosen = []
+    for env, default in (("SLIMTUNE_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL), ("SLIMTUNE_HEARTBEAT_GRACE", HEARTBEAT_GRACE)):
+        raw = os.environ.get(env, "").strip()
+        if not raw:
+            chosen.append(default)
+            continue
+        value = int(raw) if raw.isdigit() else 0
+        if value < 1:
+            raise StudyError(f"`{env}` must be a whole number of seconds >= 1, but got {raw!r}.")
+        chosen.append(value)
+    interval, grace = chosen
+    if grace <= interval:
+        raise StudyError(f"The heartbeat grace period ({grace} s) must be longer than its interval ({interval} s).")
+    return interval, grace
+
+
+def optuna_storage(url: str, *, create: bool = True) -> "optuna.storages.RDBStorage":
+    """Optuna's RDBStorage on the same URL (heartbeats on, so dead workers' trials fail)."""
+    import optuna
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+            interval, grace = heartbeat_settings()
+            return creating_concurrently(lambda: optuna.storages.RDBStorage(
+                url, heartbeat_interval=interval, grace_period=grace, skip_table_creation=not create,
+                engine_kwargs=engine_options(url)))
+    except StudyError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. an Optuna schema needing `optuna storage upgrade`
+        first = _scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
+        raise StudyError(f"Optuna cannot open {mask_url(url)!r}: {first}") from None

@@ -1,0 +1,150 @@
+"""The recorder side of a study: what the trial runner hands outcomes to
+(:class:`slimtune.search._runner.Recorder`).
+
+:class:`Recording` is a part of :class:`~slimtune.studies._study.Study` (its base
+class): storing each outcome with its weights, the complete trials the early-stopping
+rule compares against, and finishing trials that dead workers left RUNNING.  It reads
+the study's ``name``, ``objectives``, ``fixed``, ``constraints``, ``optuna_study``,
+``trials()`` and ``baseline_row()``, and writes through its storage.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Sequence
+
+from slimtune.search._early_stopping import FrontierPoint
+from slimtune.search._runner import TrialOutcome
+from slimtune.studies._frontier import beaten_by_baseline, non_dominated_mask
+from slimtune.studies._rows import make_row
+from slimtune.studies._schema import CandidateRecord, utcnow
+
+if TYPE_CHECKING:  # pragma: no cover
+    from slimtune.studies._storage import StudyStorage
+
+logger = logging.getLogger(__name__)
+
+
+class Recording:
+    """Store outcomes, list the complete trials, recover dead workers' trials."""
+
+    _storage: "StudyStorage"
+    _optuna_storage: Any
+
+    def recover_trials(self) -> dict[str, list[int]]:
+        """Finish the trials that dead workers left RUNNING (called before every trial):
+
+        * recorded by slimtune but never told to Optuna (the worker died between the two
+          writes): Optuna is told the recorded outcome, so ``studies``, ``show``,
+          ``select`` and ``export`` agree and the model is kept;
+        * no heartbeat ever written (the worker died between ``ask`` and its first
+          beat, which Optuna's stale-trial detection skips) and started more than the
+          grace period ago: failed, with the reason;
+        * heartbeat older than the grace period: failed (Optuna's stale-trial detection).
+
+        Returns the trial numbers ``told`` from records and ``failed``.
+        """
+        import optuna
+        from optuna.trial import TrialState
+
+        from slimtune.search._runner import BEATING_ATTR, fail_stale_trials
+
+        study = self.optuna_study
+        done: dict[str, list[int]] = {"told": [], "failed": []}
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if running:
+            numbers = [t.number for t in running]
+            records = self._storage.candidates(self._record.id, numbers)
+            grace = getattr(self._optuna_storage, "grace_period", None)
+            now = datetime.now()  # Optuna writes datetime_start with the local clock
+            for t in running:
+                try:
+                    rec = records.get(t.number)
+                    if rec is not None:
+                        values = ([float((rec.measurement or {})[o]) for o in self.objectives]
+                                  if rec.state == "COMPLETE" else None)
+                        study.tell(t.number, values, state=TrialState[rec.state], skip_if_finished=True)
+                        done["told"].append(t.number)
+                    elif (grace and BEATING_ATTR not in t.system_attrs and t.datetime_start is not None
+                          and (now - t.datetime_start).total_seconds() > grace):
+                        reason = (f"its worker stopped before the trial's first heartbeat (started "
+                                  f"{t.datetime_start.isoformat(timespec='seconds')}, grace period {grace} s)")
+                        self._optuna_storage.set_trial_user_attr(t._trial_id, "error", reason)  # noqa: SLF001
+                        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+                        done["failed"].append(t.number)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass  # another worker finished it meanwhile
+                except (KeyError, TypeError, ValueError) as exc:  # a record without the objectives: leave it
+                    logger.warning("Study %r: cannot finish trial %d from its record: %s", self.name, t.number, exc)
+        fail_stale_trials(study)
+        for key, numbers in done.items():
+            if numbers:
+                logger.warning("Study %r: %s trials %s left RUNNING by a stopped worker", self.name,
+                               "told from their records" if key == "told" else "failed", numbers)
+        return done
+
+    def frontier_points(self, cost_objectives: Sequence[str]) -> list[FrontierPoint]:
+        """Validation accuracy, learning curve and measured costs of every complete
+        candidate (all workers)."""
+        points = []
+        for number, val_accuracy, info, *measured in self._storage.complete_costs(self._record.id, cost_objectives):
+            if val_accuracy is None or any(v is None for v in measured):
+                continue
+            # a finished trial's true costs: its final measurement (its pre-training
+            # latency can be far lower: the shortest path of an early-exit model)
+            costs = {c: float(v) for c, v in zip(cost_objectives, measured)}
+            curve = tuple(float(a) for a in (info or {}).get("val_accuracy_per_epoch") or ())
+            points.append(FrontierPoint(int(number), float(val_accuracy), costs, curve))
+        return points
+
+    def record(self, outcome: TrialOutcome) -> dict:
+        """Store one outcome (candidate row + weights and artifact); return its row."""
+        import hashlib
+
+        import torch
+
+        result = outcome.result
+        m = result.measurement if result is not None else None
+        params = dict(result.params) if result is not None else {**self.fixed, **outcome.proposal.values}
+        info = dict(result.info) if result is not None else {}
+        info["constraints"] = outcome.constraints
+        info["early_stopping"] = outcome.early_stopping
+        rec = CandidateRecord(
+            study_id=self._record.id, study_name=self.name, trial_number=outcome.number, state=outcome.state,
+            params=params, accuracy=m.accuracy if m else None,
+            val_accuracy=result.val_accuracy if result is not None else None,
+            test_accuracy=m.test_accuracy if m else None,
+            latency_ms=m.latency_ms if m else None, size_bytes=int(m.size_bytes) if m else None,
+            artifact_bytes=(len(result.artifact) if m and result.artifact is not None else None),
+            macs=int(m.macs) if m else None, measurement=m.to_dict() if m else None,
+            pre=({"latency_ms": result.pre.latency_ms, "size_bytes": int(result.pre.size_bytes), "macs": int(result.pre.macs)}
+                 if result is not None and result.pre is not None else None),
+            fingerprint_id=m.fingerprint_id if m else None,
+            exit_rates=list(m.exit_rates) if m and m.exit_rates is not None else None,
+            flags=list(m.flags) if m else [], recipe=result.recipe if result is not None and m else None,
+            info=info, backend=outcome.backend, tuner=outcome.proposal.tuner,
+            stopped_reason=result.stopped if result is not None else None, error=outcome.error,
+            train_seconds=result.train_seconds if result is not None else None,
+            total_seconds=result.total_seconds if result is not None else None, worker=outcome.worker,
+            created_at=utcnow(),
+        )
+        weights = None
+        if m is not None and result.state_dict is not None:
+            buffer = io.BytesIO()
+            torch.save(result.state_dict, buffer)
+            artifact = result.artifact
+            weights = dict(state_dict=buffer.getvalue(), artifact=artifact, artifact_format=result.artifact_format,
+                           artifact_sha256=hashlib.sha256(artifact).hexdigest() if artifact else None)
+
+        self._storage.add_candidate(rec, weights)  # one transaction: the row and its weights, or nothing
+        row = make_row(rec, None, objectives=self.objectives)
+        row["constraints"], row["feasible"] = dict(outcome.constraints), outcome.feasible
+        if row["state"] == "COMPLETE" and row["feasible"]:
+            others = [r for r in self.trials() if r["trial"] != row["trial"]]
+            row["pareto"] = (bool(non_dominated_mask([row] + [r for r in others if r["state"] == "COMPLETE" and
+                                                              (r["feasible"] or not self.constraints.active)],
+                                                     self.objectives)[0])
+                             and not beaten_by_baseline(row, self.baseline_row(), self.objectives))
+        return row

@@ -1,0 +1,326 @@
+"""Every SQL statement a study makes, beside the schema (:mod:`slimtune.studies._schema`).
+
+:class:`StudyStorage` reads and writes slimtune's tables through one
+:class:`~slimtune.studies._database.Database` (engine, sessions, schema version), and
+reads Optuna's trials of a study in bulk: a handful of ``SELECT`` statements over
+Optuna's RDB tables instead of Optuna's per-trial ORM objects (``benchmarks/overhead.py``
+times a study of 10,000 trials).  Only reads go to Optuna's tables
+(Optuna's API does every write); if its tables do not look as expected the read falls
+back to Optuna's own ``get_all_trials``.
+
+Example:
+    >>> storage = StudyStorage(Database.open("sqlite:///slimtune.db"))
+    >>> record = storage.find_study("digits-demo")
+    >>> candidates = storage.candidates(record.id)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+
+from sqlalchemy import JSON, DateTime, Float, Integer, String, Text, case, column, func, or_, select, table, type_coerce
+from sqlalchemy.exc import SQLAlchemyError
+
+from slimtune.studies._database import Database, retry_locked
+from slimtune.studies._schema import CandidateRecord, StudyRecord, WeightsRecord
+
+if TYPE_CHECKING:  # pragma: no cover
+    from optuna.trial import FrozenTrial, TrialState
+
+#: The candidate columns a trial row reads (everything but the rebuild recipe).
+ROW_COLUMNS = tuple(c for c in CandidateRecord.__table__.columns if c.name != "recipe")
+
+#: The Optuna user attributes a trial row reads (see :func:`slimtune.studies._rows.make_row`).
+ROW_ATTRS = ("accuracy", "test_accuracy", "latency_ms", "size_bytes", "artifact_bytes", "macs", "val_accuracy",
+             "reference_latency_ms", "stopped_reason", "error", "backend", "tuner", "flags", "exit_rates",
+             "fingerprint_id")
+
+#: Optuna's constraint values live in trial system attributes under this key (and ``key:name``).
+CONSTRAINTS_KEY = "constraints"
+
+# Optuna's RDB tables, only the columns read here (a read that fails falls back to Optuna's API).
+_studies = table("studies", column("study_id", Integer), column("study_name", String))
+_trials = table("trials", column("trial_id", Integer), column("number", Integer), column("study_id", Integer),
+                column("state", String), column("datetime_start", DateTime), column("datetime_complete", DateTime))
+_values = table("trial_values", column("trial_id", Integer), column("objective", Integer), column("value", Float),
+                column("value_type", String))
+_params = table("trial_params", column("param_id", Integer), column("trial_id", Integer), column("param_name", String),
+                column("param_value", Float), column("distribution_json", Text))
+_user_attrs = table("trial_user_attributes", column("trial_user_attribute_id", Integer), column("trial_id", Integer),
+                    column("key", String), column("value_json", Text))
+_system_attrs = table("trial_system_attributes", column("trial_system_attribute_id", Integer),
+                      column("trial_id", Integer), column("key", String), column("value_json", Text))
+
+
+@dataclass
+class TrialView:
+    """What a trial row needs of an Optuna trial (the fields of ``FrozenTrial`` that
+    :func:`~slimtune.studies._rows.make_row` reads), read in bulk."""
+
+    number: int
+    state: "TrialState"
+    params: dict[str, Any]
+    user_attrs: dict[str, Any]
+    values: list[float] | None
+    constraints: dict[str, float]
+    datetime_start: datetime | None
+    datetime_complete: datetime | None
+
+
+class StudyStorage:
+    """slimtune's tables (and a bulk read of Optuna's) for the studies of one database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- studies -----------------------------------------------------------------------
+    def find_study(self, name: str) -> StudyRecord | None:
+        """The study called ``name``, or ``None``."""
+        with self.db.session() as session:
+            return session.scalar(select(StudyRecord).where(StudyRecord.study_name == name))
+
+    def study_exists(self, name: str) -> bool:
+        with self.db.session() as session:
+            return session.scalar(select(StudyRecord.id).where(StudyRecord.study_name == name)) is not None
+
+    def add_study(self, record: StudyRecord) -> None:
+        """Insert a new study (``IntegrityError`` when another worker created it first)."""
+        with self.db.session() as session:
+            session.add(record)
+
+    def set_task_fingerprint(self, study_id: int, fingerprint: str) -> None:
+        with self.db.session() as session:
+            session.get(StudyRecord, study_id).task_fingerprint = fingerprint
+
+    def set_space(self, study_id: int, space: dict[str, Any], fingerprint: str) -> None:
+        with self.db.session() as session:
+            record = session.get(StudyRecord, study_id)
+            record.space, record.space_fingerprint = space, fingerprint
+
+    def has_candidates(self, study_id: int) -> bool:
+        with self.db.session() as session:
+            return session.scalar(select(CandidateRecord.id).where(CandidateRecord.study_id == study_id).limit(1)) is not None
+
+    def summaries(self) -> list[tuple[StudyRecord, dict[int, str]]]:
+        """Every study (by creation) with its candidates' states by trial number."""
+        with self.db.session() as session:
+            records = session.scalars(select(StudyRecord).order_by(StudyRecord.id)).all()
+            states: dict[int, dict[int, str]] = {}
+            for study_id, number, state in session.execute(
+                    select(CandidateRecord.study_id, CandidateRecord.trial_number, CandidateRecord.state)).all():
+                states.setdefault(study_id, {})[number] = state
+        return [(r, states.get(r.id, {})) for r in records]
+
+    # -- candidates --------------------------------------------------------------------
+    def candidates(self, study_id: int, numbers: Iterable[int] | None = None, *,
+                   measurement_keys: Sequence[str] | None = None) -> dict[int, Any]:
+        """The study's candidate records (every column but the recipe, with attribute
+        access) by trial number; only ``numbers`` when given.
+
+        With ``measurement_keys`` a record's ``measurement`` holds only those keys: on
+        SQLite they are read with ``json_extract`` instead of decoding every
+        measurement in Python (its latency samples are most of a record), unless the
+        measurement holds a NaN or an infinity, which SQLite's JSON does not parse
+        (then every measurement is decoded in Python); the other JSON columns are
+        decoded here, in one pass.
+        """
+        query = select(*ROW_COLUMNS).where(CandidateRecord.study_id == study_id)
+        if numbers is not None:
+            query = query.where(CandidateRecord.trial_number.in_(list(numbers)))
+        if measurement_keys is not None and self.db.engine.dialect.name == "sqlite":
+            try:
+                return _light_candidates(self.db, query, measurement_keys)
+            except SQLAlchemyError:
+                pass  # a NaN in a measurement (SQLite < 3.42), or a SQLite without its JSON functions
+        with self.db.engine.connect() as conn:
+            return {r.trial_number: r for r in conn.execute(query).all()}
+
+    def candidate(self, study_id: int, number: int, *, with_weights: bool = False
+                  ) -> tuple[CandidateRecord | None, WeightsRecord | None]:
+        """One candidate record (``None`` when missing) and, when asked, its weights."""
+        with self.db.session() as session:
+            rec = session.scalar(select(CandidateRecord).where(CandidateRecord.study_id == study_id,
+                                                               CandidateRecord.trial_number == number))
+            weights = session.get(WeightsRecord, rec.id) if rec is not None and with_weights else None
+        return rec, weights
+
+    def complete_costs(self, study_id: int, cost_objectives: Sequence[str]) -> list[tuple]:
+        """``(trial_number, val_accuracy, info, *costs)`` of the complete candidates."""
+        columns = [getattr(CandidateRecord, c) for c in cost_objectives]
+        with self.db.engine.connect() as conn:
+            return list(conn.execute(
+                select(CandidateRecord.trial_number, CandidateRecord.val_accuracy, CandidateRecord.info, *columns)
+                .where(CandidateRecord.study_id == study_id, CandidateRecord.state == "COMPLETE")))
+
+    def add_candidate(self, record: CandidateRecord, weights: Mapping[str, Any] | None) -> None:
+        """Insert a candidate and its weights in one transaction (retried while SQLite
+        reports "database is locked")."""
+
+        def write() -> None:
+            with self.db.session() as session:
+                session.add(record)
+                session.flush()
+                if weights is not None:
+                    session.add(WeightsRecord(candidate_id=record.id, **weights))
+
+        retry_locked(write)
+
+    # -- Optuna's trials, read in bulk ---------------------------------------------------
+    def optuna_trials(self, optuna_study_id: int, study_id: int, *,
+                      fallback: Callable[[], Sequence["FrozenTrial"]]) -> Sequence["TrialView | FrozenTrial"]:
+        """Optuna's trials of a study, by trial id, with what slimtune's record of each
+        (study ``study_id``) does not already say: the parameters and user attributes
+        of trials without a record, and of the others only the metrics the record lacks.
+
+        Five statements whatever the number of trials.  ``fallback()`` (Optuna's
+        ``get_trials``) answers when Optuna's tables are not as expected.
+        """
+        try:
+            with self.db.engine.connect() as conn:
+                return _read_trials(conn, optuna_study_id, study_id)
+        except (SQLAlchemyError, KeyError, ValueError):
+            return fallback()
+
+    def optuna_study_id(self, name: str) -> int | None:
+        """The id of Optuna's study ``name`` in Optuna's tables (``None`` when it is
+        missing or the tables cannot be read: Optuna's API then says why)."""
+        try:
+            with self.db.engine.connect() as conn:
+                return conn.execute(select(_studies.c.study_id).where(_studies.c.study_name == name)).scalar()
+        except SQLAlchemyError:
+            return None
+
+    def optuna_states(self, optuna_study_id: int, *, fallback: Callable[[], dict[int, str]]) -> dict[int, str]:
+        """The state of each of Optuna's trials of a study, by trial number (one
+        statement; ``fallback()`` when Optuna's tables are not as expected)."""
+        try:
+            with self.db.engine.connect() as conn:
+                return dict(conn.execute(select(_trials.c.number, _trials.c.state)
+                                         .where(_trials.c.study_id == optuna_study_id).order_by(_trials.c.trial_id)).all())
+        except SQLAlchemyError:
+            return fallback()
+
+
+def _light_candidates(db: Database, query: Any, measurement_keys: Sequence[str]) -> dict[int, SimpleNamespace]:
+    """:meth:`StudyStorage.candidates` on SQLite, ``measurement`` reduced to
+    ``measurement_keys`` (read by ``json_extract``)."""
+    text = type_coerce(CandidateRecord.measurement, Text)
+    odd = (func.instr(text, "NaN") > 0) | (func.instr(text, "Infinity") > 0)
+    json_columns = [c.name for c in ROW_COLUMNS if isinstance(c.type, JSON) and c.name != "measurement"]
+    columns = [type_coerce(c, Text).label(c.name) if c.name in json_columns else c
+               for c in ROW_COLUMNS if c.name != "measurement"]
+    # a NaN makes SQLite < 3.42 fail the query (the caller then decodes in Python); newer
+    # ones read it as JSON5, so such a measurement is decoded here, whole
+    extracted = [func.json_extract(text, f'$."{key}"') for key in measurement_keys]
+    query = query.with_only_columns(*columns, case((odd, text), else_=None), *extracted)
+    with db.engine.connect() as conn:
+        result = conn.execute(query).all()
+    names = [c.name for c in columns]
+    out = {}
+    for r in result:
+        fields = dict(zip(names, r))
+        for name in json_columns:
+            fields[name] = _loads(fields[name])
+        raw, picked = r[len(names)], r[len(names) + 1:]
+        fields["measurement"] = _loads(raw) if raw is not None else dict(zip(measurement_keys, picked))
+        out[fields["trial_number"]] = SimpleNamespace(**fields)
+    return out
+
+
+_scan = json.JSONDecoder().scan_once  # json.loads less its per-call whitespace regexes
+
+
+def _loads(text: str | None) -> Any:
+    """JSON text as SQLAlchemy's ``JSON`` type reads it (SQL NULL and JSON null are
+    ``None``), the frequent empty values without calling the parser."""
+    if text is None or text == "null":
+        return None
+    if text == "[]":
+        return []
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        end = -1
+    return value if end == len(text) else json.loads(text)  # json.loads raises on what is not JSON
+
+
+#: The trial metrics a record may lack (then read from Optuna's user attributes).
+RECORD_METRICS = ("accuracy", "test_accuracy", "latency_ms", "size_bytes", "artifact_bytes", "macs")
+
+
+def _with_record(link: Any, optuna_study_id: int, study_id: int) -> tuple[Any, Any]:
+    """``(trials joined to their records, the record table)`` for rows of a trial table
+    whose trial id column is ``link``: one study's trials, each with slimtune's record
+    of it or NULLs."""
+    records = CandidateRecord.__table__
+    joined = link.table.join(_trials, _trials.c.trial_id == link).outerjoin(
+        records, (records.c.study_id == study_id) & (records.c.trial_number == _trials.c.number))
+    return joined, records
+
+
+def _read_trials(conn: Any, optuna_study_id: int, study_id: int) -> list[TrialView]:
+    from optuna.trial import TrialState
+
+    rows = conn.execute(select(_trials.c.trial_id, _trials.c.number, _trials.c.state, _trials.c.datetime_start,
+                               _trials.c.datetime_complete).where(_trials.c.study_id == optuna_study_id)
+                        .order_by(_trials.c.trial_id)).all()
+    views = {trial_id: TrialView(number, TrialState[state], {}, {}, None, {}, start, complete)
+             for trial_id, number, state, start, complete in rows}
+    of_study = _trials.c.study_id == optuna_study_id
+    for trial_id, _, value, kind in conn.execute(
+            select(_values.c.trial_id, _values.c.objective, _values.c.value, _values.c.value_type)
+            .select_from(_values.join(_trials, _trials.c.trial_id == _values.c.trial_id)).where(of_study)
+            .order_by(_values.c.trial_id, _values.c.objective)).all():
+        view = views[trial_id]
+        if view.values is None:
+            view.values = []
+        view.values.append(float("inf") if kind == "INF_POS" else float("-inf") if kind == "INF_NEG" else value)
+    joined, records = _with_record(_user_attrs.c.trial_id, optuna_study_id, study_id)
+    lacking = or_(records.c.id.is_(None), *[(_user_attrs.c.key == name) & records.c[name].is_(None)
+                                             for name in RECORD_METRICS])
+    for trial_id, key, value in conn.execute(
+            select(_user_attrs.c.trial_id, _user_attrs.c.key, _user_attrs.c.value_json).select_from(joined)
+            .where(of_study, _user_attrs.c.key.in_(ROW_ATTRS), lacking)).all():
+        views[trial_id].user_attrs[key] = _loads(value)
+    system: dict[int, dict[str, Any]] = {}
+    for trial_id, key, value in conn.execute(
+            select(_system_attrs.c.trial_id, _system_attrs.c.key, _system_attrs.c.value_json)
+            .select_from(_system_attrs.join(_trials, _trials.c.trial_id == _system_attrs.c.trial_id))
+            .where(of_study, (_system_attrs.c.key == CONSTRAINTS_KEY) | _system_attrs.c.key.like(f"{CONSTRAINTS_KEY}:%"))
+            .order_by(_system_attrs.c.trial_system_attribute_id)).all():
+        system.setdefault(trial_id, {})[key] = json.loads(value)
+    for trial_id, attrs in system.items():
+        views[trial_id].constraints = constraints_from(attrs)
+    joined, records = _with_record(_params.c.trial_id, optuna_study_id, study_id)
+    for trial_id, name, value, distribution in conn.execute(
+            select(_params.c.trial_id, _params.c.param_name, _params.c.param_value, _params.c.distribution_json)
+            .select_from(joined).where(of_study, records.c.id.is_(None)).order_by(_params.c.param_id)).all():
+        views[trial_id].params[name] = _distribution(distribution).to_external_repr(value)
+    return list(views.values())
+
+
+_DISTRIBUTIONS: dict[str, Any] = {}
+
+
+def _distribution(text: str) -> Any:
+    """Optuna's distribution from its JSON (a study has few distinct ones: cached)."""
+    found = _DISTRIBUTIONS.get(text)
+    if found is None:
+        from optuna.distributions import json_to_distribution
+
+        found = _DISTRIBUTIONS[text] = json_to_distribution(text)
+    return found
+
+
+def constraints_from(system_attrs: Mapping[str, Any]) -> dict[str, float]:
+    """A trial's constraint values from its system attributes, as Optuna's
+    ``FrozenTrial.constraints`` reads them (an old list under ``constraints``, then
+    ``constraints:<name>`` keys)."""
+    out: dict[str, float] = {str(i): c for i, c in enumerate(system_attrs.get(CONSTRAINTS_KEY) or [])}
+    prefix = f"{CONSTRAINTS_KEY}:"
+    out.update({key[len(prefix):]: value for key, value in system_attrs.items() if key.startswith(prefix)})
+    return out
