@@ -106,7 +106,7 @@ def bulk_synthetic_study(storage: str, name: str, n: int, *, seed: int = 0) -> N
     from sqlalchemy import MetaData, create_engine, func, insert, select
 
     from slimtune import Study
-    from slimtune.search._backends.base import distribution_of
+    from slimtune.search._backends._interface import distribution_of
     from slimtune.studies._schema import CandidateRecord
 
     study = Study.create_or_load(name, storage=storage, task="digits", settings={"epochs": 1, "latency_repeats": 20},

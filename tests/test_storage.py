@@ -240,3 +240,30 @@ def test_dashboard_selection_decision_agrees_with_study_select(small_study, tmp_
     finally:
         dash.close()
         study.close()
+
+
+def test_sqlite_studies_commit_without_fsync_in_wal_mode(tmp_path):
+    """Both engines of a SQLite study (slimtune's and Optuna's) commit with
+    synchronous=NORMAL once the file is in WAL mode (a full fsync per commit was a
+    visible share of a short trial); a rollback-journal file keeps SQLite's default."""
+    import sqlite3
+
+    from sqlalchemy import create_engine, text
+
+    from slimtune.studies._database import Database, commit_without_fsync_in_wal
+    from slimtune.studies._optuna import optuna_storage
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    db = Database.open(url)
+    db.enable_wal()  # what a search does first (read-only commands leave the file alone)
+    storage = optuna_storage(url)
+    with db.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    with storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+    plain = tmp_path / "plain.db"
+    sqlite3.connect(plain).close()
+    engine = commit_without_fsync_in_wal(create_engine(f"sqlite:///{plain}"))
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL: not WAL, left alone

@@ -12,7 +12,7 @@ import os
 import warnings
 from typing import TYPE_CHECKING
 
-from slimtune.studies._database import _scrub, creating_concurrently, engine_options, mask_url
+from slimtune.studies._database import _scrub, commit_without_fsync_in_wal, creating_concurrently, engine_options, mask_url
 from slimtune.studies._errors import StudyError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,9 +53,11 @@ def optuna_storage(url: str, *, create: bool = True) -> "optuna.storages.RDBStor
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
             interval, grace = heartbeat_settings()
-            return creating_concurrently(lambda: optuna.storages.RDBStorage(
+            storage = creating_concurrently(lambda: optuna.storages.RDBStorage(
                 url, heartbeat_interval=interval, grace_period=grace, skip_table_creation=not create,
                 engine_kwargs=engine_options(url)))
+            commit_without_fsync_in_wal(storage.engine)
+            return storage
     except StudyError:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. an Optuna schema needing `optuna storage upgrade`

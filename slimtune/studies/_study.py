@@ -504,6 +504,8 @@ class Study(Recording):
         self._db.enable_wal()
         if self._optuna_study is None or self._optuna_storage is None:
             self._ensure_optuna_study(optuna_storage(self._db.url))
+        else:  # opened before the file was in WAL mode: reconnect to commit without fsync
+            self._optuna_storage.engine.dispose()
         return self._optuna_study
 
     # -- reading -------------------------------------------------------------------
