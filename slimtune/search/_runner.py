@@ -300,12 +300,15 @@ class TrialRunner:
         epochs: distillation epochs per candidate (the rule's horizon).
         recovery_epochs: epochs of pruning fine-tuning / QAT after distillation.
         fixed: fixed parameter values (recorded with each trial).
+        warm_start: enqueue the task's warm starts (:mod:`~slimtune.search._warm_start`)
+            before the first trial of a study that has none, when the backend takes
+            enqueued trials (Optuna's samplers do; NNI's tuners propose every value).
     """
 
     def __init__(self, *, study: "optuna.Study", backend: Backend, evaluator: Evaluator, objectives: Sequence[str],
                  recorder: Recorder, constraints: Constraints | None = None, baseline_accuracy: float = float("nan"),
                  early_stopping: FrontierEarlyStopping | None = None, epochs: int = 1, recovery_epochs: int = 0,
-                 fixed: Mapping[str, Any] | None = None) -> None:
+                 fixed: Mapping[str, Any] | None = None, warm_start: bool = True) -> None:
         self.study = study
         self.backend = backend
         self.evaluator = evaluator
@@ -319,6 +322,16 @@ class TrialRunner:
         self.recovery_epochs = recovery_epochs
         self.fixed = dict(fixed or {})
         self.worker = socket.gethostname()
+        self.warm_start = warm_start
+
+    def enqueue_warm_starts(self) -> int:
+        """Enqueue the warm starts of the evaluator's task that fit the backend's space,
+        if the study has no trial yet and the backend takes enqueued trials; how many."""
+        if not self.warm_start or not getattr(self.backend, "takes_enqueued_trials", False):
+            return 0
+        from slimtune.search._warm_start import enqueue_warm_starts, warm_start_trials
+
+        return enqueue_warm_starts(self.study, warm_start_trials(self.backend.space, getattr(self.evaluator, "task", None)))
 
     def recovery_after_distillation(self, values: Mapping[str, Any]) -> int:
         """Recovery epochs that follow distillation for a candidate: the task's recovery
@@ -476,6 +489,7 @@ class TrialRunner:
             raise ValueError("Give `n_trials`, `timeout` or `stop_event`, or the search never ends.")
         started = time.monotonic()
         rows: list[dict] = []
+        self.enqueue_warm_starts()
         bar = _progress_bar(n_trials, timeout) if progress else None
         if bar is not None:
             bar.set_postfix(self.progress_summary())  # a resumed study starts from its own front

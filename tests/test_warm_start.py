@@ -1,0 +1,75 @@
+"""Warm starts: a new study's first trials are the baseline's neighbours (digits, real
+trials, 1 epoch, short timings)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import optuna
+import pytest
+
+from slimtune import Study
+from slimtune._api import build_space
+from slimtune.search._warm_start import DEFAULT_WARM_STARTS, enqueue_warm_starts, warm_start_trials
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+FAST = {"epochs": 1, "finetune_epochs": 1, "latency_repeats": 5, "latency_warmup": 2, "calibration_size": 64}
+
+
+def test_warm_starts_are_completed_with_the_baselines_values(digits_task):
+    space = build_space(digits_task)
+    trials = warm_start_trials(space, digits_task)
+    assert len(trials) == len(DEFAULT_WARM_STARTS)
+    searched = [p.name for p in space.searched]
+    for partial, values in zip(DEFAULT_WARM_STARTS, trials):
+        assert list(values) == searched  # every searched parameter given: the sampler draws nothing
+        for name, value in values.items():
+            assert value == partial.get(name, space[name].default), name
+    assert trials[0]["quant.bits"] == 8 and trials[0]["prune.ratio"] == 0.0
+    assert not any(v for k, v in trials[0].items() if k.startswith(("dsconv.", "exits.")) and k.endswith("enabled"))
+
+
+def test_warm_starts_skip_what_the_space_does_not_search(digits_task):
+    fixed = build_space(digits_task, fixed={"quant.bits": 32})
+    assert warm_start_trials(fixed, digits_task) == []  # every default warm start sets quant.bits
+    no_prune = build_space(digits_task, fixed={"prune.ratio": 0.0})
+    assert [t["quant.bits"] for t in warm_start_trials(no_prune, digits_task)] == [8]
+    own = dataclasses.replace(digits_task, extra={"warm_starts": [{"quant.bits": 4, "quant.mode": "qat"},
+                                                                  {"quant.bits": 3}]})  # 3 bits: not in the domain
+    assert [(t["quant.bits"], t["quant.mode"]) for t in warm_start_trials(build_space(own), own)] == [(4, "qat")]
+    none = dataclasses.replace(digits_task, extra={"warm_starts": []})
+    assert warm_start_trials(build_space(none), none) == []
+    bad = dataclasses.replace(digits_task, extra={"warm_starts": {"quant.bits": 8}})
+    with pytest.raises(ValueError, match=r"extra\['warm_starts'\].*must be a list"):
+        warm_start_trials(build_space(bad), bad)
+
+
+def test_enqueue_only_into_an_empty_study():
+    study = optuna.create_study()
+    assert enqueue_warm_starts(study, [{"a": 1}, {"a": 2}]) == 2
+    assert enqueue_warm_starts(study, [{"a": 3}]) == 0  # waiting trials count: a joining worker adds nothing
+    assert [t.system_attrs["fixed_params"] for t in study.get_trials()] == [{"a": 1}, {"a": 2}]
+
+
+def test_a_new_study_starts_with_the_warm_starts_and_a_resumed_one_does_not(tmp_path):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = Study.create_or_load("warm", storage=storage, task="digits", settings=FAST, seed=0, sampler="random",
+                                 early_stopping=False)
+    expected = warm_start_trials(study.space, study.task)
+    rows = study.optimize(n_trials=2, progress=False)
+    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"]
+    for row, values in zip(rows, expected):
+        assert {k: row["params"][k] for k in values} == values
+    # int8 alone keeps the baseline's accuracy within a few points and is smaller
+    assert rows[0]["accuracy"] >= study.baseline.accuracy - 0.05
+    assert rows[0]["size_bytes"] < study.baseline.size_bytes / 3
+    study.close()
+    # resumed: the remaining warm starts were enqueued once and are asked first; none is added again
+    resumed = Study.create_or_load("warm", storage=storage, task="digits", seed=1, sampler="random",
+                                   early_stopping=False)
+    more = resumed.optimize(n_trials=len(expected), progress=False)
+    resumed_params = [{k: r["params"][k] for k in expected[0]} for r in more]
+    assert resumed_params[: len(expected) - 2] == expected[2:]
+    assert resumed_params[-1] not in expected  # the sampler's own proposals follow
+    resumed.close()
