@@ -65,8 +65,6 @@ class OptunaBackend(Backend):
     """
 
     name = "optuna"
-    #: Trials enqueued in the study (warm starts) are asked like any other.
-    takes_enqueued_trials = True
 
     def __init__(self, space, *, seed: int | None = None, sampler: "str | Any | None" = None, **options: Any) -> None:
         super().__init__(space, seed=seed, **options)
