@@ -22,19 +22,25 @@ def test_warm_starts_are_completed_with_the_baselines_values(digits_task):
     trials = warm_start_trials(space, digits_task)
     assert len(trials) == len(DEFAULT_WARM_STARTS)
     searched = [p.name for p in space.searched]
-    for partial, values in zip(DEFAULT_WARM_STARTS, trials):
+    for values in trials:
         assert list(values) == searched  # every searched parameter given: the sampler draws nothing
-        for name, value in values.items():
-            assert value == partial.get(name, space[name].default), name
     assert trials[0]["quant.bits"] == 8 and trials[0]["prune.ratio"] == 0.0
+    for name, value in trials[0].items():
+        assert value == (8 if name == "quant.bits" else space[name].default), name
+    # a pattern stands for every parameter it matches (this model's DS-conv switches)
+    dsconv = [n for n in searched if n.startswith("dsconv.")]
+    assert len(dsconv) >= 2 and all(trials[1][n] is True for n in dsconv) and trials[1]["quant.bits"] == 32
     assert not any(v for k, v in trials[0].items() if k.startswith(("dsconv.", "exits.")) and k.endswith("enabled"))
 
 
 def test_warm_starts_skip_what_the_space_does_not_search(digits_task):
     fixed = build_space(digits_task, fixed={"quant.bits": 32})
-    assert warm_start_trials(fixed, digits_task) == []  # every default warm start sets quant.bits
+    only = warm_start_trials(fixed, digits_task)  # every default but DS-conv sets quant.bits
+    assert len(only) == 1 and "quant.bits" not in only[0]
+    assert all(v for k, v in only[0].items() if k.startswith("dsconv."))
     no_prune = build_space(digits_task, fixed={"prune.ratio": 0.0})
-    assert [t["quant.bits"] for t in warm_start_trials(no_prune, digits_task)] == [8]
+    assert [t["quant.bits"] for t in warm_start_trials(no_prune, digits_task)] == [8, 32]
+    assert warm_start_trials(no_prune, digits_task, [{"nothing.*": 1}, {"prune.ratio": 0.5}]) == []
     own = dataclasses.replace(digits_task, extra={"warm_starts": [{"quant.bits": 4, "quant.mode": "qat"},
                                                                   {"quant.bits": 3}]})  # 3 bits: not in the domain
     assert [(t["quant.bits"], t["quant.mode"]) for t in warm_start_trials(build_space(own), own)] == [(4, "qat")]
