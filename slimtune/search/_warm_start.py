@@ -17,14 +17,14 @@ space without a family (or with a parameter fixed) simply skips the warm starts 
 need it.
 
 A task chooses its own list with ``Task(extra={"warm_starts": [...]})`` (``[]``: none);
-otherwise :data:`DEFAULT_WARM_STARTS` is used.  They are enqueued (Optuna's
-``enqueue_trial``) only in a study without any trial yet, so a resumed study or a
-worker joining a running one adds nothing.
+otherwise :data:`DEFAULT_WARM_STARTS` is used.  The runner enqueues them (Optuna's
+``enqueue_trial``) one before each of the first trials of a study that had no trial
+when the session started, so a resumed study or a worker joining a running one adds
+nothing, and a session that stops early leaves none waiting.
 
 Example:
-    >>> trials = warm_start_trials(space, task)
-    >>> enqueue_warm_starts(optuna_study, trials)
-    3
+    >>> warm_start_trials(space, task)[0]["quant.bits"]
+    8
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
-    import optuna
-
     from slimtune.spaces._space import Space
     from slimtune.tasks._task import Task
 
@@ -113,13 +111,3 @@ def _expand(given: Mapping[str, Any], searched: Sequence[str]) -> dict[str, Any]
             return None
         out.update(dict.fromkeys(names, value))
     return out or None
-
-
-def enqueue_warm_starts(study: "optuna.Study", trials: Sequence[Mapping[str, Any]]) -> int:
-    """Enqueue ``trials`` in ``study`` if it has no trial yet (in any state, waiting
-    ones included); return how many were enqueued."""
-    if not trials or study.get_trials(deepcopy=False):
-        return 0
-    for values in trials:
-        study.enqueue_trial(dict(values), skip_if_exists=True)
-    return len(trials)
