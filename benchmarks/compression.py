@@ -146,6 +146,37 @@ def verdict(lines: Sequence[Mapping[str, Any]], label: str) -> list[str]:
     return out
 
 
+def replay_early_stopping(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str], epochs: int,
+                          recovery_epochs: int) -> dict[str, Any]:
+    """The default frontier rule replayed on a search's complete trials: each trial, in
+    number order, against the complete trials numbered before it, at each distillation
+    epoch of its recorded learning curve, with its pre-training costs (its final ones
+    when it has none).  Returns the trials it would stop, the epochs (distillation +
+    recovery) it would save out of all run, and how many stopped trials are on the
+    search's final front (each would be a hypervolume loss)."""
+    from slimtune.search._early_stopping import FrontierEarlyStopping, points_from_rows
+    from slimtune.spaces._space import recovery_passes
+
+    rule = FrontierEarlyStopping()
+    costs = [o for o in objectives if o != "accuracy"]
+    done = sorted((r for r in rows if r.get("state") == "COMPLETE"), key=lambda r: r["trial"])
+    stopped, saved, total = [], 0, 0
+    for i, row in enumerate(done):
+        extra = recovery_epochs * recovery_passes(row["params"])
+        curve = list(row.get("val_accuracy_per_epoch") or ())
+        total += len(curve) + extra
+        pre = {c: float((row.get("pre") or {}).get(c, row[c])) for c in costs}
+        should_stop = rule.should_stop_fn(points_from_rows(done[:i], costs), costs, epochs, extra_epochs=extra)
+        for epoch, acc in enumerate(curve):
+            reason = should_stop(epoch, acc, type("Pre", (), pre)())
+            if reason:
+                stopped.append({"trial": row["trial"], "epoch": epoch + 1, "pareto": bool(row.get("pareto")),
+                                "reason": reason})
+                saved += len(curve) - (epoch + 1) + extra
+                break
+    return {"stopped": stopped, "epochs_saved": saved, "epochs_total": total}
+
+
 # -- modes ------------------------------------------------------------------------
 def hand_picked(args: argparse.Namespace) -> int:
     """Each :data:`HAND_PICKED` combination trained and measured once, beside the baseline."""
@@ -201,6 +232,9 @@ def search(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {
         "budget": {"trials": len(rows), "sampler": study.info()["sampler"], "seed": args.seed,
                    "epochs": study.settings.epochs, "finetune_epochs": study.settings.finetune_epochs,
+                   "epochs_run": study.task.finetune_epochs if study.settings.epochs is None else study.settings.epochs,
+                   "recovery_run": (study.task.recovery_epochs if study.settings.finetune_epochs is None
+                                    else study.settings.finetune_epochs),
                    "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "load": os.getloadavg()},
         "baseline": baseline, "rows": rows,
     }
@@ -238,6 +272,12 @@ def report(result: Mapping[str, Any]) -> None:
     print()
     for line in verdicts:
         print(line)
+    es = replay_early_stopping(result["rows"], OBJECTIVES, int(b["epochs_run"]), int(b["recovery_run"]))
+    real = [r["trial"] for r in result["rows"] if r.get("state") == "PRUNED"]
+    print(f"\nearly stopping in this search: {len(real)} trial(s) stopped {real}; replayed on its complete trials, the "
+          f"default rule would stop {len(es['stopped'])} ({[s['trial'] for s in es['stopped']]}, "
+          f"{sum(s['pareto'] for s in es['stopped'])} of them on the front), saving {es['epochs_saved']} of "
+          f"{es['epochs_total']} training epochs")
 
 
 def quick(args: argparse.Namespace) -> int:
