@@ -104,6 +104,14 @@ def table_rows(rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any], l
     """The before/after lines of one set of trials: best speed-up and best size within
     one point (chosen by validation, and for reference by test)."""
     out = []
+    done = [r for r in rows if r.get("state") == "COMPLETE"]
+    if done:
+        fastest = max(done, key=speedup)
+        out.append({"what": f"{label}: fastest found", "trial": fastest["trial"], "speedup": speedup(fastest),
+                    "size_ratio": float(baseline["size_bytes"]) / float(fastest["size_bytes"]),
+                    "val_delta": float(fastest["accuracy"]) - float(baseline["accuracy"]),
+                    "test_delta": float(fastest["test_accuracy"]) - float(baseline["test_accuracy"]),
+                    "params": describe(fastest["params"])})
     for goal in ("speed", "size"):
         for by in ("accuracy", "test_accuracy"):
             row = best_within(rows, baseline, goal, by=by)
@@ -156,10 +164,12 @@ def replay_early_stopping(rows: Sequence[Mapping[str, Any]], objectives: Sequenc
     search's final front (each would be a hypervolume loss)."""
     from slimtune.search._early_stopping import FrontierEarlyStopping, points_from_rows
     from slimtune.spaces._space import recovery_passes
+    from slimtune.studies._frontier import non_dominated_mask
 
     rule = FrontierEarlyStopping()
     costs = [o for o in objectives if o != "accuracy"]
     done = sorted((r for r in rows if r.get("state") == "COMPLETE"), key=lambda r: r["trial"])
+    on_front = dict(zip((r["trial"] for r in done), non_dominated_mask(done, objectives)))
     stopped, saved, total = [], 0, 0
     for i, row in enumerate(done):
         extra = recovery_epochs * recovery_passes(row["params"])
@@ -170,7 +180,7 @@ def replay_early_stopping(rows: Sequence[Mapping[str, Any]], objectives: Sequenc
         for epoch, acc in enumerate(curve):
             reason = should_stop(epoch, acc, type("Pre", (), pre)())
             if reason:
-                stopped.append({"trial": row["trial"], "epoch": epoch + 1, "pareto": bool(row.get("pareto")),
+                stopped.append({"trial": row["trial"], "epoch": epoch + 1, "pareto": on_front[row["trial"]],
                                 "reason": reason})
                 saved += len(curve) - (epoch + 1) + extra
                 break
@@ -229,8 +239,15 @@ def search(args: argparse.Namespace) -> int:
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     rows = study.trials()
     baseline = study.baseline_row()
+    starts = [r["datetime_start"] for r in rows if r.get("datetime_start")]
+    ends = [r["datetime_complete"] for r in rows if r.get("datetime_complete")]
+    from datetime import datetime
+
+    span = (datetime.fromisoformat(max(ends)) - datetime.fromisoformat(min(starts))).total_seconds() if ends else 0.0
     result: dict[str, Any] = {
         "budget": {"trials": len(rows), "sampler": study.info()["sampler"], "seed": args.seed,
+                   "states": {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL")},
+                   "span_s": round(span, 1), "trial_s": round(sum(r.get("total_seconds") or 0.0 for r in rows), 1),
                    "epochs": study.settings.epochs, "finetune_epochs": study.settings.finetune_epochs,
                    "epochs_run": study.task.finetune_epochs if study.settings.epochs is None else study.settings.epochs,
                    "recovery_run": (study.task.recovery_epochs if study.settings.finetune_epochs is None
@@ -259,9 +276,10 @@ def report(result: Mapping[str, Any]) -> None:
     b = result["budget"]
     print(f"\nBefore ({BEFORE['budget']}):")
     print_table([{**r, "trial": None if r["speedup"] is None else "-"} for r in BEFORE["rows"]])
-    print(f"\nAfter: {b['trials']} trials ({b['sampler']}, seed {b['seed']}, {b['epochs']} distillation + "
-          f"{b['finetune_epochs']} recovery epochs; None = the task's), {b['wall_s'] / 60:.1f} min wall, "
-          f"{b['cpu_s'] / 60:.1f} min CPU of this process, load {', '.join(f'{x:.1f}' for x in b['load'])}")
+    print(f"\nAfter: {b['trials']} trials {b['states']} ({b['sampler']}, seed {b['seed']}, {b['epochs_run']} distillation + "
+          f"{b['recovery_run']} recovery epochs), first start to last end {b['span_s'] / 60:.1f} min, "
+          f"{b['trial_s'] / 60:.1f} trial-minutes (wall, summed over workers); load at the end "
+          f"{', '.join(f'{x:.1f}' for x in b['load'])}")
     lines = table_rows(result["rows"], result["baseline"], "search")
     verdicts = verdict(lines, "search")
     if "refit" in result:
@@ -272,12 +290,13 @@ def report(result: Mapping[str, Any]) -> None:
     print()
     for line in verdicts:
         print(line)
-    es = replay_early_stopping(result["rows"], OBJECTIVES, int(b["epochs_run"]), int(b["recovery_run"]))
     real = [r["trial"] for r in result["rows"] if r.get("state") == "PRUNED"]
-    print(f"\nearly stopping in this search: {len(real)} trial(s) stopped {real}; replayed on its complete trials, the "
-          f"default rule would stop {len(es['stopped'])} ({[s['trial'] for s in es['stopped']]}, "
-          f"{sum(s['pareto'] for s in es['stopped'])} of them on the front), saving {es['epochs_saved']} of "
-          f"{es['epochs_total']} training epochs")
+    print(f"\nearly stopping in this search: {len(real)} trial(s) stopped {real}")
+    for objectives in (OBJECTIVES, ("accuracy", "latency_ms")):
+        es = replay_early_stopping(result["rows"], objectives, int(b["epochs_run"]), int(b["recovery_run"]))
+        print(f"the default rule replayed on its complete trials ({', '.join(objectives[1:])}): stops "
+              f"{len(es['stopped'])} {[s['trial'] for s in es['stopped']]} ({sum(s['pareto'] for s in es['stopped'])} "
+              f"on the front), saving {es['epochs_saved']} of {es['epochs_total']} training epochs")
 
 
 def quick(args: argparse.Namespace) -> int:
