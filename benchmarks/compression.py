@@ -258,7 +258,7 @@ def search(args: argparse.Namespace) -> int:
     if args.refit_epochs:
         r0, w0 = time.process_time(), time.perf_counter()
         refit = refit_front(study, storage=storage, epochs=args.refit_epochs, finetune_epochs=args.refit_recovery,
-                            progress=True)
+                            skip_within=args.refit_skip_within, progress=True)
         result["refit"] = {"epochs": args.refit_epochs, "finetune_epochs": args.refit_recovery,
                            "wall_s": round(time.perf_counter() - w0, 1), "cpu_s": round(time.process_time() - r0, 1),
                            "baseline": refit.baseline_row(), "rows": refit.trials()}
@@ -339,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recovery", type=int, default=None, help="recovery epochs (default: the task's)")
     parser.add_argument("--refit-epochs", type=int, default=0, help="refit the front with this many epochs (0: no)")
     parser.add_argument("--refit-recovery", type=int, default=None, help="recovery epochs of the refit")
+    parser.add_argument("--refit-skip-within", type=float, default=None,
+                        help="refit only front candidates that missed the baseline by more than this (e.g. 0.01)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latency-repeats", type=int, default=100)
     parser.add_argument("--study", default="compression")

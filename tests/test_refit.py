@@ -19,6 +19,10 @@ def test_front_to_refit_keeps_the_close_ones_most_accurate_first_cheapest_order(
             {"trial": 3, "accuracy": 0.95}]
     assert [r["trial"] for r in front_to_refit(rows, 0.95, max_drop=0.05)] == [1, 2, 3]
     assert [r["trial"] for r in front_to_refit(rows, 0.95, max_drop=0.05, limit=2)] == [2, 3]
+    # only those that missed one point: the ones worth rescuing
+    assert [r["trial"] for r in front_to_refit(rows, 0.95, max_drop=0.05, skip_within=0.01)] == [1, 2]
+    with pytest.raises(ValueError, match=r"`skip_within` must be in \[0, max_drop=0.05\], but got 0.2"):
+        front_to_refit(rows, 0.95, skip_within=0.2)
     with pytest.raises(ValueError, match="`limit` must be at least 1, but got 0"):
         front_to_refit(rows, 0.96, limit=0)
     with pytest.raises(ValueError, match="`max_drop` must be in"):

@@ -31,7 +31,7 @@ REFIT_OF = "refit_of"
 
 
 def front_to_refit(rows: Sequence[Mapping[str, Any]], baseline_accuracy: float, *, max_drop: float = 0.05,
-                   limit: int = 6) -> list[Mapping[str, Any]]:
+                   limit: int = 6, skip_within: float | None = None) -> list[Mapping[str, Any]]:
     """The front rows worth retraining: validation accuracy at least the baseline's
     minus ``max_drop`` (a cheap pass underestimates accuracy, so this is looser than the
     loss the user accepts), at most ``limit`` of them, the most accurate kept, returned
@@ -42,18 +42,24 @@ def front_to_refit(rows: Sequence[Mapping[str, Any]], baseline_accuracy: float, 
         baseline_accuracy: the baseline's validation accuracy.
         max_drop: how far below the baseline a candidate may be and still be refit.
         limit: at most this many.
+        skip_within: leave out the rows already within this much of the baseline (they
+            need no rescue; e.g. ``0.01`` refits only those that missed one point).
     """
     if not (0 <= max_drop <= 1):
         raise ValueError(f"`max_drop` must be in [0, 1], but got {max_drop!r}.")
     if limit < 1:
         raise ValueError(f"`limit` must be at least 1, but got {limit!r}.")
-    close = [r for r in rows if float(r["accuracy"]) >= baseline_accuracy - max_drop]
+    if skip_within is not None and not (0 <= skip_within <= max_drop):
+        raise ValueError(f"`skip_within` must be in [0, max_drop={max_drop}], but got {skip_within!r}.")
+    close = [r for r in rows if float(r["accuracy"]) >= baseline_accuracy - max_drop
+             and (skip_within is None or float(r["accuracy"]) < baseline_accuracy - skip_within)]
     keep = {id(r) for r in sorted(close, key=lambda r: -float(r["accuracy"]))[:limit]}
     return [r for r in close if id(r) in keep]
 
 
 def refit_front(study: "Study", *, storage: str, epochs: int, finetune_epochs: int | None = None,
-                name: str | None = None, max_drop: float = 0.05, limit: int = 6, progress: bool = False) -> "Study":
+                name: str | None = None, max_drop: float = 0.05, limit: int = 6, skip_within: float | None = None,
+                progress: bool = False) -> "Study":
     """Retrain and remeasure ``study``'s front with more epochs, in a new study.
 
     Args:
@@ -64,13 +70,14 @@ def refit_front(study: "Study", *, storage: str, epochs: int, finetune_epochs: i
             (``None``: the task's).
         name: the refit study's name (default ``<study>-refit``); if it exists its
             trials are kept and only the candidates not refit yet are run.
-        max_drop, limit: which front rows are refit (:func:`front_to_refit`).
+        max_drop, limit, skip_within: which front rows are refit (:func:`front_to_refit`).
         progress: show a progress bar.
 
     Returns:
         The refit study (open; close it when done).
     """
-    rows = front_to_refit(study.frontier(), float(study.baseline.accuracy), max_drop=max_drop, limit=limit)
+    rows = front_to_refit(study.frontier(), float(study.baseline.accuracy), max_drop=max_drop, limit=limit,
+                          skip_within=skip_within)
     settings = {**study.settings.to_dict(), "epochs": int(epochs), "finetune_epochs": finetune_epochs}
     refit = type(study).create_or_load(name or f"{study.name}-refit", storage=storage, task=study.task,
                                        fixed=study.fixed, objectives=study.objectives,
