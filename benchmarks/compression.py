@@ -58,6 +58,7 @@ HAND_PICKED: dict[str, dict[str, Any]] = {
     "int8 + channel 0.5": {"quant.bits": 8, "prune.granularity": "channel", "prune.ratio": 0.5},
     "fp32 channel 0.5": {"prune.granularity": "channel", "prune.ratio": 0.5},
     "fp32 channel 0.6": {"prune.granularity": "channel", "prune.ratio": 0.6},
+    "DS-conv everywhere": {"dsconv.*": True},
     "4-bit QAT + weight 0.5": {"quant.bits": 4, "quant.mode": "qat", "prune.granularity": "weight", "prune.ratio": 0.5},
 }
 
@@ -193,6 +194,7 @@ def hand_picked(args: argparse.Namespace) -> int:
     from slimtune._api import build_space
     from slimtune.search._baseline import get_baseline
     from slimtune.search._pipeline import EvalSettings, Evaluator
+    from slimtune.search._warm_start import warm_start_trials
     from slimtune.tasks import get_task
 
     task = get_task(TASK)
@@ -208,7 +210,7 @@ def hand_picked(args: argparse.Namespace) -> int:
         if only and not any(s in label for s in only):
             continue
         started = time.perf_counter()
-        m = ev.evaluate(space.complete(values)).measurement
+        m = ev.evaluate(space.complete(warm_start_trials(space, task, [values])[0])).measurement  # expands dsconv.*
         print(f"{label:<26} val {100 * (m.accuracy - base.accuracy):+6.2f} pts  test {100 * (m.test_accuracy - base.test_accuracy):+6.2f} "
               f"pts  speed-up {m.speedup:5.2f}x  size {base.size_bytes / m.size_bytes:5.2f}x  MACs {m.macs / base.macs:.3f}  "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
