@@ -12,10 +12,15 @@ with half the channels, 4-bit weights with half of them pruned (the smallest fil
 Each warm start names a few parameters (a name with ``*`` stands for every searched
 parameter it matches, e.g. ``dsconv.*``: the per-layer switches of this model); every
 other parameter keeps its default (the baseline's value: no DS-conv, no low-rank, no
-exits), so the trial is fully given and the sampler draws nothing for it.  A warm start is kept only when every parameter
-it names is searched in the study's space and its values are in their domains, so a
-space without a family (or with a parameter fixed) simply skips the warm starts that
-need it.
+exits), so the trial is fully given and the sampler draws nothing for it.  A warm
+start is kept only when every parameter it names is searched in the study's space and
+its values are in their domains, so a space without a family (or with a parameter
+fixed) simply skips the warm starts that need it.
+
+On Fashion-MNIST (18 trials, ``benchmarks/compression.py``) the 4-bit warm start was
+8.7x smaller at +0.9 test points, and the GP sampler went on from the warm starts to
+8-bit weight-pruned candidates 10-11x smaller within a point; the previous search,
+without them, found nothing within a point in 28 trials.
 
 A task chooses its own list with ``Task(extra={"warm_starts": [...]})`` (``[]``: none);
 otherwise :data:`DEFAULT_WARM_STARTS` is used.  The runner enqueues them (Optuna's
