@@ -286,8 +286,11 @@ def report(result: Mapping[str, Any]) -> None:
     verdicts = verdict(lines, "search")
     if "refit" in result:
         f = result["refit"]
-        lines += table_rows(f["rows"], f["baseline"], f"refit ({f['epochs']} ep)")
-        verdicts += verdict(lines, f"refit ({f['epochs']} ep)")
+        label = f"refit ({f['epochs']}+{'task' if f['finetune_epochs'] is None else f['finetune_epochs']} ep)"
+        print(f"{label}: the front's candidates that missed the baseline, retrained: {len(f['rows'])} trial(s), "
+              f"{f['wall_s'] / 60:.1f} min wall, {f['cpu_s'] / 60:.1f} min CPU")
+        lines += table_rows(f["rows"], f["baseline"], label)
+        verdicts += verdict(lines, label)
     print_table(lines)
     print()
     for line in verdicts:
