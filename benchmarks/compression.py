@@ -287,7 +287,7 @@ def report(result: Mapping[str, Any]) -> None:
     if "refit" in result:
         f = result["refit"]
         label = f"refit ({f['epochs']}+{'task' if f['finetune_epochs'] is None else f['finetune_epochs']} ep)"
-        print(f"{label}: the front's candidates that missed the baseline, retrained: {len(f['rows'])} trial(s), "
+        print(f"{label}: front candidates retrained: {len(f['rows'])} trial(s), "
               f"{f['wall_s'] / 60:.1f} min wall, {f['cpu_s'] / 60:.1f} min CPU")
         lines += table_rows(f["rows"], f["baseline"], label)
         verdicts += verdict(lines, label)
