@@ -1,6 +1,8 @@
-"""Search benchmark on digits: samplers and early stopping at the same budget and seeds.
+"""Search benchmark (digits by default, ``--task``): samplers and early stopping at the
+same budget and seeds.
 
-Each run is a fresh study (its own SQLite file) on the ``digits`` task with the same
+Each run is a fresh study (its own SQLite file) on the task (``--task``, default
+``digits``) with the same
 number of trials, the same sampler seed and the same evaluation settings.  For every
 run it reports
 
@@ -24,6 +26,7 @@ Usage::
 
     PYTHONPATH=. python benchmarks/search.py                       # default (gp) vs random, ES on/off
     PYTHONPATH=. python benchmarks/search.py --configs gp,tpe,nsga2,random --seeds 0,1,2 --trials 24
+    PYTHONPATH=. python benchmarks/search.py --task fashion-mnist --configs random,random-noes --seeds 0 --trials 8
 
 Config names: a sampler (``gp``, ``tpe``, ``nsga2``, ``random``), optionally with
 ``-noes`` (early stopping off) or ``-prior`` (the rule without the margin learned from
@@ -74,7 +77,7 @@ def run_one(config: str, seed: int, args: argparse.Namespace, workdir: Path) -> 
     early = False if flag == "noes" else FrontierEarlyStopping(learn_margin=flag != "prior")
     storage = f"sqlite:///{workdir / f'{config}-seed{seed}.db'}"
     study = Study.create_or_load(
-        "bench", storage=storage, task="digits", seed=seed, sampler=sampler, early_stopping=early,
+        "bench", storage=storage, task=args.task, seed=seed, sampler=sampler, early_stopping=early,
         settings={"epochs": args.epochs or None, "latency_repeats": args.latency_repeats, "latency_warmup": 5},
     )
     started = time.perf_counter()
@@ -116,10 +119,11 @@ def false_stops(on: dict, off: dict) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="digits", help="built-in task or package.module:callable (default: digits)")
     parser.add_argument("--configs", default="gp,gp-noes,random,random-noes")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--trials", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=2, help="distillation epochs (0: the task's default, 4 on digits)")
+    parser.add_argument("--epochs", type=int, default=2, help="distillation epochs (0: the task's default)")
     parser.add_argument("--latency-repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training (1: no spinning on a shared machine)")
     parser.add_argument("--json", type=Path, default=None, help="also write the per-run results here")
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"train {result['train_s']:.1f} s  wall {result['wall_s']:.1f} s", flush=True)
 
     print()
-    print(f"digits, {args.trials} trials per run, seeds {seeds}, {args.epochs} distillation epochs, "
+    print(f"{args.task}, {args.trials} trials per run, seeds {seeds}, {args.epochs} distillation epochs, "
           f"latency repeats {args.latency_repeats}; hypervolume reference: accuracy {ACCURACY_REF}, "
           f"{LATENCY_REF}x baseline latency (normalised to [0, 1])")
     header = (f"{'config':<12} {'hv mean':>8} {'hv min':>7} {'hv max':>7} {'hv_macs':>8} {'stopped':>7} {'epochs':>7} "

@@ -296,12 +296,17 @@ class TrialRunner:
         epochs: distillation epochs per candidate (the rule's horizon).
         recovery_epochs: epochs of pruning fine-tuning / QAT after distillation.
         fixed: fixed parameter values (recorded with each trial).
+        warm_start: start a study that has no trial yet with the task's warm starts
+            (:mod:`~slimtune.search._warm_start`), one enqueued right before each of
+            this session's first trials (so none is left waiting when the session
+            stops), when the backend takes enqueued trials (Optuna's samplers do; NNI's
+            tuners propose every value).
     """
 
     def __init__(self, *, study: "optuna.Study", backend: Backend, evaluator: Evaluator, objectives: Sequence[str],
                  recorder: Recorder, constraints: Constraints | None = None, baseline_accuracy: float = float("nan"),
                  early_stopping: FrontierEarlyStopping | None = None, epochs: int = 1, recovery_epochs: int = 0,
-                 fixed: Mapping[str, Any] | None = None) -> None:
+                 fixed: Mapping[str, Any] | None = None, warm_start: bool = True) -> None:
         self.study = study
         self.backend = backend
         self.evaluator = evaluator
@@ -315,6 +320,23 @@ class TrialRunner:
         self.recovery_epochs = recovery_epochs
         self.fixed = dict(fixed or {})
         self.worker = socket.gethostname()
+        self.warm_start = warm_start
+        self._warm_starts: list[dict[str, Any]] = []  # still to enqueue, one before each trial
+
+    def plan_warm_starts(self) -> int:
+        """The warm starts of the evaluator's task that fit the backend's space, to be
+        enqueued one before each of the next trials, if the study has no trial yet and the
+        backend takes enqueued trials; how many."""
+        if not self.warm_start or not getattr(self.backend, "takes_enqueued_trials", False):
+            return 0
+        if self.study.get_trials(deepcopy=False):
+            return 0  # resumed, or joining a running study: its trials are under way
+        from slimtune.search._warm_start import warm_start_trials
+
+        self._warm_starts = warm_start_trials(self.backend.space, getattr(self.evaluator, "task", None))
+        if self._warm_starts and hasattr(self.backend, "warm_start"):
+            self.backend.warm_start = False  # the task's own list replaces the backend's neighbourhood
+        return len(self._warm_starts)
 
     def recovery_after_distillation(self, values: Mapping[str, Any]) -> int:
         """Recovery epochs that follow distillation for a candidate: the task's recovery
@@ -362,6 +384,8 @@ class TrialRunner:
         anything else, e.g. ``KeyboardInterrupt``, fails the trial and is re-raised).
         """
         self._recover()
+        if self._warm_starts:  # popped by this trial's ask (or, rarely, by another worker's)
+            self.study.enqueue_trial(self._warm_starts.pop(0), skip_if_exists=True)
         start = _TrialStart()
         outcome: TrialOutcome | None = None
         interrupted: BaseException | None = None
@@ -476,6 +500,7 @@ class TrialRunner:
             raise ValueError("Give `n_trials`, `timeout` or `stop_event`, or the search never ends.")
         started = time.monotonic()
         rows: list[dict] = []
+        self.plan_warm_starts()
         bar = _progress_bar(n_trials, timeout) if progress else None
         if bar is not None:
             bar.set_postfix(self.progress_summary())  # a resumed study starts from its own front

@@ -94,6 +94,9 @@ class Backend(ABC):
     """
 
     name: ClassVar[str]
+    #: Trials enqueued in the Optuna study (warm starts) are asked before the backend's
+    #: own proposals: true where the values come from Optuna's ``ask`` (which pops them).
+    takes_enqueued_trials: ClassVar[bool] = True
 
     def __init__(self, space: "Space", *, seed: int | None = None, **options: Any) -> None:
         self.space = space

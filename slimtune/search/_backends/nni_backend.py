@@ -221,6 +221,7 @@ class NNIBackend(Backend):
     """
 
     name = "nni"
+    takes_enqueued_trials = False  # the tuner proposes every value (ask_with_values)
 
     def __init__(self, space: "Space", *, seed: int | None = None, tuner: str | None = None,
                  scalarization: "Scalarization | str | Mapping[str, Any] | None" = None,
