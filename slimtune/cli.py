@@ -480,6 +480,8 @@ def _run_workers(ctx: click.Context, workers: int, n_trials: int | None, seed: i
               help="Constraint: packed model file (size_bytes, what export --format packed writes) at most this many KiB (1024 B).")
 @click.option("--max-accuracy-drop", type=FRACTION, default=None, help="Constraint: validation accuracy at least the baseline's minus this (e.g. 0.01).")
 @click.option("--early-stopping/--no-early-stopping", default=None, help="Stop candidates a no-costlier trial clearly beats [default: on].")
+@click.option("--warm-start/--no-warm-start", default=True, show_default=True,
+              help="Start a new study near the baseline (the task's warm starts, else one knob family moved at a time).")
 @click.option("--epochs", type=click.IntRange(0, MAX_EPOCHS), default=None, help="Distillation epochs per candidate (default: the task's).")
 @click.option("--runtime", type=click.Choice(list(RUNTIMES)), default=None, help="Runtime that is timed [default: onnxruntime].")
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None, help="Inference threads [default: 1].")
@@ -504,7 +506,7 @@ def run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: f
         max_accuracy_drop: float | None, early_stopping: bool | None, epochs: int | None, runtime: str | None,
         threads: int | None, batch_size: int | None, latency_repeats: int | None, calibration_size: int | None,
         fix: tuple[str, ...], as_json: bool, wide: bool, workers: int, worker_id: int | None, no_cache: bool,
-        storage: str) -> None:
+        storage: str, warm_start: bool = True) -> None:
     """Create or resume a study, run trials (progress bar with ETA), print the frontier
     and the commands to run next.
 
@@ -516,7 +518,8 @@ def run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: f
         try:
             _run(study_name, task_spec, n_trials, timeout, objectives, sampler, backend, tuner, scalarize, seed,
                  max_latency_ms, max_size_kb, max_accuracy_drop, early_stopping, epochs, runtime, threads, batch_size,
-                 latency_repeats, calibration_size, fix, as_json, wide, workers, worker_id, no_cache, storage)
+                 latency_repeats, calibration_size, fix, as_json, wide, workers, worker_id, no_cache, storage,
+                 warm_start)
         except Interrupted as exc:
             click.echo(f"\nInterrupted by {exc.signal_name}: the running trial is recorded as failed; the study keeps "
                        "its other trials (run the same command to resume).", err=True)
@@ -529,7 +532,7 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
          max_accuracy_drop: float | None, early_stopping: bool | None, epochs: int | None, runtime: str | None,
          threads: int | None, batch_size: int | None, latency_repeats: int | None, calibration_size: int | None,
          fix: tuple[str, ...], as_json: bool, wide: bool, workers: int, worker_id: int | None, no_cache: bool,
-         storage: str) -> None:
+         storage: str, warm_start: bool = True) -> None:
     if n_trials is None and timeout is None:
         raise UserError("Give --trials N and/or --timeout SECONDS.")
     _check_int8_format()
@@ -555,7 +558,7 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
     try:
         if worker_id is not None:  # a child of --workers: one line per trial, no summary
             study.optimize(n_trials=n_trials, timeout=timeout, backend=backend, progress=False,
-                           callbacks=[_echo_trial_line], **nni_options)
+                           callbacks=[_echo_trial_line], warm_start=warm_start, **nni_options)
             return
         before = len(study.trials())
         if not as_json:
@@ -567,7 +570,8 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
             failed = _run_workers(click.get_current_context(), workers, n_trials, seed, as_json)
         else:
             failed = []
-            study.optimize(n_trials=n_trials, timeout=timeout, backend=backend, progress=not as_json, **nni_options)
+            study.optimize(n_trials=n_trials, timeout=timeout, backend=backend, progress=not as_json,
+                           warm_start=warm_start, **nni_options)
         if as_json:
             echo_json(study.frontier())
         else:

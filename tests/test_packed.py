@@ -306,7 +306,7 @@ def invoke(*args: str):
 @pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
 def test_stored_sizes_are_the_lengths_of_the_exported_files(tmp_path, runtime):
     url = f"sqlite:///{tmp_path / 's.db'}"
-    run = invoke("run", "--study", "p", "--task", TASK, "--trials", "2", "--seed", "1", "--no-early-stopping",
+    run = invoke("run", "--study", "p", "--task", TASK, "--trials", "2", "--seed", "1", "--no-early-stopping", "--no-warm-start",
                  "--epochs", "1", "--latency-repeats", "3", "--runtime", runtime, "--fix", "quant.bits=4",
                  "--storage", url)
     assert run.exit_code == 0, run.output

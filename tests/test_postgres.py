@@ -34,7 +34,7 @@ def postgres_url():
 def test_two_workers_join_one_study(postgres_url, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "slimtune.cli", "run", "--study", "pg-study", "--task", "digits", "--trials", "2",
-           "--storage", postgres_url, "--epochs", "1", "--latency-repeats", "5"]
+           "--storage", postgres_url, "--epochs", "1", "--latency-repeats", "5", "--no-early-stopping"]
     workers = [subprocess.Popen([*cmd, "--seed", str(seed)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for seed in (0, 1)]
     outputs = [w.communicate(timeout=600) for w in workers]
@@ -44,7 +44,7 @@ def test_two_workers_join_one_study(postgres_url, tmp_path):
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == 4
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
-    assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 2 for t in trials)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 2 for t in trials), [(t.number, t.state.name, t.user_attrs.get("stopped_reason")) for t in trials]
     assert not list(tmp_path.glob("*.db"))  # nothing fell back to SQLite
     # the CLI reads it back, with both workers' trials on one frontier
     show = subprocess.run([sys.executable, "-m", "slimtune.cli", "show", "pg-study", "--storage", postgres_url, "--json"],

@@ -86,3 +86,28 @@ def test_a_new_study_starts_with_the_warm_starts_and_a_resumed_one_does_not(tmp_
     more = resumed.optimize(n_trials=1, progress=False)
     assert {k: more[0]["params"][k] for k in expected[0]} not in expected
     resumed.close()
+
+
+def test_no_warm_start_leaves_a_new_study_to_the_sampler(tmp_path):
+    """``run --no-warm-start`` (``optimize(warm_start=False)``): neither the task's list nor
+    the backend's neighbourhood is enqueued; with it, the digits study (no list of its
+    own) starts with the neighbourhood, one knob family moved at a time."""
+    from slimtune.cli import main
+    from click.testing import CliRunner
+
+    from slimtune.search._backends.optuna_backend import neighbourhood
+
+    def first_params(name: str, *flags: str) -> dict:
+        url = f"sqlite:///{tmp_path / (name + '.db')}"
+        run = CliRunner().invoke(main, ["run", "--study", name, "--task", "digits", "--trials", "1", "--seed", "0",
+                                        "--epochs", "1", "--latency-repeats", "3", "--no-early-stopping",
+                                        "--storage", url, *flags])
+        assert run.exit_code == 0, run.output
+        with Study.load(name, storage=url) as study:
+            return study.trials()[0]["params"], study.space
+
+    warm, space = first_params("warm")
+    cold, _ = first_params("cold", "--no-warm-start")
+    first = neighbourhood(space, 0)[0]
+    assert {k: warm[k] for k in first} == first
+    assert {k: cold[k] for k in first} != first

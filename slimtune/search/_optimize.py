@@ -78,7 +78,8 @@ def _backend_options(study: SearchedStudy, backend: str, options: Mapping[str, A
 def run_search(study: SearchedStudy, n_trials: int | None = None, *, timeout: float | None = None,
                backend: str = "optuna", callbacks: Sequence[Callable[[dict], Any]] = (),
                stop_event: threading.Event | None = None, progress: bool = True,
-               catch: tuple[type[BaseException], ...] = (Exception,), **backend_options: Any) -> list[dict]:
+               catch: tuple[type[BaseException], ...] = (Exception,), warm_start: bool = True,
+               **backend_options: Any) -> list[dict]:
     """Run trials of ``study`` (see ``Study.optimize`` for the arguments); returns the
     rows of the trials run by this call."""
     from slimtune.search._backends import get_backend
@@ -90,6 +91,8 @@ def run_search(study: SearchedStudy, n_trials: int | None = None, *, timeout: fl
     task, space, settings = study.task, study.space, study.settings
     optuna_study = study.open_for_search()
     options = _backend_options(study, backend, backend_options)
+    if not warm_start and backend == "optuna":
+        options["warm_start"] = False  # the backend's neighbourhood too
     backend_obj = backend_cls(space, seed=session_seed(study.seed, len(optuna_study.get_trials(deepcopy=False))),
                               **options)
     sampler = backend_obj.optuna_sampler()
@@ -103,7 +106,8 @@ def run_search(study: SearchedStudy, n_trials: int | None = None, *, timeout: fl
     runner = TrialRunner(study=optuna_study, backend=backend_obj, evaluator=evaluator, objectives=study.objectives,
                          recorder=study, constraints=study.constraints,
                          baseline_accuracy=float(study.baseline.accuracy), early_stopping=study.early_stopping,
-                         epochs=epochs, recovery_epochs=int(recovery or 0), fixed=space.fixed)
+                         epochs=epochs, recovery_epochs=int(recovery or 0), fixed=space.fixed,
+                         warm_start=warm_start)
     try:
         return runner.run(n_trials=n_trials, timeout=timeout, stop_event=stop_event, callbacks=callbacks,
                           progress=progress, catch=catch)

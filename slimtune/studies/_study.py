@@ -487,7 +487,8 @@ class Study(Recording):
             stop_event: a ``threading.Event``; set it to stop after the current trial.
             progress: show a tqdm progress bar (with ETA when ``n_trials`` is given).
             catch: exceptions of a candidate that fail its trial instead of the search.
-            backend_options: passed to the backend (e.g. ``tuner=`` for NNI).
+            backend_options: passed to the backend (e.g. ``tuner=`` for NNI); ``warm_start=False``
+                starts a new study with the sampler's own draws (no warm starts).
 
         Returns:
             The rows of the trials run by this call.
