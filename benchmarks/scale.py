@@ -12,7 +12,7 @@ to the last trial's end in the study's own timestamps (the steady state a long s
 sees); the target is read on the second.
 
     PYTHONPATH=. python benchmarks/scale.py [--trials 8] [--epochs 2] [--storages sqlite,postgres]
-    PYTHONPATH=. python benchmarks/scale.py --quick          # 4 trials per run, 1 epoch
+    PYTHONPATH=. python benchmarks/scale.py --quick          # 12 trials per run, 4 epochs
 
 Early stopping is off and the sampler is random, so every run trains comparable
 candidates; every worker runs with one thread (``OMP_NUM_THREADS=1``; without it
@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=8, help="trials per run (split between the workers)")
     parser.add_argument("--epochs", type=int, default=2, help="distillation epochs per candidate")
     parser.add_argument("--storages", default="sqlite,postgres")
-    parser.add_argument("--quick", action="store_true", help="4 trials per run, 1 epoch")
+    parser.add_argument("--quick", action="store_true", help="12 trials per run, 4 epochs")
     args = parser.parse_args(argv)
     if args.quick:
-        args.trials, args.epochs = 4, 1
+        args.trials, args.epochs = 12, 4
     from slimtune._pgserver import PostgresUnavailable, temporary_postgres
 
     work = Path(tempfile.mkdtemp(prefix="slimtune-scale-"))
