@@ -14,20 +14,27 @@ NOTEBOOK = ROOT / "examples" / "quickstart.ipynb"
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
-def test_quickstart_notebook_runs(tmp_path, monkeypatch):
+def _execute(notebook: Path, tmp_path: Path, monkeypatch) -> tuple[object, list]:
+    """Run a copy of ``notebook`` in a fresh kernel (isolated Jupyter dirs, which the
+    kernel inherits); return it and its code cells' outputs, none of them an error."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     work = tmp_path / "work"
     work.mkdir()
-    shutil.copy(NOTEBOOK, work / NOTEBOOK.name)
+    shutil.copy(notebook, work / notebook.name)
     for key, value in isolated_env(tmp_path / "jupyter").items():
-        monkeypatch.setenv(key, value)  # the kernel inherits them
-    nb = nbformat.read(work / NOTEBOOK.name, as_version=4)
+        monkeypatch.setenv(key, value)
+    nb = nbformat.read(work / notebook.name, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(work)}})
     client.execute()  # raises CellExecutionError on any cell error
-
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
+    return nb, outputs
+
+
+def test_quickstart_notebook_runs(tmp_path, monkeypatch):
+    nb, outputs = _execute(NOTEBOOK, tmp_path, monkeypatch)
+    work = tmp_path / "work"
     dashboards = [o for o in outputs if WIDGET in o.get("data", {})]
     assert dashboards, "the dashboard was not displayed"
     # where no widget frontend runs, the same output shows a plain HTML rendering
@@ -57,22 +64,11 @@ def test_own_model_notebook_trains_hands_over_searches_and_runs_the_export(tmp_p
 
     require_system(None if os.path.isdir(FASHION_DIR_DEFAULT) else
                    f"Fashion-MNIST is not installed ({FASHION_DIR_DEFAULT} missing; apt-get install dataset-fashion-mnist)")
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    work = tmp_path / "work"
-    work.mkdir()
-    shutil.copy(OWN_MODEL, work / OWN_MODEL.name)
-    for key, value in isolated_env(tmp_path / "jupyter").items():
-        monkeypatch.setenv(key, value)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    nb = nbformat.read(work / OWN_MODEL.name, as_version=4)
+    nb, outputs = _execute(OWN_MODEL, tmp_path, monkeypatch)
+    work = tmp_path / "work"
     assert sum(c.cell_type == "markdown" for c in nb.cells) >= sum(c.cell_type == "code" for c in nb.cells)
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(work)}})
-    client.execute()
-
-    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.get("name") == "stdout")
     assert "train 2000, validation 500, test 1000 images of shape (1, 28, 28)" in text
     # exit points found in the transformers model's graph, no names given
