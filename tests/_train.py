@@ -26,3 +26,21 @@ def train_plain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int 
             opt.step()
     torch.set_num_threads(threads)
     return model.eval()
+
+
+def split_exit_net(data) -> nn.Module:
+    """A small CNN with exits after blocks 0 and 1, trained 3 epochs on ``data``'s
+    training split, with thresholds that split its test samples across the exits (60%
+    and 50% quantiles of each exit's confidence)."""
+    from slimtune.spaces.exits import EarlyExitNet, ExitHead
+    from slimtune.tasks._models import small_cnn
+
+    torch.manual_seed(0)
+    base = small_cnn(width=8)
+    net = EarlyExitNet(base.blocks, base.head, {0: ExitHead(8, 10), 1: ExitHead(16, 10)}, {0: 2.0, 1: 2.0})
+    train_plain(net, data.x_train, data.y_train, epochs=3)
+    with torch.no_grad():
+        outs = net.forward_all(data.x_test)
+    confidence = [F.softmax(o, -1).amax(-1) for o in outs[:2]]
+    net.set_thresholds([float(confidence[0].quantile(0.6)), float(confidence[1].quantile(0.5))])
+    return net

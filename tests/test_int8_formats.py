@@ -25,11 +25,10 @@ from slimtune.search._runtimes import (
     requested_int8_format,
     saturation_flag,
 )
-from slimtune.spaces.exits import EarlyExitNet, ExitHead
 from slimtune.spaces.quantization import fold_batchnorm, snap_weights
 from slimtune.tasks._models import resnet8, small_cnn
 from tests._mobilenet import mobilenet_like
-from tests._train import train_plain
+from tests._train import split_exit_net, train_plain
 
 MIN_AGREEMENT = 0.99
 
@@ -176,14 +175,7 @@ def test_measurement_carries_agreement_and_flags_a_real_disagreement(models, dig
 
 
 def test_early_exit_agreement_is_taken_at_the_exit_the_runtime_took(digits):
-    torch.manual_seed(0)
-    base = small_cnn(width=8)
-    net = EarlyExitNet(base.blocks, base.head, {0: ExitHead(8, 10), 1: ExitHead(16, 10)}, {0: 2.0, 1: 2.0})
-    train_plain(net, digits.x_train, digits.y_train, epochs=3)
-    with torch.no_grad():
-        outs = net.forward_all(digits.x_test)
-    confidence = [F.softmax(o, -1).amax(-1) for o in outs[:2]]
-    net.set_thresholds([float(confidence[0].quantile(0.6)), float(confidence[1].quantile(0.5))])
+    net = split_exit_net(digits)
     x, y = digits.x_test, digits.y_test
     compiled = compile_model(net, bits=8, calibration=digits.x_train[:256])
     m = measure(net, compiled, x, y, bits=8, example_input=x[:1], repeats=5, warmup=1)

@@ -16,7 +16,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
@@ -37,10 +36,9 @@ from slimtune.search._runtimes import (
     runtime_names,
 )
 from slimtune.search._runtimes import _registry
-from slimtune.spaces.exits import EarlyExitNet, ExitHead
 from slimtune.spaces.quantization import fake_quantize, fold_batchnorm, quantize_weight
 from slimtune.tasks._models import resnet8, small_cnn
-from tests._train import train_plain
+from tests._train import split_exit_net, train_plain
 
 
 def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float = 5e-3) -> nn.Module:
@@ -61,15 +59,7 @@ def trained(digits):
 @pytest.fixture(scope="module")
 def exit_net(digits):
     """A trained early-exit net with thresholds that split the test samples."""
-    torch.manual_seed(0)
-    base = small_cnn(width=8)
-    net = EarlyExitNet(base.blocks, base.head, {0: ExitHead(8, 10), 1: ExitHead(16, 10)}, {0: 2.0, 1: 2.0})
-    _train(net, digits.x_train, digits.y_train, epochs=3)
-    with torch.no_grad():
-        outs = net.forward_all(digits.x_test)
-    confidence = [F.softmax(o, -1).amax(-1) for o in outs[:2]]
-    net.set_thresholds([float(confidence[0].quantile(0.6)), float(confidence[1].quantile(0.5))])
-    return net
+    return split_exit_net(digits)
 
 
 def _accuracy(logits: np.ndarray, y: torch.Tensor) -> float:
