@@ -500,13 +500,7 @@ def _run_workers(ctx: click.Context, workers: int, n_trials: int | None, seed: i
 @click.option("--no-cache", is_flag=True, help="Retrain the baseline instead of reading the cache (the cache is refreshed).")
 @storage_option
 @user_errors
-def run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: float | None, objectives: str | None,
-        sampler: str | None, backend: str, tuner: str | None, scalarize: str | None, seed: int | None,
-        max_latency_ms: float | None, max_size_kb: float | None,
-        max_accuracy_drop: float | None, early_stopping: bool | None, epochs: int | None, runtime: str | None,
-        threads: int | None, batch_size: int | None, latency_repeats: int | None, calibration_size: int | None,
-        fix: tuple[str, ...], as_json: bool, wide: bool, workers: int, worker_id: int | None, no_cache: bool,
-        storage: str, warm_start: bool = True) -> None:
+def run(**options: Any) -> None:
     """Create or resume a study, run trials (progress bar with ETA), print the frontier
     and the commands to run next.
 
@@ -516,10 +510,7 @@ def run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: f
     """
     with stop_signals():
         try:
-            _run(study_name, task_spec, n_trials, timeout, objectives, sampler, backend, tuner, scalarize, seed,
-                 max_latency_ms, max_size_kb, max_accuracy_drop, early_stopping, epochs, runtime, threads, batch_size,
-                 latency_repeats, calibration_size, fix, as_json, wide, workers, worker_id, no_cache, storage,
-                 warm_start)
+            _run(**options)  # the options by name (see _run)
         except Interrupted as exc:
             click.echo(f"\nInterrupted by {exc.signal_name}: the running trial is recorded as failed; the study keeps "
                        "its other trials (run the same command to resume).", err=True)
@@ -532,7 +523,7 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
          max_accuracy_drop: float | None, early_stopping: bool | None, epochs: int | None, runtime: str | None,
          threads: int | None, batch_size: int | None, latency_repeats: int | None, calibration_size: int | None,
          fix: tuple[str, ...], as_json: bool, wide: bool, workers: int, worker_id: int | None, no_cache: bool,
-         storage: str, warm_start: bool = True) -> None:
+         storage: str, warm_start: bool) -> None:
     if n_trials is None and timeout is None:
         raise UserError("Give --trials N and/or --timeout SECONDS.")
     _check_int8_format()
