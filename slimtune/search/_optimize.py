@@ -59,11 +59,15 @@ def session_seed(seed: int | None, n_existing: int) -> int | None:
     return int(np.random.SeedSequence([int(seed), int(n_existing)]).generate_state(1)[0] % (2**31 - 1))
 
 
-def _backend_options(study: SearchedStudy, backend: str, options: Mapping[str, Any]) -> dict[str, Any]:
+def _backend_options(study: SearchedStudy, backend: str, options: Mapping[str, Any],
+                     warm_start: bool = True) -> dict[str, Any]:
     """The backend's options: the study's sampler for Optuna unless one is given (a
-    sampler instance cannot be rebuilt by name: the default then, with a warning)."""
+    sampler instance cannot be rebuilt by name: the default then, with a warning), and
+    no neighbourhood warm start when ``warm_start`` is off."""
     out = dict(options)
     if backend == "optuna":
+        if not warm_start:
+            out["warm_start"] = False
         from slimtune.search._backends.optuna_backend import DEFAULT_SAMPLER, SAMPLERS
 
         sampler = study.sampler
@@ -90,9 +94,7 @@ def run_search(study: SearchedStudy, n_trials: int | None = None, *, timeout: fl
     backend_cls = get_backend(backend)
     task, space, settings = study.task, study.space, study.settings
     optuna_study = study.open_for_search()
-    options = _backend_options(study, backend, backend_options)
-    if not warm_start and backend == "optuna":
-        options["warm_start"] = False  # the backend's neighbourhood too
+    options = _backend_options(study, backend, backend_options, warm_start)
     backend_obj = backend_cls(space, seed=session_seed(study.seed, len(optuna_study.get_trials(deepcopy=False))),
                               **options)
     sampler = backend_obj.optuna_sampler()
