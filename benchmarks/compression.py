@@ -59,6 +59,7 @@ HAND_PICKED: dict[str, dict[str, Any]] = {
     "fp32 channel 0.5": {"prune.granularity": "channel", "prune.ratio": 0.5},
     "fp32 channel 0.6": {"prune.granularity": "channel", "prune.ratio": 0.6},
     "DS-conv everywhere": {"dsconv.*": True},
+    "DS-conv but the stem": {"dsconv.*": True, "dsconv.blocks.0.0": False},
     "4-bit QAT + weight 0.5": {"quant.bits": 4, "quant.mode": "qat", "prune.granularity": "weight", "prune.ratio": 0.5},
 }
 
