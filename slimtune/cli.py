@@ -633,6 +633,72 @@ def show(study_name: str, pareto: bool, as_json: bool, wide: bool, storage: str)
         study.close()
 
 
+@main.command()
+@click.argument("study_name", metavar="STUDY")
+@click.option("--epochs", type=click.IntRange(1, MAX_EPOCHS), required=True,
+              help="Distillation epochs of the refit (more than the search gave each candidate).")
+@click.option("--finetune-epochs", type=click.IntRange(0, MAX_EPOCHS), default=None,
+              help="Recovery epochs of the refit (pruning fine-tuning, QAT) [default: the task's].")
+@click.option("--max-drop", type=FRACTION, default=0.05, show_default=True,
+              help="Refit the front's trials whose validation accuracy is at least the baseline's minus this.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=6, show_default=True,
+              help="At most this many trials (the most accurate of them).")
+@click.option("--name", "refit_name", default=None, help="The refit study's name [default: STUDY-refit].")
+@click.option("--json", "as_json", is_flag=True, help="Print the refit study's frontier as JSON (no progress bar).")
+@wide_option
+@storage_option
+@user_errors
+def refit(study_name: str, epochs: int, finetune_epochs: int | None, max_drop: float, limit: int,
+          refit_name: str | None, as_json: bool, wide: bool, storage: str) -> None:
+    """Multi-fidelity: retrain a study's front with more epochs, in a study of its own.
+
+    A search with few epochs per candidate ranks candidates cheaply but leaves the
+    compressed ones short of what they reach with enough training; this retrains and
+    remeasures exactly the front's values (close enough to the baseline: --max-drop)
+    in STUDY-refit, beside STUDY in the same storage.  Run again to resume.
+    """
+    import warnings
+
+    from slimtune.search._refit import REFIT_OF, front_to_refit, refit_front
+    from slimtune.studies import Study
+
+    _quiet_optuna()
+    study = Study.load(study_name, storage=storage)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            picked = front_to_refit(study.frontier(), float(study.baseline.accuracy), max_drop=max_drop, limit=limit)
+        if not picked:
+            raise UserError(f"No trial on the front of {study.name!r} is within --max-drop {max_drop:g} of the "
+                            f"baseline's validation accuracy {study.baseline.accuracy:.4f}: nothing to refit.")
+        if not as_json:
+            click.echo(f"Refitting {len(picked)} front trial(s) of {study.name!r} ("
+                       + ", ".join(str(r["trial"]) for r in picked) + f") with {epochs} distillation epochs"
+                       + ("" if finetune_epochs is None else f" and {finetune_epochs} recovery epochs") + ".")
+        with stop_signals():
+            try:
+                result = refit_front(study, storage=storage, epochs=epochs, finetune_epochs=finetune_epochs,
+                                     name=refit_name, max_drop=max_drop, limit=limit, progress=not as_json)
+            except Interrupted as exc:
+                click.echo(f"\nInterrupted by {exc.signal_name}: run the same command to resume.", err=True)
+                sys.exit(EXIT_CODES.get(exc.signal_name, 130))
+        try:
+            if as_json:
+                echo_json(result.frontier())
+                return
+            sources = {t.number: t.user_attrs.get(REFIT_OF) for t in result.optuna_study.get_trials(deepcopy=False)}
+            click.echo("Refit trial <- search trial: " + ", ".join(f"{n} <- {s}" for n, s in sorted(sources.items())))
+            _echo_summary(result, wide=wide)
+            _echo_frontier(result, wide=wide)
+            click.echo("Next:")
+            for line in next_steps(result):
+                click.echo(f"  {line}")
+        finally:
+            result.close()
+    finally:
+        study.close()
+
+
 @main.command("select")
 @click.argument("study_name", metavar="STUDY")
 @click.option("--max-latency-ms", type=POSITIVE, default=None, help="Latency at most this.")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from slimtune import Study
+from slimtune import Study, list_studies
 from slimtune.search._refit import REFIT_OF, front_to_refit, refit_front
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -53,3 +53,36 @@ def test_refit_retrains_the_front_with_more_epochs_in_its_own_study(tmp_path):
     again.close()
     refit.close()
     cheap.close()
+
+
+def test_cli_refit_retrains_the_front_and_resumes(tmp_path):
+    from click.testing import CliRunner
+
+    from slimtune.cli import main
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    cheap = Study.create_or_load("cli", storage=storage, task="digits", settings={**FAST, "epochs": 0}, seed=0,
+                                 early_stopping=False)
+    cheap.optimize(n_trials=3, progress=False)
+    picked = [r["trial"] for r in front_to_refit(cheap.frontier(), cheap.baseline.accuracy, max_drop=1.0, limit=2)]
+    cheap.close()
+    args = ["refit", "cli", "--epochs", "2", "--finetune-epochs", "1", "--max-drop", "1", "--limit", "2",
+            "--storage", storage]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert f"Refitting {len(picked)} front trial(s) of 'cli' (" + ", ".join(map(str, picked)) in result.output
+    assert "Refit trial <- search trial: " in result.output and "slimtune show cli-refit --pareto" in result.output
+    refit = Study.load("cli-refit", storage=storage)
+    assert sorted(t.user_attrs[REFIT_OF] for t in refit.optuna_study.get_trials()) == sorted(picked)
+    assert all(len(r["val_accuracy_per_epoch"]) == 2 for r in refit.trials())
+    refit.close()
+    again = CliRunner().invoke(main, args)  # resumed: nothing is refit twice
+    assert again.exit_code == 0, again.output
+    refit = Study.load("cli-refit", storage=storage)
+    assert len(refit.optuna_study.get_trials()) == len(picked)
+    refit.close()
+    # a study with nothing on its front: one line, exit 2, no refit study created
+    Study.create_or_load("empty", storage=storage, task="digits", settings=FAST, early_stopping=False).close()
+    none = CliRunner().invoke(main, ["refit", "empty", "--epochs", "2", "--storage", storage])
+    assert none.exit_code == 2 and "nothing to refit" in none.output, none.output
+    assert "empty-refit" not in [s["name"] for s in list_studies(storage=storage)]

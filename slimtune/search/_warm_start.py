@@ -9,7 +9,7 @@ at a time, drawn from the parameters as data
 (:func:`slimtune.search._backends.optuna_backend.neighbourhood`, measured by
 ``benchmarks/frontier_ceiling.py``); a task that knows better gives its own list with
 ``Task(extra={"warm_starts": [...]})`` (the Fashion-MNIST task does: int8 alone,
-DS-conv everywhere, int8 with half the channels, 4-bit weights with half of them
+DS-conv on every conv but the stem, int8 with half the channels, 4-bit weights with half of them
 pruned), and this module turns that list into trials.  The core names no knob: the
 names come from the task.
 
