@@ -113,9 +113,13 @@ def test_measure_early_exit_model(data, tmp_path):
     m = measure(net, compiled, data.x_test, data.y_test, bits=32, example_input=data.x_test[:1],
                 reference=compile_model(base, bits=32, calibration=data.x_train[:64]), batch_size=4,
                 warmup=2, repeats=40)
-    assert m.latency_kind == "mean_over_samples" and m.batch_size == 1
+    assert m.latency_kind == "mean_of_path_medians" and m.batch_size == 1
     assert any("one sample at a time" in f for f in m.flags)
-    assert m.latency_ms == pytest.approx(float(np.mean(m.latency_samples_ms)))
+    # each timed sample counts with the median of its exit path: between the paths' medians,
+    # and the sample's own path is the one the runtime takes for it
+    ordered = sorted(m.latency_samples_ms)
+    assert ordered[0] <= m.latency_ms <= ordered[-1]
+    assert m.reference_latency_ms > 0
     assert len(m.exit_rates) == 2 and sum(m.exit_rates) == pytest.approx(1.0)
     assert 0.3 < m.exit_rates[0] < 0.7
     with torch.no_grad():
@@ -123,3 +127,16 @@ def test_measure_early_exit_model(data, tmp_path):
     assert m.accuracy == pytest.approx(expected_acc, abs=1e-9)
     path = export_artifact(compiled, tmp_path / "out" / "model.onnx")
     assert path.read_bytes() == compiled.artifact and m.artifact_bytes == path.stat().st_size
+
+
+def test_mean_of_path_medians_weighs_paths_by_use_and_ignores_spikes():
+    from slimtune.search._profiling import mean_of_path_medians
+
+    # 3 samples leave early (1 ms), 1 runs the whole model (4 ms): 0.75 * 1 + 0.25 * 4
+    assert mean_of_path_medians([1.0, 1.0, 1.0, 4.0], [0, 0, 0, 1]) == pytest.approx(1.75)
+    # one load spike of 50 ms on an early sample: a plain mean jumps to 14, the path medians do not move
+    timings, paths = [1.0, 1.0, 50.0, 4.0, 1.0, 4.0], [0, 0, 0, 1, 0, 1]
+    assert float(np.mean(timings)) > 10
+    assert mean_of_path_medians(timings, paths) == pytest.approx((4 * 1.0 + 2 * 4.0) / 6)
+    with pytest.raises(ValueError, match="of one length"):
+        mean_of_path_medians([1.0], [0, 1])

@@ -21,7 +21,8 @@ class Measurement:
             measured once per complete trial and reported apart; samplers, tuners,
             early stopping and exit calibration never see it.
         latency_ms: median of repeated timings after warm-up (for early-exit models the
-            mean over real held-out samples run one at a time; see ``latency_kind``).
+            mean over real held-out samples run one at a time, each counted with the
+            median timing of the exit path it took; see ``latency_kind``).
         latency_p95_ms: 95th percentile of the same timings.
         latency_samples_ms: the raw timings.
         size_bytes: length in bytes of the packed model file of the timed artifact
