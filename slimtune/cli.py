@@ -642,7 +642,7 @@ def show(study_name: str, pareto: bool, as_json: bool, wide: bool, storage: str)
 @click.option("--max-drop", type=FRACTION, default=0.05, show_default=True,
               help="Refit the front's trials whose validation accuracy is at least the baseline's minus this.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=6, show_default=True,
-              help="At most this many trials (the most accurate of them).")
+              help="At most this many trials, spread along the front (its cheapest and most accurate ends kept).")
 @click.option("--name", "refit_name", default=None, help="The refit study's name [default: STUDY-refit].")
 @click.option("--json", "as_json", is_flag=True, help="Print the refit study's frontier as JSON (no progress bar).")
 @wide_option

@@ -18,7 +18,11 @@ def test_front_to_refit_keeps_the_close_ones_most_accurate_first_cheapest_order(
     rows = [{"trial": 0, "accuracy": 0.70}, {"trial": 1, "accuracy": 0.90}, {"trial": 2, "accuracy": 0.93},
             {"trial": 3, "accuracy": 0.95}]
     assert [r["trial"] for r in front_to_refit(rows, 0.95, max_drop=0.05)] == [1, 2, 3]
-    assert [r["trial"] for r in front_to_refit(rows, 0.95, max_drop=0.05, limit=2)] == [2, 3]
+    # more than the limit: spread along the front, its cheapest and most accurate ends kept
+    assert [r["trial"] for r in front_to_refit(rows, 0.95, max_drop=0.05, limit=2)] == [1, 3]
+    assert [r["trial"] for r in front_to_refit(rows, 0.95, max_drop=0.05, limit=1)] == [3]
+    five = [{"trial": i, "accuracy": 0.90 + 0.01 * i} for i in range(5)]
+    assert [r["trial"] for r in front_to_refit(five, 0.95, max_drop=0.05, limit=3)] == [0, 2, 4]
     # only those that missed one point: the ones worth rescuing
     assert [r["trial"] for r in front_to_refit(rows, 0.95, max_drop=0.05, skip_within=0.01)] == [1, 2]
     with pytest.raises(ValueError, match=r"`skip_within` must be in \[0, max_drop=0.05\], but got 0.2"):

@@ -34,8 +34,10 @@ def front_to_refit(rows: Sequence[Mapping[str, Any]], baseline_accuracy: float, 
                    limit: int = 6, skip_within: float | None = None) -> list[Mapping[str, Any]]:
     """The front rows worth retraining: validation accuracy at least the baseline's
     minus ``max_drop`` (a cheap pass underestimates accuracy, so this is looser than the
-    loss the user accepts), at most ``limit`` of them, the most accurate kept, returned
-    cheapest first (the order of ``rows``).
+    loss the user accepts), at most ``limit`` of them spread evenly along the front
+    (the cheapest and the most accurate always among them: the cheap end is where a
+    short search leaves the most accuracy behind), returned cheapest first (the order
+    of ``rows``).
 
     Args:
         rows: the cheap study's front (``Study.frontier()``), cheapest first.
@@ -53,8 +55,12 @@ def front_to_refit(rows: Sequence[Mapping[str, Any]], baseline_accuracy: float, 
         raise ValueError(f"`skip_within` must be in [0, max_drop={max_drop}], but got {skip_within!r}.")
     close = [r for r in rows if float(r["accuracy"]) >= baseline_accuracy - max_drop
              and (skip_within is None or float(r["accuracy"]) < baseline_accuracy - skip_within)]
-    keep = {id(r) for r in sorted(close, key=lambda r: -float(r["accuracy"]))[:limit]}
-    return [r for r in close if id(r) in keep]
+    if len(close) <= limit:
+        return close
+    if limit == 1:
+        return [max(close, key=lambda r: float(r["accuracy"]))]
+    step = (len(close) - 1) / (limit - 1)
+    return [close[round(i * step)] for i in range(limit)]
 
 
 def refit_front(study: "Study", *, storage: str, epochs: int, finetune_epochs: int | None = None,
