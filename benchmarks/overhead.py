@@ -30,7 +30,8 @@
    with a few bulk inserts (:func:`bulk_synthetic_study`).  The timed part is what a
    user runs: ``Study.load(name)`` then ``study.frontier()``.  ``--size 0`` skips it.
 
-    PYTHONPATH=. python benchmarks/overhead.py [--task digits] [--trials 8] [--epochs N] [--size 10000]
+    PYTHONPATH=. python benchmarks/overhead.py [--task digits] [--trials 8] [--epochs N] [--size 10000] \\
+        [--finetune-epochs N] [--early-stopping] [--profile FILE]
     PYTHONPATH=. python benchmarks/overhead.py --task fashion-mnist --trials 2 --epochs 1 --size 0
 """
 
@@ -72,30 +73,40 @@ PHASES: tuple[tuple[str, str, str], ...] = (
 
 class PhaseClock:
     """Exclusive seconds per phase: each wrapped call's time minus that of the wrapped
-    calls inside it (a compile inside ``evaluate`` counts as compiling only)."""
+    calls inside it (a compile inside ``evaluate`` counts as compiling only); wall
+    seconds in :attr:`seconds`, CPU seconds of this process in :attr:`cpu` (which a
+    loaded machine inflates far less)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
-        self._stack: list[float] = []  # time spent in wrapped children, per open call
+        self.cpu: dict[str, float] = {}
+        self._stack: list[list[float]] = []  # [wall, cpu] spent in wrapped children, per open call
 
     def wrap(self, label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
-            self._stack.append(0.0)
-            start = time.perf_counter()
+            self._stack.append([0.0, 0.0])
+            start, cpu_start = time.perf_counter(), time.process_time()
             try:
                 return fn(*args, **kwargs)
             finally:
-                elapsed = time.perf_counter() - start
-                children = self._stack.pop()
-                self.seconds[label] = self.seconds.get(label, 0.0) + elapsed - children
+                elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+                child_wall, child_cpu = self._stack.pop()
+                self.seconds[label] = self.seconds.get(label, 0.0) + elapsed - child_wall
+                self.cpu[label] = self.cpu.get(label, 0.0) + cpu - child_cpu
                 if self._stack:
-                    self._stack[-1] += elapsed
+                    self._stack[-1][0] += elapsed
+                    self._stack[-1][1] += cpu
 
         return timed
 
     def take(self) -> dict[str, float]:
-        """The seconds since the last call, and reset."""
+        """The wall seconds since the last call, and reset (see :meth:`take_cpu`)."""
         out, self.seconds = self.seconds, {}
+        return out
+
+    def take_cpu(self) -> dict[str, float]:
+        """The CPU seconds since the last call, and reset."""
+        out, self.cpu = self.cpu, {}
         return out
 
 
@@ -121,9 +132,10 @@ def phase_clock() -> Iterator[PhaseClock]:
 
 
 def trial_overhead(directory: Path, trials: int, epochs: int | None, *, task: str = "digits",
-                   finetune_epochs: int | None = None, profile: str | None = None) -> list[float]:
+                   finetune_epochs: int | None = None, profile: str | None = None,
+                   early_stopping: bool = False) -> tuple[list[float], list[dict[str, float]], list[float]]:
     """Run ``trials`` trials of ``task`` and print the shares; returns the per-trial
-    share of wall time that is not training."""
+    share of wall time that is not training, seconds by phase and wall seconds."""
     import optuna
     import torch
 
@@ -133,14 +145,19 @@ def trial_overhead(directory: Path, trials: int, epochs: int | None, *, task: st
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = {k: v for k, v in (("epochs", epochs), ("finetune_epochs", finetune_epochs)) if v is not None}
     study = Study.create_or_load("overhead", storage=f"sqlite:///{directory / 'overhead.db'}", task=task,
-                                 settings=settings or None, sampler="random", seed=0, early_stopping=False)
+                                 settings=settings or None, sampler="random", seed=0,
+                                 early_stopping=early_stopping)
     stamps: list[float] = []
+    cpu_stamps: list[float] = []
     phases: list[dict[str, float]] = []
+    cpu_phases: list[dict[str, float]] = []
     profiler = cProfile.Profile() if profile else None
     with phase_clock() as clock:
         def on_trial(row: dict) -> None:
             stamps.append(time.perf_counter())
+            cpu_stamps.append(time.process_time())
             phases.append(clock.take())
+            cpu_phases.append(clock.take_cpu())
 
         start = time.perf_counter()
         cpu0 = time.process_time()
@@ -166,18 +183,25 @@ def trial_overhead(directory: Path, trials: int, epochs: int | None, *, task: st
               f"| {rest / wall:.1%} | {share:.1%} |")
     print(f"\nnot training: median {statistics.median(shares):.1%} of a trial's wall time (target <= 5%); "
           f"total {sum(walls):.1f} s wall, {cpu:.1f} s CPU of this process; load {os.getloadavg()[0]:.1f}")
-    print_phases(phases, walls)
+    cpus = [b - a for a, b in zip([cpu0, *cpu_stamps[:-1]], cpu_stamps)]
+    training = ("training loops", "knob transforms")
+    cpu_shares = [1.0 - sum(p.get(k, 0.0) for k in training) / c for p, c in zip(cpu_phases, cpus) if c > 0]
+    if cpu_shares:
+        print(f"by CPU time (this process): not training (all but the training loops and knob transforms) "
+              f"median {statistics.median(cpu_shares):.1%}")
+    print_phases(phases, walls, "Wall time")
+    print_phases(cpu_phases, cpus, "CPU time of this process")
     study.close()
-    return shares
+    return shares, phases, walls
 
 
-def print_phases(phases: list[dict[str, float]], walls: list[float]) -> None:
-    """Seconds per phase and trial, and each phase's share of all trials' wall time."""
+def print_phases(phases: list[dict[str, float]], walls: list[float], what: str = "Wall time") -> None:
+    """Seconds per phase and trial, and each phase's share of all trials' time."""
     labels = [label for label, _, _ in PHASES]
     rows = [{**p, "callbacks, progress": max(0.0, wall - sum(p.values()))} for p, wall in zip(phases, walls)]
     labels.append("callbacks, progress")
-    total = sum(walls)
-    print("\nWall time by phase (seconds per trial; share of all trials' wall time):\n")
+    total = sum(walls) or float("nan")
+    print(f"\n{what} by phase (seconds per trial; share of all trials' {what.lower()}):\n")
     print("| phase | " + " | ".join(f"trial {i}" for i in range(len(rows))) + " | share |")
     print("|---|" + "---|" * len(rows) + "---|")
     for label in labels:
@@ -331,6 +355,8 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=None,
                         help="recovery epochs after pruning / for QAT (default: the task's)")
     parser.add_argument("--size", type=int, default=10_000, help="synthetic trials in the big study (0 skips it)")
+    parser.add_argument("--early-stopping", action="store_true",
+                        help="the study's early stopping on (pre-measure then runs once trials are complete)")
     parser.add_argument("--profile", default=None, metavar="FILE", help="write a cProfile of part 1's trials")
     parser.add_argument("--dir", default=None, help="where the study databases go (default: a temp dir)")
     args = parser.parse_args()
@@ -342,7 +368,7 @@ def main() -> None:
         directory.mkdir(parents=True, exist_ok=True)
         if args.trials > 0:
             trial_overhead(directory, args.trials, args.epochs, task=args.task, finetune_epochs=args.finetune_epochs,
-                           profile=args.profile)
+                           profile=args.profile, early_stopping=args.early_stopping)
         if args.size > 0:
             big_study(directory, args.size)
 
