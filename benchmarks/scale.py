@@ -25,14 +25,15 @@ epochs: by default pruning is off and quantization is post-training
 int8 and DS-conv, are drawn); ``--mixed`` searches everything (pruning fine-tuning and
 QAT then add epochs to some trials, and the two runs draw different mixes).
 
-    PYTHONPATH=. python benchmarks/scale.py --quick          # 16 trials per run, 3 epochs (~2.5 min)
+    PYTHONPATH=. python benchmarks/scale.py --quick          # 24 trials per run, 3 epochs (~2 min on a quiet machine)
     PYTHONPATH=. python benchmarks/scale.py [--trials 40] [--epochs 4] [--storages sqlite,postgres] [--mixed]
 
 Early stopping is off and the sampler is random (warm starts off); every worker runs
 with one thread (``OMP_NUM_THREADS=1``; without it ``run --workers`` gives each worker
 ``cpu_count // workers`` threads).  Ratios are only meaningful on a quiet machine: the
 load average is printed before and after each run, and a ratio measured above load
-1.5 (other processes on the cores) is marked as such.
+1.5 before the run (or above 1.5 + W - 1 after it: the W workers add W) is marked as
+not trusted: other processes then share the cores.
 """
 
 from __future__ import annotations
@@ -76,16 +77,14 @@ def steady_rate(intervals: list[tuple[float, float]], workers: int) -> tuple[flo
     return done / (hi - lo) * 3600, hi - lo
 
 
-def _trial_intervals(storage: str, study: str, env: dict[str, str], cwd: Path) -> list[tuple[float, float]]:
-    """(start, end) seconds of every finished trial, from the study's own timestamps."""
-    import datetime as dt
-    import json
+def _trial_intervals(storage: str, study: str) -> list[tuple[float, float]]:
+    """(start, end) seconds of every finished trial, from Optuna's own timestamps (to the
+    microsecond: ``show --json`` rounds them to the second, too coarse for 1-s trials)."""
+    import optuna
 
-    proc = subprocess.run([sys.executable, "-m", "slimtune.cli", "show", study, "--storage", storage, "--json"],
-                          cwd=cwd, env=env, capture_output=True, text=True, check=True)
-    rows = json.loads(proc.stdout)["trials"]
-    spans = [(dt.datetime.fromisoformat(r["datetime_start"]), dt.datetime.fromisoformat(r["datetime_complete"]))
-             for r in rows if r.get("datetime_start") and r.get("datetime_complete")]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+    spans = [(t.datetime_start, t.datetime_complete) for t in trials if t.datetime_start and t.datetime_complete]
     origin = min(a for a, _ in spans)
     return [((a - origin).total_seconds(), (b - origin).total_seconds()) for a, b in spans]
 
@@ -130,10 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4, help="distillation epochs per candidate")
     parser.add_argument("--storages", default="sqlite,postgres")
     parser.add_argument("--mixed", action="store_true", help="search every parameter (trials of unequal length)")
-    parser.add_argument("--quick", action="store_true", help="16 trials per run, 3 epochs")
+    parser.add_argument("--quick", action="store_true", help="24 trials per run, 3 epochs")
     args = parser.parse_args(argv)
     if args.quick:
-        args.trials, args.epochs = 16, 3
+        args.trials, args.epochs = 24, 3
     if args.trials < 4:
         parser.error(f"--trials must be at least 4 (2 per worker), but got {args.trials}")
     from slimtune._pgserver import PostgresUnavailable
@@ -161,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 load_before = os.getloadavg()[0]
                 wall = _run(url_of(study), study, workers, args.trials, args.epochs, fixes, env, work)
                 load_after = os.getloadavg()[0]
-                steady, window = steady_rate(_trial_intervals(url_of(study), study, env, work), workers)
+                steady, window = steady_rate(_trial_intervals(url_of(study), study), workers)
                 rate = args.trials / wall * 3600
                 one, one_steady = one or rate, one_steady or steady
                 ratio, ratio_steady = rate / one, steady / one_steady
@@ -169,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                     target = ""
                 else:
                     target = "met" if ratio_steady >= 1.8 else "missed"
-                    if max(load_before, load_after) > QUIET_LOAD + (workers - 1):
-                        target += f" (load above {QUIET_LOAD:g} besides the workers: not trusted)"
+                    if load_before > QUIET_LOAD or load_after > QUIET_LOAD + (workers - 1):
+                        target += f" (other load above {QUIET_LOAD:g}: not trusted)"
                 print(f"| {name} | {workers} | {wall:.1f} | {rate:.0f} | {ratio:.2f}x | {window:.1f} | {steady:.0f} "
                       f"| {ratio_steady:.2f}x | {load_before:.1f}/{load_after:.1f} | {target} |", flush=True)
     print(f"\nload {os.getloadavg()[0]:.1f} at the end")
