@@ -13,9 +13,9 @@
    - propose + record: the rest of the trial's wall time (Optuna ``ask``/``tell``, the
      study database writes), taken between consecutive trial callbacks;
 
-   and a second table splits the same wall time by phase, timed by wrapping the
-   library's own functions for this run (each second counted once, in the innermost
-   phase): the training loops, the knobs' transforms, pre-measure, compiling (ONNX
+   and two more tables split the same wall and CPU time by phase, timed by wrapping
+   the library's own functions for this run (each second counted once, in the
+   innermost phase; pre-measure keeps its own compile): the training loops, the knobs' transforms, pre-measure, compiling (ONNX
    export + quantization), accuracy of the artifact on val + test (with the torch
    agreement check), latency timing, packing (size), MACs, the rest of ``evaluate``
    (copies, the torch val score), Optuna's ask, recovering stale trials, slimtune's
@@ -53,6 +53,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 #: (label, module, attribute path) of each wrapped function, in the table's order.
+#: Pre-measure keeps its inner calls (its own knob transforms and compile).
 PHASES: tuple[tuple[str, str, str], ...] = (
     ("training loops", "slimtune.search._pipeline", "train"),
     ("knob transforms", "slimtune.search._pipeline", "Evaluator._apply_stage"),
@@ -81,15 +82,23 @@ class PhaseClock:
         self.seconds: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
         self._stack: list[list[float]] = []  # [wall, cpu] spent in wrapped children, per open call
+        self._whole = 0  # open calls of phases that keep their inner calls (``inclusive``)
 
-    def wrap(self, label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(self, label: str, fn: Callable[..., Any], *, inclusive: bool = False) -> Callable[..., Any]:
+        """``fn`` timed as ``label``; ``inclusive``: wrapped calls inside it count as
+        ``label`` too (e.g. pre-measure's compile is pre-measure, not compiling)."""
+
         def timed(*args: Any, **kwargs: Any) -> Any:
+            if self._whole:
+                return fn(*args, **kwargs)
+            self._whole += inclusive
             self._stack.append([0.0, 0.0])
             start, cpu_start = time.perf_counter(), time.process_time()
             try:
                 return fn(*args, **kwargs)
             finally:
                 elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+                self._whole -= inclusive
                 child_wall, child_cpu = self._stack.pop()
                 self.seconds[label] = self.seconds.get(label, 0.0) + elapsed - child_wall
                 self.cpu[label] = self.cpu.get(label, 0.0) + cpu - child_cpu
@@ -122,7 +131,7 @@ def phase_clock() -> Iterator[PhaseClock]:
         for part in outer:
             owner = getattr(owner, part)
         original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
-        setattr(owner, name, clock.wrap(label, original))
+        setattr(owner, name, clock.wrap(label, original, inclusive=label == "pre-measure"))
         undo.append((owner, name, original))
     try:
         yield clock

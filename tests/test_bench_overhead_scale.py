@@ -79,3 +79,12 @@ def test_a_real_trial_splits_into_phases_that_add_up(tmp_path, capsys):
         assert sum(seconds.values()) <= wall * 1.001
     out = capsys.readouterr().out
     assert "| training loops |" in out and "not training: median" in out
+
+
+def test_an_inclusive_phase_keeps_its_inner_calls():
+    clock = _bench("overhead").PhaseClock()
+    timed_inner = clock.wrap("inner", lambda: time.sleep(0.03))
+    clock.wrap("pre", lambda: timed_inner(), inclusive=True)()
+    timed_inner()
+    seconds = clock.take()
+    assert seconds["pre"] == pytest.approx(0.03, abs=0.02) and seconds["inner"] == pytest.approx(0.03, abs=0.02)
