@@ -135,19 +135,25 @@ def main(argv: list[str] | None = None) -> int:
         args.trials, args.epochs = 24, 3
     if args.trials < 4:
         parser.error(f"--trials must be at least 4 (2 per worker), but got {args.trials}")
+    with tempfile.TemporaryDirectory(prefix="slimtune-scale-") as tmp:
+        _measure(Path(tmp), args.trials, args.epochs, args.storages, args.mixed)
+    return 0
+
+
+def _measure(work: Path, trials: int, epochs: int, storages: str, mixed: bool) -> None:
+    """Run and print every configuration, with its databases and cache in ``work``."""
     from slimtune._pgserver import PostgresUnavailable
 
-    fixes = () if args.mixed else UNIFORM_FIX
-    work = Path(tempfile.mkdtemp(prefix="slimtune-scale-"))
+    fixes = () if mixed else UNIFORM_FIX
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SLIMTUNE_CACHE_DIR": str(work / "cache"), "OMP_NUM_THREADS": "1"}
-    _warm_baseline(env, work, args.epochs)
-    what = "every parameter searched" if args.mixed else "fixed " + ", ".join(fixes)
-    print(f"## Scale: digits, {args.trials} trials per run, {args.epochs} epoch(s), {what}, random sampler, "
+    _warm_baseline(env, work, epochs)
+    what = "every parameter searched" if mixed else "fixed " + ", ".join(fixes)
+    print(f"## Scale: digits, {trials} trials per run, {epochs} epoch(s), {what}, random sampler, "
           f"early stopping off, 1 thread per worker, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at start\n")
     print("| storage | workers | command wall s | trials/hour (command) | vs 1 worker | steady window s "
           "| trials/hour (steady) | vs 1 worker | load before/after | target (>= 1.8x, steady) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name in [s.strip() for s in args.storages.split(",") if s.strip()]:
+    for name in [s.strip() for s in storages.split(",") if s.strip()]:
         with contextlib.ExitStack() as stack:
             try:
                 url_of = _storage_url(name, work, stack)
@@ -158,10 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             for workers in (1, 2):
                 study = f"scale-{name}-{workers}"
                 load_before = os.getloadavg()[0]
-                wall = _run(url_of(study), study, workers, args.trials, args.epochs, fixes, env, work)
+                wall = _run(url_of(study), study, workers, trials, epochs, fixes, env, work)
                 load_after = os.getloadavg()[0]
                 steady, window = steady_rate(_trial_intervals(url_of(study), study), workers)
-                rate = args.trials / wall * 3600
+                rate = trials / wall * 3600
                 one, one_steady = one or rate, one_steady or steady
                 ratio, ratio_steady = rate / one, steady / one_steady
                 if workers == 1:
@@ -173,7 +179,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {name} | {workers} | {wall:.1f} | {rate:.0f} | {ratio:.2f}x | {window:.1f} | {steady:.0f} "
                       f"| {ratio_steady:.2f}x | {load_before:.1f}/{load_after:.1f} | {target} |", flush=True)
     print(f"\nload {os.getloadavg()[0]:.1f} at the end")
-    return 0
 
 
 if __name__ == "__main__":
