@@ -131,8 +131,8 @@ def _save(path: Path, baseline: Baseline, key: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save({"state_dict": baseline.model.state_dict(), "val_accuracy": baseline.val_accuracy,
-                        "test_accuracy": baseline.test_accuracy, "teacher_key": key,
+            torch.save({"state_dict": baseline.model.state_dict(), "val_accuracy": float(baseline.val_accuracy),
+                        "test_accuracy": float(baseline.test_accuracy), "teacher_key": key,
                         "teacher_logits": baseline.teacher_logits}, fh)
         os.replace(tmp, path)
     except BaseException:
