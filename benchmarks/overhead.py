@@ -15,12 +15,14 @@
 
    and two more tables split the same wall and CPU time by phase, timed by wrapping
    the library's own functions for this run (each second counted once, in the
-   innermost phase; pre-measure keeps its own compile): the training loops, the knobs' transforms, pre-measure, compiling (ONNX
-   export + quantization), accuracy of the artifact on val + test (with the torch
-   agreement check), latency timing, packing (size), MACs, the rest of ``evaluate``
-   (copies, the torch val score), Optuna's ask, recovering stale trials, slimtune's
-   record (DB write of row + weights + artifact), Optuna's attributes and tell, and
-   whatever is left (callbacks).  ``--profile FILE`` also writes a cProfile of the
+   innermost phase; pre-measure keeps its own compile): the training loops, the
+   knobs' transforms, pre-measure, compiling (ONNX export + quantization), accuracy of
+   the artifact on val + test (with the torch agreement check), latency timing,
+   packing (size), MACs, the rest of ``evaluate`` (copies, the torch val score),
+   Optuna's ask, recovering stale trials, slimtune's record (DB write of row + weights
+   + artifact, then the study re-read for the row's pareto mark), Optuna's attributes
+   and tell, and whatever is left (callbacks; before the first trial, the session's
+   baseline load).  ``--profile FILE`` also writes a cProfile of the
    trials (``python -m pstats FILE``).
 
 2. Opening a study of 10,000 trials and computing its frontier (target: at most 1 s).

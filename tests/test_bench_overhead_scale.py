@@ -73,7 +73,8 @@ def test_a_real_trial_splits_into_phases_that_add_up(tmp_path, capsys):
     assert len(shares) == len(phases) == len(walls) == 2
     for seconds, wall in zip(phases, walls):
         # every phase that each trial passes through was seen, and none ran longer than the trial
-        for label in ("training loops", "compile (ONNX export, quantize)", "artifact accuracy val+test, torch agreement",
+        for label in ("training loops", "compile (ONNX export, quantize)",
+                      "artifact accuracy val+test, torch agreement",
                       "latency timing", "optuna ask", "record (DB write, pareto re-read)", "optuna attrs + tell"):
             assert 0 < seconds[label] < wall, (label, seconds)
         assert sum(seconds.values()) <= wall * 1.001
