@@ -105,3 +105,21 @@ def test_logits_of_another_length_are_not_used(forwards):
     torch.save(blob, first.path)
     forwards.clear()
     assert len(get_baseline(user_task.make_task()).teacher_logits) == 96 and forwards == [96]
+
+
+def test_the_rewritten_cache_file_keeps_the_usual_mode_and_leaves_no_temporary_file(forwards):
+    first = get_baseline(user_task.make_task())
+    first.path.chmod(0o644)
+    torch.save({"state_dict": first.model.state_dict()}, first.path)  # no logits: rewritten on load
+    get_baseline(user_task.make_task())
+    assert load_weights(first.path).get("teacher_key")
+    assert first.path.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert [p.name for p in first.path.parent.iterdir()] == [first.path.name]
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

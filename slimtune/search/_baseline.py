@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,9 +128,9 @@ def _save(path: Path, baseline: Baseline, key: str) -> None:
     """Write the baseline's weights, metric and teacher logits (under ``key``) to
     ``path`` atomically (a unique temporary file, then a rename: concurrent workers
     never see half a file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+    tmp = path.with_name(f".{path.stem}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # the umask's mode, as before
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:
             torch.save({"state_dict": baseline.model.state_dict(), "val_accuracy": float(baseline.val_accuracy),
                         "test_accuracy": float(baseline.test_accuracy), "teacher_key": key,
                         "teacher_logits": baseline.teacher_logits}, fh)
