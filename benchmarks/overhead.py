@@ -1,30 +1,47 @@
 """What a trial spends outside training, and how fast a big study opens.
 
 1. Overhead per trial (target: at most 5% of a trial's wall time is not training).
-   A real digits study runs ``--trials`` trials (random sampler, no early stopping,
-   the study's default evaluation settings unless ``--epochs`` is given).  For each
-   trial the runner's own timings split its wall time into
+   A real study of ``--task`` (``digits`` by default; ``fashion-mnist`` is the README's
+   ResNet-8, ~20 s per epoch: run it with ``--trials 2 --epochs 1``) runs ``--trials``
+   trials (random sampler, no early stopping, the task's evaluation settings unless
+   ``--epochs`` / ``--finetune-epochs`` are given).  For each trial the runner's own
+   timing splits its wall time into
 
-   - training: distillation, pruning fine-tuning, QAT (``train_seconds``),
-   - build + compile + measure: the rest of ``Evaluator.evaluate`` (architecture,
-     ONNX export and quantization, accuracy on validation and test, latency timing
-     interleaved with the baseline),
+   - training: distillation, pruning fine-tuning, QAT, the knobs' transforms
+     (``train_seconds``: what the candidate's search costs by design),
+   - build + compile + measure: the rest of ``Evaluator.evaluate``,
    - propose + record: the rest of the trial's wall time (Optuna ``ask``/``tell``, the
-     study database writes), taken between consecutive trial callbacks.
+     study database writes), taken between consecutive trial callbacks;
+
+   and two more tables split the same wall and CPU time by phase, timed by wrapping
+   the library's own functions for this run (each second counted once, in the
+   innermost phase; pre-measure keeps its own compile): the training loops, the
+   knobs' transforms, pre-measure, compiling (ONNX export + quantization), accuracy of
+   the artifact on val + test (with the torch agreement check), latency timing,
+   packing (size), MACs, the rest of ``evaluate`` (copies, the torch val score),
+   Optuna's ask, recovering stale trials, slimtune's record (DB write of row + weights
+   + artifact, then the study re-read for the row's pareto mark), Optuna's attributes
+   and tell, and whatever is left (callbacks; before the first trial, the session's
+   baseline load).  ``--profile FILE`` also writes a cProfile of the
+   trials (``python -m pstats FILE``).
 
 2. Opening a study of 10,000 trials and computing its frontier (target: at most 1 s).
    The trials are **synthetic** (plausible figures, the space's real parameters, no
    model trained) but complete as a worker writes them: an Optuna trial with its
    parameters, values and user attributes, and slimtune's candidate record, written
    with a few bulk inserts (:func:`bulk_synthetic_study`).  The timed part is what a
-   user runs: ``Study.load(name)`` then ``study.frontier()``.
+   user runs: ``Study.load(name)`` then ``study.frontier()``.  ``--size 0`` skips it.
 
-    PYTHONPATH=. python benchmarks/overhead.py [--trials 8] [--epochs N] [--size 10000]
+    PYTHONPATH=. python benchmarks/overhead.py [--task digits] [--trials 8] [--epochs N] [--size 10000] \\
+        [--finetune-epochs N] [--early-stopping] [--profile FILE]
+    PYTHONPATH=. python benchmarks/overhead.py --task fashion-mnist --trials 2 --epochs 1 --size 0
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import cProfile
 import os
 import statistics
 import sys
@@ -32,13 +49,104 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+#: (label, module, attribute path) of each wrapped function, in the table's order.
+#: Pre-measure keeps its inner calls (its own knob transforms and compile).
+PHASES: tuple[tuple[str, str, str], ...] = (
+    ("training loops", "slimtune.search._pipeline", "train"),
+    ("knob transforms", "slimtune.search._pipeline", "Evaluator._apply_stage"),
+    ("pre-measure", "slimtune.search._pipeline", "Evaluator.pre_measure"),
+    ("compile (ONNX export, quantize)", "slimtune.search._pipeline", "Evaluator._compile"),
+    ("artifact accuracy val+test, torch agreement", "slimtune.search._profiling", "_accuracy"),
+    ("latency timing", "slimtune.search._profiling", "measure_latency"),
+    ("packing (size)", "slimtune.search.packed", "packed_size"),
+    ("MACs", "slimtune.search._macs", "count_macs"),
+    ("rest of evaluate", "slimtune.search._pipeline", "Evaluator.evaluate"),
+    ("optuna ask", "slimtune.search._runner", "TrialRunner._propose"),
+    ("recover stale trials", "slimtune.search._runner", "TrialRunner._recover"),
+    ("record (DB write, pareto re-read)", "slimtune.studies._recording", "Recording.record"),
+    ("optuna attrs + tell", "slimtune.search._runner", "TrialRunner._finish"),
+    ("rest of the trial", "slimtune.search._runner", "TrialRunner.run_one"),
+)
 
-def trial_overhead(directory: Path, trials: int, epochs: int | None) -> None:
+
+class PhaseClock:
+    """Exclusive seconds per phase: each wrapped call's time minus that of the wrapped
+    calls inside it (a compile inside ``evaluate`` counts as compiling only); wall
+    seconds in :attr:`seconds`, CPU seconds of this process in :attr:`cpu` (which a
+    loaded machine inflates far less)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._stack: list[list[float]] = []  # [wall, cpu] spent in wrapped children, per open call
+        self._whole = 0  # open calls of phases that keep their inner calls (``inclusive``)
+
+    def wrap(self, label: str, fn: Callable[..., Any], *, inclusive: bool = False) -> Callable[..., Any]:
+        """``fn`` timed as ``label``; ``inclusive``: wrapped calls inside it count as
+        ``label`` too (e.g. pre-measure's compile is pre-measure, not compiling)."""
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if self._whole:
+                return fn(*args, **kwargs)
+            self._whole += inclusive
+            self._stack.append([0.0, 0.0])
+            start, cpu_start = time.perf_counter(), time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+                self._whole -= inclusive
+                child_wall, child_cpu = self._stack.pop()
+                self.seconds[label] = self.seconds.get(label, 0.0) + elapsed - child_wall
+                self.cpu[label] = self.cpu.get(label, 0.0) + cpu - child_cpu
+                if self._stack:
+                    self._stack[-1][0] += elapsed
+                    self._stack[-1][1] += cpu
+
+        return timed
+
+    def take(self) -> dict[str, float]:
+        """The wall seconds since the last call, and reset (see :meth:`take_cpu`)."""
+        out, self.seconds = self.seconds, {}
+        return out
+
+    def take_cpu(self) -> dict[str, float]:
+        """The CPU seconds since the last call, and reset."""
+        out, self.cpu = self.cpu, {}
+        return out
+
+
+@contextlib.contextmanager
+def phase_clock() -> Iterator[PhaseClock]:
+    """Wrap every function of :data:`PHASES` while the block runs (restored after)."""
+    import importlib
+
+    clock, undo = PhaseClock(), []
+    for label, module_name, attr in PHASES:
+        owner: Any = importlib.import_module(module_name)
+        *outer, name = attr.split(".")
+        for part in outer:
+            owner = getattr(owner, part)
+        original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        setattr(owner, name, clock.wrap(label, original, inclusive=label == "pre-measure"))
+        undo.append((owner, name, original))
+    try:
+        yield clock
+    finally:
+        for owner, name, original in reversed(undo):
+            setattr(owner, name, original)
+
+
+def trial_overhead(directory: Path, trials: int, epochs: int | None, *, task: str = "digits",
+                   finetune_epochs: int | None = None, profile: str | None = None,
+                   early_stopping: bool = False) -> tuple[list[float], list[dict[str, float]], list[float]]:
+    """Run ``trials`` trials of ``task`` and print the shares; returns the per-trial
+    share of wall time that is not training, seconds by phase and wall seconds."""
     import optuna
     import torch
 
@@ -46,16 +154,33 @@ def trial_overhead(directory: Path, trials: int, epochs: int | None) -> None:
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    settings = {"epochs": epochs} if epochs is not None else None
-    study = Study.create_or_load("overhead", storage=f"sqlite:///{directory / 'overhead.db'}", task="digits",
-                                 settings=settings, sampler="random", seed=0, early_stopping=False)
+    settings = {k: v for k, v in (("epochs", epochs), ("finetune_epochs", finetune_epochs)) if v is not None}
+    study = Study.create_or_load("overhead", storage=f"sqlite:///{directory / 'overhead.db'}", task=task,
+                                 settings=settings or None, sampler="random", seed=0,
+                                 early_stopping=early_stopping)
     stamps: list[float] = []
-    start = time.perf_counter()
-    cpu0 = time.process_time()
-    rows = study.optimize(n_trials=trials, progress=False, callbacks=[lambda row: stamps.append(time.perf_counter())])
-    cpu = time.process_time() - cpu0
+    cpu_stamps: list[float] = []
+    phases: list[dict[str, float]] = []
+    cpu_phases: list[dict[str, float]] = []
+    profiler = cProfile.Profile() if profile else None
+    with phase_clock() as clock:
+        def on_trial(row: dict) -> None:
+            stamps.append(time.perf_counter())
+            cpu_stamps.append(time.process_time())
+            phases.append(clock.take())
+            cpu_phases.append(clock.take_cpu())
+
+        start = time.perf_counter()
+        cpu0 = time.process_time()
+        if profiler is not None:
+            profiler.enable()
+        rows = study.optimize(n_trials=trials, progress=False, callbacks=[on_trial])
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile)
+        cpu = time.process_time() - cpu0
     walls = [b - a for a, b in zip([start, *stamps[:-1]], stamps)]
-    print(f"\n## Overhead per trial: digits, {len(rows)} trials, settings {study.settings.to_dict()}")
+    print(f"\n## Overhead per trial: {task}, {len(rows)} trials, settings {study.settings.to_dict()}")
     print("| trial | state | wall s | training | build+compile+measure | propose+record | not training |")
     print("|---|---|---|---|---|---|---|")
     shares = []
@@ -68,8 +193,31 @@ def trial_overhead(directory: Path, trials: int, epochs: int | None) -> None:
         print(f"| {row['trial']} | {row['state']} | {wall:.2f} | {train / wall:.1%} | {(evaluate - train) / wall:.1%} "
               f"| {rest / wall:.1%} | {share:.1%} |")
     print(f"\nnot training: median {statistics.median(shares):.1%} of a trial's wall time (target <= 5%); "
-          f"total {sum(walls):.1f} s wall, {cpu:.1f} s CPU of this process")
+          f"total {sum(walls):.1f} s wall, {cpu:.1f} s CPU of this process; load {os.getloadavg()[0]:.1f}")
+    cpus = [b - a for a, b in zip([cpu0, *cpu_stamps[:-1]], cpu_stamps)]
+    training = ("training loops", "knob transforms")
+    cpu_shares = [1.0 - sum(p.get(k, 0.0) for k in training) / c for p, c in zip(cpu_phases, cpus) if c > 0]
+    if cpu_shares:
+        print(f"by CPU time (this process): not training (all but the training loops and knob transforms) "
+              f"median {statistics.median(cpu_shares):.1%}")
+    print_phases(phases, walls, "Wall time")
+    print_phases(cpu_phases, cpus, "CPU time of this process")
     study.close()
+    return shares, phases, walls
+
+
+def print_phases(phases: list[dict[str, float]], walls: list[float], what: str = "Wall time") -> None:
+    """Seconds per phase and trial, and each phase's share of all trials' time."""
+    labels = [label for label, _, _ in PHASES]
+    rows = [{**p, "callbacks, progress": max(0.0, wall - sum(p.values()))} for p, wall in zip(phases, walls)]
+    labels.append("callbacks, progress")
+    total = sum(walls) or float("nan")
+    print(f"\n{what} by phase (seconds per trial; share of all trials' {what.lower()}):\n")
+    print("| phase | " + " | ".join(f"trial {i}" for i in range(len(rows))) + " | share |")
+    print("|---|" + "---|" * len(rows) + "---|")
+    for label in labels:
+        seconds = [r.get(label, 0.0) for r in rows]
+        print(f"| {label} | " + " | ".join(f"{s:.3f}" for s in seconds) + f" | {sum(seconds) / total:.1%} |")
 
 
 def _trial_figures(rng: Any, base: Any) -> dict[str, Any]:
@@ -212,17 +360,28 @@ def big_study(directory: Path, size: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="digits", choices=("digits", "fashion-mnist"), help="the task of part 1")
     parser.add_argument("--trials", type=int, default=8, help="real trials of part 1 (0 skips it)")
     parser.add_argument("--epochs", type=int, default=None, help="distillation epochs (default: the task's)")
-    parser.add_argument("--size", type=int, default=10_000, help="synthetic trials in the big study")
+    parser.add_argument("--finetune-epochs", type=int, default=None,
+                        help="recovery epochs after pruning / for QAT (default: the task's)")
+    parser.add_argument("--size", type=int, default=10_000, help="synthetic trials in the big study (0 skips it)")
+    parser.add_argument("--early-stopping", action="store_true",
+                        help="the study's early stopping on (pre-measure then runs once trials are complete)")
+    parser.add_argument("--profile", default=None, metavar="FILE", help="write a cProfile of part 1's trials")
     parser.add_argument("--dir", default=None, help="where the study databases go (default: a temp dir)")
     args = parser.parse_args()
+    for name in ("trials", "size"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be >= 0, but got {getattr(args, name)}")
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(args.dir or tmp)
         directory.mkdir(parents=True, exist_ok=True)
         if args.trials > 0:
-            trial_overhead(directory, args.trials, args.epochs)
-        big_study(directory, args.size)
+            trial_overhead(directory, args.trials, args.epochs, task=args.task, finetune_epochs=args.finetune_epochs,
+                           profile=args.profile, early_stopping=args.early_stopping)
+        if args.size > 0:
+            big_study(directory, args.size)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,11 @@ the median CPU time (user + system) of the process, which load inflates far less
 Give several ``--checkout`` folders to compare versions (e.g. the main branch before
 this change and the working tree after it).
 
+A ``run`` worker's start-up is timed too: a fresh ``slimtune run --trials 1`` joining
+an existing ``digits`` study (as each process of ``run --workers`` does), from the
+process start to its trial's start in the study's own timestamps (imports, the task
+and its data, the study, the baseline from the cache, Optuna's ``ask``).
+
     PYTHONPATH=. python benchmarks/startup.py [--repeat 5] [--checkout /path/old --checkout .]
 """
 
@@ -35,6 +40,40 @@ def make_study(folder: Path) -> tuple[str, str]:
                     "--no-early-stopping", "--json", "--storage", storage],
                    check=True, cwd=ROOT, env=env, capture_output=True)
     return storage, "startup"
+
+
+def make_digits_study(folder: Path) -> str:
+    """A one-trial ``digits`` study (its baseline trained into ``folder``'s cache), made
+    with this checkout; returns its storage URL."""
+    storage = f"sqlite:///{folder / 'worker.db'}"
+    subprocess.run([sys.executable, "-m", "slimtune.cli", "run", "--study", "worker", "--task", "digits", "--trials",
+                    "1", "--epochs", "1", "--latency-repeats", "3", "--no-early-stopping", "--json",
+                    "--storage", storage], check=True, cwd=ROOT, env=_env(ROOT, folder), capture_output=True)
+    return storage
+
+
+def _env(checkout: Path, folder: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(checkout), "SLIMTUNE_CACHE_DIR": str(folder / "cache"),
+            "OMP_NUM_THREADS": "1"}
+
+
+def worker_startup(checkout: Path, storage: str, repeat: int, folder: Path) -> list[float]:
+    """Seconds from a fresh ``run --trials 1`` process's start to its trial's start."""
+    import datetime as dt
+    import json
+
+    env = _env(checkout, folder)
+    out = []
+    for _ in range(repeat):
+        launched = dt.datetime.now()  # Optuna stamps datetime_start with the local clock
+        subprocess.run([sys.executable, "-m", "slimtune.cli", "run", "--study", "worker", "--trials", "1",
+                        "--json", "--storage", storage], check=True, cwd=folder, env=env, capture_output=True)
+        rows = json.loads(subprocess.run([sys.executable, "-m", "slimtune.cli", "show", "worker", "--json",
+                                          "--storage", storage], check=True, cwd=folder, env=env,
+                                         capture_output=True, text=True).stdout)["trials"]
+        started = max(dt.datetime.fromisoformat(r["datetime_start"]) for r in rows if r.get("datetime_start"))
+        out.append((started - launched).total_seconds())
+    return out
 
 
 def _child_cpu() -> float:
@@ -77,6 +116,11 @@ def main() -> None:
                 wall, cpu = time_command(checkout.resolve(), argv, args.repeat, folder)
                 print(f"{str(checkout):<40} {name:<9} {statistics.median(wall):>11.2f} {min(wall):>8.2f} "
                       f"{statistics.median(cpu):>10.2f}")
+        digits = make_digits_study(folder)
+        for checkout in checkouts:
+            starts = worker_startup(checkout.resolve(), digits, args.repeat, folder)
+            print(f"{str(checkout):<40} {'run':<9} {statistics.median(starts):>11.2f} {min(starts):>8.2f} "
+                  f"{'-':>10}   (worker start-up: process start to its first trial's start)")
         print(f"load average after {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -9,9 +9,11 @@ never held for the whole split."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +23,10 @@ from torch import nn
 from slimtune.search._baseline_cache import CACHE_ENV, baselines_dir, clear_baselines
 from slimtune.search._trainer import TrainConfig, predict_logits, score, train
 from slimtune.search._weights import WeightsError, load_weights
-from slimtune.tasks._task import Task
+from slimtune.tasks._task import Task, weights_digest
 
 logger = logging.getLogger(__name__)
-__all__ = ["CACHE_ENV", "Baseline", "cache_dir", "clear_cache", "get_baseline"]
+__all__ = ["CACHE_ENV", "Baseline", "cache_dir", "clear_cache", "get_baseline", "teacher_key"]
 _announced: set[Path] = set()  # cache files already named to the user in this process
 
 
@@ -88,25 +90,94 @@ def _measured(task: Task, model: nn.Module, seed: int, *, cached: bool, trained:
     return Baseline(task, model, teacher, val, test, seed, cached=cached, trained=trained, path=path)
 
 
+def teacher_key(model: nn.Module, task: Task) -> str:
+    """What the cached teacher logits and val/test metric of ``model`` depend on beyond
+    the cache file's name (which already holds the task fingerprint: every split's
+    samples, the metric): the weights, the training inputs **in their order** (the
+    logits line up with ``task.data.x_train``), and the torch version.  A streaming
+    training split has no stored logits: only its flag counts."""
+    h = hashlib.sha256()
+    h.update(f"weights:{weights_digest(model)}|torch:{torch.__version__}|".encode())
+    data = task.data
+    if data.train.streaming:
+        h.update(b"train:streaming")
+    else:
+        x = data.x_train.detach().cpu().contiguous()
+        h.update(f"train:{x.dtype}|{tuple(x.shape)}|".encode())
+        if x.numel():
+            h.update(x.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, not a copy
+    return h.hexdigest()
+
+
+def _from_blob(task: Task, model: nn.Module, seed: int, blob: dict, key: str, path: Path) -> Baseline | None:
+    """The cached baseline with the teacher logits and metric stored in ``blob`` when
+    they were computed under ``key`` (and fit the training split); ``None`` otherwise."""
+    if not isinstance(blob, dict) or blob.get("teacher_key") != key:
+        return None
+    logits, val, test = blob.get("teacher_logits"), blob.get("val_accuracy"), blob.get("test_accuracy")
+    if not isinstance(val, float) or not isinstance(test, float):
+        return None
+    if task.data.train.streaming:
+        logits = None
+    elif not isinstance(logits, torch.Tensor) or logits.dim() < 1 or len(logits) != len(task.data.x_train):
+        return None
+    return Baseline(task, model, logits, val, test, seed, cached=True, trained=True, path=path)
+
+
+def _save(path: Path, baseline: Baseline, key: str) -> None:
+    """Write the baseline's weights, metric and teacher logits (under ``key``) to
+    ``path`` atomically (a unique temporary file, then a rename: concurrent workers
+    never see half a file)."""
+    tmp = path.with_name(f".{path.stem}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # the umask's mode, as before
+    try:
+        with open(tmp, "xb") as fh:
+            torch.save({"state_dict": baseline.model.state_dict(), "val_accuracy": float(baseline.val_accuracy),
+                        "test_accuracy": float(baseline.test_accuracy), "teacher_key": key,
+                        "teacher_logits": baseline.teacher_logits}, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_cached(task: Task, seed: int, path: Path) -> Baseline:
+    """The cached baseline at ``path``: its weights, and its teacher logits and metric
+    when stored under the current :func:`teacher_key` (else computed now and written
+    back, so the next load reuses them).  Raises what loading raises."""
+    blob = load_weights(path, what=f"The baseline cache file {str(path)!r}")
+    model = task.build_model()
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    key = teacher_key(model, task)
+    baseline = _from_blob(task, model, seed, blob, key, path)
+    if baseline is None:
+        baseline = _measured(task, model, seed, cached=True, trained=True, path=path)
+        try:
+            _save(path, baseline, key)
+        except OSError as exc:  # a read-only cache still serves; it recomputes next time
+            logger.warning("Could not store the baseline's teacher logits in %s (%s).", path, exc)
+    return baseline
+
+
 def get_baseline(task: Task, *, seed: int = 0, use_cache: bool = True, progress: bool = False) -> Baseline:
     """The baseline of ``task``.
 
     ``Task.from_model`` tasks: the given model, never trained.  Other tasks: trained
     (or loaded from the cache, keyed by task fingerprint and seed; ``use_cache=False``
     retrains and overwrites the cached file).  Cached files hold tensors only and are
-    read with ``weights_only=True``; a tampered or unreadable one is retrained.
+    read with ``weights_only=True``; a tampered or unreadable one is retrained.  The
+    teacher logits and val/test metric stored with a cached file are reused when their
+    :func:`teacher_key` matches.
     """
     if task.pretrained:
         return _measured(task, task.build_model(), seed, cached=False, trained=False)
     path = cache_dir() / f"{task.name}-{task.fingerprint()}-seed{seed}.pt"
     if use_cache and path.exists():
         try:
-            blob = load_weights(path, what=f"The baseline cache file {str(path)!r}")
-            model = task.build_model()
-            model.load_state_dict(blob["state_dict"])
+            baseline = _load_cached(task, seed, path)
             if progress:
                 _announce(path, f"Baseline of {task.name} (seed {seed}): from the cache {path}")
-            return _measured(task, model, seed, cached=True, trained=True, path=path)
+            return baseline
         except WeightsError as exc:  # a tampered or damaged cache file is retrained (and replaced)
             logger.warning("%s Retraining the baseline.", exc)
         except Exception as exc:  # noqa: BLE001 - a cache file of another shape is retrained
@@ -120,10 +191,7 @@ def get_baseline(task: Task, *, seed: int = 0, use_cache: bool = True, progress:
     started = time.perf_counter()
     train(model, data.train, config)
     baseline = _measured(task, model, seed, cached=False, trained=True, path=path)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "val_accuracy": baseline.val_accuracy,
-                "test_accuracy": baseline.test_accuracy}, tmp)
-    os.replace(tmp, path)
+    _save(path, baseline, teacher_key(model, task))
     if progress:
         _announce(path, f"Baseline of {task.name} (seed {seed}): trained in {time.perf_counter() - started:.1f} s, "
                         f"saved to the cache {path}")

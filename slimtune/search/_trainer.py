@@ -125,10 +125,11 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 @torch.no_grad()
 def score(model: nn.Module, data: Split, metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
-          batch_size: int = 512) -> float:
+          batch_size: int = 256) -> float:
     """``metric(logits, labels)`` of ``model``'s own forward (dynamic exits applied)
     on every sample of ``data``, logits accumulated batch by batch; top-1 accuracy
-    when ``metric`` is None."""
+    when ``metric`` is None.  (Batches of 256, not 512: on Fashion-MNIST's ResNet-8 at
+    one thread 512 took 1.9-2.9 s per 5,000 samples, 256 1.3-1.4 s, same logits.)"""
     model.eval()
     logits, labels = [], []
     for xb, yb in data.chunks(batch_size):
