@@ -188,3 +188,25 @@ def test_early_exit_agreement_is_taken_at_the_exit_the_runtime_took(digits):
         per_exit = [o.argmax(-1).numpy() for o in reference.forward_all(x)]
     expected = np.asarray([per_exit[e][i] for i, e in enumerate(exits)])
     assert m.runtime_agreement == pytest.approx(float((logits.argmax(-1) == expected).mean()))
+
+
+def test_agreement_is_read_on_the_first_agreement_samples(digits, monkeypatch):
+    import slimtune.search._profiling as profiling
+
+    net = split_exit_net(digits)
+    x, y = digits.x_test, digits.y_test
+    compiled = compile_model(net, bits=8, calibration=digits.x_train[:256])
+    monkeypatch.setattr(profiling, "AGREEMENT_SAMPLES", 50)
+    logits, exits = compiled.predict_with_exits(x)
+    reference = snap_weights_copy(net, 8)
+    with torch.no_grad():
+        per_exit = [o.argmax(-1).numpy() for o in reference.forward_all(x)]
+    agree = logits.argmax(-1) == np.asarray([per_exit[e][i] for i, e in enumerate(exits)])
+    seen = []
+    real = profiling._agreeing
+    monkeypatch.setattr(profiling, "_agreeing", lambda ref, xs, *a: seen.append(len(xs)) or real(ref, xs, *a))
+    m = measure(net, compiled, x, y, bits=8, example_input=x[:1], repeats=5, warmup=1)
+    assert sum(seen) == 50 < len(x)  # the torch reference ran on those 50 only
+    assert m.runtime_agreement == pytest.approx(float(agree[:50].mean()))
+    # the accuracy still comes from every sample
+    assert m.accuracy == pytest.approx(float((logits.argmax(-1) == y.numpy()).mean()))
