@@ -30,6 +30,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("frontier_ceiling.py", ["--quick", "--markdown"], ["--markdown"]),
     ("compression.py", ["--quick"], []),
     ("overhead.py", ["--trials", "3", "--size", "10000"], []),
+    ("overhead.py", ["--task", "fashion-mnist", "--trials", "2", "--size", "0"], ["--task", "fashion-mnist"]),
     ("latency_fidelity.py", ["--runs", "3", "--processes", "2", "--repeats", "50"], []),
     ("scale.py", ["--quick"], []),
     ("packed_sizes.py", ["--models", "digits"], []),
