@@ -116,7 +116,8 @@ def evaluate_config(evaluator, values: Mapping[str, Any]) -> dict[str, Any]:
     """One configuration through the real pipeline, with the pre-training measurement
     and per-epoch times recorded (a ``should_stop`` that never stops)."""
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    marks: dict[str, Any] = {"epochs": []}
+    marks: dict[str, Any] = {"epochs": [], "recovery": []}
+    epochs = evaluator.task.finetune_epochs if evaluator.settings.epochs is None else evaluator.settings.epochs
     measure_pre = type(evaluator).pre_measure
 
     def timed_pre(values_):
@@ -125,8 +126,10 @@ def evaluate_config(evaluator, values: Mapping[str, Any]) -> dict[str, Any]:
         marks["pre"] = (time.perf_counter() - start[0], time.process_time() - start[1])
         return out
 
-    def never_stop(epoch: int, acc: float, pre) -> None:
-        marks["epochs"].append((time.perf_counter() - wall0, time.process_time() - cpu0))
+    def never_stop(epoch: int, acc: float | None, pre) -> None:
+        if epoch >= 0:  # -1: the check before training; epochs and beyond: recovery epochs
+            marks["epochs" if epoch < epochs else "recovery"].append((time.perf_counter() - wall0,
+                                                                      time.process_time() - cpu0))
         return None
 
     evaluator.pre_measure = timed_pre
@@ -142,6 +145,9 @@ def evaluate_config(evaluator, values: Mapping[str, Any]) -> dict[str, Any]:
         "reference_latency_ms": m.reference_latency_ms, "latency_ratio": m.latency_ms / m.reference_latency_ms,
         "macs": m.macs, "size_bytes": m.size_bytes, "exit_rates": list(m.exit_rates) if m.exit_rates else None,
         "val_accuracy_per_epoch": list(result.info.get("val_accuracy_per_epoch", [])),
+        "val_accuracy_per_recovery_epoch": list(result.info.get("val_accuracy_per_recovery_epoch", [])),
+        "recovery_epoch_seconds": [w for w, _ in marks["recovery"]],
+        "recovery_epoch_cpu_seconds": [c for _, c in marks["recovery"]],
         "pre": {"latency_ms": result.pre.latency_ms, "macs": result.pre.macs, "size_bytes": result.pre.size_bytes,
                 "latency_ratio": result.pre.latency_ms / m.reference_latency_ms},
         "pre_seconds": marks["pre"][0], "pre_cpu_seconds": marks["pre"][1],
@@ -203,9 +209,10 @@ def table_hypervolume(rows: Sequence[Mapping[str, Any]]) -> float:
     return normalised_hypervolume((r["test_accuracy"], r["latency_ratio"]) for r in rows if "error" not in r)
 
 
-def build_ceiling(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def build_ceiling(rows: list[dict[str, Any]], baseline_val_accuracy: float | None = None) -> dict[str, Any]:
     """The stored document: the grid, settings, machine fingerprint, every row, the true
-    frontier and its hypervolume."""
+    frontier and its hypervolume (and the baseline's validation accuracy, which early
+    stopping's check before training reads)."""
     import hashlib
 
     from slimtune.search._pipeline import EvalSettings
@@ -226,6 +233,7 @@ def build_ceiling(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "fingerprint": fingerprint, "fingerprint_id": fingerprint_id,
         "row_fingerprints": sorted(str(i) for i in ids),
         "hypervolume_reference": {"accuracy": ACCURACY_REF, "latency_ratio": LATENCY_REF},
+        "baseline_val_accuracy": baseline_val_accuracy,
         "enumeration_seconds": sum(r.get("total_seconds", 0.0) for r in rows),
         "enumeration_cpu_seconds": sum(r.get("total_cpu_seconds", 0.0) for r in rows), "configurations": stored,
         "frontier": frontier_keys(stored), "ceiling_hypervolume": table_hypervolume(stored),
@@ -266,7 +274,8 @@ def load_or_compute_ceiling(path: Path = CEILING_FILE, *, recompute: bool = Fals
         print(f"resuming the enumeration from {partial}", flush=True)
     elif recompute and partial.exists():
         partial.unlink()
-    doc = build_ceiling(enumerate_space(partial))
+    rows = enumerate_space(partial)
+    doc = build_ceiling(rows, _digits_evaluator()[3].baseline_measurement().accuracy)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n")
     partial.unlink()
@@ -330,10 +339,13 @@ class Table:
 
 class ReplayEvaluator:
     """``Evaluator.evaluate`` answered from the table: the stored result of the nearest
-    grid point; with ``should_stop``, the stored per-epoch curve is fed to it epoch by
-    epoch (with the stored pre-training bound, latency as a ratio to the baseline like
-    the costs the runner compares it with) and a stop returns what the real evaluator
-    returns.  Times are the stored ones actually spent."""
+    grid point; with ``should_stop``, it is asked before training (epoch -1: a stop
+    costs the pre-training measurement only), then fed the stored per-epoch curve epoch
+    by epoch (with the stored pre-training bound, latency as a ratio to the baseline like
+    the costs the runner compares it with), then the stored recovery-epoch curve where
+    the row has one (rows enumerated before the recovery checks have none: there the
+    replay cannot stop a candidate during recovery, the real runner may), and a stop
+    returns what the real evaluator returns.  Times are the stored ones actually spent."""
 
     def __init__(self, table: Table) -> None:
         self.table = table
@@ -351,11 +363,21 @@ class ReplayEvaluator:
         if should_stop is not None:
             pre = PreMeasurement(latency_ms=row["pre"]["latency_ratio"], macs=row["pre"]["macs"],
                                  size_bytes=row["pre"]["size_bytes"])
-            for epoch, acc in enumerate(curve):
+            reason = should_stop(-1, None, pre)
+            if reason:
+                info = {"key": key, "epochs_run": 0, "cpu_seconds": row["pre_cpu_seconds"], "val_accuracy_per_epoch": []}
+                return CandidateResult(values, None, None, None, None, {}, None, 0.0, row["pre_seconds"], pre,
+                                       stopped=reason, info=info)
+            recovery = list(row.get("val_accuracy_per_recovery_epoch") or ())
+            marks = [*zip(row["epoch_seconds"], row["epoch_cpu_seconds"]),
+                     *zip(row.get("recovery_epoch_seconds") or (), row.get("recovery_epoch_cpu_seconds") or ())]
+            for epoch, acc in enumerate([*curve, *recovery][:len(marks)]):
                 reason = should_stop(epoch, acc, pre)
                 if reason:
-                    wall, cpu = row["epoch_seconds"][epoch], row["epoch_cpu_seconds"][epoch]
-                    info = {"key": key, "epochs_run": epoch + 1, "cpu_seconds": cpu, "val_accuracy_per_epoch": curve[:epoch + 1]}
+                    wall, cpu = marks[epoch]
+                    info = {"key": key, "epochs_run": epoch + 1, "cpu_seconds": cpu,
+                            "val_accuracy_per_epoch": curve[:epoch + 1],
+                            "val_accuracy_per_recovery_epoch": recovery[:max(0, epoch + 1 - len(curve))]}
                     return CandidateResult(values, None, acc, None, None, {}, None, max(0.0, wall - row["pre_seconds"]),
                                            wall, pre, stopped=reason, info=info)
         skipped = 0.0 if pre is not None else row["pre_seconds"]  # the runner would not pre-measure
@@ -363,7 +385,8 @@ class ReplayEvaluator:
         m = Measurement(accuracy=row["val_accuracy"], latency_ms=row["latency_ratio"], size_bytes=row["size_bytes"],
                         macs=row["macs"], reference_latency_ms=1.0, test_accuracy=row["test_accuracy"])
         info = {"key": key, "epochs_run": len(curve), "cpu_seconds": row["total_cpu_seconds"] - skipped_cpu,
-                "val_accuracy_per_epoch": curve}
+                "val_accuracy_per_epoch": curve,
+                "val_accuracy_per_recovery_epoch": list(row.get("val_accuracy_per_recovery_epoch") or ())}
         return CandidateResult(values, m, row["val_accuracy"], None, None, {}, None, row["train_seconds"],
                                row["total_seconds"] - skipped, pre, info=info)
 
@@ -377,7 +400,8 @@ class ReplayRecorder:
     def frontier_points(self, cost_objectives: Sequence[str]):
         from slimtune.search._early_stopping import FrontierPoint
 
-        return [FrontierPoint(r["trial"], r["val_accuracy"], {c: r[c] for c in cost_objectives}, tuple(r["curve"]))
+        return [FrontierPoint(r["trial"], r["val_accuracy"], {c: r[c] for c in cost_objectives}, tuple(r["curve"]),
+                              tuple(r.get("recovery_curve") or ()))
                 for r in self.rows if r["state"] == "COMPLETE"]
 
     def record(self, outcome) -> dict[str, Any]:
@@ -386,6 +410,7 @@ class ReplayRecorder:
         if result is not None:
             m = result.measurement
             row.update(key=result.info["key"], epochs_run=result.info["epochs_run"], curve=result.info["val_accuracy_per_epoch"],
+                       recovery_curve=result.info.get("val_accuracy_per_recovery_epoch") or [],
                        val_accuracy=result.val_accuracy, train_seconds=result.train_seconds,
                        total_seconds=result.total_seconds, cpu_seconds=result.info["cpu_seconds"],
                        test_accuracy=m.test_accuracy if m else None, latency_ms=m.latency_ms if m else None,
@@ -435,7 +460,7 @@ def replay(table: Table, space, make_backend: Callable[[Any, int], Any], seed: i
     runner = TrialRunner(study=study, backend=backend, evaluator=ReplayEvaluator(table),
                          objectives=("accuracy", "latency_ms"), recorder=recorder, early_stopping=early_stopping,
                          epochs=int(table.doc["epochs"]), recovery_epochs=int(table.doc["recovery_epochs"]),
-                         fixed=space.fixed)
+                         fixed=space.fixed, baseline_accuracy=float(table.doc.get("baseline_val_accuracy") or "nan"))
     last = [time.perf_counter()]
 
     def timed(row: dict) -> None:

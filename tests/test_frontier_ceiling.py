@@ -84,7 +84,7 @@ def test_early_stopping_is_replayed_on_the_stored_curve(bench):
     from slimtune.search._early_stopping import FrontierEarlyStopping, FrontierPoint
 
     table = bench.Table(synthetic_doc(bench))
-    rule = FrontierEarlyStopping(min_margin=0.0, margin_per_epoch=0.05, learn_margin=False)
+    rule = FrontierEarlyStopping(min_margin=0.0, margin_per_epoch=0.05, learn_margin=False, pre_check=False)
     fast = FrontierPoint(0, 0.98, {"latency_ms": 0.4}, (0.9, 0.95, 0.97, 0.98))
     # (0.7, 8): 0.20 after epoch 1, may reach 0.20 + 0.05 * (3 + 6) < 0.98 of a faster trial
     should_stop = rule.should_stop_fn([fast], ("latency_ms",), 4, extra_epochs=6)

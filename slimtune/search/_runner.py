@@ -355,7 +355,8 @@ class TrialRunner:
         if not points or max(p.val_accuracy for p in points) <= self.early_stopping.lowest_bar(
                 self.epochs, extra_epochs=extra):
             return None
-        return self.early_stopping.should_stop_fn(points, self.costs, self.epochs, extra_epochs=extra)
+        return self.early_stopping.should_stop_fn(points, self.costs, self.epochs, extra_epochs=extra,
+                                                  baseline_accuracy=self.baseline_accuracy)
 
     def _recover(self) -> None:
         """Finish trials that dead workers left RUNNING (the recorder knows how; a plain
