@@ -510,16 +510,21 @@ def _median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
 
 
-#: Early-stopping settings of the saving / loss curve (``FrontierEarlyStopping`` fields):
-#: the previous default, priors per epoch, then the accuracy tolerance (the shipped
-#: default is ``accuracy_tolerance=0.05`` with no prior margin, learned part on).
+#: Early-stopping settings of the saving / loss curve (``FrontierEarlyStopping`` fields
+#: beside its defaults): the check before training off (the old rule) and on, over the
+#: accuracy tolerance, then the latency tolerance of the shipped default (0.1) against
+#: the old one (0.2).  The shipped default is ``accuracy_tolerance=0.05``,
+#: ``latency_tolerance=0.1``, ``pre_check=True``.
 ES_SETTINGS: list[dict[str, Any]] = [
-    *({"margin_per_epoch": mpe, "min_margin": mm, "learn_margin": True, "accuracy_tolerance": tol}
-      for mpe, mm, tol in ((0.2, 0.02, 0.0), (0.05, 0.02, 0.0), (0.01, 0.0, 0.0), (0.01, 0.0, 0.05),
-                           (0.005, 0.0, 0.05))),
-    *({"margin_per_epoch": 0.0, "min_margin": 0.0, "learn_margin": learn, "accuracy_tolerance": tol}
-      for learn in (True, False) for tol in (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)),
+    *({"pre_check": pre, "accuracy_tolerance": tol, "latency_tolerance": 0.2}
+      for pre in (False, True) for tol in (0.0, 0.01, 0.02, 0.05)),
+    *({"pre_check": True, "accuracy_tolerance": tol, "latency_tolerance": 0.1} for tol in (0.01, 0.02, 0.03, 0.05, 0.1)),
 ]
+
+#: Issue 13's target for early stopping: this much less training time ...
+ES_TARGET_SAVING = 0.30
+#: ... at no more than this relative hypervolume loss (paired seeds, same search without the rule).
+ES_TARGET_LOSS = 0.02
 
 
 def es_curve(table: Table, space, make_backend, seeds: Sequence[int], budget: int,
@@ -539,9 +544,21 @@ def es_curve(table: Table, space, make_backend, seeds: Sequence[int], budget: in
         total_saving = [1 - runs[s]["wall_s"] / off[s]["wall_s"] for s in seeds]
         loss = [1 - runs[s]["hv"] / off[s]["hv"] for s in seeds]
         out.append({**setting, "train_saving": sum(saving) / len(saving), "wall_saving": sum(total_saving) / len(seeds),
-                    "hv_loss": sum(loss) / len(loss), "worst_hv_loss": max(loss),
+                    "hv_loss": sum(loss) / len(loss), "median_hv_loss": _median(loss), "worst_hv_loss": max(loss),
+                    "per_seed_saving": saving, "per_seed_hv_loss": loss,
                     "stopped": sum(r["stopped"] for r in runs.values()) / len(seeds)})
     return out
+
+
+def es_target_line(entry: Mapping[str, Any], label: str) -> str:
+    """One line: an :func:`es_curve` entry against issue 13's target (mean saving >=
+    30%, median loss <= 2%; the mean loss and the worst seed beside it)."""
+    met = entry["train_saving"] >= ES_TARGET_SAVING and entry["median_hv_loss"] <= ES_TARGET_LOSS
+    return (f"{label}: training time -{100 * entry['train_saving']:.0f}% (mean; per seed "
+            f"{' '.join(f'{100 * x:.0f}' for x in entry['per_seed_saving'])}%), hypervolume loss median "
+            f"{100 * entry['median_hv_loss']:.1f}% mean {100 * entry['hv_loss']:.1f}% worst {100 * entry['worst_hv_loss']:.1f}%, "
+            f"{entry['stopped']:.1f} stopped per search; target >= {100 * ES_TARGET_SAVING:.0f}% at <= "
+            f"{100 * ES_TARGET_LOSS:.0f}% loss: {'MET' if met else 'not met'}")
 
 
 def compare(table: Table, space, seeds: Sequence[int], budgets: Sequence[int],
@@ -599,13 +616,14 @@ def results_table(results: Mapping[str, Mapping[int, list[dict]]], n_space: int,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recompute", action="store_true", help="evaluate the whole space again (~30-40 min)")
-    parser.add_argument("--quick", action="store_true", help="the stored ceiling, 1 seed, no early-stopping curve")
+    parser.add_argument("--quick", action="store_true",
+                        help="the stored ceiling, 1 seed, the early-stopping target line but not its curve")
     parser.add_argument("--markdown", action="store_true", help="print the results table in markdown")
     parser.add_argument("--seeds", default="0,1,2", help="search seeds (default 0,1,2; --quick: 0)")
     parser.add_argument("--budgets", default="0.1,0.2", help="budgets as fractions of the space")
     parser.add_argument("--es-seeds", default="0,1,2,3,4,5,6,7,8,9",
-                        help="seeds of the early-stopping curve (random sampler, so runs with and without the rule "
-                             "propose the same candidates)")
+                        help="paired seeds of the early-stopping target line and curve (slimtune's default search "
+                             "with and without the rule; --quick too: a replay takes a fraction of a second)")
     parser.add_argument("--no-es-curve", action="store_true", help="skip the early-stopping curve")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -663,18 +681,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"early stopping (default rule, paired seeds, {hi} trials): training time -{100 * _median(saving):.0f}% "
           f"(per seed {', '.join(f'{100 * s:.0f}%' for s in saving)}), hypervolume loss {100 * _median(loss):.1f}% "
           f"(per seed {', '.join(f'{100 * x:.1f}%' for x in loss)})")
+    es_seeds = [int(s) for s in args.es_seeds.split(",")]
+    space = replay_space(doc["grid"], doc["fixed"])
+    from slimtune.search._early_stopping import FrontierEarlyStopping
+
+    shipped = {k: v for k, v in FrontierEarlyStopping().to_dict().items() if k != "rule"}
+    (entry,) = es_curve(table, space, systems["slimtune default"][0], es_seeds, hi, [shipped])
+    print(es_target_line(entry, f"early stopping vs issue 13 (default search, default rule, paired seeds {es_seeds}, "
+                                f"{hi} trials)"))
+    out["es_target"] = entry
     if not args.quick and not args.no_es_curve:
-        es_seeds = [int(s) for s in args.es_seeds.split(",")]
-        print(f"\nEarly-stopping curve (optuna random sampler, seeds {es_seeds}, {hi} trials; with and without the rule "
-              "the same candidates are proposed):", flush=True)
-        curve = es_curve(table, replay_space(doc["grid"], doc["fixed"]), systems["optuna random"][0], es_seeds, hi)
-        print(f"{'learn':>5} {'acc_tol':>7} {'min_margin':>10} {'per_epoch':>9} {'stopped':>7} {'train saved':>11} "
-              f"{'wall saved':>10} {'hv loss':>7} {'worst':>6}")
+        print(f"\nEarly-stopping curve (slimtune's default search, paired seeds {es_seeds}, {hi} trials; the rule's "
+              "other fields at their defaults):", flush=True)
+        curve = es_curve(table, space, systems["slimtune default"][0], es_seeds, hi)
+        print(f"{'pre':>5} {'acc_tol':>7} {'lat_tol':>7} {'stopped':>7} {'train saved':>11} {'wall saved':>10} "
+              f"{'hv loss median':>14} {'mean':>6} {'worst':>6}")
         for c in curve:
-            print(f"{str(c['learn_margin']):>5} {c['accuracy_tolerance']:>7g} {c['min_margin']:>10g} "
-                  f"{c['margin_per_epoch']:>9g} {c['stopped']:>7.1f} "
-                  f"{100 * c['train_saving']:>10.0f}% {100 * c['wall_saving']:>9.0f}% {100 * c['hv_loss']:>6.1f}% "
-                  f"{100 * c['worst_hv_loss']:>5.1f}%")
+            print(f"{str(c['pre_check']):>5} {c['accuracy_tolerance']:>7g} {c['latency_tolerance']:>7g} "
+                  f"{c['stopped']:>7.1f} {100 * c['train_saving']:>10.0f}% {100 * c['wall_saving']:>9.0f}% "
+                  f"{100 * c['median_hv_loss']:>13.1f}% {100 * c['hv_loss']:>5.1f}% {100 * c['worst_hv_loss']:>5.1f}%")
         out["es_curve"] = curve
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str))
