@@ -46,7 +46,8 @@ fine-tuning, QAT).  ``accuracy_tolerance`` is the accuracy the rule may give up:
 candidate that could at most edge past a no-costlier point is not worth finishing.
 
 **Previous defaults** (``margin_per_epoch=0``, ``min_margin=0``, learned part on,
-``accuracy_tolerance=0.01``, ``latency_tolerance=0.2``, no check before training) were chosen with ``benchmarks/frontier_ceiling.py``:
+``accuracy_tolerance=0.01``, ``latency_tolerance=0.2``, no check before training) were
+chosen with ``benchmarks/frontier_ceiling.py``:
 digits' 144-configuration joint space evaluated exhaustively, searches replayed on
 it, 29 trials (20% of the space), the same search with and without the rule on
 paired seeds.  There validation accuracy saturates (0.98-0.99 after the first of 4
