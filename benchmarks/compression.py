@@ -37,6 +37,7 @@ from typing import Any, Mapping, Sequence
 TASK = "fashion-mnist"
 OBJECTIVES = ("accuracy", "latency_ms", "size_bytes")
 LOSS = 0.01  # one point
+ES_TARGET_SAVING, ES_TARGET_LOSS = 0.30, 0.02  # issue 13: early stopping's training-time saving at this loss
 SPEED_GOAL, SIZE_GOAL = 3.0, 8.0
 RESULTS = Path(__file__).resolve().parent / "results" / "compression_fashion.json"
 
@@ -160,36 +161,116 @@ def verdict(lines: Sequence[Mapping[str, Any]], label: str) -> list[str]:
 
 
 def replay_early_stopping(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str], epochs: int,
-                          recovery_epochs: int) -> dict[str, Any]:
-    """The default frontier rule replayed on a search's complete trials: each trial, in
-    number order, against the complete trials numbered before it, at each distillation
-    epoch of its recorded learning curve, with its pre-training costs (its final ones
-    when it has none).  Returns the trials it would stop, the epochs (distillation +
-    recovery) it would save out of all run, and how many stopped trials are on the
-    search's final front (each would be a hypervolume loss)."""
+                          recovery_epochs: int, rule: Any = None, baseline: Mapping[str, Any] | None = None
+                          ) -> dict[str, Any]:
+    """The frontier rule (default: the shipped one) REPLAYED on one stored search's
+    complete trials, in trial order (not a paired re-run: the sampler's later proposals
+    would change once trials stop): each trial against the complete trials numbered
+    before it that the rule kept, first before training (its pre-training costs, its
+    final ones when it has none; the baseline's validation accuracy), then at each
+    distillation epoch of its recorded learning curve, then at each recorded recovery
+    epoch (rows from before the recovery checks have none: no stop there).
+
+    Returns the trials it stops (``epoch`` 0: before training), the training epochs
+    (distillation + recovery) and training seconds (a trial's ``train_seconds`` in
+    proportion to its epochs) it saves out of all run, how many stopped trials are on
+    the search's final front, and the hypervolume of (test accuracy, each cost relative
+    to the baseline's) with and without the stopped trials (reference: accuracy 0.5,
+    1.2x each baseline cost) and its relative loss."""
     from slimtune.search._early_stopping import FrontierEarlyStopping, points_from_rows
     from slimtune.spaces._space import recovery_passes
-    from slimtune.studies._frontier import non_dominated_mask
+    from slimtune.studies._frontier import hypervolume, non_dominated_mask
 
-    rule = FrontierEarlyStopping()
+    rule = FrontierEarlyStopping() if rule is None else rule
     costs = [o for o in objectives if o != "accuracy"]
+    base_acc = float((baseline or {}).get("val_accuracy") or "nan")
     done = sorted((r for r in rows if r.get("state") == "COMPLETE"), key=lambda r: r["trial"])
     on_front = dict(zip((r["trial"] for r in done), non_dominated_mask(done, objectives)))
-    stopped, saved, total = [], 0, 0
-    for i, row in enumerate(done):
+    kept: list[Mapping[str, Any]] = []
+    stopped, saved, total, saved_s, total_s = [], 0, 0, 0.0, 0.0
+    for row in done:
         extra = recovery_epochs * recovery_passes(row["params"])
         curve = list(row.get("val_accuracy_per_epoch") or ())
-        total += len(curve) + extra
-        pre = {c: float((row.get("pre") or {}).get(c, row[c])) for c in costs}
-        should_stop = rule.should_stop_fn(points_from_rows(done[:i], costs), costs, epochs, extra_epochs=extra)
-        for epoch, acc in enumerate(curve):
-            reason = should_stop(epoch, acc, type("Pre", (), pre)())
+        recovery = list(row.get("val_accuracy_per_recovery_epoch") or ())
+        run = len(curve) + extra
+        total += run
+        total_s += float(row.get("train_seconds") or 0.0)
+        pre = type("Pre", (), {c: float((row.get("pre") or {}).get(c, row[c])) for c in costs})()
+        should_stop = rule.should_stop_fn(points_from_rows(kept, costs), costs, epochs, extra_epochs=extra,
+                                          baseline_accuracy=base_acc)
+        checks = [(-1, None), *enumerate(curve), *((epochs + r, a) for r, a in enumerate(recovery))]
+        for epoch, acc in checks:
+            reason = should_stop(epoch, acc, pre)
             if reason:
-                stopped.append({"trial": row["trial"], "epoch": epoch + 1, "pareto": on_front[row["trial"]],
+                trained = min(run, epoch + 1 if epoch < epochs else len(curve) + epoch - epochs + 1)
+                stopped.append({"trial": row["trial"], "epoch": trained, "pareto": on_front[row["trial"]],
                                 "reason": reason})
-                saved += len(curve) - (epoch + 1) + extra
+                saved += run - trained
+                saved_s += float(row.get("train_seconds") or 0.0) * (run - trained) / max(1, run)
                 break
-    return {"stopped": stopped, "epochs_saved": saved, "epochs_total": total}
+        else:
+            kept.append(row)
+    hv = lambda rs: _hypervolume(rs, costs, baseline)  # noqa: E731
+    hv_all, hv_kept = hv(done), hv(kept)
+    near = lambda rs: min((float(r["latency_ms"]) for r in rs if r["val_accuracy"] >= base_acc - 0.01),  # noqa: E731
+                          default=None)
+    fastest_near_without, fastest_near_with = near(done), near(kept)
+    return {"stopped": stopped, "epochs_saved": saved, "epochs_total": total, "seconds_saved": saved_s,
+            "fastest_near_without": fastest_near_without, "fastest_near_with": fastest_near_with,
+            "near_lost": fastest_near_without is not None and (
+                fastest_near_with is None or fastest_near_with > fastest_near_without),
+            "seconds_total": total_s, "train_saving": saved_s / total_s if total_s else 0.0,
+            "hv_without": hv_all, "hv_with": hv_kept, "hv_loss": 1 - hv_kept / hv_all if hv_all else 0.0}
+
+
+def _hypervolume(rows: Sequence[Mapping[str, Any]], costs: Sequence[str], baseline: Mapping[str, Any] | None) -> float:
+    """Normalised hypervolume of (test accuracy, each cost / the baseline's) of ``rows``:
+    reference accuracy 0.5 and 1.2x each baseline cost (the benchmarks' reference)."""
+    from slimtune.studies._frontier import hypervolume
+
+    scale = {c: float((baseline or {}).get(c) or 1.0) for c in costs}
+    points = [(-float(r["test_accuracy"]), *(float(r[c]) / scale[c] for c in costs)) for r in rows
+              if r.get("test_accuracy") is not None]
+    return hypervolume(points, (-0.5, *(1.2 for _ in costs))) / (0.5 * 1.2 ** len(costs))
+
+
+def oracle_saving(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str], tolerance: float = 0.05) -> float:
+    """The training time an oracle rule could save on a stored search (an upper bound of
+    any frontier rule): it stops every complete trial whose FINAL validation accuracy
+    is at most ``tolerance`` above that of an earlier complete trial no costlier than
+    the trial's pre-training costs."""
+    costs = [o for o in objectives if o != "accuracy"]
+    done = sorted((r for r in rows if r.get("state") == "COMPLETE"), key=lambda r: r["trial"])
+    total = sum(float(r.get("train_seconds") or 0.0) for r in done)
+    saved = 0.0
+    for i, row in enumerate(done):
+        pre = {c: float((row.get("pre") or {}).get(c, row[c])) for c in costs}
+        if any(q["val_accuracy"] >= row["val_accuracy"] - tolerance and all(q[c] <= pre[c] for c in costs)
+               for q in done[:i]):
+            saved += float(row.get("train_seconds") or 0.0)
+    return saved / total if total else 0.0
+
+
+#: Early-stopping settings of the replayed saving / loss curve (``FrontierEarlyStopping`` fields).
+ES_SETTINGS: list[dict[str, Any]] = [
+    {"pre_check": pre, "accuracy_tolerance": tol} for pre in (False, True) for tol in (0.0, 0.005, 0.01, 0.02, 0.05)
+]
+
+
+def es_curve(result: Mapping[str, Any], objectives: Sequence[str],
+             settings: Sequence[Mapping[str, Any]] = ES_SETTINGS) -> list[dict[str, Any]]:
+    """:func:`replay_early_stopping` of each rule setting on a stored search."""
+    from slimtune.search._early_stopping import FrontierEarlyStopping
+
+    b = result["budget"]
+    out = []
+    for setting in settings:
+        es = replay_early_stopping(result["rows"], objectives, int(b["epochs_run"]), int(b["recovery_run"]),
+                                   FrontierEarlyStopping(**setting), result.get("baseline"))
+        out.append({**setting, **{k: es[k] for k in ("train_saving", "hv_loss", "epochs_saved", "epochs_total",
+                                                     "near_lost", "fastest_near_without", "fastest_near_with")},
+                    "stopped": len(es["stopped"]), "on_front": sum(s["pareto"] for s in es["stopped"])})
+    return out
 
 
 # -- modes ------------------------------------------------------------------------
@@ -301,11 +382,26 @@ def report(result: Mapping[str, Any]) -> None:
         print(line)
     real = [r["trial"] for r in result["rows"] if r.get("state") == "PRUNED"]
     print(f"\nearly stopping in this search: {len(real)} trial(s) stopped {real}")
+    print("early stopping REPLAYED on this one stored search's complete trials in trial order (not a paired re-run); "
+          f"issue 13's target: >= {100 * ES_TARGET_SAVING:.0f}% less training time at <= {100 * ES_TARGET_LOSS:.0f}% "
+          "hypervolume loss (test accuracy, costs / the baseline's)")
     for objectives in (OBJECTIVES, ("accuracy", "latency_ms")):
-        es = replay_early_stopping(result["rows"], objectives, int(b["epochs_run"]), int(b["recovery_run"]))
-        print(f"the default rule replayed on its complete trials ({', '.join(objectives[1:])}): stops "
-              f"{len(es['stopped'])} {[s['trial'] for s in es['stopped']]} ({sum(s['pareto'] for s in es['stopped'])} "
-              f"on the front), saving {es['epochs_saved']} of {es['epochs_total']} training epochs")
+        es = replay_early_stopping(result["rows"], objectives, int(b["epochs_run"]), int(b["recovery_run"]),
+                                   baseline=result.get("baseline"))
+        met = es["train_saving"] >= ES_TARGET_SAVING and es["hv_loss"] <= ES_TARGET_LOSS
+        before = sum(s["epoch"] == 0 for s in es["stopped"])
+        print(f"  default rule ({', '.join(objectives[1:])}): stops {len(es['stopped'])} "
+              f"{[s['trial'] for s in es['stopped']]} ({before} before training, "
+              f"{sum(s['pareto'] for s in es['stopped'])} on the val front), training time "
+              f"-{100 * es['train_saving']:.0f}% ({es['epochs_saved']} of {es['epochs_total']} epochs), hypervolume "
+              f"loss {100 * es['hv_loss']:.1f}%, the fastest trial within 1 val point of the baseline "
+              f"{'LOST' if es['near_lost'] else 'kept'}: {'MET' if met else 'not met'} (an oracle that knows every final "
+              f"accuracy: -{100 * oracle_saving(result['rows'], objectives):.0f}%)")
+    for objectives in (OBJECTIVES, ("accuracy", "latency_ms")):
+        curve = es_curve(result, objectives)
+        print(f"  saving / loss by setting ({', '.join(objectives[1:])}; latency tolerance 0.1): " + "; ".join(
+            f"{'pre ' if c['pre_check'] else ''}tol {c['accuracy_tolerance']:g} -{100 * c['train_saving']:.0f}% / "
+            f"{100 * c['hv_loss']:.1f}%" for c in curve))
 
 
 def quick(args: argparse.Namespace) -> int:

@@ -11,7 +11,9 @@ baseline timed interleaved with the candidate), MACs, size, the validation accur
 after each distillation epoch, the pre-training cost bound early stopping uses
 (``PreMeasurement``), and wall / CPU seconds up to each epoch, for the pre-training
 measurement, for training and in all.  The true (test accuracy, latency ratio)
-frontier and its hypervolume are stored with the machine fingerprint in
+frontier and its hypervolume are stored with the machine fingerprint and the
+baseline's validation accuracy (``baseline_val_accuracy``: added to the stored table
+later without re-enumerating, measured with the same settings and seed) in
 ``benchmarks/results/ceiling_digits.json`` and reused (``--recompute`` evaluates the
 space again; each configuration is appended to ``ceiling_digits.partial.jsonl`` as it
 finishes, and an interrupted run resumes from it when no ceiling is stored).
@@ -21,12 +23,17 @@ backend (slimtune's Optuna backend with its default sampler, Optuna's random and
 samplers, NNI's TPE tuner: their real ``propose`` / ``observe`` and Optuna's
 ask/tell), the values are snapped to the nearest point of the grid, the result is
 looked up in the table, and early stopping is replayed with the real
-:class:`~slimtune.search._early_stopping.FrontierEarlyStopping` on the stored
-per-epoch validation curve against the complete trials so far (exactly the runner's
-``_should_stop``).  That makes 3+ seeds x 5 systems x 2 budgets cost seconds instead
+:class:`~slimtune.search._early_stopping.FrontierEarlyStopping`, asked before training
+(the stored pre-training costs; the stored baseline validation accuracy) and then on
+the stored per-epoch validation curve against the complete trials so far (exactly the
+runner's ``_should_stop``; the stored rows predate the recovery-epoch checks, so those
+are not replayed).  That makes 3+ seeds x 5 systems x 2 budgets cost seconds instead
 of hours.  Replayed time is the sum of the stored times the candidates actually spent:
-a stopped candidate is charged its pre-training measurement and the epochs it ran; a
-candidate the runner would not pre-measure is charged without it.
+a stopped candidate is charged its pre-training measurement and the epochs it ran
+(none when stopped before training); a candidate the runner would not pre-measure is
+charged without it.  The early-stopping line checks the shipped rule against issue 13's
+target (>= 30% less training time at <= 2% hypervolume loss, the same default search
+without the rule on paired seeds); the full run adds the saving / loss curve.
 
 Hypervolume: (test accuracy, latency ratio) of the complete trials, reference
 accuracy 0.5 and 1.2x the baseline's latency, normalised by that box (the definition
@@ -116,7 +123,8 @@ def evaluate_config(evaluator, values: Mapping[str, Any]) -> dict[str, Any]:
     """One configuration through the real pipeline, with the pre-training measurement
     and per-epoch times recorded (a ``should_stop`` that never stops)."""
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    marks: dict[str, Any] = {"epochs": []}
+    marks: dict[str, Any] = {"epochs": [], "recovery": []}
+    epochs = evaluator.task.finetune_epochs if evaluator.settings.epochs is None else evaluator.settings.epochs
     measure_pre = type(evaluator).pre_measure
 
     def timed_pre(values_):
@@ -125,8 +133,10 @@ def evaluate_config(evaluator, values: Mapping[str, Any]) -> dict[str, Any]:
         marks["pre"] = (time.perf_counter() - start[0], time.process_time() - start[1])
         return out
 
-    def never_stop(epoch: int, acc: float, pre) -> None:
-        marks["epochs"].append((time.perf_counter() - wall0, time.process_time() - cpu0))
+    def never_stop(epoch: int, acc: float | None, pre) -> None:
+        if epoch >= 0:  # -1: the check before training; epochs and beyond: recovery epochs
+            marks["epochs" if epoch < epochs else "recovery"].append((time.perf_counter() - wall0,
+                                                                      time.process_time() - cpu0))
         return None
 
     evaluator.pre_measure = timed_pre
@@ -142,6 +152,9 @@ def evaluate_config(evaluator, values: Mapping[str, Any]) -> dict[str, Any]:
         "reference_latency_ms": m.reference_latency_ms, "latency_ratio": m.latency_ms / m.reference_latency_ms,
         "macs": m.macs, "size_bytes": m.size_bytes, "exit_rates": list(m.exit_rates) if m.exit_rates else None,
         "val_accuracy_per_epoch": list(result.info.get("val_accuracy_per_epoch", [])),
+        "val_accuracy_per_recovery_epoch": list(result.info.get("val_accuracy_per_recovery_epoch", [])),
+        "recovery_epoch_seconds": [w for w, _ in marks["recovery"]],
+        "recovery_epoch_cpu_seconds": [c for _, c in marks["recovery"]],
         "pre": {"latency_ms": result.pre.latency_ms, "macs": result.pre.macs, "size_bytes": result.pre.size_bytes,
                 "latency_ratio": result.pre.latency_ms / m.reference_latency_ms},
         "pre_seconds": marks["pre"][0], "pre_cpu_seconds": marks["pre"][1],
@@ -203,9 +216,10 @@ def table_hypervolume(rows: Sequence[Mapping[str, Any]]) -> float:
     return normalised_hypervolume((r["test_accuracy"], r["latency_ratio"]) for r in rows if "error" not in r)
 
 
-def build_ceiling(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def build_ceiling(rows: list[dict[str, Any]], baseline_val_accuracy: float | None = None) -> dict[str, Any]:
     """The stored document: the grid, settings, machine fingerprint, every row, the true
-    frontier and its hypervolume."""
+    frontier and its hypervolume (and the baseline's validation accuracy, which early
+    stopping's check before training reads)."""
     import hashlib
 
     from slimtune.search._pipeline import EvalSettings
@@ -226,6 +240,7 @@ def build_ceiling(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "fingerprint": fingerprint, "fingerprint_id": fingerprint_id,
         "row_fingerprints": sorted(str(i) for i in ids),
         "hypervolume_reference": {"accuracy": ACCURACY_REF, "latency_ratio": LATENCY_REF},
+        "baseline_val_accuracy": baseline_val_accuracy,
         "enumeration_seconds": sum(r.get("total_seconds", 0.0) for r in rows),
         "enumeration_cpu_seconds": sum(r.get("total_cpu_seconds", 0.0) for r in rows), "configurations": stored,
         "frontier": frontier_keys(stored), "ceiling_hypervolume": table_hypervolume(stored),
@@ -266,7 +281,8 @@ def load_or_compute_ceiling(path: Path = CEILING_FILE, *, recompute: bool = Fals
         print(f"resuming the enumeration from {partial}", flush=True)
     elif recompute and partial.exists():
         partial.unlink()
-    doc = build_ceiling(enumerate_space(partial))
+    rows = enumerate_space(partial)
+    doc = build_ceiling(rows, _digits_evaluator()[3].baseline_measurement().accuracy)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n")
     partial.unlink()
@@ -330,10 +346,13 @@ class Table:
 
 class ReplayEvaluator:
     """``Evaluator.evaluate`` answered from the table: the stored result of the nearest
-    grid point; with ``should_stop``, the stored per-epoch curve is fed to it epoch by
-    epoch (with the stored pre-training bound, latency as a ratio to the baseline like
-    the costs the runner compares it with) and a stop returns what the real evaluator
-    returns.  Times are the stored ones actually spent."""
+    grid point; with ``should_stop``, it is asked before training (epoch -1: a stop
+    costs the pre-training measurement only), then fed the stored per-epoch curve epoch
+    by epoch (with the stored pre-training bound, latency as a ratio to the baseline like
+    the costs the runner compares it with), then the stored recovery-epoch curve where
+    the row has one (rows enumerated before the recovery checks have none: there the
+    replay cannot stop a candidate during recovery, the real runner may), and a stop
+    returns what the real evaluator returns.  Times are the stored ones actually spent."""
 
     def __init__(self, table: Table) -> None:
         self.table = table
@@ -351,11 +370,21 @@ class ReplayEvaluator:
         if should_stop is not None:
             pre = PreMeasurement(latency_ms=row["pre"]["latency_ratio"], macs=row["pre"]["macs"],
                                  size_bytes=row["pre"]["size_bytes"])
-            for epoch, acc in enumerate(curve):
+            reason = should_stop(-1, None, pre)
+            if reason:
+                info = {"key": key, "epochs_run": 0, "cpu_seconds": row["pre_cpu_seconds"], "val_accuracy_per_epoch": []}
+                return CandidateResult(values, None, None, None, None, {}, None, 0.0, row["pre_seconds"], pre,
+                                       stopped=reason, info=info)
+            recovery = list(row.get("val_accuracy_per_recovery_epoch") or ())
+            marks = [*zip(row["epoch_seconds"], row["epoch_cpu_seconds"]),
+                     *zip(row.get("recovery_epoch_seconds") or (), row.get("recovery_epoch_cpu_seconds") or ())]
+            for epoch, acc in enumerate([*curve, *recovery][:len(marks)]):
                 reason = should_stop(epoch, acc, pre)
                 if reason:
-                    wall, cpu = row["epoch_seconds"][epoch], row["epoch_cpu_seconds"][epoch]
-                    info = {"key": key, "epochs_run": epoch + 1, "cpu_seconds": cpu, "val_accuracy_per_epoch": curve[:epoch + 1]}
+                    wall, cpu = marks[epoch]
+                    info = {"key": key, "epochs_run": epoch + 1, "cpu_seconds": cpu,
+                            "val_accuracy_per_epoch": curve[:epoch + 1],
+                            "val_accuracy_per_recovery_epoch": recovery[:max(0, epoch + 1 - len(curve))]}
                     return CandidateResult(values, None, acc, None, None, {}, None, max(0.0, wall - row["pre_seconds"]),
                                            wall, pre, stopped=reason, info=info)
         skipped = 0.0 if pre is not None else row["pre_seconds"]  # the runner would not pre-measure
@@ -363,7 +392,8 @@ class ReplayEvaluator:
         m = Measurement(accuracy=row["val_accuracy"], latency_ms=row["latency_ratio"], size_bytes=row["size_bytes"],
                         macs=row["macs"], reference_latency_ms=1.0, test_accuracy=row["test_accuracy"])
         info = {"key": key, "epochs_run": len(curve), "cpu_seconds": row["total_cpu_seconds"] - skipped_cpu,
-                "val_accuracy_per_epoch": curve}
+                "val_accuracy_per_epoch": curve,
+                "val_accuracy_per_recovery_epoch": list(row.get("val_accuracy_per_recovery_epoch") or ())}
         return CandidateResult(values, m, row["val_accuracy"], None, None, {}, None, row["train_seconds"],
                                row["total_seconds"] - skipped, pre, info=info)
 
@@ -377,7 +407,8 @@ class ReplayRecorder:
     def frontier_points(self, cost_objectives: Sequence[str]):
         from slimtune.search._early_stopping import FrontierPoint
 
-        return [FrontierPoint(r["trial"], r["val_accuracy"], {c: r[c] for c in cost_objectives}, tuple(r["curve"]))
+        return [FrontierPoint(r["trial"], r["val_accuracy"], {c: r[c] for c in cost_objectives}, tuple(r["curve"]),
+                              tuple(r.get("recovery_curve") or ()))
                 for r in self.rows if r["state"] == "COMPLETE"]
 
     def record(self, outcome) -> dict[str, Any]:
@@ -386,6 +417,7 @@ class ReplayRecorder:
         if result is not None:
             m = result.measurement
             row.update(key=result.info["key"], epochs_run=result.info["epochs_run"], curve=result.info["val_accuracy_per_epoch"],
+                       recovery_curve=result.info.get("val_accuracy_per_recovery_epoch") or [],
                        val_accuracy=result.val_accuracy, train_seconds=result.train_seconds,
                        total_seconds=result.total_seconds, cpu_seconds=result.info["cpu_seconds"],
                        test_accuracy=m.test_accuracy if m else None, latency_ms=m.latency_ms if m else None,
@@ -435,7 +467,7 @@ def replay(table: Table, space, make_backend: Callable[[Any, int], Any], seed: i
     runner = TrialRunner(study=study, backend=backend, evaluator=ReplayEvaluator(table),
                          objectives=("accuracy", "latency_ms"), recorder=recorder, early_stopping=early_stopping,
                          epochs=int(table.doc["epochs"]), recovery_epochs=int(table.doc["recovery_epochs"]),
-                         fixed=space.fixed)
+                         fixed=space.fixed, baseline_accuracy=float(table.doc.get("baseline_val_accuracy") or "nan"))
     last = [time.perf_counter()]
 
     def timed(row: dict) -> None:
@@ -444,7 +476,7 @@ def replay(table: Table, space, make_backend: Callable[[Any, int], Any], seed: i
         last[0] = now
 
     try:
-        runner.run(n_trials=n_trials, callbacks=[timed], progress=False)
+        runner.run(n_trials=n_trials, callbacks=[timed], progress=False, count_rejected=True)  # per proposal
     finally:
         backend.close()
     return recorder.rows
@@ -465,11 +497,22 @@ def trials_to_reach(curve: Sequence[float], fraction: float) -> int | None:
     return next((i + 1 for i, v in enumerate(curve) if v >= fraction - 1e-12), None)
 
 
-def summarize_run(rows: Sequence[Mapping[str, Any]], ceiling: float, budget: int) -> dict[str, Any]:
+def fastest_near_baseline(rows: Sequence[Mapping[str, Any]], baseline_val_accuracy: float,
+                          within: float = 0.01) -> float | None:
+    """The latency of the fastest complete trial whose validation accuracy is within
+    ``within`` of the baseline's (the candidate a user looks for first); None: none."""
+    near = [float(r["latency_ms"]) for r in rows
+            if r["state"] == "COMPLETE" and r["val_accuracy"] >= baseline_val_accuracy - within]
+    return min(near) if near else None
+
+
+def summarize_run(rows: Sequence[Mapping[str, Any]], ceiling: float, budget: int,
+                  baseline_val_accuracy: float = float("nan")) -> dict[str, Any]:
     """The numbers of one replayed run at ``budget`` trials (its first ``budget`` trials)."""
     curve = hv_curve(rows, ceiling)
     head = rows[:budget]
     return {
+        "fastest_near": fastest_near_baseline(head, baseline_val_accuracy),
         "hv": curve[budget - 1], "to90": trials_to_reach(curve, 0.90), "to95": trials_to_reach(curve, 0.95),
         "wall_s": sum(r["total_seconds"] for r in head) + sum(r.get("overhead_s", 0.0) for r in head),
         "cpu_s": sum(r["cpu_seconds"] for r in head), "train_s": sum(r["train_seconds"] for r in head),
@@ -485,16 +528,23 @@ def _median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
 
 
-#: Early-stopping settings of the saving / loss curve (``FrontierEarlyStopping`` fields):
-#: the previous default, priors per epoch, then the accuracy tolerance (the shipped
-#: default is ``accuracy_tolerance=0.05`` with no prior margin, learned part on).
+#: Early-stopping settings of the saving / loss curve (``FrontierEarlyStopping`` fields
+#: beside its defaults): the check before training off (the old rule) and on, over the
+#: accuracy tolerance, then the latency tolerance of the shipped default (0.1) against
+#: the old one (0.2), without and with the near-baseline zone.  The shipped default is
+#: ``accuracy_tolerance=0.05``, ``latency_tolerance=0.1``, ``pre_check=True``,
+#: ``near_baseline=0.01``.
 ES_SETTINGS: list[dict[str, Any]] = [
-    *({"margin_per_epoch": mpe, "min_margin": mm, "learn_margin": True, "accuracy_tolerance": tol}
-      for mpe, mm, tol in ((0.2, 0.02, 0.0), (0.05, 0.02, 0.0), (0.01, 0.0, 0.0), (0.01, 0.0, 0.05),
-                           (0.005, 0.0, 0.05))),
-    *({"margin_per_epoch": 0.0, "min_margin": 0.0, "learn_margin": learn, "accuracy_tolerance": tol}
-      for learn in (True, False) for tol in (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)),
+    *({"pre_check": pre, "accuracy_tolerance": tol, "latency_tolerance": 0.2, "near_baseline": None}
+      for pre in (False, True) for tol in (0.0, 0.01, 0.02, 0.05)),
+    *({"pre_check": True, "accuracy_tolerance": tol, "latency_tolerance": 0.1, "near_baseline": near}
+      for near in (None, 0.01) for tol in (0.01, 0.02, 0.03, 0.05, 0.1)),
 ]
+
+#: Issue 13's target for early stopping: this much less training time ...
+ES_TARGET_SAVING = 0.30
+#: ... at no more than this relative hypervolume loss (paired seeds, same search without the rule).
+ES_TARGET_LOSS = 0.02
 
 
 def es_curve(table: Table, space, make_backend, seeds: Sequence[int], budget: int,
@@ -504,19 +554,39 @@ def es_curve(table: Table, space, make_backend, seeds: Sequence[int], budget: in
     from slimtune.search._early_stopping import FrontierEarlyStopping
 
     ceiling = float(table.doc["ceiling_hypervolume"])
-    off = {seed: summarize_run(replay(table, space, make_backend, seed, budget), ceiling, budget) for seed in seeds}
+    base = float(table.doc.get("baseline_val_accuracy") or "nan")
+    off = {seed: summarize_run(replay(table, space, make_backend, seed, budget), ceiling, budget, base)
+           for seed in seeds}
     out = []
     for setting in settings:
         rule = FrontierEarlyStopping(**setting)
-        runs = {seed: summarize_run(replay(table, space, make_backend, seed, budget, rule), ceiling, budget)
+        runs = {seed: summarize_run(replay(table, space, make_backend, seed, budget, rule), ceiling, budget, base)
                 for seed in seeds}
+        # the fastest candidate within 1 val point of the baseline: slower (or none) with the rule = lost
+        near_lost = [s for s in seeds if off[s]["fastest_near"] is not None and (
+            runs[s]["fastest_near"] is None or runs[s]["fastest_near"] > off[s]["fastest_near"] + 1e-12)]
         saving = [1 - runs[s]["train_s"] / off[s]["train_s"] for s in seeds]
         total_saving = [1 - runs[s]["wall_s"] / off[s]["wall_s"] for s in seeds]
         loss = [1 - runs[s]["hv"] / off[s]["hv"] for s in seeds]
         out.append({**setting, "train_saving": sum(saving) / len(saving), "wall_saving": sum(total_saving) / len(seeds),
-                    "hv_loss": sum(loss) / len(loss), "worst_hv_loss": max(loss),
+                    "hv_loss": sum(loss) / len(loss), "median_hv_loss": _median(loss), "worst_hv_loss": max(loss),
+                    "per_seed_saving": saving, "per_seed_hv_loss": loss, "near_lost_seeds": near_lost,
+                    "per_seed_fastest_near": [(off[s]["fastest_near"], runs[s]["fastest_near"]) for s in seeds],
                     "stopped": sum(r["stopped"] for r in runs.values()) / len(seeds)})
     return out
+
+
+def es_target_line(entry: Mapping[str, Any], label: str) -> str:
+    """One line: an :func:`es_curve` entry against issue 13's target (mean saving >=
+    30%, median loss <= 2%; the mean loss and the worst seed beside it)."""
+    met = entry["train_saving"] >= ES_TARGET_SAVING and entry["median_hv_loss"] <= ES_TARGET_LOSS
+    return (f"{label}: training time -{100 * entry['train_saving']:.0f}% (mean; per seed "
+            f"{' '.join(f'{100 * x:.0f}' for x in entry['per_seed_saving'])}%), hypervolume loss median "
+            f"{100 * entry['median_hv_loss']:.1f}% mean {100 * entry['hv_loss']:.1f}% worst {100 * entry['worst_hv_loss']:.1f}%, "
+            f"{entry['stopped']:.1f} stopped per search; fastest within 1 val point of the baseline slower or "
+            f"missing with the rule in {len(entry['near_lost_seeds'])} of {len(entry['per_seed_saving'])} seeds "
+            f"{entry['near_lost_seeds']}; target >= {100 * ES_TARGET_SAVING:.0f}% at <= "
+            f"{100 * ES_TARGET_LOSS:.0f}% loss: {'MET' if met else 'not met'}")
 
 
 def compare(table: Table, space, seeds: Sequence[int], budgets: Sequence[int],
@@ -574,13 +644,14 @@ def results_table(results: Mapping[str, Mapping[int, list[dict]]], n_space: int,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recompute", action="store_true", help="evaluate the whole space again (~30-40 min)")
-    parser.add_argument("--quick", action="store_true", help="the stored ceiling, 1 seed, no early-stopping curve")
+    parser.add_argument("--quick", action="store_true",
+                        help="the stored ceiling, 1 seed, the early-stopping target line but not its curve")
     parser.add_argument("--markdown", action="store_true", help="print the results table in markdown")
     parser.add_argument("--seeds", default="0,1,2", help="search seeds (default 0,1,2; --quick: 0)")
     parser.add_argument("--budgets", default="0.1,0.2", help="budgets as fractions of the space")
     parser.add_argument("--es-seeds", default="0,1,2,3,4,5,6,7,8,9",
-                        help="seeds of the early-stopping curve (random sampler, so runs with and without the rule "
-                             "propose the same candidates)")
+                        help="paired seeds of the early-stopping target line and curve (slimtune's default search "
+                             "with and without the rule; --quick too: a replay takes a fraction of a second)")
     parser.add_argument("--no-es-curve", action="store_true", help="skip the early-stopping curve")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -638,18 +709,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"early stopping (default rule, paired seeds, {hi} trials): training time -{100 * _median(saving):.0f}% "
           f"(per seed {', '.join(f'{100 * s:.0f}%' for s in saving)}), hypervolume loss {100 * _median(loss):.1f}% "
           f"(per seed {', '.join(f'{100 * x:.1f}%' for x in loss)})")
+    es_seeds = [int(s) for s in args.es_seeds.split(",")]
+    space = replay_space(doc["grid"], doc["fixed"])
+    from slimtune.search._early_stopping import FrontierEarlyStopping
+
+    shipped = {k: v for k, v in FrontierEarlyStopping().to_dict().items() if k != "rule"}
+    (entry,) = es_curve(table, space, systems["slimtune default"][0], es_seeds, hi, [shipped])
+    print(es_target_line(entry, f"early stopping vs issue 13 (default search, default rule, paired seeds {es_seeds}, "
+                                f"{hi} trials)"))
+    out["es_target"] = entry
     if not args.quick and not args.no_es_curve:
-        es_seeds = [int(s) for s in args.es_seeds.split(",")]
-        print(f"\nEarly-stopping curve (optuna random sampler, seeds {es_seeds}, {hi} trials; with and without the rule "
-              "the same candidates are proposed):", flush=True)
-        curve = es_curve(table, replay_space(doc["grid"], doc["fixed"]), systems["optuna random"][0], es_seeds, hi)
-        print(f"{'learn':>5} {'acc_tol':>7} {'min_margin':>10} {'per_epoch':>9} {'stopped':>7} {'train saved':>11} "
-              f"{'wall saved':>10} {'hv loss':>7} {'worst':>6}")
+        print(f"\nEarly-stopping curve (slimtune's default search, paired seeds {es_seeds}, {hi} trials; the rule's "
+              "other fields at their defaults):", flush=True)
+        curve = es_curve(table, space, systems["slimtune default"][0], es_seeds, hi)
+        print(f"{'pre':>5} {'acc_tol':>7} {'lat_tol':>7} {'near':>5} {'stopped':>7} {'train saved':>11} "
+              f"{'wall saved':>10} {'hv loss median':>14} {'mean':>6} {'worst':>6} {'near-1pt lost':>13}")
         for c in curve:
-            print(f"{str(c['learn_margin']):>5} {c['accuracy_tolerance']:>7g} {c['min_margin']:>10g} "
-                  f"{c['margin_per_epoch']:>9g} {c['stopped']:>7.1f} "
-                  f"{100 * c['train_saving']:>10.0f}% {100 * c['wall_saving']:>9.0f}% {100 * c['hv_loss']:>6.1f}% "
-                  f"{100 * c['worst_hv_loss']:>5.1f}%")
+            print(f"{str(c['pre_check']):>5} {c['accuracy_tolerance']:>7g} {c['latency_tolerance']:>7g} "
+                  f"{str(c.get('near_baseline', 0.01)):>5} "
+                  f"{c['stopped']:>7.1f} {100 * c['train_saving']:>10.0f}% {100 * c['wall_saving']:>9.0f}% "
+                  f"{100 * c['median_hv_loss']:>13.1f}% {100 * c['hv_loss']:>5.1f}% {100 * c['worst_hv_loss']:>5.1f}% "
+                  f"{len(c['near_lost_seeds']):>6} of {len(c['per_seed_saving'])}")
         out["es_curve"] = curve
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str))

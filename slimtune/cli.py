@@ -20,6 +20,7 @@ import click
 from slimtune._cli_tables import WIDTH, compact_params, speedup, table_lines, test_accuracy, val_accuracy
 from slimtune._defaults import DEFAULT_STORAGE, STORAGE_ENV
 from slimtune.search._measurement import RUNTIMES  # light: no torch
+from slimtune.search._early_stopping import rejected_before_training  # light: no torch
 from slimtune.search._runner import Interrupted  # light: the runner imports torch only in its functions
 from slimtune._vocabulary import STATE_WORDS, STUDY_COLUMNS, created_text
 
@@ -287,11 +288,13 @@ def _echo_summary(study: Any, *, wide: bool = False) -> None:
     echo = functools.partial(_echo_wrapped, wide=wide)
     rows = study.trials()
     counts = {s: sum(1 for r in rows if r["state"] == s) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    rejected = sum(1 for r in rows if rejected_before_training(r))  # not counted in --trials
     base = study.baseline
     echo(f"Study {study.name!r} in {study.storage}: task {study.task_name}, objectives "
-               f"{', '.join(study.objectives)}; {len(rows)} trials ({counts['COMPLETE']} complete, "
-               f"{counts['PRUNED']} {STATE_WORDS['PRUNED']} early, {counts['FAIL']} failed"
-               + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "") + ")")
+               f"{', '.join(study.objectives)}; {len(rows) - rejected} trials trained ({counts['COMPLETE']} complete, "
+               f"{counts['PRUNED'] - rejected} {STATE_WORDS['PRUNED']} early, {counts['FAIL']} failed"
+               + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "") + f"), {rejected} rejected before "
+               "training by early stopping")
     base_row = base.to_dict()
     test = test_accuracy(base_row)
     metric = getattr(study, "metric_name", "accuracy")

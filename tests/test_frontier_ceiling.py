@@ -84,7 +84,7 @@ def test_early_stopping_is_replayed_on_the_stored_curve(bench):
     from slimtune.search._early_stopping import FrontierEarlyStopping, FrontierPoint
 
     table = bench.Table(synthetic_doc(bench))
-    rule = FrontierEarlyStopping(min_margin=0.0, margin_per_epoch=0.05, learn_margin=False)
+    rule = FrontierEarlyStopping(min_margin=0.0, margin_per_epoch=0.05, learn_margin=False, pre_check=False)
     fast = FrontierPoint(0, 0.98, {"latency_ms": 0.4}, (0.9, 0.95, 0.97, 0.98))
     # (0.7, 8): 0.20 after epoch 1, may reach 0.20 + 0.05 * (3 + 6) < 0.98 of a faster trial
     should_stop = rule.should_stop_fn([fast], ("latency_ms",), 4, extra_epochs=6)
@@ -114,3 +114,29 @@ def test_the_stored_ceiling_matches_its_rows_and_the_fingerprint_schema(bench):
     bad["fingerprint"]["cpu"] = "another"
     problems = bench.check_ceiling(bad)
     assert any("hypervolume" in p for p in problems) and any("fingerprint_id" in p for p in problems)
+
+
+def test_a_stop_before_training_is_replayed_at_the_cost_of_the_pre_measurement(bench):
+    """The replay asks the rule before the stored curve (epoch -1): a candidate a faster
+    point at the best accuracy so far beats is charged its pre-training measurement only
+    (the old replay fed the curve from its first epoch)."""
+    from slimtune.search._early_stopping import FrontierEarlyStopping, FrontierPoint
+
+    table = bench.Table(synthetic_doc(bench))
+    rule = FrontierEarlyStopping(accuracy_tolerance=0.05, latency_tolerance=0.0)
+    fast = FrontierPoint(0, 0.98, {"latency_ms": 0.6}, (0.90, 0.95, 0.97, 0.98))
+    seen = []
+    rule_fn = rule.should_stop_fn([fast], ("latency_ms",), 4, extra_epochs=0)
+
+    def should_stop(epoch, acc, pre):
+        seen.append(epoch)
+        return rule_fn(epoch, acc, pre)
+
+    result = bench.ReplayEvaluator(table).evaluate({"prune.ratio": 0.0, "quant.bits": 32}, should_stop=should_stop)
+    assert seen == [-1] and result.stopped.startswith("early stop before training")
+    assert result.train_seconds == 0.0 and result.total_seconds == 0.5 and result.info["cpu_seconds"] == 0.4
+    assert result.info["epochs_run"] == 0 and result.val_accuracy is None
+    # a cheaper candidate is not stopped before training and runs its stored curve
+    seen.clear()
+    kept = bench.ReplayEvaluator(table).evaluate({"prune.ratio": 0.7, "quant.bits": 32}, should_stop=should_stop)
+    assert not kept.stopped and seen == [-1, 0, 1, 2, 3] and kept.total_seconds == 8.0

@@ -263,8 +263,11 @@ def test_a_knob_registered_from_a_test_file_runs_a_search_with_no_core_edit(smoo
     assert candidate.recipe["weight_bits"] == candidate.weight_bits == 8  # the bits packing and export use
     assert candidate.load()(study.task.data.x_val[:4]).shape == (4, 10)
     # stopped early by an unreachable point: the user reads "stopped early", Optuna keeps PRUNED
+    # (before any training: a rejection, which does not use up the budget, so the runner
+    # proposes up to its cap of 10 per trial)
     study.frontier_points = lambda costs: [FrontierPoint(-1, 1.0, {c: 0.0 for c in costs})]
-    (stopped,) = study.optimize(n_trials=1, progress=False)
-    assert stopped["state"] == "PRUNED"
+    rejected = study.optimize(n_trials=1, progress=False)
+    assert len(rejected) == 10 and {r["state"] for r in rejected} == {"PRUNED"}
+    stopped = rejected[0]
     with pytest.raises(Exception, match="is stopped early, not COMPLETE"):
         study.candidate(stopped["trial"])

@@ -24,9 +24,20 @@ from slimtune.spaces.base import KnobContext
 from slimtune.spaces._space import Space
 from slimtune.tasks._task import Task
 
-#: ``should_stop(epoch, val_accuracy, pre) -> reason | None``; called after each
-#: distillation epoch so a search can stop a candidate that cannot reach its frontier.
-ShouldStop = Callable[[int, float, "PreMeasurement"], "str | None"]
+#: ``should_stop(epoch, val_accuracy, pre) -> reason | None``; called before any
+#: training (``epoch`` -1, ``val_accuracy`` None), after each distillation epoch
+#: (``0 .. epochs - 1``) and after each recovery epoch of the knobs' fine-tuning
+#: (``epochs + r``, r counting every recovery epoch of the candidate), so a search
+#: can stop a candidate that cannot reach its frontier.
+ShouldStop = Callable[[int, "float | None", "PreMeasurement"], "str | None"]
+
+
+class _Stopped(Exception):
+    """Raised out of a recovery fine-tune (through the knob) when ``should_stop`` says stop."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 #: Accepted ranges of the numeric settings (beyond them a typo runs for days or fails late).
@@ -130,14 +141,21 @@ class Evaluator:
             batch_size=self.task.batch_size, seed=self.settings.seed, hooks=self.space.training_hooks(values),
         )
 
-    def _context(self, values: dict[str, Any]) -> KnobContext:
+    def _context(self, values: dict[str, Any],
+                 on_recovery_epoch: Callable[[nn.Module], "str | None"] | None = None) -> KnobContext:
+        """The knobs' context; ``on_recovery_epoch(model) -> stop reason | None`` is called
+        after each epoch of every recovery fine-tune (a reason ends it with :class:`_Stopped`)."""
         data = self.task.data
 
         recovery = self.task.recovery_epochs if self.settings.finetune_epochs is None else self.settings.finetune_epochs
 
         def finetune(model: nn.Module, epochs: int | None = None, lr: float | None = None) -> None:
             n = recovery if epochs is None else epochs
-            train(model, data.train, self._train_config(values, n, lr), teacher=self.baseline.teacher)
+            callback = None if on_recovery_epoch is None else (lambda epoch, m: on_recovery_epoch(m))
+            _, reason = train(model, data.train, self._train_config(values, n, lr), teacher=self.baseline.teacher,
+                              callback=callback)
+            if reason:
+                raise _Stopped(reason)
 
         return KnobContext(example_input=self.example_input, calibration=self.calibration, finetune=finetune,
                            finetune_epochs=recovery, seed=self.settings.seed,
@@ -220,11 +238,24 @@ class Evaluator:
         started = time.perf_counter()
         torch.manual_seed(self.settings.seed)
         pre = self.pre_measure(values) if should_stop is not None else None
-        ctx = self._context(values)
-        model = self.build_architecture(values, ctx)
+        if should_stop is not None and pre is not None:  # before any training: its costs are known
+            reason = should_stop(-1, None, pre)
+            if reason:
+                return CandidateResult(values, None, None, None, None, {}, None, 0.0, time.perf_counter() - started,
+                                       pre, stopped=reason, info={"val_accuracy_per_epoch": [], "epochs_trained": 0})
         data = self.task.data
         epochs = self.task.finetune_epochs if self.settings.epochs is None else self.settings.epochs
         val_acc: list[float] = []
+        recovery_acc: list[float] = []
+
+        def on_recovery_epoch(m: nn.Module) -> str | None:
+            acc = score(m, data.val, self.task.metric)
+            recovery_acc.append(acc)
+            m.train()
+            return should_stop(epochs + len(recovery_acc) - 1, acc, pre)
+
+        ctx = self._context(values, on_recovery_epoch if should_stop is not None and pre is not None else None)
+        model = self.build_architecture(values, ctx)
 
         def on_epoch(epoch: int, m: nn.Module) -> str | None:
             if epoch == 0:
@@ -243,10 +274,17 @@ class Evaluator:
         if reason:
             return CandidateResult(values, None, val_acc[-1] if val_acc else None, None, None, {}, None,
                                    time.perf_counter() - t0, time.perf_counter() - started, pre, stopped=reason,
-                                   info={"val_accuracy_per_epoch": val_acc})
+                                   info={"val_accuracy_per_epoch": val_acc, "epochs_trained": len(val_acc)})
         self._phase("compress")
-        model = self._apply_stage("compression", model, values, ctx)
-        model = self._apply_stage("quantization", model, values, ctx)
+        try:
+            model = self._apply_stage("compression", model, values, ctx)
+            model = self._apply_stage("quantization", model, values, ctx)
+        except _Stopped as stop:
+            return CandidateResult(values, None, recovery_acc[-1], None, None, {}, None, time.perf_counter() - t0,
+                                   time.perf_counter() - started, pre, stopped=stop.reason,
+                                   info={"val_accuracy_per_epoch": val_acc,
+                                         "val_accuracy_per_recovery_epoch": recovery_acc,
+                                         "epochs_trained": len(val_acc) + len(recovery_acc)})
         train_seconds = time.perf_counter() - t0
         model.eval()
         self._phase("measure")
@@ -261,6 +299,8 @@ class Evaluator:
             recipe.update(knob.recipe(ctx.info))
         info = {k: v for k, v in ctx.info.items() if k not in ("rewind_state", "flags")}
         info["val_accuracy_per_epoch"] = val_acc
+        if recovery_acc:
+            info["val_accuracy_per_recovery_epoch"] = recovery_acc
         info["torch_val_accuracy"] = score(model, data.val, self.task.metric)
         info["artifact_metadata"] = artifact_meta  # also inside an ONNX artifact's metadata_props
         # the objective is the timed artifact's validation accuracy (measurement.accuracy)

@@ -20,6 +20,11 @@ dead workers left RUNNING are finished before each new trial (the recorder's
 
 The loop ends after ``n_trials``, when ``timeout`` seconds have passed, or when
 ``stop_event`` is set; it always ends *between* trials, so stopping loses nothing.
+A trial that early stopping rejects before any training (it costs the pre-training
+measurement only, a fraction of a second) does not use up the budget: ``n_trials``
+counts the trials that trained (complete, stopped after training, or failed), up to
+:data:`MAX_PROPOSALS_PER_TRIAL` proposals per trial of the budget, so a sampler stuck
+on rejected proposals ends with a warning instead of looping.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence
 
-from slimtune.search._early_stopping import FrontierEarlyStopping, FrontierPoint
+from slimtune.search._early_stopping import FrontierEarlyStopping, FrontierPoint, rejected_before_training
 from slimtune.search._measurement import Measurement
 
 if TYPE_CHECKING:  # pragma: no cover - kept out of the import so that `slimtune show` starts without torch
@@ -49,6 +54,10 @@ if TYPE_CHECKING:  # pragma: no cover - kept out of the import so that `slimtune
 logger = logging.getLogger(__name__)
 
 TrialCallback = Callable[[dict], Any]
+
+#: At most this many proposals per trial of ``n_trials`` (rejections before training
+#: do not use up the budget; this bounds them).
+MAX_PROPOSALS_PER_TRIAL = 10
 
 @dataclass(frozen=True)
 class Constraints:
@@ -355,7 +364,8 @@ class TrialRunner:
         if not points or max(p.val_accuracy for p in points) <= self.early_stopping.lowest_bar(
                 self.epochs, extra_epochs=extra):
             return None
-        return self.early_stopping.should_stop_fn(points, self.costs, self.epochs, extra_epochs=extra)
+        return self.early_stopping.should_stop_fn(points, self.costs, self.epochs, extra_epochs=extra,
+                                                  baseline_accuracy=self.baseline_accuracy)
 
     def _recover(self) -> None:
         """Finish trials that dead workers left RUNNING (the recorder knows how; a plain
@@ -489,9 +499,15 @@ class TrialRunner:
 
     def run(self, *, n_trials: int | None = None, timeout: float | None = None,
             stop_event: threading.Event | None = None, callbacks: Sequence[TrialCallback] = (),
-            progress: bool = False, catch: tuple[type[BaseException], ...] = (Exception,)) -> list[dict]:
-        """Run trials until ``n_trials`` are done, ``timeout`` seconds have passed, or
-        ``stop_event`` is set (checked between trials).  Returns the new trial rows."""
+            progress: bool = False, catch: tuple[type[BaseException], ...] = (Exception,),
+            count_rejected: bool = False) -> list[dict]:
+        """Run trials until ``n_trials`` have trained, ``timeout`` seconds have passed, or
+        ``stop_event`` is set (checked between trials).  Returns the new trial rows
+        (rejections before training among them).
+
+        Trials early stopping rejects before any training do not count towards
+        ``n_trials`` (``count_rejected=True``: they do, every proposal counts), up to
+        ``MAX_PROPOSALS_PER_TRIAL * n_trials`` proposals in all (then a warning)."""
         if n_trials is not None and n_trials < 0:
             raise ValueError(f"`n_trials` must be >= 0, but got {n_trials!r}.")
         if timeout is not None and timeout <= 0:
@@ -504,9 +520,17 @@ class TrialRunner:
         bar = _progress_bar(n_trials, timeout) if progress else None
         if bar is not None:
             bar.set_postfix(self.progress_summary())  # a resumed study starts from its own front
+        counted = 0  # trials that use up the budget
         try:
             while True:
-                if n_trials is not None and len(rows) >= n_trials:
+                if n_trials is not None and counted >= n_trials:
+                    break
+                if n_trials is not None and len(rows) >= MAX_PROPOSALS_PER_TRIAL * n_trials:
+                    logger.warning(
+                        "Stopped after %d proposals: %d trained, %d rejected before training by early stopping "
+                        "(at most %d proposals per trial of n_trials=%d); the sampler keeps proposing candidates a "
+                        "finished trial already beats. Run without early stopping to train them.", len(rows),
+                        counted, len(rows) - counted, MAX_PROPOSALS_PER_TRIAL, n_trials)
                     break
                 if timeout is not None and time.monotonic() - started >= timeout:
                     break
@@ -514,8 +538,10 @@ class TrialRunner:
                     break
                 row = self.run_one(catch=catch)
                 rows.append(row)
+                counts = count_rejected or not rejected_before_training(row)
+                counted += counts
                 if bar is not None:
-                    _update_bar(bar, row, rows, self.progress_summary())
+                    _update_bar(bar, row, rows, self.progress_summary(), advance=counts)
                 for callback in callbacks:
                     callback(row)
         finally:
@@ -531,18 +557,23 @@ def _progress_bar(n_trials: int | None, timeout: float | None):
                 bar_format=None if n_trials else "{desc}: {n_fmt} trials [{elapsed}, {rate_fmt}]{postfix}")
 
 
-def _update_bar(bar, row: dict, rows: list[dict], summary: dict[str, str]) -> None:
-    """Advance the bar; its postfix shows the study-wide ``summary`` (not only this
-    session's trials, so a resumed study keeps its best), then this session's stopped and
-    failed counts and the last trial."""
+def _update_bar(bar, row: dict, rows: list[dict], summary: dict[str, str], *, advance: bool = True) -> None:
+    """Advance the bar (not for a rejection before training: it does not use up the
+    budget); its postfix shows the study-wide ``summary`` (not only this session's
+    trials, so a resumed study keeps its best), then this session's counts of trials
+    rejected before training, stopped during training and failed, and the last trial."""
     postfix: dict[str, str] = dict(summary)
-    pruned = sum(1 for r in rows if r.get("state") == "PRUNED")
+    rejected = sum(1 for r in rows if rejected_before_training(r))
+    pruned = sum(1 for r in rows if r.get("state") == "PRUNED") - rejected
     failed = sum(1 for r in rows if r.get("state") == "FAIL")
+    if rejected:
+        postfix["rejected"] = str(rejected)
     if pruned:
         postfix["stopped"] = str(pruned)
     if failed:
         postfix["failed"] = str(failed)
     if row.get("state") == "COMPLETE":
         postfix["last"] = f"{row.get('val_accuracy', row.get('accuracy')) or float('nan'):.3f}@{row['latency_ms']:.3g}ms"
-    bar.set_postfix(postfix, refresh=False)
-    bar.update(1)
+    bar.set_postfix(postfix, refresh=not advance)
+    if advance:
+        bar.update(1)

@@ -86,8 +86,8 @@ class Recording:
         return done
 
     def frontier_points(self, cost_objectives: Sequence[str]) -> list[FrontierPoint]:
-        """Validation accuracy, learning curve and measured costs of every complete
-        candidate (all workers)."""
+        """Validation accuracy, learning curves (distillation epochs, recovery epochs)
+        and measured costs of every complete candidate (all workers)."""
         points = []
         for number, val_accuracy, info, *measured in self._storage.complete_costs(self._record.id, cost_objectives):
             if val_accuracy is None or any(v is None for v in measured):
@@ -96,7 +96,8 @@ class Recording:
             # latency can be far lower: the shortest path of an early-exit model)
             costs = {c: float(v) for c, v in zip(cost_objectives, measured)}
             curve = tuple(float(a) for a in (info or {}).get("val_accuracy_per_epoch") or ())
-            points.append(FrontierPoint(int(number), float(val_accuracy), costs, curve))
+            recovery = tuple(float(a) for a in (info or {}).get("val_accuracy_per_recovery_epoch") or ())
+            points.append(FrontierPoint(int(number), float(val_accuracy), costs, curve, recovery))
         return points
 
     def record(self, outcome: TrialOutcome) -> dict:

@@ -480,7 +480,9 @@ class Study(Recording):
         finished and stored, nothing is lost).
 
         Args:
-            n_trials: trials to run in this call.
+            n_trials: trials to train in this call; a trial early stopping rejects before
+                any training (its pre-training measurement only) does not count, up to 10
+                proposals per trial (then a warning).
             timeout: no new trial starts after this many seconds.
             backend: ``optuna`` (default) or ``nni``.
             callbacks: called with each finished trial's row (COMPLETE, PRUNED or FAIL).
