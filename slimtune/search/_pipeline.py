@@ -301,7 +301,6 @@ class Evaluator:
         info["val_accuracy_per_epoch"] = val_acc
         if recovery_acc:
             info["val_accuracy_per_recovery_epoch"] = recovery_acc
-        info["torch_val_accuracy"] = score(model, data.val, self.task.metric)
         info["artifact_metadata"] = artifact_meta  # also inside an ONNX artifact's metadata_props
         # the objective is the timed artifact's validation accuracy (measurement.accuracy)
         return CandidateResult(values, measurement, measurement.accuracy, compiled.artifact,
