@@ -32,7 +32,7 @@ CHEAP = FrontierPoint(0, 0.95, {"latency_ms": 0.5})
 
 
 def test_a_candidate_that_can_land_near_the_baseline_is_not_given_up_for_a_cheaper_worse_point():
-    rule = FrontierEarlyStopping(accuracy_tolerance=0.05, latency_tolerance=0.0)
+    rule = FrontierEarlyStopping(accuracy_tolerance=0.05, latency_tolerance=0.0, near_baseline=0.01)
     old = FrontierEarlyStopping(accuracy_tolerance=0.05, latency_tolerance=0.0, near_baseline=None)
     # before training it may reach the baseline (0.99): CHEAP is within the 0.05 tolerance
     assert old.check(-1, None, Pre(1.0), [CHEAP], COSTS, 4, baseline_accuracy=BASELINE) is not None
@@ -54,7 +54,8 @@ def test_a_candidate_that_can_land_near_the_baseline_is_not_given_up_for_a_cheap
 def test_near_baseline_round_trips_and_is_checked():
     rule = FrontierEarlyStopping(near_baseline=None)
     assert FrontierEarlyStopping.from_dict(rule.to_dict()) == rule
-    assert FrontierEarlyStopping.from_dict({"accuracy_tolerance": 0.05}).near_baseline == 0.01
+    assert FrontierEarlyStopping.from_dict({"accuracy_tolerance": 0.05}).near_baseline is None  # off by default
+    assert FrontierEarlyStopping.from_dict({"near_baseline": 0.01}).near_baseline == 0.01
     with pytest.raises(ValueError, match="near_baseline"):
         FrontierEarlyStopping(near_baseline=-0.1)
 
