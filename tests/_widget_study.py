@@ -57,10 +57,13 @@ def real_study(tmp_path_factory: pytest.TempPathFactory) -> RealStudy:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna's heartbeat notice, once per trial
                 if not path.exists():  # new studies take safe names only: rename it as an old one
+                    # no early stopping: a rejection before training is a point at once, and the
+                    # live tests count the points a Start adds trial by trial
                     Study.create_or_load("widgets-test", storage=storage, task="digits", settings=SETTINGS,
-                                         seed=0).close()
+                                         seed=0, early_stopping=False).close()
                     rename_study(path, "widgets-test", STUDY_NAME)
-                study = Study.create_or_load(STUDY_NAME, storage=storage, task="digits", settings=SETTINGS, seed=0)
+                study = Study.create_or_load(STUDY_NAME, storage=storage, task="digits", settings=SETTINGS, seed=0,
+                                             early_stopping=False)
                 done = len(study.trials(states=("COMPLETE", "PRUNED", "FAIL")))
                 if done < N_TRIALS:
                     study.optimize(n_trials=N_TRIALS - done, progress=False)

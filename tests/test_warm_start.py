@@ -42,7 +42,9 @@ def test_warm_starts_are_completed_with_the_baselines_values(warm_task):
         assert value == (8 if name == "quant.bits" else space[name].default), name
     # a pattern stands for every parameter it matches (this model's DS-conv switches)
     dsconv = [n for n in searched if n.startswith("dsconv.")]
-    assert len(dsconv) >= 2 and all(trials[1][n] is True for n in dsconv) and trials[1]["quant.bits"] == 32
+    # DS-conv on every conv but the one-input-channel stem (blocks.0.0)
+    assert len(dsconv) >= 2 and trials[1]["dsconv.blocks.0.0"] is False and trials[1]["quant.bits"] == 32
+    assert all(trials[1][n] is True for n in dsconv if n != "dsconv.blocks.0.0")
     assert not any(v for k, v in trials[0].items() if k.startswith(("dsconv.", "exits.")) and k.endswith("enabled"))
 
 
@@ -51,7 +53,8 @@ def test_warm_starts_skip_what_the_space_does_not_search(warm_task):
     fixed = build_space(digits_task, fixed={"quant.bits": 32})
     only = warm_start_trials(fixed, digits_task)  # every default but DS-conv sets quant.bits
     assert len(only) == 1 and "quant.bits" not in only[0]
-    assert all(v for k, v in only[0].items() if k.startswith("dsconv."))
+    assert all(v for k, v in only[0].items() if k.startswith("dsconv.") and k != "dsconv.blocks.0.0")
+    assert only[0]["dsconv.blocks.0.0"] is False
     no_prune = build_space(digits_task, fixed={"prune.ratio": 0.0})
     assert [t["quant.bits"] for t in warm_start_trials(no_prune, digits_task)] == [8, 32]
     assert warm_start_trials(no_prune, digits_task, [{"nothing.*": 1}, {"prune.ratio": 0.5}]) == []
