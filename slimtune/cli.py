@@ -322,6 +322,16 @@ def _echo_frontier(study: Any, *, wide: bool = False) -> None:
         _echo_table(front, study, wide=wide)
 
 
+def _echo_report(study: Any, *, wide: bool = False) -> None:
+    """What ``run`` and ``refit`` print at the end: the summary, the frontier and the
+    commands to run next."""
+    _echo_summary(study, wide=wide)
+    _echo_frontier(study, wide=wide)
+    click.echo("Next:")
+    for line in next_steps(study):
+        click.echo(f"  {line}")
+
+
 def _quote(text: str) -> str:
     import shlex
 
@@ -569,11 +579,7 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
         if as_json:
             echo_json(study.frontier())
         else:
-            _echo_summary(study, wide=wide)
-            _echo_frontier(study, wide=wide)
-            click.echo("Next:")
-            for line in next_steps(study):
-                click.echo(f"  {line}")
+            _echo_report(study, wide=wide)
     finally:
         study.close()
     if failed:
@@ -691,11 +697,7 @@ def refit(study_name: str, epochs: int, finetune_epochs: int | None, max_drop: f
                 return
             sources = {t.number: t.user_attrs.get(REFIT_OF) for t in result.optuna_study.get_trials(deepcopy=False)}
             click.echo("Refit trial <- search trial: " + ", ".join(f"{n} <- {s}" for n, s in sorted(sources.items())))
-            _echo_summary(result, wide=wide)
-            _echo_frontier(result, wide=wide)
-            click.echo("Next:")
-            for line in next_steps(result):
-                click.echo(f"  {line}")
+            _echo_report(result, wide=wide)
         finally:
             result.close()
     finally:

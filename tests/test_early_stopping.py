@@ -17,11 +17,7 @@ from slimtune.search._early_stopping import (
 )
 
 
-@dataclass(frozen=True)
-class Pre:
-    latency_ms: float
-    size_bytes: int = 1000
-    macs: int = 10_000
+from tests._pre import Pre
 
 
 #: the distillation-epoch checks alone (the check before training has tests of its own)

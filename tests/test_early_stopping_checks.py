@@ -3,18 +3,13 @@ constructed cases, then real digits candidates through the real pipeline."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import pytest
 
 from slimtune.search._early_stopping import FrontierEarlyStopping, FrontierPoint, points_from_rows
 
 
-@dataclass(frozen=True)
-class Pre:
-    latency_ms: float
-    size_bytes: int = 1000
-    macs: int = 10_000
+from tests._pre import Pre
 
 
 COSTS = ("latency_ms",)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,7 @@ from slimtune.search._early_stopping import (
 )
 
 
-@dataclass(frozen=True)
-class Pre:
-    latency_ms: float
-    size_bytes: int = 1000
-    macs: int = 10_000
+from tests._pre import Pre
 
 
 COSTS = ("latency_ms",)
