@@ -79,9 +79,18 @@ study has seen rise; the first such candidate may be stopped by a no-costlier po
 that is already better than it can be shown to reach.
 
 **Defaults since the checks before training and during recovery** (``pre_check``,
-``accuracy_tolerance=0.05``, ``latency_tolerance=0.1``, ``recovery_margin_per_epoch
-=0.02``; issue 13: >= 30% less training time at <= 2% hypervolume loss), measured by
-replaying (``benchmarks/frontier_ceiling.py``; ``benchmarks/compression.py``):
+``accuracy_tolerance=0.01``, ``latency_tolerance=0.1``, ``recovery_margin_per_epoch
+=0.02``).  Issue 13 asked for >= 30% less training time at <= 2% hypervolume loss;
+on digits only ``accuracy_tolerance=0.05`` reaches it (34%, below), and 0.05 was the
+default for an hour, until a REAL Fashion-MNIST search with it
+(``benchmarks/early_stopping_real.py --task fashion-mnist --trials 12 --parallel``)
+stalled: the DS-conv warm start (0.842 val, 0.05 ms) sat within 5 points of the best
+accuracy so far (0.878), so it rejected every candidate slower than itself before
+training; the sampler kept proposing such candidates and the run ended at the cap of
+120 proposals with 5 trained.  Five points is most of what separates Fashion-MNIST
+candidates (on digits nearly everything lands at 0.98-0.99, so 0.05 gives up little
+there); 0.01 gives up at most a point, on every task.  Measured by replaying
+(``benchmarks/frontier_ceiling.py``; ``benchmarks/compression.py``):
 
 * digits, slimtune's default search (warm start + TPE), 29 trials, paired seeds 0-9,
   training time saved / hypervolume loss (mean; median loss 0.0% in every row):
@@ -268,7 +277,7 @@ class FrontierEarlyStopping:
     learn_margin: bool = True
     similar_slack: float = 0.05
     latency_tolerance: float = 0.1
-    accuracy_tolerance: float = 0.05
+    accuracy_tolerance: float = 0.01
     pre_check: bool = True
     recovery_margin_per_epoch: float = 0.02
     near_baseline: float | None = None
