@@ -276,7 +276,7 @@ class FrontierEarlyStopping:
     margin_per_epoch: float = 0.0
     learn_margin: bool = True
     similar_slack: float = 0.05
-    latency_tolerance: float = 0.1
+    latency_tolerance: float = 0.2
     accuracy_tolerance: float = 0.01
     pre_check: bool = True
     recovery_margin_per_epoch: float = 0.02
