@@ -4,20 +4,13 @@ digits trial split by phase (the wrapped library functions exist and add up)."""
 
 from __future__ import annotations
 
-import importlib.util
 import time
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from tests._bench import load_benchmark
 
 def _bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"slimtune_bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(name)
 
 
 def test_the_steady_window_leaves_out_start_up_and_the_tail():

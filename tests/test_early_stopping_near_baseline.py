@@ -3,9 +3,6 @@ training do not use up, and the recovery curves the study hands the rule."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -18,6 +15,7 @@ from slimtune.search._early_stopping import (
 
 
 from tests._pre import Pre
+from tests._bench import load_benchmark
 
 
 COSTS = ("latency_ms",)
@@ -64,12 +62,7 @@ def test_rejected_before_training_reads_study_and_replay_rows():
 
 @pytest.fixture(scope="module")
 def bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "frontier_ceiling.py"
-    spec = importlib.util.spec_from_file_location("slimtune_frontier_ceiling", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("frontier_ceiling")
 
 
 def test_rejections_before_training_do_not_use_up_the_budget(bench):

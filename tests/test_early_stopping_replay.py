@@ -3,22 +3,13 @@ check before training, the training time saved and the hypervolume loss."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from tests._bench import load_benchmark
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("slimtune_compression_bench", ROOT / "benchmarks" / "compression.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("compression")
 
 
 def _row(trial, val, test, latency, train_seconds, curve, pre_latency=None, **params):

@@ -4,23 +4,14 @@ stored ceiling checked against its own rows and this machine's fingerprint schem
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from tests._bench import load_benchmark
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("slimtune_frontier_ceiling", ROOT / "benchmarks" / "frontier_ceiling.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("frontier_ceiling")
 
 
 GRID = {"prune.ratio": [0.0, 0.7], "quant.bits": [32, 8]}

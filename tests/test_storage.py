@@ -8,7 +8,6 @@ worker writes, Optuna's and slimtune's rows, no model trained) in real SQLite fi
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import math
 import shutil
@@ -16,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from tests._bench import load_benchmark
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,10 +23,7 @@ NAME = "synthetic-storage"
 
 
 def _overhead_bench():
-    spec = importlib.util.spec_from_file_location("slimtune_overhead_bench", ROOT / "benchmarks" / "overhead.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("overhead")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ side is driven directly (the messages a click or a hover sends are fed to the ma
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests._widget_study import STUDY_NAME, real_study
+from tests._bench import load_benchmark
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,10 +45,7 @@ def open_dashboard(study, **kwargs):
 
 
 def bench_module():
-    spec = importlib.util.spec_from_file_location("slimtune_widgets_bench", ROOT / "benchmarks" / "widgets.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("widgets")
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
