@@ -297,13 +297,8 @@ class FrontierEarlyStopping:
         """The validation accuracy a candidate at ``val_accuracy`` after 0-based
         ``epoch`` of ``epochs`` may still reach (plus ``min_margin``), given the complete
         trials ``points`` and ``extra_epochs`` of training after distillation."""
-        bound = val_accuracy + self.margin(epoch, epochs, extra_epochs=extra_epochs)
-        if self.learn_margin:
-            finals = [p.val_accuracy for p in points
-                      if len(p.curve) == epochs and 0 <= epoch < epochs and p.curve[epoch] <= val_accuracy + self.similar_slack]
-            if finals:
-                bound = max(bound, max(finals) + self.min_margin)
-        return bound
+        prior = val_accuracy + self.margin(epoch, epochs, extra_epochs=extra_epochs)
+        return self._learned(prior, [(p.curve, p.val_accuracy) for p in points], epoch, epochs, val_accuracy)
 
     def reachable_before(self, points: Sequence[FrontierPoint] = (), baseline_accuracy: float = float("nan")) -> float:
         """The validation accuracy a candidate may reach before any training: the best
@@ -323,13 +318,19 @@ class FrontierEarlyStopping:
         recovery epoch left plus ``min_margin`` (prior), or the best final accuracy of
         complete trials whose recovery curve of the same length was no better at that
         epoch (learned; only ever raises the bar)."""
-        bound = val_accuracy + self.min_margin + self.recovery_margin_per_epoch * max(0, steps - (step + 1))
-        if self.learn_margin:
-            finals = [p.val_accuracy for p in points if len(p.recovery_curve) == steps and 0 <= step < steps
-                      and p.recovery_curve[step] <= val_accuracy + self.similar_slack]
-            if finals:
-                bound = max(bound, max(finals) + self.min_margin)
-        return bound
+        prior = val_accuracy + self.min_margin + self.recovery_margin_per_epoch * max(0, steps - (step + 1))
+        return self._learned(prior, [(p.recovery_curve, p.val_accuracy) for p in points], step, steps, val_accuracy)
+
+    def _learned(self, prior: float, curves: Sequence[tuple[Sequence[float], float]], step: int, steps: int,
+                 val_accuracy: float) -> float:
+        """``prior``, raised (``learn_margin``) to the best final accuracy (plus
+        ``min_margin``) of the ``(curve, final)`` pairs whose curve has ``steps`` points
+        and was no better than ``val_accuracy`` (plus ``similar_slack``) at ``step``."""
+        if not self.learn_margin or not 0 <= step < steps:
+            return prior
+        finals = [final for curve, final in curves
+                  if len(curve) == steps and curve[step] <= val_accuracy + self.similar_slack]
+        return max(prior, max(finals) + self.min_margin) if finals else prior
 
     def margin(self, epoch: int, epochs: int, *, extra_epochs: int = 0) -> float:
         """The prior margin after 0-based ``epoch`` of ``epochs`` distillation epochs,
