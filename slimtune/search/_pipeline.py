@@ -244,7 +244,7 @@ class Evaluator:
         started = time.perf_counter()
         torch.manual_seed(self.settings.seed)
         pre = self.pre_measure(values) if should_stop is not None else None
-        if should_stop is not None and pre is not None:  # before any training: its costs are known
+        if should_stop is not None:  # before any training: its costs are known
             reason = should_stop(-1, None, pre)
             if reason:
                 return CandidateResult(values, None, None, None, None, {}, None, 0.0, time.perf_counter() - started,
@@ -260,7 +260,7 @@ class Evaluator:
             m.train()
             return should_stop(epochs + len(recovery_acc) - 1, acc, pre)
 
-        ctx = self._context(values, on_recovery_epoch if should_stop is not None and pre is not None else None)
+        ctx = self._context(values, on_recovery_epoch if should_stop is not None else None)
         model = self.build_architecture(values, ctx)
 
         def on_epoch(epoch: int, m: nn.Module) -> str | None:
@@ -269,7 +269,7 @@ class Evaluator:
             acc = score(m, data.val, self.task.metric)
             val_acc.append(acc)
             m.train()
-            if should_stop is not None and pre is not None:
+            if should_stop is not None:
                 return should_stop(epoch, acc, pre)
             return None
 
