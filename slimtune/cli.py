@@ -687,7 +687,7 @@ def refit(study_name: str, epochs: int, finetune_epochs: int | None, max_drop: f
         with stop_signals():
             try:
                 result = refit_front(study, storage=storage, epochs=epochs, finetune_epochs=finetune_epochs,
-                                     name=refit_name, max_drop=max_drop, limit=limit, progress=not as_json)
+                                     name=refit_name, progress=not as_json, rows=picked)
             except Interrupted as exc:
                 click.echo(f"\nInterrupted by {exc.signal_name}: run the same command to resume.", err=True)
                 sys.exit(EXIT_CODES.get(exc.signal_name, 130))

@@ -65,7 +65,7 @@ def front_to_refit(rows: Sequence[Mapping[str, Any]], baseline_accuracy: float, 
 
 def refit_front(study: "Study", *, storage: str, epochs: int, finetune_epochs: int | None = None,
                 name: str | None = None, max_drop: float = 0.05, limit: int = 6, skip_within: float | None = None,
-                progress: bool = False) -> "Study":
+                progress: bool = False, rows: Sequence[Mapping[str, Any]] | None = None) -> "Study":
     """Retrain and remeasure ``study``'s front with more epochs, in a new study.
 
     Args:
@@ -78,12 +78,15 @@ def refit_front(study: "Study", *, storage: str, epochs: int, finetune_epochs: i
             trials are kept and only the candidates not refit yet are run.
         max_drop, limit, skip_within: which front rows are refit (:func:`front_to_refit`).
         progress: show a progress bar.
+        rows: the front rows to refit when the caller has chosen them already
+            (:func:`front_to_refit`); ``None``: chosen here from the arguments above.
 
     Returns:
         The refit study (open; close it when done).
     """
-    rows = front_to_refit(study.frontier(), float(study.baseline.accuracy), max_drop=max_drop, limit=limit,
-                          skip_within=skip_within)
+    if rows is None:
+        rows = front_to_refit(study.frontier(), float(study.baseline.accuracy), max_drop=max_drop, limit=limit,
+                              skip_within=skip_within)
     settings = {**study.settings.to_dict(), "epochs": int(epochs), "finetune_epochs": finetune_epochs}
     refit = type(study).create_or_load(name or f"{study.name}-refit", storage=storage, task=study.task,
                                        fixed=study.fixed, objectives=study.objectives,
