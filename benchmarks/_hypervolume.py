@@ -7,15 +7,19 @@ a perfect, free model.  Dominance and the sweep are :mod:`slimtune.studies._fron
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 ACCURACY_REF = 0.5
-LATENCY_REF = 1.2  # x the baseline's latency (or MACs)
+LATENCY_REF = 1.2  # x the baseline's latency (or MACs, or size)
 
 
-def normalised_hypervolume(points: Iterable[tuple[float, float]]) -> float:
-    """Normalised hypervolume of ``(accuracy, cost / baseline cost)`` points."""
+def normalised_hypervolume(points: Iterable[Sequence[float]]) -> float:
+    """Normalised hypervolume of ``(accuracy, cost / baseline cost, ...)`` points (one
+    or more relative costs, each with the reference 1.2); 0 without points."""
     from slimtune.studies._frontier import hypervolume
 
-    losses = [(-float(accuracy), float(cost)) for accuracy, cost in points]
-    return hypervolume(losses, (-ACCURACY_REF, LATENCY_REF)) / ((1.0 - ACCURACY_REF) * LATENCY_REF)
+    losses = [(-float(accuracy), *(float(c) for c in costs)) for accuracy, *costs in points]
+    if not losses:
+        return 0.0
+    n = len(losses[0]) - 1
+    return hypervolume(losses, (-ACCURACY_REF, *(LATENCY_REF,) * n)) / ((1.0 - ACCURACY_REF) * LATENCY_REF ** n)

@@ -34,6 +34,9 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/: the shared hypervolume
+from _hypervolume import normalised_hypervolume  # noqa: E402
+
 TASK = "fashion-mnist"
 OBJECTIVES = ("accuracy", "latency_ms", "size_bytes")
 LOSS = 0.01  # one point
@@ -179,7 +182,7 @@ def replay_early_stopping(rows: Sequence[Mapping[str, Any]], objectives: Sequenc
     1.2x each baseline cost) and its relative loss."""
     from slimtune.search._early_stopping import FrontierEarlyStopping, points_from_rows
     from slimtune.spaces._space import recovery_passes
-    from slimtune.studies._frontier import hypervolume, non_dominated_mask
+    from slimtune.studies._frontier import non_dominated_mask
 
     rule = FrontierEarlyStopping() if rule is None else rule
     costs = [o for o in objectives if o != "accuracy"]
@@ -224,14 +227,10 @@ def replay_early_stopping(rows: Sequence[Mapping[str, Any]], objectives: Sequenc
 
 
 def _hypervolume(rows: Sequence[Mapping[str, Any]], costs: Sequence[str], baseline: Mapping[str, Any] | None) -> float:
-    """Normalised hypervolume of (test accuracy, each cost / the baseline's) of ``rows``:
-    reference accuracy 0.5 and 1.2x each baseline cost (the benchmarks' reference)."""
-    from slimtune.studies._frontier import hypervolume
-
+    """:func:`normalised_hypervolume` of (test accuracy, each cost / the baseline's) of ``rows``."""
     scale = {c: float((baseline or {}).get(c) or 1.0) for c in costs}
-    points = [(-float(r["test_accuracy"]), *(float(r[c]) / scale[c] for c in costs)) for r in rows
-              if r.get("test_accuracy") is not None]
-    return hypervolume(points, (-0.5, *(1.2 for _ in costs))) / (0.5 * 1.2 ** len(costs))
+    return normalised_hypervolume((float(r["test_accuracy"]), *(float(r[c]) / scale[c] for c in costs))
+                                  for r in rows if r.get("test_accuracy") is not None)
 
 
 def oracle_saving(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str], tolerance: float = 0.05) -> float:
@@ -360,6 +359,8 @@ def search(args: argparse.Namespace) -> int:
 
 def report(result: Mapping[str, Any]) -> None:
     """The before/after table of a stored result."""
+    from slimtune.search._early_stopping import FrontierEarlyStopping
+
     b = result["budget"]
     print(f"\nBefore ({BEFORE['budget']}):")
     print_table([{**r, "trial": None if r["speedup"] is None else "-"} for r in BEFORE["rows"]])
@@ -399,7 +400,8 @@ def report(result: Mapping[str, Any]) -> None:
               f"accuracy: -{100 * oracle_saving(result['rows'], objectives):.0f}%)")
     for objectives in (OBJECTIVES, ("accuracy", "latency_ms")):
         curve = es_curve(result, objectives)
-        print(f"  saving / loss by setting ({', '.join(objectives[1:])}; latency tolerance 0.1): " + "; ".join(
+        print(f"  saving / loss by setting ({', '.join(objectives[1:])}; latency tolerance "
+              f"{FrontierEarlyStopping().latency_tolerance:g}): " + "; ".join(
             f"{'pre ' if c['pre_check'] else ''}tol {c['accuracy_tolerance']:g} -{100 * c['train_saving']:.0f}% / "
             f"{100 * c['hv_loss']:.1f}%" for c in curve))
 

@@ -63,16 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", action="store_true",
                         help="run the searches with and without the rule at once, one process (and core) each")
     args = parser.parse_args(argv)
-    import optuna
-    import torch
-
-    torch.set_num_threads(1)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         print(f"--seeds must be comma-separated integers, but got {args.seeds!r}.", file=sys.stderr)
         return 2
+    from slimtune.search._early_stopping import BEFORE_TRAINING
+
     for seed in seeds:
         if args.parallel:
             from concurrent.futures import ProcessPoolExecutor
@@ -82,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 on, off = (job.result() for job in jobs)
         else:
             on, off = run(args.trials, seed, True, args.task), run(args.trials, seed, False, args.task)
-        before = sum(r.startswith("early stop before training") for r in on["stopped"])
+        before = sum(r.startswith(BEFORE_TRAINING) for r in on["stopped"])
         recovery = sum("recovery epoch" in r for r in on["stopped"])
         print(f"REAL {args.task}, {args.trials} trials{' (side by side)' if args.parallel else ''}, seed {seed}: training time "
               f"{100 * (on['train_s'] / off['train_s'] - 1):+.0f}% ({on['train_s']:.1f} s vs {off['train_s']:.1f} s), "
