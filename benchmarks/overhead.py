@@ -18,7 +18,7 @@
    innermost phase; pre-measure keeps its own compile): the training loops, the
    knobs' transforms, pre-measure, compiling (ONNX export + quantization), accuracy of
    the artifact on val + test (with the torch agreement check), latency timing,
-   packing (size), MACs, the rest of ``evaluate`` (copies, the torch val score),
+   packing (size), MACs, the rest of ``evaluate`` (copies, the model rebuilt for the agreement check),
    Optuna's ask, recovering stale trials, slimtune's record (DB write of row + weights
    + artifact, then the study re-read for the row's pareto mark), Optuna's attributes
    and tell, and whatever is left (callbacks; before the first trial, the session's
