@@ -210,3 +210,33 @@ def test_agreement_is_read_on_the_first_agreement_samples(digits, monkeypatch):
     assert m.runtime_agreement == pytest.approx(float(agree[:50].mean()))
     # the accuracy still comes from every sample
     assert m.accuracy == pytest.approx(float((logits.argmax(-1) == y.numpy()).mean()))
+
+
+def test_agreement_reads_steps_until_settled(models, digits, monkeypatch):
+    """A sequential check on real artifacts: steps of AGREEMENT_STEP samples until the
+    binomial test settles that the runtime differs on under 1 - MIN_RUNTIME_AGREEMENT of
+    the samples, at most AGREEMENT_SAMPLES (scaled down here to fit digits' test split:
+    at a 10% bar, 0 differences in 50 settle it)."""
+    import slimtune.search._profiling as profiling
+
+    model, _ = models["resnet8"]
+    x, y = digits.x_test, digits.y_test
+    monkeypatch.setattr(profiling, "MIN_RUNTIME_AGREEMENT", 0.9)
+    monkeypatch.setattr(profiling, "AGREEMENT_STEP", 50)
+    monkeypatch.setattr(profiling, "AGREEMENT_SAMPLES", 150)
+    assert profiling.agreement_settled(50, 50) and not profiling.agreement_settled(50, 49)
+    seen = []
+    real = profiling._agreeing
+    monkeypatch.setattr(profiling, "_agreeing", lambda ref, xs, *a: seen.append(len(xs)) or real(ref, xs, *a))
+    same = compile_model(model, bits=32, calibration=digits.x_train[:256])
+    m = measure(model, same, x, y, bits=32, example_input=x[:1], repeats=5, warmup=1)
+    assert m.runtime_agreement == 1.0 and seen == [50]  # fp32 agrees exactly: one step read
+    # another model's artifact disagrees often: never settled, all 150 read, flagged
+    torch.manual_seed(1)
+    other = train_plain(resnet8(10), digits.x_train[:200], digits.y_train[:200], epochs=1)
+    wrong = compile_model(other, bits=32, calibration=digits.x_train[:256])
+    seen.clear()
+    bad = measure(model, wrong, x, y, bits=32, example_input=x[:1], repeats=5, warmup=1)
+    expected = float((wrong.predict(x[:150]).argmax(-1) == _fake_quant_predictions(model, x[:150], 32)).mean())
+    assert seen == [50, 50, 50] and bad.runtime_agreement == pytest.approx(expected) and expected < 0.9
+    assert any("differ from the torch" in f and "150 samples" in f for f in bad.flags)
