@@ -242,6 +242,7 @@ def test_fixed_params_constraints_early_stop_and_stop_flag(tmp_path):
     # the rule sees a finished trial's measured costs and its learning curve
     (point,) = st.frontier_points(("latency_ms",))
     assert point.costs["latency_ms"] == row["latency_ms"] and point.curve == tuple(row["val_accuracy_per_epoch"])
+    assert point.reference_latency_ms == row["reference_latency_ms"] > 0  # latencies compared as same-run ratios
     t = optuna.load_study(study_name="plumb", storage=storage).trials[1]
     assert t.constraints["latency_ms"] > 0
     assert st.frontier() == [] and st.trials()[1]["feasible"] is False

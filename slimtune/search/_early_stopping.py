@@ -45,152 +45,88 @@ still to run, counting the recovery epochs that follow distillation (pruning
 fine-tuning, QAT).  ``accuracy_tolerance`` is the accuracy the rule may give up: a
 candidate that could at most edge past a no-costlier point is not worth finishing.
 
-**Previous defaults** (``margin_per_epoch=0``, ``min_margin=0``, learned part on,
-``accuracy_tolerance=0.01``, ``latency_tolerance=0.2``, no check before training) were
-chosen with ``benchmarks/frontier_ceiling.py``:
-digits' 144-configuration joint space evaluated exhaustively, searches replayed on
-it, 29 trials (20% of the space), the same search with and without the rule on
-paired seeds.  There validation accuracy saturates (0.98-0.99 after the first of 4
-distillation epochs, 0.994-0.997 at best in the end) and what decides a candidate is
-its cost, known before training.  Any prior margin per epoch, counted over the 3-6
-recovery epochs, lifts ``reachable`` above every point: the old default (0.2 per
-epoch, ``min_margin=0.02``) stopped 0 of 29 candidates and cost 1-6% more time (the
-pre-training measurement).  With the random sampler (10 seeds, identical proposals
-with and without the rule) the curve of saving vs loss was: ``accuracy_tolerance``
-0 / 0.01 / 0.02 / 0.03 / 0.05 (no prior margin, learned part on) saved 0 / 21 / 25 /
-27 / 32% of training time (-6 / 15 / 19 / 21 / 26% of wall time, the pre-training
-measurement included) at 0 / 0.1 / 0.1 / 0.1 / 0.2% hypervolume loss (worst seed
-0.7%); adding a prior of 0.005 / 0.01 per epoch to the 0.05 tolerance, it fell to
-26 / 7%.  The default tolerance is 0.01, not 0.05: at 0.05 the README's 20-trial
-digits demo stopped 12 of 20 candidates, some of them the near-baseline ones a user
-wants (a cheaper point within 5 points is a poor reason to drop a candidate that could
-be 4 points more accurate; hypervolume with a 0.5 accuracy reference barely notices);
-at 0.01 it stopped 3 and kept a 0.9917-test, 1.50x-faster candidate on the front.
-With the default search (seeds 0-2) 0.01 saved 16% of training time (16 / 5 / 17% per
-seed) at no hypervolume loss (95.7% of the ceiling).  With slimtune's default search (TPE after a warm start; seeds 0-2) the rule stopped 7
-of 29 candidates and saved 17% of training time (14-20% per seed) at no hypervolume
-loss (95.7% of the ceiling with it, 92.5% without: TPE ranks stopped candidates
-after every complete one and looks elsewhere); over seeds 0-9, 24% with one seed of
-ten losing 30% (its later proposals changed).  A good sampler proposes few candidates
-that the rule can stop; after the same warm start, GP saved 36% (with stopped trials
-shown to it as pending points: without them it re-proposed what the rule had stopped
-and lost 22% of the hypervolume).  Where curves keep rising (longer training, harder data) the learned part keeps candidates the
-study has seen rise; the first such candidate may be stopped by a no-costlier point
-that is already better than it can be shown to reach.
+**Defaults** (``accuracy_tolerance=0.01``, ``latency_tolerance=0.2``, ``pre_check``,
+``recovery_margin_per_epoch=0.02``, learned part on, no prior margin, no near-baseline
+zone), measured with ``benchmarks/frontier_ceiling.py``: digits' joint space, 288
+configurations spanning every family and the real ranges (pruning 0-0.9 by channel or
+weight, 32/8/2 bits, DS-conv, low-rank, an exit, distillation), each trained and
+measured once (frontier points three times), re-enumerated 2026-12-01; slimtune's
+default search replayed with and without the rule on paired seeds 0-9, 58 proposals
+(20% of the space), every proposal counted.  Training time saved / hypervolume loss
+median (mean, worst seed) / seeds where the fastest candidate within 1 val point of the
+baseline got slower or went missing:
 
-**Defaults since the checks before training and during recovery** (``pre_check``,
-``accuracy_tolerance=0.01``, ``latency_tolerance=0.1``, ``recovery_margin_per_epoch
-=0.02``).  Issue 13 asked for >= 30% less training time at <= 2% hypervolume loss;
-on digits only ``accuracy_tolerance=0.05`` reaches it (34%, below), and 0.05 was the
-default for an hour, until a REAL Fashion-MNIST search with it
-(``benchmarks/early_stopping_real.py --task fashion-mnist --trials 12 --parallel``)
-stalled: the DS-conv warm start (0.842 val, 0.05 ms) sat within 5 points of the best
-accuracy so far (0.878), so it rejected every candidate slower than itself before
-training; the sampler kept proposing such candidates and the run ended at the cap of
-120 proposals with 5 trained.  Five points is most of what separates Fashion-MNIST
-candidates (on digits nearly everything lands at 0.98-0.99, so 0.05 gives up little
-there); 0.01 gives up at most a point, on every task.  Measured by replaying
-(``benchmarks/frontier_ceiling.py``; ``benchmarks/compression.py``):
+* **shipped: -32%** (per seed 42 33 18 26 36 20 54 46 30 16%) / **0.3%** (0.2%, 3.6%) /
+  3 of 10.  The same rule seeing only the pre-training costs (every early-exit candidate
+  at its shortest path, as before the exit costs after each epoch): -24% / 0.2% (0.5%,
+  3.6%) / 3 of 10.  With no check before training: -27%.  A rule that stops almost
+  nothing (tolerance 0) also changes the fastest near-baseline candidate in 2 of 10
+  seeds: once a trial stops, the sampler's later proposals differ.
+* ``latency_tolerance`` 0.1: -37% / 0.4% (0.5%, 1.5%) / 5 to 6 of 10 at any accuracy
+  tolerance from 0.01 to 0.1; with ``near_baseline=0.01``: -41% / 0.6% / 4 of 10.  Not
+  shipped: a 10% latency margin is below the noise of the pre-training estimate (above).
+* The tolerance hardly matters on digits (0.01 to 0.05: -31 to -32%): nearly every
+  candidate lands at 0.98-0.99 validation accuracy, and what decides is its cost.
 
-* digits, slimtune's default search (warm start + TPE), 29 trials, paired seeds 0-9,
-  training time saved / hypervolume loss (mean; median loss 0.0% in every row):
-  tolerance 0.01 without the pre-training check (the old default) 14% / 2.6%; with it
-  18% / 2.6%; 0.02: 26%; 0.03: 27%; 0.05: 29% / 2.6%; 0.05 with ``latency_tolerance``
-  0.1: **34% / 2.6%** (per seed 25 17 30 27 44 38 29 39 39 47%); 0.1: 36% / 0.6%.  The
-  mean loss is one seed (9) whose later proposals changed (it loses 30% with every
-  setting, the old default included; the run without the rule found a 0.21x exit
-  candidate by chance at trial 21); the other nine lose <= 0.01% or gain.  Seeds 0-2
-  alone: 24% at 0.05 / 0.1.  Most of the rest is early-exit candidates: their cost
-  before training is the shortest path (a lower bound 2-25x below their real latency),
-  so no point is no costlier and the rule never stops one.
-* Fashion-MNIST: ONE stored 20-trial search (``compression_fashion.json``) replayed in
-  trial order (not a paired re-run: a sampler's later proposals change once trials
-  stop).  On (accuracy, latency), slimtune's default objectives: 31% of training time
-  at 0.0% loss with any tolerance from 0.005 (the old rule: 27%), 35% with
-  ``latency_tolerance`` 0.1.  On (accuracy, latency, size), the objectives of that
-  search: 4-7%, and no rule can reach 30% there: even an oracle that knows every
-  trial's final accuracy saves 12% of the training time at a 0.01 tolerance, 21% at
-  0.05 (the tiny channel-pruned candidates are on the size front).
-* A small REAL paired check (``benchmarks/early_stopping_real.py``: digits, slimtune's
-  default search on the full space, 20 trials, seeds 0-2, real training and timing):
-  training time -59 / -51 / -79%, CPU time -67 / -68 / -72%, hypervolume (test
-  accuracy, latency ratio) +13.0 / +6.9 / -6.1%.  The rule stopped 15 / 16 / 16 of the
-  20 trials (14 / 13 / 14 before training, one after a recovery epoch), so a 20-trial
-  budget completed 4-5 candidates: a stop before training costs a trial of the budget
-  and about 0.3 s.
-* The recovery-epoch checks are not in these replays (the stored rows have no
-  recovery curves; trials record ``val_accuracy_per_recovery_epoch`` from now on).
+An earlier ceiling (144 configurations, 2026-11-30) held early-exit latencies from the
+plain mean of per-sample timings that stop 16 replaced, and its frontier was mostly
+phantom exit points; the figures measured on it (18% with this rule, 34% with a 0.05
+tolerance, the 0.05 tolerance that stalled a real Fashion-MNIST search at the cap of
+proposals) are history, kept in the git log.
 
-**Near-baseline protection** (``near_baseline=0.01``; an option, off by default, see
-the end of this section): a tolerance
-of 0.05 alone drops a candidate when a no-costlier point is within 5 points of what it
-can reach, so a candidate that could land within 1 point of the baseline is not
-trained because a 5-points-worse point is cheaper (the README's 20-trial digits demo
-stopped such candidates; hypervolume with a 0.5 accuracy reference barely notices).
-The fastest candidate within 1 validation point of the baseline is what a user looks
-for first, so:
+**Fashion-MNIST** (the stored 20-trial search, ``benchmarks/compression.py``, replayed
+in trial order; its rows predate the exit costs after each epoch and the same-run
+ratios): on (accuracy, latency), slimtune's default objectives, 31% of training time at
+0.0% loss (35% with ``latency_tolerance`` 0.1); on (accuracy, latency, size), the
+objectives of that search, 4-7%, and no rule reaches 30% there: an oracle that knows
+every final accuracy saves 12% (the tiny channel-pruned candidates are on the size
+front).  Real paired runs: ``benchmarks/early_stopping_real.py`` (README, Benchmarks).
+
+**Near-baseline zone** (``near_baseline``; off by default): the fastest candidate within
+1 validation point of the baseline is what a user looks for first, so with a zone
 
     zone     = baseline val accuracy - near_baseline
     if reachable >= zone and no point with val accuracy >= zone is no costlier:
         never stop (the candidate may become the cheapest near-baseline point)
     else: the rule above, with accuracy_tolerance
 
-A stop inside the zone is then always by a no-costlier point that is itself within
-``near_baseline`` of the baseline's accuracy, so the cheapest near-baseline candidate is
-never given up for a worse one (up to latency noise: ``latency_tolerance`` makes the
-comparison point 10% faster than the candidate's pre-training latency).  Measured
-(``benchmarks/frontier_ceiling.py``, slimtune's default search, 29 trials, paired seeds
-0-9; ``benchmarks/compression.py``, the stored Fashion search replayed), training time
-saved / hypervolume loss median (mean) / seeds where the fastest candidate within 1
-val point of the baseline got slower or went missing with the rule:
-
-* digits, ``accuracy_tolerance`` 0.05: no zone 34% / 0.0% (2.6%) / 0 of 10;
-  ``near_baseline`` 0.01 (shipped) 18% / 0.0% (2.6%) / 0 of 10; 0.02: 26%; 0.03: 29%
-  (0 of 10 each); with the zone the tolerance no longer matters (0.01 to 0.5: 18%).  On
-  digits almost every candidate can reach the zone before training (the bound is the
-  best accuracy so far) and 66 of the 144 configurations are in it, so the zone keeps
-  every candidate cheaper than all near-baseline points so far: issue 13's 30% is not
-  met on digits with the protection, and is without it (the replays never lost the
-  fastest near-baseline candidate without it, but nothing guarantees that).
-* Fashion-MNIST, (accuracy, latency): 35% / 0.0% / not lost, with or without the zone;
-  (accuracy, latency, size): 7% / 0.0% / not lost, with or without it.
-
-The zone is **off by default** (``near_baseline=None``): it was built for a 0.05
-tolerance and the old trial budget (every stop used up a trial, and a 20-trial demo
-trained 4-6 candidates).  With the shipped 0.01 tolerance a stop already needs a
-no-costlier point within a point of what the candidate can reach, and a stop before
-training no longer uses up the budget (below).  The README's demo with the shipped rule
-(``slimtune run --study demo --task digits --trials 20``, 2026-12-01, seed 0, cached
-baseline): 20 trials trained (17 complete, 3 stopped), 22 rejected before training,
-69 s of CPU; the fastest trial within 1 val point 1.52x faster than the baseline timed
-in the same run (6-bit QAT, val and test 0.9944).  Before the pre-training latency was
-made cautious (the 10th percentile after 20 warm-up calls) and ``latency_tolerance``
-went back to 0.2, the same command rejected that candidate before training: its
-structure timed 0.042 ms untrained and 0.025 ms trained.  Pass
-``FrontierEarlyStopping(near_baseline=0.01)`` to keep every candidate that could still
-become the cheapest near-baseline point.
+and a stop inside the zone is always by a no-costlier point that is itself within
+``near_baseline`` of the baseline's accuracy.  With the shipped 0.01 tolerance a stop
+already needs a no-costlier point within a point of what the candidate can reach, so
+the zone adds little; pass ``FrontierEarlyStopping(near_baseline=0.01)`` for it.
 
 **The trial budget**: a trial stopped before training costs its pre-training
 measurement only, so it does not use up ``n_trials`` (the runner proposes until
 ``n_trials`` trials have trained, at most 10 proposals per trial); the replays above
-count every proposal (``count_rejected``) so that the saving is per proposal.  Real
-paired digits check with both (``benchmarks/early_stopping_real.py``, 20 trained trials,
-seeds 0-2): training time -34 / +21 / -25%, hypervolume loss 2.8 / 0.6 / -0.3%, 3 / 57 /
-17 rejections before training (seed 1: TPE kept proposing dominated candidates; the
-rejections cost CPU, +52% there), the fastest trial within 1 val point of the baseline
-as fast or faster with the rule on every seed.  The README's demo (``slimtune run
---study demo --task digits --trials 20``): 20 trained (18 complete, 2 stopped), 61
-rejected before training; fastest within 1 val point 0.0249 ms (val 0.9944) against
-0.0250 ms (val 0.9861) without the rule.
+count every proposal (``count_rejected``) so that the saving is per proposal.  A stop
+after an epoch (early exits, recovery epochs) uses up its trial and saves the epochs it
+did not run, so real runs with a trained-trials budget save time there.
 
 Accuracies on both sides are *validation* accuracies (never test): a complete
 trial's final validation accuracy against the candidate's validation accuracy so far.
 
 Costs: a complete trial offers its final, measured costs; the candidate offers its
-pre-training ones, which for early-exit models are the shortest path (a lower bound:
-the rule gets more cautious, never less).  Comparing a trial's own pre-training
-latency instead was tried and stopped good candidates: an early-exit trial's
-shortest path was 3x below its real latency.  Latency is noisy (on a loaded 2-core
+pre-training ones.  For an early-exit model those are, before training, the shortest
+path (a lower bound: every sample leaving at the first exit), and after each epoch its
+exit paths weighted by the share of validation samples leaving at each one then
+(:meth:`~slimtune.search._pipeline.PreMeasurement.at_exit_rates`; each path is
+compiled and timed on its own before training, and the rates come from the validation
+pass that gives the epoch's accuracy, so they cost nothing more).  Before that, the
+shortest path was all the rule ever saw of an exit candidate: 2-25x below its real
+latency, so no point was ever no costlier and exit candidates, half of digits' space,
+were never stopped (92% of the training time left after the rule went to them).  The
+rates-weighted cost is an estimate, not a bound: the rates move as the exit heads learn
+(on digits they hardly moved after the first epoch), and an untrained path times a
+little differently from the trained one.  Over digits' 144 early-exit configurations
+the estimate after the first epoch was 0.88-1.23x the final latency (10th to 90th
+percentile, median 1.02x; 14% above 1.2x, at most 2.1x), which ``latency_tolerance``
+allows for in most cases; the shortest path before training was 0.22-1.17x (median
+0.54x).  All latencies are compared as **same-run speed-ups** when both sides have
+their reference (the baseline timed interleaved with the trial's measurement, and
+with the candidate's pre-training timing): on this VM the machine's speed drifted by
+up to 40% between measurements minutes apart, and milliseconds from different minutes
+stopped candidates that were really faster.  Comparing a trial's own pre-training latency instead
+was tried and stopped good candidates.  Latency is noisy (on a loaded 2-core
 machine a static model's pre-training latency was 0.4x to 1.6x its final one), so
 a point counts as no slower only when its latency times ``1 + latency_tolerance`` is
 at most the candidate's (size and MACs are exact: no tolerance).  Because the
@@ -235,6 +171,8 @@ class FrontierPoint:
         curve: its validation accuracy after each distillation epoch (may be empty).
         recovery_curve: its validation accuracy after each recovery epoch (pruning
             fine-tuning, QAT; may be empty).
+        reference_latency_ms: the baseline timed in the same run as its latency
+            (``None``: unknown; then latencies are compared in milliseconds).
     """
 
     trial: int
@@ -242,6 +180,7 @@ class FrontierPoint:
     costs: Mapping[str, float]
     curve: tuple[float, ...] = ()
     recovery_curve: tuple[float, ...] = ()
+    reference_latency_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -356,9 +295,16 @@ class FrontierEarlyStopping:
         floor = float(baseline_accuracy) - self.near_baseline
         return floor if reachable >= floor else None
 
-    def _no_costlier(self, point: FrontierPoint, costs: Mapping[str, float]) -> bool:
+    def _no_costlier(self, point: FrontierPoint, costs: Mapping[str, float], reference: float | None = None) -> bool:
+        """Whether ``point`` costs at most ``costs`` in every objective; latencies as
+        same-run speed-ups (each over the baseline timed with it) when both sides have
+        their reference (``reference``: the candidate's), else in milliseconds."""
         for name, cost in costs.items():
-            mine = point.costs[name] * (1.0 + self.latency_tolerance) if name == "latency_ms" else point.costs[name]
+            mine = point.costs[name]
+            if name == "latency_ms":
+                if reference and point.reference_latency_ms:
+                    mine, cost = mine / point.reference_latency_ms, cost / reference
+                mine *= 1.0 + self.latency_tolerance
             if mine > cost:
                 return False
         return True
@@ -389,12 +335,14 @@ class FrontierEarlyStopping:
             reachable = self.reachable(epoch, epochs, float(val_accuracy), history, extra_epochs=extra_epochs)
             when, now = f"after epoch {epoch + 1}/{epochs}", f"val accuracy {val_accuracy:.4f}"
         costs = {name: float(getattr(pre, name)) for name in cost_objectives}
+        reference = getattr(pre, "reference_latency_ms", None)
         floor = self.near_zone(reachable, baseline_accuracy)
-        if floor is not None and not any(p.val_accuracy >= floor and self._no_costlier(p, costs) for p in points):
+        if floor is not None and not any(p.val_accuracy >= floor and self._no_costlier(p, costs, reference)
+                                         for p in points):
             return None  # it may become the cheapest point near the baseline: never stopped
         best: FrontierPoint | None = None
         for point in points:
-            if point.val_accuracy > reachable - self.accuracy_tolerance and self._no_costlier(point, costs):
+            if point.val_accuracy > reachable - self.accuracy_tolerance and self._no_costlier(point, costs, reference):
                 if best is None or point.val_accuracy > best.val_accuracy:
                     best = point
         if best is None:
@@ -450,7 +398,8 @@ def points_from_rows(rows: Sequence[Mapping[str, Any]], cost_objectives: Sequenc
         out.append(FrontierPoint(int(row["trial"]), float(row["val_accuracy"]),
                                  {name: float(row[name]) for name in cost_objectives},
                                  tuple(float(v) for v in row.get("val_accuracy_per_epoch") or ()),
-                                 tuple(float(v) for v in row.get("val_accuracy_per_recovery_epoch") or ())))
+                                 tuple(float(v) for v in row.get("val_accuracy_per_recovery_epoch") or ()),
+                                 None if row.get("reference_latency_ms") is None else float(row["reference_latency_ms"])))
     return out
 
 

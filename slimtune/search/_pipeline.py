@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from slimtune.search._baseline import Baseline
 from slimtune.search._measurement import RUNTIMES, Measurement
-from slimtune.search._trainer import TrainConfig, score, train
+from slimtune.search._trainer import TrainConfig, score_and_exit_rates, train
 from slimtune.spaces.base import KnobContext
 from slimtune.spaces._space import Space
 from slimtune.tasks._task import Task
@@ -89,11 +89,34 @@ class PreMeasurement:
     """What is known about a candidate before it is trained: its compressed structure
     compiled and timed (for early-exit models, the shortest path: a lower bound), and
     the length of that compiled structure's packed file (``size_bytes``; the trained
-    weights pack to within a few bytes of it, see :mod:`slimtune.search.packed`)."""
+    weights pack to within a few bytes of it, see :mod:`slimtune.search.packed`).
+
+    ``reference_latency_ms`` is the baseline timed interleaved with the candidate (the
+    same statistic), so that early stopping compares same-run speed-ups, not
+    milliseconds read minutes apart on a machine whose speed drifts.
+
+    Early-exit models also carry each exit path timed and counted on its own
+    (``path_latency_ms``, ``path_macs``: leaving at each enabled exit in order, then the
+    final head), so that once the candidate has trained an epoch its costs can be read
+    at the exit rates it has then (:meth:`at_exit_rates`)."""
 
     latency_ms: float
     macs: int
     size_bytes: int
+    path_latency_ms: tuple[float, ...] = ()
+    path_macs: tuple[int, ...] = ()
+    reference_latency_ms: float | None = None  # the baseline timed interleaved with these (same statistic)
+
+    def at_exit_rates(self, exit_rates: "Sequence[float] | None") -> "PreMeasurement":
+        """The costs at ``exit_rates`` (one share per path): latency and MACs are the
+        paths' weighted by the rates, as a measurement of the trained model weights its
+        path medians (``mean_of_path_medians``); itself for a static model or rates of
+        the wrong length.  An estimate, not a bound: the rates change as the exit heads
+        learn (early stopping allows for it with its latency tolerance)."""
+        if not exit_rates or len(exit_rates) != len(self.path_latency_ms) or len(self.path_macs) != len(exit_rates):
+            return self
+        return replace(self, latency_ms=float(sum(r * t for r, t in zip(exit_rates, self.path_latency_ms))),
+                       macs=int(round(sum(r * m for r, m in zip(exit_rates, self.path_macs)))))
 
 
 @dataclass
@@ -213,7 +236,7 @@ class Evaluator:
 
     def pre_measure(self, values: dict[str, Any]) -> PreMeasurement:
         """Latency, MACs and size of the compressed structure before any training."""
-        from slimtune.search._profiling import measure_latency
+        from slimtune.search._macs import count_macs
         from slimtune.search.packed import packed_size
 
         ctx = self._context(values)
@@ -227,14 +250,21 @@ class Evaluator:
             bits = self.space.weight_bits(values)
             compiled = self._compile(model, bits)
         x = self.task.data.val.head(1 if compiled.has_exits else self.settings.batch_size)  # exits: batch 1 only
-        # a cautious (low) estimate: early stopping compares finished trials against it, and a
-        # high one would reject a candidate that is really faster (the median after 5 warm-up
-        # calls read an 8-bit digits model at 0.029-0.056 ms that measured 0.026 ms trained)
-        timings = measure_latency({"c": lambda: compiled.run_one(x)}, warmup=PRE_WARMUP, repeats=30, rounds=3)["c"]
-        timings.sort()
-        return PreMeasurement(latency_ms=timings[len(timings) // 10], macs=_shortest_path_macs(model, self.example_input),
+        timed = {"candidate": compiled}
+        path_macs: tuple[int, ...] = ()
+        if compiled.has_exits and callable(getattr(model, "set_thresholds", None)):  # each exit path on its own
+            with torch.random.fork_rng():
+                paths = [self._compile(forced, bits) for forced in _forced_paths(model)]
+            timed.update({f"path {k}": path for k, path in enumerate(paths)})
+            path_macs = tuple(count_macs(model, self.example_input, [float(i == k) for i in range(len(paths))])
+                              for k in range(len(paths)))
+        timed["reference"] = self.reference()  # the baseline, timed interleaved: costs as same-run ratios
+        ms = _cautious_latencies(timed, x)
+        return PreMeasurement(latency_ms=ms["candidate"], macs=_shortest_path_macs(model, self.example_input),
                               size_bytes=packed_size(compiled.artifact, artifact_format=compiled.artifact_format,
-                                                     bits=bits))
+                                                     bits=bits),
+                              path_latency_ms=tuple(ms[name] for name in timed if name.startswith("path ")),
+                              path_macs=path_macs, reference_latency_ms=ms["reference"])
 
     def evaluate(self, values: dict[str, Any], *, should_stop: ShouldStop | None = None,
                  metadata: dict[str, Any] | None = None) -> CandidateResult:
@@ -255,10 +285,10 @@ class Evaluator:
         recovery_acc: list[float] = []
 
         def on_recovery_epoch(m: nn.Module) -> str | None:
-            acc = score(m, data.val, self.task.metric)
+            acc, rates = score_and_exit_rates(m, data.val, self.task.metric)
             recovery_acc.append(acc)
             m.train()
-            return should_stop(epochs + len(recovery_acc) - 1, acc, pre)
+            return should_stop(epochs + len(recovery_acc) - 1, acc, pre.at_exit_rates(rates))
 
         ctx = self._context(values, on_recovery_epoch if should_stop is not None else None)
         model = self.build_architecture(values, ctx)
@@ -266,11 +296,11 @@ class Evaluator:
         def on_epoch(epoch: int, m: nn.Module) -> str | None:
             if epoch == 0:
                 ctx.info["rewind_state"] = {k: v.detach().clone() for k, v in m.state_dict().items()}
-            acc = score(m, data.val, self.task.metric)
+            acc, rates = score_and_exit_rates(m, data.val, self.task.metric)
             val_acc.append(acc)
             m.train()
-            if should_stop is not None:
-                return should_stop(epoch, acc, pre)
+            if should_stop is not None:  # an early-exit candidate's costs at the exit rates it has now
+                return should_stop(epoch, acc, pre.at_exit_rates(rates))
             return None
 
         t0 = time.perf_counter()
@@ -336,6 +366,31 @@ def artifact_metadata(task: Task, values: dict[str, Any], timed_format: str) -> 
                                                     "tensors hold them"),
             "num_classes": task.num_classes, "task": task.name, "params": dict(values),
             "timed_format": timed_format, "slimtune_version": slimtune.__version__}
+
+
+def _cautious_latencies(compiled: dict[str, Any], x: torch.Tensor) -> dict[str, float]:
+    """A cautious (low) latency of each compiled model on ``x``, timed interleaved: the
+    10th percentile of 90 calls after :data:`PRE_WARMUP`.  Early stopping compares
+    finished trials against it, and a high one would reject a candidate that is really
+    faster (the median after 5 warm-up calls read an 8-bit digits model at 0.029-0.056 ms
+    that measured 0.026 ms trained)."""
+    from slimtune.search._profiling import measure_latency
+
+    inputs = {name: c.prepare(x) for name, c in compiled.items()}
+    runners = {name: (lambda c=c, xi=inputs[name]: c.run_one(xi)) for name, c in compiled.items()}
+    timings = measure_latency(runners, warmup=PRE_WARMUP, repeats=30, rounds=3)
+    return {name: sorted(t)[len(t) // 10] for name, t in timings.items()}
+
+
+def _forced_paths(model: nn.Module):
+    """Copies of an early-exit ``model`` that send every sample down one path: leaving at
+    each enabled exit in order (its threshold 0, the ones before it above any
+    confidence), then through the final head (every threshold above any confidence)."""
+    n = len(model.thresholds)
+    for k in range(n + 1):
+        forced = copy.deepcopy(model)
+        forced.set_thresholds([2.0] * k + [0.0] * (n - k))  # a max softmax probability is <= 1
+        yield forced
 
 
 def _shortest_path_macs(model: nn.Module, example_input: torch.Tensor) -> int:

@@ -89,7 +89,8 @@ class Recording:
         """Validation accuracy, learning curves (distillation epochs, recovery epochs)
         and measured costs of every complete candidate (all workers)."""
         points = []
-        for number, val_accuracy, info, *measured in self._storage.complete_costs(self._record.id, cost_objectives):
+        for number, val_accuracy, info, reference, *measured in self._storage.complete_costs(self._record.id,
+                                                                                             cost_objectives):
             if val_accuracy is None or any(v is None for v in measured):
                 continue
             # a finished trial's true costs: its final measurement (its pre-training
@@ -97,7 +98,8 @@ class Recording:
             costs = {c: float(v) for c, v in zip(cost_objectives, measured)}
             curve = tuple(float(a) for a in (info or {}).get("val_accuracy_per_epoch") or ())
             recovery = tuple(float(a) for a in (info or {}).get("val_accuracy_per_recovery_epoch") or ())
-            points.append(FrontierPoint(int(number), float(val_accuracy), costs, curve, recovery))
+            points.append(FrontierPoint(int(number), float(val_accuracy), costs, curve, recovery,
+                                        None if reference is None else float(reference)))
         return points
 
     def record(self, outcome: TrialOutcome) -> dict:
@@ -120,7 +122,8 @@ class Recording:
             latency_ms=m.latency_ms if m else None, size_bytes=int(m.size_bytes) if m else None,
             artifact_bytes=(len(result.artifact) if m and result.artifact is not None else None),
             macs=int(m.macs) if m else None, measurement=m.to_dict() if m else None,
-            pre=({"latency_ms": result.pre.latency_ms, "size_bytes": int(result.pre.size_bytes), "macs": int(result.pre.macs)}
+            pre=({"latency_ms": result.pre.latency_ms, "size_bytes": int(result.pre.size_bytes), "macs": int(result.pre.macs),
+                  "reference_latency_ms": result.pre.reference_latency_ms}
                  if result is not None and result.pre is not None else None),
             fingerprint_id=m.fingerprint_id if m else None,
             exit_rates=list(m.exit_rates) if m and m.exit_rates is not None else None,

@@ -149,11 +149,14 @@ class StudyStorage:
         return rec, weights
 
     def complete_costs(self, study_id: int, cost_objectives: Sequence[str]) -> list[tuple]:
-        """``(trial_number, val_accuracy, info, *costs)`` of the complete candidates."""
+        """``(trial_number, val_accuracy, info, reference_latency_ms, *costs)`` of the
+        complete candidates (the reference: the baseline timed in the same run)."""
         columns = [getattr(CandidateRecord, c) for c in cost_objectives]
+        reference = CandidateRecord.measurement["reference_latency_ms"].as_float()
         with self.db.engine.connect() as conn:
             return list(conn.execute(
-                select(CandidateRecord.trial_number, CandidateRecord.val_accuracy, CandidateRecord.info, *columns)
+                select(CandidateRecord.trial_number, CandidateRecord.val_accuracy, CandidateRecord.info, reference,
+                       *columns)
                 .where(CandidateRecord.study_id == study_id, CandidateRecord.state == "COMPLETE")))
 
     def add_candidate(self, record: CandidateRecord, weights: Mapping[str, Any] | None) -> None:
