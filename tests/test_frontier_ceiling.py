@@ -131,3 +131,36 @@ def test_a_stop_before_training_is_replayed_at_the_cost_of_the_pre_measurement(b
     seen.clear()
     kept = bench.ReplayEvaluator(table).evaluate({"prune.ratio": 0.7, "quant.bits": 32}, should_stop=should_stop)
     assert not kept.stopped and seen == [-1, 0, 1, 2, 3] and kept.total_seconds == 8.0
+
+
+def test_the_replay_hands_the_rule_each_epochs_stored_costs(bench):
+    """An early-exit row stores the costs the rule saw after each epoch (its exit paths
+    weighted by its rates then); the replay hands those, not the pre-training ones."""
+    doc = synthetic_doc(bench)
+    row = doc["configurations"][2]  # (0.7, 32)
+    row["pre_per_epoch"] = [{"latency_ratio": 0.9 - 0.1 * e, "macs": 900 - e} for e in range(4)]
+    seen = []
+
+    def record(epoch, acc, pre):
+        seen.append((epoch, pre.latency_ms, pre.macs))
+        return None
+
+    bench.ReplayEvaluator(bench.Table(doc)).evaluate({"prune.ratio": 0.7, "quant.bits": 32}, should_stop=record)
+    assert seen[0] == (-1, 0.5, 1000)  # before training: the stored pre-training costs
+    assert [s[1:] for s in seen[1:]] == [(pytest.approx(0.9 - 0.1 * e), 900 - e) for e in range(4)]
+
+
+def test_frontier_configurations_are_measured_three_times_and_keep_the_median(bench):
+    """A frontier configuration is trained and measured again (the seeded training gives
+    the same model: the same test accuracy) until it has three latency ratios; its
+    ratio is their median.  One real digits configuration."""
+    evaluator = bench._digits_evaluator()[3]
+    values = {name: bench.GRID[name][0] for name in bench.GRID}
+    row = bench.evaluate_config(evaluator, values)
+    first = row["latency_ratio"]
+    (confirmed,) = bench.confirm_frontier([row], evaluator, progress=False)
+    ratios = confirmed["latency_ratios"]
+    assert len(ratios) == bench.FRONTIER_MEASUREMENTS and ratios[0] == first
+    assert confirmed["latency_ratio"] == sorted(ratios)[1] and all(r > 0 for r in ratios)
+    again = bench.evaluate_config(evaluator, values)
+    assert again["test_accuracy"] == row["test_accuracy"]  # the same model each time
