@@ -212,6 +212,17 @@ def test_agreement_is_read_on_the_first_agreement_samples(digits, monkeypatch):
     assert m.accuracy == pytest.approx(float((logits.argmax(-1) == y.numpy()).mean()))
 
 
+def test_agreement_settled_is_a_binomial_test_and_never_overflows():
+    """0 of 512 and 3 of 1,024 differences settle it at a 1% bar, 1 of 512 and 4 of 1,024
+    do not; a runtime that differs on most samples is answered at once (a Fashion-MNIST
+    search failed a trial on ``math.comb(1536, 700)`` as a float before)."""
+    from slimtune.search._profiling import agreement_settled
+
+    assert agreement_settled(512, 512) and not agreement_settled(512, 511)
+    assert agreement_settled(1024, 1021) and not agreement_settled(1024, 1020)
+    assert not agreement_settled(2048, 0) and not agreement_settled(1536, 836)
+
+
 def test_agreement_reads_steps_until_settled(models, digits, monkeypatch):
     """A sequential check on real artifacts: steps of AGREEMENT_STEP samples until the
     binomial test settles that the runtime differs on under 1 - MIN_RUNTIME_AGREEMENT of

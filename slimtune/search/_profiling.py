@@ -244,7 +244,13 @@ def agreement_settled(checked: int, agreeing: int) -> bool:
     differences with probability below ``1 - AGREEMENT_CONFIDENCE`` (binomial).  0 of
     512 or 3 of 1,024 settle it; 1 of 512 does not."""
     p, differ = 1.0 - MIN_RUNTIME_AGREEMENT, checked - agreeing
-    at_most = sum(math.comb(checked, i) * p ** i * (1.0 - p) ** (checked - i) for i in range(differ + 1))
+    if differ >= checked * p:  # at or above the expected count: P(at most differ) is over a half
+        return False
+    term = (1.0 - p) ** checked  # P(exactly 0), then P(exactly i) by the binomial recurrence (no huge integers)
+    at_most = term
+    for i in range(differ):
+        term *= (checked - i) / (i + 1) * p / (1.0 - p)
+        at_most += term
     return at_most < 1.0 - AGREEMENT_CONFIDENCE
 
 
