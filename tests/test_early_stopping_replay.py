@@ -45,3 +45,13 @@ def test_replay_stops_before_training_and_reports_saving_and_loss(bench):
     es = bench.replay_early_stopping(rows, ("accuracy", "latency_ms"), 2, 0, baseline=BASELINE)
     assert es["hv_loss"] > 0.05
     assert bench.oracle_saving(ROWS, ("accuracy", "latency_ms"), 0.05) == pytest.approx(300 / 500)
+
+
+def test_real_check_separates_the_rules_decisions_from_measurement_noise():
+    """``early_stopping_real.decision_loss``: the configurations the run with the rule
+    completed, as the run without it measured them, against all of that run's points."""
+    real = load_benchmark("early_stopping_real")
+    off = {"points": [("a", 0.90, 0.5), ("b", 0.80, 0.3), ("c", 0.70, 0.9)]}  # c is dominated by a
+    assert real.decision_loss({"points": [("a", 0.90, 0.7), ("b", 0.80, 0.4)]}, off) == pytest.approx(0.0)
+    assert real.decision_loss({"points": [("a", 0.90, 0.7)]}, off) > 0.05  # b was lost
+    assert real.decision_loss({"points": [("d", 0.9, 0.1)]}, off) is None  # never trained without the rule
