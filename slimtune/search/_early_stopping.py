@@ -76,11 +76,11 @@ proposals) are history, kept in the git log.
 
 **Fashion-MNIST** (the stored 20-trial search, ``benchmarks/compression.py``, replayed
 in trial order; its rows predate the exit costs after each epoch and the same-run
-ratios): on (accuracy, latency), slimtune's default objectives, 31% of training time at
-0.0% loss (35% with ``latency_tolerance`` 0.1); on (accuracy, latency, size), the
-objectives of that search, 4-7%, and no rule reaches 30% there: an oracle that knows
-every final accuracy saves 12% (the tiny channel-pruned candidates are on the size
-front).  Real paired runs: ``benchmarks/early_stopping_real.py`` (README, Benchmarks).
+ratios): on (accuracy, latency), slimtune's default objectives, 42% of training time at
+0.0% loss, the fastest candidate within 1 val point of the baseline kept; on (accuracy,
+latency, size), the objectives of that search, 0%, and no rule reaches 30% there: an
+oracle that knows every final accuracy saves 11% (the tiny channel-pruned candidates
+are on the size front).  Real paired runs: ``benchmarks/early_stopping_real.py`` (README, Benchmarks).
 
 **Near-baseline zone** (``near_baseline``; off by default): the fastest candidate within
 1 validation point of the baseline is what a user looks for first, so with a zone
