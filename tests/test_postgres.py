@@ -108,3 +108,20 @@ def test_four_workers_and_a_killed_one(postgres_url, tmp_path, monkeypatch):
     assert all(r[1] == "COMPLETE" and r[2] for r in rows)
     summary = {s["name"]: s for s in list_studies(postgres_url)}["pg-four"]
     assert (summary["trials"], summary["complete"], summary["failed"], summary["running"]) == (9, 8, 1, 0)
+
+
+def test_early_stopping_reads_each_trials_same_run_reference_from_postgres(postgres_url):
+    """The rule compares latencies as same-run speed-ups: a complete trial's reference is
+    read out of its measurement's JSON by the database (a JSON path on PostgreSQL too)."""
+    from slimtune import Study
+
+    st = Study.create_or_load("pg-es", storage=postgres_url, task="digits",
+                              settings={"epochs": 1, "latency_repeats": 5, "latency_warmup": 2, "calibration_size": 64},
+                              fixed={"quant.bits": 8, "quant.mode": "ptq", "prune.ratio": 0.0})
+    try:
+        (row,) = st.optimize(n_trials=1, progress=False)
+        assert row["state"] == "COMPLETE", row
+        (point,) = st.frontier_points(("latency_ms",))
+        assert point.reference_latency_ms == pytest.approx(row["reference_latency_ms"]) and point.reference_latency_ms > 0
+    finally:
+        st.close()
