@@ -251,19 +251,27 @@ class Evaluator:
             compiled = self._compile(model, bits)
         x = self.task.data.val.head(1 if compiled.has_exits else self.settings.batch_size)  # exits: batch 1 only
         timed = {"candidate": compiled}
+        path_names: list[str] = []  # which timing is each exit path's
         path_macs: tuple[int, ...] = ()
         if compiled.has_exits and callable(getattr(model, "set_thresholds", None)):  # each exit path on its own
-            with torch.random.fork_rng():
-                paths = [self._compile(forced, bits) for forced in _forced_paths(model)]
-            timed.update({f"path {k}": path for k, path in enumerate(paths)})
-            path_macs = tuple(count_macs(model, self.example_input, [float(i == k) for i in range(len(paths))])
-                              for k in range(len(paths)))
+            for k, thresholds in enumerate(_path_thresholds(len(model.thresholds))):
+                if list(model.thresholds) == thresholds:  # the structure compiled above is this path (the shortest)
+                    path_names.append("candidate")
+                    continue
+                forced = copy.deepcopy(model)
+                forced.set_thresholds(thresholds)
+                with torch.random.fork_rng():
+                    timed[f"path {k}"] = self._compile(forced, bits)
+                path_names.append(f"path {k}")
+            path_macs = tuple(count_macs(model, self.example_input, [float(i == k) for i in range(len(path_names))])
+                              for k in range(len(path_names)))
         timed["reference"] = self.reference()  # the baseline, timed interleaved: costs as same-run ratios
         ms = _cautious_latencies(timed, x)
-        return PreMeasurement(latency_ms=ms["candidate"], macs=_shortest_path_macs(model, self.example_input),
+        return PreMeasurement(latency_ms=ms["candidate"],
+                              macs=path_macs[0] if path_macs else _shortest_path_macs(model, self.example_input),
                               size_bytes=packed_size(compiled.artifact, artifact_format=compiled.artifact_format,
                                                      bits=bits),
-                              path_latency_ms=tuple(ms[name] for name in timed if name.startswith("path ")),
+                              path_latency_ms=tuple(ms[name] for name in path_names),
                               path_macs=path_macs, reference_latency_ms=ms["reference"])
 
     def evaluate(self, values: dict[str, Any], *, should_stop: ShouldStop | None = None,
@@ -382,15 +390,11 @@ def _cautious_latencies(compiled: dict[str, Any], x: torch.Tensor) -> dict[str, 
     return {name: sorted(t)[len(t) // 10] for name, t in timings.items()}
 
 
-def _forced_paths(model: nn.Module):
-    """Copies of an early-exit ``model`` that send every sample down one path: leaving at
-    each enabled exit in order (its threshold 0, the ones before it above any
-    confidence), then through the final head (every threshold above any confidence)."""
-    n = len(model.thresholds)
-    for k in range(n + 1):
-        forced = copy.deepcopy(model)
-        forced.set_thresholds([2.0] * k + [0.0] * (n - k))  # a max softmax probability is <= 1
-        yield forced
+def _path_thresholds(n: int) -> list[list[float]]:
+    """Thresholds of ``n`` exits that send every sample down one path: leaving at each
+    exit in order (its threshold 0, the ones before it above any confidence), then
+    through the final head (every threshold above any confidence)."""
+    return [[2.0] * k + [0.0] * (n - k) for k in range(n + 1)]  # a max softmax probability is <= 1
 
 
 def _shortest_path_macs(model: nn.Module, example_input: torch.Tensor) -> int:
