@@ -16,7 +16,7 @@ pre-training measurement, for training and in all.  The true (test accuracy, lat
 ratio) frontier and its hypervolume are stored with the machine fingerprint and the
 baseline's validation accuracy (``baseline_val_accuracy``, which early stopping's
 check before training reads) in ``benchmarks/results/ceiling_digits.json`` and reused
-(``--recompute`` evaluates the space again, about 6 minutes on a quiet 2-core machine;
+(``--recompute`` evaluates the space again, 10 minutes on a quiet 2-core machine;
 each configuration is appended to ``ceiling_digits.partial.jsonl`` as it finishes, and
 an interrupted run resumes from it when no ceiling is stored).
 
@@ -27,9 +27,10 @@ four frontier points were exit models timed 0.08-0.19x the baseline with 81-100%
 samples running to the final head (impossible: that path is the whole model plus an
 exit head; measured again, 0.74-1.09x), and those phantom points made up most of its
 ceiling (hypervolume 0.917; 0.589 with the exit rows measured again), so every search
-looked further from the ceiling than it was.  Weight granularity was added to the grid with it: it is half of
-the real space's pruning choice, and with channel pruning alone nearly every corner of
-the grid was a good model (random search reached 92% of that ceiling at 10% of it).
+looked further from the ceiling than it was.  The grid was widened with it: weight
+granularity (half of the real space's pruning choice) and the real ranges' ends (90%
+pruning, 2 bits), since with sensible levels only nearly every corner of the grid was
+a good model (random search reached 92% of that ceiling at 10% of it).
 
 **The searches are replayed**, not rerun: each proposes values through the real
 backend (slimtune's Optuna backend with its default sampler, Optuna's random and TPE
@@ -56,7 +57,7 @@ Usage::
 
     PYTHONPATH=. python benchmarks/frontier_ceiling.py              # stored ceiling, 3 seeds, 10% and 20%
     PYTHONPATH=. python benchmarks/frontier_ceiling.py --quick --markdown
-    PYTHONPATH=. python benchmarks/frontier_ceiling.py --recompute   # ~6 min quiet, longer on busy cores
+    PYTHONPATH=. python benchmarks/frontier_ceiling.py --recompute   # ~10 min quiet, longer on busy cores
 """
 
 from __future__ import annotations
@@ -700,7 +701,7 @@ def results_table(results: Mapping[str, Mapping[int, list[dict]]], n_space: int,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recompute", action="store_true", help="evaluate the whole space again (~6 min on a quiet 2-core machine)")
+    parser.add_argument("--recompute", action="store_true", help="evaluate the whole space again (~10 min on a quiet 2-core machine)")
     parser.add_argument("--quick", action="store_true",
                         help="the stored ceiling, 1 seed, the early-stopping target line but not its curve")
     parser.add_argument("--markdown", action="store_true", help="print the results table in markdown")
