@@ -13,13 +13,14 @@ ACCURACY_REF = 0.5
 LATENCY_REF = 1.2  # x the baseline's latency (or MACs, or size)
 
 
-def normalised_hypervolume(points: Iterable[Sequence[float]]) -> float:
+def normalised_hypervolume(points: Iterable[Sequence[float]], accuracy_ref: float = ACCURACY_REF) -> float:
     """Normalised hypervolume of ``(accuracy, cost / baseline cost, ...)`` points (one
-    or more relative costs, each with the reference 1.2); 0 without points."""
+    or more relative costs, each with the reference 1.2); 0 without points.
+    ``accuracy_ref`` moves the accuracy reference (and the normalising box with it)."""
     from slimtune.studies._frontier import hypervolume
 
     losses = [(-float(accuracy), *(float(c) for c in costs)) for accuracy, *costs in points]
     if not losses:
         return 0.0
     n = len(losses[0]) - 1
-    return hypervolume(losses, (-ACCURACY_REF, *(LATENCY_REF,) * n)) / ((1.0 - ACCURACY_REF) * LATENCY_REF ** n)
+    return hypervolume(losses, (-accuracy_ref, *(LATENCY_REF,) * n)) / ((1.0 - accuracy_ref) * LATENCY_REF ** n)

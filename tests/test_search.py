@@ -85,12 +85,15 @@ def test_optuna_load_study_reads_the_same_trials(study, storage):
         assert t.values == [rows[t.number]["accuracy"], rows[t.number]["latency_ms"]]
         assert t.user_attrs["backend"] == "optuna"
         assert {**t.user_attrs["fixed_params"], **t.params} == rows[t.number]["params"]
-    # Optuna's best trials, less those the baseline beats in their own run (Optuna never saw the baseline)
+    # Optuna's best trials, less those the baseline beats in their own run (Optuna never saw the baseline),
+    # are slimtune's front, less the collapsed candidates (infeasible for Optuna only; 1 epoch collapses some)
     base = study.baseline_row()
     beaten = {n for n, r in rows.items() if r["state"] == "COMPLETE" and
               base["accuracy"] >= r["accuracy"] and r["reference_latency_ms"] <= r["latency_ms"]}
+    collapsed = {t.number for t in trials if t.constraints.get("collapsed", 0) > 0}
+    assert collapsed == {n for n, r in rows.items() if r["accuracy"] < 0.5 * study.baseline.accuracy}
     assert sorted(t.number for t in plain.best_trials if t.number not in beaten) == sorted(
-        r["trial"] for r in study.frontier())
+        r["trial"] for r in study.frontier() if r["trial"] not in collapsed)
 
 
 def test_frontier_is_exactly_the_non_dominated_trials(study):
@@ -288,3 +291,35 @@ def test_speedups_are_against_the_baseline_timed_in_the_same_run(study):
         beaten = (baseline["accuracy"] >= row["accuracy"] and row["reference_latency_ms"] <= row["latency_ms"]
                   and (baseline["accuracy"], row["reference_latency_ms"]) != (row["accuracy"], row["latency_ms"]))
         assert not (beaten and row["pareto"])  # the baseline is a point of the frontier
+
+
+def test_a_collapsed_candidate_is_infeasible_for_the_samplers_only(tmp_path):
+    """90% of the channels pruned collapses digits' model (0.15-0.35 against the
+    baseline's 0.99): Optuna's samplers see the trial as infeasible (ranked after every
+    working candidate), while the study keeps it as it is: feasible, on the front."""
+    from slimtune.search._runner import COLLAPSE_CONSTRAINT, COLLAPSE_FRACTION, collapse_margin
+
+    assert collapse_margin(0.19, 0.99) > 0 > collapse_margin(0.9, 0.99)
+    assert collapse_margin(float("nan"), 0.99) is None and collapse_margin(0.5, float("nan")) is None
+    storage = f"sqlite:///{tmp_path / 'collapse.db'}"
+    st = Study.create_or_load("collapse", storage=storage, task="digits", settings=FAST, seed=0, early_stopping=False,
+                              fixed={"prune.ratio": 0.9, "prune.granularity": "channel", "distill.alpha": 0.0,
+                                     "quant.bits": 32})
+    (row,) = st.optimize(n_trials=1, progress=False)
+    baseline = st.baseline.accuracy
+    assert row["state"] == "COMPLETE" and row["accuracy"] < COLLAPSE_FRACTION * baseline
+    assert row["feasible"] is True and row["constraints"] == {} and row["pareto"]  # the user's view: unchanged
+    assert [r["trial"] for r in st.frontier()] == [row["trial"]]
+    plain = optuna.load_study(study_name="collapse", storage=storage)
+    (t,) = plain.get_trials()
+    assert t.constraints == {COLLAPSE_CONSTRAINT: pytest.approx(COLLAPSE_FRACTION * baseline - row["accuracy"])}
+    assert plain.best_trials == []  # Optuna's view: infeasible
+    st.close()
+
+
+def test_every_complete_trial_tells_the_samplers_whether_it_collapsed(study):
+    working = 0
+    for t in study.optuna_study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        assert t.constraints["collapsed"] == pytest.approx(0.5 * study.baseline.accuracy - t.values[0])
+        working += t.constraints["collapsed"] < 0
+    assert working >= 1
