@@ -312,7 +312,7 @@ def test_ctrl_c_stops_every_worker_cleanly(tmp_path):
     parent.proc.send_signal(signal.SIGINT)
     rc, err = parent.finish(timeout=120)
     assert rc == 130, err[-3000:]
-    assert "Traceback" not in err and "Interrupted by SIGINT" in err
+    assert "Traceback" not in err and "Interrupted by SIGINT" in err, err
     assert _optuna_states(storage, "stop") == {0: "FAIL", 1: "FAIL"}
     st = Study.load("stop", storage=storage)
     assert [r["error"] for r in st.trials()] == ["interrupted (SIGINT)"] * 2

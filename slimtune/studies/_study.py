@@ -549,7 +549,9 @@ class Study(Recording):
     def frontier(self, *, fingerprint: str | None = None) -> list[dict]:
         """The non-dominated complete trials under the study's objectives (feasible ones
         only when the study has constraints, as in Optuna's ``best_trials``), sorted by
-        the first cost objective.
+        the first cost objective.  A collapsed candidate (below half the baseline's
+        accuracy) stays here, though Optuna's ``best_trials`` leaves it out: it is
+        infeasible for the samplers only (:data:`slimtune.search._runner.COLLAPSE_FRACTION`).
 
         Latencies measured on different machines are not comparable: when the trials
         carry more than one machine fingerprint a ``UserWarning`` says so; pass
