@@ -323,3 +323,27 @@ def test_every_complete_trial_tells_the_samplers_whether_it_collapsed(study):
         assert t.constraints["collapsed"] == pytest.approx(0.5 * study.baseline.accuracy - t.values[0])
         working += t.constraints["collapsed"] < 0
     assert working >= 1
+
+
+def test_a_worker_joins_a_study_created_between_its_lookup_and_its_optuna_check(tmp_path, monkeypatch):
+    """Two workers creating one study at once: the second may miss slimtune's record at
+    its first lookup and then find the Optuna study the first worker just made; it
+    joins (seen once on PostgreSQL in CI as 'an Optuna study that slimtune did not create')."""
+    storage = f"sqlite:///{tmp_path / 'race.db'}"
+    first = Study.create_or_load("race", storage=storage, task="digits", settings=FAST, seed=0)
+    real_find, calls = Study._find, []
+
+    def find_late(db, name):  # the first lookup ran before the other worker's commit
+        calls.append(name)
+        return None if len(calls) == 1 else real_find(db, name)
+
+    monkeypatch.setattr(Study, "_find", staticmethod(find_late))
+    second = Study.create_or_load("race", storage=storage, task="digits", settings=FAST, seed=1)
+    assert len(calls) == 2 and second.name == "race" and second.baseline.accuracy == first.baseline.accuracy
+    monkeypatch.setattr(Study, "_find", staticmethod(real_find))
+    # an Optuna study that slimtune never recorded is still refused
+    optuna.create_study(study_name="foreign", storage=storage)
+    with pytest.raises(StudyError, match="did not create"):
+        Study.create_or_load("foreign", storage=storage, task="digits", settings=FAST)
+    first.close()
+    second.close()

@@ -187,14 +187,18 @@ class Study(Recording):
             check_new_name(name)  # refused before anything is written
         # without a task the study can only be resumed: open without creating anything
         db = Database.open(storage, create=task_obj is not None)
+
+        def join(record: StudyRecord) -> "Study":
+            study = cls._resume(record, db, task=task_obj, space=space, fixed=fixed, objectives=wanted_objectives,
+                                constraints=wanted_constraints, settings=settings, sampler=sampler, seed=seed,
+                                early_stopping=early_stopping)
+            study.use_cache = use_cache
+            return study
+
         try:
             record = cls._find(db, name)
             if record is not None:
-                study = cls._resume(record, db, task=task_obj, space=space, fixed=fixed, objectives=wanted_objectives,
-                                    constraints=wanted_constraints, settings=settings, sampler=sampler, seed=seed,
-                                    early_stopping=early_stopping)
-                study.use_cache = use_cache
-                return study
+                return join(record)
             if task_obj is None:
                 raise StudyError(f"There is no study {name!r} in {mask_url(storage)!r}; give a task to create it.")
             the_settings = settings_from(settings, None)
@@ -205,8 +209,11 @@ class Study(Recording):
             import optuna
 
             if name in optuna.get_all_study_names(rdb):
-                raise StudyError(f"{mask_url(storage)!r} already holds an Optuna study {name!r} that slimtune did not "
-                                 "create; choose another name.")
+                record = cls._find(db, name)  # another worker may have created both since the lookup above
+                if record is None:
+                    raise StudyError(f"{mask_url(storage)!r} already holds an Optuna study {name!r} that slimtune did "
+                                     "not create; choose another name.")
+                return join(record)
             from slimtune.search._optimize import measure_baseline
 
             baseline_data = measure_baseline(task_obj, the_space, the_settings, progress=progress, use_cache=use_cache)
