@@ -26,7 +26,19 @@ def warm_task(digits_task):
 
 
 def test_a_task_without_a_list_gives_none(digits_task):
-    assert warm_start_trials(build_space(digits_task), digits_task) == []
+    bare = dataclasses.replace(digits_task, extra={})
+    assert warm_start_trials(build_space(bare), bare) == []
+
+
+def test_digits_starts_with_the_same_well_known_compressions():
+    from slimtune.tasks._builtin import DIGITS_WARM_STARTS
+    from slimtune.tasks._task import get_task
+
+    digits = get_task("digits")
+    assert digits.extra["warm_starts"] == DIGITS_WARM_STARTS == FASHION_WARM_STARTS
+    trials = warm_start_trials(build_space(digits), digits)
+    assert [(t["quant.bits"], t["quant.mode"], t["prune.ratio"]) for t in trials] == [
+        (8, "ptq", 0.0), (32, "ptq", 0.0), (8, "ptq", 0.5), (4, "qat", 0.5)]
 
 
 def test_warm_starts_are_completed_with_the_baselines_values(warm_task):
@@ -92,13 +104,13 @@ def test_a_new_study_starts_with_the_warm_starts_and_a_resumed_one_does_not(tmp_
 
 
 def test_no_warm_start_leaves_a_new_study_to_the_sampler(tmp_path):
-    """``run --no-warm-start`` (``optimize(warm_start=False)``): neither the task's list nor
-    the backend's neighbourhood is enqueued; with it, the digits study (no list of its
-    own) starts with the neighbourhood, one knob family moved at a time."""
-    from slimtune.cli import main
+    """``run --no-warm-start`` (``optimize(warm_start=False)``): the task's list is not
+    enqueued (nor the backend's neighbourhood); with it, the digits study starts with
+    its list."""
     from click.testing import CliRunner
 
-    from slimtune.search._backends.optuna_backend import neighbourhood
+    from slimtune.cli import main
+    from slimtune.tasks._task import get_task
 
     def first_params(name: str, *flags: str) -> dict:
         url = f"sqlite:///{tmp_path / (name + '.db')}"
@@ -111,6 +123,6 @@ def test_no_warm_start_leaves_a_new_study_to_the_sampler(tmp_path):
 
     warm, space = first_params("warm")
     cold, _ = first_params("cold", "--no-warm-start")
-    first = neighbourhood(space, 0)[0]
+    first = warm_start_trials(space, get_task("digits"))[0]
     assert {k: warm[k] for k in first} == first
     assert {k: cold[k] for k in first} != first
