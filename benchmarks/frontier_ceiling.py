@@ -585,7 +585,8 @@ def summarize_run(rows: Sequence[Mapping[str, Any]], ceiling: float, budget: int
     also ``hv_useful``, the run's fraction of it."""
     curve = hv_curve(rows, ceiling)
     head = rows[:budget]
-    useful = hv_curve(head, useful_ceiling, USEFUL_ACCURACY_REF)[-1] if useful_ceiling else None
+    useful = (normalised_hypervolume(((r["test_accuracy"], r["latency_ms"]) for r in head if r["state"] == "COMPLETE"),
+                                     USEFUL_ACCURACY_REF) / useful_ceiling if useful_ceiling else None)
     return {
         "fastest_near": fastest_near_baseline(head, baseline_val_accuracy),
         "hv": curve[budget - 1], "hv_useful": useful,

@@ -318,10 +318,12 @@ def test_a_collapsed_candidate_is_infeasible_for_the_samplers_only(tmp_path):
 
 
 def test_every_complete_trial_tells_the_samplers_whether_it_collapsed(study):
+    from slimtune.search._runner import COLLAPSE_CONSTRAINT, COLLAPSE_FRACTION
+
     working = 0
     for t in study.optuna_study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
-        assert t.constraints["collapsed"] == pytest.approx(0.5 * study.baseline.accuracy - t.values[0])
-        working += t.constraints["collapsed"] < 0
+        assert t.constraints[COLLAPSE_CONSTRAINT] == pytest.approx(COLLAPSE_FRACTION * study.baseline.accuracy - t.values[0])
+        working += t.constraints[COLLAPSE_CONSTRAINT] < 0
     assert working >= 1
 
 

@@ -40,8 +40,8 @@ class Measurement:
         kernel_bits: the bit width of the kernels that actually ran (32 or 8).
         int8_format: the int8 kernels' format (``u8s8``, ``u8u8``, ``s8s8``;
             ``u8s8-reduce-range`` for torch), ``None`` without int8 kernels.
-        runtime_agreement: share of the evaluated samples (the first 512 validation samples, or the first 2,048
-            once one of them disagrees) on which the runtime predicts
+        runtime_agreement: share of the evaluated samples (the first validation samples, in steps of 512
+            until the share is settled above 99%, at most 2,048) on which the runtime predicts
             the class that the torch model with the same b-bit weights (float
             activations) predicts; early-exit models are compared at the exit the
             runtime took.  ``None`` when not measured.
