@@ -22,7 +22,7 @@ defaults 98.3% / 98.7%, NNI's TPE 97.0% / 97.8%.  That hypervolume (reference ac
 0.5) saturates on digits: one compressed model at 0.99 accuracy and 0.55x the
 baseline's latency already covers 97% of the ceiling, so no sampler can stand out.
 Above 0.95 test accuracy the default reached 93.8% / 94.7% (random 91.0% / 94.0%) in
-57-68% of random's time, once collapsed candidates (below half the baseline's
+58-68% of random's wall time, once collapsed candidates (below half the baseline's
 accuracy) became infeasible for the samplers
 (:data:`~slimtune.search._runner.COLLAPSE_FRACTION`); before that it trailed random
 there (88.6% / 91.4%).  The figures that first chose these defaults (96.4% vs random's
