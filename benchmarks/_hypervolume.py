@@ -2,7 +2,7 @@
 
 Reference point: accuracy 0.5 and 1.2x the baseline's cost (latency timed in the same
 run, or MACs); the value is normalised by the box (1.0 - 0.5) x 1.2, so 1.0 would be
-a perfect, free model.  Dominance and the sweep are :mod:`slimtune.studies._frontier`'s.
+a perfect, free model.  Dominance and the sweep are :mod:`slimtune._dominance`'s.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def normalised_hypervolume(points: Iterable[Sequence[float]], accuracy_ref: floa
     """Normalised hypervolume of ``(accuracy, cost / baseline cost, ...)`` points (one
     or more relative costs, each with the reference 1.2); 0 without points.
     ``accuracy_ref`` moves the accuracy reference (and the normalising box with it)."""
-    from slimtune.studies._frontier import hypervolume
+    from slimtune._dominance import hypervolume
 
     losses = [(-float(accuracy), *(float(c) for c in costs)) for accuracy, *costs in points]
     if not losses:

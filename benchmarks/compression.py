@@ -182,7 +182,7 @@ def replay_early_stopping(rows: Sequence[Mapping[str, Any]], objectives: Sequenc
     1.2x each baseline cost) and its relative loss."""
     from slimtune.search._early_stopping import FrontierEarlyStopping, points_from_rows
     from slimtune.spaces._space import recovery_passes
-    from slimtune.studies._frontier import non_dominated_mask
+    from slimtune._dominance import non_dominated_mask
 
     rule = FrontierEarlyStopping() if rule is None else rule
     costs = [o for o in objectives if o != "accuracy"]
@@ -275,7 +275,7 @@ def es_curve(result: Mapping[str, Any], objectives: Sequence[str],
 # -- modes ------------------------------------------------------------------------
 def hand_picked(args: argparse.Namespace) -> int:
     """Each :data:`HAND_PICKED` combination trained and measured once, beside the baseline."""
-    from slimtune._api import build_space
+    from slimtune.search._task_space import build_space
     from slimtune.search._baseline import get_baseline
     from slimtune.search._pipeline import EvalSettings, Evaluator
     from slimtune.search._warm_start import warm_start_trials
@@ -306,7 +306,7 @@ def search(args: argparse.Namespace) -> int:
     import optuna
 
     from slimtune import Study
-    from slimtune.search._refit import refit_front
+    from slimtune.studies._refit import refit_front
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tmp = tempfile.mkdtemp(prefix="slimtune-compression-")
@@ -413,7 +413,7 @@ def quick(args: argparse.Namespace) -> int:
         report(json.loads(args.results.read_text()))
     else:
         print(f"no stored results at {args.results} (run without --quick to make them)")
-    from slimtune._api import build_space
+    from slimtune.search._task_space import build_space
     from slimtune.search._baseline import get_baseline
     from slimtune.search._pipeline import EvalSettings, Evaluator
     from slimtune.tasks import TaskError, get_task

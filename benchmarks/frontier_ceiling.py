@@ -132,7 +132,7 @@ def space_fixed(space_params: Sequence[str], grid: Mapping[str, Sequence[Any]] =
 # -- the exhaustive evaluation ----------------------------------------------------------
 def _digits_evaluator():
     """The real evaluator of ``digits`` (default settings) on the grid's space."""
-    from slimtune._api import build_space
+    from slimtune.search._task_space import build_space
     from slimtune.search._baseline import get_baseline
     from slimtune.search._pipeline import EvalSettings, Evaluator
     from slimtune.tasks._task import get_task
@@ -269,7 +269,7 @@ def confirm_frontier(rows: list[dict[str, Any]], evaluator=None, *, progress: bo
 # -- the stored ceiling -------------------------------------------------------------------
 def frontier_keys(rows: Sequence[Mapping[str, Any]], grid: Mapping[str, Sequence[Any]] | None = None) -> list[str]:
     """Keys of the configurations on the true (test accuracy, latency ratio) frontier."""
-    from slimtune.studies._frontier import non_dominated_mask
+    from slimtune._dominance import non_dominated_mask
 
     ok = [r for r in rows if "error" not in r]
     mask = non_dominated_mask([{"accuracy": r["test_accuracy"], "latency_ms": r["latency_ratio"]} for r in ok],
@@ -374,7 +374,7 @@ def replay_space(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any]):
     """The real digits space with the grid's parameters searched over the grid's hull
     (floats keep their kind and take ``[min, max]`` of the levels; categoricals and bools
     take the levels) and every other parameter fixed as in the enumeration."""
-    from slimtune._api import build_space
+    from slimtune.search._task_space import build_space
     from slimtune.tasks._task import get_task
 
     task = get_task("digits")

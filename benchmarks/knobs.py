@@ -14,7 +14,7 @@ import statistics
 
 import torch
 
-from slimtune._api import build_space
+from slimtune.search._task_space import build_space
 from slimtune.search._baseline import get_baseline
 from slimtune.search._pipeline import EvalSettings, Evaluator
 from slimtune.search._profiling import measure_latency

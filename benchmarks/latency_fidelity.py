@@ -37,7 +37,7 @@ KNOBS = {
 def _evaluator(task_name: str, repeats: int):
     import torch
 
-    from slimtune._api import build_space
+    from slimtune.search._task_space import build_space
     from slimtune.search._baseline import get_baseline
     from slimtune.search._pipeline import EvalSettings, Evaluator
     from slimtune.tasks import get_task

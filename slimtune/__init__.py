@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from slimtune._version import __version__
+from slimtune import _viewers
 
 # ONNX Runtime writes a device id and telemetry events under ~/.cache/Microsoft when it
 # is imported, unless this is set first (a user's own setting is kept).
@@ -51,6 +52,16 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
+
+def _open_dashboard(study: Any, **options: Any) -> Any:
+    """``study.dashboard()``: the widgets, given the study (imported on first use)."""
+    from slimtune.widgets import StudyDashboard
+
+    return StudyDashboard(study, **options)
+
+
+_viewers.install_dashboard(_open_dashboard)  # studies sit below widgets: the top layer connects them
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -35,7 +35,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)
 #: only in modules already imported: an error can only come from a module that ran, and
 #: importing them up front would import torch for `slimtune --help`.
 LAZY_USER_ERRORS = (("slimtune.spaces.base", "SpaceError"), ("slimtune.tasks._task", "TaskError"),
-                    ("slimtune.studies._errors", "StudyError"), ("slimtune.search._backends._interface", "BackendError"))
+                    ("slimtune.studies._errors", "StudyError"), ("slimtune.search._backends._interface", "BackendError"),
+                    ("slimtune.search._export", "ExportError"))
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -184,7 +185,7 @@ def _quiet_optuna() -> None:
 @user_errors
 def space(task_spec: str, fix: tuple[str, ...], as_json: bool) -> None:
     """The parameters of the joint space of a task's model, with their domains."""
-    from slimtune._api import build_space
+    from slimtune.search._task_space import build_space
     from slimtune.tasks import get_task
 
     task = get_task(task_spec)
@@ -219,7 +220,7 @@ def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: st
 
     Nothing is stored in a study (no --storage); the trained baseline is cached.
     """
-    from slimtune._api import evaluate_one
+    from slimtune.search._eval_one import evaluate_one
 
     _check_int8_format()
     report = evaluate_one(task_spec, parse_assignments(sets), epochs=epochs, runtime=runtime, threads=threads,
@@ -668,7 +669,7 @@ def refit(study_name: str, epochs: int, finetune_epochs: int | None, max_drop: f
     """
     import warnings
 
-    from slimtune.search._refit import REFIT_OF, front_to_refit, refit_front
+    from slimtune.studies._refit import REFIT_OF, front_to_refit, refit_front
     from slimtune.studies import Study
 
     _quiet_optuna()
@@ -786,7 +787,7 @@ def export(study_name: str, trial: int, out: str, fmt: str | None, storage: str)
     import warnings
 
     from slimtune.studies import Study
-    from slimtune.studies._candidate import format_for_path
+    from slimtune.search._export import format_for_path
 
     fmt = format_for_path(out, fmt)  # a mismatched extension is refused before anything is read
     _quiet_optuna()

@@ -124,7 +124,7 @@ def run_knobs(task: Task, *, epochs: int = 1, repeats: int = 50) -> tuple[dict, 
     ``flags`` and the warnings raised while it was built and measured."""
     import warnings
 
-    from slimtune._api import build_space
+    from slimtune.search._task_space import build_space
     from slimtune.search._baseline import get_baseline
     from slimtune.search._pipeline import EvalSettings, Evaluator
 

@@ -146,7 +146,7 @@ def test_real_candidate_stopped_or_kept(digits_task, digits_baseline):
 
     (The rule sees the validation accuracy of the architecture being distilled, before
     pruning and quantization, which only ever come after training.)"""
-    from slimtune._api import build_space
+    from slimtune.search._task_space import build_space
     from slimtune.search._pipeline import EvalSettings, Evaluator
 
     space = build_space(digits_task)

@@ -71,7 +71,7 @@ def test_recovery_epochs_are_checked_with_their_own_prior_and_learned_curves():
 
 
 def _evaluator(task, baseline, **settings):
-    from slimtune._api import build_space
+    from slimtune.search._task_space import build_space
     from slimtune.search._pipeline import EvalSettings, Evaluator
 
     space = build_space(task)

@@ -45,7 +45,7 @@ def test_real_exit_candidate_reports_its_costs_at_its_exit_rates(digits_task, di
     path (first exit, final head); after each epoch ``should_stop`` sees the MACs and
     latency of the paths weighted by the rates then, between the shortest and the full
     path, and after the last epoch the MACs are the trained model's measured MACs."""
-    from slimtune._api import build_space
+    from slimtune.search._task_space import build_space
     from slimtune.search._pipeline import EvalSettings, Evaluator
     from slimtune.search._trainer import score_and_exit_rates
 

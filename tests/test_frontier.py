@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 
-from slimtune.studies._frontier import dominates, loss_vector, non_dominated_mask
+from slimtune._dominance import dominates, loss_vector, non_dominated_mask
 
 
 def _pairwise(rows, objectives):
@@ -52,7 +52,7 @@ def test_any_number_of_objectives_matches_pairwise_definition():
 
 
 def test_baseline_rule_compares_latency_within_each_trials_run():
-    from slimtune.studies._frontier import baseline_on_front, beaten_by_baseline_mask
+    from slimtune._dominance import baseline_on_front, beaten_by_baseline_mask
 
     base = {"accuracy": 0.9, "latency_ms": 10.0, "size_bytes": 100}
     rows = [{"accuracy": 0.85, "latency_ms": 1.2, "reference_latency_ms": 1.0, "size_bytes": 100},  # baseline faster in its run
@@ -69,7 +69,7 @@ def test_baseline_rule_compares_latency_within_each_trials_run():
 
 
 def test_front_order_follows_each_axis_direction():
-    from slimtune.studies._frontier import front_order
+    from slimtune._dominance import front_order
 
     # speed-up is maximized: the fastest (largest speed-up) first
     assert front_order([1.0, 3.0, 2.0], [0.9, 0.7, 0.95], x_objective="speedup").tolist() == [1, 2]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from slimtune.studies._frontier import beaten_by_baseline
+from slimtune._dominance import beaten_by_baseline
 from slimtune.studies._rows import make_row, mark_pareto
 
 SCHEMA_1_DB = Path(__file__).parent / "data" / "schema_v1.db"
@@ -114,7 +114,7 @@ def test_schema_1_database_is_upgraded(tmp_path):
 
 
 def test_pre_measure_counts_an_exit_candidates_shortest_path(digits_task, digits_baseline):
-    from slimtune._api import build_space
+    from slimtune.search._task_space import build_space
     from slimtune.search._pipeline import EvalSettings, Evaluator
     from slimtune.search._macs import count_macs
 

@@ -32,8 +32,8 @@ FAST = {"epochs": 1, "latency_repeats": 5, "latency_warmup": 2, "calibration_siz
 
 #: The modules that must never name a knob (the core), relative to slimtune/.
 CORE = ["search/_pipeline.py", "search/_runner.py", "search/_trainer.py", "search/_early_stopping.py",
-        "search/_optimize.py", "search/_warm_start.py", "search/_refit.py",
-        "search/_baseline.py", "spaces/_space.py", "_api.py", "_cli_tables.py", "_knob_codes.py",
+        "search/_optimize.py", "search/_warm_start.py", "search/_task_space.py", "search/_eval_one.py",
+        "search/_baseline.py", "spaces/_space.py", "_dominance.py", "_cli_tables.py", "_knob_codes.py",
         *(f"search/_backends/{p.name}" for p in sorted((PACKAGE / "search" / "_backends").glob("*.py"))),
         *(f"studies/{p.name}" for p in sorted((PACKAGE / "studies").glob("*.py"))),
         *(f"widgets/{p.name}" for p in sorted((PACKAGE / "widgets").glob("*.py")))]
@@ -125,7 +125,7 @@ def test_cost_bound_and_weight_bits_come_from_the_knobs(cnn_space):
 
 
 def test_a_task_places_the_exits_through_the_knobs_task_options():
-    from slimtune._api import build_space
+    from slimtune.search._task_space import build_space
     from slimtune.tasks import get_task
 
     digits = get_task("digits")

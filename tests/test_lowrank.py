@@ -69,7 +69,7 @@ def test_a_rank_that_saves_nothing_leaves_the_layer():
 
 def test_end_to_end_candidate_is_faster_and_accurate(digits_task, digits_baseline):
     """A real candidate: factorized, distilled, compiled, timed beside the baseline."""
-    from slimtune._api import build_space
+    from slimtune.search._task_space import build_space
     from slimtune.search._pipeline import EvalSettings, Evaluator
 
     space = build_space(digits_task)

@@ -13,7 +13,7 @@ from slimtune.search._backends.optuna_backend import neighbourhood, stopped_as_p
 
 @pytest.fixture(scope="module")
 def space(digits_task):
-    from slimtune._api import build_space
+    from slimtune.search._task_space import build_space
 
     return build_space(digits_task, fixed={"prune.granularity": "channel"})
 

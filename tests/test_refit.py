@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from slimtune import Study, list_studies
-from slimtune.search._refit import REFIT_OF, front_to_refit, refit_front
+from slimtune.studies._refit import REFIT_OF, front_to_refit, refit_front
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

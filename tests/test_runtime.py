@@ -338,7 +338,7 @@ def test_registry_lists_the_runtimes_and_names_close_matches():
     assert runtime_names()[:3] == ["onnxruntime", "onnxruntime-exits", "torch"]
     assert get_runtime("onnxruntime-exits").name == "onnxruntime-exits"
     assert deployments() == list(RUNTIMES)  # the torch-free tuple the CLI and settings check against
-    from slimtune.studies._candidate import FORMATS
+    from slimtune.search._export import FORMATS
 
     assert {name: get_runtime(name).artifact_format for name in RUNTIMES} == FORMATS
     with pytest.raises(ValueError, match=r"Unknown runtime 'onnxruntim'\. Did you mean 'onnxruntime'"):

@@ -17,7 +17,7 @@ import pytest
 from slimtune import Study
 from slimtune.search._early_stopping import FrontierPoint
 from slimtune.studies import NoCandidateError, StudyError
-from slimtune.studies._frontier import beaten_by_baseline, loss_vector
+from slimtune._dominance import beaten_by_baseline, loss_vector
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

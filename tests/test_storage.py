@@ -1,5 +1,6 @@
-"""The study is storage: what ``studies/`` imports, how many SQL statements opening a
-big study takes, and the one select rule that the dashboard and ``Study.select`` share.
+"""The study is storage: where its SQL is, how many SQL statements opening a big study
+takes, and the one select rule that the dashboard and ``Study.select`` share (what
+``studies/`` may import is ``test_layers.py``'s, over the whole package).
 
 The studies here are synthetic (``benchmarks/overhead.py``'s bulk writer: the trials a
 worker writes, Optuna's and slimtune's rows, no model trained) in real SQLite files.
@@ -36,14 +37,7 @@ def small_study(tmp_path_factory) -> Path:
     return path
 
 
-# -- the import graph -------------------------------------------------------------------------
-#: What ``studies/`` must never import: the notebook side, the CLI and its helpers, the
-#: package root (``from slimtune import __version__`` counts).
-FORBIDDEN = ("slimtune.widgets", "slimtune.cli", "slimtune._cli_tables")
-#: The one allowed exception: ``Study.dashboard()`` opens the dashboard lazily.
-LAZY_DASHBOARD = ("_study.py", "dashboard", "slimtune.widgets")
-
-
+# -- where the SQL is -------------------------------------------------------------------------
 def _imports(tree: ast.AST):
     """``(function name or None, imported module)`` for every import in a module,
     module level and inside functions alike."""
@@ -61,19 +55,6 @@ def _imports(tree: ast.AST):
             yield from visit(child, function)
 
     yield from visit(tree, None)
-
-
-def test_studies_never_import_widgets_the_cli_or_the_package_root():
-    bad = []
-    files = sorted((ROOT / "slimtune" / "studies").glob("*.py"))
-    assert len(files) >= 8
-    for path in files:
-        for function, module in _imports(ast.parse(path.read_text(), str(path))):
-            if (path.name, function, module) == LAZY_DASHBOARD:
-                continue
-            if module == "slimtune" or any(module == f or module.startswith(f + ".") for f in FORBIDDEN):
-                bad.append(f"{path.name}: {function or '<module>'} imports {module}")
-    assert not bad, bad
 
 
 def test_all_sql_of_a_study_is_in_the_storage_module():

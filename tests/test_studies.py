@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import inspect
 
 from slimtune.studies import Database, SchemaVersionError, Study, StudyError, hypervolume, mask_url, non_dominated
-from slimtune.studies._frontier import check_objectives, dominates, loss_vector, non_dominated_mask
+from slimtune._dominance import dominates, loss_vector, non_dominated_mask
+from slimtune.studies._frontier import check_objectives
 from slimtune.studies._schema import SCHEMA_VERSION
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

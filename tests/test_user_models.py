@@ -252,7 +252,7 @@ def test_builtin_metrics_on_known_values():
 def test_the_task_metric_is_what_measurements_hold():
     """A callable metric replaces top-1 accuracy in the baseline and the candidates'
     Measurement (computed on the timed artifact's logits)."""
-    from slimtune._api import build_space
+    from slimtune.search._task_space import build_space
     from slimtune.search._pipeline import EvalSettings, Evaluator
 
     def neg_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -334,7 +334,7 @@ def test_structure_knobs_on_transformers_models(arch):
 def test_the_mlp_on_tabular_data_gets_no_conv_knobs_and_every_other_knob_works():
     """``(N, features)`` inputs: the example input comes from the data; pruning,
     quantization and distillation run; DS-conv is left out, with the reason."""
-    from slimtune._api import build_space
+    from slimtune.search._task_space import build_space
 
     task = hf.mlp_task()
     assert task.input_shape == (64,)

@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from slimtune import Study
-from slimtune._api import build_space
+from slimtune.search._task_space import build_space
 from slimtune.search._warm_start import warm_start_trials
 from slimtune.tasks._builtin import FASHION_WARM_STARTS
 

@@ -59,7 +59,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 # -- pure helpers ----------------------------------------------------------------------
 def test_front_indices_match_the_study_frontier_rule():
-    from slimtune.studies._frontier import non_dominated_mask
+    from slimtune._dominance import non_dominated_mask
     from slimtune.widgets._axes import front_indices
 
     rng = random.Random(0)

@@ -387,7 +387,7 @@ class FrontierEarlyStopping:
 def frontier_points_only(points: Sequence[FrontierPoint], cost_objectives: Sequence[str]) -> list[FrontierPoint]:
     """The non-dominated points under (val accuracy, costs): the same answer as all
     points, since a dominated point stops nothing its dominator would not."""
-    from slimtune.studies._frontier import non_dominated_mask  # the one dominance rule
+    from slimtune._dominance import non_dominated_mask  # the one dominance rule
 
     rows = [{"accuracy": p.val_accuracy, **{c: p.costs[c] for c in cost_objectives}} for p in points]
     return [p for p, keep in zip(points, non_dominated_mask(rows, ("accuracy", *cost_objectives))) if keep]

@@ -368,12 +368,12 @@ def artifact_metadata(task: Task, values: dict[str, Any], timed_format: str) -> 
     """What an exported artifact says about itself: the task's preprocessing and class
     count, the parameters, the format and slimtune's version (the runtime adds how to
     feed it; the search adds the study and trial)."""
-    import slimtune
+    from slimtune._version import __version__
 
     return {"preprocessing": task.preprocessing or ("not stated by the task: feed inputs exactly as the task's "
                                                     "tensors hold them"),
             "num_classes": task.num_classes, "task": task.name, "params": dict(values),
-            "timed_format": timed_format, "slimtune_version": slimtune.__version__}
+            "timed_format": timed_format, "slimtune_version": __version__}
 
 
 def _cautious_latencies(compiled: dict[str, Any], x: torch.Tensor) -> dict[str, float]:

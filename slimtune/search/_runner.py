@@ -518,7 +518,7 @@ class TrialRunner:
         """The study-wide state for the progress bar, over every complete trial (earlier
         sessions and other workers too): the size of the front, the best validation
         accuracy, and the fastest trial within 1 point of the baseline's accuracy."""
-        from slimtune.studies._frontier import non_dominated_mask
+        from slimtune._dominance import non_dominated_mask
 
         points = self.recorder.frontier_points(tuple(dict.fromkeys((*self.costs, "latency_ms"))))
         if not points:

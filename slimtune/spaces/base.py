@@ -7,10 +7,11 @@ never calls ``trial.suggest_*``.  A knob transforms a model in :meth:`Knob.apply
 
 from __future__ import annotations
 
-import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Mapping, Sequence
+
+from slimtune._names import close_matches  # noqa: F401  (the knobs import it from here)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -259,12 +260,3 @@ def replace_module(model: "nn.Module", name: str, new: "nn.Module") -> None:
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, leaf, new)
 
-
-def close_matches(name: str, candidates: list[str]) -> str:
-    """A ' Did you mean ...?' suffix listing close matches, or the known names."""
-    matches = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
-    if matches:
-        return " Did you mean " + " or ".join(repr(m) for m in matches) + "?"
-    shown = ", ".join(sorted(candidates)[:12])
-    more = "" if len(candidates) <= 12 else f", ... ({len(candidates)} in all)"
-    return f" Known: {shown}{more}."

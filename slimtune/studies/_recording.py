@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from slimtune.search._early_stopping import FrontierPoint
 from slimtune.search._runner import TrialOutcome
-from slimtune.studies._frontier import beaten_by_baseline, non_dominated_mask
+from slimtune._dominance import beaten_by_baseline, non_dominated_mask
 from slimtune.studies._rows import make_row
 from slimtune.studies._schema import CandidateRecord, utcnow
 

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from slimtune.search._measurement import same_run_speedup
-from slimtune.studies._frontier import beaten_by_baseline, non_dominated_mask
+from slimtune._dominance import beaten_by_baseline, non_dominated_mask
 
 if TYPE_CHECKING:  # pragma: no cover
     from optuna.trial import FrozenTrial

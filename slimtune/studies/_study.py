@@ -2,8 +2,8 @@
 
 :class:`Study` creates, resumes and reads a study; the rest lives beside it: every SQL
 statement in :mod:`~slimtune.studies._storage`, the recorder side of the trial runner in
-:mod:`~slimtune.studies._recording`, dominance and the select rule in
-:mod:`~slimtune.studies._frontier`, running trials in :mod:`slimtune.search._optimize`.
+:mod:`~slimtune.studies._recording`, dominance in :mod:`slimtune._dominance` and the select
+rule in :mod:`~slimtune.studies._frontier`, running trials in :mod:`slimtune.search._optimize`.
 
 Example:
     >>> study = Study.create_or_load("digits-demo", task="digits", settings={"epochs": 1})
@@ -28,16 +28,8 @@ from slimtune.search._measurement import Measurement
 from slimtune.search._runner import Constraints
 from slimtune.studies._database import Database, mask_url, resolve_storage
 from slimtune.studies._errors import NoCandidateError, SchemaVersionError, StudyError
-from slimtune.studies._frontier import (
-    DEFAULT_OBJECTIVES,
-    SPLITS,
-    Limits,
-    baseline_on_front,
-    check_objectives,
-    directions,
-    no_candidate_message,
-    select_rows,
-)
+from slimtune._dominance import DEFAULT_OBJECTIVES, baseline_on_front, directions
+from slimtune.studies._frontier import SPLITS, Limits, check_objectives, no_candidate_message, select_rows
 from slimtune.studies._schema import StudyRecord
 from slimtune.studies._rows import MEASUREMENT_KEYS, make_row, mark_pareto
 from slimtune.studies._arguments import (
@@ -154,7 +146,7 @@ class Study(Recording):
         :class:`StudyError` (nothing is written).  ``sampler``, ``seed`` and
         ``early_stopping`` apply to this session only.
         """
-        from slimtune._api import build_space
+        from slimtune.search._task_space import build_space
         from slimtune.tasks._task import get_task
 
         check_name(name)
@@ -255,7 +247,7 @@ class Study(Recording):
         if record is None:
             names = [r.study_name for r, _ in StudyStorage(db).summaries()]
             db.dispose()
-            from slimtune.spaces.base import close_matches
+            from slimtune._names import close_matches
 
             hint = close_matches(name, names) if names else " The database holds no slimtune study."
             raise StudyError(f"No study {name!r} in {mask_url(storage)!r}." + hint)
@@ -426,7 +418,7 @@ class Study(Recording):
         return self._space
 
     def _check_space(self, space: "Space | None", fixed: Mapping[str, Any] | None) -> "Space":
-        from slimtune._api import build_space
+        from slimtune.search._task_space import build_space
         from slimtune.spaces._space import Space
 
         task = self.task
@@ -633,10 +625,11 @@ class Study(Recording):
 
     def dashboard(self, **kwargs: Any):
         """A live notebook dashboard of this study (``slimtune.widgets.StudyDashboard``;
-        needs the notebook extras)."""
-        from slimtune.widgets import StudyDashboard  # lazy: studies never import widgets at import time
+        needs the notebook extras), opened through the opener the package root
+        installs (:mod:`slimtune._viewers`): studies never import widgets."""
+        from slimtune._viewers import open_dashboard
 
-        return StudyDashboard(self, **kwargs)
+        return open_dashboard(self, **kwargs)
 
     def close(self) -> None:
         """Release database connections."""

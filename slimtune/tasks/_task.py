@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from slimtune.spaces.base import close_matches
+from slimtune._names import close_matches
 from slimtune.tasks._data import Split, TaskError, TensorSplit, as_split
 from slimtune.tasks._data import data_digest, sample_digests  # noqa: F401  (their home before _data)
 from slimtune.tasks._metrics import Metric, MetricError, get_metric

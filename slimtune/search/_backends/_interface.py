@@ -31,7 +31,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
-from slimtune.spaces.base import Param, close_matches
+from slimtune._names import close_matches
+from slimtune.spaces.base import Param
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna

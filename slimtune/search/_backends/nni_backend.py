@@ -50,7 +50,8 @@ import numpy as np
 
 from slimtune.search._backends._interface import Backend, BackendError, Proposal, register_backend
 from slimtune.search._scalarization import Scalarization
-from slimtune.spaces.base import SpaceError, close_matches
+from slimtune._names import close_matches
+from slimtune.spaces.base import SpaceError
 from slimtune.spaces._nni_format import from_nni, to_nni, values_to_nni
 
 if TYPE_CHECKING:  # pragma: no cover

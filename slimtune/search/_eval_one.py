@@ -1,21 +1,17 @@
-"""Small public helpers shared by the CLI and the Python API."""
+"""``slimtune eval``: build, train and measure one candidate beside the baseline, with
+nothing stored in a study (the trained baseline is cached).
+
+Example:
+    >>> report = evaluate_one("digits", {"quant.bits": 8}, epochs=1)
+    >>> report["latency_ms"], report["baseline"]["latency_ms"]
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any, Mapping
 
-from slimtune.spaces._registry import get_knob, knob_families
-from slimtune.spaces._space import Space
 from slimtune.tasks._task import Task, get_task
-
-
-def build_space(task: Task, *, fixed: Mapping[str, Any] | None = None, families: list[str] | None = None) -> Space:
-    """The joint space of ``task``'s baseline model (checks the model outputs logits)."""
-    task.check_model()
-    names = families if families is not None else knob_families()
-    options = {name: opts for name in names if (opts := get_knob(name).task_options(task.extra))}  # e.g. exits_after
-    return Space.for_model(task.build_model(), families=families, fixed=fixed, options=options)
 
 
 def measurement_row(m) -> dict[str, Any]:
@@ -35,6 +31,7 @@ def evaluate_one(task_spec: "str | Task", values: Mapping[str, Any], *, epochs: 
     ``use_cache=False`` retrains the baseline instead of reading the cache)."""
     from slimtune.search._baseline import get_baseline
     from slimtune.search._pipeline import EvalSettings, Evaluator
+    from slimtune.search._task_space import build_space
 
     task = get_task(task_spec)
     space = build_space(task)

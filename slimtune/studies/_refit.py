@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
-    from slimtune.studies import Study
+    from slimtune.studies._study import Study
 
 #: User attribute of a refit trial: the trial number of the cheap study it retrains.
 REFIT_OF = "refit_of"

@@ -1,0 +1,22 @@
+"""The joint space of a task's model: every registered knob (or the families given),
+each with the options the task declares for it (e.g. ``exits_after``).
+
+Example:
+    >>> space = build_space(get_task("digits"), fixed={"quant.bits": 8})
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from slimtune.spaces._registry import get_knob, knob_families
+from slimtune.spaces._space import Space
+from slimtune.tasks._task import Task
+
+
+def build_space(task: Task, *, fixed: Mapping[str, Any] | None = None, families: list[str] | None = None) -> Space:
+    """The joint space of ``task``'s baseline model (checks the model outputs logits)."""
+    task.check_model()
+    names = families if families is not None else knob_families()
+    options = {name: opts for name in names if (opts := get_knob(name).task_options(task.extra))}  # e.g. exits_after
+    return Space.for_model(task.build_model(), families=families, fixed=fixed, options=options)
