@@ -239,7 +239,7 @@ def bulk_synthetic_study(storage: str, name: str, n: int, *, seed: int = 0) -> N
     The study itself is created through ``Study.create_or_load`` (its baseline measured
     once, then cached); each trial then gets what a real worker writes: an Optuna trial
     (state, times, parameters with their distributions, objective values, the user
-    attributes of ``search._runner.user_attrs``) and slimtune's candidate record with a
+    attributes of ``search._outcome.user_attrs``) and slimtune's candidate record with a
     full measurement (latency samples included).  Trial ``i`` is COMPLETE, PRUNED (~8%)
     or FAIL (~2%).  Optuna's ``add_trials`` writes trials one at a time; here Optuna's
     tables are filled with multi-row INSERTs (their columns read from the database, not

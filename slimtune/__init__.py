@@ -23,7 +23,7 @@ _LAZY: dict[str, str] = {
     "Task": "slimtune.tasks",
     "TaskData": "slimtune.tasks",
     # settings of a search
-    "Constraints": "slimtune.search._runner",
+    "Constraints": "slimtune.search._constraints",
     "EvalSettings": "slimtune.search._pipeline",
     "FrontierEarlyStopping": "slimtune.search._early_stopping",
     # extensions: a new compression method is a Knob subclass plus register_knob

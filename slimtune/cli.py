@@ -21,7 +21,7 @@ from slimtune._cli_tables import WIDTH, compact_params, speedup, table_lines, te
 from slimtune._defaults import DEFAULT_STORAGE, STORAGE_ENV
 from slimtune.search._measurement import RUNTIMES  # light: no torch
 from slimtune.search._early_stopping import rejected_before_training  # light: no torch
-from slimtune.search._runner import Interrupted  # light: the runner imports torch only in its functions
+from slimtune.search._interrupts import Interrupted  # light: no torch
 from slimtune._vocabulary import STATE_WORDS, STUDY_COLUMNS, created_text
 
 

@@ -33,6 +33,8 @@ FAST = {"epochs": 1, "latency_repeats": 5, "latency_warmup": 2, "calibration_siz
 #: The modules that must never name a knob (the core), relative to slimtune/.
 CORE = ["search/_pipeline.py", "search/_runner.py", "search/_trainer.py", "search/_early_stopping.py",
         "search/_optimize.py", "search/_warm_start.py", "search/_task_space.py", "search/_eval_one.py",
+        "search/_constraints.py", "search/_outcome.py", "search/_heartbeat.py", "search/_interrupts.py",
+        "search/_progress.py", "search/_export.py",
         "search/_baseline.py", "spaces/_space.py", "_dominance.py", "_cli_tables.py", "_knob_codes.py",
         *(f"search/_backends/{p.name}" for p in sorted((PACKAGE / "search" / "_backends").glob("*.py"))),
         *(f"studies/{p.name}" for p in sorted((PACKAGE / "studies").glob("*.py"))),

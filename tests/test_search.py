@@ -297,7 +297,7 @@ def test_a_collapsed_candidate_is_infeasible_for_the_samplers_only(tmp_path):
     """90% of the channels pruned collapses digits' model (0.15-0.35 against the
     baseline's 0.99): Optuna's samplers see the trial as infeasible (ranked after every
     working candidate), while the study keeps it as it is: feasible, on the front."""
-    from slimtune.search._runner import COLLAPSE_CONSTRAINT, COLLAPSE_FRACTION, collapse_margin
+    from slimtune.search._constraints import COLLAPSE_CONSTRAINT, COLLAPSE_FRACTION, collapse_margin
 
     assert collapse_margin(0.19, 0.99) > 0 > collapse_margin(0.9, 0.99)
     assert collapse_margin(float("nan"), 0.99) is None and collapse_margin(0.5, float("nan")) is None
@@ -318,7 +318,7 @@ def test_a_collapsed_candidate_is_infeasible_for_the_samplers_only(tmp_path):
 
 
 def test_every_complete_trial_tells_the_samplers_whether_it_collapsed(study):
-    from slimtune.search._runner import COLLAPSE_CONSTRAINT, COLLAPSE_FRACTION
+    from slimtune.search._constraints import COLLAPSE_CONSTRAINT, COLLAPSE_FRACTION
 
     working = 0
     for t in study.optuna_study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):

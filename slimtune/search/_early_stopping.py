@@ -70,7 +70,7 @@ of the baseline got slower or went missing:
   baseline's accuracy) for the fast end of a good front and proposed their neighbours
   again (8.4 complete ones per search of 58 proposals, as well as those the rule
   stopped cheaply).  Infeasible for the samplers now
-  (:data:`~slimtune.search._runner.COLLAPSE_FRACTION`): 1.9 complete ones, and the
+  (:data:`~slimtune.search._constraints.COLLAPSE_FRACTION`): 1.9 complete ones, and the
   search with the rule reaches more hypervolume above 0.95 accuracy (94.7% of the
   ceiling's against 91.4%) for 12% more training.  Issue 13's target (-30% at <= 2% loss) is not met on digits.
 

@@ -1,7 +1,7 @@
 """A search session over a study: backend, baseline, evaluator and trial runner.
 
 ``Study.optimize`` hands itself to :func:`run_search` as a :class:`SearchedStudy`: the
-runner's :class:`~slimtune.search._runner.Recorder` (where outcomes go) plus what the
+runner's :class:`~slimtune.search._outcome.Recorder` (where outcomes go) plus what the
 session is built from (task, space, settings, objectives, sampler...).  So the study
 database only stores and reads; this module decides how trials are run.
 
@@ -16,7 +16,8 @@ import warnings
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 from slimtune.search._early_stopping import FrontierEarlyStopping
-from slimtune.search._runner import Constraints, Recorder
+from slimtune.search._constraints import Constraints
+from slimtune.search._outcome import Recorder
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna

@@ -4,7 +4,7 @@ For each trial the runner
 
 1. asks the backend for a proposal (a RUNNING Optuna trial holding the values); the
    trial's first heartbeat is written right after Optuna's ``ask`` created it, before
-   anything that can fail (:class:`_TrialStart`), so a dead worker's trial is always
+   anything that can fail (:class:`TrialStart`), so a dead worker's trial is always
    found and failed,
 2. evaluates the values (:class:`~slimtune.search._pipeline.Evaluator`), with the
    frontier early-stopping rule when it is on,
@@ -32,25 +32,25 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import socket
-import sys
 import threading
 import time
 import traceback
 import warnings
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from slimtune.search._early_stopping import FrontierEarlyStopping, FrontierPoint, rejected_before_training
-from slimtune.search._measurement import Measurement
+from slimtune.search._constraints import COLLAPSE_CONSTRAINT, Constraints, collapse_margin
+from slimtune.search._early_stopping import FrontierEarlyStopping, rejected_before_training
+from slimtune.search._heartbeat import TrialStart, fail_stale_trials
+from slimtune.search._interrupts import Interrupted, fault
+from slimtune.search._outcome import Recorder, TrialOutcome, objective_values, user_attrs
+from slimtune.search._progress import progress_bar, progress_summary, update_bar
 
 if TYPE_CHECKING:  # pragma: no cover - kept out of the import so that `slimtune show` starts without torch
     import optuna
 
     from slimtune.search._backends._interface import Backend, Proposal
-    from slimtune.search._pipeline import CandidateResult, Evaluator
+    from slimtune.search._pipeline import Evaluator
 
 logger = logging.getLogger(__name__)
 
@@ -59,266 +59,6 @@ TrialCallback = Callable[[dict], Any]
 #: At most this many proposals per trial of ``n_trials`` (rejections before training
 #: do not use up the budget; this bounds them).
 MAX_PROPOSALS_PER_TRIAL = 10
-
-@dataclass(frozen=True)
-class Constraints:
-    """Hard limits, passed to Optuna's samplers with ``Trial.set_constraint``.
-
-    Args:
-        max_latency_ms: measured latency at most this.
-        max_size_kb: size at most this many KiB (1 KiB = 1024 bytes).
-        max_accuracy_drop: accuracy at least the baseline's minus this (absolute,
-            e.g. ``0.01`` = one point).
-    """
-
-    max_latency_ms: float | None = None
-    max_size_kb: float | None = None
-    max_accuracy_drop: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("max_latency_ms", "max_size_kb"):
-            value = getattr(self, name)
-            if value is not None and not (float(value) > 0):
-                raise ValueError(f"`{name}` must be positive, but got {value!r}.")
-        if self.max_accuracy_drop is not None and not (0 <= float(self.max_accuracy_drop) <= 1):
-            raise ValueError(f"`max_accuracy_drop` must be in [0, 1], but got {self.max_accuracy_drop!r}.")
-
-    @property
-    def active(self) -> bool:
-        return any(v is not None for v in asdict(self).values())
-
-    def values(self, measurement: Measurement, baseline_accuracy: float) -> dict[str, float]:
-        """Constraint values (feasible when ``<= 0``) by name."""
-        out: dict[str, float] = {}
-        if self.max_latency_ms is not None:
-            out["latency_ms"] = measurement.latency_ms - float(self.max_latency_ms)
-        if self.max_size_kb is not None:
-            out["size_kb"] = measurement.size_bytes / 1024.0 - float(self.max_size_kb)
-        if self.max_accuracy_drop is not None:
-            out["accuracy_drop"] = (baseline_accuracy - measurement.accuracy) - float(self.max_accuracy_drop)
-        return out
-
-    def to_dict(self) -> dict[str, float]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "Constraints":
-        return cls(**{k: (None if v is None else float(v)) for k, v in (data or {}).items()})
-
-
-#: A complete candidate whose validation accuracy is below this fraction of the
-#: baseline's has collapsed (90% of the channels pruned: 0.15-0.19 on digits, whose
-#: baseline reaches 0.99).  It stays in the study, on its front and in every row as it
-#: is (``min_accuracy`` and ``max_accuracy_drop`` are the user's floors), but Optuna's
-#: samplers see it as infeasible, ranked after every working candidate.  Without it,
-#: such a candidate is the front's fastest point, so multi-objective TPE counts its
-#: neighbourhood among the best and proposes it again: on digits' ceiling
-#: (``benchmarks/frontier_ceiling.py``, 30 paired seeds, 58 trials, replayed) the
-#: default search trained 8.4 collapsed candidates per search (up to 24), 2 with it
-#: (at most 5), and its median hypervolume above 0.95 test accuracy rose from 88.6% to
-#: 93.8% of the ceiling's after 29 trials (random search: 91.0%), from 91.4% to 94.7%
-#: after 58 (random: 94.0%).  Floors from 5 to 50 points below the baseline measured
-#: alike; half the baseline's accuracy leaves every candidate a user could want in
-#: the samplers' view.  The grid is harsher than the real space (a third of its
-#: pruning levels is 90%): real 30-trial searches of digits' full space (seeds 0-3)
-#: trained 0-1 collapsed candidates with the rule or without it.
-COLLAPSE_FRACTION = 0.5
-#: The name of that constraint on the Optuna trial.
-COLLAPSE_CONSTRAINT = "collapsed"
-
-
-def collapse_margin(accuracy: float, baseline_accuracy: float) -> float | None:
-    """How far ``accuracy`` lies below :data:`COLLAPSE_FRACTION` of the baseline's
-    (``> 0``: collapsed; Optuna's constraint convention), or ``None`` when either is
-    unknown (NaN)."""
-    if math.isnan(float(accuracy)) or math.isnan(float(baseline_accuracy)):
-        return None
-    return COLLAPSE_FRACTION * float(baseline_accuracy) - float(accuracy)
-
-
-@dataclass
-class TrialOutcome:
-    """What happened to one proposal (handed to the recorder)."""
-
-    proposal: Proposal
-    state: str  # COMPLETE, PRUNED or FAIL
-    values: list[float] | None
-    result: CandidateResult | None
-    constraints: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-    backend: str = ""
-    early_stopping: bool = False
-    worker: str = ""
-
-    @property
-    def number(self) -> int:
-        return self.proposal.number
-
-    @property
-    def feasible(self) -> bool:
-        return all(v <= 0 for v in self.constraints.values())
-
-
-class Recorder(Protocol):
-    """Where outcomes go (the study database implements it)."""
-
-    def frontier_points(self, cost_objectives: Sequence[str]) -> list[FrontierPoint]:
-        """Validation accuracy, curve and measured costs of the complete trials so far
-        (all workers)."""
-
-    def record(self, outcome: TrialOutcome) -> dict:
-        """Store the outcome; return its trial row."""
-
-    # optional: ``recover_trials()`` finishes trials that dead workers left RUNNING
-    # (called before each trial instead of Optuna's plain stale-trial failing)
-
-
-def objective_values(measurement: Measurement, objectives: Sequence[str]) -> list[float]:
-    return [float(getattr(measurement, name)) for name in objectives]
-
-
-def user_attrs(outcome: TrialOutcome, fixed: Mapping[str, Any]) -> dict[str, Any]:
-    """Small JSON attributes on the Optuna trial, so plain Optuna users and
-    optuna-dashboard see what slimtune saw (the full record lives in slimtune's tables)."""
-    attrs: dict[str, Any] = {"backend": outcome.backend, "tuner": outcome.proposal.tuner,
-                             "fixed_params": dict(fixed), "early_stopping": outcome.early_stopping}
-    result = outcome.result
-    if result is not None:
-        if result.val_accuracy is not None:
-            attrs["val_accuracy"] = float(result.val_accuracy)
-        if result.pre is not None:
-            attrs["pre_latency_ms"] = float(result.pre.latency_ms)
-        if result.stopped:
-            attrs["stopped_reason"] = result.stopped
-        m = result.measurement
-        if m is not None:
-            attrs.update(accuracy=m.accuracy, test_accuracy=m.test_accuracy, latency_ms=m.latency_ms,
-                         reference_latency_ms=m.reference_latency_ms, latency_p95_ms=m.latency_p95_ms,
-                         size_bytes=int(m.size_bytes), macs=int(m.macs), kernel_bits=m.kernel_bits, runtime=m.runtime,
-                         fingerprint_id=m.fingerprint_id, flags=list(m.flags),
-                         exit_rates=list(m.exit_rates) if m.exit_rates is not None else None)
-        attrs["train_seconds"] = round(result.train_seconds, 4)
-    if outcome.error:
-        attrs["error"] = outcome.error[-1500:]
-    return attrs
-
-
-#: Environment variable of the fault-injection hook (tests only; inert when unset).
-FAULT_ENV = "SLIMTUNE_FAULT"
-#: The points of a trial where :func:`fault` can act.
-FAULT_POINTS = ("after_ask", "before_eval", "before_tell")
-#: Optuna system attribute set right after a trial's first heartbeat: a RUNNING trial
-#: older than the grace period without it never beat, so Optuna's stale-trial detection
-#: (which skips trials without a heartbeat row) would never fail it; slimtune does.
-BEATING_ATTR = "slimtune:heartbeat"
-
-
-class InjectedFault(RuntimeError):
-    """Raised by :func:`fault` with ``POINT:raise``."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM in the CLI: the running trial is marked failed with this reason."""
-
-    def __init__(self, signal_name: str) -> None:
-        super().__init__(signal_name)
-        self.signal_name = signal_name
-
-
-def fault(point: str) -> None:
-    """Fault injection for tests, inert unless ``SLIMTUNE_FAULT`` names ``point``.
-
-    ``SLIMTUNE_FAULT=POINT:ACTION[,POINT:ACTION]``, POINT one of :data:`FAULT_POINTS`:
-    ``after_ask`` (the trial exists, before its first heartbeat), ``before_eval``
-    (heartbeat running, before training), ``before_tell`` (slimtune's record
-    committed, Optuna not told yet).  ACTION ``sleep`` prints ``slimtune-fault: POINT``
-    on stderr and sleeps an hour (a test then kills or interrupts the process);
-    ``raise`` raises :class:`InjectedFault`.
-    """
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    for item in spec.split(","):
-        name, _, action = item.strip().partition(":")
-        if name != point:
-            continue
-        if action == "sleep":
-            print(f"slimtune-fault: {point}", file=sys.stderr, flush=True)
-            time.sleep(3600)
-        elif action == "raise":
-            raise InjectedFault(f"injected fault at {point}")
-
-
-class Heartbeat:
-    """Optuna heartbeats for one RUNNING trial (RDBStorage with a ``heartbeat_interval``).
-
-    The first beat is written at once, in the caller's thread, then
-    :data:`BEATING_ATTR` is set; a thread beats every interval until :meth:`stop`.
-    A trial of a crashed worker is then failed by the others after the grace period.
-    """
-
-    def __init__(self, trial: "optuna.trial.Trial") -> None:
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        storage = trial.storage
-        interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
-        if not interval:
-            return
-        trial_id = trial._trial_id  # noqa: SLF001 - Optuna's own heartbeat thread uses the same id
-        storage.record_heartbeat(trial_id)
-        storage.set_trial_system_attr(trial_id, BEATING_ATTR, True)
-
-        def beat() -> None:
-            while not self._stop.wait(interval):
-                try:
-                    storage.record_heartbeat(trial_id)
-                except Exception:  # noqa: BLE001 - a missed beat is not fatal
-                    logger.debug("heartbeat failed", exc_info=True)
-
-        self._thread = threading.Thread(target=beat, name=f"slimtune-heartbeat-{trial.number}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-
-@contextmanager
-def heartbeat(trial: "optuna.trial.Trial") -> Iterator[None]:
-    """Heartbeats for ``trial`` while the block runs (see :class:`Heartbeat`)."""
-    beat = Heartbeat(trial)
-    try:
-        yield
-    finally:
-        beat.stop()
-
-
-class _TrialStart:
-    """Handed to the backend as ``on_ask``: called with the trial right after Optuna's
-    ``ask`` created it, before anything else can fail; starts its heartbeat."""
-
-    def __init__(self) -> None:
-        self.trial: "optuna.trial.Trial | None" = None
-        self.heartbeat: Heartbeat | None = None
-
-    def __call__(self, trial: "optuna.trial.Trial") -> None:
-        self.trial = trial
-        fault("after_ask")
-        self.heartbeat = Heartbeat(trial)
-
-    def stop(self) -> None:
-        if self.heartbeat is not None:
-            self.heartbeat.stop()
-
-
-def fail_stale_trials(study: "optuna.Study") -> None:
-    """Mark RUNNING trials of dead workers (no heartbeat) as FAIL."""
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
 
 
 class TrialRunner:
@@ -407,7 +147,7 @@ class TrialRunner:
         else:
             fail_stale_trials(self.study)
 
-    def _propose(self, start: _TrialStart) -> Proposal:
+    def _propose(self, start: TrialStart) -> Proposal:
         self.backend.on_ask = start
         try:
             with warnings.catch_warnings():
@@ -427,7 +167,7 @@ class TrialRunner:
         self._recover()
         if self._warm_starts:  # popped by this trial's ask (or, rarely, by another worker's)
             self.study.enqueue_trial(self._warm_starts.pop(0), skip_if_exists=True)
-        start = _TrialStart()
+        start = TrialStart()
         outcome: TrialOutcome | None = None
         interrupted: BaseException | None = None
         try:
@@ -515,22 +255,9 @@ class TrialRunner:
         return row
 
     def progress_summary(self) -> dict[str, str]:
-        """The study-wide state for the progress bar, over every complete trial (earlier
-        sessions and other workers too): the size of the front, the best validation
-        accuracy, and the fastest trial within 1 point of the baseline's accuracy."""
-        from slimtune._dominance import non_dominated_mask
-
+        """The study-wide state for the progress bar (:func:`~slimtune.search._progress.progress_summary`)."""
         points = self.recorder.frontier_points(tuple(dict.fromkeys((*self.costs, "latency_ms"))))
-        if not points:
-            return {}
-        rows = [{"accuracy": p.val_accuracy, **p.costs} for p in points]
-        out = {"front": str(sum(non_dominated_mask(rows, ("accuracy", *self.costs)))),
-               "best_val": f"{max(p.val_accuracy for p in points):.4f}"}
-        close = [p for p in points if p.val_accuracy >= self.baseline_accuracy - 0.01]
-        if close:
-            fast = min(close, key=lambda p: p.costs["latency_ms"])
-            out["fastest_within_1pt"] = f"{fast.costs['latency_ms']:.3g}ms(#{fast.trial})"
-        return out
+        return progress_summary(points, self.costs, self.baseline_accuracy)
 
     def run(self, *, n_trials: int | None = None, timeout: float | None = None,
             stop_event: threading.Event | None = None, callbacks: Sequence[TrialCallback] = (),
@@ -552,7 +279,7 @@ class TrialRunner:
         started = time.monotonic()
         rows: list[dict] = []
         self.plan_warm_starts()
-        bar = _progress_bar(n_trials, timeout) if progress else None
+        bar = progress_bar(n_trials, timeout) if progress else None
         if bar is not None:
             bar.set_postfix(self.progress_summary())  # a resumed study starts from its own front
         counted = 0  # trials that use up the budget
@@ -576,39 +303,10 @@ class TrialRunner:
                 counts = count_rejected or not rejected_before_training(row)
                 counted += counts
                 if bar is not None:
-                    _update_bar(bar, row, rows, self.progress_summary(), advance=counts)
+                    update_bar(bar, row, rows, self.progress_summary(), advance=counts)
                 for callback in callbacks:
                     callback(row)
         finally:
             if bar is not None:
                 bar.close()
         return rows
-
-
-def _progress_bar(n_trials: int | None, timeout: float | None):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=n_trials, unit="trial", desc="slimtune", dynamic_ncols=True,
-                bar_format=None if n_trials else "{desc}: {n_fmt} trials [{elapsed}, {rate_fmt}]{postfix}")
-
-
-def _update_bar(bar, row: dict, rows: list[dict], summary: dict[str, str], *, advance: bool = True) -> None:
-    """Advance the bar (not for a rejection before training: it does not use up the
-    budget); its postfix shows the study-wide ``summary`` (not only this session's
-    trials, so a resumed study keeps its best), then this session's counts of trials
-    rejected before training, stopped during training and failed, and the last trial."""
-    postfix: dict[str, str] = dict(summary)
-    rejected = sum(1 for r in rows if rejected_before_training(r))
-    pruned = sum(1 for r in rows if r.get("state") == "PRUNED") - rejected
-    failed = sum(1 for r in rows if r.get("state") == "FAIL")
-    if rejected:
-        postfix["rejected"] = str(rejected)
-    if pruned:
-        postfix["stopped"] = str(pruned)
-    if failed:
-        postfix["failed"] = str(failed)
-    if row.get("state") == "COMPLETE":
-        postfix["last"] = f"{row.get('val_accuracy', row.get('accuracy')) or float('nan'):.3f}@{row['latency_ms']:.3g}ms"
-    bar.set_postfix(postfix, refresh=not advance)
-    if advance:
-        bar.update(1)

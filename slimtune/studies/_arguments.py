@@ -10,7 +10,7 @@ import re
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Mapping
 
-from slimtune.search._runner import Constraints
+from slimtune.search._constraints import Constraints
 from slimtune.studies._errors import StudyError
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -1,5 +1,5 @@
 """The recorder side of a study: what the trial runner hands outcomes to
-(:class:`slimtune.search._runner.Recorder`).
+(:class:`slimtune.search._outcome.Recorder`).
 
 :class:`Recording` is a part of :class:`~slimtune.studies._study.Study` (its base
 class): storing each outcome with its weights, the complete trials the early-stopping
@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Sequence
 
 from slimtune.search._early_stopping import FrontierPoint
-from slimtune.search._runner import TrialOutcome
+from slimtune.search._outcome import TrialOutcome
 from slimtune._dominance import beaten_by_baseline, non_dominated_mask
 from slimtune.studies._rows import make_row
 from slimtune.studies._schema import CandidateRecord, utcnow
@@ -49,7 +49,7 @@ class Recording:
         import optuna
         from optuna.trial import TrialState
 
-        from slimtune.search._runner import BEATING_ATTR, fail_stale_trials
+        from slimtune.search._heartbeat import BEATING_ATTR, fail_stale_trials
 
         study = self.optuna_study
         done: dict[str, list[int]] = {"told": [], "failed": []}

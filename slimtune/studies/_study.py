@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from slimtune._vocabulary import STATE_PHRASES
 from slimtune.search._early_stopping import FrontierEarlyStopping, resolve_early_stopping
 from slimtune.search._measurement import Measurement
-from slimtune.search._runner import Constraints
+from slimtune.search._constraints import Constraints
 from slimtune.studies._database import Database, mask_url, resolve_storage
 from slimtune.studies._errors import NoCandidateError, SchemaVersionError, StudyError
 from slimtune._dominance import DEFAULT_OBJECTIVES, baseline_on_front, directions
@@ -550,7 +550,7 @@ class Study(Recording):
         only when the study has constraints, as in Optuna's ``best_trials``), sorted by
         the first cost objective.  A collapsed candidate (below half the baseline's
         accuracy) stays here, though Optuna's ``best_trials`` leaves it out: it is
-        infeasible for the samplers only (:data:`slimtune.search._runner.COLLAPSE_FRACTION`).
+        infeasible for the samplers only (:data:`slimtune.search._constraints.COLLAPSE_FRACTION`).
 
         Latencies measured on different machines are not comparable: when the trials
         carry more than one machine fingerprint a ``UserWarning`` says so; pass

@@ -24,7 +24,7 @@ baseline's latency already covers 97% of the ceiling, so no sampler can stand ou
 Above 0.95 test accuracy the default reached 93.8% / 94.7% (random 91.0% / 94.0%) in
 58-68% of random's wall time, once collapsed candidates (below half the baseline's
 accuracy) became infeasible for the samplers
-(:data:`~slimtune.search._runner.COLLAPSE_FRACTION`); before that it trailed random
+(:data:`~slimtune.search._constraints.COLLAPSE_FRACTION`); before that it trailed random
 there (88.6% / 91.4%).  The figures that first chose these defaults (96.4% vs random's
 59.1%) were measured on an earlier ceiling whose frontier was mostly early-exit
 latencies mis-timed by the old plain mean.

@@ -1,0 +1,98 @@
+"""Heartbeats of a RUNNING trial, so that the trial of a worker that died is found and
+failed by the others (Optuna's stale-trial detection, for RDB storages).
+
+The first beat is written right after Optuna's ``ask`` created the trial, before anything
+that can fail (:class:`TrialStart`, handed to the backend as ``on_ask``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
+
+from slimtune.search._interrupts import fault
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+logger = logging.getLogger(__name__)
+
+#: Optuna system attribute set right after a trial's first heartbeat: a RUNNING trial
+#: older than the grace period without it never beat, so Optuna's stale-trial detection
+#: (which skips trials without a heartbeat row) would never fail it; slimtune does.
+BEATING_ATTR = "slimtune:heartbeat"
+
+
+class Heartbeat:
+    """Optuna heartbeats for one RUNNING trial (RDBStorage with a ``heartbeat_interval``).
+
+    The first beat is written at once, in the caller's thread, then
+    :data:`BEATING_ATTR` is set; a thread beats every interval until :meth:`stop`.
+    A trial of a crashed worker is then failed by the others after the grace period.
+    """
+
+    def __init__(self, trial: "optuna.trial.Trial") -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        storage = trial.storage
+        interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+        if not interval:
+            return
+        trial_id = trial._trial_id  # noqa: SLF001 - Optuna's own heartbeat thread uses the same id
+        storage.record_heartbeat(trial_id)
+        storage.set_trial_system_attr(trial_id, BEATING_ATTR, True)
+
+        def beat() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    storage.record_heartbeat(trial_id)
+                except Exception:  # noqa: BLE001 - a missed beat is not fatal
+                    logger.debug("heartbeat failed", exc_info=True)
+
+        self._thread = threading.Thread(target=beat, name=f"slimtune-heartbeat-{trial.number}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+@contextmanager
+def heartbeat(trial: "optuna.trial.Trial") -> Iterator[None]:
+    """Heartbeats for ``trial`` while the block runs (see :class:`Heartbeat`)."""
+    beat = Heartbeat(trial)
+    try:
+        yield
+    finally:
+        beat.stop()
+
+
+class TrialStart:
+    """Handed to the backend as ``on_ask``: called with the trial right after Optuna's
+    ``ask`` created it, before anything else can fail; starts its heartbeat."""
+
+    def __init__(self) -> None:
+        self.trial: "optuna.trial.Trial | None" = None
+        self.heartbeat: Heartbeat | None = None
+
+    def __call__(self, trial: "optuna.trial.Trial") -> None:
+        self.trial = trial
+        fault("after_ask")
+        self.heartbeat = Heartbeat(trial)
+
+    def stop(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+
+
+def fail_stale_trials(study: "optuna.Study") -> None:
+    """Mark RUNNING trials of dead workers (no heartbeat) as FAIL."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)

@@ -1,0 +1,83 @@
+"""What one trial came to (:class:`TrialOutcome`), where outcomes go (the
+:class:`Recorder` the study database implements), and the small attributes written on
+the Optuna trial (:func:`user_attrs`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
+
+from slimtune.search._early_stopping import FrontierPoint
+from slimtune.search._measurement import Measurement
+
+if TYPE_CHECKING:  # pragma: no cover
+    from slimtune.search._backends._interface import Proposal
+    from slimtune.search._pipeline import CandidateResult
+
+
+@dataclass
+class TrialOutcome:
+    """What happened to one proposal (handed to the recorder)."""
+
+    proposal: Proposal
+    state: str  # COMPLETE, PRUNED or FAIL
+    values: list[float] | None
+    result: CandidateResult | None
+    constraints: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    backend: str = ""
+    early_stopping: bool = False
+    worker: str = ""
+
+    @property
+    def number(self) -> int:
+        return self.proposal.number
+
+    @property
+    def feasible(self) -> bool:
+        return all(v <= 0 for v in self.constraints.values())
+
+
+class Recorder(Protocol):
+    """Where outcomes go (the study database implements it)."""
+
+    def frontier_points(self, cost_objectives: Sequence[str]) -> list[FrontierPoint]:
+        """Validation accuracy, curve and measured costs of the complete trials so far
+        (all workers)."""
+
+    def record(self, outcome: TrialOutcome) -> dict:
+        """Store the outcome; return its trial row."""
+
+    # optional: ``recover_trials()`` finishes trials that dead workers left RUNNING
+    # (called before each trial instead of Optuna's plain stale-trial failing)
+
+
+def objective_values(measurement: Measurement, objectives: Sequence[str]) -> list[float]:
+    return [float(getattr(measurement, name)) for name in objectives]
+
+
+def user_attrs(outcome: TrialOutcome, fixed: Mapping[str, Any]) -> dict[str, Any]:
+    """Small JSON attributes on the Optuna trial, so plain Optuna users and
+    optuna-dashboard see what slimtune saw (the full record lives in slimtune's tables)."""
+    attrs: dict[str, Any] = {"backend": outcome.backend, "tuner": outcome.proposal.tuner,
+                             "fixed_params": dict(fixed), "early_stopping": outcome.early_stopping}
+    result = outcome.result
+    if result is not None:
+        if result.val_accuracy is not None:
+            attrs["val_accuracy"] = float(result.val_accuracy)
+        if result.pre is not None:
+            attrs["pre_latency_ms"] = float(result.pre.latency_ms)
+        if result.stopped:
+            attrs["stopped_reason"] = result.stopped
+        m = result.measurement
+        if m is not None:
+            attrs.update(accuracy=m.accuracy, test_accuracy=m.test_accuracy, latency_ms=m.latency_ms,
+                         reference_latency_ms=m.reference_latency_ms, latency_p95_ms=m.latency_p95_ms,
+                         size_bytes=int(m.size_bytes), macs=int(m.macs), kernel_bits=m.kernel_bits, runtime=m.runtime,
+                         fingerprint_id=m.fingerprint_id, flags=list(m.flags),
+                         exit_rates=list(m.exit_rates) if m.exit_rates is not None else None)
+        attrs["train_seconds"] = round(result.train_seconds, 4)
+    if outcome.error:
+        attrs["error"] = outcome.error[-1500:]
+    return attrs
