@@ -1,5 +1,6 @@
 """Checking what a study is created, resumed or run with: names, budgets, evaluation
-settings, constraints.  Every bad value raises :class:`StudyError` naming it, before
+settings, constraints, and all of ``Study.create_or_load``'s arguments at once
+(:func:`check_request`).  Every bad value raises :class:`StudyError` naming it, before
 anything is written.
 """
 
@@ -7,14 +8,20 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import fields
-from typing import TYPE_CHECKING, Any, Mapping
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from slimtune.search._constraints import Constraints
+from slimtune.search._early_stopping import resolve_early_stopping
+from slimtune.studies._database import resolve_storage
 from slimtune.studies._errors import StudyError
+from slimtune.studies._frontier import check_objectives
 
 if TYPE_CHECKING:  # pragma: no cover
+    from slimtune.search._early_stopping import FrontierEarlyStopping
     from slimtune.search._pipeline import EvalSettings
+    from slimtune.spaces._space import Space
+    from slimtune.tasks._task import Task
 
 
 #: Names of new studies: safe in a shell, a file name, a URL or HTML without quoting.
@@ -76,3 +83,67 @@ def constraints_from(constraints: "Constraints | Mapping[str, Any] | None", **li
 def differences(stored: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
     keys = sorted(set(stored) | set(given))
     return [f"{k}: {stored.get(k)!r} (study) vs {given.get(k)!r} (given)" for k in keys if stored.get(k) != given.get(k)]
+
+
+@dataclass(frozen=True)
+class StudyRequest:
+    """``Study.create_or_load``'s arguments, checked: the task built, the objectives and
+    constraints parsed, the space of a new study built (``new_space``; ``None`` without a
+    task).  ``space``, ``fixed`` and ``settings`` are kept as given, for the comparison
+    with a stored study on resume."""
+
+    name: str
+    storage: str
+    task: "Task | None"
+    space: "Space | None"
+    fixed: Mapping[str, Any] | None
+    new_space: "Space | None"
+    objectives: tuple[str, ...] | None
+    constraints: Constraints | None
+    settings: "EvalSettings | Mapping[str, Any] | None"
+    sampler: Any
+    seed: int | None
+    early_stopping: "bool | FrontierEarlyStopping | None"
+
+
+def check_request(name: str, *, storage: str | None, task: "str | Task | None", space: "Space | None",
+                  fixed: Mapping[str, Any] | None, objectives: Sequence[str] | str | None,
+                  constraints: "Constraints | Mapping[str, Any] | None", max_latency_ms: float | None,
+                  max_size_kb: float | None, max_accuracy_drop: float | None,
+                  settings: "EvalSettings | Mapping[str, Any] | None", seed: int | None, sampler: Any,
+                  early_stopping: "bool | FrontierEarlyStopping | None") -> StudyRequest:
+    """Every argument of ``Study.create_or_load`` checked, before anything is written:
+    bad names or values (in ``fixed`` too, against the task's space) raise
+    :class:`StudyError` (or the task's and the space's own errors)."""
+    from slimtune.tasks._task import get_task
+
+    check_name(name)
+    storage = resolve_storage(storage)
+    task_obj = get_task(task) if task is not None else None
+    wanted_objectives = check_objectives(objectives) if objectives is not None else None
+    wanted_constraints = constraints_from(constraints, max_latency_ms=max_latency_ms, max_size_kb=max_size_kb,
+                                          max_accuracy_drop=max_accuracy_drop)
+    if early_stopping is not None:
+        try:
+            resolve_early_stopping(early_stopping)
+        except ValueError as exc:
+            raise StudyError(str(exc)) from None
+    if sampler is not None:
+        from slimtune.search._backends import make_sampler
+
+        make_sampler(sampler)  # bad names fail before anything is written
+    if settings is not None:
+        settings_from(settings, None)
+    new_space = None
+    if task_obj is not None:  # bad names or values in `fixed` fail before anything is written
+        if space is not None:
+            from slimtune.spaces._space import Space
+
+            new_space = Space(space.knobs, task_obj.build_model(), {**space.fixed, **dict(fixed)}) if fixed else space
+        else:
+            from slimtune.search._task_space import build_space
+
+            new_space = build_space(task_obj, fixed=fixed)
+    return StudyRequest(name=name, storage=storage, task=task_obj, space=space, fixed=fixed, new_space=new_space,
+                        objectives=wanted_objectives, constraints=wanted_constraints, settings=settings,
+                        sampler=sampler, seed=seed, early_stopping=early_stopping)

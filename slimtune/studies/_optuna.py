@@ -1,5 +1,6 @@
 """Optuna's side of a study: its ``RDBStorage`` on the study database's URL, with
-heartbeats on so that the trials of dead workers are failed.
+heartbeats on so that the trials of dead workers are failed, and the Optuna study made
+or loaded beside slimtune's record.
 
 Example:
     >>> storage = optuna_storage("sqlite:///slimtune.db", create=False)
@@ -10,13 +11,16 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
+from slimtune._dominance import directions
 from slimtune.studies._database import _scrub, commit_without_fsync_in_wal, creating_concurrently, engine_options, mask_url
 from slimtune.studies._errors import StudyError
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
+
+    from slimtune.studies._schema import StudyRecord
 
 #: Optuna heartbeats: a RUNNING trial whose worker has not beaten for ``GRACE`` seconds
 #: is failed by the next worker that starts a trial.  The environment variables
@@ -63,3 +67,40 @@ def optuna_storage(url: str, *, create: bool = True) -> "optuna.storages.RDBStor
     except Exception as exc:  # noqa: BLE001 - e.g. an Optuna schema needing `optuna storage upgrade`
         first = _scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
         raise StudyError(f"Optuna cannot open {mask_url(url)!r}: {first}") from None
+
+
+def ensure_optuna_study(storage: "optuna.storages.RDBStorage", record: "StudyRecord", *,
+                        has_candidates: Callable[[], bool], shown_url: str) -> "optuna.Study":
+    """The Optuna study of slimtune study ``record``: loaded, or created with the
+    directions, metric names and a ``slimtune`` user attribute of its objectives (another
+    worker may create it at the same time).  ``has_candidates()`` says whether slimtune
+    holds records of its trials (then a missing Optuna study was deleted, not new);
+    ``shown_url`` is the storage in messages."""
+    import optuna
+
+    name, objectives = record.study_name, list(record.objectives)
+    wanted = list(directions(objectives))
+    names = optuna.get_all_study_names(storage)
+    if name not in names:
+        if has_candidates():
+            raise StudyError(f"The Optuna study {name!r} was deleted from {shown_url!r}, but slimtune's "
+                             "records of its trials remain; use another study name.")
+    created = False
+    if name in names:
+        study = optuna.load_study(study_name=name, storage=storage)
+    else:
+        try:
+            study = optuna.create_study(study_name=name, storage=storage, directions=wanted)
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:  # another worker was quicker
+            study = optuna.load_study(study_name=name, storage=storage)
+    if [d.name.lower() for d in study.directions] != wanted:
+        raise StudyError(f"The Optuna study {name!r} has directions {[d.name.lower() for d in study.directions]}, "
+                         f"not those of its objectives {objectives}.")
+    if created:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            study.set_metric_names(objectives)
+        study.set_user_attr("slimtune", {"task": record.task_name, "objectives": objectives,
+                                         "version": record.slimtune_version})
+    return study

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from slimtune.search._measurement import same_run_speedup
-from slimtune._dominance import beaten_by_baseline, non_dominated_mask
+from slimtune._dominance import baseline_on_front, beaten_by_baseline, non_dominated_mask
 
 if TYPE_CHECKING:  # pragma: no cover
     from optuna.trial import FrozenTrial
@@ -135,3 +135,23 @@ def mark_pareto(rows: list[dict[str, Any]], objectives: Sequence[str], *, feasib
     for r in rows:
         r["pareto"] = id(r) in on
     return rows
+
+
+def baseline_row(measurement: Mapping[str, Any], rows: Sequence[Mapping[str, Any]] | None,
+                 objectives: Sequence[str]) -> dict[str, Any]:
+    """The baseline (its stored ``measurement``) in the same fields as a trial row
+    (``trial`` is ``"baseline"``): validation accuracy of its timed artifact (the
+    objective), test accuracy, its latency when the study was created, packed and
+    artifact sizes, MACs.  On the frontier it stands beside each trial with the latency
+    it had in that trial's own run (``reference_latency_ms``).  With ``rows`` (trial
+    rows), ``pareto`` says whether no complete trial beats it (in that trial's own run)."""
+    m = measurement
+    row = {"trial": "baseline", "state": "COMPLETE", "params": {}, "pareto": None,
+           "accuracy": m.get("accuracy"), "val_accuracy": m.get("accuracy"), "test_accuracy": m.get("test_accuracy"),
+           "latency_ms": m.get("latency_ms"), "reference_latency_ms": m.get("latency_ms"), "speedup": 1.0,
+           "size_bytes": m.get("size_bytes"), "artifact_bytes": m.get("artifact_bytes"), "macs": m.get("macs"),
+           "latency_kind": m.get("latency_kind"), "kernel_bits": m.get("kernel_bits"), "runtime": m.get("runtime"),
+           "fingerprint_id": m.get("fingerprint_id"), "flags": list(m.get("flags") or [])}
+    if rows is not None:
+        row["pareto"] = baseline_on_front(row, [r for r in rows if r.get("state") == "COMPLETE"], objectives)
+    return row

@@ -1,0 +1,151 @@
+"""The reader side of a study: its trials as rows, the frontier, one trial as a
+:class:`~slimtune.studies._candidate.Candidate`, the ``select`` rule, the dashboard.
+
+:class:`Reading` is a part of :class:`~slimtune.studies._study.Study` (its base class,
+as :class:`~slimtune.studies._recording.Recording` is): it reads the study's ``name``,
+``objectives``, ``constraints``, ``optuna_study`` and ``baseline_row()``, through its
+storage.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any, Sequence
+
+from slimtune._vocabulary import STATE_PHRASES
+from slimtune.studies._errors import NoCandidateError, StudyError
+from slimtune.studies._frontier import SPLITS, Limits, no_candidate_message, select_rows
+from slimtune.studies._rows import MEASUREMENT_KEYS, make_row, mark_pareto
+
+if TYPE_CHECKING:  # pragma: no cover
+    from slimtune.studies._candidate import Candidate
+    from slimtune.studies._schema import StudyRecord
+    from slimtune.studies._storage import StudyStorage
+
+
+class Reading:
+    """Trials, frontier, candidates, ``select`` and the dashboard of a study."""
+
+    _record: "StudyRecord"
+    _storage: "StudyStorage"
+    _optuna_study_id: int | None
+
+    def _optuna_trials(self) -> Sequence[Any]:
+        """Optuna's trials of the study, read in bulk (with what slimtune's records do
+        not already carry), without building Optuna's storage (its schema check loads
+        every migration script) unless the bulk read cannot answer."""
+        if self._optuna_study_id is None:
+            self._optuna_study_id = self._storage.optuna_study_id(self.name)
+            if self._optuna_study_id is None:  # missing or unreadable: Optuna's API says why
+                self._optuna_study_id = self.optuna_study._study_id  # noqa: SLF001
+        return self._storage.optuna_trials(self._optuna_study_id, self._record.id,
+                                           fallback=lambda: self.optuna_study.get_trials(deepcopy=False))
+
+    def trials(self, *, states: Sequence[str] | None = None) -> list[dict]:
+        """Every trial as a row (see :mod:`slimtune.studies._rows`), by trial number;
+        ``pareto`` marks the frontier.  ``states`` filters (e.g. ``("COMPLETE",)``)."""
+        # Optuna's side first: it leaves out what the records then present carry, and
+        # records are written once and never removed, so the records read next carry it
+        frozen = {t.number: t for t in self._optuna_trials()}
+        records = self._storage.candidates(self._record.id, measurement_keys=MEASUREMENT_KEYS)
+        rows = [make_row(records.get(n), frozen.get(n), objectives=self.objectives, fixed=self._record.fixed)
+                for n in sorted(set(records) | set(frozen))]
+        mark_pareto(rows, self.objectives, feasible_only=self.constraints.active, baseline=self.baseline_row())
+        if states is not None:
+            wanted = {s.upper() for s in states}
+            rows = [r for r in rows if r["state"] in wanted]
+        return rows
+
+    def fingerprints(self) -> dict[str, int]:
+        """Machine fingerprints of the complete trials, with their counts."""
+        counts: dict[str, int] = {}
+        for row in self.trials(states=("COMPLETE",)):
+            key = row.get("fingerprint_id") or "?"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def frontier(self, *, fingerprint: str | None = None) -> list[dict]:
+        """The non-dominated complete trials under the study's objectives (feasible ones
+        only when the study has constraints, as in Optuna's ``best_trials``), sorted by
+        the first cost objective.  A collapsed candidate (below half the baseline's
+        accuracy) stays here, though Optuna's ``best_trials`` leaves it out: it is
+        infeasible for the samplers only (:data:`slimtune.search._constraints.COLLAPSE_FRACTION`).
+
+        Latencies measured on different machines are not comparable: when the trials
+        carry more than one machine fingerprint a ``UserWarning`` says so; pass
+        ``fingerprint=`` to keep one machine's trials.
+        """
+        rows = self.trials(states=("COMPLETE",))
+        if fingerprint is not None:
+            rows = [r for r in rows if r.get("fingerprint_id") == fingerprint]
+            mark_pareto(rows, self.objectives, feasible_only=self.constraints.active, baseline=self.baseline_row())
+        else:
+            ids = {r.get("fingerprint_id") for r in rows}
+            if len(ids) > 1:
+                warnings.warn(f"Study {self.name!r} mixes latencies from {len(ids)} machine fingerprints "
+                              f"({', '.join(sorted(map(str, ids)))}); pass fingerprint= to keep one.", UserWarning,
+                              stacklevel=2)
+        cost = self.objectives[1]
+        return sorted((r for r in rows if r["pareto"]), key=lambda r: (r[cost], -r["accuracy"], r["trial"]))
+
+    def candidate(self, number: int) -> "Candidate":
+        """Trial ``number`` as a :class:`Candidate` (it must be complete)."""
+        from slimtune.studies._candidate import Candidate
+
+        rows = {r["trial"]: r for r in self.trials()}
+        if number not in rows:
+            raise StudyError(f"Study {self.name!r} has no trial {number}; its trials are 0..{max(rows, default=-1)}.")
+        row = rows[number]
+        if row["state"] != "COMPLETE":
+            reason = row.get("stopped_reason") or row.get("error") or ""
+            state = STATE_PHRASES["PRUNED"] if row["state"] == "PRUNED" else row["state"]  # users never read "pruned"
+            raise StudyError(f"Trial {number} of study {self.name!r} is {state}, not COMPLETE"
+                             + (f" ({reason})" if reason else "") + ": it has no model to load or export.")
+        return Candidate(self, row)
+
+    def select(self, *, max_latency_ms: float | None = None, min_accuracy: float | None = None,
+               max_size_kb: float | None = None, max_artifact_kb: float | None = None,
+               split: str = "val") -> "Candidate":
+        """The most accurate complete trial within the limits (ties: lower latency,
+        then smaller size, then earlier trial).
+
+        Accuracy is the **validation** accuracy (what the search optimized) unless
+        ``split="test"``; ``min_accuracy`` applies to the same split.  A trial that the
+        baseline dominates (the baseline timed in the trial's own run) is never chosen:
+        the baseline itself is then the better model.
+
+        ``max_size_kb`` limits ``size_bytes`` (the packed model file), ``max_artifact_kb``
+        ``artifact_bytes`` (the ONNX/TorchScript file that was timed); both in KiB
+        (1024 B).  A trial with no recorded artifact length never meets
+        ``max_artifact_kb``.
+
+        Raises:
+            NoCandidateError: nothing fits, or nothing that fits beats the baseline; the
+                message names the closest alternatives.
+        """
+        from slimtune.studies._candidate import Candidate
+
+        for arg, value in (("max_latency_ms", max_latency_ms), ("max_size_kb", max_size_kb),
+                           ("max_artifact_kb", max_artifact_kb)):
+            if value is not None and not (value > 0):
+                raise StudyError(f"`{arg}` must be positive, but got {value!r}.")
+        if split not in SPLITS:
+            raise StudyError(f"`split` must be one of {', '.join(SPLITS)}, but got {split!r}.")
+        limits = Limits(max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, max_size_kb=max_size_kb,
+                        max_artifact_kb=max_artifact_kb, split=split)
+        rows = [r for r in self.trials(states=("COMPLETE",)) if r.get(limits.accuracy) is not None]
+        if not rows:
+            raise NoCandidateError(f"Study {self.name!r} has no complete trial yet.")
+        baseline = self.baseline_row()
+        fitting, better = select_rows(rows, limits, baseline=baseline, objectives=self.objectives)
+        if better:
+            return Candidate(self, better[0])
+        raise NoCandidateError(no_candidate_message(self.name, rows, fitting, limits, baseline))
+
+    def dashboard(self, **kwargs: Any):
+        """A live notebook dashboard of this study (``slimtune.widgets.StudyDashboard``;
+        needs the notebook extras), opened through the opener the package root
+        installs (:mod:`slimtune._viewers`): studies never import widgets."""
+        from slimtune._viewers import open_dashboard
+
+        return open_dashboard(self, **kwargs)
