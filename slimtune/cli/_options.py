@@ -1,0 +1,81 @@
+"""The ``slimtune`` command's options and arguments: bounded numbers, ``NAME=VALUE``
+assignments, and the options several commands share.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import click
+
+from slimtune._cli_tables import WIDTH
+from slimtune._defaults import DEFAULT_STORAGE, STORAGE_ENV
+from slimtune.cli._user_errors import UserError
+
+
+class FiniteFloat(click.FloatRange):
+    """A float in a range that is never NaN or infinite (``--timeout nan`` is refused)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+#: Bounds of the numeric options: beyond them a typo runs for days or fails late.
+MAX_TRIALS = 100_000
+MAX_EPOCHS = 1000
+MAX_THREADS = 1024
+MAX_BATCH = 65536
+MAX_REPEATS = 1_000_000
+MAX_CALIBRATION = 1_000_000
+MAX_TIMEOUT_S = 30 * 24 * 3600.0
+SEED = click.IntRange(0, 2**32 - 1)
+POSITIVE = FiniteFloat(min=0, min_open=True)
+FRACTION = FiniteFloat(0, 1)
+ASSIGNMENT_OPTIONS = ("--set", "--fix")
+
+
+class AssignmentCommand(click.Command):
+    """A command whose ``--set``/``--fix`` take one NAME=VALUE word: ``--set prune.ratio 0.5``
+    (no ``=``) is answered with that, not with click's "unexpected extra argument"."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        for i, word in enumerate(args[:-2]):
+            value, extra = args[i + 1], args[i + 2]
+            if word in ASSIGNMENT_OPTIONS and "=" not in value and not extra.startswith("-"):
+                click.echo(f"Error: `{word}` takes one NAME=VALUE word, but got {value!r} {extra!r}: "
+                           f"write {word} {value}={extra}.", err=True)
+                ctx.exit(2)
+        return super().parse_args(ctx, args)
+
+
+def check_int8_format() -> None:
+    """A bad ``$SLIMTUNE_INT8_FORMAT`` is one line before any work, not a failed trial."""
+    from slimtune.search._runtimes import requested_int8_format
+
+    try:
+        requested_int8_format()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def parse_assignments(items: tuple[str, ...], option: str = "--set") -> dict[str, str]:
+    """``("a=1", "b=x")`` -> ``{"a": "1", "b": "x"}``; a word without ``=`` is bad input."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"`{option}` takes NAME=VALUE, but got {item!r}.")
+        out[name.strip()] = value.strip()
+    return out
+
+
+storage_option = click.option(
+    "--storage", default=DEFAULT_STORAGE, show_default=True, metavar="URL", envvar=STORAGE_ENV, show_envvar=True,
+    help=f"Study database: any SQLAlchemy URL Optuna accepts (sqlite:///file.db, postgresql://...); "
+         f"${STORAGE_ENV} keeps a password off the command line.",
+)
+wide_option = click.option("--wide", is_flag=True, help=f"Do not wrap the table to {WIDTH} columns.")

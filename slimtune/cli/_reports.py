@@ -1,0 +1,193 @@
+"""What the ``slimtune`` command prints: study summaries, the frontier table, the
+commands to run next, one candidate beside its baseline, the study list, the chosen
+trial, one line per finished trial of a worker.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+from typing import Any
+
+import click
+
+from slimtune._cli_tables import WIDTH, compact_params, speedup, table_lines, test_accuracy, val_accuracy
+from slimtune._defaults import DEFAULT_STORAGE, STORAGE_ENV
+from slimtune._vocabulary import STATE_WORDS, STUDY_COLUMNS, created_text
+from slimtune.search._early_stopping import rejected_before_training  # light: no torch
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def param_names(study: Any) -> list[str]:
+    return [p["name"] for p in study.space_dict.get("params", [])]
+
+
+def echo_table(rows: list[dict[str, Any]], study: Any, *, mark_pareto: bool = True, wide: bool = False) -> None:
+    for line in table_lines(rows, param_names(study), mark_pareto=mark_pareto, wide=wide):
+        click.echo(line)
+
+
+def artifact_kib(row: dict[str, Any]) -> str:
+    """``, artifact 12.3 KiB`` when the timed artifact's length is known."""
+    return f", artifact {row['artifact_bytes'] / 1024:.1f} KiB" if row.get("artifact_bytes") else ""
+
+
+def echo_wrapped(text: str, *, wide: bool = False) -> None:
+    """One logical line, wrapped to the table width unless ``wide``."""
+    import textwrap
+
+    for line in [text] if wide else textwrap.wrap(text, WIDTH, subsequent_indent="  ", break_on_hyphens=False):
+        click.echo(line)
+
+
+def echo_summary(study: Any, *, wide: bool = False) -> None:
+    echo = functools.partial(echo_wrapped, wide=wide)
+    rows = study.trials()
+    counts = {s: sum(1 for r in rows if r["state"] == s) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    rejected = sum(1 for r in rows if rejected_before_training(r))  # not counted in --trials
+    base = study.baseline
+    echo(f"Study {study.name!r} in {study.storage}: task {study.task_name}, objectives "
+               f"{', '.join(study.objectives)}; {len(rows) - rejected} trials trained ({counts['COMPLETE']} complete, "
+               f"{counts['PRUNED'] - rejected} {STATE_WORDS['PRUNED']} early, {counts['FAIL']} failed"
+               + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "") + f"), {rejected} rejected before "
+               "training by early stopping")
+    base_row = base.to_dict()
+    test = test_accuracy(base_row)
+    metric = getattr(study, "metric_name", "accuracy")
+    names = ("val_acc", "test_acc") if metric == "accuracy" else (metric, f"test {metric}")
+    echo(f"Baseline: {names[0]} {val_accuracy(base_row):.4f}" + (f", {names[1]} {test:.4f}" if test is not None else "")
+         + f", latency {base.latency_ms:.4f} ms ({base.runtime}, {base.threads} thread(s), batch "
+         f"{base.batch_size}), packed {base.size_bytes / 1024:.1f} KiB{artifact_kib(base_row)}, {base.macs:,} MACs")
+    if study.constraints.active:
+        echo(f"Constraints: {study.constraints.to_dict()}")
+    fingerprints = study.fingerprints()
+    if len(fingerprints) > 1:
+        echo(f"note: latencies come from {len(fingerprints)} machine fingerprints ({', '.join(fingerprints)}); "
+                   "they are not comparable across machines.")
+
+
+def echo_frontier(study: Any, *, wide: bool = False) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the mixed-fingerprint note is printed by echo_summary
+        front = study.frontier()
+    complete = len(study.trials(states=("COMPLETE",)))
+    click.echo(f"Frontier: {len(front)} of {complete} complete trials")
+    if front:
+        echo_table(front, study, wide=wide)
+
+
+def echo_report(study: Any, *, wide: bool = False) -> None:
+    """What ``run`` and ``refit`` print at the end: the summary, the frontier and the
+    commands to run next."""
+    echo_summary(study, wide=wide)
+    echo_frontier(study, wide=wide)
+    click.echo("Next:")
+    for line in next_steps(study):
+        click.echo(f"  {line}")
+
+
+def next_steps(study: Any) -> list[str]:
+    """The commands a user runs next, filled in with this study's name, storage and trials."""
+    import warnings
+
+    name = shlex.quote(study.name)
+    storage = "" if study.storage == DEFAULT_STORAGE else f" --storage {shlex.quote(study.storage)}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        front = study.frontier()
+    lines = [f"slimtune show {name} --pareto{storage}"]
+    if front:
+        base = study.baseline
+        fast = min(front, key=lambda r: r["latency_ms"])
+        budget = max(fast["latency_ms"], min(base.latency_ms, max(r["latency_ms"] for r in front)))
+        # 4 significant digits, rounded up (x1.001 outweighs the rounding) so the trial it names fits
+        lines.append(f"slimtune select {name} --max-latency-ms {budget * 1.001:.4g}{storage}")
+        best = max(front, key=lambda r: (val_accuracy(r) or 0.0, -r["latency_ms"]))
+        lines.append(f"slimtune export {name} --trial {best['trial']} --out {_file_name(study.name)}.onnx{storage}")
+    return lines
+
+
+def _file_name(name: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name).strip("-")
+    return safe or "model"
+
+
+def echo_trial_line(row: dict[str, Any]) -> None:
+    """One line per finished trial (the workers of ``run --workers``)."""
+    if row["state"] == "COMPLETE":
+        detail = f"accuracy {row['accuracy']:.4f}, latency {row['latency_ms']:.4g} ms"
+    else:
+        detail = (row.get("stopped_reason") or row.get("error") or "").splitlines()[-1:] or [""]
+        detail = detail[0][:120]
+    click.echo(f"trial {row['trial']} {row['state']}: {detail}", nl=True)
+
+
+def export_line(study_name: str, trial: int, storage: str) -> str:
+    """A copy-paste ``slimtune export`` command with every word shell-quoted (a study
+    name never turns it into another command); the storage is left out when it comes
+    from ``$SLIMTUNE_STORAGE``, and its password is never printed."""
+    import os
+
+    from slimtune.studies import mask_url
+
+    words = ["slimtune", "export", study_name, "--trial", str(trial), "--out", "model.onnx"]
+    if storage != os.environ.get(STORAGE_ENV, "").strip():
+        words += ["--storage", mask_url(storage)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def echo_evaluation(report: dict[str, Any], *, runtime: str, threads: int, batch_size: int) -> None:
+    """``slimtune eval``'s table: the candidate's metrics beside the baseline's."""
+    base = report["baseline"]
+    click.echo(f"task {report['task']}  runtime {runtime}  threads {threads}  batch {batch_size}  "
+               f"({report['total_seconds']:.1f} s for the candidate)")
+    click.echo(f"params: {compact_params(report['params'])}")
+    click.echo(f"{'':<14}{'candidate':>14}{'baseline':>14}")
+    rows = (("val_acc", val_accuracy(report), val_accuracy(base), "{:.4f}"),
+            ("test_acc", test_accuracy(report), test_accuracy(base), "{:.4f}"),
+            ("latency_ms", report["latency_ms"], base["latency_ms"], "{:.4f}"),
+            ("packed_KiB", report["size_bytes"] / 1024, base["size_bytes"] / 1024, "{:.1f}"),
+            ("artifact_KiB", (report.get("artifact_bytes") or 0) / 1024 or None,
+             (base.get("artifact_bytes") or 0) / 1024 or None, "{:.1f}"),
+            ("MACs", report["macs"], base["macs"], "{:,}"))
+    for key, ours, theirs, fmt in rows:
+        if ours is None and theirs is None:
+            continue
+        click.echo(f"{key:<14}{'-' if ours is None else fmt.format(ours):>14}"
+                   f"{'-' if theirs is None else fmt.format(theirs):>14}")
+    ratio = speedup(report)
+    if ratio is not None:
+        click.echo(f"speedup       {ratio:.2f}x (the baseline timed in the same run / the candidate)")
+    if report.get("exit_rates"):
+        click.echo("exit rates    " + ", ".join(f"{r:.2f}" for r in report["exit_rates"]))
+    for flag in report.get("flags", []):
+        click.echo(f"note: {flag}")
+
+
+def echo_study_list(rows: list[dict[str, Any]]) -> None:
+    """``slimtune studies``' table, one study a line."""
+    c = STUDY_COLUMNS
+    click.echo(f"{c['name']:<24} {c['task']:<16} {c['objectives']:<22} {c['trials']:>6} {c['complete']:>8} "
+               f"{c['pruned']:>7} {c['failed']:>6}  {c['created_at']}")
+    for r in rows:
+        click.echo(f"{r['name']:<24} {r['task']:<16} {','.join(r['objectives']):<22} {r['trials']:>6} {r['complete']:>8} "
+                   f"{r['pruned']:>7} {r['failed']:>6}  {created_text(r['created_at'])}")
+
+
+def echo_selected(row: dict[str, Any], study: Any, *, split: str, storage: str) -> None:
+    """``slimtune select``'s answer: the chosen trial, its parameters, how to export it."""
+    test = test_accuracy(row)
+    ratio = speedup(row)
+    click.echo(f"trial {row['trial']} (ranked by {'validation' if split == 'val' else 'test'} accuracy): "
+               f"val_acc {val_accuracy(row):.4f}" + (f", test_acc {test:.4f}" if test is not None else "")
+               + f", latency {row['latency_ms']:.4f} ms"
+               + (f" ({ratio:.2f}x the baseline timed in the same run)" if ratio else "")
+               + f", packed {row['size_bytes'] / 1024:.1f} KiB{artifact_kib(row)}, {row['macs']:,} MACs")
+    click.echo(f"params: {compact_params(row['params'], param_names(study))}")
+    click.echo(f"export: {export_line(study.name, row['trial'], storage)}")

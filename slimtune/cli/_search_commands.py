@@ -1,0 +1,265 @@
+"""The ``slimtune`` commands that train: ``space`` (the joint space of a task), ``eval``
+(one candidate, nothing stored), ``run`` (a search into a study, with worker processes)
+and ``refit`` (a study's front retrained with more epochs).
+
+Heavy modules (torch, the spaces, the search) are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from slimtune.cli._main import main, quiet_optuna
+from slimtune.cli._options import (
+    FRACTION,
+    MAX_BATCH,
+    MAX_CALIBRATION,
+    MAX_EPOCHS,
+    MAX_REPEATS,
+    MAX_THREADS,
+    MAX_TIMEOUT_S,
+    MAX_TRIALS,
+    POSITIVE,
+    SEED,
+    AssignmentCommand,
+    FiniteFloat,
+    check_int8_format,
+    parse_assignments,
+    storage_option,
+    wide_option,
+)
+from slimtune.cli._reports import echo_evaluation, echo_json, echo_report, echo_trial_line
+from slimtune.cli._user_errors import UserError, user_errors
+from slimtune.cli._workers import EXIT_CODES, run_workers, stop_signals
+from slimtune.search._interrupts import Interrupted  # light: no torch
+from slimtune.search._measurement import RUNTIMES  # light: no torch
+
+
+@main.command(cls=AssignmentCommand)
+@click.option("--task", "task_spec", required=True, help="Built-in task (digits, fashion-mnist) or package.module:callable.")
+@click.option("--fix", multiple=True, metavar="NAME=VALUE", help="Hold a parameter at a value (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@user_errors
+def space(task_spec: str, fix: tuple[str, ...], as_json: bool) -> None:
+    """The parameters of the joint space of a task's model, with their domains."""
+    from slimtune.search._task_space import build_space
+    from slimtune.tasks import get_task
+
+    task = get_task(task_spec)
+    sp = build_space(task, fixed=parse_assignments(fix, "--fix"))
+    data = sp.to_dict()
+    if as_json:
+        echo_json({"task": task.name, **data})
+        return
+    click.echo(f"Joint space of task {task.name!r} ({len(sp.searched)} searched, {len(sp.fixed)} fixed):")
+    for p in data["params"]:
+        dom = f"[{p['low']}, {p['high']}]{' log' if p.get('log') else ''}" if "low" in p else "{" + ", ".join(map(str, p["choices"])) + "}"
+        state = f"= {p['value']} (fixed)" if p["fixed"] else f"default {p['default']}"
+        click.echo(f"  {p['name']:<28} {p['kind']:<12} {dom:<32} {state}")
+    for family, reason in data.get("omitted", {}).items():
+        click.echo(f"  no {family} knob: {reason}")
+
+
+@main.command("eval", cls=AssignmentCommand)
+@click.option("--task", "task_spec", required=True, help="Built-in task or package.module:callable.")
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="A parameter value (repeatable); others take defaults.")
+@click.option("--epochs", type=click.IntRange(0, MAX_EPOCHS), default=None, help="Distillation epochs (default: the task's).")
+@click.option("--runtime", type=click.Choice(list(RUNTIMES)), default="onnxruntime", show_default=True)
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=1, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (no progress lines).")
+@click.option("--no-cache", is_flag=True, help="Retrain the baseline instead of reading the cache (the cache is refreshed).")
+@user_errors
+def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: str, threads: int, batch_size: int,
+          seed: int, as_json: bool, no_cache: bool) -> None:
+    """Build, train and measure one candidate; print its metrics beside the baseline's.
+
+    Nothing is stored in a study (no --storage); the trained baseline is cached.
+    """
+    from slimtune.search._eval_one import evaluate_one
+
+    check_int8_format()
+    report = evaluate_one(task_spec, parse_assignments(sets), epochs=epochs, runtime=runtime, threads=threads,
+                          batch_size=batch_size, seed=seed, progress=not as_json, use_cache=not no_cache)
+    if as_json:
+        echo_json(report)
+        return
+    echo_evaluation(report, runtime=runtime, threads=threads, batch_size=batch_size)
+
+
+@main.command(cls=AssignmentCommand)
+@click.option("--study", "study_name", required=True, help="Study name (created, or resumed if it exists).")
+@click.option("--task", "task_spec", default=None, help="Built-in task or package.module:callable (needed to create; checked on resume).")
+@click.option("--trials", "n_trials", type=click.IntRange(1, MAX_TRIALS), default=None, help="Trials to run now.")
+@click.option("--timeout", type=FiniteFloat(min=0, max=MAX_TIMEOUT_S, min_open=True), default=None, help="No new trial after this many seconds.")
+@click.option("--objectives", default=None, help="accuracy plus latency_ms, size_bytes and/or macs, comma-separated [default: accuracy,latency_ms].")
+@click.option("--sampler", type=click.Choice(["gp", "tpe", "nsga2", "random"]), default=None, help="Optuna sampler [default: tpe].")
+@click.option("--backend", type=click.Choice(["optuna", "nni"]), default="optuna", show_default=True)
+@click.option("--tuner", default=None, help="NNI tuner, with --backend nni: TPE, Random, Evolution or GridSearch [default: TPE].")
+@click.option("--scalarize", default=None, metavar="TERMS",
+              help="What the NNI tuner maximizes, with --backend nni: comma-separated COST*WEIGHT, COST<=BUDGET, "
+                   "penalty=P, e.g. 'latency_ms*0.05' or 'latency_ms<=2,penalty=2' "
+                   "[default: accuracy - 0.05*log2(first cost objective)].")
+@click.option("--seed", type=SEED, default=None, help="Sampler seed (reproducible proposals).")
+@click.option("--max-latency-ms", type=POSITIVE, default=None, help="Constraint: latency at most this.")
+@click.option("--max-size-kb", type=POSITIVE, default=None,
+              help="Constraint: packed model file (size_bytes, what export --format packed writes) at most this many KiB (1024 B).")
+@click.option("--max-accuracy-drop", type=FRACTION, default=None, help="Constraint: validation accuracy at least the baseline's minus this (e.g. 0.01).")
+@click.option("--early-stopping/--no-early-stopping", default=None, help="Stop candidates a no-costlier trial clearly beats [default: on].")
+@click.option("--warm-start/--no-warm-start", default=True, show_default=True,
+              help="Start a new study near the baseline (the task's warm starts, else one knob family moved at a time).")
+@click.option("--epochs", type=click.IntRange(0, MAX_EPOCHS), default=None, help="Distillation epochs per candidate (default: the task's).")
+@click.option("--runtime", type=click.Choice(list(RUNTIMES)), default=None, help="Runtime that is timed [default: onnxruntime].")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None, help="Inference threads [default: 1].")
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=None, help="Timed batch size [default: 1].")
+@click.option("--latency-repeats", type=click.IntRange(1, MAX_REPEATS), default=None, help="Timed repeats per candidate [default: 100].")
+@click.option("--calibration-size", type=click.IntRange(1, MAX_CALIBRATION), default=None,
+              help="PTQ calibration samples, the first of the training split (a streaming loader reads only the "
+                   "batches they fill) [default: 256].")
+@click.option("--fix", multiple=True, metavar="NAME=VALUE", help="Hold a parameter at a value (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the frontier as JSON (no progress bar).")
+@wide_option
+@click.option("--workers", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+              help="Worker processes on this machine, each joining the study (seeds SEED, SEED+1, ...); "
+                   "--trials is their total.")
+@click.option("--worker-id", type=click.IntRange(min=0), default=None, hidden=True)  # a child of --workers
+@click.option("--no-cache", is_flag=True, help="Retrain the baseline instead of reading the cache (the cache is refreshed).")
+@storage_option
+@user_errors
+def run(**options: Any) -> None:
+    """Create or resume a study, run trials (progress bar with ETA), print the frontier
+    and the commands to run next.
+
+    Every worker that runs this with the same --study and --storage joins the same study
+    (on one or many machines; PostgreSQL for many).  Ctrl-C or SIGTERM: the running
+    trial is recorded as failed, the study stays resumable (exit codes 130 and 143).
+    """
+    with stop_signals():
+        try:
+            _run(**options)  # the options by name (see _run)
+        except Interrupted as exc:
+            click.echo(f"\nInterrupted by {exc.signal_name}: the running trial is recorded as failed; the study keeps "
+                       "its other trials (run the same command to resume).", err=True)
+            sys.exit(EXIT_CODES.get(exc.signal_name, 130))
+
+
+def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: float | None, objectives: str | None,
+         sampler: str | None, backend: str, tuner: str | None, scalarize: str | None, seed: int | None,
+         max_latency_ms: float | None, max_size_kb: float | None,
+         max_accuracy_drop: float | None, early_stopping: bool | None, epochs: int | None, runtime: str | None,
+         threads: int | None, batch_size: int | None, latency_repeats: int | None, calibration_size: int | None,
+         fix: tuple[str, ...], as_json: bool, wide: bool, workers: int, worker_id: int | None, no_cache: bool,
+         storage: str, warm_start: bool) -> None:
+    if n_trials is None and timeout is None:
+        raise UserError("Give --trials N and/or --timeout SECONDS.")
+    check_int8_format()
+    nni_options = {k: v for k, v in (("tuner", tuner), ("scalarization", scalarize)) if v is not None}
+    if nni_options and backend != "nni":
+        raise UserError("--tuner and --scalarize set up the NNI backend: add --backend nni.")
+    from slimtune.studies import Study
+
+    if backend == "nni":
+        from slimtune.search._backends import get_backend
+
+        get_backend("nni").check_options(**nni_options)  # before a study is created
+    quiet_optuna()
+    settings = {k: v for k, v in {"epochs": epochs, "runtime": runtime, "threads": threads, "batch_size": batch_size,
+                                  "latency_repeats": latency_repeats, "calibration_size": calibration_size}.items()
+                if v is not None}
+    study = Study.create_or_load(
+        study_name, storage=storage, task=task_spec, fixed=parse_assignments(fix, "--fix") or None, objectives=objectives,
+        max_latency_ms=max_latency_ms, max_size_kb=max_size_kb, max_accuracy_drop=max_accuracy_drop,
+        settings=settings or None, seed=seed, sampler=sampler, early_stopping=early_stopping, progress=not as_json,
+        use_cache=not no_cache,
+    )
+    try:
+        if worker_id is not None:  # a child of --workers: one line per trial, no summary
+            study.optimize(n_trials=n_trials, timeout=timeout, backend=backend, progress=False,
+                           callbacks=[echo_trial_line], warm_start=warm_start, **nni_options)
+            return
+        before = len(study.trials())
+        if not as_json:
+            click.echo(f"Study {study.name!r} ({study.storage}): {before} earlier trials; running "
+                       + (f"{n_trials} trials" if n_trials else "") + (" " if n_trials and timeout else "")
+                       + (f"for at most {timeout:g} s" if timeout else "")
+                       + (f" in {workers} worker processes" if workers > 1 else "") + ".")
+        if workers > 1:
+            failed = run_workers(click.get_current_context(), workers, n_trials, seed, as_json)
+        else:
+            failed = []
+            study.optimize(n_trials=n_trials, timeout=timeout, backend=backend, progress=not as_json,
+                           warm_start=warm_start, **nni_options)
+        if as_json:
+            echo_json(study.frontier())
+        else:
+            echo_report(study, wide=wide)
+    finally:
+        study.close()
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {workers} workers failed: " + "; ".join(failed))
+
+
+@main.command()
+@click.argument("study_name", metavar="STUDY")
+@click.option("--epochs", type=click.IntRange(1, MAX_EPOCHS), required=True,
+              help="Distillation epochs of the refit (more than the search gave each candidate).")
+@click.option("--finetune-epochs", type=click.IntRange(0, MAX_EPOCHS), default=None,
+              help="Recovery epochs of the refit (pruning fine-tuning, QAT) [default: the task's].")
+@click.option("--max-drop", type=FRACTION, default=0.05, show_default=True,
+              help="Refit the front's trials whose validation accuracy is at least the baseline's minus this.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=6, show_default=True,
+              help="At most this many trials, spread along the front (its cheapest and most accurate ends kept).")
+@click.option("--name", "refit_name", default=None, help="The refit study's name [default: STUDY-refit].")
+@click.option("--json", "as_json", is_flag=True, help="Print the refit study's frontier as JSON (no progress bar).")
+@wide_option
+@storage_option
+@user_errors
+def refit(study_name: str, epochs: int, finetune_epochs: int | None, max_drop: float, limit: int,
+          refit_name: str | None, as_json: bool, wide: bool, storage: str) -> None:
+    """Multi-fidelity: retrain a study's front with more epochs, in a study of its own.
+
+    A search with few epochs per candidate ranks candidates cheaply but leaves the
+    compressed ones short of what they reach with enough training; this retrains and
+    remeasures exactly the front's values (close enough to the baseline: --max-drop)
+    in STUDY-refit, beside STUDY in the same storage.  Run again to resume.
+    """
+    import warnings
+
+    from slimtune.studies._refit import REFIT_OF, front_to_refit, refit_front
+    from slimtune.studies import Study
+
+    quiet_optuna()
+    study = Study.load(study_name, storage=storage)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            picked = front_to_refit(study.frontier(), float(study.baseline.accuracy), max_drop=max_drop, limit=limit)
+        if not picked:
+            raise UserError(f"No trial on the front of {study.name!r} is within --max-drop {max_drop:g} of the "
+                            f"baseline's validation accuracy {study.baseline.accuracy:.4f}: nothing to refit.")
+        if not as_json:
+            click.echo(f"Refitting {len(picked)} front trial(s) of {study.name!r} ("
+                       + ", ".join(str(r["trial"]) for r in picked) + f") with {epochs} distillation epochs"
+                       + ("" if finetune_epochs is None else f" and {finetune_epochs} recovery epochs") + ".")
+        with stop_signals():
+            try:
+                result = refit_front(study, storage=storage, epochs=epochs, finetune_epochs=finetune_epochs,
+                                     name=refit_name, progress=not as_json, rows=picked)
+            except Interrupted as exc:
+                click.echo(f"\nInterrupted by {exc.signal_name}: run the same command to resume.", err=True)
+                sys.exit(EXIT_CODES.get(exc.signal_name, 130))
+        try:
+            if as_json:
+                echo_json(result.frontier())
+                return
+            sources = {t.number: t.user_attrs.get(REFIT_OF) for t in result.optuna_study.get_trials(deepcopy=False)}
+            click.echo("Refit trial <- search trial: " + ", ".join(f"{n} <- {s}" for n, s in sorted(sources.items())))
+            echo_report(result, wide=wide)
+        finally:
+            result.close()
+    finally:
+        study.close()
