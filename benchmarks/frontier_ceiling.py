@@ -135,7 +135,7 @@ def _digits_evaluator():
     from slimtune.search._task_space import build_space
     from slimtune.search._baseline import get_baseline
     from slimtune.search._pipeline import EvalSettings, Evaluator
-    from slimtune.tasks._task import get_task
+    from slimtune.tasks._registry import get_task
 
     task = get_task("digits")
     full = build_space(task)
@@ -291,7 +291,7 @@ def build_ceiling(rows: list[dict[str, Any]], baseline_val_accuracy: float | Non
 
     from slimtune.search._pipeline import EvalSettings
     from slimtune.search._profiling import machine_fingerprint
-    from slimtune.tasks._task import get_task
+    from slimtune.tasks._registry import get_task
 
     task = get_task("digits")
     settings = EvalSettings()
@@ -375,7 +375,7 @@ def replay_space(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any]):
     (floats keep their kind and take ``[min, max]`` of the levels; categoricals and bools
     take the levels) and every other parameter fixed as in the enumeration."""
     from slimtune.search._task_space import build_space
-    from slimtune.tasks._task import get_task
+    from slimtune.tasks._registry import get_task
 
     task = get_task("digits")
     full = build_space(task)

@@ -32,7 +32,7 @@ def test_a_task_without_a_list_gives_none(digits_task):
 
 def test_digits_starts_with_the_same_well_known_compressions():
     from slimtune.tasks._builtin import DIGITS_WARM_STARTS
-    from slimtune.tasks._task import get_task
+    from slimtune.tasks._registry import get_task
 
     digits = get_task("digits")
     assert digits.extra["warm_starts"] == DIGITS_WARM_STARTS == FASHION_WARM_STARTS
@@ -110,7 +110,7 @@ def test_no_warm_start_leaves_a_new_study_to_the_sampler(tmp_path):
     from click.testing import CliRunner
 
     from slimtune.cli import main
-    from slimtune.tasks._task import get_task
+    from slimtune.tasks._registry import get_task
 
     def first_params(name: str, *flags: str) -> dict:
         url = f"sqlite:///{tmp_path / (name + '.db')}"

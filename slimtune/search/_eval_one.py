@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping
 
-from slimtune.tasks._task import Task, get_task
+from slimtune.tasks._registry import get_task
+from slimtune.tasks._task import Task
 
 
 def measurement_row(m) -> dict[str, Any]:

@@ -115,7 +115,7 @@ def check_request(name: str, *, storage: str | None, task: "str | Task | None", 
     """Every argument of ``Study.create_or_load`` checked, before anything is written:
     bad names or values (in ``fixed`` too, against the task's space) raise
     :class:`StudyError` (or the task's and the space's own errors)."""
-    from slimtune.tasks._task import get_task
+    from slimtune.tasks._registry import get_task
 
     check_name(name)
     storage = resolve_storage(storage)

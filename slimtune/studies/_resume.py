@@ -59,7 +59,8 @@ def same_task(db: "Database", record: StudyRecord, task: "Task") -> bool:
 
 def rebuild_task(db: "Database", record: StudyRecord) -> "Task":
     """The study's task, rebuilt from its spec and checked against its fingerprint."""
-    from slimtune.tasks._task import TaskError, get_task
+    from slimtune.tasks._registry import get_task
+    from slimtune.tasks._task import TaskError
 
     name = record.study_name
     try:

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from slimtune.tasks._task import Task, TaskData, TaskError, register_task
+from slimtune.tasks._registry import register_task
+from slimtune.tasks._task import Task, TaskData, TaskError
 from slimtune.tasks._models import resnet8, small_cnn
 
 FASHION_DIR_ENV = "SLIMTUNE_FASHION_MNIST_DIR"

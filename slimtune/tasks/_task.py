@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -13,7 +12,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from slimtune._names import close_matches
 from slimtune.tasks._data import Split, TaskError, TensorSplit, as_split
 from slimtune.tasks._data import data_digest, sample_digests  # noqa: F401  (their home before _data)
 from slimtune.tasks._metrics import Metric, MetricError, get_metric
@@ -200,7 +198,7 @@ class Task:
         try:
             model = self.build_model().eval()
         except Exception as exc:  # noqa: BLE001 - the user's factory
-            raise TaskError(f"Task {self.name!r}: building the model raised {_one_line(exc)}") from None
+            raise TaskError(f"Task {self.name!r}: building the model raised {one_line(exc)}") from None
         x = self.example_input(2)
         try:
             with torch.no_grad():
@@ -209,7 +207,7 @@ class Task:
             raise TaskError(f"Task {self.name!r}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - the user's model
             raise TaskError(f"Task {self.name!r}: the model fails on an input of shape "
-                            f"{tuple(x.shape)}: {_one_line(exc)}") from None
+                            f"{tuple(x.shape)}: {one_line(exc)}") from None
         if not isinstance(out, torch.Tensor) or out.shape != (len(x), self.num_classes):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             hint = "" if isinstance(out, torch.Tensor) or self.output is not None else \
@@ -352,68 +350,7 @@ def _check_labels(task: Task) -> None:
                             f"{task.num_classes} outputs), but range over [{low}, {high}].")
 
 
-_TASKS: dict[str, Callable[[], Task]] = {}
-_DOCS: dict[str, str] = {}
-
-
-def register_task(name: str, doc: str = "") -> Callable[[Callable[[], Task]], Callable[[], Task]]:
-    """Register a built-in task factory under ``name``."""
-
-    def decorator(factory: Callable[[], Task]) -> Callable[[], Task]:
-        if name in _TASKS:
-            import warnings
-
-            warnings.warn(f"Task {name!r} is registered twice; the later one wins.", stacklevel=2)
-        _TASKS[name] = factory
-        _DOCS[name] = doc or (factory.__doc__ or "").strip().splitlines()[0]
-        return factory
-
-    return decorator
-
-
-def list_tasks() -> dict[str, str]:
-    """Built-in task names with a one-line description."""
-    return dict(_DOCS)
-
-
-def get_task(spec: "str | Task") -> Task:
-    """A built-in task by name, or a user task given as ``package.module:callable``
-    (the callable returns a :class:`Task`)."""
-    if isinstance(spec, Task):
-        return spec
-    if not isinstance(spec, str) or not spec:
-        raise TaskError(f"A task is a built-in name or 'package.module:callable', but got {spec!r}.")
-    if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        if not module_name or not attr:
-            raise TaskError(f"A user task is given as 'package.module:callable', but got {spec!r}.")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise TaskError(f"Cannot import the task module {module_name!r}: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
-            raise TaskError(f"Importing the task module {module_name!r} raised {_one_line(exc)}") from None
-        factory = getattr(module, attr, None)
-        if factory is None:
-            raise TaskError(f"Module {module_name!r} has no attribute {attr!r}.")
-        try:
-            task = factory() if callable(factory) and not isinstance(factory, Task) else factory
-        except TaskError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the user's callable
-            raise TaskError(f"The task callable {spec!r} raised {_one_line(exc)}") from None
-        if not isinstance(task, Task):
-            raise TaskError(f"{spec!r} must return a slimtune.Task, but returned {type(task).__name__}.")
-        task.extra.setdefault("spec", spec)
-        return task
-    if spec not in _TASKS:
-        raise TaskError(f"Unknown task {spec!r}." + close_matches(spec, list(_TASKS)) + " Or give 'package.module:callable'.")
-    task = _TASKS[spec]()
-    task.extra.setdefault("spec", spec)
-    return task
-
-
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """``ExcType: first line of its message`` (at most 300 characters)."""
     lines = str(exc).strip().splitlines()
     text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
