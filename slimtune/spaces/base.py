@@ -22,8 +22,12 @@ ParamKind = Literal["float", "int", "categorical", "bool"]
 #: of one output (the teacher's logits are None where there is no teacher).
 Loss = Callable[["torch.Tensor", "torch.Tensor | None", "torch.Tensor"], "torch.Tensor"]
 
-#: Pipeline stages, in the order of DESIGN.md.
-STAGES = ("architecture", "training", "compression", "quantization")
+#: Pipeline stages, in the order of DESIGN.md.  Between "compression" and
+#: "quantization" the core *lowers* the model (pruning made permanent, BatchNorm folded:
+#: :mod:`slimtune.spaces._lowering`); knobs of :data:`LOWERED_STAGES` act on the lowered
+#: model, "encoding" last (e.g. weight sharing, which declares how the weights are stored).
+STAGES = ("architecture", "training", "compression", "quantization", "encoding")
+LOWERED_STAGES = ("quantization", "encoding")
 
 
 class SpaceError(ValueError):
@@ -111,6 +115,33 @@ class Param:
         if self.kind == "categorical":
             return "one of " + ", ".join(map(str, self.choices))
         return f"a{'n integer' if self.kind == 'int' else ' number'} in [{self.low}, {self.high}]"
+
+
+@dataclass(frozen=True)
+class WeightEncoding:
+    """How a knob stores the weights, beside the bits they run at
+    (:meth:`Knob.weight_encoding`); the runtimes and the packed file read it.
+
+    ``kind`` names a packed-file encoding: ``"codebook"`` = each Conv/Linear weight takes
+    at most ``entries`` distinct values per layer, stored as indices of
+    ``ceil(log2(entries))`` bits plus the values (:mod:`slimtune.search.packed`).
+    """
+
+    kind: str
+    entries: int
+
+    def __post_init__(self) -> None:
+        if self.kind != "codebook":
+            raise ValueError(f"`kind` must be 'codebook', but got {self.kind!r}.")
+        if not 2 <= int(self.entries) <= 2 ** 16:
+            raise ValueError(f"`entries` must be in [2, 65536], but got {self.entries!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "entries": int(self.entries)}
+
+    @classmethod
+    def from_dict(cls, data: "Mapping[str, Any] | None") -> "WeightEncoding | None":
+        return None if not data else cls(str(data["kind"]), int(data["entries"]))
 
 
 @dataclass
@@ -250,6 +281,12 @@ class Knob(ABC):
     def weight_bits(self, values: Mapping[str, Any]) -> int | None:
         """The bits the runtime compiles the weights at for ``values`` (quantization's
         ``quant.bits``), or None when this knob does not quantize (the default)."""
+        return None
+
+    def weight_encoding(self, values: Mapping[str, Any]) -> WeightEncoding | None:
+        """How the weights are stored for ``values`` beyond their bits (e.g. a codebook
+        of shared values per layer), or None (the default): the packed file stores
+        them that way and the artifact says so."""
         return None
 
 

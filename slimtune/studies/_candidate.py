@@ -282,9 +282,12 @@ class Candidate:
             warnings.warn(f"Trial {self.trial} was timed as {timed_format}; the {fmt} file is compiled anew from its "
                           "weights and was not itself timed.", UserWarning, stacklevel=2)
             settings = self.study.settings
+            from slimtune.spaces.base import WeightEncoding
+
             compiled = compile_model(self.load(), runtime=RUNTIME_OF[fmt], bits=self.weight_bits,
                                      calibration=self.study.task.data.train.head(settings.calibration_size),
-                                     threads=settings.threads)
+                                     threads=settings.threads,
+                                     encoding=WeightEncoding.from_dict(self.recipe.get("weight_encoding")))
             data = compiled.artifact
         if fmt == "onnx" and fmt == timed_format and not _onnx_metadata(data).get("slimtune_version"):
             data = with_onnx_metadata(data, self.metadata())  # measured before artifacts carried it
@@ -298,7 +301,8 @@ class Candidate:
     def _pack(self, data: bytes, timed_format: str) -> bytes:
         from slimtune.search.packed import pack
 
-        return pack(data, artifact_format=timed_format, bits=self.weight_bits)
+        return pack(data, artifact_format=timed_format, bits=self.weight_bits,
+                    encoding=self.recipe.get("weight_encoding"))
 
     def _export_packed(self, path: Path, data: bytes, timed_format: str) -> Path:
         packed = self._pack(data, timed_format)
