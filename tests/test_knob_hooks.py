@@ -160,30 +160,22 @@ NAMES = ["dsconv.blocks.0.0", "dsconv.blocks.1.0", "lowrank.blocks.0", "lowrank.
 EXPECTED = ["p0.28wr q8ptq T4.0 a0.70 ds{1} lr{0:0.05,2:0.42} ex{1@0.90}", "q16 mine.knob=0.123", "q4qat ex{0@0.50}"]
 
 
-def test_compact_codes_read_from_the_knob_files_without_torch_match_the_knobs():
-    """``slimtune show`` reads each knob's code from its file (no torch); the same code
-    as the registered class's, for every built-in knob."""
-    from slimtune import _knob_codes
+def test_the_registry_and_the_compact_codes_load_without_torch():
+    """``slimtune show`` reads the registered knobs' codes (one registry, declared once by
+    ``register_knob``): every registered knob module imports without torch."""
     from slimtune._cli_tables import codes_legend, compact_params
 
-    from_files = {code.family: code for code in _knob_codes._file_codes()}
-    registered = {code.family: code for code in _knob_codes._registered_codes()}
-    assert list(from_files) == list(registered) == ["prune", "quant", "distill", "dsconv", "lowrank", "exits"]
-    for family, code in registered.items():
-        assert (from_files[family].legend, from_files[family].index) == (code.legend, code.index)
-        for values in VALUES:
-            mine = {k: v for k, v in values.items() if k.startswith(family + ".")}
-            names = [n for n in NAMES if n.startswith(family + ".")]
-            assert from_files[family].compact(mine, names) == code.compact(mine, names), (family, mine)
     assert [compact_params(v, NAMES) for v in VALUES] == EXPECTED
     code = ("import sys, json; from slimtune._cli_tables import compact_params, codes_legend, dsconv_legend\n"
+            "from slimtune.spaces import knob_families\n"
             f"print(json.dumps([[compact_params(v, {NAMES!r}) for v in {VALUES!r}], codes_legend(), "
-            f"dsconv_legend({NAMES!r}), 'torch' in sys.modules]))")
+            f"dsconv_legend({NAMES!r}), knob_families(), sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3]]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
-    shown, legend, numbering, torch_loaded = json.loads(proc.stdout)
-    assert shown == EXPECTED and legend == codes_legend() and not torch_loaded
+    shown, legend, numbering, registered, torch_modules = json.loads(proc.stdout)
+    assert shown == EXPECTED and legend == codes_legend() and torch_modules == []
+    assert set(registered) >= {"prune", "quant", "distill", "dsconv", "lowrank", "exits", "cluster"}
     assert legend.startswith("params: p<ratio><w|c>[r] pruning") and "ex{i@threshold,..} early exits" in legend
     assert numbering == "ds{i}: 0 = blocks.0.0, 1 = blocks.1.0; lr{i}: 0 = blocks.0, 1 = blocks.1, 2 = head.2"
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Iterable, Mapping
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from slimtune.spaces.base import STAGES, Knob, Param, SpaceError, TrainingHooks, WeightEncoding, close_matches
 from slimtune.spaces._registry import get_knob, knob_families
+
+if TYPE_CHECKING:  # pragma: no cover - the registry and the space import without torch
+    from torch import nn
 
 
 class Space:
@@ -164,7 +165,7 @@ def space_fingerprint(params: Iterable[Mapping[str, Any]]) -> str:
 
 def _by_knob(values: Mapping[str, Any]) -> list[tuple[Knob, dict[str, Any]]]:
     """Every registered knob (pipeline order) with the values of its family."""
-    knobs = sorted((get_knob(name)() for name in knob_families()), key=lambda k: STAGES.index(k.stage))
+    knobs = sorted((get_knob(name).for_values() for name in knob_families()), key=lambda k: STAGES.index(k.stage))
     out = []
     for knob in knobs:
         mine = {k: v for k, v in values.items() if str(k).split(".", 1)[0] == knob.family}

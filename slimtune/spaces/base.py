@@ -189,8 +189,13 @@ class Knob(ABC):
     :data:`STAGES`), return their parameters in :meth:`params` and transform a model
     in :meth:`apply`.  Register them with :func:`slimtune.spaces.register_knob`.
     The optional hooks below tell the core the rest (display, training, the cost bound
-    before training, the recipe to rebuild, recovery epochs, weight bits), so the core
-    never names a knob.
+    before training, the recipe to rebuild, recovery epochs, weight bits and encoding),
+    so the core never names a knob.
+
+    A knob module must import without torch (import it inside the methods, or keep model
+    code in a helper module they import): ``slimtune show`` reads the registered classes'
+    codes and must start without torch.  ``tests/test_knob_hooks.py`` checks every
+    registered knob.
     """
 
     family: ClassVar[str]
@@ -198,11 +203,18 @@ class Knob(ABC):
     title: ClassVar[str] = ""  # how people read the family (the dashboard's group title); default: family
     #: The CLI's compact code for this family, explained under its tables (e.g.
     #: ``"q<bits>[ptq|qat] quantization"``); empty: parameters are shown as ``name=value``.
-    #: A string literal: the CLI reads it from this file without importing torch.
     compact_legend: ClassVar[str] = ""
     #: The code whose ``{i}`` numbers this family's parameters in the space's order (the
-    #: tables then say which is which, e.g. ``ds{i}: 0 = blocks.0.0``); a string literal.
+    #: tables then say which is which, e.g. ``ds{i}: 0 = blocks.0.0``).
     compact_index: ClassVar[str] = ""
+
+    @classmethod
+    def for_values(cls) -> "Knob":
+        """An instance whose value hooks (:meth:`inactive`, :meth:`summary`,
+        :meth:`recovery_passes`, :meth:`weight_bits`, :meth:`weight_encoding`) read
+        stored values, e.g. for tables and exports; default ``cls()``.  Override it if
+        the constructor needs arguments."""
+        return cls()
 
     @classmethod
     def task_options(cls, extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -259,10 +271,7 @@ class Knob(ABC):
         """``values`` (this knob's, full names) in the CLI's compact code (see
         :attr:`compact_legend`); ``names`` are this family's parameter names in the
         space's order (for :attr:`compact_index`).  Empty when they leave the model alone.
-
-        It must use builtins only (no name of its module): ``slimtune show`` compiles it
-        from the knob's file without importing the module (and torch).  Default: the
-        family's parameters are shown as ``name=value`` instead."""
+        Default: the family's parameters are shown as ``name=value`` instead."""
         return ""
 
     def training(self, values: Mapping[str, Any]) -> TrainingHooks | None:

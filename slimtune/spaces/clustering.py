@@ -9,30 +9,32 @@ is the sum over the weights that share it).  It declares a codebook encoding, so
 packed file stores each layer's weights as ``ceil(log2 k)``-bit indices plus the
 values.  No CPU kernel reads a codebook: the runtime runs them as ordinary weights at
 the quantization's bits (per-channel int8 scales then give each output channel its
-own k values).
+own k values).  Like every knob module it imports torch only inside its functions:
+``slimtune show`` reads the registry without torch.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-import torch
-from torch import nn
-from torch.nn.utils import parametrize
-
-from slimtune.spaces._lowering import quantizable_layers
 from slimtune.spaces._registry import register_knob
 from slimtune.spaces.base import Knob, KnobContext, Param, WeightEncoding
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
 
 CLUSTERS = (0, 4, 16, 64)
 KMEANS_ITERATIONS = 30
 
 
-@torch.no_grad()
 def kmeans_1d(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Centroids (sorted, at most ``k``) and each value's centroid index, by Lloyd's
     algorithm from a linear initialisation between the extremes (the best start for
     weights in Deep Compression's comparison)."""
+    import torch
+
+    values = values.detach()
     lo, hi = float(values.min()), float(values.max())
     centroids = torch.linspace(lo, hi, k, dtype=values.dtype).unique()
     codes = torch.zeros_like(values, dtype=torch.long)
@@ -47,23 +49,33 @@ def kmeans_1d(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
     return centroids, codes
 
 
-class SharedWeights(nn.Module):
-    """Weight parametrization: every weight is its cluster's centroid (``codes``; -1
+def shared_weights(centroids: torch.Tensor, codes: torch.Tensor) -> nn.Module:
+    """A weight parametrization: every weight is its cluster's centroid (``codes``; -1
     keeps a pruned zero), so training moves the centroids, not the weights."""
+    import torch
+    from torch import nn
 
-    def __init__(self, centroids: torch.Tensor, codes: torch.Tensor) -> None:
-        super().__init__()
-        self.centroids = nn.Parameter(centroids.clone())
-        self.register_buffer("codes", codes, persistent=False)
+    class SharedWeights(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.centroids = nn.Parameter(centroids.clone())
+            self.register_buffer("codes", codes, persistent=False)
 
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        shared = self.centroids[self.codes.clamp_min(0)]
-        return torch.where(self.codes >= 0, shared, torch.zeros_like(shared)).to(weight.dtype)
+        def forward(self, weight: torch.Tensor) -> torch.Tensor:
+            shared = self.centroids[self.codes.clamp_min(0)]
+            return torch.where(self.codes >= 0, shared, torch.zeros_like(shared)).to(weight.dtype)
+
+    return SharedWeights()
 
 
 def cluster_weights(model: nn.Module, k: int) -> int:
-    """Put a :class:`SharedWeights` on every Conv/Linear weight of ``model`` (k-means
-    over its non-zero values); returns the number of layers."""
+    """Put :func:`shared_weights` on every Conv/Linear weight of ``model`` (k-means over
+    its non-zero values); returns the number of layers."""
+    import torch
+    from torch.nn.utils import parametrize
+
+    from slimtune.spaces._lowering import quantizable_layers
+
     count = 0
     for _, layer in quantizable_layers(model):
         weight = layer.weight.detach()
@@ -73,7 +85,7 @@ def cluster_weights(model: nn.Module, k: int) -> int:
         centroids, found = kmeans_1d(weight[nonzero].float(), k)
         codes = torch.full(weight.shape, -1, dtype=torch.long)
         codes[nonzero] = found
-        parametrize.register_parametrization(layer, "weight", SharedWeights(centroids.to(weight.dtype), codes))
+        parametrize.register_parametrization(layer, "weight", shared_weights(centroids.to(weight.dtype), codes))
         count += 1
     return count
 
@@ -97,6 +109,8 @@ class WeightClustering(Knob):
                       doc="shared weight values per layer (k-means; 0 = off); stored as log2(k)-bit indices")]
 
     def unavailable(self, model: nn.Module) -> str | None:
+        from slimtune.spaces._lowering import quantizable_layers
+
         return None if any(True for _ in quantizable_layers(model)) else "no Conv or Linear layer"
 
     def weight_encoding(self, values: Mapping[str, Any]) -> WeightEncoding | None:
@@ -117,6 +131,10 @@ class WeightClustering(Knob):
             raise ValueError(f"`cluster.k` must be one of {', '.join(map(str, CLUSTERS))}, but got {k!r}.")
         if not k:
             return model
+        from torch.nn.utils import parametrize
+
+        from slimtune.spaces._lowering import quantizable_layers
+
         layers = cluster_weights(model, k)
         try:
             if ctx.finetune_epochs > 0:

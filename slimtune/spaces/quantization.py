@@ -11,66 +11,18 @@ in its int8 kernels.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
-
-import torch
-from torch import nn
-from torch.nn.utils import parametrize
+import importlib
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from slimtune.spaces.base import Knob, KnobContext, Param
 from slimtune.spaces._registry import register_knob
-from slimtune.spaces._lowering import (  # noqa: F401 - re-exported: where they were before lowering was core
-    FP16_FLAG,
-    QUANTIZABLE,
-    channel_scales,
-    conv_bn_pairs,
-    fake_quantize,
-    fold_batchnorm,
-    has_unfolded_batchnorm,
-    low_bit_flag,
-    make_pruning_permanent,
-    qmax,
-    quantizable_layers,
-    quantize_weight,
-    snap_weights,
-)
+
+if TYPE_CHECKING:  # pragma: no cover - knob modules import without torch (`slimtune show` reads them)
+    from torch import nn
 
 BITS = (32, 16, 8, 6, 4, 2)
 MODES = ("ptq", "qat")
 QAT_LR = 1e-4  # FACTS.md: 1e-3 broke 4-bit QAT
-
-
-# -- QAT --------------------------------------------------------------------------
-class FakeQuantize(nn.Module):
-    """Weight parametrization: the b-bit snapped weight in the forward pass, the
-    identity in the backward pass (straight-through estimator).  ``mask`` keeps
-    pruned weights at zero."""
-
-    def __init__(self, bits: int, mask: torch.Tensor | None = None) -> None:
-        super().__init__()
-        self.bits = bits
-        self.register_buffer("mask", mask, persistent=False)
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if self.mask is not None:
-            weight = weight * self.mask
-        return weight + (fake_quantize(weight.detach(), self.bits) - weight).detach()
-
-
-def quantization_aware_finetune(model: nn.Module, bits: int, ctx: KnobContext, *, epochs: int, lr: float) -> None:
-    """Fine-tune ``model`` in place with fake-quantized weights, then leave the
-    snapped weights as plain parameters."""
-    layers = [layer for _, layer in quantizable_layers(model)]
-    for layer in layers:
-        w = layer.weight
-        mask = (w != 0).to(w.dtype) if bool((w == 0).any()) else None
-        parametrize.register_parametrization(layer, "weight", FakeQuantize(bits, mask))
-    try:
-        ctx.finetune(model, epochs=epochs, lr=lr)
-    finally:
-        for layer in layers:
-            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
-    model.eval()
 
 
 @register_knob
@@ -129,6 +81,9 @@ class Quantization(Knob):
         if mode not in MODES:
             raise ValueError(f"`quant.mode` must be one of {', '.join(MODES)}, but got {mode!r}.")
         model.eval()
+        from slimtune.spaces._lowering import FP16_FLAG, low_bit_flag, snap_weights
+        from slimtune.spaces._qat import quantization_aware_finetune
+
         flags: list[str] = ctx.info.setdefault("flags", [])
         info: dict[str, Any] = {"bits": bits, "mode": mode}
         qat_done = False
@@ -150,3 +105,18 @@ class Quantization(Knob):
             flags.append(low_bit_flag(bits))
         ctx.info["quant"] = info
         return model.eval()
+
+
+#: Names that lived here before lowering was a core stage, still importable from this
+#: module (loaded on first use, so that importing the knob does not import torch).
+_MOVED = {name: "slimtune.spaces._lowering" for name in (
+    "FP16_FLAG", "QUANTIZABLE", "channel_scales", "conv_bn_pairs", "fake_quantize", "fold_batchnorm",
+    "has_unfolded_batchnorm", "low_bit_flag", "make_pruning_permanent", "qmax", "quantizable_layers",
+    "quantize_weight", "snap_weights")}
+_MOVED.update(FakeQuantize="slimtune.spaces._qat", quantization_aware_finetune="slimtune.spaces._qat")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
