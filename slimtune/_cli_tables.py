@@ -15,7 +15,7 @@ import textwrap
 from typing import Any, Iterable, Mapping, Sequence
 
 from slimtune.search._measurement import same_run_speedup
-from slimtune._knob_codes import knob_codes
+from slimtune.spaces import Knob, knob_classes
 from slimtune._vocabulary import STATE_WORDS, state_word
 
 #: Width the tables fit unless ``--wide`` is given.
@@ -29,7 +29,7 @@ def _num(value: Any, digits: int = 2) -> str:
 def codes_legend() -> str:
     """The compact codes, explained under every table that uses them (each knob's
     ``compact_legend``)."""
-    codes = [code.legend for code in knob_codes() if code.legend]
+    codes = [cls.compact_legend for cls in knob_classes() if cls.compact_legend]
     return "params: " + ", ".join(codes) + "; a family left out: off"
 
 
@@ -44,13 +44,15 @@ def compact_params(params: Mapping[str, Any], names: Sequence[str] | None = None
     order += [n for n in params if n not in order]
     parts: list[str] = []
     known: set[str] = set()
-    for code in knob_codes():
-        prefix = code.family + "."
+    for cls in knob_classes():
+        if cls.compact is Knob.compact:  # no code of its own: name=value below
+            continue
+        prefix = cls.family + "."
         mine = {n: v for n, v in params.items() if n.startswith(prefix)}
         if not mine:
             continue
         known |= set(mine)
-        text = code.compact(mine, [n for n in order if n.startswith(prefix)])
+        text = cls.compact(mine, [n for n in order if n.startswith(prefix)])
         if text:
             parts.append(text)
     for name, value in params.items():
@@ -64,10 +66,10 @@ def dsconv_legend(names: Iterable[str]) -> str:
     space's parameter names."""
     names = list(names)
     out = []
-    for code in knob_codes():
-        layers = [n.split(".", 1)[1] for n in names if n.startswith(code.family + ".")] if code.index else []
+    for cls in knob_classes():
+        layers = [n.split(".", 1)[1] for n in names if n.startswith(cls.family + ".")] if cls.compact_index else []
         if layers:
-            out.append(f"{code.index}{{i}}: " + ", ".join(f"{i} = {layer}" for i, layer in enumerate(layers)))
+            out.append(f"{cls.compact_index}{{i}}: " + ", ".join(f"{i} = {layer}" for i, layer in enumerate(layers)))
     return "; ".join(out)
 
 

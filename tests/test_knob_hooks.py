@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from slimtune import Study
 from slimtune.search._early_stopping import FrontierPoint
 from slimtune.search._trainer import TrainConfig, _param_groups, model_outputs
-from slimtune.spaces import Knob, KnobContext, Param, Space, SpaceError, TrainingHooks, knob_families, register_knob
+from slimtune.spaces import (Knob, KnobContext, Param, Space, SpaceError, TrainingHooks, get_knob, knob_families,
+                             register_knob)
 from slimtune.spaces import _registry
 from slimtune.spaces._space import combine_training_hooks, weight_bits
 from slimtune.spaces.distillation import distillation_loss
@@ -30,16 +31,23 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "slimtune"
 FAST = {"epochs": 1, "latency_repeats": 5, "latency_warmup": 2, "calibration_size": 64}
 
-#: The modules that must never name a knob (the core), relative to slimtune/.
-CORE = ["search/_pipeline.py", "search/_runner.py", "search/_trainer.py", "search/_early_stopping.py",
-        "search/_optimize.py", "search/_warm_start.py", "search/_task_space.py", "search/_eval_one.py",
-        "search/_constraints.py", "search/_outcome.py", "search/_heartbeat.py", "search/_interrupts.py",
-        "search/_progress.py", "search/_export.py",
-        "search/_baseline.py", "spaces/_space.py", "_dominance.py", "_cli_tables.py", "_knob_codes.py",
-        *(f"search/_backends/{p.name}" for p in sorted((PACKAGE / "search" / "_backends").glob("*.py"))),
-        *(f"studies/{p.name}" for p in sorted((PACKAGE / "studies").glob("*.py"))),
-        *(f"widgets/{p.name}" for p in sorted((PACKAGE / "widgets").glob("*.py")))]
-KNOB_MODULES = ("pruning", "quantization", "distillation", "dsconv", "lowrank", "exits")
+#: Modules that may name knobs: the registration lines, and the built-in tasks (a task,
+#: like a user's, may name the parameters of its warm starts).
+NAMING_ALLOWED = {"spaces/__init__.py", "tasks/_builtin.py"}
+
+
+def _knob_files() -> set[str]:
+    """The registered knobs' modules, relative to slimtune/ (read from the registry)."""
+    return {Path(sys.modules[get_knob(f).__module__].__file__).resolve().relative_to(PACKAGE).as_posix()
+            for f in knob_families()}
+
+
+def core_modules() -> list[str]:
+    """Every module of the package but the knobs' own files and :data:`NAMING_ALLOWED`:
+    the core, runtimes and CLI included."""
+    knobs = _knob_files()
+    return sorted(rel for p in PACKAGE.rglob("*.py")
+                  if (rel := p.relative_to(PACKAGE).as_posix()) not in knobs | NAMING_ALLOWED)
 
 
 def _strings_without_docstrings(tree: ast.AST) -> list[str]:
@@ -59,9 +67,12 @@ def test_core_modules_never_name_a_knob():
     (docstrings aside); failed on the trainer (distillation_loss, ``exits.``) and the
     evaluator (``quant.bits``, ``distill.alpha``) before the hooks."""
     families = set(knob_families())
-    assert {"prune", "quant", "distill", "dsconv", "exits", "lowrank"} <= families
+    knob_modules = {Path(rel).stem for rel in _knob_files()}
+    core = core_modules()
+    assert {"search/_runtimes/_ort.py", "search/_profiling.py", "search/_pipeline.py"} <= set(core)
+    assert any(rel.startswith("cli") for rel in core) and "spaces/quantization.py" not in core
     offences = []
-    for relative in CORE:
+    for relative in core:
         path = PACKAGE / relative
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for text in _strings_without_docstrings(tree):
@@ -71,7 +82,7 @@ def test_core_modules_never_name_a_knob():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module:
                 modules = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-                hit = [m for m in modules if m.split(".")[-1] in KNOB_MODULES and m.startswith("slimtune.spaces")]
+                hit = [m for m in modules if m.split(".")[-1] in knob_modules and m.startswith("slimtune.spaces")]
                 if hit:
                     offences.append(f"{relative}: imports {hit[0]}")
     assert not offences, "\n".join(offences)
@@ -149,30 +160,22 @@ NAMES = ["dsconv.blocks.0.0", "dsconv.blocks.1.0", "lowrank.blocks.0", "lowrank.
 EXPECTED = ["p0.28wr q8ptq T4.0 a0.70 ds{1} lr{0:0.05,2:0.42} ex{1@0.90}", "q16 mine.knob=0.123", "q4qat ex{0@0.50}"]
 
 
-def test_compact_codes_read_from_the_knob_files_without_torch_match_the_knobs():
-    """``slimtune show`` reads each knob's code from its file (no torch); the same code
-    as the registered class's, for every built-in knob."""
-    from slimtune import _knob_codes
+def test_the_registry_and_the_compact_codes_load_without_torch():
+    """``slimtune show`` reads the registered knobs' codes (one registry, declared once by
+    ``register_knob``): every registered knob module imports without torch."""
     from slimtune._cli_tables import codes_legend, compact_params
 
-    from_files = {code.family: code for code in _knob_codes._file_codes()}
-    registered = {code.family: code for code in _knob_codes._registered_codes()}
-    assert list(from_files) == list(registered) == ["prune", "quant", "distill", "dsconv", "lowrank", "exits"]
-    for family, code in registered.items():
-        assert (from_files[family].legend, from_files[family].index) == (code.legend, code.index)
-        for values in VALUES:
-            mine = {k: v for k, v in values.items() if k.startswith(family + ".")}
-            names = [n for n in NAMES if n.startswith(family + ".")]
-            assert from_files[family].compact(mine, names) == code.compact(mine, names), (family, mine)
     assert [compact_params(v, NAMES) for v in VALUES] == EXPECTED
     code = ("import sys, json; from slimtune._cli_tables import compact_params, codes_legend, dsconv_legend\n"
+            "from slimtune.spaces import knob_families\n"
             f"print(json.dumps([[compact_params(v, {NAMES!r}) for v in {VALUES!r}], codes_legend(), "
-            f"dsconv_legend({NAMES!r}), 'torch' in sys.modules]))")
+            f"dsconv_legend({NAMES!r}), knob_families(), sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3]]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
-    shown, legend, numbering, torch_loaded = json.loads(proc.stdout)
-    assert shown == EXPECTED and legend == codes_legend() and not torch_loaded
+    shown, legend, numbering, registered, torch_modules = json.loads(proc.stdout)
+    assert shown == EXPECTED and legend == codes_legend() and torch_modules == []
+    assert set(registered) >= {"prune", "quant", "distill", "dsconv", "lowrank", "exits", "cluster"}
     assert legend.startswith("params: p<ratio><w|c>[r] pruning") and "ex{i@threshold,..} early exits" in legend
     assert numbering == "ds{i}: 0 = blocks.0.0, 1 = blocks.1.0; lr{i}: 0 = blocks.0, 1 = blocks.1, 2 = head.2"
 

@@ -24,12 +24,11 @@ PACKAGE = ROOT / "slimtune"
 #: The layers, bottom first; an import may go to the same rank or a lower one.
 RANKS = {"leaf": 0, "tasks": 1, "spaces": 2, "search": 3, "studies": 4, "widgets": 5, "cli": 5, "root": 6}
 #: The layer of each module at the package's root (a new one must be given its layer
-#: here).  ``_knob_codes`` reads the knob registry (spaces); ``_cli_tables`` prints the
-#: CLI's tables.
+#: here).  ``_cli_tables`` prints the CLI's tables.
 ROOT_MODULES = {
     "_version": "leaf", "_defaults": "leaf", "_vocabulary": "leaf", "_names": "leaf", "_pgserver": "leaf",
     "_dominance": "leaf", "_viewers": "leaf",
-    "_knob_codes": "spaces", "_cli_tables": "cli",
+    "_cli_tables": "cli",
 }
 
 

@@ -1,4 +1,5 @@
-"""The quantization knob: BatchNorm folding, b-bit weight grids, PTQ and QAT."""
+"""The quantization knob and the core lowering it runs after: BatchNorm folding, b-bit
+weight grids, PTQ and QAT."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from slimtune.spaces.quantization import (
     quantize_weight,
     snap_weights,
 )
+from slimtune.spaces._lowering import lower
 from slimtune.spaces._registry import get_knob
 from slimtune.tasks._models import resnet8, small_cnn
 
@@ -124,8 +126,10 @@ def test_ptq_apply_records_and_flags():
     x = torch.randn(2, 1, 8, 8)
     expected = model(x)
     ctx = _ctx()
+    lowered = lower(model, x)
+    assert lowered["bn_folded"] is True and lowered["folded_batchnorms"] > 0 and not has_unfolded_batchnorm(model)
     out = Quantization().apply(model, {"quant.bits": 4, "quant.mode": "ptq"}, ctx)
-    assert ctx.info["quant"]["bits"] == 4 and ctx.info["quant"]["bn_folded"] is True
+    assert ctx.info["quant"]["bits"] == 4
     assert ctx.info["quant"]["quantized_layers"] == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in out.modules())
     assert any("int8 kernels" in f and "4-bit" in f for f in ctx.info["flags"])
     assert ctx.info["calls"] == []  # PTQ never trains
@@ -136,12 +140,13 @@ def test_ptq_apply_records_and_flags():
     assert (out(x) - expected).abs().max() < expected.abs().max()  # ... but not beyond recognition
 
 
-def test_32_bits_only_folds():
+def test_lowering_then_32_bits_keeps_the_outputs():
     torch.manual_seed(0)
     model = _randomize_bn(small_cnn(width=8))
     x = torch.randn(2, 1, 8, 8)
     expected = model(x)
     ctx = _ctx()
+    lower(model, x)
     out = Quantization().apply(model, {"quant.bits": 32, "quant.mode": "qat"}, ctx)
     torch.testing.assert_close(out(x), expected, atol=1e-5, rtol=1e-5)
     assert ctx.info["calls"] == [] and ctx.info["flags"] == []

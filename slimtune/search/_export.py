@@ -150,21 +150,26 @@ def rebuild_model(task: "Task", space: "Space", settings: "EvalSettings", recipe
     return Evaluator(task, space, settings, baseline).rebuild(dict(recipe), state_dict)
 
 
-def compile_as(model: "nn.Module", fmt: str, *, bits: int, task: "Task", settings: "EvalSettings") -> bytes:
+def compile_as(model: "nn.Module", fmt: str, *, bits: int, task: "Task", settings: "EvalSettings",
+               encoding: Mapping[str, Any] | None = None) -> bytes:
     """The artifact of ``model`` in format ``fmt`` (``onnx``, ``torchscript``), compiled
-    anew (calibrated on the first training samples, like the search)."""
+    anew (calibrated on the first training samples, like the search); ``encoding`` is
+    the stored recipe's weight encoding."""
     from slimtune.search._runtimes import compile_model
+    from slimtune.spaces.base import WeightEncoding
 
     compiled = compile_model(model, runtime=RUNTIME_OF[fmt], bits=bits,
-                             calibration=task.data.train.head(settings.calibration_size), threads=settings.threads)
+                             calibration=task.data.train.head(settings.calibration_size), threads=settings.threads,
+                             encoding=WeightEncoding.from_dict(encoding))
     return compiled.artifact
 
 
-def pack_artifact(data: bytes, timed_format: str, *, bits: int) -> bytes:
-    """The packed model file (:mod:`slimtune.search.packed`) of the timed artifact."""
+def pack_artifact(data: bytes, timed_format: str, *, bits: int, encoding: Mapping[str, Any] | None = None) -> bytes:
+    """The packed model file (:mod:`slimtune.search.packed`) of the timed artifact
+    (``encoding``: the stored recipe's weight encoding)."""
     from slimtune.search.packed import pack
 
-    return pack(data, artifact_format=timed_format, bits=bits)
+    return pack(data, artifact_format=timed_format, bits=bits, encoding=encoding)
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -20,9 +20,13 @@ from torch import nn
 from slimtune.search._baseline import Baseline
 from slimtune.search._measurement import RUNTIMES, Measurement
 from slimtune.search._trainer import TrainConfig, score_and_exit_rates, train
-from slimtune.spaces.base import KnobContext
+from slimtune.spaces.base import LOWERED_STAGES, KnobContext
+from slimtune.spaces._lowering import fold_batchnorm, lower
 from slimtune.spaces._space import Space
 from slimtune.tasks._task import Task
+
+if TYPE_CHECKING:  # pragma: no cover
+    from slimtune.spaces.base import WeightEncoding
 
 #: ``should_stop(epoch, val_accuracy, pre) -> reason | None``; called before any
 #: training (``epoch`` -1, ``val_accuracy`` None), after each distillation epoch
@@ -193,11 +197,24 @@ class Evaluator:
                 model = knob.apply(model, self.space.knob_values(knob, values), ctx)
         return model
 
-    def _compile(self, model: nn.Module, bits: int, metadata: dict[str, Any] | None = None):
+    def _lowered(self, model: nn.Module, values: dict[str, Any], ctx: KnobContext) -> nn.Module:
+        """The compression knobs, then the core lowering (pruning made permanent,
+        BatchNorm folded), then the knobs that act on the lowered model."""
+        model = self._apply_stage("compression", model, values, ctx)
+        info = lower(model, ctx.example_input)
+        if info.pop("unfolded_batchnorm"):
+            ctx.info.setdefault("flags", []).append("some BatchNorm layers could not be folded into a preceding conv")
+        ctx.info["lowering"] = info
+        for stage in LOWERED_STAGES:
+            model = self._apply_stage(stage, model, values, ctx)
+        return model
+
+    def _compile(self, model: nn.Module, bits: int, metadata: dict[str, Any] | None = None,
+                 encoding: "WeightEncoding | None" = None):
         from slimtune.search._runtimes import compile_model
 
         return compile_model(model, runtime=self.settings.runtime, bits=bits, calibration=self.calibration,
-                             threads=self.settings.threads, metadata=metadata)
+                             threads=self.settings.threads, metadata=metadata, encoding=encoding)
 
     def artifact_metadata(self, values: dict[str, Any]) -> dict[str, Any]:
         """:func:`artifact_metadata` of this task and runtime."""
@@ -237,6 +254,7 @@ class Evaluator:
     def pre_measure(self, values: dict[str, Any]) -> PreMeasurement:
         """Latency, MACs and size of the compressed structure before any training."""
         from slimtune.search._macs import count_macs
+        from slimtune.search._runtimes import exit_segments
         from slimtune.search.packed import packed_size
 
         ctx = self._context(values)
@@ -244,33 +262,32 @@ class Evaluator:
         shortest = self.space.cost_bound_values(values)  # e.g. everyone leaves at the first exit
         with torch.random.fork_rng():
             model = self.build_architecture(shortest, ctx)
-            model = self._apply_stage("compression", model, shortest, ctx)
-            model = self._apply_stage("quantization", model, shortest, ctx)
+            model = self._lowered(model, shortest, ctx)
             model.eval()
             bits = self.space.weight_bits(values)
-            compiled = self._compile(model, bits)
+            compiled = self._compile(model, bits, encoding=self.space.weight_encoding(values))
         x = self.task.data.val.head(1 if compiled.has_exits else self.settings.batch_size)  # exits: batch 1 only
         timed = {"candidate": compiled}
         path_names: list[str] = []  # which timing is each exit path's
         path_macs: tuple[int, ...] = ()
-        if compiled.has_exits and callable(getattr(model, "set_thresholds", None)):  # each exit path on its own
-            for k, thresholds in enumerate(_path_thresholds(len(model.thresholds))):
-                if list(model.thresholds) == thresholds:  # the structure compiled above is this path (the shortest)
+        segments = exit_segments(model) if compiled.has_exits else None
+        if segments:  # each exit path on its own, through the dynamic-model protocol (segments())
+            current = [threshold for _, _, threshold in segments[:-1]]
+            for k, thresholds in enumerate(_path_thresholds(len(segments) - 1)):
+                if current == thresholds:  # the structure compiled above is this path (the shortest)
                     path_names.append("candidate")
                     continue
-                forced = copy.deepcopy(model)
-                forced.set_thresholds(thresholds)
                 with torch.random.fork_rng():
-                    timed[f"path {k}"] = self._compile(forced, bits)
+                    timed[f"path {k}"] = self._compile(_Thresholded(segments, thresholds), bits)
                 path_names.append(f"path {k}")
             path_macs = tuple(count_macs(model, self.example_input, [float(i == k) for i in range(len(path_names))])
                               for k in range(len(path_names)))
         timed["reference"] = self.reference()  # the baseline, timed interleaved: costs as same-run ratios
         ms = _cautious_latencies(timed, x)
         return PreMeasurement(latency_ms=ms["candidate"],
-                              macs=path_macs[0] if path_macs else _shortest_path_macs(model, self.example_input),
+                              macs=path_macs[0] if path_macs else count_macs(model, self.example_input),
                               size_bytes=packed_size(compiled.artifact, artifact_format=compiled.artifact_format,
-                                                     bits=bits),
+                                                     bits=bits, encoding=compiled.weight_encoding),
                               path_latency_ms=tuple(ms[name] for name in path_names),
                               path_macs=path_macs, reference_latency_ms=ms["reference"])
 
@@ -321,8 +338,7 @@ class Evaluator:
                                    info={"val_accuracy_per_epoch": val_acc, "epochs_trained": len(val_acc)})
         self._phase("compress")
         try:
-            model = self._apply_stage("compression", model, values, ctx)
-            model = self._apply_stage("quantization", model, values, ctx)
+            model = self._lowered(model, values, ctx)
         except _Stopped as stop:
             return CandidateResult(values, None, recovery_acc[-1], None, None, {}, None, time.perf_counter() - t0,
                                    time.perf_counter() - started, pre, stopped=stop.reason,
@@ -333,12 +349,14 @@ class Evaluator:
         model.eval()
         self._phase("measure")
         bits = self.space.weight_bits(values)
+        encoding = self.space.weight_encoding(values)
         artifact_meta = {**self.artifact_metadata(values), **(metadata or {})}
-        compiled = self._compile(model, bits, _jsonable(artifact_meta))
+        compiled = self._compile(model, bits, _jsonable(artifact_meta), encoding)
         measurement = self._measure(model, compiled, bits)
         flags = tuple(dict.fromkeys([*measurement.flags, *ctx.info.get("flags", [])]))
         measurement = Measurement.from_dict({**measurement.to_dict(), "flags": list(flags)})
-        recipe: dict[str, Any] = {"values": values, "weight_bits": bits}
+        recipe: dict[str, Any] = {"values": values, "weight_bits": bits, "bn_folded": True,  # lowered
+                                  **({"weight_encoding": encoding.to_dict()} if encoding else {})}
         for knob in self.space.knobs:  # what each knob needs to rebuild the stored model
             recipe.update(knob.recipe(ctx.info))
         info = {k: v for k, v in ctx.info.items() if k not in ("rewind_state", "flags")}
@@ -354,12 +372,17 @@ class Evaluator:
     def rebuild(self, recipe: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> nn.Module:
         """A runnable module from a stored recipe and weights, without retraining: the
         architecture from the values, then each knob's :meth:`~slimtune.spaces.Knob.rebuild`
-        in pipeline order."""
+        in pipeline order, the lowering (BatchNorm folded) before the lowered stages'."""
         values = self.space.complete(recipe["values"]) if recipe.get("values") else {}
         ctx = self._context(values)
         model = self.build_architecture(values, ctx)
+        lowered = False
         for knob in self.space.knobs:
+            if knob.stage in LOWERED_STAGES and not lowered:
+                model, lowered = _rebuild_lowering(model, recipe, self.example_input), True
             model = knob.rebuild(model, recipe, self.example_input)
+        if not lowered:
+            model = _rebuild_lowering(model, recipe, self.example_input)
         model.load_state_dict(state_dict)
         return model.eval()
 
@@ -374,6 +397,11 @@ def artifact_metadata(task: Task, values: dict[str, Any], timed_format: str) -> 
                                                     "tensors hold them"),
             "num_classes": task.num_classes, "task": task.name, "params": dict(values),
             "timed_format": timed_format, "slimtune_version": __version__}
+
+
+def _rebuild_lowering(model: nn.Module, recipe: dict[str, Any], example_input: torch.Tensor) -> nn.Module:
+    """The stored model's lowering: BatchNorm folded when the recipe says it was."""
+    return fold_batchnorm(model.eval(), example_input) if recipe.get("bn_folded") else model
 
 
 def _cautious_latencies(compiled: dict[str, Any], x: torch.Tensor) -> dict[str, float]:
@@ -397,19 +425,29 @@ def _path_thresholds(n: int) -> list[list[float]]:
     return [[2.0] * k + [0.0] * (n - k) for k in range(n + 1)]  # a max softmax probability is <= 1
 
 
-def _shortest_path_macs(model: nn.Module, example_input: torch.Tensor) -> int:
-    """MACs of ``model`` when every sample leaves at its first enabled exit (a lower
-    bound of an early-exit candidate's cost, like its pre-training latency); the full
-    count for a static model."""
-    from slimtune.search._macs import count_macs
+class _Thresholded(nn.Module):
+    """A model with dynamic exits (its normalised ``segments``) whose thresholds are
+    replaced: what a runtime compiles to time one exit path of it."""
 
-    segments = getattr(model, "segments", None)
-    if not callable(segments):
-        return count_macs(model, example_input)
-    pieces = list(segments())
-    first = next((i for i, (_, head, threshold) in enumerate(pieces) if head is not None and threshold is not None),
-                 len(pieces) - 1)
-    return count_macs(model, example_input, [1.0 if i == first else 0.0 for i in range(len(pieces))])
+    def __init__(self, segments: list, thresholds: Sequence[float]) -> None:
+        super().__init__()
+        self.trunks = nn.ModuleList(trunk for trunk, _, _ in segments)
+        self.heads = nn.ModuleList(head if head is not None else nn.Identity() for _, head, _ in segments)
+        self.thresholds = [float(t) for t in thresholds]
+
+    def segments(self) -> list:
+        last = len(self.trunks) - 1
+        return [(trunk, None if i == last else self.heads[i], None if i == last else self.thresholds[i])
+                for i, trunk in enumerate(self.trunks)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The path these thresholds force: the trunks up to the first exit at threshold
+        0 (or all of them), then its head."""
+        for i, trunk in enumerate(self.trunks):
+            x = trunk(x)
+            if i < len(self.thresholds) and self.thresholds[i] <= 0.0:
+                return self.heads[i](x)
+        return x
 
 
 def _jsonable(value: Any) -> Any:

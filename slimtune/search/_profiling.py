@@ -35,7 +35,7 @@ from torch import nn
 
 from slimtune.search._cpu import cpu_features, u8s8_can_saturate
 from slimtune.search._measurement import Measurement
-from slimtune.spaces.quantization import QUANTIZABLE, snap_weights
+from slimtune.spaces._lowering import QUANTIZABLE, snap_weights
 from slimtune.tasks._data import Split, TensorSplit
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -436,7 +436,8 @@ def measure(
         accuracy=accuracy,
         test_accuracy=test_accuracy,
         latency_ms=latency,
-        size_bytes=packed_size(compiled.artifact, artifact_format=compiled.artifact_format, bits=bits),
+        size_bytes=packed_size(compiled.artifact, artifact_format=compiled.artifact_format, bits=bits,
+                               encoding=compiled.weight_encoding),
         artifact_bytes=len(compiled.artifact),
         macs=int(count_macs(model, example, exit_rates)),
         latency_p95_ms=_percentile(samples_ms, 95),

@@ -1,4 +1,5 @@
-"""The knob registry: one decorator in the knob's own module (like timm's models)."""
+"""The knob registry: one decorator in the knob's own module (like timm's models),
+the one place the core learns which knobs exist; it imports without torch."""
 
 from __future__ import annotations
 
@@ -20,7 +21,13 @@ def register_knob(cls: K) -> K:
 
 
 def knob_families() -> list[str]:
+    """The registered families, in registration order."""
     return list(_KNOBS)
+
+
+def knob_classes() -> list[type[Knob]]:
+    """The registered knob classes, in registration order (what the CLI's tables read)."""
+    return list(_KNOBS.values())
 
 
 def get_knob(family: str) -> type[Knob]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from torch import nn
-
-from slimtune.spaces.base import STAGES, Knob, Param, SpaceError, TrainingHooks, close_matches
+from slimtune.spaces.base import STAGES, Knob, Param, SpaceError, TrainingHooks, WeightEncoding, close_matches
 from slimtune.spaces._registry import get_knob, knob_families
+
+if TYPE_CHECKING:  # pragma: no cover - the registry and the space import without torch
+    from torch import nn
 
 
 class Space:
@@ -117,6 +118,11 @@ class Space:
         when no knob quantizes)."""
         return _fewest_bits((knob, self.knob_values(knob, values)) for knob in self.knobs)
 
+    def weight_encoding(self, values: Mapping[str, Any]) -> WeightEncoding | None:
+        """How the weights are stored beyond their bits (:meth:`Knob.weight_encoding`),
+        or None."""
+        return _one_encoding((knob, self.knob_values(knob, values)) for knob in self.knobs)
+
     # -- serialisation ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -159,7 +165,7 @@ def space_fingerprint(params: Iterable[Mapping[str, Any]]) -> str:
 
 def _by_knob(values: Mapping[str, Any]) -> list[tuple[Knob, dict[str, Any]]]:
     """Every registered knob (pipeline order) with the values of its family."""
-    knobs = sorted((get_knob(name)() for name in knob_families()), key=lambda k: STAGES.index(k.stage))
+    knobs = sorted((get_knob(name).for_values() for name in knob_families()), key=lambda k: STAGES.index(k.stage))
     out = []
     for knob in knobs:
         mine = {k: v for k, v in values.items() if str(k).split(".", 1)[0] == knob.family}
@@ -193,6 +199,19 @@ def summaries(values: Mapping[str, Any]) -> list[str]:
 def weight_bits(values: Mapping[str, Any]) -> int:
     """:meth:`Space.weight_bits` of stored ``values``, as the registered knobs say."""
     return _fewest_bits(_by_knob(values))
+
+
+def weight_encoding(values: Mapping[str, Any]) -> WeightEncoding | None:
+    """:meth:`Space.weight_encoding` of stored ``values``, as the registered knobs say."""
+    return _one_encoding(_by_knob(values))
+
+
+def _one_encoding(pairs: Iterable[tuple[Knob, Mapping[str, Any]]]) -> WeightEncoding | None:
+    found = [(knob.family, e) for knob, mine in pairs if (e := knob.weight_encoding(mine)) is not None]
+    if len(found) > 1:
+        raise SpaceError(f"Knobs {found[0][0]!r} and {found[1][0]!r} both declare how the weights are stored; "
+                         "a candidate can take its weight encoding from one knob only.")
+    return found[0][1] if found else None
 
 
 def _fewest_bits(pairs: Iterable[tuple[Knob, Mapping[str, Any]]]) -> int:

@@ -23,8 +23,12 @@ ParamKind = Literal["float", "int", "categorical", "bool"]
 #: of one output (the teacher's logits are None where there is no teacher).
 Loss = Callable[["torch.Tensor", "torch.Tensor | None", "torch.Tensor"], "torch.Tensor"]
 
-#: Pipeline stages, in the order of DESIGN.md.
-STAGES = ("architecture", "training", "compression", "quantization")
+#: Pipeline stages, in the order of DESIGN.md.  Between "compression" and
+#: "quantization" the core *lowers* the model (pruning made permanent, BatchNorm folded:
+#: :mod:`slimtune.spaces._lowering`); knobs of :data:`LOWERED_STAGES` act on the lowered
+#: model, "encoding" last (e.g. weight sharing, which declares how the weights are stored).
+STAGES = ("architecture", "training", "compression", "quantization", "encoding")
+LOWERED_STAGES = ("quantization", "encoding")
 
 
 class SpaceError(ValueError):
@@ -114,6 +118,33 @@ class Param:
         return f"a{'n integer' if self.kind == 'int' else ' number'} in [{self.low}, {self.high}]"
 
 
+@dataclass(frozen=True)
+class WeightEncoding:
+    """How a knob stores the weights, beside the bits they run at
+    (:meth:`Knob.weight_encoding`); the runtimes and the packed file read it.
+
+    ``kind`` names a packed-file encoding: ``"codebook"`` = each Conv/Linear weight takes
+    at most ``entries`` distinct values per layer, stored as indices of
+    ``ceil(log2(entries))`` bits plus the values (:mod:`slimtune.search.packed`).
+    """
+
+    kind: str
+    entries: int
+
+    def __post_init__(self) -> None:
+        if self.kind != "codebook":
+            raise ValueError(f"`kind` must be 'codebook', but got {self.kind!r}.")
+        if not 2 <= int(self.entries) <= 2 ** 16:
+            raise ValueError(f"`entries` must be in [2, 65536], but got {self.entries!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "entries": int(self.entries)}
+
+    @classmethod
+    def from_dict(cls, data: "Mapping[str, Any] | None") -> "WeightEncoding | None":
+        return None if not data else cls(str(data["kind"]), int(data["entries"]))
+
+
 @dataclass
 class KnobContext:
     """What a knob may use while transforming a model.
@@ -159,8 +190,13 @@ class Knob(ABC):
     :data:`STAGES`), return their parameters in :meth:`params` and transform a model
     in :meth:`apply`.  Register them with :func:`slimtune.spaces.register_knob`.
     The optional hooks below tell the core the rest (display, training, the cost bound
-    before training, the recipe to rebuild, recovery epochs, weight bits), so the core
-    never names a knob.
+    before training, the recipe to rebuild, recovery epochs, weight bits and encoding),
+    so the core never names a knob.
+
+    A knob module must import without torch (import it inside the methods, or keep model
+    code in a helper module they import): ``slimtune show`` reads the registered classes'
+    codes and must start without torch.  ``tests/test_knob_hooks.py`` checks every
+    registered knob.
     """
 
     family: ClassVar[str]
@@ -168,11 +204,18 @@ class Knob(ABC):
     title: ClassVar[str] = ""  # how people read the family (the dashboard's group title); default: family
     #: The CLI's compact code for this family, explained under its tables (e.g.
     #: ``"q<bits>[ptq|qat] quantization"``); empty: parameters are shown as ``name=value``.
-    #: A string literal: the CLI reads it from this file without importing torch.
     compact_legend: ClassVar[str] = ""
     #: The code whose ``{i}`` numbers this family's parameters in the space's order (the
-    #: tables then say which is which, e.g. ``ds{i}: 0 = blocks.0.0``); a string literal.
+    #: tables then say which is which, e.g. ``ds{i}: 0 = blocks.0.0``).
     compact_index: ClassVar[str] = ""
+
+    @classmethod
+    def for_values(cls) -> "Knob":
+        """An instance whose value hooks (:meth:`inactive`, :meth:`summary`,
+        :meth:`recovery_passes`, :meth:`weight_bits`, :meth:`weight_encoding`) read
+        stored values, e.g. for tables and exports; default ``cls()``.  Override it if
+        the constructor needs arguments."""
+        return cls()
 
     @classmethod
     def task_options(cls, extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -229,10 +272,7 @@ class Knob(ABC):
         """``values`` (this knob's, full names) in the CLI's compact code (see
         :attr:`compact_legend`); ``names`` are this family's parameter names in the
         space's order (for :attr:`compact_index`).  Empty when they leave the model alone.
-
-        It must use builtins only (no name of its module): ``slimtune show`` compiles it
-        from the knob's file without importing the module (and torch).  Default: the
-        family's parameters are shown as ``name=value`` instead."""
+        Default: the family's parameters are shown as ``name=value`` instead."""
         return ""
 
     def training(self, values: Mapping[str, Any]) -> TrainingHooks | None:
@@ -251,6 +291,12 @@ class Knob(ABC):
     def weight_bits(self, values: Mapping[str, Any]) -> int | None:
         """The bits the runtime compiles the weights at for ``values`` (quantization's
         ``quant.bits``), or None when this knob does not quantize (the default)."""
+        return None
+
+    def weight_encoding(self, values: Mapping[str, Any]) -> WeightEncoding | None:
+        """How the weights are stored for ``values`` beyond their bits (e.g. a codebook
+        of shared values per layer), or None (the default): the packed file stores
+        them that way and the artifact says so."""
         return None
 
 

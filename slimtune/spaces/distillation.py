@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Sequence
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from slimtune.spaces.base import Knob, Param, TrainingHooks
 from slimtune.spaces._registry import register_knob
+
+if TYPE_CHECKING:  # pragma: no cover - knob modules import without torch (`slimtune show` reads them)
+    import torch
+    from torch import nn
 
 
 def distillation_loss(
@@ -27,6 +27,8 @@ def distillation_loss(
     ``T^2`` factor keeps the soft-target gradients on the scale of the hard ones.
     Without teacher logits (or ``alpha == 0``) it is plain cross-entropy.
     """
+    import torch.nn.functional as F
+
     ce = F.cross_entropy(student_logits, labels)
     if teacher_logits is None or alpha == 0.0:
         return ce

@@ -201,7 +201,7 @@ class Candidate:
                 warnings.warn(f"Trial {self.trial} was timed as {timed_format}; the {fmt} file is compiled anew from "
                               "its weights and was not itself timed.", UserWarning, stacklevel=2)
                 data = _export.compile_as(self.load(), fmt, bits=self.weight_bits, task=self.study.task,
-                                          settings=self.study.settings)
+                                          settings=self.study.settings, encoding=self.recipe.get("weight_encoding"))
             if fmt == "onnx" and fmt == timed_format and not _export.onnx_metadata(data).get("slimtune_version"):
                 data = _export.with_onnx_metadata(data, self.metadata())  # measured before artifacts carried it
             _export.write_atomically(path, data)
@@ -213,12 +213,12 @@ class Candidate:
         """The packed model file of the timed artifact (what ``export(format="packed")`` writes)."""
         from slimtune.search._export import pack_artifact
 
-        return pack_artifact(*self.artifact(), bits=self.weight_bits)
+        return pack_artifact(*self.artifact(), bits=self.weight_bits, encoding=self.recipe.get("weight_encoding"))
 
     def _export_packed(self, path: Path, data: bytes, timed_format: str) -> Path:
         from slimtune.search._export import pack_artifact, write_atomically
 
-        packed = pack_artifact(data, timed_format, bits=self.weight_bits)
+        packed = pack_artifact(data, timed_format, bits=self.weight_bits, encoding=self.recipe.get("weight_encoding"))
         if self.row.get("size_bytes") is not None and len(packed) != self.size_bytes:
             warnings.warn(f"Trial {self.trial}'s stored size_bytes ({self.size_bytes:,}) is not the length of its "
                           f"packed file ({len(packed):,} bytes): it was measured by an older slimtune.",

@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from torch import nn
@@ -46,7 +46,10 @@ from slimtune.search._runtimes._ort import (
     saturation_flag,
 )
 from slimtune.search._runtimes._onnx import onnx_input_metadata, optimized_op_types, set_onnx_metadata
-from slimtune.spaces.quantization import fold_batchnorm, snap_weights
+from slimtune.spaces._lowering import fold_batchnorm, snap_weights
+
+if TYPE_CHECKING:  # pragma: no cover
+    from slimtune.spaces.base import WeightEncoding
 
 BITS = (32, 16, 8, 6, 4, 2)
 
@@ -77,6 +80,7 @@ def compile_model(
     threads: int = 1,
     int8_format: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    encoding: "WeightEncoding | None" = None,
 ) -> CompiledModel:
     """Compile ``model`` (a copy, see :func:`prepare_model`) for ``runtime`` at ``bits``.
 
@@ -95,6 +99,10 @@ def compile_model(
             values as JSON) with how to feed it (input name, shape, dtype, outputs,
             batch), before the session that is timed is built from those bytes: the
             stored and exported file is the timed one.  TorchScript artifacts carry none.
+        encoding: how a knob stores the weights beyond their bits (e.g. a codebook of
+            shared values per layer): recorded on the compiled model (the packed file
+            stores the weights so), in the metadata, and in a flag saying which kernels
+            run them.
     """
     if runtime not in deployments():
         raise ValueError(f"`runtime` must be one of {', '.join(deployments())}, but got {runtime!r}.")
@@ -104,5 +112,13 @@ def compile_model(
     prepared = prepare_model(model, bits)
     segments = exit_segments(prepared)
     engine = runtime_for(runtime, exits=segments is not None)
-    return engine.compile(prepared, segments, bits=bits, calibration=torch.as_tensor(calibration).float(),
-                          threads=threads, int8_format=requested, metadata=metadata)
+    if encoding is not None:
+        metadata = {**dict(metadata or {}), "weight_encoding": encoding.to_dict()}
+    compiled = engine.compile(prepared, segments, bits=bits, calibration=torch.as_tensor(calibration).float(),
+                              threads=threads, int8_format=requested, metadata=metadata)
+    if encoding is not None:
+        compiled.weight_encoding = encoding.to_dict()
+        kernels = "int8" if compiled.kernel_bits == 8 else "fp32"
+        compiled.flags = (*compiled.flags, f"weights share a {encoding.entries}-entry {encoding.kind} per layer: "
+                          f"stored as indices in the packed file, run on {kernels} kernels (no {encoding.kind} kernel)")
+    return compiled

@@ -42,6 +42,9 @@ class CompiledModel:
             ``u8s8-reduce-range`` for torch); ``None`` when no int8 kernel runs.
         engine: the registered runtime that compiled it (``onnxruntime``,
             ``onnxruntime-exits`` or ``torch``; see :func:`get_runtime`).
+        weight_encoding: how the weights are stored beyond their bits
+            (:class:`~slimtune.spaces.WeightEncoding` as a dict; the packed file
+            stores them so), or None.
     """
 
     runtime: str
@@ -58,6 +61,7 @@ class CompiledModel:
     module: "nn.Module | None" = field(default=None, repr=False)
     int8_format: str | None = None
     engine: str = ""
+    weight_encoding: dict[str, Any] | None = None
 
     @property
     def has_exits(self) -> bool:

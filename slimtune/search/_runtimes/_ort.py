@@ -3,7 +3,7 @@
 ``torch.onnx.export(dynamo=False)``; bits 32/16 run the fp32 graph (16: the weights
 are fp16-rounded, no fp16 CPU kernel is used); bits <= 8 run ``quantize_static`` QDQ:
 per-channel symmetric weights, 8-bit activations calibrated on training inputs.  The
-weight scales are those of :func:`slimtune.spaces.quantization.quantize_weight` (given
+weight scales are those of :func:`slimtune.spaces._lowering.quantize_weight` (given
 to ORT as tensor overrides, then every weight's DequantizeLinear integers are checked
 and rewritten to the exact b-bit values), so the int8 kernels compute with exactly the
 b-bit weights.
@@ -48,7 +48,7 @@ from slimtune.search._runtimes._onnx import (
     set_onnx_metadata,
 )
 from slimtune.search._runtimes._registry import register_runtime
-from slimtune.spaces.quantization import FP16_FLAG, low_bit_flag, qmax, quantize_weight
+from slimtune.spaces._lowering import FP16_FLAG, low_bit_flag, qmax, quantize_weight
 
 #: ONNX Runtime int8 formats (activations, weights); ``auto`` picks one for this CPU.
 INT8_FORMATS = ("auto", "u8s8", "u8u8", "s8s8")

@@ -30,7 +30,7 @@ from slimtune.search._runtimes._base import (
     segment_modules,
 )
 from slimtune.search._runtimes._registry import register_runtime
-from slimtune.spaces.quantization import FP16_FLAG, low_bit_flag, quantize_weight, snap_weights
+from slimtune.spaces._lowering import FP16_FLAG, low_bit_flag, quantize_weight, snap_weights
 
 #: What torch's FX x86 int8 computes: uint8 activations limited to 7 bits, int8 weights.
 TORCH_INT8_FORMAT = "u8s8-reduce-range"
