@@ -16,11 +16,13 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from sqlalchemy import JSON, DateTime, Float, Integer, String, Text, case, column, func, or_, select, table, type_coerce
 from sqlalchemy.exc import SQLAlchemyError
@@ -33,6 +35,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: The candidate columns a trial row reads (everything but the rebuild recipe).
 ROW_COLUMNS = tuple(c for c in CandidateRecord.__table__.columns if c.name != "recipe")
+
+#: The keys of a record's ``info`` that a trial row reads (see ``StudyStorage.candidates``).
+INFO_KEYS = ("val_accuracy_per_epoch",)
 
 #: The Optuna user attributes a trial row reads (see :func:`slimtune.studies._rows.make_row`).
 ROW_ATTRS = ("accuracy", "test_accuracy", "latency_ms", "size_bytes", "artifact_bytes", "macs", "val_accuracy",
@@ -121,23 +126,24 @@ class StudyStorage:
         """The study's candidate records (every column but the recipe, with attribute
         access) by trial number; only ``numbers`` when given.
 
-        With ``measurement_keys`` a record's ``measurement`` holds only those keys: on
-        SQLite they are read with ``json_extract`` instead of decoding every
-        measurement in Python (its latency samples are most of a record), unless the
-        measurement holds a NaN or an infinity, which SQLite's JSON does not parse
-        (then every measurement is decoded in Python); the other JSON columns are
-        decoded here, in one pass.
+        With ``measurement_keys`` a record's ``measurement`` holds only those keys, and
+        its ``info`` only :data:`INFO_KEYS`: on SQLite they are read with
+        ``json_extract`` instead of decoding every measurement in Python (its latency
+        samples are most of a record), unless a measurement holds a NaN or an infinity,
+        which SQLite's JSON does not parse (then every measurement is decoded in
+        Python); the other JSON columns are decoded here, in one pass.
         """
         query = select(*ROW_COLUMNS).where(CandidateRecord.study_id == study_id)
         if numbers is not None:
             query = query.where(CandidateRecord.trial_number.in_(list(numbers)))
-        if measurement_keys is not None and self.db.engine.dialect.name == "sqlite":
-            try:
-                return _light_candidates(self.db, query, measurement_keys)
-            except SQLAlchemyError:
-                pass  # a NaN in a measurement (SQLite < 3.42), or a SQLite without its JSON functions
-        with self.db.engine.connect() as conn:
-            return {r.trial_number: r for r in conn.execute(query).all()}
+        with quiet_gc():
+            if measurement_keys is not None and self.db.engine.dialect.name == "sqlite":
+                try:
+                    return _light_candidates(self.db, query, measurement_keys)
+                except SQLAlchemyError:
+                    pass  # a NaN in a measurement (SQLite < 3.42), or a SQLite without its JSON functions
+            with self.db.engine.connect() as conn:
+                return {r.trial_number: r for r in conn.execute(query).all()}
 
     def candidate(self, study_id: int, number: int, *, with_weights: bool = False
                   ) -> tuple[CandidateRecord | None, WeightsRecord | None]:
@@ -185,7 +191,7 @@ class StudyStorage:
         ``get_trials``) answers when Optuna's tables are not as expected.
         """
         try:
-            with self.db.engine.connect() as conn:
+            with self.db.engine.connect() as conn, quiet_gc():
                 return _read_trials(conn, optuna_study_id, study_id, trial_ids)
         except (SQLAlchemyError, KeyError, ValueError):
             wanted = None if trial_ids is None else set(trial_ids)
@@ -198,7 +204,7 @@ class StudyStorage:
         read, no parameters), in five statements (six with ``constraints``); ``None``
         when Optuna's tables are not as expected."""
         try:
-            with self.db.engine.connect() as conn:
+            with self.db.engine.connect() as conn, quiet_gc():
                 return _read_figures(conn, optuna_study_id, study_id, tuple(objectives), constraints)
         except (SQLAlchemyError, KeyError, ValueError):
             return None
@@ -241,6 +247,20 @@ class StudyStorage:
             return fallback()
 
 
+@contextmanager
+def quiet_gc() -> Iterator[None]:
+    """No garbage collection during a bulk read: every object it makes is kept, and each
+    collection would walk them all and the whole heap for nothing (a third of the time of
+    reading 50,000 trials)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _light_candidates(db: Database, query: Any, measurement_keys: Sequence[str]) -> dict[int, SimpleNamespace]:
     """:meth:`StudyStorage.candidates` on SQLite, ``measurement`` reduced to
     ``measurement_keys`` (read by ``json_extract``)."""
@@ -250,19 +270,27 @@ def _light_candidates(db: Database, query: Any, measurement_keys: Sequence[str])
     columns = [type_coerce(c, Text).label(c.name) if c.name in json_columns else c
                for c in ROW_COLUMNS if c.name != "measurement"]
     # a NaN makes SQLite < 3.42 fail the query (the caller then decodes in Python); newer
-    # ones read it as JSON5, so such a measurement is decoded here, whole
-    extracted = [func.json_extract(text, f'$."{key}"') for key in measurement_keys]
-    query = query.with_only_columns(*columns, case((odd, text), else_=None), *extracted)
+    # ones read it as JSON5, so such a measurement is decoded here, whole.  The keys come
+    # as one JSON array (one parse of the measurement for them all)
+    extracted = func.json_extract(text, *[f'$."{key}"' for key in measurement_keys])
+    columns = [func.json_object(*[a for key in INFO_KEYS for a in (key, func.json_extract(
+        type_coerce(CandidateRecord.info, Text), f'$."{key}"'))]).label("info") if c.name == "info" else c
+               for c in columns]
+    query = query.with_only_columns(*columns, case((odd, text), else_=None), extracted)
     with db.engine.connect() as conn:
-        result = conn.execute(query).all()
+        result = _fetch(conn, query)
     names = [c.name for c in columns]
     out = {}
     for r in result:
         fields = dict(zip(names, r))
         for name in json_columns:
             fields[name] = _loads(fields[name])
-        raw, picked = r[len(names)], r[len(names) + 1:]
-        fields["measurement"] = _loads(raw) if raw is not None else dict(zip(measurement_keys, picked))
+        raw, picked = r[len(names)], r[len(names) + 1]
+        if raw is not None:
+            fields["measurement"] = _loads(raw)
+        else:  # one key: its value itself; several: a JSON array of them
+            fields["measurement"] = dict(zip(measurement_keys, _loads(picked) if len(measurement_keys) > 1
+                                             else [picked]))
         out[fields["trial_number"]] = SimpleNamespace(**fields)
     return out
 
@@ -306,8 +334,8 @@ def _read_trials(conn: Any, optuna_study_id: int, study_id: int, trial_ids: Sequ
         of_study = _trials.c.study_id == optuna_study_id
     else:  # found by id (`study_id + 0`: not among all the study's trials, as an index on study_id would)
         of_study = ((_trials.c.study_id + 0) == optuna_study_id) & _trials.c.trial_id.in_(list(trial_ids))
-    rows = conn.execute(select(_trials.c.trial_id, _trials.c.number, _trials.c.state, _trials.c.datetime_start,
-                               _trials.c.datetime_complete).where(of_study).order_by(_trials.c.trial_id)).all()
+    rows = _fetch(conn, select(_trials.c.trial_id, _trials.c.number, _trials.c.state, _trials.c.datetime_start,
+                               _trials.c.datetime_complete).where(of_study).order_by(_trials.c.trial_id))
     views = {trial_id: TrialView(number, TrialState[state], {}, {}, None, {}, start, complete)
              for trial_id, number, state, start, complete in rows}
     for trial_id, _, value, kind in conn.execute(  # a record's metrics stand for the values (see make_row)
@@ -385,16 +413,37 @@ class TrialFigures:
 FIGURE_COLUMNS = ("id", "state", "val_accuracy", *RECORD_METRICS)
 
 
-def _fetch(conn: Any, query: Any) -> list[tuple]:
-    """Every row of ``query`` as a plain tuple: on SQLite straight from the driver (the
-    columns read here need no conversion), saving SQLAlchemy's row objects."""
+def _fetch(conn: Any, query: Any) -> list[Sequence]:
+    """Every row of ``query`` as a plain sequence.  On SQLite straight from the driver, each
+    column converted as SQLAlchemy's type would (datetimes by ``fromisoformat``, the
+    format SQLAlchemy writes), saving its row objects: a third of a big read."""
     result = conn.execute(query)
-    if conn.dialect.name == "sqlite":
-        try:
-            return result.cursor.fetchall()
-        finally:
-            result.close()
-    return [tuple(r) for r in result.all()]
+    if conn.dialect.name != "sqlite":
+        return [tuple(r) for r in result.all()]
+    try:
+        rows = result.cursor.fetchall()
+    finally:
+        result.close()
+    convert = []
+    for i, column in enumerate(query.selected_columns):
+        if isinstance(column.type, DateTime):
+            convert.append((i, _datetime))
+        elif (processor := column.type.result_processor(conn.dialect, None)) is not None:
+            convert.append((i, processor))
+    if not convert:
+        return rows
+    out = []
+    for row in rows:
+        row = list(row)
+        for i, processor in convert:
+            if row[i] is not None:
+                row[i] = processor(row[i])
+        out.append(row)
+    return out
+
+
+def _datetime(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
 def _read_figures(conn: Any, optuna_study_id: int, study_id: int, objectives: tuple[str, ...],
