@@ -236,6 +236,8 @@ def test_a_big_study_sends_a_bounded_plot_with_the_whole_front(big_dashboard):
     dash.log_x.value = True
     assert len(dash.plot.trials_mark.x) <= CELLS[0] * CELLS[1] + len(dash.plot.front)
     dash.log_x.value = False
+    fallback = dash._repr_html_()  # sent with the widget: the static SVG draws one dot per cell of 3 px
+    assert 100 < fallback.count("h0") < len(complete) / 3 and f"{len(rows)} trials" in fallback
 
 
 @pytest.mark.slow

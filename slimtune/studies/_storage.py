@@ -36,9 +36,6 @@ if TYPE_CHECKING:  # pragma: no cover
 #: The candidate columns a trial row reads (everything but the rebuild recipe).
 ROW_COLUMNS = tuple(c for c in CandidateRecord.__table__.columns if c.name != "recipe")
 
-#: The keys of a record's ``info`` that a trial row reads (see ``StudyStorage.candidates``).
-INFO_KEYS = ("val_accuracy_per_epoch",)
-
 #: The Optuna user attributes a trial row reads (see :func:`slimtune.studies._rows.make_row`).
 ROW_ATTRS = ("accuracy", "test_accuracy", "latency_ms", "size_bytes", "artifact_bytes", "macs", "val_accuracy",
              "reference_latency_ms", "stopped_reason", "error", "backend", "tuner", "flags", "exit_rates",
@@ -126,12 +123,12 @@ class StudyStorage:
         """The study's candidate records (every column but the recipe, with attribute
         access) by trial number; only ``numbers`` when given.
 
-        With ``measurement_keys`` a record's ``measurement`` holds only those keys, and
-        its ``info`` only :data:`INFO_KEYS`: on SQLite they are read with
-        ``json_extract`` instead of decoding every measurement in Python (its latency
-        samples are most of a record), unless a measurement holds a NaN or an infinity,
-        which SQLite's JSON does not parse (then every measurement is decoded in
-        Python); the other JSON columns are decoded here, in one pass.
+        With ``measurement_keys`` a record's ``measurement`` holds only those keys: on
+        SQLite they are read with ``json_extract`` instead of decoding every
+        measurement in Python (its latency samples are most of a record), unless the
+        measurement holds a NaN or an infinity, which SQLite's JSON does not parse
+        (then every measurement is decoded in Python); the other JSON columns are
+        decoded here, in one pass.
         """
         query = select(*ROW_COLUMNS).where(CandidateRecord.study_id == study_id)
         if numbers is not None:
@@ -273,9 +270,6 @@ def _light_candidates(db: Database, query: Any, measurement_keys: Sequence[str])
     # ones read it as JSON5, so such a measurement is decoded here, whole.  The keys come
     # as one JSON array (one parse of the measurement for them all)
     extracted = func.json_extract(text, *[f'$."{key}"' for key in measurement_keys])
-    columns = [func.json_object(*[a for key in INFO_KEYS for a in (key, func.json_extract(
-        type_coerce(CandidateRecord.info, Text), f'$."{key}"'))]).label("info") if c.name == "info" else c
-               for c in columns]
     query = query.with_only_columns(*columns, case((odd, text), else_=None), extracted)
     with db.engine.connect() as conn:
         result = _fetch(conn, query)
@@ -347,7 +341,13 @@ def _read_trials(conn: Any, optuna_study_id: int, study_id: int, trial_ids: Sequ
         if view.values is None:
             view.values = []
         view.values.append(_value(value, kind))
-    for trial_id, key, value in conn.execute(_lacking_attrs(of_study, optuna_study_id, study_id)).all():
+    joined, records = _with_record(_user_attrs.c.trial_id, optuna_study_id, study_id)
+    lacking = or_(records.c.id.is_(None), *[(_user_attrs.c.key == name) & records.c[name].is_(None)
+                                             for name in RECORD_METRICS])
+    for trial_id, key, value in conn.execute(
+            select(_user_attrs.c.trial_id, _user_attrs.c.key, _user_attrs.c.value_json).select_from(joined)
+            .where(_user_attrs.c.trial_id.in_(_lacking_trials(of_study, study_id)), of_study,
+                   _user_attrs.c.key.in_(ROW_ATTRS), lacking)).all():
         views[trial_id].user_attrs[key] = _loads(value)
     for trial_id, found in _constraints(conn, of_study).items():
         views[trial_id].constraints = found
@@ -372,17 +372,6 @@ def _lacking_trials(of_study: Any, study_id: int) -> Any:
     on = (records.c.study_id == study_id) & (records.c.trial_number == _trials.c.number)
     return select(_trials.c.trial_id).select_from(_trials.outerjoin(records, on)).where(
         of_study, or_(records.c.id.is_(None), *[records.c[name].is_(None) for name in RECORD_METRICS]))
-
-
-def _lacking_attrs(of_study: Any, optuna_study_id: int, study_id: int) -> Any:
-    """The user attributes a row reads, of trials without a record, and of the others
-    only the metrics their record lacks."""
-    joined, records = _with_record(_user_attrs.c.trial_id, optuna_study_id, study_id)
-    lacking = or_(records.c.id.is_(None), *[(_user_attrs.c.key == name) & records.c[name].is_(None)
-                                             for name in RECORD_METRICS])
-    return (select(_user_attrs.c.trial_id, _user_attrs.c.key, _user_attrs.c.value_json).select_from(joined)
-            .where(_user_attrs.c.trial_id.in_(_lacking_trials(of_study, study_id)), of_study,
-                   _user_attrs.c.key.in_(ROW_ATTRS), lacking))
 
 
 def _constraints(conn: Any, of_study: Any) -> dict[int, dict[str, float]]:
@@ -414,36 +403,23 @@ FIGURE_COLUMNS = ("id", "state", "val_accuracy", *RECORD_METRICS)
 
 
 def _fetch(conn: Any, query: Any) -> list[Sequence]:
-    """Every row of ``query`` as a plain sequence.  On SQLite straight from the driver, each
-    column converted as SQLAlchemy's type would (datetimes by ``fromisoformat``, the
-    format SQLAlchemy writes), saving its row objects: a third of a big read."""
+    """Every row of ``query``: on SQLite straight from the driver (datetimes parsed as
+    SQLAlchemy writes them), without SQLAlchemy's row objects (a third of a big read)."""
     result = conn.execute(query)
     if conn.dialect.name != "sqlite":
-        return [tuple(r) for r in result.all()]
+        return result.all()
     try:
         rows = result.cursor.fetchall()
     finally:
         result.close()
-    convert = []
-    for i, column in enumerate(query.selected_columns):
-        if isinstance(column.type, DateTime):
-            convert.append((i, _datetime))
-        elif (processor := column.type.result_processor(conn.dialect, None)) is not None:
-            convert.append((i, processor))
-    if not convert:
-        return rows
-    out = []
-    for row in rows:
-        row = list(row)
-        for i, processor in convert:
-            if row[i] is not None:
-                row[i] = processor(row[i])
-        out.append(row)
-    return out
-
-
-def _datetime(value: Any) -> datetime:
-    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    dates = [i for i, c in enumerate(query.selected_columns) if isinstance(c.type, DateTime)]
+    if dates:
+        rows = [list(r) for r in rows]
+        for row in rows:
+            for i in dates:
+                if row[i] is not None:
+                    row[i] = datetime.fromisoformat(row[i])
+    return rows
 
 
 def _read_figures(conn: Any, optuna_study_id: int, study_id: int, objectives: tuple[str, ...],

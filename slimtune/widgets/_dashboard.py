@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import ipywidgets as widgets
 
 from slimtune.studies._feed import TrialFeed
+from slimtune.studies._storage import quiet_gc
 from slimtune.widgets import _axes as R
 from slimtune.widgets._background import BackgroundSearch, Watcher
 from slimtune.widgets._controls import Controls, layout
@@ -34,7 +35,7 @@ from slimtune.widgets._selection import Selection
 from slimtune.widgets._static import render_html
 from slimtune.widgets._status import SearchProgress, Status, header_html
 from slimtune.widgets._table import ParetoTable
-from slimtune.widgets._trials import TrialBook, paused_gc
+from slimtune.widgets._trials import TrialBook
 
 
 def dashboard(study: Any, **kwargs: Any) -> "StudyDashboard":
@@ -96,7 +97,7 @@ class StudyDashboard(widgets.VBox):
         self.add_class("slimtune-dashboard")
 
         self.plot.set_baseline(self.baseline)
-        with self._lock, paused_gc():
+        with self._lock, quiet_gc():  # every row read is kept: a collection would only walk them
             self._show_fresh(self.book.load(), opening=True)
         self.selector.apply()
         if watch:

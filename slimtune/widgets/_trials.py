@@ -16,9 +16,7 @@ Example:
 
 from __future__ import annotations
 
-import gc
-from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from slimtune.studies._frontier import DEFAULT_OBJECTIVES, beaten_by_baseline, loss_matrix
 from slimtune.widgets._axes import FINAL_STATES
@@ -60,8 +58,7 @@ class TrialBook:
     # -- reading -----------------------------------------------------------------------
     def load(self) -> list[dict[str, Any]]:
         """Read every trial's figures (one bulk read); returns the new final rows."""
-        with paused_gc():
-            return self.add(self.feed.points(), copy=False)
+        return self.add(self.feed.points(), copy=False)
 
     def poll(self) -> list[dict[str, Any]]:
         """The rows (whole) of the trials new or changed since the last look."""
@@ -135,15 +132,3 @@ class TrialBook:
         return len(self.complete), len(self._rows) - len(self.complete), len(self.running)
 
 
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """No garbage collection inside: while a study's rows are built, every object made is
-    kept, and each collection would walk them all (and the whole heap) for nothing."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
