@@ -18,7 +18,9 @@ doing every step in turn (so that a change in the machine's load reaches all of 
 
 Bytes (``*_kb``) are what the widgets send to the browser, counted with a comm that
 records every message (what a kernel would put on the wire, before compression).
-``load`` is the 1-minute load average before each round.
+``load`` is the 1-minute load average before each round; ``*_cpu_s`` the process's CPU
+time (all its threads) beside the wall time of open and ready: on a loaded machine the
+wall time also counts the waits for a core.
 
     PYTHONPATH=. python benchmarks/widgets.py [--sizes 5000 50000] [--repeats 3] [--json] [--dir DIR]
 """
@@ -89,8 +91,8 @@ def add_one(study: Any, seed: int = 1) -> None:
 def measure(study: Any, repeats: int) -> dict[str, Any]:
     from slimtune.widgets import StudyDashboard
 
-    got: dict[str, list[float]] = {k: [] for k in ("read_s", "open_s", "ready_s", "open_kb", "add_ms", "add_kb",
-                                                   "poll_s", "poll_kb", "load")}
+    got: dict[str, list[float]] = {k: [] for k in ("read_s", "open_s", "ready_s", "open_cpu_s", "ready_cpu_s",
+                                                   "open_kb", "add_ms", "add_kb", "poll_s", "poll_kb", "load")}
     n = 0
     for i in range(repeats):
         got["load"].append(os.getloadavg()[0])
@@ -100,11 +102,13 @@ def measure(study: Any, repeats: int) -> dict[str, Any]:
         n = len(rows)
         template = next(r for r in rows if r["state"] == "COMPLETE")
         CountingComm.reset()
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         dash = StudyDashboard(study, watch=False)
         got["open_s"].append(time.perf_counter() - t)
+        got["open_cpu_s"].append(time.process_time() - cpu)
         dash.wait()  # the selected model, chosen in the background
         got["ready_s"].append(time.perf_counter() - t)
+        got["ready_cpu_s"].append(time.process_time() - cpu)
         got["open_kb"].append(CountingComm.sent_bytes / 1024)
         # one trial reported by a search started from the dashboard (the callback path)
         row = dict(template, trial=10_000_000 + i, latency_ms=template["latency_ms"] * 0.5)
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         "read = study.trials(); open = StudyDashboard(study) returns; ready = plus the selected model (chosen in "
         "the background); KB = bytes sent to the browser; add = one trial reported by a search started in the "
         "dashboard; poll = one watch refresh that finds one trial another worker wrote; load = 1-min load average "
-        "before each round.")
+        "before each round (--json also gives the CPU time of open and ready).")
 
 
 if __name__ == "__main__":

@@ -152,10 +152,11 @@ class FrontierPlot:
             self._where.update(zip((r.get("trial") for r in done), zip(repeat(self._done), count(start))))
             x, y = self._coordinates(done)
             self._x, self._y = np.concatenate([self._x, x]), np.concatenate([self._y, y])
-            if len(done) > 1:
+            if len(done) > 64:  # many at once: sorted again; a few: each against the front
                 self._pareto = ParetoSet(self._losses(self._x, self._y))
             else:
-                self._pareto.add(start, self._losses(x, y)[0])
+                for i, loss in enumerate(self._losses(x, y)):
+                    self._pareto.add(start + i, loss)
             self._edge_xy = None  # the measured data's edge may have moved
             self._draw_done()
         if other:
