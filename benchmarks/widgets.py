@@ -1,23 +1,28 @@
 """How fast the dashboard opens on big studies, and what adding one trial costs.
 
-Synthetic studies (no model is trained) are written into a real SQLite database
-through the public APIs: ``slimtune.Study.create_or_load`` for the study (its
-baseline is measured once, then cached), Optuna's ``create_trial`` / ``add_trials``
-for the trials, with the same objective values and user attributes slimtune's runner
-writes.  The dashboard then opens them exactly as a user would.
+Synthetic studies (no model is trained; :mod:`_synthetic`) are written into a real
+SQLite database with bulk inserts: the rows a worker writes for each trial, checked
+against trials written through ``Study.optimize`` by ``tests/test_widgets.py``.  The
+study is created once through ``slimtune.Study.create_or_load`` (its baseline measured
+once, then cached) and kept between runs.  The dashboard then opens it as a user would.
 
-Measured per study size:
+Measured per study size, each figure the median of ``--repeats`` rounds, each round
+doing every step in turn (so that a change in the machine's load reaches all of them):
 
-* open: ``StudyDashboard(study)`` (reading the trials, building plot, table, select);
-* of which ``study.trials()`` alone (the database read);
-* add one trial: the widget update when a search started from the dashboard reports
-  a trial (``add_rows``), with the bytes it sends to the browser;
-* watch refresh: one poll that finds one new trial written by another process.
+* read: ``study.trials()`` (every trial as a row: what ``slimtune show`` reads);
+* open: ``StudyDashboard(study)`` returns (reading the trials, plot, table); the first
+  open of the process apart (``first_open_s``: it also pays for first-use costs);
+* ready: plus the selected model (chosen in the background);
+* add: one trial reported by a search started from the dashboard (``add_rows``);
+* poll: one watcher poll that finds one trial another worker has just written.
 
-Bytes are counted with a comm that records every message the widgets send (what a
-kernel would put on the wire, before compression).
+Bytes (``*_kb``) are what the widgets send to the browser, counted with a comm that
+records every message (what a kernel would put on the wire, before compression).
+``load`` is the 1-minute load average before each round; ``*_cpu_s`` the process's CPU
+time (all its threads) beside the wall time of open and ready: on a loaded machine the
+wall time also counts the waits for a core.
 
-    PYTHONPATH=. python benchmarks/widgets.py [--sizes 100 1000 5000] [--dir DIR]
+    PYTHONPATH=. python benchmarks/widgets.py [--sizes 5000 50000] [--repeats 3] [--json] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import sys
 import tempfile
@@ -35,6 +39,9 @@ from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _synthetic  # noqa: E402  (benchmarks/_synthetic.py)
 
 
 class CountingComm:
@@ -66,130 +73,64 @@ class CountingComm:
         cls.messages = 0
 
 
-def synthetic_trials(study: Any, n: int, *, start: int = 0, seed: int = 0) -> list[Any]:
-    """``n`` plausible finished trials (accuracy falls as latency falls; ~8% pruned,
-    ~2% failed) with the space's real parameters, as Optuna FrozenTrials."""
-    import optuna
-    from optuna.trial import TrialState, create_trial
-
-    from slimtune.search._backends._interface import distribution_of
-
-    rng = random.Random(seed + start)
-    params_spec = [(p, distribution_of(p)) for p in study.space.searched]
-    base = study.baseline
-    out = []
-    for _ in range(n):
-        params, dists = {}, {}
-        for p, dist in params_spec:
-            if isinstance(dist, optuna.distributions.CategoricalDistribution):
-                params[p.name] = rng.choice(list(dist.choices))
-            elif isinstance(dist, optuna.distributions.IntDistribution):
-                params[p.name] = rng.randint(dist.low, dist.high)
-            else:
-                params[p.name] = rng.uniform(dist.low, dist.high)
-            dists[p.name] = dist
-        squeeze = rng.betavariate(2, 2)  # 0 = like the baseline, 1 = heavily compressed
-        latency = base.latency_ms * (1.15 - 0.8 * squeeze) * rng.uniform(0.9, 1.1)
-        accuracy = max(0.1, base.accuracy - 0.25 * squeeze ** 3 - abs(rng.gauss(0, 0.01)))
-        size = int(base.size_bytes * (1.05 - 0.9 * squeeze))
-        macs = int(base.macs * (1.1 - 0.8 * squeeze))
-        # the attributes the rows need (each one is a row in Optuna's tables: keep few)
-        attrs = {"latency_ms": latency, "size_bytes": size, "macs": macs}
-        roll = rng.random()
-        if roll < 0.08:
-            attrs.update(stopped_reason="cannot reach the frontier", val_accuracy=accuracy - 0.05)
-            out.append(create_trial(state=TrialState.PRUNED, params=params, distributions=dists, user_attrs=attrs))
-        elif roll < 0.10:
-            attrs = {"error": "RuntimeError: synthetic failure"}
-            out.append(create_trial(state=TrialState.FAIL, params=params, distributions=dists, user_attrs=attrs))
-        else:
-            attrs["accuracy"] = accuracy
-            values = [{"accuracy": accuracy, "latency_ms": latency, "size_bytes": size, "macs": macs}[o]
-                      for o in study.objectives]
-            out.append(create_trial(state=TrialState.COMPLETE, values=values, params=params, distributions=dists,
-                                    user_attrs=attrs))
-    return out
-
-
 def synthetic_study(storage: str, name: str, n: int, *, seed: int = 0) -> Any:
-    """A slimtune study of ``n`` synthetic trials in ``storage`` (created once)."""
-    from slimtune import Study
-
-    study = Study.create_or_load(name, storage=storage, task="digits",
-                                 settings={"epochs": 1, "latency_repeats": 20}, seed=seed)
-    have = len(study.optuna_study.get_trials(deepcopy=False))
-    if have < n:
-        fast_writer(study, storage).add_trials(synthetic_trials(study, n - have, start=have, seed=seed))
-    return study
-
-
-def fast_writer(study: Any, storage_url: str) -> Any:
-    """The study's Optuna study on a storage whose SQLite connections skip fsync
-    (``PRAGMA synchronous=OFF``): a synthetic fixture needs no durability, and this
-    halves the time Optuna's ``add_trials`` takes."""
-    import optuna
-    from sqlalchemy import event
-
-    storage = optuna.storages.RDBStorage(storage_url)
-    if storage.engine.dialect.name == "sqlite":
-        def no_sync(connection: Any, _record: Any) -> None:
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA synchronous=OFF")
-            cursor.close()
-
-        event.listen(storage.engine, "connect", no_sync)
-        storage.engine.dispose()
-    return optuna.load_study(study_name=study.name, storage=storage)
+    """A slimtune study of at least ``n`` synthetic trials in ``storage`` (kept)."""
+    return _synthetic.synthetic_study(storage, name, n, seed=seed)
 
 
 def add_one(study: Any, seed: int = 1) -> None:
-    """Another process finishing one trial (written straight to the database)."""
-    have = len(study.optuna_study.get_trials(deepcopy=False))
-    study.optuna_study.add_trials(synthetic_trials(study, 1, start=have, seed=seed))
+    """Another worker finishing one trial (its rows written to the database)."""
+    import random
+
+    number = _synthetic.n_trials(study)
+    trial = _synthetic.draw(number, study.baseline.to_dict(), seed=seed)
+    trial.params = _synthetic.draw_params(_synthetic.distributions(study.space), random.Random(seed + number))
+    _synthetic.write_in_bulk(study, [trial])
 
 
-def measure(study: Any, repeats: int) -> dict[str, float]:
+def measure(study: Any, repeats: int) -> dict[str, Any]:
     from slimtune.widgets import StudyDashboard
 
-    reads = []
-    for _ in range(repeats):
+    got: dict[str, list[float]] = {k: [] for k in ("read_s", "open_s", "ready_s", "open_cpu_s", "ready_cpu_s",
+                                                   "open_kb", "add_ms", "add_kb", "poll_s", "poll_kb", "load")}
+    n = 0
+    for i in range(repeats):
+        got["load"].append(os.getloadavg()[0])
         t = time.perf_counter()
         rows = study.trials()
-        reads.append(time.perf_counter() - t)
-    opens, readies, sent = [], [], []
-    for _ in range(repeats):
+        got["read_s"].append(time.perf_counter() - t)
+        n = len(rows)
+        template = next(r for r in rows if r["state"] == "COMPLETE")
         CountingComm.reset()
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         dash = StudyDashboard(study, watch=False)
-        opens.append(time.perf_counter() - t)
-        dash.wait()  # the selected model is asked of study.select in the background
-        readies.append(time.perf_counter() - t)
-        sent.append(CountingComm.sent_bytes)
-        dash.close()
-    dash = StudyDashboard(study, watch=False)
-    # one trial reported by a search started from the dashboard (the callback path)
-    template = next(r for r in rows if r["state"] == "COMPLETE")
-    adds, add_bytes = [], []
-    for i in range(repeats):
+        got["open_s"].append(time.perf_counter() - t)
+        got["open_cpu_s"].append(time.process_time() - cpu)
+        dash.wait()  # the selected model, chosen in the background
+        got["ready_s"].append(time.perf_counter() - t)
+        got["ready_cpu_s"].append(time.process_time() - cpu)
+        got["open_kb"].append(CountingComm.sent_bytes / 1024)
+        # one trial reported by a search started from the dashboard (the callback path)
         row = dict(template, trial=10_000_000 + i, latency_ms=template["latency_ms"] * 0.5)
         CountingComm.reset()
         t = time.perf_counter()
         dash.add_rows([row])
-        adds.append(time.perf_counter() - t)
-        add_bytes.append(CountingComm.sent_bytes)
-    # one trial written by another process, found by the watcher's poll
-    polls = []
-    for i in range(repeats):
+        got["add_ms"].append(1000 * (time.perf_counter() - t))
+        got["add_kb"].append(CountingComm.sent_bytes / 1024)
+        # one trial written by another worker, found by the watcher's poll
         add_one(study, seed=100 + i)
+        CountingComm.reset()
         t = time.perf_counter()
         added = dash.refresh()
-        polls.append(time.perf_counter() - t)
+        got["poll_s"].append(time.perf_counter() - t)
+        got["poll_kb"].append(CountingComm.sent_bytes / 1024)
         assert added == 1, added
-    dash.close()
-    return {"trials": len(rows), "read_s": statistics.median(reads), "open_s": statistics.median(opens),
-            "ready_s": statistics.median(readies),
-            "open_kb": statistics.median(sent) / 1024, "add_ms": 1000 * statistics.median(adds),
-            "add_kb": statistics.median(add_bytes) / 1024, "poll_s": statistics.median(polls)}
+        dash.close()
+    out: dict[str, Any] = {"trials": n}
+    out.update({k: round(statistics.median(v), 4) for k, v in got.items() if k != "load"})
+    out["first_open_s"] = round(got["open_s"][0], 4)  # the first in this process (imports, statement caches)
+    out["load"] = [round(v, 1) for v in got["load"]]
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -198,28 +139,39 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", default=None,
                         help="where the SQLite file goes (default: $TMPDIR/slimtune-widgets-bench, reused)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="one JSON object per size, nothing else")
     args = parser.parse_args(argv)
     CountingComm.install()
     os.environ.setdefault("SLIMTUNE_CACHE_DIR", str(Path(tempfile.gettempdir()) / "slimtune-bench-cache"))
-    # kept between runs: writing 5,000 trials through Optuna takes a minute or two
     directory = Path(args.dir or Path(tempfile.gettempdir()) / "slimtune-widgets-bench")
     directory.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{directory / 'bench.db'}"
-    print(f"storage {storage}")
-    print(f"{'trials':>7} {'setup s':>8} {'read s':>7} {'open s':>7} {'ready s':>8} {'open KB':>8} {'add ms':>7} "
-          f"{'add KB':>7} {'poll s':>7}")
+    say = (lambda *a, **k: None) if args.json else print
+    say(f"storage {storage}")
+    say(f"{'trials':>7} {'setup s':>8} {'read s':>7} {'open s':>7} {'ready s':>8} {'open KB':>8} {'add ms':>7} "
+        f"{'add KB':>7} {'poll s':>7} {'poll KB':>8}  load")
+    import warnings
+
     for n in args.sizes:
         t = time.perf_counter()
-        study = synthetic_study(storage, f"bench-{n}", n)
-        write = time.perf_counter() - t
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna's notes on creating a study
+            study = synthetic_study(storage, f"bench-{n}", n)
+        setup = time.perf_counter() - t
         r = measure(study, args.repeats)
-        print(f"{r['trials']:>7} {write:>8.1f} {r['read_s']:>7.2f} {r['open_s']:>7.2f} {r['ready_s']:>8.2f} "
-              f"{r['open_kb']:>8.0f} {r['add_ms']:>7.1f} {r['add_kb']:>7.1f} {r['poll_s']:>7.2f}", flush=True)
+        r["setup_s"] = round(setup, 2)
+        if args.json:
+            print(json.dumps(r), flush=True)
+        else:
+            print(f"{r['trials']:>7} {setup:>8.1f} {r['read_s']:>7.2f} {r['open_s']:>7.2f} {r['ready_s']:>8.2f} "
+                  f"{r['open_kb']:>8.0f} {r['add_ms']:>7.1f} {r['add_kb']:>7.1f} {r['poll_s']:>7.3f} "
+                  f"{r['poll_kb']:>8.1f}  {' '.join(map(str, r['load']))}", flush=True)
         study.close()
-    print("setup = create or load the study, writing its synthetic trials the first time (reused later); read = study.trials(); open = StudyDashboard(study) "
-          "returns (incl. the read); ready = plus the selected model (study.select, in the background); "
-          "KB = bytes sent to the browser; add = one trial reported by a search started in the dashboard; "
-          "poll = one watch refresh that finds one new trial written by another process.")
+    say("setup = create or load the study, writing its synthetic trials in bulk the first time (kept); "
+        "read = study.trials(); open = StudyDashboard(study) returns; ready = plus the selected model (chosen in "
+        "the background); KB = bytes sent to the browser; add = one trial reported by a search started in the "
+        "dashboard; poll = one watch refresh that finds one trial another worker wrote; load = 1-min load average "
+        "before each round (--json also gives the CPU time of open and ready).")
 
 
 if __name__ == "__main__":

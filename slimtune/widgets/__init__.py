@@ -1,14 +1,14 @@
 """The notebook side of slimtune: live frontier dashboard and the ``%slimtune`` magic.
 
-Widgets read studies; studies never import widgets (``study.dashboard()`` imports this
-package lazily).
+Widgets read studies (a study's public methods and its bulk reader); studies never
+import widgets.  The dashboard is opened here, given a study.
 
 Example:
-    >>> from slimtune.widgets import StudyDashboard      # doctest: +SKIP
-    >>> StudyDashboard(study)                             # doctest: +SKIP
+    >>> from slimtune.widgets import dashboard           # doctest: +SKIP
+    >>> dashboard(study)            # or StudyDashboard(study)   # doctest: +SKIP
 """
 
-from slimtune.widgets._dashboard import StudyDashboard
+from slimtune.widgets._dashboard import StudyDashboard, dashboard
 from slimtune.widgets._details import DetailsPane, details_html
 from slimtune.widgets._magics import SlimtuneMagics, load_ipython_extension, unload_ipython_extension
 from slimtune.widgets._plot import FrontierPlot
@@ -21,6 +21,7 @@ __all__ = [
     "ParetoTable",
     "SlimtuneMagics",
     "StudyDashboard",
+    "dashboard",
     "details_html",
     "load_ipython_extension",
     "render_html",

@@ -1,86 +1,46 @@
 """The study dashboard: live frontier plot, details, Pareto table, search controls.
 
-``StudyDashboard(study)`` (or ``study.dashboard()``) reads a study; it never writes
-to it except through the study's own ``optimize`` (Start) and a candidate's
-``export`` (Export).  Trials arrive three ways and all go through :meth:`add_rows`:
-the initial load, the callback of a search started here (a background thread), and
-the watcher that polls the database for trials other processes write.
+``dashboard(study)`` (or ``StudyDashboard(study)``) reads a study; it never writes to it
+except through the study's own ``optimize`` (Start) and a candidate's ``export``
+(Export).  Opening it reads every trial's figures once, in one bulk read
+(:class:`~slimtune.studies._feed.TrialFeed`); a trial is read in full only when shown.
+Trials then arrive two more ways, and all go through :meth:`StudyDashboard.add_rows`:
+the callback of a search started here (a background thread), and the watcher, whose
+poll asks the database which trials are new or finished (two small statements, however
+big the study).
 
 Example:
-    >>> from slimtune import Study                                       # doctest: +SKIP
-    >>> study = Study.create_or_load("demo", task="digits")              # doctest: +SKIP
-    >>> dash = study.dashboard()          # or StudyDashboard(study)     # doctest: +SKIP
-    >>> dash.start(10)                    # search in the background     # doctest: +SKIP
+    >>> from slimtune import Study                                        # doctest: +SKIP
+    >>> from slimtune.widgets import dashboard                            # doctest: +SKIP
+    >>> dash = dashboard(Study.load("demo"))                              # doctest: +SKIP
+    >>> dash.start(10)                    # search in the background      # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import functools
-import html
-import math
-import re
 import threading
-import time
-import traceback
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import ipywidgets as widgets
 
+from slimtune.studies._feed import TrialFeed
+from slimtune.studies._storage import quiet_gc
 from slimtune.widgets import _axes as R
-from slimtune.widgets._background import BackgroundSearch, LatestOnly, Watcher
+from slimtune.widgets._background import BackgroundSearch, Watcher
+from slimtune.widgets._controls import Controls, layout
 from slimtune.widgets._details import DetailsPane
 from slimtune.widgets._plot import FrontierPlot
+from slimtune.widgets._selection import Selection
 from slimtune.widgets._static import render_html
-from slimtune.widgets._style import CSS
+from slimtune.widgets._status import SearchProgress, Status, header_html
 from slimtune.widgets._table import ParetoTable
-
-#: Errors of the user's input (no model fits, bad path...): shown as a message, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, OSError)
+from slimtune.widgets._trials import TrialBook
 
 
-def _fmt_duration(seconds: float) -> str:
-    if not math.isfinite(seconds) or seconds < 0:
-        return "–"
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-class SearchProgress:
-    """Trials done / planned and an ETA while a search started here runs."""
-
-    def __init__(self) -> None:
-        self.bar = widgets.IntProgress(value=0, min=0, max=1, bar_style="info",
-                                       layout=widgets.Layout(width="220px", display="none"))
-        self.label = widgets.HTML("")
-        self.label.add_class("slimtune-progress-label")
-        self.widget = widgets.HBox([self.bar, self.label], layout=widgets.Layout(align_items="center"))
-        self.planned = 0
-        self.done = 0
-        self._t0 = 0.0
-
-    def start(self, planned: int) -> None:
-        self.planned, self.done, self._t0 = int(planned), 0, time.monotonic()
-        with self.bar.hold_sync():
-            self.bar.max, self.bar.value, self.bar.bar_style = self.planned, 0, "info"
-            self.bar.layout.display = None
-        self.label.value = f"0 / {self.planned} trials · starting…"
-
-    def advance(self) -> None:
-        self.done += 1
-        self.bar.value = min(self.done, self.planned)
-        elapsed = time.monotonic() - self._t0
-        per = elapsed / self.done
-        eta = per * max(0, self.planned - self.done)
-        self.label.value = (f"{self.done} / {self.planned} trials · {per:.1f} s/trial · "
-                            f"ETA {_fmt_duration(eta)}")
-
-    def finish(self, message: str, *, ok: bool = True) -> None:
-        self.bar.bar_style = "success" if ok else "warning"
-        elapsed = time.monotonic() - self._t0
-        self.label.value = f"{self.done} / {self.planned} trials in {_fmt_duration(elapsed)} · {html.escape(message)}"
+def dashboard(study: Any, **kwargs: Any) -> "StudyDashboard":
+    """A live dashboard of ``study`` (a ``slimtune.Study``); see :class:`StudyDashboard`."""
+    return StudyDashboard(study, **kwargs)
 
 
 class StudyDashboard(widgets.VBox):
@@ -102,320 +62,141 @@ class StudyDashboard(widgets.VBox):
         R.check_axis(objective)
         self.study = study
         self._lock = threading.RLock()
-        self._rows: dict[Any, dict[str, Any]] = {}  # final trials by number
-        self._running_trials: set[Any] = set()
         self._search: BackgroundSearch | None = None
         self._watcher: Watcher | None = None
         self._interval = float(interval)
-        self._candidate: Any = None
-        self._export_path_auto = True
         self._last_poll_error = ""
-        self._signature: Any = None
-        self._selector = LatestOnly(self._select_now, on_error=self.report_error,
-                                    name=f"slimtune-select-{getattr(study, 'name', 'study')}")
         self.baseline = R.baseline_row(getattr(study, "baseline", None))
+        self.book = TrialBook(TrialFeed(study), study, self.baseline)
 
+        self._status = Status()
+        self.status, self.errors = self._status.line, self._status.errors
+        guarded = self._status.guarded
         self.plot = FrontierPlot(objective=objective, on_pick=self.inspect_row, on_error=self.report_error,
-                                 metric=str(getattr(study, "metric_name", "accuracy")))
+                                 metric=str(getattr(study, "metric_name", "accuracy")), whole=self._whole)
         self.details = DetailsPane()
         self.table = ParetoTable(on_pick=self.inspect_row, on_error=self.report_error)
         self.progress = SearchProgress()
-        self.errors = widgets.Output(layout=widgets.Layout(max_height="200px", overflow="auto"))
-        self.status = widgets.HTML("")
-        self.status.add_class("slimtune-status")
-        self._build_controls(objective, n_trials, watch)
-        super().__init__(children=self._layout(), **kwargs)
+        self.header = widgets.HTML("")
+        self.header.add_class("slimtune-header")
+        self.selector = Selection(study, self.book, self._lock, baseline=self.baseline, on_selected=self._mark_selected,
+                                  say=self._say, on_error=self.report_error, guarded=guarded)
+        controls = Controls(objective=objective, n_trials=n_trials, watch=watch)
+        for name in ("objective", "log_x", "n_trials", "start_button", "stop_button", "watch_box"):
+            setattr(self, name, getattr(controls, name))
+        for name in ("max_latency", "min_accuracy", "selection", "export_path", "export_button"):
+            setattr(self, name, getattr(self.selector, name))
+        self.objective.observe(guarded(self._objective_changed), names=["value"])
+        self.log_x.observe(guarded(lambda change: self.plot.set_log_x(change["new"])), names=["value"])
+        self.watch_box.observe(guarded(lambda change: self.watch(change["new"])), names=["value"])
+        self.start_button.on_click(guarded(lambda _: self.start(self.n_trials.value)))
+        self.stop_button.on_click(guarded(lambda _: self.stop()))
+        super().__init__(children=layout(header=self.header, controls=controls, progress=self.progress.widget,
+                                         plot=self.plot, details=self.details.widget, selection=self.selector,
+                                         table=self.table.widget, status=self._status), **kwargs)
         self.add_class("slimtune-dashboard")
 
         self.plot.set_baseline(self.baseline)
-        self._opening = True
-        try:
-            self.refresh(force=True)
-        finally:
-            self._opening = False
-        self._apply_constraints()
+        with self._lock, quiet_gc():  # every row read is kept: a collection would only walk them
+            self._show_fresh(self.book.load(), opening=True)
+        self.selector.apply()
         if watch:
             self.watch(True)
 
-    # ------------------------------------------------------------------ layout
-    def _build_controls(self, objective: str, n_trials: int, watch: bool) -> None:
-        self.header = widgets.HTML("")
-        self.header.add_class("slimtune-header")
-        self.objective = widgets.ToggleButtons(options=[("latency", "latency"), ("speed-up", "speedup"),
-                                                        ("packed size", "size"), ("artifact size", "artifact"),
-                                                        ("MACs", "macs")],
-                                               value=objective, description="x axis",
-                                               style={"button_width": "96px"})
-        self.log_x = widgets.Checkbox(value=False, description="log x", indent=False,
-                                      layout=widgets.Layout(width="70px"))
-        self.n_trials = widgets.BoundedIntText(value=int(n_trials), min=1, max=100_000, description="trials",
-                                               layout=widgets.Layout(width="150px"))
-        self.start_button = widgets.Button(description="Start", icon="play", button_style="success",
-                                           tooltip="Run more trials in the background",
-                                           layout=widgets.Layout(width="90px"))
-        self.stop_button = widgets.Button(description="Stop", icon="stop", button_style="warning", disabled=True,
-                                          tooltip="End after the current trial (nothing is lost)",
-                                          layout=widgets.Layout(width="90px"))
-        self.watch_box = widgets.Checkbox(value=bool(watch), description="watch database", indent=False,
-                                          layout=widgets.Layout(width="140px"))
-        self.max_latency = widgets.BoundedFloatText(value=0.0, min=0.0, max=1e9, step=0.01,
-                                                    description="max latency (ms)", style={"description_width": "initial"},
-                                                    layout=widgets.Layout(width="200px"))
-        self.min_accuracy = widgets.BoundedFloatText(value=0.0, min=0.0, max=1.0, step=0.005,
-                                                     description="min accuracy", style={"description_width": "initial"},
-                                                     layout=widgets.Layout(width="180px"))
-        self.selection = widgets.HTML("")
-        self.selection.add_class("slimtune-selected")
-        self.export_path = widgets.Text(value="", placeholder="model file", layout=widgets.Layout(width="220px"))
-        self.export_button = widgets.Button(description="Export", icon="download", disabled=True,
-                                            tooltip="Write the selected model to the file",
-                                            layout=widgets.Layout(width="90px"))
-
-        self.objective.observe(self._guarded(self._objective_changed), names=["value"])
-        self.log_x.observe(self._guarded(lambda change: self.plot.set_log_x(change["new"])), names=["value"])
-        self.watch_box.observe(self._guarded(lambda change: self.watch(change["new"])), names=["value"])
-        self._quiet_limits = False
-        self.max_latency.observe(self._guarded(self._limits_changed), names=["value"])
-        self.min_accuracy.observe(self._guarded(self._limits_changed), names=["value"])
-        self.export_path.observe(self._guarded(self._path_edited), names=["value"])
-        self.start_button.on_click(self._guarded(lambda _: self.start(self.n_trials.value)))
-        self.stop_button.on_click(self._guarded(lambda _: self.stop()))
-        self.export_button.on_click(self._guarded(lambda _: self.export()))
-
-    def _layout(self) -> list[widgets.Widget]:
-        run_row = widgets.HBox([self.n_trials, self.start_button, self.stop_button, self.watch_box,
-                                self.progress.widget],
-                               layout=widgets.Layout(align_items="center", flex_flow="row wrap"))
-        details_box = widgets.VBox([self.details.widget],
-                                   layout=widgets.Layout(flex="2 1 300px", max_height="440px", overflow="auto",
-                                                         min_width="280px"))
-        details_box.add_class("slimtune-card")
-        axis_row = widgets.HBox([self.objective, self.log_x], layout=widgets.Layout(align_items="center"))
-        plot_box = widgets.VBox([axis_row, self.plot.figure, self.plot.legend],
-                                layout=widgets.Layout(flex="3 1 480px"))
-        main = widgets.HBox([plot_box, details_box], layout=widgets.Layout(align_items="flex-start",
-                                                                           flex_flow="row wrap"))
-        hint = widgets.HTML("<span style='color:#888;font-size:11.5px'>(0 = no limit)</span>")
-        constraints = widgets.HBox([self.max_latency, self.min_accuracy, hint, self.export_path, self.export_button],
-                                   layout=widgets.Layout(align_items="center", flex_flow="row wrap"))
-        select_box = widgets.VBox([constraints, self.selection])
-        select_box.add_class("slimtune-card")
-        for row in (run_row, main, constraints, self.progress.widget, axis_row):
-            row.add_class("slimtune-row")  # CSS gap: ipywidgets' Layout has no `gap`
-        return [widgets.HTML(CSS), self.header, run_row, main, select_box, self.table.widget, self.status, self.errors]
-
     # ------------------------------------------------------------------ errors
-    def _guarded(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                self.report_error(exc)
-                return None
-
-        return wrapper
-
     def report_error(self, exc: BaseException) -> None:
         """Show an exception raised in a callback or a background thread."""
-        if isinstance(exc, USER_ERRORS):
-            self._say(f"{type(exc).__name__}: {exc}", kind="err")
-            return
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        self.errors.append_stderr(text)
-        self._say(f"{type(exc).__name__}: {exc} (traceback below)", kind="err")
+        self._status.report(exc)
 
     def _say(self, message: str, *, kind: str = "") -> None:
-        cls = f" class='{kind}'" if kind else ""
-        self.status.value = f"<span{cls}>{html.escape(message)}</span>"
+        self._status.say(message, kind=kind)
 
     # ------------------------------------------------------------------ data
-    def _load_rows(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.study.trials()]
-
     @property
     def rows(self) -> list[dict[str, Any]]:
-        """The final (complete, pruned, failed) trials shown, in arrival order."""
+        """The final (complete, pruned, failed) trials shown, in arrival order, as
+        ``Study.trials()`` rows (read in full the first time: one bulk read)."""
         with self._lock:
-            return list(self._rows.values())
+            rows = self.book.full([r.get("trial") for r in self.book.rows])
+            for row in rows:
+                row["pareto"] = R.is_complete(row) and self.book.on_front(row)
+            return rows
 
     def add_rows(self, rows: list[Mapping[str, Any]]) -> int:
         """Show new trials (running ones are counted, final ones plotted once); returns
         how many points were added."""
         with self._lock:
-            fresh = []
-            for row in rows:
-                number = row.get("trial")
-                if number in self._rows:
-                    continue
-                if R.is_final(row):
-                    fresh.append(dict(row))
-                    self._running_trials.discard(number)
-                else:
-                    self._running_trials.add(number)
-            for row in fresh:
-                self._rows[row.get("trial")] = row
-            if fresh:
-                self.plot.add(fresh)
-                self.table.set_rows(self.plot.front, self.baseline)
-                if not getattr(self, "_opening", False) and self._selection_may_change(fresh):
-                    self._apply_constraints()
-            self._update_header()
+            fresh = self.book.add(rows)
+            self._show_fresh(fresh)
             return len(fresh)
 
+    def _show_fresh(self, fresh: list[dict[str, Any]], *, opening: bool = False) -> None:
+        if fresh:
+            front = [r.get("trial") for r in self.plot.front]
+            self.plot.add(fresh)
+            if opening or [r.get("trial") for r in self.plot.front] != front:
+                self._show_front()
+            if not opening and self.selector.may_change(fresh):
+                self.selector.apply()
+        self._update_header()
+
+    def _show_front(self) -> None:
+        """The Pareto table: the plot's front, its rows made whole (one read at most)."""
+        self.table.set_rows(self.book.full([r.get("trial") for r in self.plot.front]), self.baseline)
+
+    def _whole(self, row: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            return self.book.full([row.get("trial")])[0] if row.get("trial") in self.book else row
+
     def _update_header(self) -> None:
-        esc = html.escape
-        name = str(getattr(self.study, "name", "study"))
-        task = _task_name(self.study)
-        done = sum(1 for r in self._rows.values() if R.is_complete(r))
-        other = len(self._rows) - done
-        parts = [f"<b>{esc(name)}</b>"]
-        if task:
-            parts.append(f"task {esc(task)}")
-        counts = f"{done} complete" + (f", {other} stopped/failed" if other else "")
-        if self._running_trials:
-            counts += f", {len(self._running_trials)} running"
-        parts.append(counts)
-        parts.append(f"{len(self.plot.front)} on the front")
-        b = self.baseline or {}
-        if b:
-            parts.append(f"baseline {R.format_accuracy(R.value(b, 'accuracy'))} · "
-                         f"{R.format_cost(R.value(b, 'latency_ms'), R.AXES['latency'])} · "
-                         f"{R.format_cost(R.value(b, 'size_bytes'), R.AXES['size'])}")
-        self.header.value = ("slimtune <span class='sep'>›</span>" + parts[0]
-                             + "<span class='sub'>" + "<span class='sep'>·</span>".join(parts[1:]) + "</span>")
+        self.header.value = header_html(str(getattr(self.study, "name", "study")), _task_name(self.study),
+                                        self.book.counts, len(self.plot.front), self.baseline)
 
     # ------------------------------------------------------------------ inspect
     def inspect(self, trial: Any) -> None:
         """Fill the details pane with trial ``trial`` (as a click on its point does)."""
         with self._lock:
-            row = self._rows.get(trial)
+            row = self.book.get(trial)
         if row is None:
-            raise KeyError(f"Trial {trial!r} is not shown (known: {len(self._rows)} final trials).")
+            raise KeyError(f"Trial {trial!r} is not shown (known: {len(self.book)} final trials).")
         self.inspect_row(row)
 
     def inspect_row(self, row: Mapping[str, Any]) -> None:
-        self.details.show(row, self.baseline)
+        with self._lock:
+            row = self._whole(dict(row))
+            on_front = R.is_complete(row) and row.get("trial") in self.book and self.book.on_front(row)
+        self.details.show(dict(row, pareto=on_front), self.baseline)
         self.plot.mark_inspected(row.get("trial"))
         self.table.show(row.get("trial"))
 
     def _objective_changed(self, change: dict[str, Any]) -> None:
         with self._lock:
             self.plot.set_objective(change["new"])
-            self.table.set_rows(self.plot.front, self.baseline)
+            self._show_front()
             self._update_header()
 
     # ------------------------------------------------------------------ select / export
-    def _constraints(self) -> dict[str, float]:
-        out = {}
-        if self.max_latency.value > 0:
-            out["max_latency_ms"] = float(self.max_latency.value)
-        if self.min_accuracy.value > 0:
-            out["min_accuracy"] = float(self.min_accuracy.value)
-        return out
-
-    def _apply_constraints(self) -> None:
-        """Ask the study, in the background, which model the constraints select
-        (``study.select`` reads every trial: the widgets must not wait for it)."""
-        self._selector.submit(self._constraints())
-
-    def _select_now(self, constraints: dict[str, float]) -> None:
-        """Call ``study.select`` and highlight its answer (unless the limits changed
-        meanwhile: a newer request is then pending)."""
-        if not any(R.is_complete(r) for r in self.rows):
-            self._set_candidate(None, "No complete trial yet.", constraints)
-            return
-        try:
-            candidate = self.study.select(**constraints)
-        except (ValueError, LookupError) as exc:
-            candidate, message = None, str(exc)
-        else:
-            message = ""
-        if constraints == self._constraints():
-            self._set_candidate(candidate, message, constraints)
-
-    def _selection_may_change(self, fresh: list[dict[str, Any]]) -> bool:
-        """Whether new trials can change ``study.select``'s answer (it is asked again
-        only then: on a big study each call reads every trial).  The frontier module's
-        select rule, the baseline rule included: a new trial must fit the limits, not
-        be beaten by the baseline, and rank before the current choice."""
-        from slimtune.studies._frontier import DEFAULT_OBJECTIVES, Limits, selection_may_change
-
-        current = self._rows.get(getattr(self._candidate, "trial", None)) if self._candidate is not None else None
-        return selection_may_change(current, [r for r in fresh if R.is_complete(r)], Limits(**self._constraints()),
-                                    baseline=self.baseline,
-                                    objectives=tuple(getattr(self.study, "objectives", DEFAULT_OBJECTIVES)))
-
-    def _set_candidate(self, candidate: Any, message: str, constraints: dict[str, float]) -> None:
-        with self._lock:
-            self._show_candidate(candidate, message, constraints)
-
-    def _show_candidate(self, candidate: Any, message: str, constraints: dict[str, float]) -> None:
-        self._candidate = candidate
-        trial = getattr(candidate, "trial", None) if candidate is not None else None
-        if isinstance(trial, Mapping):  # a row
-            trial = trial.get("trial")
+    def _mark_selected(self, trial: Any) -> None:
         self.plot.mark_selected(trial)
         self.table.set_selected(trial)
-        self.export_button.disabled = candidate is None
-        if candidate is None:
-            self.selection.value = f"<span class='none'>{html.escape(message)}</span>"
-            return
-        row = self._rows.get(trial) or {}
-        under = " and ".join(f"{k.replace('_', ' ').replace(' ms', ' (ms)')} {v:g}"
-                             for k, v in constraints.items()) or "no constraint"
-        facts = " · ".join(f"{name} {shown}{f' ({change})' if change else ''}"
-                           for name, shown, change in R.deltas(row, self.baseline)) if row else ""
-        self.selection.value = (f"<b>Selected: trial {html.escape(str(trial))}</b> "
-                                f"<span style='color:#666'>({html.escape(under)})</span><br>{html.escape(facts)}")
-        if self._export_path_auto:
-            self._set_path(f"{_safe_filename(str(getattr(self.study, 'name', 'study')))}-trial{trial}.onnx")
 
-    def _set_path(self, path: str) -> None:
-        self._export_path_auto = True
-        self._setting_path = True
-        try:
-            self.export_path.value = path
-        finally:
-            self._setting_path = False
-
-    def _path_edited(self, change: dict[str, Any]) -> None:
-        if not getattr(self, "_setting_path", False):
-            self._export_path_auto = False
+    def _selection_may_change(self, fresh: list[dict[str, Any]]) -> bool:
+        """Whether new trials can change the selected model (see ``Selection.may_change``)."""
+        return self.selector.may_change(fresh)
 
     @property
     def candidate(self) -> Any:
         """The model the constraint controls select (what Export writes), or None."""
-        return self._candidate
+        return self.selector.candidate
 
     def select(self, *, max_latency_ms: float | None = None, min_accuracy: float | None = None) -> Any:
         """Set the constraint controls (None = no limit) and return the model they
         select (``study.select``'s answer, highlighted)."""
-        self._selector.wait()
-        self._quiet_limits = True
-        try:
-            self.max_latency.value = float(max_latency_ms or 0.0)
-            self.min_accuracy.value = float(min_accuracy or 0.0)
-        finally:
-            self._quiet_limits = False
-        self._select_now(self._constraints())
-        return self._candidate
-
-    def _limits_changed(self, change: dict[str, Any]) -> None:
-        if not self._quiet_limits:
-            self._apply_constraints()
+        return self.selector.select(max_latency_ms=max_latency_ms, min_accuracy=min_accuracy)
 
     def export(self, path: str | None = None) -> Path:
         """Write the selected model to ``path`` (default: the path box)."""
-        if self._candidate is None:
-            raise ValueError("No model is selected: loosen the constraints first.")
-        target = Path(path or self.export_path.value or "model.onnx").expanduser()
-        written = self._candidate.export(target)
-        out = Path(written) if isinstance(written, (str, Path)) else target
-        size = out.stat().st_size if out.exists() else 0
-        self._say(f"Exported trial {getattr(self._candidate, 'trial', '?')} to {out} ({size / 1024:.1f} KiB).",
-                  kind="ok")
-        return out
+        return self.selector.export(path)
 
     # ------------------------------------------------------------------ search
     @property
@@ -449,7 +230,7 @@ class StudyDashboard(widgets.VBox):
         """Block until the search started here and the pending selection are done;
         ``True`` when they are."""
         done = self._search.join(timeout) if self._search is not None else True
-        return self._selector.wait(timeout) and done
+        return self.selector.wait(timeout) and done
 
     def _on_trial(self, row: Any) -> None:  # search thread
         try:
@@ -497,13 +278,11 @@ class StudyDashboard(widgets.VBox):
             self.watch_box.value = bool(on)
 
     def refresh(self, *, force: bool = False) -> int:
-        """Read the database once; returns how many trials were added.  Unless
-        ``force``, the trial rows are read only when the study's trial list changed."""
-        signature = _trial_signature(self.study)
-        if not force and signature is not None and signature == self._signature:
-            return 0
-        added = self.add_rows(self._load_rows())
-        self._signature = signature
+        """Ask the database which trials are new or changed since the last look (two
+        small statements), read those and show them; returns how many were added.
+        ``force`` is accepted for compatibility: every refresh is exact."""
+        with self._lock:
+            added = self.add_rows(self.book.poll())
         self._last_poll_error = ""
         return added
 
@@ -527,11 +306,13 @@ class StudyDashboard(widgets.VBox):
 
     def _repr_html_(self) -> str:
         """The plain fallback where no widget frontend runs (inline SVG + front table)."""
+        with self._lock:
+            rows = self.book.rows
         return render_html(title=str(getattr(self.study, "name", "study")), task=_task_name(self.study),
-                           rows=self.rows, baseline=self.baseline, objective=self.objective.value)
+                           rows=rows, baseline=self.baseline, objective=self.objective.value)
 
     def __repr__(self) -> str:
-        return (f"StudyDashboard(study={getattr(self.study, 'name', '?')!r}, trials={len(self._rows)}, "
+        return (f"StudyDashboard(study={getattr(self.study, 'name', '?')!r}, trials={len(self.book)}, "
                 f"front={len(self.plot.front)})")
 
 
@@ -562,17 +343,6 @@ def _as_row(row: Any) -> dict[str, Any]:
     raise TypeError(f"A trial callback row must be a mapping, but got {type(row).__name__}.")
 
 
-def _trial_signature(study: Any) -> Any:
-    """A cheap fingerprint of the study's trial list: (trials, finished trials) from
-    Optuna's cached storage (it fetches only new and unfinished trials), or None when
-    the study has no Optuna study to ask."""
-    optuna_study = getattr(study, "optuna_study", None)
-    if optuna_study is None:
-        return None
-    trials = optuna_study.get_trials(deepcopy=False)
-    return len(trials), sum(1 for t in trials if t.state.is_finished())
-
-
 def _task_name(study: Any) -> str | None:
     for attr in ("task_name", "task"):
         val = getattr(study, attr, None)
@@ -580,9 +350,3 @@ def _task_name(study: Any) -> str | None:
             continue
         return str(getattr(val, "name", val))
     return None
-
-
-def _safe_filename(name: str) -> str:
-    """``widgets <i>x</i> & co`` -> ``widgets-i-x-i-co``."""
-    keep = re.sub(r"[^A-Za-z0-9_.]+", "-", name).strip("-.")
-    return keep or "study"

@@ -1,22 +1,28 @@
 """The live frontier plot: every trial a point, the Pareto front a step line (bqplot).
 
-Points are only ever appended: :meth:`FrontierPlot.add` extends the two scatter marks'
-arrays and moves the front line, it never rebuilds the figure.  Hover text comes from
-Python (a round trip on hover), so the arrays sent to the browser stay two float
-columns however many params a trial has.
+Points are only ever appended: :meth:`FrontierPlot.add` extends the points and moves
+the front (kept point by point, :mod:`~slimtune.widgets._front`), it never rebuilds the
+figure.  What is sent to the browser stays bounded: two float columns per mark, thinned
+beyond a few thousand points to one point per cell of a grid finer than a dot
+(:mod:`~slimtune.widgets._thin`), the front always whole; hover text comes from Python
+(a round trip on hover), however many params a trial has.
 """
 
 from __future__ import annotations
 
 import html
 import math
+from itertools import count, repeat
 from typing import Any, Callable, Sequence
 
 import bqplot as bq
 import ipywidgets as widgets
 import numpy as np
 
+from slimtune.studies._frontier import DIRECTIONS
 from slimtune.widgets import _axes as R
+from slimtune.widgets._front import ParetoSet
+from slimtune.widgets._thin import Thinning
 
 #: (fill colour, role) used by the marks, kept in one place so the legend, the
 #: static fallback and the docs agree.
@@ -38,7 +44,8 @@ class FrontierPlot:
     Complete trials are blue dots; pruned and failed ones grey crosses (a trial with
     no measurement at all is drawn at the plot's bottom-right edge, so every trial is
     a point); the front of the complete trials is a red step line; the baseline a
-    black diamond.  ``on_pick(row)`` is called when a point is clicked.
+    black diamond.  ``on_pick(row)`` is called when a point is clicked; ``whole(row)``,
+    when given, completes a row (its params) before its hover card is written.
 
     Example:
         >>> plot = FrontierPlot(objective="latency")
@@ -49,15 +56,21 @@ class FrontierPlot:
 
     def __init__(self, *, objective: str = "latency", on_pick: PickCallback | None = None,
                  on_error: Callable[[BaseException], None] | None = None, height: str = "420px",
-                 metric: str = "accuracy") -> None:
+                 metric: str = "accuracy", whole: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self.axis = R.check_axis(objective)
         self._on_pick = on_pick
         self._on_error = on_error
+        self._whole = whole  # makes a row whole (its params) before its hover card is written
         self._done: list[dict[str, Any]] = []  # complete trials, in plotting order
         self._other: list[dict[str, Any]] = []  # pruned / failed trials
+        self._where: dict[Any, tuple[list[dict[str, Any]], int]] = {}  # trial -> (its list, index)
         self._x = np.zeros(0)  # plotted coordinates of _done, in its order
         self._y = np.zeros(0)
-        self._front: np.ndarray = np.zeros(0, dtype=int)  # indices into _done
+        self._pareto = ParetoSet(np.zeros((0, 2)))  # _done's non-dominated points (indices)
+        self._front: np.ndarray = np.zeros(0, dtype=int)  # indices into _done: the front drawn
+        self._thin = {"done": Thinning(), "other": Thinning()}
+        self._shown = {"done": np.zeros(0, dtype=int), "other": np.zeros(0, dtype=int)}  # indices drawn
+        self._edge_xy: tuple[float, float] | None = None
         self._baseline: dict[str, Any] | None = None
         self._inspected: int | None = None
         self._selected: int | None = None
@@ -118,34 +131,53 @@ class FrontierPlot:
 
     def set_baseline(self, row: dict[str, Any] | None) -> None:
         self._baseline = row
+        self._edge_xy = None
         self._draw_baseline()
+        if self._done:
+            self._draw_done()
+        if self._other:
+            self._draw_other()
 
     def add(self, rows: Sequence[dict[str, Any]]) -> None:
         """Append trials (final states only); the figure is updated, not rebuilt."""
-        done = [r for r in rows if R.is_complete(r)]
-        other = [r for r in rows if not R.is_complete(r)]
+        done: list[dict[str, Any]] = []
+        other: list[dict[str, Any]] = []
+        for r in rows:
+            state = r.get("state", "COMPLETE")
+            (done if state == "COMPLETE" or str(state).upper() == "COMPLETE" else other).append(r)
+        edge = self._edge()
         if done:
+            start = len(self._done)
             self._done.extend(done)
-            xy = np.array([self._xy(r) for r in done], dtype=float).reshape(-1, 2)
-            self._x = np.concatenate([self._x, xy[:, 0]])
-            self._y = np.concatenate([self._y, xy[:, 1]])
+            self._where.update(zip((r.get("trial") for r in done), zip(repeat(self._done), count(start))))
+            x, y = self._coordinates(done)
+            self._x, self._y = np.concatenate([self._x, x]), np.concatenate([self._y, y])
+            if len(done) > 64:  # many at once: sorted again; a few: each against the front
+                self._pareto = ParetoSet(self._losses(self._x, self._y))
+            else:
+                for i, loss in enumerate(self._losses(x, y)):
+                    self._pareto.add(start + i, loss)
+            self._edge_xy = None  # the measured data's edge may have moved
             self._draw_done()
         if other:
+            start = len(self._other)
             self._other.extend(other)
+            self._where.update(zip((r.get("trial") for r in other), zip(repeat(self._other), count(start))))
+        if other or (done and self._edge() != edge):  # unmeasured trials sit at the data's edge
             self._draw_other()
-        elif done:
-            # missing-value points sit at the data's edge, which may just have moved
-            if any(self._needs_edge(r) for r in self._other):
-                self._draw_other()
 
     def set_objective(self, name: str) -> None:
-        """Switch the x axis to ``latency``, ``size``, ``artifact`` or ``macs``."""
+        """Switch the x axis to ``latency``, ``speedup``, ``size``, ``artifact`` or ``macs``."""
         self.axis = R.check_axis(name)
         with self.x_axis.hold_sync():
             self.x_axis.label = self.axis.label
             self.x_axis.tick_format = self.axis.tick_format
-        self._x = np.array([self._xy(r)[0] for r in self._done], dtype=float)
-        self._draw_done()
+        self._x = self._coordinates(self._done)[0]
+        self._pareto = ParetoSet(self._losses(self._x, self._y))
+        self._edge_xy = None
+        for thinning in self._thin.values():
+            thinning.reset()
+        self._draw_done(force=True)
         self._draw_other()
         self._draw_baseline()
 
@@ -157,12 +189,17 @@ class FrontierPlot:
         """A logarithmic x axis (costs often span decades: pruning, exits, bits)."""
         scale = bq.LogScale() if log else bq.LinearScale()
         self._log_x = bool(log)
+        for thinning in self._thin.values():  # cells of equal size on the screen
+            thinning.log_x = self._log_x
+            thinning.reset()
         with self.figure.hold_sync():
             for mark in self.figure.marks:
                 mark.scales = {"x": scale, "y": self.y_scale}
             self.x_axis.scale = scale
             self.x_scale = scale
             self._set_log_ticks()
+        self._draw_done(force=True)
+        self._draw_other()
 
     def _set_log_ticks(self) -> None:
         """1-2-5 ticks per decade (bqplot labels every minor tick of a log axis)."""
@@ -186,10 +223,8 @@ class FrontierPlot:
         self._draw_ring(self.selected_mark, trial)
 
     def find(self, trial: int | None) -> dict[str, Any] | None:
-        for row in self._done + self._other:
-            if row.get("trial") == trial:
-                return row
-        return None
+        pool, index = self._where.get(trial, (None, 0))
+        return None if pool is None else pool[index]
 
     # ----------------------------------------------------------------- drawing
     def _xy(self, row: dict[str, Any]) -> tuple[float, float]:
@@ -205,22 +240,40 @@ class FrontierPlot:
         x, y = self._xy(row)
         return math.isnan(x) or math.isnan(y)
 
+    def _coordinates(self, rows: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        """The plotted ``(x, y)`` of rows (as :meth:`_xy`, read as columns)."""
+        try:
+            x = np.array([r.get(self.axis.key) for r in rows], dtype=float) * self.axis.unit_scale
+            y = np.array([r.get("accuracy") for r in rows], dtype=float)
+        except (TypeError, ValueError):  # something that is not a number: one row at a time
+            xy = np.array([self._xy(r) for r in rows], dtype=float).reshape(-1, 2)
+            return xy[:, 0], xy[:, 1]
+        for i in np.flatnonzero(np.isnan(x) | np.isnan(y)):
+            x[i], y[i] = self._xy(rows[i])
+        return x, y
+
+    def _losses(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Both coordinates as losses (each in its objective's direction, minimized)."""
+        sign = -1.0 if DIRECTIONS[self.axis.key] == "maximize" else 1.0
+        return np.column_stack([sign * np.asarray(x, dtype=float), -np.asarray(y, dtype=float)])
+
     def _edge(self) -> tuple[float, float]:
         """Bottom-right corner of the measured data: where unmeasured trials are drawn."""
-        xs, ys = self._x, self._y
-        if self._baseline:
-            bx, by = self._xy(self._baseline)
-            xs, ys = np.append(xs, bx), np.append(ys, by)
-        xs, ys = xs[~np.isnan(xs)], ys[~np.isnan(ys)]
-        return (float(xs.max()) if xs.size else 1.0), (float(ys.min()) if ys.size else 0.0)
+        if self._edge_xy is None:
+            xs, ys = self._x, self._y
+            if self._baseline:
+                bx, by = self._xy(self._baseline)
+                xs, ys = np.append(xs, bx), np.append(ys, by)
+            xs, ys = xs[~np.isnan(xs)], ys[~np.isnan(ys)]
+            self._edge_xy = (float(xs.max()) if xs.size else 1.0), (float(ys.min()) if ys.size else 0.0)
+        return self._edge_xy
 
-    def _draw_done(self) -> None:
+    def _draw_done(self, *, force: bool = False) -> None:
         x, y = self._x, self._y
-        self._front = R.not_beaten_by_baseline(self._done, R.front_indices(x, y, key=self.axis.key),
-                                               self.axis, self._baseline)
-        with self.trials_mark.hold_sync():  # float32: half the bytes, plenty for a plot
-            self.trials_mark.x = x.astype(np.float32)
-            self.trials_mark.y = y.astype(np.float32)
+        losses = self._pareto.losses
+        order = np.lexsort((self._pareto.indices, losses[:, 1], losses[:, 0])) if len(losses) else []
+        self._front = R.not_beaten_by_baseline(self._done, self._pareto.indices[order], self.axis, self._baseline)
+        self._send("done", self.trials_mark, x, y, force=force)
         with self.front_line.hold_sync():
             self.front_line.x = x[self._front]
             self.front_line.y = y[self._front]
@@ -231,12 +284,20 @@ class FrontierPlot:
 
     def _draw_other(self) -> None:
         edge_x, edge_y = self._edge()
-        pts = [self._xy(r) for r in self._other]
-        x = np.array([edge_x if math.isnan(px) else px for px, _ in pts], dtype=float)
-        y = np.array([edge_y if math.isnan(py) else py for _, py in pts], dtype=float)
-        with self.others_mark.hold_sync():
-            self.others_mark.x = x
-            self.others_mark.y = y
+        x, y = self._coordinates(self._other)
+        self._send("other", self.others_mark, np.where(np.isnan(x), edge_x, x), np.where(np.isnan(y), edge_y, y),
+                   force=True)
+
+    def _send(self, pool: str, mark: bq.Scatter, x: np.ndarray, y: np.ndarray, *, force: bool) -> None:
+        """Draw the points a mark shows (all, or thinned; the front always); unless
+        ``force`` (the coordinates changed), nothing is sent when that set is unchanged."""
+        shown = self._thin[pool].update(x, y, keep=self._front if pool == "done" else None)
+        if not force and np.array_equal(shown, self._shown[pool]):
+            return
+        self._shown[pool] = shown
+        with mark.hold_sync():  # float32: half the bytes, plenty for a plot
+            mark.x = x[shown].astype(np.float32)
+            mark.y = y[shown].astype(np.float32)
 
     def _draw_baseline(self) -> None:
         if not self._baseline:
@@ -274,9 +335,11 @@ class FrontierPlot:
         return wrapper
 
     def _row_for(self, mark: Any, index: Any) -> dict[str, Any] | None:
-        pool = self._done if mark is self.trials_mark else self._other
+        """The row of the ``index``-th point a mark draws."""
+        pool, shown = (self._done, self._shown["done"]) if mark is self.trials_mark else (self._other,
+                                                                                            self._shown["other"])
         try:
-            return pool[int(index)]
+            return pool[int(shown[int(index)])]
         except (TypeError, ValueError, IndexError):
             return None
 
@@ -289,7 +352,7 @@ class FrontierPlot:
         point = event.get("point") or event.get("data") or {}
         row = self._row_for(mark, point.get("index"))
         if row is not None:
-            self.tooltip.value = tooltip_html(row)
+            self.tooltip.value = tooltip_html(self._whole(row) if self._whole is not None else row)
 
 
 def tooltip_html(row: dict[str, Any]) -> str:

@@ -65,9 +65,15 @@ def svg_plot(rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any] | No
                    f"<text x='{MARGIN['left'] - 6}' y='{sy(t) + 4:.1f}' text-anchor='end'>{t:.3f}</text>")
     out.append(f"<text x='{MARGIN['left'] + pw / 2}' y='{HEIGHT - 6}' text-anchor='middle'>{html.escape(axis.label)}</text>"
                f"<text transform='translate(14 {MARGIN['top'] + ph / 2}) rotate(-90)' text-anchor='middle'>Validation accuracy</text>")
-    # every point in one path of zero-length round-capped segments: small at 5,000 trials
+    # every point in one path of zero-length round-capped segments, one per cell of 3 x 3
+    # pixels (the dots are 5-6 px wide: what shares a cell looks the same): bounded
+    # however many trials the study has
     for complete, color, width in ((False, COLORS["other"], 5), (True, COLORS["trial"], 6)):
-        d = "".join(f"M{sx(x):.1f} {sy(y):.1f}h0" for x, y, c in pts if c == complete)
+        dots: dict[tuple[int, int], str] = {}
+        for x, y, c in pts:
+            if c == complete:
+                dots.setdefault((round(sx(x) / 3), round(sy(y) / 3)), f"M{sx(x):.1f} {sy(y):.1f}h0")
+        d = "".join(dots.values())
         if d:
             out.append(f"<path d='{d}' stroke='{color}' stroke-width='{width}' stroke-linecap='round' opacity='0.8'/>")
     done_rows = [r for r in rows if R.is_complete(r)]

@@ -45,6 +45,7 @@ class ParetoTable:
         self._rows: list[Mapping[str, Any]] = []
         self._baseline: Mapping[str, Any] | None = None
         self._selected: Any = None
+        self._labels: dict[tuple, str] = {}  # row_label by (trial, starred, its params object)
         self._quiet = False  # set while options are rewritten, so no pick fires
         self.sort_by = widgets.Dropdown(options=list(SORT_KEYS), value="accuracy", description="Sort by",
                                         layout=widgets.Layout(width="200px"))
@@ -72,8 +73,9 @@ class ParetoTable:
 
     def set_rows(self, rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any] | None = None) -> None:
         self._rows = list(rows)
-        if baseline is not None:
+        if baseline is not None and baseline is not self._baseline:
             self._baseline = baseline
+            self._labels.clear()
         self._render()
 
     def set_selected(self, trial: Any) -> None:
@@ -105,8 +107,7 @@ class ParetoTable:
     def _render(self) -> None:
         key, _ = SORT_KEYS[self.sort_by.value]
         ordered = R.sorted_rows(self._rows, key, descending=self.descending.value)
-        options = [(row_label(r, self._baseline, selected=r.get("trial") == self._selected), r.get("trial"))
-                   for r in ordered]
+        options = [(self._label(r), r.get("trial")) for r in ordered]
         self._quiet = True
         try:
             current = self.list.value
@@ -116,6 +117,15 @@ class ParetoTable:
                 self.list.value = current if current in [v for _, v in options] else None
         finally:
             self._quiet = False
+
+    def _label(self, row: Mapping[str, Any]) -> str:
+        """The row's line, written once (a new front point rewrites one line, not all)."""
+        starred = row.get("trial") == self._selected
+        key = (row.get("trial"), starred, id(row.get("params")))
+        label = self._labels.get(key)
+        if label is None:
+            label = self._labels[key] = row_label(row, self._baseline, selected=starred)
+        return label
 
     def _sort_changed(self, change: dict[str, Any]) -> None:
         self.descending.value = SORT_KEYS[change["new"]][1]  # the natural direction first
