@@ -159,7 +159,9 @@ def write_in_bulk(study: Any, trials: Sequence[Synthetic], *, started: datetime 
     from sqlalchemy import MetaData, create_engine, event, func, insert, select
 
     from slimtune.search._backends._interface import Proposal
-    from slimtune.search._runner import BEATING_ATTR, COLLAPSE_CONSTRAINT, TrialOutcome, collapse_margin, user_attrs
+    from slimtune.search._constraints import COLLAPSE_CONSTRAINT, collapse_margin
+    from slimtune.search._heartbeat import BEATING_ATTR
+    from slimtune.search._outcome import TrialOutcome, user_attrs
     from slimtune.studies._schema import CandidateRecord
 
     base, fixed = study.baseline.to_dict(), study.fixed

@@ -251,7 +251,7 @@ def test_a_big_study_selects_what_study_select_selects(big_dashboard):
     rng = random.Random(0)
     latencies = sorted(r["latency_ms"] for r in complete)
     accuracies = sorted(r["accuracy"] for r in complete)
-    from slimtune.studies._frontier import beaten_by_baseline
+    from slimtune._dominance import beaten_by_baseline
 
     base = study.baseline_row()
     ranked = sorted(complete, key=lambda r: -r["accuracy"])
@@ -297,7 +297,7 @@ def _unescape(text: str) -> str:
 
 # -- the helpers ---------------------------------------------------------------------------------
 def test_pareto_set_kept_point_by_point_is_the_front_sorted_at_once():
-    from slimtune.studies._frontier import non_dominated_losses
+    from slimtune._dominance import non_dominated_losses
     from slimtune.widgets._front import ParetoSet
 
     rng = np.random.default_rng(0)

@@ -11,13 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from slimtune._dominance import (  # noqa: F401  (front_order, beaten_by_baseline_mask: the widgets read them here)
-    COST_OBJECTIVES,
-    DEFAULT_OBJECTIVES,
-    OBJECTIVES,
-    beaten_by_baseline_mask,
-    front_order,
-)
+from slimtune._dominance import COST_OBJECTIVES, OBJECTIVES, beaten_by_baseline_mask
 from slimtune.studies._errors import StudyError
 
 

@@ -174,7 +174,7 @@ def front_indices(x: np.ndarray, y: np.ndarray, *, key: str = "latency_ms") -> n
     with a NaN coordinate are never on the front; equal points are all kept (as in
     Optuna's ``best_trials``).
     """
-    from slimtune.studies._frontier import front_order
+    from slimtune._dominance import front_order
 
     return front_order(np.asarray(x, dtype=float), np.asarray(y, dtype=float), x_objective=key)
 
@@ -191,7 +191,7 @@ def front_rows(rows: Sequence[Row], objective: str = "latency", baseline: Row | 
 
 def not_beaten_by_baseline(rows: Sequence[Row], indices: np.ndarray, axis: Axis, baseline: Row | None) -> np.ndarray:
     """``indices`` without the rows that the baseline dominates on (accuracy, axis)."""
-    from slimtune.studies._frontier import beaten_by_baseline_mask
+    from slimtune._dominance import beaten_by_baseline_mask
 
     indices = np.asarray(indices, dtype=int)
     if not baseline or indices.size == 0:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from slimtune.studies._frontier import dominates_rows, non_dominated_losses
+from slimtune._dominance import dominates_rows, non_dominated_losses
 
 
 class ParetoSet:

@@ -19,7 +19,7 @@ import bqplot as bq
 import ipywidgets as widgets
 import numpy as np
 
-from slimtune.studies._frontier import DIRECTIONS
+from slimtune._dominance import DIRECTIONS
 from slimtune.widgets import _axes as R
 from slimtune.widgets._front import ParetoSet
 from slimtune.widgets._thin import Thinning

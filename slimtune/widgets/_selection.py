@@ -21,8 +21,8 @@ from typing import Any, Callable, Mapping
 import ipywidgets as widgets
 
 from slimtune.studies import Candidate
-from slimtune.studies._frontier import DEFAULT_OBJECTIVES, Limits, beaten_by_baseline, no_candidate_message, \
-    selection_may_change
+from slimtune._dominance import DEFAULT_OBJECTIVES, beaten_by_baseline
+from slimtune.studies._frontier import Limits, no_candidate_message, selection_may_change
 from slimtune.widgets import _axes as R
 from slimtune.widgets._background import LatestOnly
 

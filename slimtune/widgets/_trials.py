@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from slimtune.studies._frontier import DEFAULT_OBJECTIVES, beaten_by_baseline, loss_matrix
+from slimtune._dominance import DEFAULT_OBJECTIVES, beaten_by_baseline, loss_matrix
 from slimtune.widgets._axes import FINAL_STATES
 from slimtune.widgets._front import ParetoSet
 
