@@ -141,6 +141,9 @@ def all_blocks() -> list[Block]:
     return [b for page in PAGES for b in page_blocks(page)]
 
 
+_BLOCKS = all_blocks()  # read once, at collection: a page edited during the run changes nothing
+
+
 # -- running ------------------------------------------------------------------------------------
 @dataclass
 class Chain:
@@ -225,7 +228,7 @@ def run_block(block: Block, directory: Path, env: dict[str, str], scratch: Path)
 
 def _params() -> list:
     params = []
-    for block in all_blocks():
+    for block in _BLOCKS:
         marks = [pytest.mark.slow] if block.slow else []
         if "skip" in block.options:
             marks = [pytest.mark.skip(reason=f"{block.id}: {block.options['skip']}")]
@@ -239,13 +242,13 @@ def test_documented_block_runs_as_written(block: Block, docs_env: dict[str, str]
     chain = _CHAINS.get(block.chain)
     if chain is None:
         directory = tmp_path_factory.mktemp("docs-chain")
-        if any(b.options.get("checkout") for b in all_blocks() if b.chain == block.chain and b.index == 0):
+        if any(b.options.get("checkout") for b in _BLOCKS if b.chain == block.chain and b.index == 0):
             copy_checkout(directory)
         chain = _CHAINS[block.chain] = Chain(directory)
     if chain.failed:
         pytest.skip(f"an earlier block of this chain failed: {chain.failed}")
     scratch = tmp_path_factory.mktemp("docs-scratch")
-    for earlier in [b for b in all_blocks() if b.chain == block.chain and b.index <= block.index]:
+    for earlier in [b for b in _BLOCKS if b.chain == block.chain and b.index <= block.index]:
         if earlier.index in chain.done or "skip" in earlier.options:
             continue
         try:
