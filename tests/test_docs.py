@@ -192,7 +192,6 @@ def docs_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         env["PIP_CONFIG_FILE"] = str(real_pip_config)  # the user's index settings, outside the temp HOME
     env.setdefault("OMP_NUM_THREADS", "1")  # as the rest of the suite: 2 threads on a shared 2-core machine spin
     env.pop("VIRTUAL_ENV", None)
-    env["TMPDIR"] = str(tmp_path_factory.mktemp("docs-tmp"))
     return env
 
 
