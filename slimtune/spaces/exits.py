@@ -21,13 +21,14 @@ import math
 from typing import Any, Mapping, Sequence
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
 from slimtune.spaces.base import Knob, KnobContext, Param, SpaceError, TrainingHooks, close_matches
 from slimtune.spaces._registry import register_knob
 
-__all__ = ["EarlyExitNet", "EarlyExits", "ExitHead", "exit_points", "grid_pool"]
+__all__ = ["EarlyExitNet", "EarlyExits", "ExitHead", "TokenExitHead", "exit_points", "grid_pool"]
 
 #: Freshly attached exit heads learn this much faster than the trained trunk.
 HEAD_LR_SCALE = 10.0
@@ -57,6 +58,19 @@ class ExitHead(nn.Sequential):
     def classifier(self) -> nn.Linear:
         """The Linear layer producing the exit's logits."""
         return self[2]  # type: ignore[return-value]
+
+
+class TokenExitHead(nn.Module):
+    """An exit head on a sequence of token features ``(N, T, D)`` (a transformer's
+    blocks): ``LayerNorm(D)``, the mean over the tokens, ``Linear(D, num_classes)``."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.norm(x).mean(dim=1))
 
 
 def grid_pool(size: tuple[int, int], grid: int) -> nn.Module:
@@ -220,13 +234,39 @@ class EarlyExitNet(nn.Module):
 def exit_points(model: nn.Module) -> list[int]:
     """Candidate exit points of a *block classifier*: after each block but the last.
 
-    Empty unless the model has ``blocks`` (an ``nn.Sequential``) and ``head``; other
-    models get theirs from :class:`ExitChain`.
+    Empty unless the model has ``blocks`` (an ``nn.Sequential``) and ``head`` and its
+    forward is ``head(blocks(x))`` (a ViT also has ``blocks`` and ``head``, with a patch
+    embedding before and a norm and pooling between); other models get theirs from
+    :class:`ExitChain`.
     """
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.Sequential) or not isinstance(getattr(model, "head", None), nn.Module):
         return []
-    return list(range(len(blocks) - 1))
+    return list(range(len(blocks) - 1)) if _is_head_of_blocks(model) else []
+
+
+def _is_head_of_blocks(model: nn.Module) -> bool:
+    """Whether ``model``'s forward is exactly ``head(blocks(x))`` (read from its torch.fx
+    graph with ``blocks`` and ``head`` kept whole)."""
+    from slimtune.tasks._models import BlockClassifier
+
+    if type(model).forward is BlockClassifier.forward:
+        return True
+    whole = (model.blocks, model.head)
+
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+            return any(m is w for w in whole) or super().is_leaf_module(m, module_qualified_name)
+
+    try:
+        graph = Tracer().trace(model)
+    except Exception:  # noqa: BLE001 - control flow, custom ops: not a plain chain
+        return False
+    nodes = list(graph.nodes)
+    if [(n.op, str(n.target)) for n in nodes[1:]] != [("call_module", "blocks"), ("call_module", "head"),
+                                                      ("output", "output")] or nodes[0].op != "placeholder":
+        return False
+    return nodes[1].args == (nodes[0],) and nodes[2].args == (nodes[1],) and nodes[3].args == (nodes[2],)
 
 
 class ExitChain:
@@ -274,8 +314,7 @@ class ExitChain:
             for full in wanted:
                 key = full[len(prefix):] if prefix else full
                 if key not in cuts:
-                    raise SpaceError(f"`exits_after` names {full!r}, but more than one value flows past it (e.g. a "
-                                     "residual or a skip connection), so the model cannot stop there.")
+                    raise SpaceError(f"`exits_after` names {full!r}, but " + _why_not_a_cut(self.graph, key, prefix))
                 keys.append(key)
             names = sorted(dict.fromkeys(keys), key=lambda n: cuts[n])
         else:
@@ -356,13 +395,28 @@ class EarlyExits(Knob):
     def __init__(self, *, exits_after: Sequence[str] | None = None, max_points: int = 4) -> None:
         self.exits_after = tuple(exits_after) if exits_after is not None else None
         self.max_points = max_points
+        self._found: list[str] | None = None  # the points params() found on the baseline (traced models)
 
     def _chain(self, model: nn.Module) -> ExitChain:
         return ExitChain(model, self.exits_after, self.max_points)
 
+    def _apply_chain(self, model: nn.Module) -> ExitChain:
+        """The chain of the model being built: cut at the points found on the baseline
+        when params() traced it (architecture knobs applied before, e.g. DS-conv, must
+        not move them), else found again."""
+        if not self._found:
+            return self._chain(model)
+        try:
+            return ExitChain(model, self._found, self.max_points)
+        except SpaceError as exc:
+            raise SpaceError(f"The exit points found on the baseline ({', '.join(self._found)}) are no longer "
+                             f"places to stop after the earlier architecture knobs: {exc}") from None
+
     def params(self, model: nn.Module) -> list[Param]:
         params: list[Param] = []
-        for point, name in enumerate(self._chain(model).names):
+        chain = self._chain(model)
+        self._found = None if chain.is_block_classifier else list(chain.names)
+        for point, name in enumerate(chain.names):
             params.append(Param(f"exits.{point}.enabled", "bool", False, doc=f"attach an exit head after {name}"))
             params.append(Param(f"exits.{point}.threshold", "float", 0.9, low=0.5, high=1.0,
                                 doc=f"leave at exit {point} when the max softmax probability is >= this"))
@@ -379,15 +433,16 @@ class EarlyExits(Knob):
         pipeline may set e.g. ``0.0`` to measure the shortest path.  Writes
         ``ctx.info["exits"] = {"points", "thresholds", "channels", "after"}``.
         """
-        chain = self._chain(model)
+        enabled = sorted(int(name.split(".")[1]) for name, value in values.items()
+                         if name.endswith(".enabled") and name.split(".")[1].isdigit() and _as_bool(value, name))
+        if not enabled:  # nothing to cut: the model is not traced
+            ctx.info["exits"] = {"points": [], "thresholds": [], "channels": [], "after": []}
+            return model
+        chain = self._apply_chain(model)
         points = list(range(len(chain.names)))
-        enabled = [p for p in points if _as_bool(values.get(f"exits.{p}.enabled", False), f"exits.{p}.enabled")]
         for name in values:
             if name.startswith("exits.") and name.split(".")[1].isdigit() and int(name.split(".")[1]) not in points:
                 raise SpaceError(f"`{name}`: the model's exit points are {points}, but got exit {name.split('.')[1]}.")
-        if not enabled:
-            ctx.info["exits"] = {"points": [], "thresholds": [], "channels": [], "after": []}
-            return model
         thresholds = {p: float(values.get(f"exits.{p}.threshold", 0.9)) for p in enabled}
         blocks, head = chain.chain()
         if not chain.is_block_classifier:
@@ -406,6 +461,19 @@ class EarlyExits(Knob):
         return net
 
 
+def _why_not_a_cut(graph: torch.fx.GraphModule, key: str, prefix: str) -> str:
+    """Why the model cannot stop after the module ``key`` (not in the cuts of ``graph``)."""
+    called = {str(n.target) for n in graph.graph.nodes if n.op in ("call_module", "get_attr")}
+    if not any(t == key or t.startswith(key + ".") for t in called):
+        whole = next((t for t in sorted(called, key=len) if key.startswith(t + ".")), None)
+        if whole is not None:
+            return (f"it runs inside {prefix + whole!r}, which the trace keeps whole (its forward cannot be traced, "
+                    "or it is a torch.nn layer), so the model cannot stop after it; name that module or one outside it.")
+        return "the model's forward never calls it, so the model cannot stop after it."
+    return ("more than one value flows past it (e.g. a residual or a skip connection, or a mask every layer reads), "
+            "so the model cannot stop there.")
+
+
 def _head_lr_scale(name: str) -> float | None:
     """:data:`HEAD_LR_SCALE` for the parameters of an :class:`EarlyExitNet`'s heads."""
     return HEAD_LR_SCALE if name.startswith("exits.") else None
@@ -419,13 +487,16 @@ def _all_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor] | None
 
 def exit_head(shape: tuple[int, ...], num_classes: int, param: str) -> nn.Module:
     """An exit head for features of ``shape`` (without the batch): :class:`ExitHead`
-    on ``(C, H, W)`` feature maps, a Linear on ``(F,)`` feature vectors."""
+    on ``(C, H, W)`` feature maps, :class:`TokenExitHead` on ``(T, D)`` token features,
+    a Linear on ``(F,)`` feature vectors."""
     if len(shape) == 3:
         return ExitHead(shape[0], num_classes, size=(shape[1], shape[2]))
+    if len(shape) == 2:
+        return TokenExitHead(shape[1], num_classes)
     if len(shape) == 1:
         return nn.Sequential(nn.Linear(shape[0], num_classes))
-    raise SpaceError(f"`{param}`: an exit head needs (N, C, H, W) feature maps or (N, F) features there, but got "
-                     f"shape (N, {', '.join(map(str, shape))}).")
+    raise SpaceError(f"`{param}`: an exit head needs (N, C, H, W) feature maps, (N, T, D) token features or (N, F) "
+                     f"features there, but got shape (N, {', '.join(map(str, shape))}).")
 
 
 def _check_reproduces(model: nn.Module, blocks: nn.Sequential, head: nn.Module, example_input: torch.Tensor,
@@ -449,18 +520,23 @@ def _as_bool(value: Any, name: str) -> bool:
 def _exit_shapes(blocks: nn.Sequential, head: nn.Module, example_input: torch.Tensor,
                  points: list[int]) -> tuple[dict[int, tuple[int, ...]], int]:
     """The feature shape (without the batch) after ``blocks[i]`` for each point, and
-    the number of classes."""
+    the number of classes (read on a batch of two samples: the batch must stay the
+    first dimension, as exits drop the samples that leave along it)."""
     modes = [(m, m.training) for m in (blocks, head)]
     blocks.eval()
     head.eval()
     try:
         shapes: dict[int, tuple[int, ...]] = {}
-        x = example_input
+        x = torch.cat([example_input[:1]] * 2)
         for index, block in enumerate(blocks):
             x = block(x)
             if index in points:
                 if not isinstance(x, torch.Tensor):
                     raise SpaceError(f"`exits.{index}.enabled`: the model passes a {type(x).__name__} there, not a tensor.")
+                if x.dim() < 2 or x.shape[0] != 2:
+                    raise SpaceError(f"`exits.{index}.enabled`: the features there have shape {tuple(x.shape)} for a "
+                                     "batch of 2, so the batch is not their first dimension (e.g. a transformer "
+                                     "with batch_first=False); exits need it first.")
                 shapes[index] = tuple(int(d) for d in x.shape[1:])
         num_classes = int(head(x).shape[-1])
     finally:

@@ -47,6 +47,7 @@ from slimtune.search._runtimes._ort import (
 )
 from slimtune.search._runtimes._onnx import onnx_input_metadata, optimized_op_types, set_onnx_metadata
 from slimtune.spaces.quantization import fold_batchnorm, snap_weights
+from slimtune.tasks._data import model_input
 
 BITS = (32, 16, 8, 6, 4, 2)
 
@@ -104,5 +105,5 @@ def compile_model(
     prepared = prepare_model(model, bits)
     segments = exit_segments(prepared)
     engine = runtime_for(runtime, exits=segments is not None)
-    return engine.compile(prepared, segments, bits=bits, calibration=torch.as_tensor(calibration).float(),
+    return engine.compile(prepared, segments, bits=bits, calibration=model_input(calibration),
                           threads=threads, int8_format=requested, metadata=metadata)
