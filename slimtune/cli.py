@@ -17,7 +17,15 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from slimtune._cli_tables import WIDTH, compact_params, speedup, table_lines, test_accuracy, val_accuracy
+from slimtune._cli_tables import (
+    WIDTH,
+    compact_params,
+    metric_labels,
+    speedup,
+    table_lines,
+    test_accuracy,
+    val_accuracy,
+)
 from slimtune._defaults import DEFAULT_STORAGE, STORAGE_ENV
 from slimtune.search._measurement import RUNTIMES  # light: no torch
 from slimtune.search._early_stopping import rejected_before_training  # light: no torch
@@ -232,8 +240,9 @@ def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: st
                f"({report['total_seconds']:.1f} s for the candidate)")
     click.echo(f"params: {compact_params(report['params'])}")
     click.echo(f"{'':<14}{'candidate':>14}{'baseline':>14}")
-    rows = (("val_acc", val_accuracy(report), val_accuracy(base), "{:.4f}"),
-            ("test_acc", test_accuracy(report), test_accuracy(base), "{:.4f}"),
+    val_label, test_label = metric_labels(report.get("metric", "accuracy"))
+    rows = ((val_label, val_accuracy(report), val_accuracy(base), "{:.4f}"),
+            (test_label, test_accuracy(report), test_accuracy(base), "{:.4f}"),
             ("latency_ms", report["latency_ms"], base["latency_ms"], "{:.4f}"),
             ("packed_KiB", report["size_bytes"] / 1024, base["size_bytes"] / 1024, "{:.1f}"),
             ("artifact_KiB", (report.get("artifact_bytes") or 0) / 1024 or None,
@@ -267,7 +276,8 @@ def _param_names(study: Any) -> list[str]:
 
 
 def _echo_table(rows: list[dict[str, Any]], study: Any, *, mark_pareto: bool = True, wide: bool = False) -> None:
-    for line in table_lines(rows, _param_names(study), mark_pareto=mark_pareto, wide=wide):
+    for line in table_lines(rows, _param_names(study), mark_pareto=mark_pareto, wide=wide,
+                            metric=getattr(study, "metric_name", "accuracy")):
         click.echo(line)
 
 
@@ -298,7 +308,7 @@ def _echo_summary(study: Any, *, wide: bool = False) -> None:
     base_row = base.to_dict()
     test = test_accuracy(base_row)
     metric = getattr(study, "metric_name", "accuracy")
-    names = ("val_acc", "test_acc") if metric == "accuracy" else (metric, f"test {metric}")
+    names = metric_labels(metric)
     echo(f"Baseline: {names[0]} {val_accuracy(base_row):.4f}" + (f", {names[1]} {test:.4f}" if test is not None else "")
          + f", latency {base.latency_ms:.4f} ms ({base.runtime}, {base.threads} thread(s), batch "
          f"{base.batch_size}), packed {base.size_bytes / 1024:.1f} KiB{_artifact_kib(base_row)}, {base.macs:,} MACs")
@@ -436,7 +446,10 @@ def _run_workers(ctx: click.Context, workers: int, n_trials: int | None, seed: i
     else:
         shares = [None] * workers
     base = _worker_argv(ctx, {"workers", "worker_id", "n_trials", "seed", "as_json", "storage"})
-    env = {**os.environ, "SLIMTUNE_STORAGE": ctx.params["storage"]}  # not on the command line: `ps` shows it
+    from slimtune.tasks import worker_environment
+
+    # not on the command line: `ps` shows it; the task module resolves to the parent's file
+    env = worker_environment({**os.environ, "SLIMTUNE_STORAGE": ctx.params["storage"]})
     # the workers share the cores: unless the user chose, each gets its part of them (torch reads this at start)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     children: list[tuple[int, subprocess.Popen]] = []
@@ -561,10 +574,13 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
     )
     try:
         if worker_id is not None:  # a child of --workers: one line per trial, no summary
-            study.optimize(n_trials=n_trials, timeout=timeout, backend=backend, progress=False,
-                           callbacks=[_echo_trial_line], warm_start=warm_start, **nni_options)
+            rows = study.optimize(n_trials=n_trials, timeout=timeout, backend=backend, progress=False,
+                                  callbacks=[_echo_trial_line], warm_start=warm_start, **nni_options)
+            if any(r.get("state") == "FAIL" for r in rows):
+                sys.exit(1)  # its lines said which; the parent counts this worker as failed
             return
         before = len(study.trials())
+        failed_trials: list[dict] = []
         if not as_json:
             click.echo(f"Study {study.name!r} ({study.storage}): {before} earlier trials; running "
                        + (f"{n_trials} trials" if n_trials else "") + (" " if n_trials and timeout else "")
@@ -574,8 +590,9 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
             failed = _run_workers(click.get_current_context(), workers, n_trials, seed, as_json)
         else:
             failed = []
-            study.optimize(n_trials=n_trials, timeout=timeout, backend=backend, progress=not as_json,
-                           warm_start=warm_start, **nni_options)
+            rows = study.optimize(n_trials=n_trials, timeout=timeout, backend=backend, progress=not as_json,
+                                  warm_start=warm_start, **nni_options)
+            failed_trials = [r for r in rows if r.get("state") == "FAIL"]
         if as_json:
             echo_json(study.frontier())
         else:
@@ -584,6 +601,10 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
         study.close()
     if failed:
         raise click.ClickException(f"{len(failed)} of {workers} workers failed: " + "; ".join(failed))
+    if failed_trials:  # each printed one line as it failed; the exit code says so too
+        first = failed_trials[0]
+        raise click.ClickException(f"{len(failed_trials)} of {len(rows)} trials failed (trial {first.get('trial')}: "
+                                   f"{(str(first.get('error') or '').splitlines() or [''])[-1][:200]}).")
 
 
 @main.command()
@@ -744,8 +765,10 @@ def select_(study_name: str, max_latency_ms: float | None, min_accuracy: float |
         r = cand.row
         test = test_accuracy(r)
         ratio = speedup(r)
-        click.echo(f"trial {r['trial']} (ranked by {'validation' if split == 'val' else 'test'} accuracy): "
-                   f"val_acc {val_accuracy(r):.4f}" + (f", test_acc {test:.4f}" if test is not None else "")
+        val_label, test_label = metric_labels(getattr(study, "metric_name", "accuracy"))
+        click.echo(f"trial {r['trial']} (ranked by {'validation' if split == 'val' else 'test'} "
+                   f"{getattr(study, 'metric_name', 'accuracy')}): "
+                   f"{val_label} {val_accuracy(r):.4f}" + (f", {test_label} {test:.4f}" if test is not None else "")
                    + f", latency {r['latency_ms']:.4f} ms"
                    + (f" ({ratio:.2f}x the baseline timed in the same run)" if ratio else "")
                    + f", packed {r['size_bytes'] / 1024:.1f} KiB{_artifact_kib(r)}, {r['macs']:,} MACs")
@@ -801,7 +824,8 @@ def export(study_name: str, trial: int, out: str, fmt: str | None, storage: str)
                 click.echo(f"note: {w.message}", err=True)
         size = path.stat().st_size
         shown = fmt or ("packed" if path.suffix == ".slim" else cand.artifact()[1])
-        click.echo(f"Wrote {path} ({shown}, {size:,} bytes): trial {trial}, val_acc "
+        click.echo(f"Wrote {path} ({shown}, {size:,} bytes): trial {trial}, "
+                   f"{metric_labels(getattr(study, 'metric_name', 'accuracy'))[0]} "
                    f"{val_accuracy(cand.row):.4f}, latency {cand.latency_ms:.4f} ms")
     finally:
         study.close()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -208,8 +210,8 @@ class Task:
         except ValueError as exc:  # an output adapter that does not fit
             raise TaskError(f"Task {self.name!r}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - the user's model
-            raise TaskError(f"Task {self.name!r}: the model fails on an input of shape "
-                            f"{tuple(x.shape)}: {_one_line(exc)}") from None
+            raise TaskError(f"Task {self.name!r}: the model fails on {_describe_input(x)}: {_one_line(exc)}"
+                            f"{_integer_hint(x)}") from None
         if not isinstance(out, torch.Tensor) or out.shape != (len(x), self.num_classes):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             hint = "" if isinstance(out, torch.Tensor) or self.output is not None else \
@@ -232,13 +234,14 @@ class Task:
         factory: Callable[[], nn.Module] | None = None,
         name: str = "user-model",
         num_classes: int | None = None,
-        finetune_epochs: int = 2,
-        recovery_epochs: int = 1,
+        finetune_epochs: int | None = None,
+        recovery_epochs: int | None = None,
         lr: float = 1e-3,
         batch_size: int = 64,
         notes: str = "",
         exits_after: "Iterable[str] | None" = None,
         streaming: bool | None = None,
+        warm_starts: "Iterable[Mapping[str, Any]] | None" = None,
     ) -> "Task":
         """A task whose baseline and teacher is the user's **trained** model.
 
@@ -259,9 +262,14 @@ class Task:
             factory: builds the architecture a state-dict ``model`` loads into.
             num_classes: default: the width of the model's output.
             finetune_epochs, recovery_epochs, lr, batch_size: how candidates are
-                trained (distilled from this model).
+                trained (distilled from this model); the epochs default to what the
+                training split needs (:func:`scaled_epochs`: about 40 distillation and
+                200 recovery steps at ``batch_size``).
             exits_after: module names of ``model`` to offer early exits after
                 (default: found automatically where a single tensor flows).
+            warm_starts: a new study's first trials, ``{parameter: value}`` each
+                (default: :func:`model_warm_starts`, the built-in tasks' well-known
+                recipes adapted to this model; ``[]``: none).
             streaming: ``True``: the loaders are read batch by batch on every use,
                 never held (for data larger than memory: candidates train on the
                 loader's batches, the teacher's logits are computed per batch);
@@ -287,6 +295,9 @@ class Task:
                             f"{type(model).__name__}.")
         trained = copy.deepcopy(model).cpu().eval()
         data = _splits(train, val, test, streaming)
+        scaled = scaled_epochs(data.train.steps(batch_size))
+        finetune_epochs = scaled[0] if finetune_epochs is None else finetune_epochs
+        recovery_epochs = scaled[1] if recovery_epochs is None else recovery_epochs
         task = cls(name=name, build_model=lambda: copy.deepcopy(trained), data=data, num_classes=num_classes or 1,
                    epochs=0, finetune_epochs=finetune_epochs, recovery_epochs=recovery_epochs, lr=lr,
                    batch_size=batch_size, notes=notes, metric=metric, output=output, pretrained=True,
@@ -295,6 +306,8 @@ class Task:
             task.num_classes = _output_width(task)
         task.check_model()
         _check_labels(task)
+        task.extra["warm_starts"] = [dict(w) for w in warm_starts] if warm_starts is not None else \
+            model_warm_starts(task.build_model())
         return task
 
     @classmethod
@@ -324,6 +337,56 @@ class Task:
         return cls(name=name, build_model=build_model, data=data, num_classes=num_classes, **kwargs)
 
 
+#: Optimizer steps a from-model candidate gets by default: distillation (after the
+#: architecture knobs) and each recovery fine-tune (after pruning, for QAT); epochs are
+#: these over the training split's steps per epoch, within the bounds below.  Measured on
+#: digits-sized data (1,078 samples, 17 steps of 64), channel pruning at 0.5 after 1 / 4 /
+#: 8 / 12 recovery epochs: MobileNetV3-like -0.86 / -0.18 / -0.07 / -0.03 validation, a
+#: small ViT -0.21 / -0.06 / -0.03 / -0.02; 4 distillation epochs instead of 2 changed
+#: nothing (benchmarks/from_model_epochs.py, docs/results).
+DISTILLATION_STEPS, RECOVERY_STEPS = 40, 200
+DISTILLATION_EPOCHS, RECOVERY_EPOCHS = (1, 4), (1, 12)
+
+
+def scaled_epochs(steps_per_epoch: int) -> tuple[int, int]:
+    """``(distillation epochs, recovery epochs)`` for a training split of
+    ``steps_per_epoch`` batches: :data:`DISTILLATION_STEPS` and :data:`RECOVERY_STEPS`
+    optimizer steps, rounded up to whole epochs within :data:`DISTILLATION_EPOCHS` and
+    :data:`RECOVERY_EPOCHS` (digits-sized data: 3 and 12; 60,000 samples: 1 and 1)."""
+    steps = max(1, int(steps_per_epoch))
+
+    def epochs(target: int, bounds: tuple[int, int]) -> int:
+        return min(bounds[1], max(bounds[0], -(-target // steps)))
+
+    return epochs(DISTILLATION_STEPS, DISTILLATION_EPOCHS), epochs(RECOVERY_STEPS, RECOVERY_EPOCHS)
+
+
+#: Convs with at most this many input channels (a stem reading pixels, a ViT's patch
+#: embedding) are left out of the DS-conv warm start: their depthwise-separable form is a
+#: rank-1 factorisation that saves little and costs most of the accuracy.
+FEW_INPUT_CHANNELS = 4
+
+
+def model_warm_starts(model: nn.Module) -> list[dict[str, Any]]:
+    """The built-in tasks' well-known compressions, adapted to ``model`` (the task's
+    built model, output adapter included): int8 post-training quantization; int8 with a
+    third of the channels pruned; DS-conv on every conv a ``dsconv`` switch can take
+    except those with few input channels (:data:`FEW_INPUT_CHANNELS`; left out when no
+    conv is left); 4-bit weights trained with quantization (QAT) and half of them pruned.
+    A warm start whose parameters the study's space does not search is skipped
+    (:mod:`slimtune.search._warm_start`)."""
+    wide = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1
+            and max(m.kernel_size) > 1 and m.in_channels > FEW_INPUT_CHANNELS]
+    out: list[dict[str, Any]] = [
+        {"quant.bits": 8, "quant.mode": "ptq"},
+        {"quant.bits": 8, "quant.mode": "ptq", "prune.granularity": "channel", "prune.ratio": 0.33},
+    ]
+    if wide:
+        out.append({f"dsconv.{name}": True for name in wide})
+    out.append({"quant.bits": 4, "quant.mode": "qat", "prune.granularity": "weight", "prune.ratio": 0.5})
+    return out
+
+
 def _output_width(task: Task) -> int:
     """The number of logits the task's model outputs (checked to be ``(N, C)``)."""
     x = task.example_input(2)
@@ -334,7 +397,7 @@ def _output_width(task: Task) -> int:
     except ValueError as exc:
         raise TaskError(f"Task {task.name!r}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - the user's model
-        raise TaskError(f"Task {task.name!r}: the model fails on an input of shape {tuple(x.shape)}: {exc}") from None
+        raise TaskError(f"Task {task.name!r}: the model fails on {_describe_input(x)}: {exc}{_integer_hint(x)}") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(x):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         hint = "" if isinstance(out, torch.Tensor) or task.output is not None else \
@@ -342,6 +405,19 @@ def _output_width(task: Task) -> int:
         raise TaskError(f"Task {task.name!r}: the model must output class logits of shape (batch, classes), "
                         f"but got {shape}.{hint}")
     return int(out.shape[1])
+
+
+def _describe_input(x: torch.Tensor) -> str:
+    """``an input of shape (2, 1, 8, 8)`` (float32) or ``an int64 input of shape (2, 65)``."""
+    kind = "" if x.dtype == torch.float32 else f"{str(x.dtype).replace('torch.', '')} "
+    return f"{'an' if not kind or kind[0] in 'aeiou' else 'a'} {kind}input of shape {tuple(x.shape)}"
+
+
+def _integer_hint(x: torch.Tensor) -> str:
+    if x.is_floating_point():
+        return ""
+    return (" (slimtune keeps integer inputs as int64, as token ids need; if the model wants floats, give float "
+            "tensors or convert in its forward)")
 
 
 def _check_labels(task: Task) -> None:
@@ -388,9 +464,10 @@ def get_task(spec: "str | Task") -> Task:
         if not module_name or not attr:
             raise TaskError(f"A user task is given as 'package.module:callable', but got {spec!r}.")
         try:
-            module = importlib.import_module(module_name)
+            module = import_task_module(module_name)
         except ImportError as exc:
-            raise TaskError(f"Cannot import the task module {module_name!r}: {exc}") from None
+            raise TaskError(f"Cannot import the task module {module_name!r}: {exc} (looked on Python's path and in "
+                            f"the current directory {os.getcwd()}).") from None
         except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
             raise TaskError(f"Importing the task module {module_name!r} raised {_one_line(exc)}") from None
         factory = getattr(module, attr, None)
@@ -411,6 +488,42 @@ def get_task(spec: "str | Task") -> Task:
     task = _TASKS[spec]()
     task.extra.setdefault("spec", spec)
     return task
+
+
+#: Directories :func:`import_task_module` added to ``sys.path`` (the workers get them too).
+_TASK_PATHS: list[str] = []
+
+
+def import_task_module(name: str) -> Any:
+    """The module of a user task (``name`` of ``name:callable``), as Python's path finds
+    it, else from the current directory (a task file next to where ``slimtune`` runs,
+    which the ``slimtune`` script does not put on the path); a directory added is
+    remembered for the worker processes (:func:`worker_environment`)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        top = name.split(".")[0]
+        cwd = os.getcwd()
+        if exc.name != top or any(os.path.abspath(p or ".") == cwd for p in sys.path):
+            raise  # a module the task file imports is missing, or the current directory was looked in
+        if not (os.path.isfile(os.path.join(cwd, top + ".py")) or os.path.isdir(os.path.join(cwd, top))):
+            raise
+        sys.path.insert(0, cwd)
+        _TASK_PATHS.append(cwd)
+        importlib.invalidate_caches()
+        return importlib.import_module(name)
+
+
+def worker_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` for a worker process started to run the same task: ``PYTHONPATH`` leads
+    with the directories the task modules were imported from here, and the worker does
+    not put its own current directory first (``PYTHONSAFEPATH``, Python 3.11+), so that
+    ``package.module:callable`` resolves to the same file in both."""
+    out = dict(env)
+    if _TASK_PATHS:
+        out["PYTHONPATH"] = os.pathsep.join([*dict.fromkeys(_TASK_PATHS), *filter(None, [out.get("PYTHONPATH")])])
+        out["PYTHONSAFEPATH"] = "1"
+    return out
 
 
 def _one_line(exc: BaseException) -> str:
