@@ -118,11 +118,13 @@ def dsconv_values(space, model: nn.Module) -> dict[str, bool]:
     return {n: True for n in (wide or names)}
 
 
-def run_knobs(task: Task, *, epochs: int = 1, repeats: int = 50) -> tuple[dict, dict[str, dict]]:
+def run_knobs(task: Task, *, epochs: int | None = 1, repeats: int = 50,
+              finetune_epochs: int | None = 1) -> tuple[dict, dict[str, dict]]:
     """The baseline measurement and, per knob of :data:`KNOBS` the space offers, the
     candidate's measured ratios: ``macs``, ``speedup`` (same-run reference latency /
     latency), ``size``, ``delta`` (metric change on validation), ``test_delta``,
-    ``flags`` and the warnings raised while it was built and measured."""
+    ``flags`` and the warnings raised while it was built and measured.  ``epochs`` and
+    ``finetune_epochs`` (distillation, recovery): ``None`` takes the task's."""
     import warnings
 
     from slimtune._api import build_space
@@ -130,7 +132,7 @@ def run_knobs(task: Task, *, epochs: int = 1, repeats: int = 50) -> tuple[dict, 
     from slimtune.search._pipeline import EvalSettings, Evaluator
 
     space = build_space(task)
-    settings = EvalSettings(epochs=epochs, finetune_epochs=1, latency_repeats=repeats, latency_warmup=5)
+    settings = EvalSettings(epochs=epochs, finetune_epochs=finetune_epochs, latency_repeats=repeats, latency_warmup=5)
     evaluator = Evaluator(task, space, settings, get_baseline(task))
     base = evaluator.baseline_measurement()
     rows: dict[str, dict] = {}

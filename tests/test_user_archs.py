@@ -508,7 +508,8 @@ def test_every_family_offered_runs_and_a_search_completes(arch, tmp_path):
     base, rows = hf.run_knobs(task, epochs=1, repeats=10)
     assert rows and all(r["accuracy"] > 0 for r in rows.values())
     study = Study.create_or_load(f"s-{arch}", storage=f"sqlite:///{tmp_path / 's.db'}", task=task,
-                                 settings={"epochs": 1, "finetune_epochs": 1, "latency_repeats": 10}, seed=0)
+                                 settings={"epochs": 1, "finetune_epochs": 1, "latency_repeats": 10}, seed=0,
+                                 early_stopping=False)
     try:
         done = study.optimize(n_trials=5, progress=False)
         assert [r["state"] for r in done] == ["COMPLETE"] * 5, [r.get("error") for r in done]
@@ -522,3 +523,44 @@ def test_every_family_offered_runs_and_a_search_completes(arch, tmp_path):
             assert float((logits.argmax(1) == y).mean()) == pytest.approx(row["val_accuracy"], abs=1e-9)
     finally:
         study.close()
+
+
+class FailsWhenTraining(nn.Module):
+    """Runs in eval mode and on a few samples, fails on a training batch: a trial that
+    the space's structure-only tries cannot foresee."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] > 8:
+            raise RuntimeError("this model refuses to train on more than 8 samples")
+        return self.fc(x)
+
+
+def failing_task() -> Task:
+    xtr, ytr, xva, yva, xte, yte = archs.data("mlp_bn")
+    torch.manual_seed(0)
+    return Task.from_model(FailsWhenTraining().eval(), train=(xtr, ytr), val=(xva, yva), test=(xte, yte),
+                           name="fails", warm_starts=[])
+
+
+def test_a_failing_trial_is_one_line_and_the_exit_code_says_so(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "slimtune.cli", "run", "--study", "f", "--task",
+                           "tests.test_user_archs:failing_task", "--trials", "1", "--epochs", "1",
+                           "--latency-repeats", "3", "--storage", f"sqlite:///{tmp_path / 's.db'}"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    failed = [ln for ln in proc.stderr.splitlines() if "Trial 0 failed" in ln]  # (after the progress bar's \r)
+    assert len(failed) == 1 and failed[0].endswith(
+        "Trial 0 failed: RuntimeError: this model refuses to train on more than 8 samples"), proc.stderr
+    assert "Error: 1 of 1 trials failed" in proc.stderr

@@ -1,14 +1,18 @@
 """Early exits (dynamic computation): a sample leaves at the first confident exit.
 
 Exit points are the boundaries after each block of ``model.blocks`` except the last
-(a *block classifier*: ``blocks`` is an ``nn.Sequential`` and ``head`` the final
-classifier, see :mod:`slimtune.tasks._models`).  Any other model is traced with
-torch.fx (submodules it cannot trace kept whole) and cut after modules where a single
-tensor flows (e.g. after each stage of a ``transformers`` ResNet or ConvNeXt, or after
-layers of its MobileNetV2), chosen automatically or named with ``exits_after``
-(:class:`ExitChain`); where none exists (or the model cannot be traced) this knob
-offers no parameters, and says why.  The pieces are checked to reproduce the model's
-output exactly before exit heads are attached.
+(a *block classifier*: ``blocks`` is an ``nn.Sequential``, ``head`` the final
+classifier and the forward exactly ``head(blocks(x))``, see
+:mod:`slimtune.tasks._models`).  Any other model, a ViT with ``blocks`` and ``head``
+included, is traced with torch.fx (submodules it cannot trace, attention blocks and
+torch.nn layers kept whole; an ``nn.TransformerEncoder`` as its layers one by one;
+``transformers`` models by their own tracer where it works) and cut after modules where
+a single tensor flows (e.g. after each stage of a ``transformers`` ResNet or ConvNeXt,
+each layer of its ViT, BERT or DistilBERT), chosen automatically or named with
+``exits_after`` (:class:`ExitChain`); where none exists (or the model cannot be traced)
+this knob offers no parameters, and says why.  The pieces are checked to reproduce the
+model's output exactly before exit heads are attached (pooled feature maps, the mean of
+token features, or feature vectors feed the heads).
 
 Example:
     >>> net = EarlyExits().apply(small_cnn(), {"exits.0.enabled": True, "exits.0.threshold": 0.8}, ctx)
