@@ -230,8 +230,15 @@ def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: st
     from slimtune._api import evaluate_one
 
     _check_int8_format()
-    report = evaluate_one(task_spec, parse_assignments(sets), epochs=epochs, runtime=runtime, threads=threads,
-                          batch_size=batch_size, seed=seed, progress=not as_json, use_cache=not no_cache)
+    try:
+        report = evaluate_one(task_spec, parse_assignments(sets), epochs=epochs, runtime=runtime, threads=threads,
+                              batch_size=batch_size, seed=seed, progress=not as_json, use_cache=not no_cache)
+    except Exception as exc:
+        if isinstance(exc, _user_error_types()):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        click.echo(f"Error: the candidate failed: {type(exc).__name__}: {first}", err=True)  # one line, no traceback
+        sys.exit(1)
     if as_json:
         echo_json(report)
         return

@@ -168,3 +168,28 @@ def task(arch: str, steps: int | None = None, **kwargs) -> Task:
         kwargs.setdefault("output", "logits")
     return Task.from_model(trained(arch, steps), train=(xtr, ytr), val=(xva, yva), test=(xte, yte),
                            name=f"user-{arch}", **kwargs)
+
+
+# ``--task tests._archs:<arch>_task`` for the CLI
+def vit_task() -> Task:
+    return task("vit")
+
+
+def bert_task() -> Task:
+    return task("bert")
+
+
+def distilbert_task() -> Task:
+    return task("distilbert")
+
+
+def tokens_task() -> Task:
+    return task("tokens")
+
+
+def mobilenet_v3_task() -> Task:
+    return task("mobilenet_v3")
+
+
+def mlp_bn_task() -> Task:
+    return task("mlp_bn")

@@ -381,17 +381,18 @@ def test_from_model_warm_starts_are_the_recipes_adapted_to_the_model():
     starts = resnet.extra["warm_starts"]
     assert starts[0] == {"quant.bits": 8, "quant.mode": "ptq"}
     assert starts[1] == {"quant.bits": 8, "quant.mode": "ptq", "prune.granularity": "channel", "prune.ratio": 0.33}
-    assert starts[3] == {"quant.bits": 4, "quant.mode": "qat", "prune.granularity": "weight", "prune.ratio": 0.5}
+    assert starts[2] == {"prune.granularity": "channel", "prune.ratio": 0.33}
+    assert starts[4] == {"quant.bits": 4, "quant.mode": "qat", "prune.granularity": "weight", "prune.ratio": 0.5}
     model = resnet.build_model()
-    ds = starts[2]
+    ds = starts[3]
     assert ds and all(model.get_submodule(n[len("dsconv."):]).in_channels > FEW_INPUT_CHANNELS for n in ds)
     stem = "dsconv.model.resnet.embedder.embedder.convolution"
     assert model.get_submodule(stem[len("dsconv."):]).in_channels == 1 and stem not in ds
     trials = warm_start_trials(build_space(resnet), resnet)
-    assert len(trials) == 4 and trials[2][stem] is False and sum(trials[2][n] for n in ds) == len(ds)
+    assert len(trials) == 5 and trials[3][stem] is False and sum(trials[3][n] for n in ds) == len(ds)
     # the only k x k conv of the MobileNetV3-like model is its stem, of a ViT its patch embedding: no DS-conv start
     mobile = archs.task("mobilenet_v3", STEPS)
-    assert [len(model_warm_starts(m)) for m in (mobile.build_model(), _model("vit"))] == [3, 3]
+    assert [len(model_warm_starts(m)) for m in (mobile.build_model(), _model("vit"))] == [4, 4]
     assert Task.from_model(archs.trained("mlp_bn", STEPS), train=archs.data("mlp_bn")[:2],
                            val=archs.data("mlp_bn")[2:4], test=archs.data("mlp_bn")[4:],
                            warm_starts=[]).extra["warm_starts"] == []
@@ -445,10 +446,17 @@ def test_low_rank_gets_a_group_per_stage_of_a_stack_of_blocks():
     from slimtune.spaces.lowrank import lowrank_groups
     from tests._hf_models import build_hf
 
-    groups = lowrank_groups(LogitsOutput(build_hf("mobilenet_v2"), "logits"))
+    mobilenet = LogitsOutput(build_hf("mobilenet_v2"), "logits").eval()
+    groups = lowrank_groups(mobilenet)
     stages = [g for g in groups if g.startswith("model.mobilenet_v2.layer.")]
     assert len(stages) == 9 and len(groups) == 12  # 16 blocks in 9 runs, within 12 groups in all
     assert stages[0] == "model.mobilenet_v2.layer.0-1"
+    # its "same" padding reads the conv's stride, kernel and dilation: the factorized conv has them
+    from slimtune.search._space_trial import failing_families
+    from slimtune.spaces._space import Space
+
+    space = Space.for_model(mobilenet, families=["lowrank"])
+    assert failing_families(space, mobilenet, torch.randn(4, 1, 32, 32), num_classes=10) == {}
 
     class Stack(nn.Module):
         def __init__(self) -> None:
@@ -505,14 +513,14 @@ def test_every_family_offered_runs_and_a_search_completes(arch, tmp_path):
     from tests import _hf_models as hf
 
     task = archs.task(arch)
-    base, rows = hf.run_knobs(task, epochs=1, repeats=10)
+    base, rows = hf.run_knobs(task, epochs=1, repeats=5)
     assert rows and all(r["accuracy"] > 0 for r in rows.values())
     study = Study.create_or_load(f"s-{arch}", storage=f"sqlite:///{tmp_path / 's.db'}", task=task,
                                  settings={"epochs": 1, "finetune_epochs": 1, "latency_repeats": 10}, seed=0,
                                  early_stopping=False)
     try:
-        done = study.optimize(n_trials=5, progress=False)
-        assert [r["state"] for r in done] == ["COMPLETE"] * 5, [r.get("error") for r in done]
+        done = study.optimize(n_trials=4, progress=False)  # warm starts
+        assert [r["state"] for r in done] == ["COMPLETE"] * 4, [r.get("error") for r in done]
         x, y = task.data.x_val.numpy(), task.data.y_val.numpy()
         for row in done:
             path = study.candidate(row["trial"]).export(tmp_path / f"t{row['trial']}.onnx")
@@ -564,3 +572,9 @@ def test_a_failing_trial_is_one_line_and_the_exit_code_says_so(tmp_path):
     assert len(failed) == 1 and failed[0].endswith(
         "Trial 0 failed: RuntimeError: this model refuses to train on more than 8 samples"), proc.stderr
     assert "Error: 1 of 1 trials failed" in proc.stderr
+    one = subprocess.run([sys.executable, "-m", "slimtune.cli", "eval", "--task", "tests.test_user_archs:failing_task",
+                          "--epochs", "1"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(root)},
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 1 and "Traceback" not in one.stderr, one.stderr
+    assert one.stderr.strip().splitlines()[-1] == ("Error: the candidate failed: RuntimeError: this model refuses "
+                                                   "to train on more than 8 samples")

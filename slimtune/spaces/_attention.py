@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["AttentionSpec", "SPECS", "find_attention", "mha_projections", "sync_head_counts"]
+__all__ = ["AttentionSpec", "SPECS", "attention_blocks", "find_attention", "head_pruning", "mha_projections",
+           "residual_inputs", "sync_head_counts"]
 
 
 @dataclass(frozen=True)
@@ -126,3 +127,42 @@ def sync_head_counts(model: nn.Module) -> dict[str, int]:
             setattr(module, total, heads * int(getattr(module, spec.head_size)))
         counts[name] = heads
     return counts
+
+
+def head_pruning(model: nn.Module, ratio: float) -> dict[nn.Module, tuple[int, float]]:
+    """``{projection layer: (heads, head pruning ratio)}`` for Torch-Pruning: each
+    attention module keeps ``max(1, int(H * (1 - ratio)))`` heads (Torch-Pruning removes
+    ``ceil(r * H)``, so ``r`` is set just below the share to remove)."""
+    out: dict[nn.Module, tuple[int, float]] = {}
+    for _, module, spec in find_attention(model):
+        total = int(getattr(module, spec.heads))
+        removed = total - max(1, int(total * (1.0 - ratio)))
+        share = max(0.0, (removed - 0.5) / total)
+        for layer in spec.layers(module):
+            out[layer] = (total, share)
+    return out
+
+
+def residual_inputs(model: nn.Module) -> set[int]:
+    """Ids of the modules whose *inputs* are a transformer's residual width: every
+    attention projection (:mod:`slimtune.spaces._attention`) and ``nn.MultiheadAttention``."""
+    out = {id(m) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    for _, module, spec in find_attention(model):
+        out.update(id(layer) for layer in spec.input_layers(module))
+    return out
+
+
+def attention_blocks(model: nn.Module) -> tuple[type, ...]:
+    """The classes to keep whole around attention (:mod:`slimtune.spaces._attention`):
+    the block holding it (the numbered child of a layer list, e.g. ``encoder.layer.0``),
+    else the attention module itself.  Kept whole, a block reads its attention's head
+    count when it runs (channel pruning after exits changes it); traced through, the
+    count would be a constant of the graph."""
+    modules = dict(model.named_modules())
+    found: set[type] = set()
+    for name, module, _ in find_attention(model):
+        parts = name.split(".")
+        block = next((".".join(parts[:i + 1]) for i in range(len(parts) - 1, -1, -1)
+                      if parts[i].isdigit() and isinstance(modules.get(".".join(parts[:i])), (nn.Sequential, nn.ModuleList, nn.ModuleDict))), None)
+        found.add(type(modules[block]) if block is not None else type(module))
+    return tuple(found)

@@ -26,120 +26,15 @@ import torch
 import torch.fx
 from torch import nn
 
-from slimtune.spaces._attention import find_attention
+from slimtune.spaces._attention import attention_blocks
+from slimtune.spaces._hf_trace import hf_trace as _hf_trace
 
-__all__ = ["TraceFailure", "auto_cut_names", "find_cuts", "reproduces", "split", "trace", "trace_with_leaves"]
+__all__ = ["TraceFailure", "auto_cut_names", "find_cuts", "is_head_of_blocks", "reproduces", "split", "trace",
+           "trace_with_leaves", "why_not_a_cut"]
 
 
 class TraceFailure(RuntimeError):
     """The model cannot be traced into a graph (the reason is the message)."""
-
-
-def _hf_trace(model: nn.Module) -> torch.fx.GraphModule | None:
-    """``transformers``' own fx tracer for a ``LogitsOutput`` around a supported
-    ``PreTrainedModel`` (its main input, e.g. ``input_ids`` or ``pixel_values``), its
-    output rewired to the logits; None when it does not apply.
-
-    Attention modules (:mod:`slimtune.spaces._attention`) stay whole, so that they read
-    their head counts when they run (channel pruning after exits changes them).  The
-    4-d attention mask that ``transformers`` builds from an all-ones mask is traced as
-    ``None``, which is what it is when the model runs on one input tensor (no padding
-    mask): the layers then read only the hidden states."""
-    from slimtune.tasks._outputs import LogitsOutput
-
-    if not isinstance(model, LogitsOutput) or model.spec != "logits":
-        return None
-    try:
-        from transformers import PreTrainedModel
-        from transformers.utils import fx as hf_fx
-        from transformers.utils.fx import HFTracer
-        from transformers.utils.fx import symbolic_trace as hf_symbolic_trace
-    except ImportError:
-        return None
-    inner = model.model
-    if not isinstance(inner, PreTrainedModel):
-        return None
-    import sys
-    import warnings
-
-    leaves = _attention_blocks(inner)
-
-    class Tracer(HFTracer):
-        def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-            return isinstance(m, leaves) or super().is_leaf_module(m, module_qualified_name)
-
-    saved = dict(vars(torch))
-    patched = []
-    for cls in {type(m) for m in inner.modules()}:  # the modules that build masks, e.g. modeling_bert
-        module = sys.modules.get(cls.__module__)
-        if module is not None and hasattr(module, _SDPA_MASK):
-            patched.append((module, getattr(module, _SDPA_MASK)))
-            setattr(module, _SDPA_MASK, _no_padding_mask)
-    use_cache = getattr(inner.config, "use_cache", None)
-    overrides = getattr(hf_fx, "_MANUAL_META_OVERRIDES", {})
-    added = [cls for cls in leaves if cls not in overrides]
-    for cls in added:  # the tracer learns a whole block's output shapes by running it on meta tensors
-        overrides[cls] = _run_on_meta
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            graph_module = hf_symbolic_trace(inner, input_names=[inner.main_input_name], tracer_cls=Tracer)
-    finally:
-        # transformers' tracer replaces torch.arange, torch.tensor, ... while tracing and
-        # leaves them replaced when it fails part-way (seen with ConvNeXt): put them back
-        for name, value in saved.items():
-            if vars(torch).get(name) is not value:
-                setattr(torch, name, value)
-        for module, original in patched:
-            setattr(module, _SDPA_MASK, original)
-        for cls in added:
-            overrides.pop(cls, None)
-        if use_cache is not None:
-            inner.config.use_cache = use_cache
-    graph = graph_module.graph
-    output = next(n for n in graph.nodes if n.op == "output")
-    result = output.args[0]
-    logits = result.get("logits") if isinstance(result, dict) else None
-    if not isinstance(logits, torch.fx.Node):
-        return None
-    output.args = (logits,)
-    graph.eliminate_dead_code()
-    graph_module.recompile()
-    graph_module.traced_inner = True  # module names are those of model.model
-    return graph_module
-
-
-def _attention_blocks(model: nn.Module) -> tuple[type, ...]:
-    """The classes to keep whole around attention (:mod:`slimtune.spaces._attention`):
-    the block holding it (the numbered child of a layer list, e.g. ``encoder.layer.0``),
-    else the attention module itself.  Kept whole, a block reads its attention's head
-    count when it runs (channel pruning after exits changes it); traced through, the
-    count would be a constant of the graph."""
-    modules = dict(model.named_modules())
-    found: set[type] = set()
-    for name, module, _ in find_attention(model):
-        parts = name.split(".")
-        block = next((".".join(parts[:i + 1]) for i in range(len(parts) - 1, -1, -1)
-                      if parts[i].isdigit() and isinstance(modules.get(".".join(parts[:i])), _CONTAINERS)), None)
-        found.add(type(modules[block]) if block is not None else type(module))
-    return tuple(found)
-
-
-#: What ``transformers`` calls to expand a 2-d padding mask for SDPA attention; it
-#: returns None for a mask of ones, except while tracing.
-_SDPA_MASK = "_prepare_4d_attention_mask_for_sdpa"
-
-
-def _run_on_meta(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """``module``'s output on meta tensors (shapes only), run by a meta-device copy."""
-    import copy
-
-    return copy.deepcopy(module).to("meta")(*args, **kwargs)
-
-
-def _no_padding_mask(mask: Any, dtype: Any, tgt_len: Any = None) -> None:
-    """The mask for SDPA attention when no padding mask is given: none."""
-    return None
 
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -185,7 +80,7 @@ class _LeafTracer(torch.fx.Tracer):
         self.failed: tuple[type, str, BaseException] | None = None
 
     def trace(self, root: Any, concrete_args: Any = None) -> torch.fx.Graph:
-        self.attention_types = _attention_blocks(root) if isinstance(root, nn.Module) else ()
+        self.attention_types = attention_blocks(root) if isinstance(root, nn.Module) else ()
         return super().trace(root, concrete_args)
 
     def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
@@ -459,3 +354,40 @@ def _fetch(node: torch.fx.Node, env: dict, graph: torch.fx.Graph) -> Any:
         env[node] = graph.get_attr(node.target)
         return env[node]
     raise ValueError(f"The graph cannot be cut there: {node.name} is needed on both sides.")
+
+
+def is_head_of_blocks(model: nn.Module) -> bool:
+    """Whether ``model``'s forward is exactly ``head(blocks(x))`` (read from its torch.fx
+    graph with ``blocks`` and ``head`` kept whole)."""
+    from slimtune.tasks._models import BlockClassifier
+
+    if type(model).forward is BlockClassifier.forward:
+        return True
+    whole = (model.blocks, model.head)
+
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+            return any(m is w for w in whole) or super().is_leaf_module(m, module_qualified_name)
+
+    try:
+        graph = Tracer().trace(model)
+    except Exception:  # noqa: BLE001 - control flow, custom ops: not a plain chain
+        return False
+    nodes = list(graph.nodes)
+    if [(n.op, str(n.target)) for n in nodes[1:]] != [("call_module", "blocks"), ("call_module", "head"),
+                                                      ("output", "output")] or nodes[0].op != "placeholder":
+        return False
+    return nodes[1].args == (nodes[0],) and nodes[2].args == (nodes[1],) and nodes[3].args == (nodes[2],)
+
+
+def why_not_a_cut(graph: torch.fx.GraphModule, key: str, prefix: str) -> str:
+    """Why the model cannot stop after the module ``key`` (not in the cuts of ``graph``)."""
+    called = {str(n.target) for n in graph.graph.nodes if n.op in ("call_module", "get_attr")}
+    if not any(t == key or t.startswith(key + ".") for t in called):
+        whole = next((t for t in sorted(called, key=len) if key.startswith(t + ".")), None)
+        if whole is not None:
+            return (f"it runs inside {prefix + whole!r}, which the trace keeps whole (its forward cannot be traced, "
+                    "or it is a torch.nn layer), so the model cannot stop after it; name that module or one outside it.")
+        return "the model's forward never calls it, so the model cannot stop after it."
+    return ("more than one value flows past it (e.g. a residual or a skip connection, or a mask every layer reads), "
+            "so the model cannot stop there.")

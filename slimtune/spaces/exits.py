@@ -25,74 +25,17 @@ import math
 from typing import Any, Mapping, Sequence
 
 import torch
-import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
 from slimtune.spaces.base import Knob, KnobContext, Param, SpaceError, TrainingHooks, close_matches
+from slimtune.spaces._exit_heads import ExitHead, TokenExitHead, exit_head, grid_pool  # noqa: F401  (public here)
 from slimtune.spaces._registry import register_knob
 
 __all__ = ["EarlyExitNet", "EarlyExits", "ExitHead", "TokenExitHead", "exit_points", "grid_pool"]
 
 #: Freshly attached exit heads learn this much faster than the trained trunk.
 HEAD_LR_SCALE = 10.0
-
-
-class ExitHead(nn.Sequential):
-    """``pool to a grid -> Flatten -> Linear(in_channels * grid², num_classes)``.
-
-    A 2×2 pooling grid keeps coarse spatial layout, which early (low-level) features
-    need to classify at all: on digits, the exit after the first block reached about
-    25% validation accuracy with global pooling and clearly more with 2×2.
-
-    With the feature map's ``size`` known, the grid is ``min(pool, H, W)`` and the
-    pooling has fixed windows (:func:`grid_pool`), so the head exports to ONNX even
-    where the exporter cannot see the spatial size (e.g. after ``transformers``'
-    TF-style padding, whose pad amounts are computed from the input's shape); without
-    ``size`` it is ``AdaptiveAvgPool2d(pool)``.
-    """
-
-    def __init__(self, in_channels: int, num_classes: int, pool: int = 2,
-                 size: tuple[int, int] | None = None) -> None:
-        grid = pool if size is None else max(1, min(pool, *size))
-        pooling = nn.AdaptiveAvgPool2d(pool) if size is None else grid_pool(size, grid)
-        super().__init__(pooling, nn.Flatten(), nn.Linear(in_channels * grid * grid, num_classes))
-
-    @property
-    def classifier(self) -> nn.Linear:
-        """The Linear layer producing the exit's logits."""
-        return self[2]  # type: ignore[return-value]
-
-
-class TokenExitHead(nn.Module):
-    """An exit head on a sequence of token features ``(N, T, D)`` (a transformer's
-    blocks): ``LayerNorm(D)``, the mean over the tokens, ``Linear(D, num_classes)``."""
-
-    def __init__(self, dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.classifier = nn.Linear(dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.norm(x).mean(dim=1))
-
-
-def grid_pool(size: tuple[int, int], grid: int) -> nn.Module:
-    """``AdaptiveAvgPool2d(grid)`` for inputs of one known ``size`` ``(H, W)`` as an
-    ``AvgPool2d`` with the same windows where there is one (``grid`` divides the size,
-    or ``grid`` is 1 or 2: windows ``[0, ceil(H/2))`` and ``[floor(H/2), H)``); else
-    the adaptive pooling itself."""
-    def window(length: int) -> tuple[int, int] | None:
-        if length % grid == 0:
-            return length // grid, length // grid
-        if grid == 2:
-            return -(-length // 2), length // 2
-        return None
-
-    rows, cols = window(int(size[0])), window(int(size[1]))
-    if rows is None or cols is None:
-        return nn.AdaptiveAvgPool2d(grid)
-    return nn.AvgPool2d((rows[0], cols[0]), stride=(rows[1], cols[1]))
 
 
 class EarlyExitNet(nn.Module):
@@ -246,31 +189,9 @@ def exit_points(model: nn.Module) -> list[int]:
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.Sequential) or not isinstance(getattr(model, "head", None), nn.Module):
         return []
-    return list(range(len(blocks) - 1)) if _is_head_of_blocks(model) else []
+    from slimtune.spaces import _graph_cuts as graph_cuts
 
-
-def _is_head_of_blocks(model: nn.Module) -> bool:
-    """Whether ``model``'s forward is exactly ``head(blocks(x))`` (read from its torch.fx
-    graph with ``blocks`` and ``head`` kept whole)."""
-    from slimtune.tasks._models import BlockClassifier
-
-    if type(model).forward is BlockClassifier.forward:
-        return True
-    whole = (model.blocks, model.head)
-
-    class Tracer(torch.fx.Tracer):
-        def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-            return any(m is w for w in whole) or super().is_leaf_module(m, module_qualified_name)
-
-    try:
-        graph = Tracer().trace(model)
-    except Exception:  # noqa: BLE001 - control flow, custom ops: not a plain chain
-        return False
-    nodes = list(graph.nodes)
-    if [(n.op, str(n.target)) for n in nodes[1:]] != [("call_module", "blocks"), ("call_module", "head"),
-                                                      ("output", "output")] or nodes[0].op != "placeholder":
-        return False
-    return nodes[1].args == (nodes[0],) and nodes[2].args == (nodes[1],) and nodes[3].args == (nodes[2],)
+    return list(range(len(blocks) - 1)) if graph_cuts.is_head_of_blocks(model) else []
 
 
 class ExitChain:
@@ -318,7 +239,8 @@ class ExitChain:
             for full in wanted:
                 key = full[len(prefix):] if prefix else full
                 if key not in cuts:
-                    raise SpaceError(f"`exits_after` names {full!r}, but " + _why_not_a_cut(self.graph, key, prefix))
+                    raise SpaceError(f"`exits_after` names {full!r}, but "
+                                     + graph_cuts.why_not_a_cut(self.graph, key, prefix))
                 keys.append(key)
             names = sorted(dict.fromkeys(keys), key=lambda n: cuts[n])
         else:
@@ -465,19 +387,6 @@ class EarlyExits(Knob):
         return net
 
 
-def _why_not_a_cut(graph: torch.fx.GraphModule, key: str, prefix: str) -> str:
-    """Why the model cannot stop after the module ``key`` (not in the cuts of ``graph``)."""
-    called = {str(n.target) for n in graph.graph.nodes if n.op in ("call_module", "get_attr")}
-    if not any(t == key or t.startswith(key + ".") for t in called):
-        whole = next((t for t in sorted(called, key=len) if key.startswith(t + ".")), None)
-        if whole is not None:
-            return (f"it runs inside {prefix + whole!r}, which the trace keeps whole (its forward cannot be traced, "
-                    "or it is a torch.nn layer), so the model cannot stop after it; name that module or one outside it.")
-        return "the model's forward never calls it, so the model cannot stop after it."
-    return ("more than one value flows past it (e.g. a residual or a skip connection, or a mask every layer reads), "
-            "so the model cannot stop there.")
-
-
 def _head_lr_scale(name: str) -> float | None:
     """:data:`HEAD_LR_SCALE` for the parameters of an :class:`EarlyExitNet`'s heads."""
     return HEAD_LR_SCALE if name.startswith("exits.") else None
@@ -487,20 +396,6 @@ def _all_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor] | None
     """Every exit's logits, then the final head's (:meth:`EarlyExitNet.forward_all`)."""
     forward_all = getattr(model, "forward_all", None)  # also through wrappers that pass it on
     return list(forward_all(x)) if callable(forward_all) else None
-
-
-def exit_head(shape: tuple[int, ...], num_classes: int, param: str) -> nn.Module:
-    """An exit head for features of ``shape`` (without the batch): :class:`ExitHead`
-    on ``(C, H, W)`` feature maps, :class:`TokenExitHead` on ``(T, D)`` token features,
-    a Linear on ``(F,)`` feature vectors."""
-    if len(shape) == 3:
-        return ExitHead(shape[0], num_classes, size=(shape[1], shape[2]))
-    if len(shape) == 2:
-        return TokenExitHead(shape[1], num_classes)
-    if len(shape) == 1:
-        return nn.Sequential(nn.Linear(shape[0], num_classes))
-    raise SpaceError(f"`{param}`: an exit head needs (N, C, H, W) feature maps, (N, T, D) token features or (N, F) "
-                     f"features there, but got shape (N, {', '.join(map(str, shape))}).")
 
 
 def _check_reproduces(model: nn.Module, blocks: nn.Sequential, head: nn.Module, example_input: torch.Tensor,

@@ -56,6 +56,15 @@ class LowRankConv(nn.Sequential):
     def bias(self) -> torch.Tensor | None:
         return self[1].bias
 
+    # The replaced conv's geometry, for code that reads it from the layer (e.g. Hugging
+    # Face MobileNetV2 computes its "same" padding from the conv it is about to call).
+    in_channels = property(lambda self: self[0].in_channels)
+    out_channels = property(lambda self: self[1].out_channels)
+    kernel_size = property(lambda self: self[0].kernel_size)
+    stride = property(lambda self: self[0].stride)
+    padding = property(lambda self: self[0].padding)
+    dilation = property(lambda self: self[0].dilation)
+
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, rank: int) -> "LowRankConv":
         cout, cin, kh, kw = conv.weight.shape

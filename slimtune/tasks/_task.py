@@ -7,7 +7,6 @@ import copy
 import hashlib
 import importlib
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -17,6 +16,8 @@ from torch.utils.data import DataLoader
 
 from slimtune.spaces.base import close_matches
 from slimtune.tasks._data import Split, TaskError, TensorSplit, as_split
+from slimtune.tasks._from_model import FEW_INPUT_CHANNELS, model_warm_starts, scaled_epochs  # noqa: F401
+from slimtune.tasks._imports import import_task_module, worker_environment  # noqa: F401
 from slimtune.tasks._data import data_digest, sample_digests  # noqa: F401  (their home before _data)
 from slimtune.tasks._metrics import Metric, MetricError, get_metric
 from slimtune.tasks._outputs import LogitsOutput, OutputSpec, describe_output
@@ -255,7 +256,9 @@ class Task:
                 leak into the task), or a state dict with ``factory``.
             train, val, test: DataLoaders yielding ``(inputs, labels)`` batches (their
                 order does not matter; shuffling and augmentation are fine), or
-                ``(inputs, labels)`` pairs of tensors.
+                ``(inputs, labels)`` pairs of tensors.  Inputs keep their kind:
+                floating point as float32, integers (token ids) as int64, never cast
+                to float (training, calibration, timing and the exported model alike).
             metric: a name or a callable ``(logits, labels) -> float`` to maximize.
             output: where the logits are when the forward does not return a tensor
                 (``"logits"`` for Hugging Face models, a tuple position, a callable).
@@ -335,56 +338,6 @@ class Task:
         if num_classes is None:
             num_classes = max(s.label_range()[1] for s in (data.train, data.val, data.test)) + 1
         return cls(name=name, build_model=build_model, data=data, num_classes=num_classes, **kwargs)
-
-
-#: Optimizer steps a from-model candidate gets by default: distillation (after the
-#: architecture knobs) and each recovery fine-tune (after pruning, for QAT); epochs are
-#: these over the training split's steps per epoch, within the bounds below.  Measured on
-#: digits-sized data (1,078 samples, 17 steps of 64), channel pruning at 0.5 after 1 / 4 /
-#: 8 / 12 recovery epochs: MobileNetV3-like -0.86 / -0.18 / -0.07 / -0.03 validation, a
-#: small ViT -0.21 / -0.06 / -0.03 / -0.02; 4 distillation epochs instead of 2 changed
-#: nothing (benchmarks/from_model_epochs.py, docs/results).
-DISTILLATION_STEPS, RECOVERY_STEPS = 40, 200
-DISTILLATION_EPOCHS, RECOVERY_EPOCHS = (1, 4), (1, 12)
-
-
-def scaled_epochs(steps_per_epoch: int) -> tuple[int, int]:
-    """``(distillation epochs, recovery epochs)`` for a training split of
-    ``steps_per_epoch`` batches: :data:`DISTILLATION_STEPS` and :data:`RECOVERY_STEPS`
-    optimizer steps, rounded up to whole epochs within :data:`DISTILLATION_EPOCHS` and
-    :data:`RECOVERY_EPOCHS` (digits-sized data: 3 and 12; 60,000 samples: 1 and 1)."""
-    steps = max(1, int(steps_per_epoch))
-
-    def epochs(target: int, bounds: tuple[int, int]) -> int:
-        return min(bounds[1], max(bounds[0], -(-target // steps)))
-
-    return epochs(DISTILLATION_STEPS, DISTILLATION_EPOCHS), epochs(RECOVERY_STEPS, RECOVERY_EPOCHS)
-
-
-#: Convs with at most this many input channels (a stem reading pixels, a ViT's patch
-#: embedding) are left out of the DS-conv warm start: their depthwise-separable form is a
-#: rank-1 factorisation that saves little and costs most of the accuracy.
-FEW_INPUT_CHANNELS = 4
-
-
-def model_warm_starts(model: nn.Module) -> list[dict[str, Any]]:
-    """The built-in tasks' well-known compressions, adapted to ``model`` (the task's
-    built model, output adapter included): int8 post-training quantization; int8 with a
-    third of the channels pruned; DS-conv on every conv a ``dsconv`` switch can take
-    except those with few input channels (:data:`FEW_INPUT_CHANNELS`; left out when no
-    conv is left); 4-bit weights trained with quantization (QAT) and half of them pruned.
-    A warm start whose parameters the study's space does not search is skipped
-    (:mod:`slimtune.search._warm_start`)."""
-    wide = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1
-            and max(m.kernel_size) > 1 and m.in_channels > FEW_INPUT_CHANNELS]
-    out: list[dict[str, Any]] = [
-        {"quant.bits": 8, "quant.mode": "ptq"},
-        {"quant.bits": 8, "quant.mode": "ptq", "prune.granularity": "channel", "prune.ratio": 0.33},
-    ]
-    if wide:
-        out.append({f"dsconv.{name}": True for name in wide})
-    out.append({"quant.bits": 4, "quant.mode": "qat", "prune.granularity": "weight", "prune.ratio": 0.5})
-    return out
 
 
 def _output_width(task: Task) -> int:
@@ -488,42 +441,6 @@ def get_task(spec: "str | Task") -> Task:
     task = _TASKS[spec]()
     task.extra.setdefault("spec", spec)
     return task
-
-
-#: Directories :func:`import_task_module` added to ``sys.path`` (the workers get them too).
-_TASK_PATHS: list[str] = []
-
-
-def import_task_module(name: str) -> Any:
-    """The module of a user task (``name`` of ``name:callable``), as Python's path finds
-    it, else from the current directory (a task file next to where ``slimtune`` runs,
-    which the ``slimtune`` script does not put on the path); a directory added is
-    remembered for the worker processes (:func:`worker_environment`)."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        top = name.split(".")[0]
-        cwd = os.getcwd()
-        if exc.name != top or any(os.path.abspath(p or ".") == cwd for p in sys.path):
-            raise  # a module the task file imports is missing, or the current directory was looked in
-        if not (os.path.isfile(os.path.join(cwd, top + ".py")) or os.path.isdir(os.path.join(cwd, top))):
-            raise
-        sys.path.insert(0, cwd)
-        _TASK_PATHS.append(cwd)
-        importlib.invalidate_caches()
-        return importlib.import_module(name)
-
-
-def worker_environment(env: Mapping[str, str]) -> dict[str, str]:
-    """``env`` for a worker process started to run the same task: ``PYTHONPATH`` leads
-    with the directories the task modules were imported from here, and the worker does
-    not put its own current directory first (``PYTHONSAFEPATH``, Python 3.11+), so that
-    ``package.module:callable`` resolves to the same file in both."""
-    out = dict(env)
-    if _TASK_PATHS:
-        out["PYTHONPATH"] = os.pathsep.join([*dict.fromkeys(_TASK_PATHS), *filter(None, [out.get("PYTHONPATH")])])
-        out["PYTHONSAFEPATH"] = "1"
-    return out
 
 
 def _one_line(exc: BaseException) -> str:
