@@ -17,7 +17,7 @@ space does not offer, with its reason.  Candidates train with the task's epochs
 distillation+recovery epochs.  Usage (from the repository root)::
 
     PYTHONPATH=. python benchmarks/user_models.py [--archs vit,tokens,...] [--epochs task|2+1] \\
-        [--knobs 'exits 0+1 @0.9'] [--repeats 50]
+        [--knobs 'exits 0+1 @0.9'] [--exit-thresholds 0.9,0.6] [--repeats 50]
 """
 
 from __future__ import annotations
@@ -47,8 +47,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--knobs", default="", help="comma-separated row labels to run (default: all), e.g. "
                                                      "'exits 0+1 @0.9'")
+    parser.add_argument("--exit-thresholds", default="0.9", help="comma-separated thresholds of the exit rows")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    exits = hf.KNOBS.pop("exits 0+1 @0.9")
+    for t in args.exit_thresholds.split(","):
+        hf.KNOBS[f"exits 0+1 @{t}"] = {k: float(t) if k.endswith("threshold") else v for k, v in exits.items()}
     if args.knobs:
         wanted = [k.strip() for k in args.knobs.split(",")]
         unknown = [k for k in wanted if k not in hf.KNOBS]

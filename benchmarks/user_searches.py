@@ -51,8 +51,10 @@ def main() -> None:
                       f"min wall, {used / 60:.1f} min CPU")
                 front = [r for r in study.trials() if r.get("pareto") and r["state"] == "COMPLETE"]
                 for r in sorted(front, key=lambda r: -(speedup(r) or 0)):
+                    rates = f"  exit rates {'/'.join(f'{x:.2f}' for x in r['exit_rates'])}" if r.get("exit_rates") else ""
                     print(f"  front: trial {r['trial']:>2} {speedup(r):5.2f}x  val {r['val_accuracy'] - base.accuracy:+.4f}"
-                          f"  test {r['test_accuracy'] - base.test_accuracy:+.4f}  {compact_params(r['params'], names)}")
+                          f"  test {r['test_accuracy'] - base.test_accuracy:+.4f}  {compact_params(r['params'], names)}"
+                          f"{rates}")
                 near = [r for r in study.trials() if r["state"] == "COMPLETE"
                         and r["val_accuracy"] >= base.accuracy - 0.01]
                 best = max(near, key=lambda r: speedup(r) or 0, default=None)

@@ -143,7 +143,7 @@ def run_knobs(task: Task, *, epochs: int | None = 1, repeats: int = 50,
             values = dsconv_values(space, task.build_model())
         elif label == "lowrank 0.5":
             values = {p.name: 0.5 for p in space.params if p.family == "lowrank"}
-        elif label.startswith("exits"):
+        elif label.startswith("exits "):
             values = {k: v for k, v in values.items() if k in space}
         if not values or any(name not in space for name in values):
             continue  # the space does not offer it (e.g. no exit points): see space.omitted
