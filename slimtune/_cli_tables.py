@@ -102,8 +102,20 @@ def _cell(value: float | None, fmt: str, width: int) -> str:
     return f"{'-' if value is None else format(value, fmt):>{width}}"
 
 
-HEADER = (f"{'trial':>6} {'state':<8} {'val_acc':>7} {'test_acc':>8} {'lat_ms':>7} {'speedup':>7} {'pack_KiB':>8} "
-          f"{'art_KiB':>7} {'MACs':>7} {'flags':<5}  params")
+def metric_labels(metric: str = "accuracy") -> tuple[str, str]:
+    """The column names of the task's metric on validation and test: ``val_acc`` and
+    ``test_acc`` for accuracy, else the metric's name (``val_f1_macro``, ...)."""
+    return ("val_acc", "test_acc") if metric == "accuracy" else (f"val_{metric}", f"test_{metric}")
+
+
+def header(metric: str = "accuracy") -> str:
+    """The table's header line (the metric columns named after ``metric``)."""
+    val, test = metric_labels(metric)
+    return (f"{'trial':>6} {'state':<8} {val:>7} {test:>8} {'lat_ms':>7} {'speedup':>7} {'pack_KiB':>8} "
+            f"{'art_KiB':>7} {'MACs':>7} {'flags':<5}  params")
+
+
+HEADER = header()
 PARAMS_AT = len(HEADER) - len("params")
 
 
@@ -127,20 +139,21 @@ class FlagMarkers:
 
 
 def trial_lines(row: Mapping[str, Any], names: Sequence[str], markers: FlagMarkers, *, mark_pareto: bool = True,
-                wide: bool = False) -> list[str]:
+                wide: bool = False, metric: str = "accuracy") -> list[str]:
     """One trial as table lines (its parameters wrapped to ``WIDTH`` unless ``wide``)."""
     star = "*" if (mark_pareto and row.get("pareto")) else " "
     state = state_word(row.get("state", ""))
+    val_width, test_width = (max(width, len(label)) for width, label in zip((7, 8), metric_labels(metric)))
     if row.get("state") == "COMPLETE":
         size, artifact = row.get("size_bytes"), row.get("artifact_bytes")
         metrics = " ".join([
-            _cell(val_accuracy(row), ".4f", 7), _cell(test_accuracy(row), ".4f", 8),
+            _cell(val_accuracy(row), ".4f", val_width), _cell(test_accuracy(row), ".4f", test_width),
             _cell(row.get("latency_ms"), ".4f", 7), f"{'-' if speedup(row) is None else f'{speedup(row):.2f}x':>7}",
             _cell(None if size is None else size / 1024, ".1f", 8),
             _cell(None if not artifact else artifact / 1024, ".1f", 7), f"{_macs(row.get('macs')):>7}",
         ])
     else:
-        metrics = " ".join(f"{'':>{w}}" for w in (7, 8, 7, 7, 8, 7, 7))
+        metrics = " ".join(f"{'':>{w}}" for w in (val_width, test_width, 7, 7, 8, 7, 7))
     head = f"{row.get('trial', ''):>5}{star} {state:<8} {metrics} {markers.mark(row.get('flags') or []):<5}  "
     params = compact_params(row.get("params") or {}, names) or "-"
     if wide:
@@ -160,12 +173,13 @@ def trial_lines(row: Mapping[str, Any], names: Sequence[str], markers: FlagMarke
 
 
 def table_lines(rows: Sequence[Mapping[str, Any]], names: Sequence[str], *, mark_pareto: bool = True,
-                wide: bool = False) -> list[str]:
-    """The header, one block per trial, then the legend of the codes and flags used."""
+                wide: bool = False, metric: str = "accuracy") -> list[str]:
+    """The header, one block per trial, then the legend of the codes and flags used;
+    the metric columns are named after the task's ``metric``."""
     markers = FlagMarkers()
-    lines = [HEADER]
+    lines = [header(metric)]
     for row in rows:
-        lines += trial_lines(row, names, markers, mark_pareto=mark_pareto, wide=wide)
+        lines += trial_lines(row, names, markers, mark_pareto=mark_pareto, wide=wide, metric=metric)
     notes = [("* = on the frontier; " if mark_pareto else "") + "speedup = this trial's baseline latency, timed "
              "in the same run, / its latency; pack_KiB = the packed model file (export --format packed), art_KiB = "
              "the timed .onnx/TorchScript artifact"]

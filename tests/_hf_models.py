@@ -104,8 +104,9 @@ KNOBS: dict[str, dict] = {
     "quant 4-bit qat": {"quant.bits": 4, "quant.mode": "qat"},
     "distill T=4 a=0.7": {"distill.temperature": 4.0, "distill.alpha": 0.7},
     "dsconv": {},  # filled per model: every eligible conv with more than one input channel
+    "lowrank 0.5": {},  # filled per model: every low-rank group at half its rank
     "exits 0+1 @0.9": {"exits.0.enabled": True, "exits.0.threshold": 0.9,
-                       "exits.1.enabled": True, "exits.1.threshold": 0.9},
+                       "exits.1.enabled": True, "exits.1.threshold": 0.9},  # those of the two the model has
 }
 
 
@@ -117,11 +118,13 @@ def dsconv_values(space, model: nn.Module) -> dict[str, bool]:
     return {n: True for n in (wide or names)}
 
 
-def run_knobs(task: Task, *, epochs: int = 1, repeats: int = 50) -> tuple[dict, dict[str, dict]]:
+def run_knobs(task: Task, *, epochs: int | None = 1, repeats: int = 50,
+              finetune_epochs: int | None = 1) -> tuple[dict, dict[str, dict]]:
     """The baseline measurement and, per knob of :data:`KNOBS` the space offers, the
     candidate's measured ratios: ``macs``, ``speedup`` (same-run reference latency /
     latency), ``size``, ``delta`` (metric change on validation), ``test_delta``,
-    ``flags`` and the warnings raised while it was built and measured."""
+    ``flags`` and the warnings raised while it was built and measured.  ``epochs`` and
+    ``finetune_epochs`` (distillation, recovery): ``None`` takes the task's."""
     import warnings
 
     from slimtune.search._task_space import build_space
@@ -129,7 +132,7 @@ def run_knobs(task: Task, *, epochs: int = 1, repeats: int = 50) -> tuple[dict, 
     from slimtune.search._pipeline import EvalSettings, Evaluator
 
     space = build_space(task)
-    settings = EvalSettings(epochs=epochs, finetune_epochs=1, latency_repeats=repeats, latency_warmup=5)
+    settings = EvalSettings(epochs=epochs, finetune_epochs=finetune_epochs, latency_repeats=repeats, latency_warmup=5)
     evaluator = Evaluator(task, space, settings, get_baseline(task))
     base = evaluator.baseline_measurement()
     rows: dict[str, dict] = {}
@@ -138,7 +141,11 @@ def run_knobs(task: Task, *, epochs: int = 1, repeats: int = 50) -> tuple[dict, 
             if "dsconv" in space.omitted:
                 continue
             values = dsconv_values(space, task.build_model())
-        if any(name not in space for name in values):
+        elif label == "lowrank 0.5":
+            values = {p.name: 0.5 for p in space.params if p.family == "lowrank"}
+        elif label.startswith("exits "):
+            values = {k: v for k, v in values.items() if k in space}
+        if not values or any(name not in space for name in values):
             continue  # the space does not offer it (e.g. no exit points): see space.omitted
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

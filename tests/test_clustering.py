@@ -77,7 +77,7 @@ def test_codebook_encoding_is_lossless_and_smaller():
 
 @pytest.fixture(scope="module")
 def evaluator(digits_task, digits_baseline):
-    from slimtune._api import build_space
+    from slimtune.search._task_space import build_space
 
     return Evaluator(digits_task, build_space(digits_task), EvalSettings(**FAST), digits_baseline)
 

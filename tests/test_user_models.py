@@ -343,7 +343,8 @@ def test_the_mlp_on_tabular_data_gets_no_conv_knobs_and_every_other_knob_works()
     assert list(space.omitted) == ["dsconv"] and "no eligible conv" in space.omitted["dsconv"]
     base, rows = hf.run_knobs(task, repeats=20)
     assert base.accuracy > 0.9 and set(rows) == set(hf.KNOBS) - {"dsconv"}
-    assert len(rows["exits 0+1 @0.9"]["exit_rates"]) == 3 and rows["exits 0+1 @0.9"]["delta"] > -0.05
+    # one exit point: after the first hidden layer and its activation (the second leaves only the classifier)
+    assert len(rows["exits 0+1 @0.9"]["exit_rates"]) == 2 and rows["exits 0+1 @0.9"]["delta"] > -0.05
     assert rows["prune channel 0.5"]["macs"] < 0.5 and rows["prune channel 0.5"]["delta"] > -0.1
     assert rows["prune weight 0.5"]["size"] < 0.6 and rows["prune weight 0.5"]["macs"] == 1.0
     assert rows["quant 8-bit ptq"]["kernel_bits"] == 8 and rows["quant 8-bit ptq"]["size"] < 0.3
@@ -418,7 +419,12 @@ def test_show_names_the_metric_and_the_plot_axis_too(tmp_path):
     assert study.metric_name == "f1_macro"
     study.close()
     result = CliRunner().invoke(main, ["show", "f1", "--storage", storage])
-    assert result.exit_code == 0 and "Baseline: f1_macro 0." in result.output, result.output
+    assert result.exit_code == 0 and "Baseline: val_f1_macro 0." in result.output, result.output
+    assert "val_acc" not in result.output
+    from slimtune._cli_tables import table_lines
+
+    head = table_lines([], [], metric="f1_macro")[0]  # the trial table names it too
+    assert "val_f1_macro" in head and "test_f1_macro" in head and "val_acc" not in head
     assert FrontierPlot(metric="f1_macro").y_axis.label == "Validation f1 macro"
     assert FrontierPlot().y_axis.label == "Validation accuracy"
 

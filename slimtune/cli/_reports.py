@@ -12,7 +12,15 @@ from typing import Any
 
 import click
 
-from slimtune._cli_tables import WIDTH, compact_params, speedup, table_lines, test_accuracy, val_accuracy
+from slimtune._cli_tables import (
+    WIDTH,
+    compact_params,
+    metric_labels,
+    speedup,
+    table_lines,
+    test_accuracy,
+    val_accuracy,
+)
 from slimtune._defaults import DEFAULT_STORAGE, STORAGE_ENV
 from slimtune._vocabulary import STATE_WORDS, STUDY_COLUMNS, created_text
 from slimtune.search._early_stopping import rejected_before_training  # light: no torch
@@ -27,7 +35,8 @@ def param_names(study: Any) -> list[str]:
 
 
 def echo_table(rows: list[dict[str, Any]], study: Any, *, mark_pareto: bool = True, wide: bool = False) -> None:
-    for line in table_lines(rows, param_names(study), mark_pareto=mark_pareto, wide=wide):
+    for line in table_lines(rows, param_names(study), mark_pareto=mark_pareto, wide=wide,
+                            metric=getattr(study, "metric_name", "accuracy")):
         click.echo(line)
 
 
@@ -58,7 +67,7 @@ def echo_summary(study: Any, *, wide: bool = False) -> None:
     base_row = base.to_dict()
     test = test_accuracy(base_row)
     metric = getattr(study, "metric_name", "accuracy")
-    names = ("val_acc", "test_acc") if metric == "accuracy" else (metric, f"test {metric}")
+    names = metric_labels(metric)
     echo(f"Baseline: {names[0]} {val_accuracy(base_row):.4f}" + (f", {names[1]} {test:.4f}" if test is not None else "")
          + f", latency {base.latency_ms:.4f} ms ({base.runtime}, {base.threads} thread(s), batch "
          f"{base.batch_size}), packed {base.size_bytes / 1024:.1f} KiB{artifact_kib(base_row)}, {base.macs:,} MACs")
@@ -149,8 +158,9 @@ def echo_evaluation(report: dict[str, Any], *, runtime: str, threads: int, batch
                f"({report['total_seconds']:.1f} s for the candidate)")
     click.echo(f"params: {compact_params(report['params'])}")
     click.echo(f"{'':<14}{'candidate':>14}{'baseline':>14}")
-    rows = (("val_acc", val_accuracy(report), val_accuracy(base), "{:.4f}"),
-            ("test_acc", test_accuracy(report), test_accuracy(base), "{:.4f}"),
+    val_label, test_label = metric_labels(report.get("metric", "accuracy"))
+    rows = ((val_label, val_accuracy(report), val_accuracy(base), "{:.4f}"),
+            (test_label, test_accuracy(report), test_accuracy(base), "{:.4f}"),
             ("latency_ms", report["latency_ms"], base["latency_ms"], "{:.4f}"),
             ("packed_KiB", report["size_bytes"] / 1024, base["size_bytes"] / 1024, "{:.1f}"),
             ("artifact_KiB", (report.get("artifact_bytes") or 0) / 1024 or None,
@@ -184,8 +194,10 @@ def echo_selected(row: dict[str, Any], study: Any, *, split: str, storage: str) 
     """``slimtune select``'s answer: the chosen trial, its parameters, how to export it."""
     test = test_accuracy(row)
     ratio = speedup(row)
-    click.echo(f"trial {row['trial']} (ranked by {'validation' if split == 'val' else 'test'} accuracy): "
-               f"val_acc {val_accuracy(row):.4f}" + (f", test_acc {test:.4f}" if test is not None else "")
+    metric = getattr(study, "metric_name", "accuracy")
+    val_label, test_label = metric_labels(metric)
+    click.echo(f"trial {row['trial']} (ranked by {'validation' if split == 'val' else 'test'} {metric}): "
+               f"{val_label} {val_accuracy(row):.4f}" + (f", {test_label} {test:.4f}" if test is not None else "")
                + f", latency {row['latency_ms']:.4f} ms"
                + (f" ({ratio:.2f}x the baseline timed in the same run)" if ratio else "")
                + f", packed {row['size_bytes'] / 1024:.1f} KiB{artifact_kib(row)}, {row['macs']:,} MACs")

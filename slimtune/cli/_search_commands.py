@@ -32,7 +32,7 @@ from slimtune.cli._options import (
     wide_option,
 )
 from slimtune.cli._reports import echo_evaluation, echo_json, echo_report, echo_trial_line
-from slimtune.cli._user_errors import UserError, user_errors
+from slimtune.cli._user_errors import UserError, _user_error_types, user_errors
 from slimtune.cli._workers import EXIT_CODES, run_workers, stop_signals
 from slimtune.search._interrupts import Interrupted  # light: no torch
 from slimtune.search._measurement import RUNTIMES  # light: no torch
@@ -83,8 +83,15 @@ def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: st
     from slimtune.search._eval_one import evaluate_one
 
     check_int8_format()
-    report = evaluate_one(task_spec, parse_assignments(sets), epochs=epochs, runtime=runtime, threads=threads,
-                          batch_size=batch_size, seed=seed, progress=not as_json, use_cache=not no_cache)
+    try:
+        report = evaluate_one(task_spec, parse_assignments(sets), epochs=epochs, runtime=runtime, threads=threads,
+                              batch_size=batch_size, seed=seed, progress=not as_json, use_cache=not no_cache)
+    except Exception as exc:
+        if isinstance(exc, _user_error_types()):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        click.echo(f"Error: the candidate failed: {type(exc).__name__}: {first}", err=True)  # one line, no traceback
+        sys.exit(1)
     if as_json:
         echo_json(report)
         return
@@ -178,10 +185,13 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
     )
     try:
         if worker_id is not None:  # a child of --workers: one line per trial, no summary
-            study.optimize(n_trials=n_trials, timeout=timeout, backend=backend, progress=False,
-                           callbacks=[echo_trial_line], warm_start=warm_start, **nni_options)
+            rows = study.optimize(n_trials=n_trials, timeout=timeout, backend=backend, progress=False,
+                                  callbacks=[echo_trial_line], warm_start=warm_start, **nni_options)
+            if any(r.get("state") == "FAIL" for r in rows):
+                sys.exit(1)  # its lines said which; the parent counts this worker as failed
             return
         before = len(study.trials())
+        failed_trials: list[dict] = []
         if not as_json:
             click.echo(f"Study {study.name!r} ({study.storage}): {before} earlier trials; running "
                        + (f"{n_trials} trials" if n_trials else "") + (" " if n_trials and timeout else "")
@@ -191,8 +201,9 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
             failed = run_workers(click.get_current_context(), workers, n_trials, seed, as_json)
         else:
             failed = []
-            study.optimize(n_trials=n_trials, timeout=timeout, backend=backend, progress=not as_json,
-                           warm_start=warm_start, **nni_options)
+            rows = study.optimize(n_trials=n_trials, timeout=timeout, backend=backend, progress=not as_json,
+                                  warm_start=warm_start, **nni_options)
+            failed_trials = [r for r in rows if r.get("state") == "FAIL"]
         if as_json:
             echo_json(study.frontier())
         else:
@@ -201,6 +212,10 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
         study.close()
     if failed:
         raise click.ClickException(f"{len(failed)} of {workers} workers failed: " + "; ".join(failed))
+    if failed_trials:  # each printed one line as it failed; the exit code says so too
+        first = failed_trials[0]
+        raise click.ClickException(f"{len(failed_trials)} of {len(rows)} trials failed (trial {first.get('trial')}: "
+                                   f"{(str(first.get('error') or '').splitlines() or [''])[-1][:200]}).")
 
 
 @main.command()

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from slimtune._cli_tables import val_accuracy
+from slimtune._cli_tables import metric_labels, val_accuracy
 from slimtune.cli._main import main, quiet_optuna
 from slimtune.cli._options import FRACTION, POSITIVE, storage_option, wide_option
 from slimtune.cli._reports import echo_frontier, echo_json, echo_selected, echo_study_list, echo_summary, echo_table
@@ -141,7 +141,8 @@ def export(study_name: str, trial: int, out: str, fmt: str | None, storage: str)
                 click.echo(f"note: {w.message}", err=True)
         size = path.stat().st_size
         shown = fmt or ("packed" if path.suffix == ".slim" else cand.artifact()[1])
-        click.echo(f"Wrote {path} ({shown}, {size:,} bytes): trial {trial}, val_acc "
+        click.echo(f"Wrote {path} ({shown}, {size:,} bytes): trial {trial}, "
+                   f"{metric_labels(getattr(study, 'metric_name', 'accuracy'))[0]} "
                    f"{val_accuracy(cand.row):.4f}, latency {cand.latency_ms:.4f} ms")
     finally:
         study.close()

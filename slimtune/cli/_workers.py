@@ -77,7 +77,10 @@ def run_workers(ctx: click.Context, workers: int, n_trials: int | None, seed: in
     else:
         shares = [None] * workers
     base = worker_argv(ctx, {"workers", "worker_id", "n_trials", "seed", "as_json", "storage"})
-    env = {**os.environ, "SLIMTUNE_STORAGE": ctx.params["storage"]}  # not on the command line: `ps` shows it
+    from slimtune.tasks import worker_environment
+
+    # not on the command line: `ps` shows it; the task module resolves to the parent's file
+    env = worker_environment({**os.environ, "SLIMTUNE_STORAGE": ctx.params["storage"]})
     # the workers share the cores: unless the user chose, each gets its part of them (torch reads this at start)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     children: list[tuple[int, subprocess.Popen]] = []

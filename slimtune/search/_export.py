@@ -45,13 +45,20 @@ class ExportError(ValueError):
 
 def format_for_path(path: "str | Path", format: str | None = None) -> str | None:
     """The format to write ``path`` in: ``format`` when given, else the one its extension
-    means (``None`` for an extension that means none).
+    means (``None`` for a name without an extension: the format that was timed).
 
     Raises:
-        ExportError: ``format`` contradicts the extension (e.g. ONNX bytes into ``best.pt``).
+        ExportError: ``format`` contradicts the extension (e.g. ONNX bytes into ``best.pt``),
+            or the extension names a format slimtune does not write (``model.tflite``)
+            and no ``format`` is given.
     """
     suffix = Path(path).suffix.lower()
     implied = EXTENSION_FORMATS.get(suffix)
+    if format is None and suffix and implied is None:
+        known = ", ".join(EXTENSION_FORMATS)
+        raise ExportError(f"`--out` {str(path)!r} ends in {suffix}, a format slimtune does not write (it writes the "
+                          f"timed ONNX or TorchScript artifact, or the packed file): use one of {known}, or give "
+                          "--format to write that format under this name.")
     if format is not None and implied is not None and format != implied:
         raise ExportError(f"`--out` {str(path)!r} ends in {suffix}, which means {implied}, but `--format` is {format!r}; "
                           f"use a {_extensions(format)} file or drop --format.")

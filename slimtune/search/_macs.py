@@ -1,8 +1,11 @@
 """Multiply-accumulates and parameter counts.
 
 MACs are counted per sample with forward hooks on ``nn.Conv2d`` and ``nn.Linear``
-(their subclasses included, e.g. QAT modules); other layers (BatchNorm, pooling,
-activations) are not counted.  Early-exit models (anything with a ``segments()``
+(their subclasses included, e.g. QAT modules), plus the matrix products a forward
+calls outside those layers (attention: ``nn.MultiheadAttention``'s projections, the
+query-key and attention-value products, ``matmul``/``bmm``/``linear`` calls, seen
+through a ``TorchFunctionMode``); other layers (BatchNorm, pooling, activations) are
+not counted.  Early-exit models (anything with a ``segments()``
 method, see :class:`slimtune.spaces.exits.EarlyExitNet`) are counted piece by piece
 so the MACs can be weighted by the share of samples leaving at each exit.
 
@@ -18,7 +21,9 @@ import math
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 __all__ = ["count_macs", "count_params", "layer_macs"]
 
@@ -39,22 +44,80 @@ def _batch_size(x: torch.Tensor) -> int:
     return int(x.shape[0])
 
 
+class _MatmulCounter(TorchFunctionMode):
+    """Counts the MACs of matrix products called outside Conv2d/Linear layers (whose
+    own calls their hooks count): ``depth`` is how many such layers are running."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+        self.depth = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.depth == 0:
+            self.total += _function_macs(func, args, kwargs, out)
+        return out
+
+
+def _function_macs(func, args: tuple, kwargs: dict, out: object) -> int:
+    """MACs of one call of a matrix product (0 for anything else)."""
+    if func is F.multi_head_attention_forward:  # one call for nn.MultiheadAttention's projections and products
+        query, key, value = args[:3]  # (L, N, E), (S, N, Ek), (S, N, Ev)
+        length, batch, embed = query.shape[0], query.shape[1] if query.dim() == 3 else 1, query.shape[-1]
+        source = key.shape[0]
+        projections = length * embed * embed * 2 + source * (key.shape[-1] + value.shape[-1]) * embed
+        return int(batch * (projections + 2 * length * source * embed))
+    if not isinstance(out, torch.Tensor):
+        return 0
+    if func in (F.linear, torch._C._nn.linear):
+        weight = args[1] if len(args) > 1 else kwargs.get("weight")
+        return out.numel() * int(weight.shape[-1]) if isinstance(weight, torch.Tensor) else 0
+    if func in _PRODUCTS:
+        a = args[0]
+        return out.numel() * int(a.shape[-1]) if isinstance(a, torch.Tensor) and a.dim() >= 1 else 0
+    if func in _ADD_PRODUCTS:  # baddbmm / addmm(input, a, b)
+        a = args[1] if len(args) > 1 else None
+        return out.numel() * int(a.shape[-1]) if isinstance(a, torch.Tensor) and a.dim() >= 1 else 0
+    if func is F.scaled_dot_product_attention:
+        query, key = args[0], args[1]
+        # scores (L x S, over E) and the weighted sum of values (L x Ev, over S)
+        return int(query.numel() // query.shape[-1] * key.shape[-2] * query.shape[-1]) + int(out.numel() * key.shape[-2])
+    return 0
+
+
+_PRODUCTS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm, torch.mm,
+             torch.Tensor.mm)
+_ADD_PRODUCTS = (torch.baddbmm, torch.Tensor.baddbmm, torch.addmm, torch.Tensor.addmm)
+
+
 def _run_counted(module: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
     """Run ``module(x)`` and return (MACs for the whole batch, output)."""
     total = 0
+    counter = _MatmulCounter()
+
+    def enter(mod: nn.Module, _inputs: object) -> None:
+        counter.depth += 1
 
     def hook(mod: nn.Module, _inputs: object, output: torch.Tensor) -> None:
         nonlocal total
+        counter.depth -= 1
         if isinstance(output, torch.Tensor):
             total += _module_macs(mod, output)
 
-    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_pre_hook(enter) for m in layers] + [m.register_forward_hook(hook) for m in layers]
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # attention as its products, not one fused op
     try:
-        output = module(x)
+        with counter:
+            output = module(x)
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for handle in handles:
             handle.remove()
-    return total, output
+    return total + counter.total, output
 
 
 def layer_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:

@@ -36,7 +36,7 @@ from torch import nn
 from slimtune.search._cpu import cpu_features, u8s8_can_saturate
 from slimtune.search._measurement import Measurement
 from slimtune.spaces._lowering import QUANTIZABLE, snap_weights
-from slimtune.tasks._data import Split, TensorSplit
+from slimtune.tasks._data import Split, TensorSplit, model_input
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimtune.search._runtimes import CompiledModel
@@ -222,7 +222,7 @@ def runtime_agreement(model: nn.Module, bits: int, x: torch.Tensor, logits: np.n
     (``exits``), i.e. the torch logits of that same exit head; the exit decision
     itself is not compared, because a confidence within rounding of a threshold may
     legitimately go either way."""
-    x = torch.as_tensor(x).float()
+    x = model_input(x)
     return _agreeing(fake_quant_reference(model, bits), x, logits, exits) / len(x)
 
 
@@ -308,7 +308,7 @@ def _accuracy(compiled: "CompiledModel", data: Split, eval_batch: int,
             take = min(len(x) - at, AGREEMENT_SAMPLES - checked, AGREEMENT_STEP - checked % AGREEMENT_STEP)
             if take <= 0:
                 break
-            agreeing += _agreeing(reference, torch.as_tensor(x[at:at + take]).float(),
+            agreeing += _agreeing(reference, model_input(x[at:at + take]),
                                   np.asarray(chunk_logits)[at:at + take],
                                   None if chunk_exits is None else np.asarray(chunk_exits)[at:at + take])
             checked, at = checked + take, at + take

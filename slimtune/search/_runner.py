@@ -200,7 +200,9 @@ class TrialRunner:
             outcome.state, outcome.values, outcome.constraints = "FAIL", None, {}
             if isinstance(exc, catch):
                 outcome.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                logger.warning("Trial %d failed: %s\n%s", outcome.number, outcome.error, traceback.format_exc())
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                logger.warning("Trial %d failed: %s: %s", outcome.number, type(exc).__name__, first)  # one line
+                logger.debug("Trial %d failed:\n%s", outcome.number, traceback.format_exc())
             else:  # KeyboardInterrupt, SIGTERM: record, then re-raise
                 name = exc.signal_name if isinstance(exc, Interrupted) else type(exc).__name__
                 outcome.error = f"interrupted ({name})"

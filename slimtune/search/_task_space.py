@@ -14,9 +14,17 @@ from slimtune.spaces._space import Space
 from slimtune.tasks._task import Task
 
 
-def build_space(task: Task, *, fixed: Mapping[str, Any] | None = None, families: list[str] | None = None) -> Space:
-    """The joint space of ``task``'s baseline model (checks the model outputs logits)."""
+def build_space(task: Task, *, fixed: Mapping[str, Any] | None = None, families: list[str] | None = None,
+                runtime: str = "onnxruntime") -> Space:
+    """The joint space of ``task``'s baseline model (checks the model outputs logits),
+    without the families that fail when tried on the model (structure only, on a few
+    training samples, compiled for ``runtime``: :mod:`slimtune.search._space_trial`),
+    each with its one-line reason in ``space.omitted``."""
+    from slimtune.search._space_trial import tried_space
+
     task.check_model()
     names = families if families is not None else knob_families()
     options = {name: opts for name in names if (opts := get_knob(name).task_options(task.extra))}  # e.g. exits_after
-    return Space.for_model(task.build_model(), families=families, fixed=fixed, options=options)
+    space = Space.for_model(task.build_model(), families=families, fixed=fixed, options=options)
+    return tried_space(space, task.build_model, task.example_input(8), num_classes=task.num_classes,
+                       key=task.fingerprint(), runtime=runtime)

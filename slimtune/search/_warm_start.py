@@ -10,8 +10,11 @@ at a time, drawn from the parameters as data
 ``benchmarks/frontier_ceiling.py``); a task that knows better gives its own list with
 ``Task(extra={"warm_starts": [...]})`` (the built-in tasks do, digits and
 Fashion-MNIST the same list: int8 alone, DS-conv on every conv but the stem, int8 with
-half the channels, 4-bit weights with half of them pruned), and this module turns that
-list into trials.  On digits, real 20-trial searches (seeds 0-3) found a candidate
+half the channels, 4-bit weights with half of them pruned; ``Task.from_model`` gives
+every model those recipes adapted to it, :func:`slimtune.tasks._builtin.model_warm_starts`:
+int8 alone, int8 with a third of the channels, a third of the channels alone, DS-conv on
+the convs with more than a few input channels, 4-bit QAT with half the weights), and this module turns that list into
+trials.  On digits, real 20-trial searches (seeds 0-3) found a candidate
 within 1 validation point of the baseline 2.11-2.46x faster with that list, 1.02-1.67x
 with the neighbourhood (``slimtune.tasks._builtin.DIGITS_WARM_STARTS``).  The core names no knob: the
 names come from the task.

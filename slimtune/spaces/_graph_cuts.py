@@ -19,58 +19,22 @@ Example:
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
 import torch.fx
 from torch import nn
 
-__all__ = ["TraceFailure", "auto_cut_names", "find_cuts", "reproduces", "split", "trace", "trace_with_leaves"]
+from slimtune.spaces._attention import attention_blocks
+from slimtune.spaces._hf_trace import hf_trace as _hf_trace
+
+__all__ = ["TraceFailure", "auto_cut_names", "find_cuts", "is_head_of_blocks", "reproduces", "split", "trace",
+           "trace_with_leaves", "why_not_a_cut"]
 
 
 class TraceFailure(RuntimeError):
     """The model cannot be traced into a graph (the reason is the message)."""
-
-
-def _hf_trace(model: nn.Module) -> torch.fx.GraphModule | None:
-    """``transformers``' own fx tracer for a ``LogitsOutput`` around a supported
-    ``PreTrainedModel``, its output rewired to the logits; None when it does not apply."""
-    from slimtune.tasks._outputs import LogitsOutput
-
-    if not isinstance(model, LogitsOutput) or model.spec != "logits":
-        return None
-    try:
-        from transformers import PreTrainedModel
-        from transformers.utils.fx import symbolic_trace as hf_symbolic_trace
-    except ImportError:
-        return None
-    inner = model.model
-    if not isinstance(inner, PreTrainedModel):
-        return None
-    import warnings
-
-    saved = dict(vars(torch))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            graph_module = hf_symbolic_trace(inner, input_names=["pixel_values"])
-    finally:
-        # transformers' tracer replaces torch.arange, torch.tensor, ... while tracing and
-        # leaves them replaced when it fails part-way (seen with ConvNeXt): put them back
-        for name, value in saved.items():
-            if vars(torch).get(name) is not value:
-                setattr(torch, name, value)
-    graph = graph_module.graph
-    output = next(n for n in graph.nodes if n.op == "output")
-    result = output.args[0]
-    logits = result.get("logits") if isinstance(result, dict) else None
-    if not isinstance(logits, torch.fx.Node):
-        return None
-    output.args = (logits,)
-    graph.eliminate_dead_code()
-    graph_module.recompile()
-    graph_module.traced_inner = True  # module names are those of model.model
-    return graph_module
 
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -86,22 +50,55 @@ def _extends_a_torch_layer(m: nn.Module) -> bool:
     return any(base.__module__.startswith("torch.nn.") and base is not nn.Module for base in type(m).__mro__[1:])
 
 
-class _LeafTracer(torch.fx.Tracer):
-    """A torch.fx tracer that keeps the modules of ``leaf_types`` and subclasses of
-    torch.nn layers whole (one ``call_module`` node) and remembers the innermost
-    module whose forward failed."""
+class _KnownProxy(torch.fx.Proxy):
+    """The model's input or a parameter while tracing: its ``dtype`` is known (a
+    forward that compares them, e.g. ``transformers``' ViT casting its pixels to its
+    weights' dtype, then traces)."""
 
-    def __init__(self, leaf_types: set[type]) -> None:
+    def __getattr__(self, k: str) -> Any:
+        if k == "dtype":
+            if self.node.op == "placeholder":
+                return self.tracer.input_dtype  # type: ignore[attr-defined]
+            owner, _, leaf = str(self.node.target).rpartition(".")
+            module = self.tracer.root.get_submodule(owner)  # type: ignore[attr-defined]
+            value = module._parameters.get(leaf, module._buffers.get(leaf, module.__dict__.get(leaf)))
+            if isinstance(value, torch.Tensor):
+                return value.dtype
+        return super().__getattr__(k)
+
+
+class _LeafTracer(torch.fx.Tracer):
+    """A torch.fx tracer that keeps the modules of ``leaf_types``, attention modules
+    and subclasses of torch.nn layers whole (one ``call_module`` node), runs an
+    ``nn.TransformerEncoder`` given no mask as its layers one by one (so that exits can
+    go between them), and remembers the innermost module whose forward failed."""
+
+    def __init__(self, leaf_types: set[type], input_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.leaf_types = leaf_types
+        self.input_dtype = input_dtype
         self.failed: tuple[type, str, BaseException] | None = None
 
+    def trace(self, root: Any, concrete_args: Any = None) -> torch.fx.Graph:
+        self.attention_types = attention_blocks(root) if isinstance(root, nn.Module) else ()
+        return super().trace(root, concrete_args)
+
+    def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
+        return _KnownProxy(node, self) if node.op in ("placeholder", "get_attr") else super().proxy(node)
+
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return (type(m) in self.leaf_types or _extends_a_torch_layer(m)
+        if type(m) is nn.TransformerEncoder:
+            return False
+        return (type(m) in self.leaf_types or isinstance(m, self.attention_types) or _extends_a_torch_layer(m)
                 or super().is_leaf_module(m, module_qualified_name))
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
         try:
+            if type(m) is nn.TransformerEncoder and _no_masks(args, kwargs):
+                x = args[0]
+                for layer in m.layers:
+                    x = self.call_module(layer, layer.forward, (x,), {})
+                return self.call_module(m.norm, m.norm.forward, (x,), {}) if m.norm is not None else x
             return super().call_module(m, forward, args, kwargs)
         except Exception as exc:
             if self.failed is None:  # the innermost module sees the error first
@@ -109,12 +106,19 @@ class _LeafTracer(torch.fx.Tracer):
             raise
 
 
+def _no_masks(args: tuple, kwargs: dict) -> bool:
+    """An ``nn.TransformerEncoder`` called on its input alone (no mask, not causal):
+    then it is its layers one after another, then its norm."""
+    return len(args) == 1 and all(v is None or v is False for v in kwargs.values())
+
+
 def _first_line(exc: BaseException, limit: int = 120) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0][:limit] if text else ''}"
 
 
-def trace_with_leaves(model: nn.Module, max_leaf_types: int = 32) -> tuple[torch.fx.GraphModule, list[str]]:
+def trace_with_leaves(model: nn.Module, max_leaf_types: int = 32,
+                      input_dtype: torch.dtype = torch.float32) -> tuple[torch.fx.GraphModule, list[str]]:
     """``model`` as an fx graph where every module class whose forward torch.fx
     cannot trace is kept whole (a leaf; all modules of that class, since they run
     the same code): trace, and on a failure inside a submodule make its class a leaf
@@ -127,7 +131,7 @@ def trace_with_leaves(model: nn.Module, max_leaf_types: int = 32) -> tuple[torch
     """
     leaves: set[type] = set()
     while True:
-        tracer = _LeafTracer(leaves)
+        tracer = _LeafTracer(leaves, input_dtype)
         try:
             graph = tracer.trace(model)
         except Exception as exc:  # noqa: BLE001 - data-dependent control flow, custom ops, ...
@@ -140,19 +144,22 @@ def trace_with_leaves(model: nn.Module, max_leaf_types: int = 32) -> tuple[torch
         return torch.fx.GraphModule(tracer.root, graph, name), sorted(t.__name__ for t in leaves)
 
 
-def trace(model: nn.Module) -> torch.fx.GraphModule:
+def trace(model: nn.Module, input_dtype: torch.dtype | None = None) -> torch.fx.GraphModule:
     """``model`` as an fx graph (sharing its modules and parameters).
 
     In this order: torch.fx as it is; for a ``transformers`` model, their own fx
     tracer (as before, so that stored exit models keep their ``state_dict`` keys);
     torch.fx with the submodules it cannot trace kept whole (see
-    :func:`trace_with_leaves`).
+    :func:`trace_with_leaves`).  ``input_dtype`` is the input's dtype where the forward
+    reads it (default: int64 for a model with an ``nn.Embedding``, else float32).
 
     Raises:
         TraceFailure: none of these can trace it (the model's own forward cannot be).
     """
+    if input_dtype is None:
+        input_dtype = torch.int64 if any(isinstance(m, nn.Embedding) for m in model.modules()) else torch.float32
     try:
-        return trace_with_leaves(model, max_leaf_types=0)[0]
+        return trace_with_leaves(model, max_leaf_types=0, input_dtype=input_dtype)[0]
     except TraceFailure as exc:
         first = str(exc)
     try:
@@ -165,7 +172,7 @@ def trace(model: nn.Module) -> torch.fx.GraphModule:
     if traced is not None:
         return traced
     try:
-        return trace_with_leaves(model)[0]
+        return trace_with_leaves(model, input_dtype=input_dtype)[0]
     except TraceFailure as exc:
         raise TraceFailure(f"torch.fx cannot trace the model ({(str(exc) + hf_failure)[:200]})") from None
 
@@ -213,6 +220,11 @@ def _single_tensor_cuts(graph: torch.fx.Graph) -> set[int]:
     return cuts
 
 
+def _takes_an_item(node: torch.fx.Node, source: torch.fx.Node) -> bool:
+    """Whether ``node`` is ``source[i]`` (an item of what a module returned)."""
+    return node.op == "call_function" and node.target is operator.getitem and node.args[:1] == (source,)
+
+
 def find_cuts(graph_module: torch.fx.GraphModule) -> dict[str, int]:
     """``{module name: graph position}`` for every submodule after which a single
     tensor flows: the last node that uses the module (or anything under it) is
@@ -231,9 +243,10 @@ def find_cuts(graph_module: torch.fx.GraphModule) -> dict[str, int]:
     for name, position in last.items():
         # the module's output may be followed by parameter-free ops (an activation)
         # before the next module: cut at the first single-tensor point before it
+        # (a module returning a tuple, e.g. a transformers layer, is followed by the item taken from it)
         end = position
-        while end < len(nodes) - 1 and end not in cuts and _owner(nodes[end + 1]) is None \
-                and nodes[end + 1].op != "output" and len(nodes[end].users) == 1:
+        while end < len(nodes) - 1 and (end not in cuts or _takes_an_item(nodes[end + 1], nodes[end])) \
+                and _owner(nodes[end + 1]) is None and nodes[end + 1].op != "output" and len(nodes[end].users) == 1:
             end += 1
         if end in cuts:
             out[name] = end
@@ -248,7 +261,8 @@ def auto_cut_names(graph_module: torch.fx.GraphModule, cuts: dict[str, int], max
     more dimensions, counted whole for a leaf; normalization layers do not count)
     before the cut and two after (more than the final classifier).
     Candidates come in groups: the numbered children of one container (``stages.0``,
-    ``stages.1``, ...), or the model's top-level children.  The group that cuts the
+    ``stages.1``, ...), or the model's top-level children; of candidates with no
+    weighted module between them (a layer, its norm and its activation) the last is kept.  The group that cuts the
     model into the most substantial pieces (two or more weighted modules) wins
     (ties: more cuts, then the shallower group); at most ``max_points``, evenly spread
     (the middle of each of ``max_points`` equal runs of candidates).
@@ -275,6 +289,9 @@ def auto_cut_names(graph_module: torch.fx.GraphModule, cuts: dict[str, int], max
     best_key = None
     for parent, names in groups.items():
         unique = list({cuts[n]: n for n in sorted(names, key=lambda n: cuts[n])}.values())
+        # of cuts with no weighted module between them (a layer, its norm, its activation) keep the last
+        unique = [n for n, after in zip(unique, [*unique[1:], None])
+                  if after is None or any(cuts[n] < i <= cuts[after] for i in weighted)]
         depth = 0 if parent == "<top>" else parent.count(".") + 1 + (parent != "")
         bounds = [-1, *(cuts[n] for n in unique), len(nodes)]
         chunks = [sum(lo < i <= hi for i in weighted) for lo, hi in zip(bounds, bounds[1:])]
@@ -285,6 +302,18 @@ def auto_cut_names(graph_module: torch.fx.GraphModule, cuts: dict[str, int], max
         step = len(best) / max_points
         best = [best[int((i + 0.5) * step)] for i in range(max_points)]
     return sorted(best, key=lambda n: cuts[n])
+
+
+class Piece(torch.fx.GraphModule):
+    """A piece of a traced model.  A failing call raises without torch.fx's printout of
+    the generated code on stderr: code that probes models (e.g. tracing them again to
+    find BatchNorms to fold, which a piece traced by ``transformers``' tracer refuses)
+    gets the error alone."""
+
+    def recompile(self) -> Any:
+        out = super().recompile()
+        type(self).__call__ = nn.Module.__call__  # recompile wraps __call__ to print; unwrap it
+        return out
 
 
 def split(graph_module: torch.fx.GraphModule, positions: list[int]) -> list[torch.fx.GraphModule]:
@@ -311,7 +340,7 @@ def split(graph_module: torch.fx.GraphModule, positions: list[int]) -> list[torc
             env[node] = graph.node_copy(node, lambda n: _fetch(n, env, graph))
         if not final:
             graph.output(env[nodes[end]])
-        pieces.append(torch.fx.GraphModule(graph_module, graph, class_name=f"Piece{len(pieces)}"))
+        pieces.append(Piece(graph_module, graph, class_name=f"Piece{len(pieces)}"))
         carried = nodes[end]
         start = end + 1
     return pieces
@@ -325,3 +354,40 @@ def _fetch(node: torch.fx.Node, env: dict, graph: torch.fx.Graph) -> Any:
         env[node] = graph.get_attr(node.target)
         return env[node]
     raise ValueError(f"The graph cannot be cut there: {node.name} is needed on both sides.")
+
+
+def is_head_of_blocks(model: nn.Module) -> bool:
+    """Whether ``model``'s forward is exactly ``head(blocks(x))`` (read from its torch.fx
+    graph with ``blocks`` and ``head`` kept whole)."""
+    from slimtune.tasks._models import BlockClassifier
+
+    if type(model).forward is BlockClassifier.forward:
+        return True
+    whole = (model.blocks, model.head)
+
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+            return any(m is w for w in whole) or super().is_leaf_module(m, module_qualified_name)
+
+    try:
+        graph = Tracer().trace(model)
+    except Exception:  # noqa: BLE001 - control flow, custom ops: not a plain chain
+        return False
+    nodes = list(graph.nodes)
+    if [(n.op, str(n.target)) for n in nodes[1:]] != [("call_module", "blocks"), ("call_module", "head"),
+                                                      ("output", "output")] or nodes[0].op != "placeholder":
+        return False
+    return nodes[1].args == (nodes[0],) and nodes[2].args == (nodes[1],) and nodes[3].args == (nodes[2],)
+
+
+def why_not_a_cut(graph: torch.fx.GraphModule, key: str, prefix: str) -> str:
+    """Why the model cannot stop after the module ``key`` (not in the cuts of ``graph``)."""
+    called = {str(n.target) for n in graph.graph.nodes if n.op in ("call_module", "get_attr")}
+    if not any(t == key or t.startswith(key + ".") for t in called):
+        whole = next((t for t in sorted(called, key=len) if key.startswith(t + ".")), None)
+        if whole is not None:
+            return (f"it runs inside {prefix + whole!r}, which the trace keeps whole (its forward cannot be traced, "
+                    "or it is a torch.nn layer), so the model cannot stop after it; name that module or one outside it.")
+        return "the model's forward never calls it, so the model cannot stop after it."
+    return ("more than one value flows past it (e.g. a residual or a skip connection, or a mask every layer reads), "
+            "so the model cannot stop there.")

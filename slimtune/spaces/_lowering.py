@@ -110,8 +110,8 @@ def snap_weights(model: nn.Module, bits: int) -> int:
 def _traced_pairs(module: nn.Module) -> tuple[list[tuple[str, str]], set[str]] | None:
     """Conv -> BN pairs found by FX tracing ``module`` and the names of the modules
     the trace called (None if it cannot be traced)."""
-    try:
-        graph = torch.fx.symbolic_trace(module).graph
+    try:  # a graph module (e.g. a piece of a model cut for early exits) is its graph already
+        graph = module.graph if isinstance(module, torch.fx.GraphModule) else torch.fx.symbolic_trace(module).graph
     except Exception:  # noqa: BLE001 - data-dependent control flow, custom ops, ...
         return None
     modules = dict(module.named_modules())

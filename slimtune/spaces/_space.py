@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
@@ -98,6 +99,31 @@ class Space:
 
     def knob_values(self, knob: Knob, values: Mapping[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in values.items() if self._knob_of.get(k) is knob}
+
+    def knob_params(self, knob: Knob) -> list[Param]:
+        """The parameters ``knob`` offers in this space, in order."""
+        return [p for name, p in self._params.items() if self._knob_of[name] is knob]
+
+    def without(self, reasons: Mapping[str, str]) -> "Space":
+        """This space without the families in ``reasons`` (``{family: why}``, e.g.
+        those that failed when tried on the model): they join :attr:`omitted`.
+
+        Raises:
+            SpaceError: a parameter of a left-out family is fixed.
+        """
+        if not reasons:
+            return self
+        fixed = [name for name in self.fixed if self._knob_of[name].family in reasons]
+        if fixed:
+            family = self._knob_of[fixed[0]].family
+            raise SpaceError(f"`{fixed[0]}` is fixed, but the space offers no {family} parameter for this model: "
+                             f"{reasons[family]}.")
+        out = copy.copy(self)
+        out.knobs = [k for k in self.knobs if k.family not in reasons]
+        out._params = {n: p for n, p in self._params.items() if self._knob_of[n].family not in reasons}
+        out._knob_of = {n: k for n, k in self._knob_of.items() if n in out._params}
+        out.omitted = {**self.omitted, **{f: r for f, r in reasons.items() if f not in self.omitted}}
+        return out
 
     # -- what the knobs say about a candidate ----------------------------------------
     def training_hooks(self, values: Mapping[str, Any]) -> TrainingHooks:

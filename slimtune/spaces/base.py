@@ -288,6 +288,26 @@ class Knob(ABC):
         (all samples leave at the first exit).  Default: ``values`` unchanged."""
         return dict(values)
 
+    def trial_values(self, params: Sequence[Param]) -> list[dict[str, Any]]:
+        """Representative settings of this family for ``params`` (its parameters for one
+        model), tried on the model (structure only) before a space offers the family.
+        Default: every switch on, every number whose default is an end of its range
+        (off) at the middle of the range, others at their defaults; once with each
+        categorical at its default and once at the choice farthest from it (e.g.
+        ``weight`` and ``channel`` pruning, 32 and 2 bits)."""
+        base: dict[str, Any] = {}
+        for p in params:
+            if p.kind == "bool":
+                base[p.name] = True
+            elif p.kind in ("float", "int") and p.default in (p.low, p.high):
+                middle = (float(p.low) + float(p.high)) / 2  # type: ignore[arg-type]
+                base[p.name] = int(round(middle)) if p.kind == "int" else middle
+            else:
+                base[p.name] = p.default
+        farthest = {p.name: max(p.choices, key=lambda c: abs(p.choices.index(c) - p.choices.index(p.default)))
+                    for p in params if p.kind == "categorical" and p.default in p.choices and len(p.choices) > 1}
+        return [base, {**base, **farthest}] if farthest else [base]
+
     def weight_bits(self, values: Mapping[str, Any]) -> int | None:
         """The bits the runtime compiles the weights at for ``values`` (quantization's
         ``quant.bits``), or None when this knob does not quantize (the default)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import torch
+import torch.fx
 from torch import nn
 
 from slimtune.spaces.base import Knob, KnobContext, Param, SpaceError, close_matches, replace_module
@@ -83,6 +84,18 @@ class DepthwiseSeparableConv(nn.Sequential):
     @property
     def dilation(self) -> tuple[int, ...]:
         return self.depthwise.dilation
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The equivalent dense kernel (for code that reads a conv's weight, e.g. its
+        dtype; while torch.fx traces, the pointwise weight, whose dtype the trace knows)."""
+        if torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+            return self.pointwise.weight
+        return self.composite_kernel()
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.pointwise.bias
 
     @property
     def depthwise(self) -> nn.Conv2d:

@@ -1,14 +1,18 @@
 """Early exits (dynamic computation): a sample leaves at the first confident exit.
 
 Exit points are the boundaries after each block of ``model.blocks`` except the last
-(a *block classifier*: ``blocks`` is an ``nn.Sequential`` and ``head`` the final
-classifier, see :mod:`slimtune.tasks._models`).  Any other model is traced with
-torch.fx (submodules it cannot trace kept whole) and cut after modules where a single
-tensor flows (e.g. after each stage of a ``transformers`` ResNet or ConvNeXt, or after
-layers of its MobileNetV2), chosen automatically or named with ``exits_after``
-(:class:`ExitChain`); where none exists (or the model cannot be traced) this knob
-offers no parameters, and says why.  The pieces are checked to reproduce the model's
-output exactly before exit heads are attached.
+(a *block classifier*: ``blocks`` is an ``nn.Sequential``, ``head`` the final
+classifier and the forward exactly ``head(blocks(x))``, see
+:mod:`slimtune.tasks._models`).  Any other model, a ViT with ``blocks`` and ``head``
+included, is traced with torch.fx (submodules it cannot trace, attention blocks and
+torch.nn layers kept whole; an ``nn.TransformerEncoder`` as its layers one by one;
+``transformers`` models by their own tracer where it works) and cut after modules where
+a single tensor flows (e.g. after each stage of a ``transformers`` ResNet or ConvNeXt,
+each layer of its ViT, BERT or DistilBERT), chosen automatically or named with
+``exits_after`` (:class:`ExitChain`); where none exists (or the model cannot be traced)
+this knob offers no parameters, and says why.  The pieces are checked to reproduce the
+model's output exactly before exit heads are attached (pooled feature maps, the mean of
+token features, or feature vectors feed the heads).
 
 Example:
     >>> net = EarlyExits().apply(small_cnn(), {"exits.0.enabled": True, "exits.0.threshold": 0.8}, ctx)
@@ -25,56 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimtune.spaces.base import Knob, KnobContext, Param, SpaceError, TrainingHooks, close_matches
+from slimtune.spaces._exit_heads import ExitHead, TokenExitHead, exit_head, grid_pool  # noqa: F401  (public here)
 from slimtune.spaces._registry import register_knob
 
-__all__ = ["EarlyExitNet", "EarlyExits", "ExitHead", "exit_points", "grid_pool"]
+__all__ = ["EarlyExitNet", "EarlyExits", "ExitHead", "TokenExitHead", "exit_points", "grid_pool"]
 
 #: Freshly attached exit heads learn this much faster than the trained trunk.
 HEAD_LR_SCALE = 10.0
-
-
-class ExitHead(nn.Sequential):
-    """``pool to a grid -> Flatten -> Linear(in_channels * grid², num_classes)``.
-
-    A 2×2 pooling grid keeps coarse spatial layout, which early (low-level) features
-    need to classify at all: on digits, the exit after the first block reached about
-    25% validation accuracy with global pooling and clearly more with 2×2.
-
-    With the feature map's ``size`` known, the grid is ``min(pool, H, W)`` and the
-    pooling has fixed windows (:func:`grid_pool`), so the head exports to ONNX even
-    where the exporter cannot see the spatial size (e.g. after ``transformers``'
-    TF-style padding, whose pad amounts are computed from the input's shape); without
-    ``size`` it is ``AdaptiveAvgPool2d(pool)``.
-    """
-
-    def __init__(self, in_channels: int, num_classes: int, pool: int = 2,
-                 size: tuple[int, int] | None = None) -> None:
-        grid = pool if size is None else max(1, min(pool, *size))
-        pooling = nn.AdaptiveAvgPool2d(pool) if size is None else grid_pool(size, grid)
-        super().__init__(pooling, nn.Flatten(), nn.Linear(in_channels * grid * grid, num_classes))
-
-    @property
-    def classifier(self) -> nn.Linear:
-        """The Linear layer producing the exit's logits."""
-        return self[2]  # type: ignore[return-value]
-
-
-def grid_pool(size: tuple[int, int], grid: int) -> nn.Module:
-    """``AdaptiveAvgPool2d(grid)`` for inputs of one known ``size`` ``(H, W)`` as an
-    ``AvgPool2d`` with the same windows where there is one (``grid`` divides the size,
-    or ``grid`` is 1 or 2: windows ``[0, ceil(H/2))`` and ``[floor(H/2), H)``); else
-    the adaptive pooling itself."""
-    def window(length: int) -> tuple[int, int] | None:
-        if length % grid == 0:
-            return length // grid, length // grid
-        if grid == 2:
-            return -(-length // 2), length // 2
-        return None
-
-    rows, cols = window(int(size[0])), window(int(size[1]))
-    if rows is None or cols is None:
-        return nn.AdaptiveAvgPool2d(grid)
-    return nn.AvgPool2d((rows[0], cols[0]), stride=(rows[1], cols[1]))
 
 
 class EarlyExitNet(nn.Module):
@@ -220,13 +181,17 @@ class EarlyExitNet(nn.Module):
 def exit_points(model: nn.Module) -> list[int]:
     """Candidate exit points of a *block classifier*: after each block but the last.
 
-    Empty unless the model has ``blocks`` (an ``nn.Sequential``) and ``head``; other
-    models get theirs from :class:`ExitChain`.
+    Empty unless the model has ``blocks`` (an ``nn.Sequential``) and ``head`` and its
+    forward is ``head(blocks(x))`` (a ViT also has ``blocks`` and ``head``, with a patch
+    embedding before and a norm and pooling between); other models get theirs from
+    :class:`ExitChain`.
     """
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.Sequential) or not isinstance(getattr(model, "head", None), nn.Module):
         return []
-    return list(range(len(blocks) - 1))
+    from slimtune.spaces import _graph_cuts as graph_cuts
+
+    return list(range(len(blocks) - 1)) if graph_cuts.is_head_of_blocks(model) else []
 
 
 class ExitChain:
@@ -274,8 +239,8 @@ class ExitChain:
             for full in wanted:
                 key = full[len(prefix):] if prefix else full
                 if key not in cuts:
-                    raise SpaceError(f"`exits_after` names {full!r}, but more than one value flows past it (e.g. a "
-                                     "residual or a skip connection), so the model cannot stop there.")
+                    raise SpaceError(f"`exits_after` names {full!r}, but "
+                                     + graph_cuts.why_not_a_cut(self.graph, key, prefix))
                 keys.append(key)
             names = sorted(dict.fromkeys(keys), key=lambda n: cuts[n])
         else:
@@ -356,13 +321,28 @@ class EarlyExits(Knob):
     def __init__(self, *, exits_after: Sequence[str] | None = None, max_points: int = 4) -> None:
         self.exits_after = tuple(exits_after) if exits_after is not None else None
         self.max_points = max_points
+        self._found: list[str] | None = None  # the points params() found on the baseline (traced models)
 
     def _chain(self, model: nn.Module) -> ExitChain:
         return ExitChain(model, self.exits_after, self.max_points)
 
+    def _apply_chain(self, model: nn.Module) -> ExitChain:
+        """The chain of the model being built: cut at the points found on the baseline
+        when params() traced it (architecture knobs applied before, e.g. DS-conv, must
+        not move them), else found again."""
+        if not self._found:
+            return self._chain(model)
+        try:
+            return ExitChain(model, self._found, self.max_points)
+        except SpaceError as exc:
+            raise SpaceError(f"The exit points found on the baseline ({', '.join(self._found)}) are no longer "
+                             f"places to stop after the earlier architecture knobs: {exc}") from None
+
     def params(self, model: nn.Module) -> list[Param]:
         params: list[Param] = []
-        for point, name in enumerate(self._chain(model).names):
+        chain = self._chain(model)
+        self._found = None if chain.is_block_classifier else list(chain.names)
+        for point, name in enumerate(chain.names):
             params.append(Param(f"exits.{point}.enabled", "bool", False, doc=f"attach an exit head after {name}"))
             params.append(Param(f"exits.{point}.threshold", "float", 0.9, low=0.5, high=1.0,
                                 doc=f"leave at exit {point} when the max softmax probability is >= this"))
@@ -379,15 +359,16 @@ class EarlyExits(Knob):
         pipeline may set e.g. ``0.0`` to measure the shortest path.  Writes
         ``ctx.info["exits"] = {"points", "thresholds", "channels", "after"}``.
         """
-        chain = self._chain(model)
+        enabled = sorted(int(name.split(".")[1]) for name, value in values.items()
+                         if name.endswith(".enabled") and name.split(".")[1].isdigit() and _as_bool(value, name))
+        if not enabled:  # nothing to cut: the model is not traced
+            ctx.info["exits"] = {"points": [], "thresholds": [], "channels": [], "after": []}
+            return model
+        chain = self._apply_chain(model)
         points = list(range(len(chain.names)))
-        enabled = [p for p in points if _as_bool(values.get(f"exits.{p}.enabled", False), f"exits.{p}.enabled")]
         for name in values:
             if name.startswith("exits.") and name.split(".")[1].isdigit() and int(name.split(".")[1]) not in points:
                 raise SpaceError(f"`{name}`: the model's exit points are {points}, but got exit {name.split('.')[1]}.")
-        if not enabled:
-            ctx.info["exits"] = {"points": [], "thresholds": [], "channels": [], "after": []}
-            return model
         thresholds = {p: float(values.get(f"exits.{p}.threshold", 0.9)) for p in enabled}
         blocks, head = chain.chain()
         if not chain.is_block_classifier:
@@ -417,17 +398,6 @@ def _all_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor] | None
     return list(forward_all(x)) if callable(forward_all) else None
 
 
-def exit_head(shape: tuple[int, ...], num_classes: int, param: str) -> nn.Module:
-    """An exit head for features of ``shape`` (without the batch): :class:`ExitHead`
-    on ``(C, H, W)`` feature maps, a Linear on ``(F,)`` feature vectors."""
-    if len(shape) == 3:
-        return ExitHead(shape[0], num_classes, size=(shape[1], shape[2]))
-    if len(shape) == 1:
-        return nn.Sequential(nn.Linear(shape[0], num_classes))
-    raise SpaceError(f"`{param}`: an exit head needs (N, C, H, W) feature maps or (N, F) features there, but got "
-                     f"shape (N, {', '.join(map(str, shape))}).")
-
-
 def _check_reproduces(model: nn.Module, blocks: nn.Sequential, head: nn.Module, example_input: torch.Tensor,
                       names: Sequence[str]) -> None:
     """Refuse pieces of a traced model that do not give exactly its output (a trace
@@ -449,18 +419,23 @@ def _as_bool(value: Any, name: str) -> bool:
 def _exit_shapes(blocks: nn.Sequential, head: nn.Module, example_input: torch.Tensor,
                  points: list[int]) -> tuple[dict[int, tuple[int, ...]], int]:
     """The feature shape (without the batch) after ``blocks[i]`` for each point, and
-    the number of classes."""
+    the number of classes (read on a batch of two samples: the batch must stay the
+    first dimension, as exits drop the samples that leave along it)."""
     modes = [(m, m.training) for m in (blocks, head)]
     blocks.eval()
     head.eval()
     try:
         shapes: dict[int, tuple[int, ...]] = {}
-        x = example_input
+        x = torch.cat([example_input[:1]] * 2)
         for index, block in enumerate(blocks):
             x = block(x)
             if index in points:
                 if not isinstance(x, torch.Tensor):
                     raise SpaceError(f"`exits.{index}.enabled`: the model passes a {type(x).__name__} there, not a tensor.")
+                if x.dim() < 2 or x.shape[0] != 2:
+                    raise SpaceError(f"`exits.{index}.enabled`: the features there have shape {tuple(x.shape)} for a "
+                                     "batch of 2, so the batch is not their first dimension (e.g. a transformer "
+                                     "with batch_first=False); exits need it first.")
                 shapes[index] = tuple(int(d) for d in x.shape[1:])
         num_classes = int(head(x).shape[-1])
     finally:

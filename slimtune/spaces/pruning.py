@@ -28,9 +28,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch.nn.utils import prune as torch_prune
 
 from slimtune.spaces.base import Knob, KnobContext, Param, SpaceError
+from slimtune.spaces._attention import head_pruning, residual_inputs, sync_head_counts
+from slimtune.spaces._weight_pruning import WeightMask, prune_weights, weight_targets  # noqa: F401  (the knob's)
 from slimtune.spaces._registry import register_knob
 
 __all__ = [
@@ -168,63 +169,6 @@ def _ignored_layers(model: nn.Module, ctx: KnobContext) -> list[nn.Module]:
     return list({id(m): m for m in ignored}.values())
 
 
-# -- weight (unstructured) pruning ----------------------------------------------------
-def _load_rewind_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> int:
-    """Copy ``state`` (a plain state_dict) into ``model``, whose pruned weights live in
-    ``<name>_orig`` under masks.  Returns the number of tensors copied."""
-    own = model.state_dict()
-    problems = []
-    copied = 0
-    with torch.no_grad():
-        for key, value in state.items():
-            target = key if key in own else key + "_orig" if key + "_orig" in own else None
-            if target is None or own[target].shape != value.shape:
-                problems.append(key)
-                continue
-            own[target].copy_(value)
-            copied += 1
-    if problems:
-        shown = ", ".join(problems[:5]) + (f", ... ({len(problems)} in all)" if len(problems) > 5 else "")
-        raise ValueError(f"ctx.info['rewind_state'] does not match the model: {shown} missing or of another shape.")
-    return copied
-
-
-def prune_weights(model: nn.Module, ratio: float, ctx: KnobContext, *, rewind: bool = False) -> nn.Module:
-    """Global L1 unstructured pruning of every Conv2d/Linear weight, in place.
-
-    The ``round(ratio * total)`` smallest weights (over all layers together) are
-    masked; the model is fine-tuned with the masks in force (``ctx.finetune``, after
-    rewinding the survivors to ``ctx.info["rewind_state"]`` if ``rewind``), then the
-    zeros are made permanent (plain ``weight`` tensors, no masks or hooks left).
-
-    Writes ``ctx.info["prune"]``: ``sparsity`` (zeros / weights over the pruned
-    layers), ``layer_sparsity``, ``zeros``, ``weights``, ``rewound_to``.
-    """
-    layers = _prunable_layers(model)
-    torch_prune.global_unstructured([(m, "weight") for _, m in layers],
-                                    pruning_method=torch_prune.L1Unstructured, amount=float(ratio))
-    rewound_to = None
-    if rewind:
-        state = ctx.info.get("rewind_state")
-        if state is None:
-            rewound_to = "pruning_time"
-            _flag(ctx, "prune.rewind: no early weights (ctx.info['rewind_state']); "
-                       "kept the weights at pruning time (plain masked fine-tuning)")
-        else:
-            _load_rewind_state(model, state)
-            rewound_to = "rewind_state"
-    _finetune(model, ctx)
-    for _, module in layers:
-        torch_prune.remove(module, "weight")
-    per_layer = {name: float((m.weight == 0).sum()) / m.weight.numel() for name, m in layers}
-    zeros = sum(int((m.weight == 0).sum()) for _, m in layers)
-    total = sum(m.weight.numel() for _, m in layers)
-    ctx.info["prune"] = {"granularity": "weight", "ratio": float(ratio), "rewind": rewind, "rewound_to": rewound_to,
-                         "sparsity": zeros / total, "zeros": zeros, "weights": total,
-                         "layer_sparsity": {k: round(v, 6) for k, v in per_layer.items()}}
-    return model
-
-
 # -- channel (structured) pruning -----------------------------------------------------
 def _replay(dg: tp.DependencyGraph, history: Iterable[Any]) -> None:
     """Redo a recorded pruning (``DG.pruning_history()``) on another copy of the model."""
@@ -245,9 +189,16 @@ def prune_channels(model: nn.Module, ratio: float, ctx: KnobContext, *,
     channels, ranked by ``importance`` (default: group L1 magnitude).  Logit layers
     (:func:`logit_layers` plus ``ctx.info["ignored_layers"]``) keep their outputs.
 
+    Attention (:mod:`slimtune.spaces._attention`) loses whole heads: each attention
+    module keeps ``max(1, int(H * (1 - ratio)))`` of its ``H`` heads (a head's query,
+    key and value rows and the output projection's columns together, ranked by their
+    mean importance) and its head count is updated.  The residual width of a model with
+    attention (what its embeddings, LayerNorms and attention inputs share) is kept:
+    its MLP channels and heads are what is pruned.
+
     Writes ``ctx.info["channel_widths"]`` (see :func:`channel_widths`) and
     ``ctx.info["prune"]`` (``params_before``, ``params_after``, ``ignored_layers``,
-    ``rewound_to``).
+    ``rewound_to``, ``heads``: each attention module's head count).
     """
     was_training = model.training
     names = {m: n for n, m in model.named_modules()}
@@ -258,13 +209,20 @@ def prune_channels(model: nn.Module, ratio: float, ctx: KnobContext, *,
         early = copy.deepcopy(model)
         early.load_state_dict(state)
     params_before = _n_params(model)
+    heads = head_pruning(model, float(ratio))
     pruner = tp.pruner.BasePruner(
         model, example_inputs=ctx.example_input,
         importance=importance if importance is not None else tp.importance.MagnitudeImportance(p=1),
         pruning_ratio=float(ratio), ignored_layers=ignored, forward_fn=_forward_fn(model),
         unwrapped_parameters=unwrapped_parameters(model),
+        num_heads={layer: h for layer, (h, _) in heads.items()}, prune_num_heads=bool(heads), prune_head_dims=False,
+        head_pruning_ratio_dict={layer: r for layer, (_, r) in heads.items()} or None,
     )  # builds the dependency graph once for this candidate
-    pruner.step()
+    residual = residual_inputs(model)
+    for group in pruner.step(interactive=True):
+        if not _touches(group, residual, pruner.DG):  # a transformer's residual width stays
+            group.prune()
+    counts = sync_head_counts(model)
     rewound_to = None
     if rewind and early is not None:
         _replay(build_dependency_graph(early, ctx.example_input), pruner.DG.pruning_history())
@@ -279,8 +237,20 @@ def prune_channels(model: nn.Module, ratio: float, ctx: KnobContext, *,
     ctx.info["channel_widths"] = channel_widths(model)
     ctx.info["prune"] = {"granularity": "channel", "ratio": float(ratio), "rewind": rewind, "rewound_to": rewound_to,
                          "params_before": params_before, "params_after": _n_params(model),
-                         "ignored_layers": [names.get(m, "?") for m in ignored]}
+                         "ignored_layers": [names.get(m, "?") for m in ignored], **({"heads": counts} if counts else {})}
     return model
+
+
+def _touches(group: Any, residual: set[int], dg: tp.DependencyGraph) -> bool:
+    """Whether a Torch-Pruning group narrows the input of a module of ``residual`` (or
+    prunes an ``nn.MultiheadAttention`` at all: its pruner narrows its embedding width)."""
+    for dep, _ in group:
+        module = dep.target.module
+        if id(module) not in residual:
+            continue
+        if isinstance(module, nn.MultiheadAttention) or dg.is_in_channel_pruning_fn(dep.handler):
+            return True
+    return False
 
 
 def rebuild_channel_widths(model: nn.Module, widths: Mapping[str, int], example_input: torch.Tensor) -> nn.Module:
@@ -314,6 +284,7 @@ def rebuild_channel_widths(model: nn.Module, widths: Mapping[str, int], example_
             continue
         fn = tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else tp.prune_linear_out_channels
         dg.get_pruning_group(module, fn, list(range(target, current))).prune()
+    sync_head_counts(model)
     wrong = {name: (_out_width(modules[name]), int(w)) for name, w in widths.items() if _out_width(modules[name]) != int(w)}
     if wrong:
         raise ValueError(f"Could not rebuild the channel widths; (got, wanted) per layer: {wrong}.")

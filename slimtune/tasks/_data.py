@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 __all__ = ["MAX_IN_MEMORY_BYTES", "LoaderSplit", "Split", "TaskError", "TensorSplit", "as_split", "data_digest",
-           "sample_digests"]
+           "model_input", "sample_digests"]
 
 #: With ``streaming=None`` a loader whose samples take more than this is streamed, not read into memory.
 MAX_IN_MEMORY_BYTES = 1 << 30
@@ -42,6 +42,19 @@ Batch = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
 
 class TaskError(ValueError):
     """A task cannot be built or does not fit slimtune (one clear line for the user)."""
+
+
+def model_input(x: Any) -> torch.Tensor:
+    """Inputs as the model is fed them everywhere (training, calibration, timing,
+    export): floating point as float32, integers (e.g. token ids) as int64, booleans
+    as they are.  Integer inputs are never cast to float: an ``nn.Embedding`` needs
+    its ids."""
+    x = torch.as_tensor(x)
+    if x.is_floating_point():
+        return x if x.dtype == torch.float32 else x.float()
+    if x.dtype == torch.bool or x.is_complex():
+        return x
+    return x if x.dtype == torch.int64 else x.long()
 
 
 # -- digests ------------------------------------------------------------------------
@@ -123,11 +136,12 @@ def _canonical_loader(source: Any) -> Any:
 
 
 def _as_batch(batch: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(inputs as float32, labels as int64)`` from one batch a loader yielded."""
+    """``(inputs, labels as int64)`` from one batch a loader yielded (inputs as
+    :func:`model_input` makes them: float32, or int64 for integer ids)."""
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
         raise TaskError(f"The {name} loader must yield (inputs, labels) batches, but yielded {type(batch).__name__}.")
     try:
-        x, y = torch.as_tensor(batch[0]).float(), torch.as_tensor(batch[1]).long()
+        x, y = model_input(batch[0]), torch.as_tensor(batch[1]).long()
     except (TypeError, ValueError, RuntimeError) as exc:
         raise TaskError(f"The {name} loader must yield (inputs, labels) tensors, but yielded "
                         f"({type(batch[0]).__name__}, {type(batch[1]).__name__}): {exc}") from None
@@ -144,6 +158,7 @@ class _Scan:
     count: int
     batches: int
     sample_shape: tuple[int, ...]
+    dtype: torch.dtype
     digests: np.ndarray
     label_min: int
     label_max: int
@@ -158,16 +173,20 @@ def _scan(source: Any, name: str, keep_bytes: float) -> _Scan:
     xs: list[torch.Tensor] | None = [] if keep_bytes > 0 else None
     kept_bytes, count, batches = 0, 0, 0
     shape: tuple[int, ...] | None = None
+    dtype: torch.dtype | None = None
     low, high = None, None
     canonical = _canonical_loader(source)
     with _fixed_seed():
         for raw in canonical:
             x, y = _as_batch(raw, name)
             if shape is None:
-                shape = tuple(x.shape[1:])
+                shape, dtype = tuple(x.shape[1:]), x.dtype
             elif tuple(x.shape[1:]) != shape:
                 raise TaskError(f"The {name} loader yields inputs of shape {shape} and then {tuple(x.shape[1:])}: "
                                 "every sample must have the same shape.")
+            elif x.dtype != dtype:
+                raise TaskError(f"The {name} loader yields {dtype} inputs and then {x.dtype}: every batch must have "
+                                "the same dtype.")
             batches += 1
             count += len(x)
             digests.append(sample_digests(x, y))
@@ -180,14 +199,14 @@ def _scan(source: Any, name: str, keep_bytes: float) -> _Scan:
                     xs = None  # too big to hold: stream it
                 else:
                     xs.extend((x, y))
-    if count == 0 or shape is None or low is None or high is None:
+    if count == 0 or shape is None or dtype is None or low is None or high is None:
         raise TaskError(f"The {name} loader yields no batches.")
     all_digests = np.concatenate(digests)
     kept = None
     if xs is not None:
         order = torch.from_numpy(np.argsort(all_digests, kind="stable").astype(np.int64))  # canonical order
         kept = torch.cat(xs[0::2])[order], torch.cat(xs[1::2])[order]
-    return _Scan(count, batches, shape, all_digests, low, high, kept)
+    return _Scan(count, batches, shape, dtype, all_digests, low, high, kept)
 
 
 # -- splits -------------------------------------------------------------------------
@@ -301,8 +320,8 @@ class LoaderSplit(Split):
     def __init__(self, loader: Any, name: str, scan: _Scan) -> None:
         self.loader, self.name = loader, name
         self._scan = scan
-        self._head = torch.empty((0, *scan.sample_shape))
-        self._digest = _combine(torch.float32, scan.sample_shape, torch.int64, scan.digests)
+        self._head = torch.empty((0, *scan.sample_shape), dtype=scan.dtype)
+        self._digest = _combine(scan.dtype, scan.sample_shape, torch.int64, scan.digests)
 
     def __len__(self) -> int:
         return self._scan.count
@@ -370,7 +389,7 @@ def as_split(source: Any, name: str, *, streaming: bool | None = None) -> Split:
     if isinstance(source, Split):
         return source
     if isinstance(source, (tuple, list)) and len(source) == 2 and all(isinstance(t, torch.Tensor) for t in source):
-        return TensorSplit(source[0], source[1].long(), name)
+        return TensorSplit(model_input(source[0]), source[1].long(), name)
     if isinstance(source, (str, bytes, dict)) or not isinstance(source, Iterable):
         raise TaskError(f"`{name}` must be a DataLoader or an (inputs, labels) pair of tensors, but got "
                         f"{type(source).__name__}.")
@@ -383,5 +402,5 @@ def as_split(source: Any, name: str, *, streaming: bool | None = None) -> Split:
     if scan.kept is None:
         return LoaderSplit(source, name, scan)
     split = TensorSplit(*scan.kept, name)
-    split._digest = _combine(torch.float32, scan.sample_shape, torch.int64, scan.digests)  # already hashed
+    split._digest = _combine(scan.dtype, scan.sample_shape, torch.int64, scan.digests)  # already hashed
     return split

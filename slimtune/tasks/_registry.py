@@ -8,11 +8,12 @@ Example:
 
 from __future__ import annotations
 
-import importlib
+import os
 from typing import Callable
 
 from slimtune._names import close_matches
 from slimtune.tasks._data import TaskError
+from slimtune.tasks._imports import import_task_module
 from slimtune.tasks._task import Task, one_line
 
 _TASKS: dict[str, Callable[[], Task]] = {}
@@ -51,9 +52,10 @@ def get_task(spec: "str | Task") -> Task:
         if not module_name or not attr:
             raise TaskError(f"A user task is given as 'package.module:callable', but got {spec!r}.")
         try:
-            module = importlib.import_module(module_name)
+            module = import_task_module(module_name)
         except ImportError as exc:
-            raise TaskError(f"Cannot import the task module {module_name!r}: {exc}") from None
+            raise TaskError(f"Cannot import the task module {module_name!r}: {exc} (looked on Python's path and in "
+                            f"the current directory {os.getcwd()}).") from None
         except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
             raise TaskError(f"Importing the task module {module_name!r} raised {one_line(exc)}") from None
         factory = getattr(module, attr, None)

@@ -13,6 +13,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from slimtune.tasks._data import Split, TaskError, TensorSplit, as_split
+from slimtune.tasks._from_model import scaled_epochs
+from slimtune.tasks._imports import import_task_module, worker_environment  # noqa: F401
 from slimtune.tasks._data import data_digest, sample_digests  # noqa: F401  (their home before _data)
 from slimtune.tasks._metrics import Metric, MetricError, get_metric
 from slimtune.tasks._outputs import LogitsOutput, OutputSpec, describe_output
@@ -206,8 +208,8 @@ class Task:
         except ValueError as exc:  # an output adapter that does not fit
             raise TaskError(f"Task {self.name!r}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - the user's model
-            raise TaskError(f"Task {self.name!r}: the model fails on an input of shape "
-                            f"{tuple(x.shape)}: {one_line(exc)}") from None
+            raise TaskError(f"Task {self.name!r}: the model fails on {_describe_input(x)}: {one_line(exc)}"
+                            f"{_integer_hint(x)}") from None
         if not isinstance(out, torch.Tensor) or out.shape != (len(x), self.num_classes):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             hint = "" if isinstance(out, torch.Tensor) or self.output is not None else \
@@ -230,13 +232,14 @@ class Task:
         factory: Callable[[], nn.Module] | None = None,
         name: str = "user-model",
         num_classes: int | None = None,
-        finetune_epochs: int = 2,
-        recovery_epochs: int = 1,
+        finetune_epochs: int | None = None,
+        recovery_epochs: int | None = None,
         lr: float = 1e-3,
         batch_size: int = 64,
         notes: str = "",
         exits_after: "Iterable[str] | None" = None,
         streaming: bool | None = None,
+        warm_starts: "Iterable[Mapping[str, Any]] | None" = None,
     ) -> "Task":
         """A task whose baseline and teacher is the user's **trained** model.
 
@@ -250,16 +253,23 @@ class Task:
                 leak into the task), or a state dict with ``factory``.
             train, val, test: DataLoaders yielding ``(inputs, labels)`` batches (their
                 order does not matter; shuffling and augmentation are fine), or
-                ``(inputs, labels)`` pairs of tensors.
+                ``(inputs, labels)`` pairs of tensors.  Inputs keep their kind:
+                floating point as float32, integers (token ids) as int64, never cast
+                to float (training, calibration, timing and the exported model alike).
             metric: a name or a callable ``(logits, labels) -> float`` to maximize.
             output: where the logits are when the forward does not return a tensor
                 (``"logits"`` for Hugging Face models, a tuple position, a callable).
             factory: builds the architecture a state-dict ``model`` loads into.
             num_classes: default: the width of the model's output.
             finetune_epochs, recovery_epochs, lr, batch_size: how candidates are
-                trained (distilled from this model).
+                trained (distilled from this model); the epochs default to what the
+                training split needs (:func:`scaled_epochs`: about 40 distillation and
+                200 recovery steps at ``batch_size``).
             exits_after: module names of ``model`` to offer early exits after
                 (default: found automatically where a single tensor flows).
+            warm_starts: a new study's first trials, ``{parameter: value}`` each
+                (default: :func:`slimtune.tasks._builtin.model_warm_starts`, the built-in tasks' well-known
+                recipes adapted to this model; ``[]``: none).
             streaming: ``True``: the loaders are read batch by batch on every use,
                 never held (for data larger than memory: candidates train on the
                 loader's batches, the teacher's logits are computed per batch);
@@ -285,6 +295,9 @@ class Task:
                             f"{type(model).__name__}.")
         trained = copy.deepcopy(model).cpu().eval()
         data = _splits(train, val, test, streaming)
+        scaled = scaled_epochs(data.train.steps(batch_size))
+        finetune_epochs = scaled[0] if finetune_epochs is None else finetune_epochs
+        recovery_epochs = scaled[1] if recovery_epochs is None else recovery_epochs
         task = cls(name=name, build_model=lambda: copy.deepcopy(trained), data=data, num_classes=num_classes or 1,
                    epochs=0, finetune_epochs=finetune_epochs, recovery_epochs=recovery_epochs, lr=lr,
                    batch_size=batch_size, notes=notes, metric=metric, output=output, pretrained=True,
@@ -293,6 +306,11 @@ class Task:
             task.num_classes = _output_width(task)
         task.check_model()
         _check_labels(task)
+        if warm_starts is None:
+            from slimtune.tasks._builtin import model_warm_starts  # the recipes name knobs; the task does not
+
+            warm_starts = model_warm_starts(task.build_model())
+        task.extra["warm_starts"] = [dict(w) for w in warm_starts]
         return task
 
     @classmethod
@@ -332,7 +350,7 @@ def _output_width(task: Task) -> int:
     except ValueError as exc:
         raise TaskError(f"Task {task.name!r}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - the user's model
-        raise TaskError(f"Task {task.name!r}: the model fails on an input of shape {tuple(x.shape)}: {exc}") from None
+        raise TaskError(f"Task {task.name!r}: the model fails on {_describe_input(x)}: {exc}{_integer_hint(x)}") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(x):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         hint = "" if isinstance(out, torch.Tensor) or task.output is not None else \
@@ -340,6 +358,19 @@ def _output_width(task: Task) -> int:
         raise TaskError(f"Task {task.name!r}: the model must output class logits of shape (batch, classes), "
                         f"but got {shape}.{hint}")
     return int(out.shape[1])
+
+
+def _describe_input(x: torch.Tensor) -> str:
+    """``an input of shape (2, 1, 8, 8)`` (float32) or ``an int64 input of shape (2, 65)``."""
+    kind = "" if x.dtype == torch.float32 else f"{str(x.dtype).replace('torch.', '')} "
+    return f"{'an' if not kind or kind[0] in 'aeiou' else 'a'} {kind}input of shape {tuple(x.shape)}"
+
+
+def _integer_hint(x: torch.Tensor) -> str:
+    if x.is_floating_point():
+        return ""
+    return (" (slimtune keeps integer inputs as int64, as token ids need; if the model wants floats, give float "
+            "tensors or convert in its forward)")
 
 
 def _check_labels(task: Task) -> None:

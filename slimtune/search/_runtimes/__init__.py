@@ -47,6 +47,7 @@ from slimtune.search._runtimes._ort import (
 )
 from slimtune.search._runtimes._onnx import onnx_input_metadata, optimized_op_types, set_onnx_metadata
 from slimtune.spaces._lowering import fold_batchnorm, snap_weights
+from slimtune.tasks._data import model_input
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimtune.spaces.base import WeightEncoding
@@ -114,7 +115,7 @@ def compile_model(
     engine = runtime_for(runtime, exits=segments is not None)
     if encoding is not None:
         metadata = {**dict(metadata or {}), "weight_encoding": encoding.to_dict()}
-    compiled = engine.compile(prepared, segments, bits=bits, calibration=torch.as_tensor(calibration).float(),
+    compiled = engine.compile(prepared, segments, bits=bits, calibration=model_input(calibration),
                               threads=threads, int8_format=requested, metadata=metadata)
     if encoding is not None:
         compiled.weight_encoding = encoding.to_dict()

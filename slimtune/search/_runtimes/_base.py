@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimtune.tasks._data import model_input
+
 #: Calibration inputs per forward pass (ONNX Runtime's calibration reader, torch FX observers).
 CALIBRATION_BATCH = 64
 
@@ -173,14 +175,14 @@ def segment_modules(segments: list[Segment]) -> list[nn.Module]:
 
 # -- inputs ---------------------------------------------------------------------------
 def as_numpy(x: Any) -> np.ndarray:
-    """``x`` as a contiguous float32 array (ONNX Runtime's input)."""
+    """``x`` as a contiguous array (ONNX Runtime's input): float32, or int64 for
+    integer inputs such as token ids (see :func:`~slimtune.tasks._data.model_input`)."""
     if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    return np.ascontiguousarray(x, dtype=np.float32)
+        x = model_input(x.detach().cpu()).numpy()
+    x = np.asarray(x)
+    return np.ascontiguousarray(x, dtype=np.int64 if np.issubdtype(x.dtype, np.integer) else np.float32)
 
 
 def as_tensor(x: Any) -> torch.Tensor:
-    """``x`` as a float32 tensor (TorchScript's input)."""
-    if isinstance(x, torch.Tensor):
-        return x.float() if x.dtype != torch.float32 else x
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    """``x`` as a tensor (TorchScript's input): float32, or int64 for integer inputs."""
+    return model_input(x if isinstance(x, torch.Tensor) else torch.from_numpy(as_numpy(x)))

@@ -24,10 +24,16 @@ def export_onnx(module: nn.Module, example: torch.Tensor, output_names: list[str
 
     buffer = io.BytesIO()
     axes = {INPUT: {0: "batch"}, **{name: {0: "batch"} for name in output_names}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=[INPUT],
-                          output_names=output_names, dynamic_axes=axes, do_constant_folding=True)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # attention as its ops: nn.TransformerEncoderLayer's fused inference op has no ONNX form
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=[INPUT],
+                              output_names=output_names, dynamic_axes=axes, do_constant_folding=True)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return inline_shared_initializers(onnx.load_from_string(buffer.getvalue()))
 
 

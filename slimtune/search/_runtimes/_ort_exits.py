@@ -53,6 +53,7 @@ def exit_onnx(segments: list[Segment], example: torch.Tensor, calib: np.ndarray,
     rewritten, float_weights = 0, []
     x_example, x_calib = example, calib
     for i, module in enumerate(segment_modules(segments)):
+        module.eval()  # segments are new containers (training by default): BatchNorm must use its statistics
         last = i == len(segments) - 1
         names = ["logits"] if last else ["features", "exit_logits"]
         part = export_onnx(module, x_example, names)
@@ -114,7 +115,7 @@ def exit_onnx(segments: list[Segment], example: torch.Tensor, calib: np.ndarray,
     x_shape = [1] + [d.dim_param or d.dim_value for d in x_info.type.tensor_type.shape.dim][1:]  # batch 1 only
     graph = helper.make_graph(
         nodes, "slimtune_early_exit",
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info(INPUT, x_info.type.tensor_type.elem_type, x_shape)],  # float32, or int64 ids
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, None]),
          helper.make_tensor_value_info("exit_index", TensorProto.INT64, [1])],
         initializer=inits)
