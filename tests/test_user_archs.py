@@ -362,7 +362,7 @@ def test_the_space_of_each_architecture(arch):
 
     space = build_space(archs.task(arch, STEPS))
     families = {p.family for p in space.params}
-    expected = {"prune", "quant", "distill", "lowrank", "exits"} | ({"dsconv"} if arch in ("vit", "mobilenet_v3")
+    expected = {"prune", "quant", "distill", "lowrank", "exits", "cluster"} | ({"dsconv"} if arch in ("vit", "mobilenet_v3")
                                                                      else set())
     assert families == expected, space.omitted
     if "dsconv" not in families:

@@ -290,7 +290,7 @@ def test_structure_knobs_on_transformers_models(arch):
     """BatchNorm folding is exact and complete, channel pruning keeps grouped /
     depthwise convs, squeeze-excitation and residuals consistent (and warns nothing),
     DS-conv runs inside the library's own layers (MobileNetV2's TF padding reads the
-    conv's stride), quantization folds without a flag."""
+    conv's stride), the lowering folds every BatchNorm and quantization adds no flag."""
     import warnings
 
     from slimtune.search._macs import count_macs
@@ -298,7 +298,7 @@ def test_structure_knobs_on_transformers_models(arch):
     from slimtune.spaces.quantization import Quantization
     from slimtune.spaces.base import KnobContext
     from slimtune.spaces.pruning import prune_channels
-    from slimtune.spaces.quantization import fold_batchnorm, has_unfolded_batchnorm
+    from slimtune.spaces._lowering import fold_batchnorm, has_unfolded_batchnorm, lower
 
     model = _with_statistics(LogitsOutput(hf.build_hf(arch), "logits"))
     x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(9))
@@ -310,9 +310,10 @@ def test_structure_knobs_on_transformers_models(arch):
         folded = fold_batchnorm(copy.deepcopy(model), x[:1])
         assert not has_unfolded_batchnorm(folded)
         assert torch.allclose(folded(x), ref, atol=1e-4 * float(ref.abs().max()))
-        quantized = Quantization().apply(copy.deepcopy(model), {"quant.bits": 8, "quant.mode": "ptq"}, ctx)
-        assert ctx.info["flags"] == [] and ctx.info["quant"]["folded_batchnorms"] == sum(
-            isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        lowered = copy.deepcopy(model)
+        assert lower(lowered, x[:1])["folded_batchnorms"] == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        quantized = Quantization().apply(lowered, {"quant.bits": 8, "quant.mode": "ptq"}, ctx)
+        assert ctx.info["flags"] == []
         assert (quantized(x).argmax(1) == ref.argmax(1)).float().mean() >= 0.75
 
         pruned = prune_channels(copy.deepcopy(model), 0.5, ctx)
@@ -339,7 +340,7 @@ def test_the_mlp_on_tabular_data_gets_no_conv_knobs_and_every_other_knob_works()
     task = hf.mlp_task()
     assert task.input_shape == (64,)
     space = build_space(task)
-    assert {p.family for p in space.params} == {"distill", "prune", "quant", "exits", "lowrank"}  # linear layers factorize too
+    assert {p.family for p in space.params} == {"distill", "prune", "quant", "exits", "lowrank", "cluster"}  # linear layers factorize too
     assert list(space.omitted) == ["dsconv"] and "no eligible conv" in space.omitted["dsconv"]
     base, rows = hf.run_knobs(task, repeats=20)
     assert base.accuracy > 0.9 and set(rows) == set(hf.KNOBS) - {"dsconv"}
