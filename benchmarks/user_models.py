@@ -60,7 +60,7 @@ def main() -> None:
             parser.error(f"--knobs: unknown row {unknown[0]!r}; the rows are {', '.join(map(repr, hf.KNOBS))}")
         hf.KNOBS = {k: v for k, v in hf.KNOBS.items() if k in wanted}
     epochs = (None, None) if args.epochs == "task" else tuple(int(e) for e in args.epochs.split("+"))
-    from slimtune._api import build_space
+    from slimtune.search._task_space import build_space
 
     for arch in args.archs.split(","):
         started, cpu = time.perf_counter(), time.process_time()
