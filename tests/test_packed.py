@@ -313,7 +313,8 @@ def test_stored_sizes_are_the_lengths_of_the_exported_files(tmp_path, runtime):
     rows = [r for r in json.loads(invoke("show", "p", "--json", "--storage", url).stdout)["trials"] if r["state"] == "COMPLETE"]
     assert rows
     for r in rows:
-        packed, artifact = tmp_path / f"t{r['trial']}.slim", tmp_path / f"t{r['trial']}.bin"
+        suffix = {"onnxruntime": ".onnx", "torch": ".pt"}[runtime]  # the timed artifact's format
+        packed, artifact = tmp_path / f"t{r['trial']}.slim", tmp_path / f"t{r['trial']}{suffix}"
         out = invoke("export", "p", "--trial", str(r["trial"]), "--out", str(packed), "--storage", url)
         assert out.exit_code == 0 and "(packed," in out.output, out.output
         assert invoke("export", "p", "--trial", str(r["trial"]), "--out", str(artifact), "--storage", url).exit_code == 0
