@@ -33,8 +33,8 @@ from torch import nn
 
 from slimtune.search._cpu import cpu_features, u8s8_can_saturate
 from slimtune.search._measurement import Measurement
-from slimtune.search._timing import (LATENCY_PERCENTILE, ROUNDS, latency_clock,  # noqa: F401 - re-exported
-                                     measure_latency, percentile, static_latencies, time_runners)
+from slimtune.search import _timing  # called through the module: one place to wrap (benchmarks/overhead.py)
+from slimtune.search._timing import LATENCY_PERCENTILE, ROUNDS, latency_clock, measure_latency, percentile  # noqa: F401
 from slimtune.spaces._lowering import QUANTIZABLE, snap_weights
 from slimtune.tasks._data import Split, TensorSplit
 
@@ -382,7 +382,7 @@ def measure(
         runners["reference"] = _cycler([reference.prepare(s) for s in samples], reference.run_one)
     clock = latency_clock(threads, all(_runtime_of(c).calls_on_caller_thread for c in (compiled, reference) if c))
     if compiled.has_exits:  # one real sample per call: the path it takes is known (loops of 1)
-        timings = time_runners(runners, warmup=warmup, repeats=repeats, rounds=min(ROUNDS, repeats), loops=1,
+        timings = _timing.time_runners(runners, warmup=warmup, repeats=repeats, rounds=min(ROUNDS, repeats), loops=1,
                                clock=clock)
         samples_ms = timings.on(clock)["candidate"]
         # the k-th timed call ran sample (warmup + k) mod n: the cycler steps on through the warmup calls
@@ -393,7 +393,7 @@ def measure(
         wall_ms = mean_of_path_medians(timings.wall["candidate"], paths, q)
         latencies = {name: percentile(v) for name, v in timings.on(clock).items()}
     else:
-        latencies, timings = static_latencies(runners, warmup=warmup, repeats=repeats, clock=clock)
+        latencies, timings = _timing.static_latencies(runners, warmup=warmup, repeats=repeats, clock=clock)
         samples_ms = timings.on(clock)["candidate"]
         latency, kind, wall_ms = latencies["candidate"], f"p{LATENCY_PERCENTILE}", percentile(timings.wall["candidate"])
     reference_ms = latencies["reference"] if reference is not None else None

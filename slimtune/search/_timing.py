@@ -87,7 +87,8 @@ def time_runners(runners: Mapping[str, Callable[[], object]], *, warmup: int = 2
         ValueError: ``repeats`` or ``rounds`` below 1, ``warmup`` below 0, or an unknown clock.
     """
     if repeats < 1 or rounds < 1 or warmup < 0:
-        raise ValueError(f"`repeats` and `rounds` must be >= 1 and `warmup` >= 0, but got {repeats}, {rounds}, {warmup}.")
+        raise ValueError(f"`repeats` and `rounds` must be >= 1 and `warmup` >= 0, "
+                         f"but got {repeats}, {rounds}, {warmup}.")
     if clock not in CLOCKS:
         raise ValueError(f"`clock` must be one of {', '.join(CLOCKS)}, but got {clock!r}.")
     names = list(runners)
