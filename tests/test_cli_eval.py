@@ -77,3 +77,5 @@ def test_eval_channel_pruning_int8_json(tmp_path):
     assert report["speedup"] == pytest.approx(report["reference_latency_ms"] / report["latency_ms"])
     assert report["speedup"] > 1.2, report
     assert report["latency_kind"] == "p10" and report["runtime"] == "onnxruntime"
+    # one thread: read on the calling thread's on-CPU clock, the wall-clock figure of the same calls beside it
+    assert report["latency_clock"] == "cpu" and report["latency_wall_ms"] > 0
