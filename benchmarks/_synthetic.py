@@ -161,10 +161,12 @@ def write_in_bulk(study: Any, trials: Sequence[Synthetic], *, started: datetime 
     from slimtune.search._backends._interface import Proposal
     from slimtune.search._constraints import COLLAPSE_CONSTRAINT, collapse_margin
     from slimtune.search._heartbeat import BEATING_ATTR
-    from slimtune.search._outcome import TrialOutcome, user_attrs
+    from slimtune._dominance import optuna_latency_unit
+    from slimtune.search._outcome import TrialOutcome, objective_values, user_attrs
     from slimtune.studies._schema import CandidateRecord
 
     base, fixed = study.baseline.to_dict(), study.fixed
+    unit = optuna_latency_unit(study.optuna_study.metric_names)  # what Optuna is told for latency
     dists = distributions(study.space)
     dist_json = {name: distribution_to_json(d) for name, d in dists.items()}
     optuna_id = study.optuna_study._study_id  # noqa: SLF001 - the Optuna study's key in its tables
@@ -192,7 +194,7 @@ def write_in_bulk(study: Any, trials: Sequence[Synthetic], *, started: datetime 
             result = None if s.state == "FAIL" else candidate_result(s, base, fixed, weights=False)
             m = result.measurement if result is not None else None
             outcome = TrialOutcome(Proposal(None, s.params, tuner="RandomSampler"), s.state,  # type: ignore[arg-type]
-                                   [float(getattr(m, o)) for o in study.objectives] if m else None, result,
+                                   objective_values(m, study.objectives, unit) if m else None, result,
                                    error=FAILURE if s.state == "FAIL" else None, backend="optuna", worker=worker)
             system: dict[str, Any] = {BEATING_ATTR: True} if heartbeats else {}
             if m is not None:

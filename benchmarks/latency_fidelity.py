@@ -12,6 +12,18 @@
    depend on the weights' values), so nothing is trained.
 
     PYTHONPATH=. python benchmarks/latency_fidelity.py [--task digits] [--runs 10] [--processes 3]
+
+3. Under load (``--under-load``): the same artifacts (int8 models of several sizes, each
+   against its fp32 baseline: the digits CNN, a ResNet-8 at widths 16 and 32, two
+   ``transformers`` ViTs) timed in ``--processes`` fresh processes, one after the other,
+   while two busy processes (numpy matrix products, one thread each) compete for the
+   cores.  Each process reads every speed-up with slimtune's procedure
+   (``slimtune.search._timing.static_latencies`` on the measurement's clock) and with the
+   one it replaced (wall clock, median of 100 calls in 10 rounds: ``before``).  The
+   disagreement of a model is ``max / min - 1`` of its speed-ups across processes;
+   target: <= 10% where the baseline takes >= 0.5 ms, <= 15% below.
+
+    PYTHONPATH=. python benchmarks/latency_fidelity.py --under-load --json
 """
 
 from __future__ import annotations
@@ -146,11 +158,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="digits")
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--processes", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--processes", type=int, default=None, help="fresh processes (default 3; 2 under load)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed samples (default 100; the study's under load)")
+    parser.add_argument("--under-load", action="store_true", help="time under two busy processes (section 3)")
+    parser.add_argument("--json", action="store_true", help="with --under-load: print one JSON object")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    repeatability(args.task, args.runs, args.processes, args.repeats)
-    speedup_vs_macs(args.task, args.repeats)
+    if args.worker:
+        from benchmarks._under_load import worker
+
+        worker(args.worker, args.repeats)
+        return
+    if args.under_load:
+        from benchmarks._under_load import under_load
+
+        under_load(processes=args.processes or 2, repeats=args.repeats, as_json=args.json)
+        return
+    repeatability(args.task, args.runs, args.processes or 3, args.repeats or 100)
+    speedup_vs_macs(args.task, args.repeats or 100)
 
 
 if __name__ == "__main__":

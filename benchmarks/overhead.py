@@ -62,7 +62,7 @@ PHASES: tuple[tuple[str, str, str], ...] = (
     ("pre-measure", "slimtune.search._pipeline", "Evaluator.pre_measure"),
     ("compile (ONNX export, quantize)", "slimtune.search._pipeline", "Evaluator._compile"),
     ("artifact accuracy val+test, torch agreement", "slimtune.search._profiling", "_accuracy"),
-    ("latency timing", "slimtune.search._profiling", "measure_latency"),
+    ("latency timing", "slimtune.search._timing", "time_runners"),
     ("packing (size)", "slimtune.search.packed", "packed_size"),
     ("MACs", "slimtune.search._macs", "count_macs"),
     ("rest of evaluate", "slimtune.search._pipeline", "Evaluator.evaluate"),

@@ -1,6 +1,10 @@
 """Pareto dominance over plain rows: objective directions, the non-dominated sort (a 2-D
 sweep, a lexicographic scan above), the baseline rule, hypervolume.
 
+Latency is compared as a **same-run ratio**: a row's ``latency_ms`` over the baseline
+timed interleaved with it (``reference_latency_ms``; :func:`relative_latency`), never as
+milliseconds read at different moments.  Milliseconds stay the stored and shown figure.
+
 The one place these are written, below both ``search`` (early stopping, the progress
 bar) and ``studies`` (the frontier, ``select``); the widgets, the CLI and the benchmarks
 call them too.  Pure functions over plain rows (``dict`` objects carrying the objective
@@ -35,6 +39,40 @@ DEFAULT_OBJECTIVES: tuple[str, ...] = ("accuracy", "latency_ms")
 COST_OBJECTIVES: tuple[str, ...] = ("latency_ms", "size_bytes", "macs")
 
 
+#: The name under which Optuna is told a trial's latency as its same-run ratio
+#: (``latency_ms / reference_latency_ms``): the metric name of the latency objective in
+#: studies created since the ratio became what samplers see.  An Optuna study whose
+#: metric names still say ``latency_ms`` (made before) goes on being told milliseconds,
+#: so that its samplers read one unit throughout (:func:`optuna_latency_unit`).
+LATENCY_RATIO = "latency_ratio"
+
+
+def optuna_metric_names(objectives: Sequence[str]) -> list[str]:
+    """The Optuna metric names of a new study with ``objectives``: the latency
+    objective is told as its same-run ratio (:data:`LATENCY_RATIO`)."""
+    return [LATENCY_RATIO if name == "latency_ms" else name for name in objectives]
+
+
+def optuna_latency_unit(metric_names: Sequence[str] | None) -> str:
+    """What an Optuna study's latency values are: ``"ratio"`` (its metric names carry
+    :data:`LATENCY_RATIO`) or ``"ms"`` (studies made before, or without metric names)."""
+    return "ratio" if metric_names and LATENCY_RATIO in metric_names else "ms"
+
+
+def relative_latency(row: Mapping[str, Any], baseline_latency_ms: float | None = None) -> float:
+    """``latency_ms / reference_latency_ms``: the row's latency relative to the baseline
+    timed beside it (the inverse of its same-run speed-up).  A row without its own
+    reference is divided by ``baseline_latency_ms`` (the baseline's stored latency) when
+    given, else its milliseconds are returned as they are (rows that never had a
+    baseline, compared only among themselves).  NaN when the latency is missing."""
+    latency = _number(row.get("latency_ms"))
+    reference = _number(row.get("reference_latency_ms"))
+    if not reference > 0:
+        fallback = _number(baseline_latency_ms)
+        reference = fallback if fallback > 0 else 1.0
+    return latency / reference
+
+
 def directions(objectives: Sequence[str]) -> tuple[str, ...]:
     """``maximize`` / ``minimize`` for each name (objectives and axis figures)."""
     return tuple(DIRECTIONS[name] for name in objectives)
@@ -48,20 +86,22 @@ def _number(value: Any) -> float:
         return math.nan
 
 
-def loss_vector(row: Mapping[str, Any], objectives: Sequence[str]) -> tuple[float, ...]:
-    """The row's objective values turned into losses (every one minimized)."""
-    out = []
-    for name in objectives:
-        value = float(row[name])
-        out.append(-value if DIRECTIONS[name] == "maximize" else value)
-    return tuple(out)
+def loss_vector(row: Mapping[str, Any], objectives: Sequence[str], *,
+                baseline_latency_ms: float | None = None) -> tuple[float, ...]:
+    """The row's objective values turned into losses (every one minimized); latency as
+    :func:`relative_latency`."""
+    return tuple(float(v) for v in loss_matrix([row], objectives, baseline_latency_ms=baseline_latency_ms)[0])
 
 
-def loss_matrix(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> np.ndarray:
+def loss_matrix(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str], *,
+                baseline_latency_ms: float | None = None) -> np.ndarray:
     """The rows' losses as an ``(n, k)`` array (every column minimized); a missing or
-    non-numeric value is NaN."""
+    non-numeric value is NaN.  The ``latency_ms`` column holds each row's
+    :func:`relative_latency` (``baseline_latency_ms``: for rows without their own
+    reference)."""
     signs = np.array([-1.0 if DIRECTIONS[name] == "maximize" else 1.0 for name in objectives])
-    values = np.array([[_number(row.get(name)) for name in objectives] for row in rows], dtype=float)
+    values = np.array([[relative_latency(row, baseline_latency_ms) if name == "latency_ms" else _number(row.get(name))
+                        for name in objectives] for row in rows], dtype=float)
     return values.reshape(len(rows), len(objectives)) * signs
 
 
@@ -124,15 +164,18 @@ def _scan(losses: np.ndarray) -> np.ndarray:
     return keep
 
 
-def non_dominated_mask(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> list[bool]:
+def non_dominated_mask(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str], *,
+                       baseline_latency_ms: float | None = None) -> list[bool]:
     """``True`` for each row no other row dominates (equal rows are all kept, as in
-    Optuna's ``best_trials``).  Rows with a missing or NaN objective are never on it."""
-    return non_dominated_losses(loss_matrix(rows, objectives)).tolist()
+    Optuna's ``best_trials``), latency compared as same-run ratios
+    (:func:`loss_matrix`).  Rows with a missing or NaN objective are never on it."""
+    return non_dominated_losses(loss_matrix(rows, objectives, baseline_latency_ms=baseline_latency_ms)).tolist()
 
 
 def front_order(x: Sequence[float], y: Sequence[float], *, x_objective: str, y_objective: str = "accuracy") -> np.ndarray:
     """Indices of the non-dominated points of a 2-D plot (each axis in its objective's
-    direction), best ``x`` first (then best ``y``, then index)."""
+    direction), best ``x`` first (then best ``y``, then index).  The values are compared
+    as given (for latency, pass each point's :func:`relative_latency`)."""
     losses = loss_matrix([{x_objective: a, y_objective: b} for a, b in zip(x, y)], (x_objective, y_objective))
     keep = np.flatnonzero(non_dominated_losses(losses))
     return keep[np.lexsort((keep, losses[keep, 1], losses[keep, 0]))] if keep.size else keep
@@ -151,14 +194,14 @@ def baseline_point(row: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[
 
 def _baseline_losses(rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any],
                      objectives: Sequence[str]) -> np.ndarray:
-    """The losses of :func:`baseline_point` beside each row, as a matrix."""
-    losses = np.repeat(loss_matrix([baseline_point({}, baseline)], objectives), len(rows), axis=0)
-    if "latency_ms" in objectives:  # minimized: the loss is the latency itself
-        references = [r.get("reference_latency_ms") for r in rows]
-        timed = np.array([v is not None for v in references], dtype=bool)
-        values = np.array([_number(v) for v in references], dtype=float)
-        column = losses[:, list(objectives).index("latency_ms")]
-        column[timed] = values[timed]
+    """The losses of :func:`baseline_point` beside each row, as a matrix: its relative
+    latency is 1 (the row's reference over itself; for a row without one, the
+    baseline's stored latency over itself)."""
+    losses = np.repeat(loss_matrix([baseline], objectives), len(rows), axis=0)
+    if "latency_ms" in objectives:
+        stored = _number(baseline.get("latency_ms")) > 0
+        ratio = np.array([stored or _number(r.get("reference_latency_ms")) > 0 for r in rows], dtype=bool)
+        losses[:, list(objectives).index("latency_ms")] = np.where(ratio, 1.0, math.nan)
     return losses
 
 
@@ -169,7 +212,8 @@ def beaten_by_baseline_mask(rows: Sequence[Mapping[str, Any]], baseline: Mapping
     selected.  A missing value on either side means not beaten."""
     if not baseline or not rows:
         return np.zeros(len(rows), dtype=bool)
-    return dominates_rows(_baseline_losses(rows, baseline, objectives), loss_matrix(rows, objectives))
+    return dominates_rows(_baseline_losses(rows, baseline, objectives),
+                          loss_matrix(rows, objectives, baseline_latency_ms=_number(baseline.get("latency_ms"))))
 
 
 def beaten_by_baseline(row: Mapping[str, Any], baseline: Mapping[str, Any] | None, objectives: Sequence[str]) -> bool:
@@ -182,12 +226,15 @@ def baseline_on_front(baseline: Mapping[str, Any], rows: Sequence[Mapping[str, A
     in that row's own run."""
     if not rows:
         return True
-    return not dominates_rows(loss_matrix(rows, objectives), _baseline_losses(rows, baseline, objectives)).any()
+    return not dominates_rows(loss_matrix(rows, objectives, baseline_latency_ms=_number(baseline.get("latency_ms"))),
+                              _baseline_losses(rows, baseline, objectives)).any()
 
 
-def non_dominated(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> list[Mapping[str, Any]]:
+def non_dominated(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str], *,
+                  baseline_latency_ms: float | None = None) -> list[Mapping[str, Any]]:
     """The rows on the frontier, in their original order."""
-    return [row for row, keep in zip(rows, non_dominated_mask(rows, objectives)) if keep]
+    mask = non_dominated_mask(rows, objectives, baseline_latency_ms=baseline_latency_ms)
+    return [row for row, keep in zip(rows, mask) if keep]
 
 
 def hypervolume(points: Iterable[Sequence[float]], reference: Sequence[float]) -> float:

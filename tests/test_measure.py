@@ -45,6 +45,55 @@ def test_measure_latency_reflects_work():
 def test_measure_latency_rejects_bad_counts():
     with pytest.raises(ValueError, match="repeats"):
         measure_latency({"a": lambda: None}, repeats=0)
+    with pytest.raises(ValueError, match="clock"):
+        measure_latency({"a": lambda: None}, clock="gpu")
+
+
+def test_the_cpu_clock_leaves_out_time_off_the_cpu():
+    """A call that sleeps (as a call preempted by other processes waits) takes wall time
+    but no on-CPU time; a call that computes takes both."""
+    import time
+
+    from slimtune.search._timing import time_runners
+
+    def spin(ms: float = 1.0) -> None:
+        end = time.perf_counter() + ms / 1e3
+        while time.perf_counter() < end:
+            pass
+
+    t = time_runners({"sleeps": lambda: time.sleep(0.002), "computes": spin}, warmup=1, repeats=6, rounds=2,
+                     clock="cpu")
+    assert min(t.wall["sleeps"]) >= 2.0 > 5 * max(t.cpu["sleeps"])
+    assert np.median(t.cpu["computes"]) == pytest.approx(np.median(t.wall["computes"]), rel=0.5)
+
+
+def test_calibrated_loops_make_each_sample_long_enough():
+    import time
+
+    from slimtune.search._timing import MIN_SAMPLE_MS, calibrate_loops, time_runners
+
+    calls = {"n": 0}
+
+    def tiny() -> None:
+        calls["n"] += 1
+        end = time.perf_counter() + 2e-5  # 0.02 ms
+        while time.perf_counter() < end:
+            pass
+
+    loops = calibrate_loops(tiny, clock="wall")
+    assert loops >= MIN_SAMPLE_MS / 0.02 * 0.5 and loops > 1
+    calls["n"] = 0
+    t = time_runners({"tiny": tiny}, warmup=0, repeats=5, rounds=1, loops={"tiny": 4}, clock="wall")
+    assert calls["n"] == 20 and len(t.wall["tiny"]) == 5 and t.loops == {"tiny": 4}
+    assert 0.015 < np.median(t.wall["tiny"]) < 1.0  # per call, not per sample
+
+
+def test_latency_clock_and_percentile():
+    from slimtune.search._timing import latency_clock, percentile
+
+    assert latency_clock(1, True) == "cpu"
+    assert latency_clock(2, True) == latency_clock(1, False) == "wall"
+    assert percentile(list(range(11)), 10) == pytest.approx(1.0) == float(np.percentile(range(11), 10))
 
 
 def test_fingerprint_is_stable_and_specific():
@@ -88,8 +137,9 @@ def test_measure_static_model(data, runtime, tmp_path):
     assert isinstance(m, Measurement)
     expected_acc = float((compiled.predict(data.x_test).argmax(-1) == data.y_test.numpy()).mean())
     assert m.accuracy == expected_acc > 0.8
-    assert len(m.latency_samples_ms) == 30 and m.latency_kind == "median"
-    assert m.latency_ms == pytest.approx(float(np.median(m.latency_samples_ms)))
+    assert len(m.latency_samples_ms) == 30 and m.latency_kind == "p10"
+    assert m.latency_ms == pytest.approx(float(np.percentile(m.latency_samples_ms, 10)))
+    assert m.latency_clock == "cpu" and m.latency_wall_ms > 0  # one thread: the calling thread's on-CPU time
     assert m.latency_p95_ms >= m.latency_ms > 0 and m.reference_latency_ms > 0
     assert m.macs > 0 and m.params_count > 0
     packed = tmp_path / "model.slim"
@@ -113,7 +163,7 @@ def test_measure_early_exit_model(data, tmp_path):
     m = measure(net, compiled, data.x_test, data.y_test, bits=32, example_input=data.x_test[:1],
                 reference=compile_model(base, bits=32, calibration=data.x_train[:64]), batch_size=4,
                 warmup=2, repeats=40)
-    assert m.latency_kind == "mean_of_path_medians" and m.batch_size == 1
+    assert m.latency_kind == "mean_of_path_p10" and m.batch_size == 1
     assert any("one sample at a time" in f for f in m.flags)
     # each timed sample counts with the median of its exit path: between the paths' medians,
     # and the sample's own path is the one the runtime takes for it

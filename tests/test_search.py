@@ -77,12 +77,14 @@ def test_resume_continues_numbering_and_keeps_earlier_trials(study):
 def test_optuna_load_study_reads_the_same_trials(study, storage):
     plain = optuna.load_study(study_name="digits-s", storage=storage)
     assert [d.name for d in plain.directions] == ["MAXIMIZE", "MINIMIZE"]
-    assert plain.metric_names == ["accuracy", "latency_ms"]
+    assert plain.metric_names == ["accuracy", "latency_ratio"]  # latency told as its same-run ratio
     trials = plain.get_trials()
     assert len(trials) == N + M
     rows = {r["trial"]: r for r in study.trials()}
     for t in trials:
-        assert t.values == [rows[t.number]["accuracy"], rows[t.number]["latency_ms"]]
+        row = rows[t.number]
+        assert t.values == [row["accuracy"], row["latency_ms"] / row["reference_latency_ms"]]
+        assert t.user_attrs["latency_ms"] == row["latency_ms"]
         assert t.user_attrs["backend"] == "optuna"
         assert {**t.user_attrs["fixed_params"], **t.params} == rows[t.number]["params"]
     # Optuna's best trials, less those the baseline beats in their own run (Optuna never saw the baseline),

@@ -22,6 +22,7 @@ from slimtune._cli_tables import (
     val_accuracy,
 )
 from slimtune._defaults import DEFAULT_STORAGE, STORAGE_ENV
+from slimtune._dominance import relative_latency
 from slimtune._vocabulary import STATE_WORDS, STUDY_COLUMNS, created_text
 from slimtune.search._early_stopping import rejected_before_training  # light: no torch
 
@@ -113,11 +114,11 @@ def next_steps(study: Any) -> list[str]:
     lines = [f"slimtune show {name} --pareto{storage}"]
     if front:
         base = study.baseline
-        fast = min(front, key=lambda r: r["latency_ms"])
+        fast = min(front, key=relative_latency)  # the fastest in its own run; the budget is its ms
         budget = max(fast["latency_ms"], min(base.latency_ms, max(r["latency_ms"] for r in front)))
         # 4 significant digits, rounded up (x1.001 outweighs the rounding) so the trial it names fits
         lines.append(f"slimtune select {name} --max-latency-ms {budget * 1.001:.4g}{storage}")
-        best = max(front, key=lambda r: (val_accuracy(r) or 0.0, -r["latency_ms"]))
+        best = max(front, key=lambda r: (val_accuracy(r) or 0.0, -relative_latency(r)))
         lines.append(f"slimtune export {name} --trial {best['trial']} --out {_file_name(study.name)}.onnx{storage}")
     return lines
 

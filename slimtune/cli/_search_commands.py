@@ -123,7 +123,7 @@ def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: st
 @click.option("--runtime", type=click.Choice(list(RUNTIMES)), default=None, help="Runtime that is timed [default: onnxruntime].")
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None, help="Inference threads [default: 1].")
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=None, help="Timed batch size [default: 1].")
-@click.option("--latency-repeats", type=click.IntRange(1, MAX_REPEATS), default=None, help="Timed repeats per candidate [default: 100].")
+@click.option("--latency-repeats", type=click.IntRange(1, MAX_REPEATS), default=None, help="Timed samples per candidate [default: 400].")
 @click.option("--calibration-size", type=click.IntRange(1, MAX_CALIBRATION), default=None,
               help="PTQ calibration samples, the first of the training split (a streaming loader reads only the "
                    "batches they fill) [default: 256].")

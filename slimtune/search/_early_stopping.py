@@ -389,7 +389,8 @@ def frontier_points_only(points: Sequence[FrontierPoint], cost_objectives: Seque
     points, since a dominated point stops nothing its dominator would not."""
     from slimtune._dominance import non_dominated_mask  # the one dominance rule
 
-    rows = [{"accuracy": p.val_accuracy, **{c: p.costs[c] for c in cost_objectives}} for p in points]
+    rows = [{"accuracy": p.val_accuracy, **{c: p.costs[c] for c in cost_objectives},
+             "reference_latency_ms": p.reference_latency_ms} for p in points]
     return [p for p, keep in zip(points, non_dominated_mask(rows, ("accuracy", *cost_objectives))) if keep]
 
 

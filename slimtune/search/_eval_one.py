@@ -19,6 +19,7 @@ def measurement_row(m) -> dict[str, Any]:
     """A measurement in the JSON row fields (``accuracy`` = ``val_accuracy``)."""
     return {"accuracy": m.accuracy, "val_accuracy": m.accuracy, "test_accuracy": m.test_accuracy,
             "latency_ms": m.latency_ms, "latency_p95_ms": m.latency_p95_ms, "latency_kind": m.latency_kind,
+            "latency_clock": m.latency_clock, "latency_wall_ms": m.latency_wall_ms,
             "reference_latency_ms": m.reference_latency_ms, "speedup": m.speedup,
             "size_bytes": m.size_bytes, "artifact_bytes": m.artifact_bytes, "macs": m.macs,
             "exit_rates": list(m.exit_rates) if m.exit_rates else None,

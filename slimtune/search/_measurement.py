@@ -20,9 +20,16 @@ class Measurement:
         test_accuracy: top-1 accuracy of the same artifact on the **test** split,
             measured once per complete trial and reported apart; samplers, tuners,
             early stopping and exit calibration never see it.
-        latency_ms: median of repeated timings after warm-up (for early-exit models the
-            mean over real held-out samples run one at a time, each counted with the
-            median timing of the exit path it took; see ``latency_kind``).
+        latency_ms: a low percentile (``p10``) of repeated timings after warm-up (for
+            early-exit models the mean over real held-out samples run one at a time,
+            each counted with that percentile of the exit path it took; see
+            ``latency_kind``: ``median`` / ``mean_of_path_medians`` in measurements
+            stored before), read on ``latency_clock``.
+        latency_clock: ``cpu`` (the calling thread's on-CPU time: one thread, a runtime
+            that computes on the calling thread) or ``wall``
+            (:mod:`slimtune.search._timing`); ``wall`` for measurements stored before.
+        latency_wall_ms: the same statistic of the same calls on the wall clock (``None``
+            when not recorded).
         latency_p95_ms: 95th percentile of the same timings.
         latency_samples_ms: the raw timings.
         size_bytes: length in bytes of the packed model file of the timed artifact
@@ -74,6 +81,8 @@ class Measurement:
     reference_latency_ms: float | None = None
     flags: tuple[str, ...] = ()
     test_accuracy: float | None = None
+    latency_clock: str = "wall"
+    latency_wall_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -15,6 +15,7 @@ import threading
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
+from slimtune._dominance import optuna_latency_unit
 from slimtune.search._early_stopping import FrontierEarlyStopping
 from slimtune.search._constraints import Constraints
 from slimtune.search._outcome import Recorder
@@ -110,7 +111,7 @@ def run_search(study: SearchedStudy, n_trials: int | None = None, *, timeout: fl
                          recorder=study, constraints=study.constraints,
                          baseline_accuracy=float(study.baseline.accuracy), early_stopping=study.early_stopping,
                          epochs=epochs, recovery_epochs=int(recovery or 0), fixed=space.fixed,
-                         warm_start=warm_start)
+                         warm_start=warm_start, latency_unit=optuna_latency_unit(optuna_study.metric_names))
     try:
         return runner.run(n_trials=n_trials, timeout=timeout, stop_event=stop_event, callbacks=callbacks,
                           progress=progress, catch=catch)

@@ -53,8 +53,27 @@ class Recorder(Protocol):
     # (called before each trial instead of Optuna's plain stale-trial failing)
 
 
-def objective_values(measurement: Measurement, objectives: Sequence[str]) -> list[float]:
-    return [float(getattr(measurement, name)) for name in objectives]
+def objective_values(measurement: "Measurement | Mapping[str, Any]", objectives: Sequence[str],
+                     latency_unit: str = "ratio") -> list[float]:
+    """The values Optuna is told, in the study's objective order: latency as its
+    same-run ratio (``latency_ms / reference_latency_ms``) when ``latency_unit`` is
+    ``"ratio"`` (:func:`slimtune._dominance.optuna_latency_unit` of the Optuna study),
+    in milliseconds for studies made before.  ``measurement``: a Measurement or its dict.
+
+    Raises:
+        ValueError: a ratio is asked for and the baseline was not timed beside it.
+    """
+    get = measurement.get if isinstance(measurement, Mapping) else (lambda k: getattr(measurement, k))
+    out = []
+    for name in objectives:
+        value = float(get(name))
+        if name == "latency_ms" and latency_unit == "ratio":
+            reference = get("reference_latency_ms")
+            if not reference or not float(reference) > 0:
+                raise ValueError("the latency cannot be told as a same-run ratio: no baseline was timed beside it")
+            value /= float(reference)
+        out.append(value)
+    return out
 
 
 def user_attrs(outcome: TrialOutcome, fixed: Mapping[str, Any]) -> dict[str, Any]:

@@ -68,7 +68,7 @@ class EvalSettings:
     qat_lr: float = 1e-4
     seed: int = 0
     latency_warmup: int = 10
-    latency_repeats: int = 100
+    latency_repeats: int = 400  # calibrated samples (slimtune.search._timing)
     calibration_size: int = 256  # PTQ calibration: this many training samples (the first of a stream)
 
     def __post_init__(self) -> None:
@@ -283,7 +283,7 @@ class Evaluator:
             path_macs = tuple(count_macs(model, self.example_input, [float(i == k) for i in range(len(path_names))])
                               for k in range(len(path_names)))
         timed["reference"] = self.reference()  # the baseline, timed interleaved: costs as same-run ratios
-        ms = _cautious_latencies(timed, x)
+        ms = _cautious_latencies(timed, x, self.settings.threads)
         return PreMeasurement(latency_ms=ms["candidate"],
                               macs=path_macs[0] if path_macs else count_macs(model, self.example_input),
                               size_bytes=packed_size(compiled.artifact, artifact_format=compiled.artifact_format,
@@ -404,17 +404,20 @@ def _rebuild_lowering(model: nn.Module, recipe: dict[str, Any], example_input: t
     return fold_batchnorm(model.eval(), example_input) if recipe.get("bn_folded") else model
 
 
-def _cautious_latencies(compiled: dict[str, Any], x: torch.Tensor) -> dict[str, float]:
-    """A cautious (low) latency of each compiled model on ``x``, timed interleaved: the
-    10th percentile of 90 calls after :data:`PRE_WARMUP`.  Early stopping compares
-    finished trials against it, and a high one would reject a candidate that is really
-    faster (the median after 5 warm-up calls read an 8-bit digits model at 0.029-0.056 ms
-    that measured 0.026 ms trained)."""
-    from slimtune.search._profiling import measure_latency
+def _cautious_latencies(compiled: dict[str, Any], x: torch.Tensor, threads: int) -> dict[str, float]:
+    """A cautious (low) latency of each compiled model on ``x``, timed interleaved on
+    the clock of the final measurement (:func:`~slimtune.search._timing.latency_clock`):
+    the 10th percentile of 30 calibrated samples after :data:`PRE_WARMUP` calls.  Early
+    stopping compares finished trials against it, and a high one would reject a
+    candidate that is really faster (the median after 5 warm-up calls read an 8-bit
+    digits model at 0.029-0.056 ms that measured 0.026 ms trained)."""
+    from slimtune.search._profiling import _runtime_of
+    from slimtune.search._timing import latency_clock, measure_latency
 
     inputs = {name: c.prepare(x) for name, c in compiled.items()}
     runners = {name: (lambda c=c, xi=inputs[name]: c.run_one(xi)) for name, c in compiled.items()}
-    timings = measure_latency(runners, warmup=PRE_WARMUP, repeats=30, rounds=3)
+    clock = latency_clock(threads, all(_runtime_of(c).calls_on_caller_thread for c in compiled.values()))
+    timings = measure_latency(runners, warmup=PRE_WARMUP, repeats=30, rounds=3, clock=clock, loops=None)
     return {name: sorted(t)[len(t) // 10] for name, t in timings.items()}
 
 

@@ -19,13 +19,11 @@ itself (the ONNX model or TorchScript archive the runtime loads).
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import math
 import os
 import platform
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -35,6 +33,8 @@ from torch import nn
 
 from slimtune.search._cpu import cpu_features, u8s8_can_saturate
 from slimtune.search._measurement import Measurement
+from slimtune.search import _timing  # called through the module: one place to wrap (benchmarks/overhead.py)
+from slimtune.search._timing import LATENCY_PERCENTILE, ROUNDS, latency_clock, measure_latency, percentile  # noqa: F401
 from slimtune.spaces._lowering import QUANTIZABLE, snap_weights
 from slimtune.tasks._data import Split, TensorSplit, model_input
 
@@ -59,64 +59,22 @@ MIN_RUNTIME_AGREEMENT = 0.99
 
 
 # -- latency ----------------------------------------------------------------------
-def measure_latency(
-    runners: dict[str, Callable[[], object]],
-    *,
-    warmup: int = 20,
-    repeats: int = 200,
-    rounds: int = 10,
-) -> dict[str, list[float]]:
-    """Time each runner ``repeats`` times (ms), interleaved across runners.
-
-    After ``warmup`` untimed calls of each runner, the repeats are split into
-    ``rounds`` rounds; in each round every runner runs its share back to back, the
-    runner order rotating from round to round, so slow phases of a noisy machine
-    hit all runners alike.  Each call is timed alone with ``time.perf_counter_ns``;
-    the garbage collector is paused while timing.
-
-    Returns:
-        ``{name: [ms, ...]}`` with exactly ``repeats`` timings per runner.
-    """
-    if repeats < 1 or rounds < 1 or warmup < 0:
-        raise ValueError(f"`repeats` and `rounds` must be >= 1 and `warmup` >= 0, but got {repeats}, {rounds}, {warmup}.")
-    names = list(runners)
-    rounds = min(rounds, repeats)
-    shares = [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
-    timings: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(warmup):
-        for name in names:
-            runners[name]()
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        clock = time.perf_counter_ns
-        for r, share in enumerate(shares):
-            order = names[r % len(names):] + names[:r % len(names)]
-            for name in order:
-                run, out = runners[name], timings[name]
-                for _ in range(share):
-                    start = clock()
-                    run()
-                    out.append((clock() - start) / 1e6)
-    finally:
-        if was_enabled:
-            gc.enable()
-    return timings
+# measure_latency lives in _timing (the clocks, calibrated loops, interleaved rounds)
 
 
-def mean_of_path_medians(timings_ms: Sequence[float], paths: Sequence[int]) -> float:
+def mean_of_path_medians(timings_ms: Sequence[float], paths: Sequence[int], q: float = 50) -> float:
     """The latency of an early-exit model over timed samples: each sample counts with
-    the median timing of the exit path it took (``paths[k]``: the exit of the sample
-    timed in ``timings_ms[k]``), i.e. ``sum_e share_e * median_e``.  Robust to a few
-    slow calls (a loaded machine) as a plain mean is not, and still weighted by how
-    often each path runs on real data."""
+    the median (``q``-th percentile) timing of the exit path it took (``paths[k]``: the
+    exit of the sample timed in ``timings_ms[k]``), i.e. ``sum_e share_e * median_e``.
+    Robust to a few slow calls (a loaded machine) as a plain mean is not, and still
+    weighted by how often each path runs on real data."""
     if len(timings_ms) != len(paths) or not timings_ms:
         raise ValueError(f"`timings_ms` and `paths` must be non-empty and of one length, but got "
                          f"{len(timings_ms)} and {len(paths)}.")
     by_path: dict[int, list[float]] = {}
     for ms, path in zip(timings_ms, paths):
         by_path.setdefault(int(path), []).append(float(ms))
-    return float(sum(len(v) * np.median(v) for v in by_path.values()) / len(timings_ms))
+    return float(sum(len(v) * np.percentile(v, q) for v in by_path.values()) / len(timings_ms))
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -365,16 +323,19 @@ def measure(
     :class:`~slimtune.tasks._data.Split` in ``x_val`` / ``x_test`` (its ``y_`` left
     ``None``): its batches are read one at a time and only the logits kept.
 
-    Latency is timed on validation inputs (a split's first ones).  Static models: the
-    median of ``repeats`` timings of ``compiled.run_one`` at ``batch_size``, interleaved with
-    ``reference.run_one`` on the same inputs (its median in
-    ``reference_latency_ms``).  Early-exit models: the dynamic model is timed one
-    sample at a time over ``repeats`` real validation samples (a seeded random order),
-    latency = the mean over those samples of the median timing of the exit path each
-    one took (``latency_kind="mean_of_path_medians"``, :func:`mean_of_path_medians`:
-    a plain mean let a few load spikes decide, and gave a loaded machine's 4.7-5.9x
-    "speed-ups"); the reference is timed interleaved on the same samples, its median
-    in ``reference_latency_ms``.  ``size_bytes`` is the length of the packed file
+    Latency is timed on validation inputs (a split's first ones), on the clock of
+    :func:`~slimtune.search._timing.latency_clock` (the calling thread's on-CPU time at
+    one thread; ``latency_clock``), with the wall-clock figure of the same calls in
+    ``latency_wall_ms``.  Static models: the :data:`LATENCY_PERCENTILE`-th percentile of
+    ``repeats`` calibrated samples of ``compiled.run_one`` at ``batch_size``, interleaved
+    in rounds with ``reference.run_one`` on the same inputs (its percentile in
+    ``reference_latency_ms``; :func:`~slimtune.search._timing.static_latencies`).
+    Early-exit models: the dynamic model is timed one sample at a time over ``repeats``
+    real validation samples (a seeded random order), latency = the mean over those
+    samples of the same percentile of the exit path each one took
+    (``latency_kind="mean_of_path_p10"``, :func:`mean_of_path_medians`: a plain mean let
+    a few load spikes decide); the reference is timed interleaved on the same samples,
+    its percentile in ``reference_latency_ms``.  ``size_bytes`` is the length of the packed file
     of ``compiled.artifact`` (``bits`` recorded in its header), ``artifact_bytes`` the
     length of the artifact; MACs and params come from ``model``.  ``metric``
     (``(logits, labels) -> float``, the task's) replaces top-1 accuracy in ``accuracy``
@@ -419,16 +380,23 @@ def measure(
     runners = {"candidate": _cycler([compiled.prepare(s) for s in samples], compiled.run_one)}
     if reference is not None:
         runners["reference"] = _cycler([reference.prepare(s) for s in samples], reference.run_one)
-    timings = measure_latency(runners, warmup=warmup, repeats=repeats, rounds=min(10, repeats))
-    samples_ms = timings["candidate"]
-    if compiled.has_exits:
+    clock = latency_clock(threads, all(_runtime_of(c).calls_on_caller_thread for c in (compiled, reference) if c))
+    if compiled.has_exits:  # one real sample per call: the path it takes is known (loops of 1)
+        timings = _timing.time_runners(runners, warmup=warmup, repeats=repeats, rounds=min(ROUNDS, repeats), loops=1,
+                               clock=clock)
+        samples_ms = timings.on(clock)["candidate"]
         # the k-th timed call ran sample (warmup + k) mod n: the cycler steps on through the warmup calls
         taken = compiled.predict_with_exits(chosen)[1]
         paths = [int(taken[(warmup + k) % len(samples)]) for k in range(len(samples_ms))]
-        latency, kind = mean_of_path_medians(samples_ms, paths), "mean_of_path_medians"
+        q = LATENCY_PERCENTILE
+        latency, kind = mean_of_path_medians(samples_ms, paths, q), f"mean_of_path_p{q}"
+        wall_ms = mean_of_path_medians(timings.wall["candidate"], paths, q)
+        latencies = {name: percentile(v) for name, v in timings.on(clock).items()}
     else:
-        latency, kind = float(np.median(samples_ms)), "median"
-    reference_ms = float(np.median(timings["reference"])) if reference is not None else None
+        latencies, timings = _timing.static_latencies(runners, warmup=warmup, repeats=repeats, clock=clock)
+        samples_ms = timings.on(clock)["candidate"]
+        latency, kind, wall_ms = latencies["candidate"], f"p{LATENCY_PERCENTILE}", percentile(timings.wall["candidate"])
+    reference_ms = latencies["reference"] if reference is not None else None
 
     fingerprint, fingerprint_id = machine_fingerprint(compiled.runtime, threads, batch_size)
     example = example_input[:1]
@@ -447,6 +415,8 @@ def measure(
         batch_size=batch_size,
         threads=threads,
         latency_kind=kind,
+        latency_clock=clock,
+        latency_wall_ms=wall_ms,
         fingerprint=fingerprint,
         fingerprint_id=fingerprint_id,
         kernel_bits=compiled.kernel_bits,

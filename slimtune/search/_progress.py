@@ -17,18 +17,20 @@ def progress_summary(points: Sequence["FrontierPoint"], costs: Sequence[str], ba
     """The study-wide state for the progress bar, over the complete trials ``points``
     (earlier sessions and other workers too; their costs include ``latency_ms``): the
     size of the front under (accuracy, ``costs``), the best validation accuracy, and the
-    fastest trial within 1 point of the baseline's accuracy."""
-    from slimtune._dominance import non_dominated_mask
+    fastest trial within 1 point of the baseline's accuracy (its same-run speed-up)."""
+    from slimtune._dominance import non_dominated_mask, relative_latency
 
     if not points:
         return {}
-    rows = [{"accuracy": p.val_accuracy, **p.costs} for p in points]
+    rows = [{"accuracy": p.val_accuracy, **p.costs, "reference_latency_ms": p.reference_latency_ms} for p in points]
     out = {"front": str(sum(non_dominated_mask(rows, ("accuracy", *costs)))),
            "best_val": f"{max(p.val_accuracy for p in points):.4f}"}
-    close = [p for p in points if p.val_accuracy >= baseline_accuracy - 0.01]
+    close = [(p, row) for p, row in zip(points, rows) if p.val_accuracy >= baseline_accuracy - 0.01]
     if close:
-        fast = min(close, key=lambda p: p.costs["latency_ms"])
-        out["fastest_within_1pt"] = f"{fast.costs['latency_ms']:.3g}ms(#{fast.trial})"
+        fast, row = min(close, key=lambda pr: relative_latency(pr[1]))
+        shown = (f"{1 / relative_latency(row):.2f}x" if fast.reference_latency_ms
+                 else f"{fast.costs['latency_ms']:.3g}ms")
+        out["fastest_within_1pt"] = f"{shown}(#{fast.trial})"
     return out
 
 

@@ -12,7 +12,9 @@ For each trial the runner
    attributes on the Optuna trial; besides the user's limits, a candidate that
    collapsed (:func:`collapse_margin`) is infeasible for the samplers only,
 4. hands the outcome to the recorder (the study database), then tells Optuna
-   (COMPLETE with the objective values, PRUNED when stopped early, FAIL on error),
+   (COMPLETE with the objective values, latency as its same-run ratio in studies whose
+   Optuna metric names say so (:func:`~slimtune._dominance.optuna_latency_unit`),
+   PRUNED when stopped early, FAIL on error),
 5. tells the backend (:meth:`Backend.observe`) and calls the per-trial callbacks.
 
 Whatever raises after ``ask``, the trial ends COMPLETE, PRUNED or FAIL; trials that
@@ -76,6 +78,8 @@ class TrialRunner:
         epochs: distillation epochs per candidate (the rule's horizon).
         recovery_epochs: epochs of pruning fine-tuning / QAT after distillation.
         fixed: fixed parameter values (recorded with each trial).
+        latency_unit: how Optuna is told latency: ``"ratio"`` (to the baseline timed in
+            the same run) or ``"ms"`` (studies made before ratios).
         warm_start: start a study that has no trial yet with the task's warm starts
             (:mod:`~slimtune.search._warm_start`), one enqueued right before each of
             this session's first trials (so none is left waiting when the session
@@ -86,7 +90,7 @@ class TrialRunner:
     def __init__(self, *, study: "optuna.Study", backend: Backend, evaluator: Evaluator, objectives: Sequence[str],
                  recorder: Recorder, constraints: Constraints | None = None, baseline_accuracy: float = float("nan"),
                  early_stopping: FrontierEarlyStopping | None = None, epochs: int = 1, recovery_epochs: int = 0,
-                 fixed: Mapping[str, Any] | None = None, warm_start: bool = True) -> None:
+                 fixed: Mapping[str, Any] | None = None, warm_start: bool = True, latency_unit: str = "ratio") -> None:
         self.study = study
         self.backend = backend
         self.evaluator = evaluator
@@ -101,6 +105,7 @@ class TrialRunner:
         self.fixed = dict(fixed or {})
         self.worker = socket.gethostname()
         self.warm_start = warm_start
+        self.latency_unit = latency_unit
         self._warm_starts: list[dict[str, Any]] = []  # still to enqueue, one before each trial
 
     def plan_warm_starts(self) -> int:
@@ -183,7 +188,7 @@ class TrialRunner:
                 outcome.state = "PRUNED"
             else:
                 m = result.measurement
-                outcome.values = objective_values(m, self.objectives)
+                outcome.values = objective_values(m, self.objectives, self.latency_unit)
                 if any(math.isnan(v) for v in outcome.values):
                     raise ValueError(f"objective values {outcome.values} contain NaN")
                 outcome.constraints = self.constraints.values(m, self.baseline_accuracy)

@@ -9,7 +9,10 @@ the tuner that proposes the next trial sees a single score, to **maximize**::
 
 * A **weight** is the accuracy a halving of the cost is worth: ``latency_ms*0.05``
   means "half the latency is worth 5 accuracy points".  Log-costs make the score
-  independent of units (a reference cost would only shift it by a constant).
+  independent of units (a reference cost would only shift it by a constant); latency
+  is traded as its same-run ratio (over ``reference_latency_ms``, the baseline timed
+  beside it) when the measurement has one, so machine drift between trials does not
+  enter the score.  Budgets stay in milliseconds.
 * A **budget** counts only what lies beyond it, relative to it: with
   ``latency_ms<=2,penalty=1`` a candidate 10 % over 2 ms loses 0.1 accuracy;
   within budget only accuracy counts.
@@ -129,10 +132,14 @@ class Scalarization:
                 raise ValueError(f"The scalarisation needs `{name}`, but got {value!r}.")
             values[name] = float(value)
         total = values["accuracy"]
+        reference = get("reference_latency_ms")
         for name, weight in self.weights.items():
-            if values[name] <= 0:
+            traded = values[name]
+            if name == "latency_ms" and reference is not None and float(reference) > 0:
+                traded /= float(reference)  # the same-run ratio: a constant shift of log2(ms) when the machine is steady
+            if traded <= 0:
                 raise ValueError(f"`{name}` must be positive for a log trade-off, but got {values[name]!r}.")
-            total -= weight * math.log2(values[name])
+            total -= weight * math.log2(traded)
         for name, budget in self.budgets.items():
             total -= self.penalty * max(0.0, values[name] / budget - 1.0)
         return total

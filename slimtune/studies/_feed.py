@@ -161,12 +161,12 @@ def _point(number: int, tid: int | None, state: str | None, record: tuple | None
     feasible = None
     if tid is not None:
         values, attrs = figures.values.get(tid, {}), figures.user_attrs.get(tid, {})
-        for k, name in enumerate(objectives):
-            if k in values:
-                metrics[name] = values[k]
-        for name in METRICS:
-            if metrics[name] is None and attrs.get(name) is not None:
+        for name in METRICS:  # slimtune's own units first (Optuna may be told latency as a ratio)
+            if attrs.get(name) is not None:
                 metrics[name] = attrs[name]
+        for k, name in enumerate(objectives):
+            if k in values and metrics[name] is None:
+                metrics[name] = values[k]
         val, reference = attrs.get("val_accuracy"), attrs.get("reference_latency_ms")
         if constraints is not None:
             feasible = all(v <= 0 for v in constraints.get(tid, {}).values())

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from slimtune._dominance import COST_OBJECTIVES, OBJECTIVES, beaten_by_baseline_mask
+from slimtune._dominance import COST_OBJECTIVES, OBJECTIVES, beaten_by_baseline_mask, relative_latency
 from slimtune.studies._errors import StudyError
 
 
@@ -71,8 +71,9 @@ class Limits:
                      or (row.get("artifact_bytes") or math.inf) <= self.max_artifact_kb * 1024))
 
     def key(self, row: Mapping[str, Any]) -> tuple:
-        """The ranking: most accurate first, ties to lower latency, smaller size, earlier trial."""
-        return (-row[self.accuracy], row["latency_ms"], row["size_bytes"], row["trial"])
+        """The ranking: most accurate first, ties to lower latency (relative to the
+        baseline timed in the same run), smaller size, earlier trial."""
+        return (-row[self.accuracy], relative_latency(row), row["size_bytes"], row["trial"])
 
 
 def select_rows(rows: Sequence[Mapping[str, Any]], limits: Limits, *, baseline: Mapping[str, Any] | None,
@@ -115,7 +116,7 @@ def no_candidate_message(study_name: str, rows: Sequence[Mapping[str, Any]], fit
             "keep the baseline.")
     alternatives: list[str] = []
     if max_latency_ms is not None:
-        near = sorted((r for r in rows if fits(r, "latency")), key=lambda r: (r["latency_ms"], -r[acc]))
+        near = sorted((r for r in rows if fits(r, "latency")), key=lambda r: (relative_latency(r), -r[acc]))
         if near:
             alternatives.append(f"the fastest meeting the other limits is {_describe(near[0], acc)}")
     if min_accuracy is not None:
@@ -133,7 +134,7 @@ def no_candidate_message(study_name: str, rows: Sequence[Mapping[str, Any]], fit
             alternatives.append(f"the smallest artifact meeting the other limits is {_describe(near[0], acc)}, "
                                 f"artifact {near[0]['artifact_bytes'] / 1024:.1f} KiB")
     if not alternatives:
-        fastest = min(rows, key=lambda r: (r["latency_ms"], -r[acc]))
+        fastest = min(rows, key=lambda r: (relative_latency(r), -r[acc]))
         best = min(rows, key=key)
         alternatives.append(f"the fastest is {_describe(fastest, acc)}; the most accurate is {_describe(best, acc)}")
     return f"No complete trial of study {study_name!r} fits {asked}: " + "; ".join(alternatives) + "."
@@ -142,4 +143,8 @@ def no_candidate_message(study_name: str, rows: Sequence[Mapping[str, Any]], fit
 def _describe(row: Mapping[str, Any], acc: str = "accuracy") -> str:
     label = "test accuracy" if acc == "test_accuracy" else "val accuracy"
     trial = "baseline" if row.get("trial") == "baseline" else f"trial {row['trial']}"
-    return f"{trial} ({label} {row[acc]:.4f}, latency {row['latency_ms']:.4g} ms, {row['size_bytes'] / 1024:.1f} KiB)"
+    ratio = relative_latency(row)
+    same_run = f" = {1 / ratio:.2f}x the baseline's speed in its run" if (
+        trial != "baseline" and row.get("reference_latency_ms") and ratio > 0) else ""
+    return (f"{trial} ({label} {row[acc]:.4f}, latency {row['latency_ms']:.4g} ms{same_run}, "
+            f"{row['size_bytes'] / 1024:.1f} KiB)")

@@ -13,7 +13,7 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Callable
 
-from slimtune._dominance import directions
+from slimtune._dominance import LATENCY_RATIO, directions, optuna_metric_names
 from slimtune.studies._database import _scrub, commit_without_fsync_in_wal, creating_concurrently, engine_options, mask_url
 from slimtune.studies._errors import StudyError
 
@@ -72,8 +72,9 @@ def optuna_storage(url: str, *, create: bool = True) -> "optuna.storages.RDBStor
 def ensure_optuna_study(storage: "optuna.storages.RDBStorage", record: "StudyRecord", *,
                         has_candidates: Callable[[], bool], shown_url: str) -> "optuna.Study":
     """The Optuna study of slimtune study ``record``: loaded, or created with the
-    directions, metric names and a ``slimtune`` user attribute of its objectives (another
-    worker may create it at the same time).  ``has_candidates()`` says whether slimtune
+    directions, metric names (latency told as its same-run ratio,
+    :func:`~slimtune._dominance.optuna_metric_names`) and a ``slimtune`` user attribute
+    of its objectives (another worker may create it at the same time).  ``has_candidates()`` says whether slimtune
     holds records of its trials (then a missing Optuna study was deleted, not new);
     ``shown_url`` is the storage in messages."""
     import optuna
@@ -100,7 +101,9 @@ def ensure_optuna_study(storage: "optuna.storages.RDBStorage", record: "StudyRec
     if created:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            study.set_metric_names(objectives)
+            study.set_metric_names(optuna_metric_names(objectives))
+        told = {"latency_ms": f"{LATENCY_RATIO}: latency_ms / the baseline's latency timed in the same run"}
         study.set_user_attr("slimtune", {"task": record.task_name, "objectives": objectives,
-                                         "version": record.slimtune_version})
+                                         "version": record.slimtune_version,
+                                         **({"values": told} if "latency_ms" in objectives else {})})
     return study

@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
+from slimtune._dominance import relative_latency
 from slimtune._vocabulary import STATE_PHRASES
 from slimtune.studies._errors import NoCandidateError, StudyError
 from slimtune.studies._frontier import SPLITS, Limits, no_candidate_message, select_rows
@@ -67,9 +68,11 @@ class Reading:
     def frontier(self, *, fingerprint: str | None = None) -> list[dict]:
         """The non-dominated complete trials under the study's objectives (feasible ones
         only when the study has constraints, as in Optuna's ``best_trials``), sorted by
-        the first cost objective.  A collapsed candidate (below half the baseline's
-        accuracy) stays here, though Optuna's ``best_trials`` leaves it out: it is
-        infeasible for the samplers only (:data:`slimtune.search._constraints.COLLAPSE_FRACTION`).
+        the first cost objective.  Latency is compared as each trial's ratio to the
+        baseline timed in its own run (``latency_ms / reference_latency_ms``).  A
+        collapsed candidate (below half the baseline's accuracy) stays here, though
+        Optuna's ``best_trials`` leaves it out: it is infeasible for the samplers only
+        (:data:`slimtune.search._constraints.COLLAPSE_FRACTION`).
 
         Latencies measured on different machines are not comparable: when the trials
         carry more than one machine fingerprint a ``UserWarning`` says so; pass
@@ -86,7 +89,11 @@ class Reading:
                               f"({', '.join(sorted(map(str, ids)))}); pass fingerprint= to keep one.", UserWarning,
                               stacklevel=2)
         cost = self.objectives[1]
-        return sorted((r for r in rows if r["pareto"]), key=lambda r: (r[cost], -r["accuracy"], r["trial"]))
+
+        def compared(row: dict) -> float:  # latency as the same-run ratio the front was decided on
+            return relative_latency(row) if cost == "latency_ms" else row[cost]
+
+        return sorted((r for r in rows if r["pareto"]), key=lambda r: (compared(r), -r["accuracy"], r["trial"]))
 
     def candidate(self, number: int) -> "Candidate":
         """Trial ``number`` as a :class:`Candidate` (it must be complete)."""

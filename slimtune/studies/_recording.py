@@ -16,8 +16,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Sequence
 
 from slimtune.search._early_stopping import FrontierPoint
-from slimtune.search._outcome import TrialOutcome
-from slimtune._dominance import beaten_by_baseline, non_dominated_mask
+from slimtune.search._outcome import TrialOutcome, objective_values
+from slimtune._dominance import beaten_by_baseline, non_dominated_mask, optuna_latency_unit
 from slimtune.studies._rows import make_row
 from slimtune.studies._schema import CandidateRecord, utcnow
 
@@ -63,7 +63,8 @@ class Recording:
                 try:
                     rec = records.get(t.number)
                     if rec is not None:
-                        values = ([float((rec.measurement or {})[o]) for o in self.objectives]
+                        values = (objective_values(rec.measurement or {}, self.objectives,
+                                                   optuna_latency_unit(study.metric_names))
                                   if rec.state == "COMPLETE" else None)
                         study.tell(t.number, values, state=TrialState[rec.state], skip_if_finished=True)
                         done["told"].append(t.number)
@@ -147,8 +148,9 @@ class Recording:
         row["constraints"], row["feasible"] = dict(outcome.constraints), outcome.feasible
         if row["state"] == "COMPLETE" and row["feasible"]:
             others = [r for r in self.trials() if r["trial"] != row["trial"]]
+            baseline = self.baseline_row()
             row["pareto"] = (bool(non_dominated_mask([row] + [r for r in others if r["state"] == "COMPLETE" and
                                                               (r["feasible"] or not self.constraints.active)],
-                                                     self.objectives)[0])
-                             and not beaten_by_baseline(row, self.baseline_row(), self.objectives))
+                                                     self.objectives, baseline_latency_ms=baseline.get("latency_ms"))[0])
+                             and not beaten_by_baseline(row, baseline, self.objectives))
         return row

@@ -47,12 +47,13 @@ def make_row(record: "CandidateRecord | None", trial: "FrozenTrial | None", *, o
         row["state"] = trial.state.name
         row["params"] = {**dict(fixed or {}), **trial.params}
         attrs = trial.user_attrs
+        for name in METRICS:  # what slimtune wrote, in its own units (Optuna may be told latency as a ratio)
+            if attrs.get(name) is not None:
+                row[name] = attrs[name]
         if trial.values is not None:
             for name, value in zip(objectives, trial.values):
-                row[name] = value
-        for name in METRICS:
-            if row[name] is None and attrs.get(name) is not None:
-                row[name] = attrs[name]
+                if row[name] is None:
+                    row[name] = value
         constraints = dict(trial.constraints)
         row.update(
             constraints=constraints, feasible=all(v <= 0 for v in constraints.values()),
@@ -127,10 +128,10 @@ def merged_state(optuna_state: str | None, record_state: str | None) -> str:
 def mark_pareto(rows: list[dict[str, Any]], objectives: Sequence[str], *, feasible_only: bool,
                 baseline: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Set ``row["pareto"]``: complete (and, with constraints, feasible) rows that no
-    other such row dominates, nor the ``baseline`` (a point of the frontier, its
-    latency taken from each trial's own run)."""
+    other such row dominates, nor the ``baseline`` (a point of the frontier), latency
+    compared as same-run ratios (:func:`~slimtune._dominance.relative_latency`)."""
     eligible = [r for r in rows if r.get("state") == "COMPLETE" and (not feasible_only or r.get("feasible", True))]
-    mask = non_dominated_mask(eligible, objectives)
+    mask = non_dominated_mask(eligible, objectives, baseline_latency_ms=(baseline or {}).get("latency_ms"))
     on = {id(r) for r, keep in zip(eligible, mask) if keep and not beaten_by_baseline(r, baseline, objectives)}
     for r in rows:
         r["pareto"] = id(r) in on

@@ -179,12 +179,24 @@ def front_indices(x: np.ndarray, y: np.ndarray, *, key: str = "latency_ms") -> n
     return front_order(np.asarray(x, dtype=float), np.asarray(y, dtype=float), x_objective=key)
 
 
+def compared(rows: Sequence[Row], axis: Axis, baseline: Row | None = None) -> np.ndarray:
+    """What the front on ``axis`` compares for each row: the row field itself, except
+    latency, compared as the same-run ratio (:func:`slimtune._dominance.relative_latency`)
+    while milliseconds are what is drawn."""
+    if axis.key != "latency_ms":
+        return np.array([value(r, axis.key) for r in rows], dtype=float)
+    from slimtune._dominance import relative_latency
+
+    base = (baseline or {}).get("latency_ms")
+    return np.array([relative_latency(r, base) for r in rows], dtype=float)
+
+
 def front_rows(rows: Sequence[Row], objective: str = "latency", baseline: Row | None = None) -> list[Row]:
     """The complete rows on the accuracy-vs-``objective`` front, cheapest first; with a
     ``baseline``, rows it dominates (latency compared within each trial's run) are off."""
     axis = check_axis(objective)
     done = [r for r in rows if is_complete(r)]
-    x = np.array([value(r, axis.key) for r in done])
+    x = compared(done, axis, baseline)
     y = np.array([value(r, "accuracy") for r in done])
     return [done[i] for i in not_beaten_by_baseline(done, front_indices(x, y, key=axis.key), axis, baseline)]
 

@@ -153,9 +153,9 @@ class FrontierPlot:
             x, y = self._coordinates(done)
             self._x, self._y = np.concatenate([self._x, x]), np.concatenate([self._y, y])
             if len(done) > 64:  # many at once: sorted again; a few: each against the front
-                self._pareto = ParetoSet(self._losses(self._x, self._y))
+                self._pareto = ParetoSet(self._losses(self._done, self._y))
             else:
-                for i, loss in enumerate(self._losses(x, y)):
+                for i, loss in enumerate(self._losses(done, y)):
                     self._pareto.add(start + i, loss)
             self._edge_xy = None  # the measured data's edge may have moved
             self._draw_done()
@@ -173,7 +173,7 @@ class FrontierPlot:
             self.x_axis.label = self.axis.label
             self.x_axis.tick_format = self.axis.tick_format
         self._x = self._coordinates(self._done)[0]
-        self._pareto = ParetoSet(self._losses(self._x, self._y))
+        self._pareto = ParetoSet(self._losses(self._done, self._y))
         self._edge_xy = None
         for thinning in self._thin.values():
             thinning.reset()
@@ -252,10 +252,12 @@ class FrontierPlot:
             x[i], y[i] = self._xy(rows[i])
         return x, y
 
-    def _losses(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Both coordinates as losses (each in its objective's direction, minimized)."""
+    def _losses(self, rows: Sequence[dict[str, Any]], y: np.ndarray) -> np.ndarray:
+        """The rows' cost (as the front compares it: latency as its same-run ratio,
+        :func:`~slimtune.widgets._axes.compared`) and accuracy ``y`` as losses."""
         sign = -1.0 if DIRECTIONS[self.axis.key] == "maximize" else 1.0
-        return np.column_stack([sign * np.asarray(x, dtype=float), -np.asarray(y, dtype=float)])
+        x = R.compared(rows, self.axis, self._baseline)
+        return np.column_stack([sign * x, -np.asarray(y, dtype=float)])
 
     def _edge(self) -> tuple[float, float]:
         """Bottom-right corner of the measured data: where unmeasured trials are drawn."""

@@ -112,10 +112,14 @@ class TrialBook:
         if self._front is None:
             for kept in self.complete:
                 self._eligible_row(kept)
-            self._front = ParetoSet(loss_matrix(self._eligible, self.objectives))
+            self._front = ParetoSet(loss_matrix(self._eligible, self.objectives, baseline_latency_ms=self._base_ms()))
         index = self._eligible_at.get(row.get("trial"))
         return (index is not None and index in self._front
                 and not beaten_by_baseline(row, self.baseline, self.objectives))
+
+    def _base_ms(self) -> float | None:
+        """The baseline's stored latency: what a row without its own reference is divided by."""
+        return (self.baseline or {}).get("latency_ms")
 
     def _eligible_row(self, row: dict[str, Any]) -> None:
         if self._feasible_only and not row.get("feasible", True):
@@ -124,7 +128,7 @@ class TrialBook:
         self._eligible.append(row)
         self._eligible_at[row.get("trial")] = index
         if self._front is not None:
-            self._front.add(index, loss_matrix([row], self.objectives)[0])
+            self._front.add(index, loss_matrix([row], self.objectives, baseline_latency_ms=self._base_ms())[0])
 
     @property
     def counts(self) -> tuple[int, int, int]:

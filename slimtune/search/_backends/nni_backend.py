@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from slimtune._dominance import LATENCY_RATIO
 from slimtune.search._backends._interface import Backend, BackendError, Proposal, register_backend
 from slimtune.search._backends._nni_tuners import (
     DEFAULT_TUNER,
@@ -230,8 +231,8 @@ class NNIBackend(Backend):
         A PRUNED trial (stopped early: it could not reach the frontier) scores as the
         worst complete trial seen so far."""
         if state == "COMPLETE" and values is not None:
-            metrics: dict[str, Any] = dict(user_attrs)
-            metrics.update(zip(self.objectives or (), values))
+            metrics: dict[str, Any] = dict(user_attrs)  # slimtune's units (Optuna may be told a latency ratio)
+            metrics.update((k, v) for k, v in zip(self.objectives or (), values) if metrics.get(k) is None)
             try:
                 score = self.scalarization.score(metrics)
             except ValueError as exc:
@@ -330,8 +331,8 @@ class NNIBackend(Backend):
 
 def _objective_names(study: "optuna.Study") -> tuple[str, ...]:
     names = getattr(study, "metric_names", None)
-    if names:
-        return tuple(names)
+    if names:  # latency told as its same-run ratio is still the latency objective
+        return tuple("latency_ms" if n == LATENCY_RATIO else n for n in names)
     directions = [d.name.lower() for d in study.directions]
     if directions == ["maximize", "minimize"]:
         return ("accuracy", "latency_ms")

@@ -109,6 +109,9 @@ class Runtime:
         deployment: the runtime a user chooses and a measurement records.
         artifact_format: the format of the artifact it writes.
         static_models, exit_models: the kinds of model it compiles.
+        calls_on_caller_thread: whether a call at one thread computes wholly on the
+            calling thread (then its latency is read on that thread's on-CPU time,
+            :mod:`slimtune.search._timing`); a runtime with threads of its own says no.
     """
 
     name: ClassVar[str] = ""
@@ -116,6 +119,7 @@ class Runtime:
     artifact_format: ClassVar[str] = ""
     static_models: ClassVar[bool] = True
     exit_models: ClassVar[bool] = False
+    calls_on_caller_thread: ClassVar[bool] = False
 
     def compile(self, model: nn.Module, segments: "list[Segment] | None", *, bits: int, calibration: torch.Tensor,
                 threads: int, int8_format: str, metadata: Mapping[str, Any] | None) -> CompiledModel:

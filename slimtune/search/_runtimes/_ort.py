@@ -240,6 +240,7 @@ class OrtRuntime(Runtime):
 
     deployment = "onnxruntime"
     artifact_format = "onnx"
+    calls_on_caller_thread = True  # at one thread: timed on the calling thread's on-CPU clock
     #: Outputs the call returns: ``logits`` (and ``exit_index`` for early-exit models).
     outputs = 1
 

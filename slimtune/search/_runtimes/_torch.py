@@ -133,6 +133,7 @@ class TorchRuntime(Runtime):
 
     deployment = "torch"
     artifact_format = "torchscript"
+    calls_on_caller_thread = True  # at one thread: timed on the calling thread's on-CPU clock
     static_models = True
     exit_models = True
 
