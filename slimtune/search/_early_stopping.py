@@ -45,48 +45,12 @@ still to run, counting the recovery epochs that follow distillation (pruning
 fine-tuning, QAT).  ``accuracy_tolerance`` is the accuracy the rule may give up: a
 candidate that could at most edge past a no-costlier point is not worth finishing.
 
-**Defaults** (``accuracy_tolerance=0.01``, ``latency_tolerance=0.2``, ``pre_check``,
+**Defaults**: ``accuracy_tolerance=0.01``, ``latency_tolerance=0.2``, ``pre_check``,
 ``recovery_margin_per_epoch=0.02``, learned part on, no prior margin, no near-baseline
-zone), measured with ``benchmarks/frontier_ceiling.py``: digits' joint space, 288
-configurations spanning every family and the real ranges (pruning 0-0.9 by channel or
-weight, 32/8/2 bits, DS-conv, low-rank, an exit, distillation), each trained and
-measured once (frontier points three times), re-enumerated 2026-12-01; slimtune's
-default search replayed with and without the rule on paired seeds 0-29, 58 proposals
-(20% of the space), every proposal counted.  Training time saved (mean) / hypervolume
-loss median (mean, worst seed) / seeds where the fastest candidate within 1 val point
-of the baseline got slower or went missing:
-
-* **shipped: -24%** (-12 to 54% per seed) / **0.0%** (0.2%, 4.3%) / 4 of 30.  With no
-  check before training: -20%.  A rule that stops almost nothing (tolerance 0): -2%.
-* ``latency_tolerance`` 0.1: -27 to -28% / 0.0-0.2% (0.2-0.3%, 5.8%) / 11 to 14 of 30
-  at any accuracy tolerance from 0.01 to 0.1; with ``near_baseline=0.01``: -29% / 0.1%
-  / 9 of 30.  Not shipped: it loses the candidate a user looks for first in a third of
-  the searches, and a 10% latency margin is below the noise of the pre-training
-  estimate (above).
-* The tolerance hardly matters on digits (0.01 to 0.05: -23 to -24%): nearly every
-  candidate lands at 0.98-0.99 validation accuracy, and what decides is its cost.
-* Less to save than before: the same rule saved 29.6% (0.2% loss; 10 seeds had read
-  32%) while Optuna's samplers still took collapsed candidates (below half the
-  baseline's accuracy) for the fast end of a good front and proposed their neighbours
-  again (8.4 complete ones per search of 58 proposals, as well as those the rule
-  stopped cheaply).  Infeasible for the samplers now
-  (:data:`~slimtune.search._constraints.COLLAPSE_FRACTION`): 1.9 complete ones, and the
-  search with the rule reaches more hypervolume above 0.95 accuracy (94.7% of the
-  ceiling's against 91.4%) for 12% more training.  Issue 13's target (-30% at <= 2% loss) is not met on digits.
-
-An earlier ceiling (144 configurations, 2026-11-30) held early-exit latencies from the
-plain mean of per-sample timings that stop 16 replaced, and its frontier was mostly
-phantom exit points; the figures measured on it (18% with this rule, 34% with a 0.05
-tolerance, the 0.05 tolerance that stalled a real Fashion-MNIST search at the cap of
-proposals) are history, kept in the git log.
-
-**Fashion-MNIST** (the stored 20-trial search, ``benchmarks/compression.py``, replayed
-in trial order; its rows predate the exit costs after each epoch and the same-run
-ratios): on (accuracy, latency), slimtune's default objectives, 42% of training time at
-0.0% loss, the fastest candidate within 1 val point of the baseline kept; on (accuracy,
-latency, size), the objectives of that search, 0%, and no rule reaches 30% there: an
-oracle that knows every final accuracy saves 11% (the tiny channel-pruned candidates
-are on the size front).  Real paired runs: ``benchmarks/early_stopping_real.py`` (README, Benchmarks).
+zone; chosen by replaying searches against digits' enumerated ceiling
+(``benchmarks/frontier_ceiling.py``) and Fashion-MNIST's stored search
+(``benchmarks/compression.py``): the training time saved and the hypervolume lost, dated,
+are in ``docs/benchmarks.md``.
 
 **Near-baseline zone** (``near_baseline``; off by default): the fastest candidate within
 1 validation point of the baseline is what a user looks for first, so with a zone

@@ -105,13 +105,8 @@ FASHION_WARM_STARTS: tuple[dict, ...] = (
 
 
 #: A new digits study's first trials: Fashion-MNIST's list, unchanged (the same
-#: well-known compressions; this CNN's stem is ``blocks.0.0`` too).  Real searches as
-#: the README runs them (20 trials, seeds 0-3, 2026-12-01): the fastest candidate within
-#: 1 validation point of the baseline was 1.02x / 1.52x / 1.22x / 1.67x the baseline's
-#: speed with the backend's neighbourhood (one knob family at random, e.g. 16 bits,
-#: which no CPU kernel speeds up) and 2.11x / 2.11x / 2.46x / 2.11x with this list (int8
-#: with half the channels pruned: 0.986 validation, 2.11x); hypervolume (test accuracy,
-#: same-run latency ratio) 0.615 -> 0.645 on average, above 0.95 accuracy 0.40 -> 0.52.
+#: well-known compressions; this CNN's stem is ``blocks.0.0`` too).  What they gave
+#: real searches, dated: ``docs/benchmarks.md``.
 DIGITS_WARM_STARTS = FASHION_WARM_STARTS
 
 

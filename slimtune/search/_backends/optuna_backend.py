@@ -10,29 +10,13 @@ The defaults: the **warm start** (a new study's first trials are the baseline's
 neighbourhood, one knob family moved at a time: :func:`neighbourhood`; a task may give
 its own list, as the built-in tasks do) followed by **TPE** (multivariate,
 ``constant_liar``; the model takes over right after the warm start,
-:data:`STARTUP_TRIALS`).  On Fashion-MNIST every point of the stored 20-trial search's
-front came from the task's warm starts.  On digits' re-enumerated ceiling
-(``benchmarks/frontier_ceiling.py``, 288 configurations; searches replayed, paired
-seeds 0-29, early stopping on for the default; the grid fixes parameters the digits
-task's list names, so the replay starts from the neighbourhood, as a user's model
-does) the default reached a median 98.2% of
-the ceiling's hypervolume after 29 trials (10% of the space) and 98.3% after 58;
-Optuna's random sampler without warm start 97.7% / 98.7%, Optuna's TPE with its own
-defaults 98.3% / 98.7%, NNI's TPE 97.0% / 97.8%.  That hypervolume (reference accuracy
-0.5) saturates on digits: one compressed model at 0.99 accuracy and 0.55x the
-baseline's latency already covers 97% of the ceiling, so no sampler can stand out.
-Above 0.95 test accuracy the default reached 93.8% / 94.7% (random 91.0% / 94.0%) in
-58-68% of random's wall time, once collapsed candidates (below half the baseline's
-accuracy) became infeasible for the samplers
-(:data:`~slimtune.search._constraints.COLLAPSE_FRACTION`); before that it trailed random
-there (88.6% / 91.4%).  The figures that first chose these defaults (96.4% vs random's
-59.1%) were measured on an earlier ceiling whose frontier was mostly early-exit
-latencies mis-timed by the old plain mean.
+:data:`STARTUP_TRIALS`).  How the default compares with Optuna's random and
+TPE samplers and NNI's TPE on an enumerated ceiling, dated: ``docs/benchmarks.md``
+(``benchmarks/frontier_ceiling.py``).
 
 **Stopped trials are shown to the sampler as pending points**
 (:func:`stopped_as_pending`): GP learns from COMPLETE trials only, and without it
-re-proposed what early stopping had just stopped (23 of 29 trials stopped, 22% of the
-hypervolume lost); as pending points its batch acquisition counts their
+re-proposed what early stopping had just stopped; as pending points its batch acquisition counts their
 neighbourhood as covered.  TPE already reads PRUNED trials (ranked after every
 complete one) and is not changed.
 """
