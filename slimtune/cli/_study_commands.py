@@ -10,6 +10,7 @@ import sys
 import click
 
 from slimtune._cli_tables import val_accuracy
+from slimtune._names import quoted
 from slimtune.cli._main import main, quiet_optuna
 from slimtune.cli._options import FRACTION, POSITIVE, storage_option, wide_option
 from slimtune.cli._reports import echo_frontier, echo_json, echo_selected, echo_study_list, echo_summary, echo_table
@@ -171,7 +172,15 @@ def cache_list(task: str | None) -> None:
 @click.option("--task", default=None, help="Only this task's baselines.")
 def cache_clear(task: str | None) -> None:
     """Delete the cached baselines; the next run or eval retrains them."""
-    from slimtune.search._baseline_cache import baselines_dir, clear_baselines
+    from slimtune.search._baseline_cache import baselines_dir, cached_baselines, clear_baselines
 
     removed = clear_baselines(task)
-    click.echo(f"Removed {len(removed)} cached baseline{'s' if len(removed) != 1 else ''} from {baselines_dir()}.")
+    if removed or task is None:
+        why = "" if removed else " (the cache is empty)"
+        click.echo(f"Removed {len(removed)} cached baseline{'s' if len(removed) != 1 else ''} from "
+                   f"{baselines_dir()}{why}.")
+        return
+    cached = sorted({i.task for i in cached_baselines()})
+    held = f"it holds baselines of {', '.join(map(repr, cached))}" if cached else "it is empty"
+    click.echo(f"Removed nothing from {baselines_dir()}: no cached baseline of task {quoted(task)} ({held}); "
+               "--task takes one task name as `slimtune cache list` shows it, not a pattern.")

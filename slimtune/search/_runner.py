@@ -39,6 +39,7 @@ import traceback
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from slimtune._storage_faults import StorageLost, retry_disconnects
 from slimtune.search._constraints import COLLAPSE_CONSTRAINT, Constraints, collapse_margin
 from slimtune.search._early_stopping import FrontierEarlyStopping, rejected_before_training
 from slimtune.search._heartbeat import TrialStart, fail_stale_trials
@@ -141,11 +142,9 @@ class TrialRunner:
     def _recover(self) -> None:
         """Finish trials that dead workers left RUNNING (the recorder knows how; a plain
         Optuna study only fails the stale ones)."""
+        self._check_storage()
         recover = getattr(self.recorder, "recover_trials", None)
-        if recover is not None:
-            recover()
-        else:
-            fail_stale_trials(self.study)
+        retry_disconnects(recover if recover is not None else lambda: fail_stale_trials(self.study))
 
     def _propose(self, start: TrialStart) -> Proposal:
         self.backend.on_ask = start
@@ -216,43 +215,57 @@ class TrialRunner:
 
     def _finish(self, outcome: TrialOutcome) -> dict:
         """Record the outcome (slimtune's row first), then tell Optuna.  If recording
-        fails the trial is told FAIL; if only ``tell`` fails the record stands and the
-        next :meth:`_recover` tells Optuna from it."""
+        fails the trial is told FAIL (when the storage still takes that write); if only
+        ``tell`` fails the record stands and the next :meth:`_recover` tells Optuna from
+        it.  A lost connection is retried (:func:`~slimtune._storage_faults.retry_disconnects`);
+        a database that is no longer the one opened (:class:`StorageLost`) gets no write."""
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
         trial = outcome.proposal.trial
         recorded = False
         try:
-            for key, value in outcome.constraints.items():
-                trial.set_constraint(key, value)
-            if outcome.state == "COMPLETE" and outcome.result is not None and outcome.result.measurement is not None:
-                margin = collapse_margin(outcome.result.measurement.accuracy, self.baseline_accuracy)
-                if margin is not None:  # the samplers' view only: the row keeps the user's constraints
-                    trial.set_constraint(COLLAPSE_CONSTRAINT, margin)
-            for key, value in user_attrs(outcome, self.fixed).items():
-                trial.set_user_attr(key, value)
-            row = self.recorder.record(outcome)  # details first: a COMPLETE Optuna trial always has them
+            self._check_storage()
+            retry_disconnects(lambda: self._set_attributes(outcome))
+            row = retry_disconnects(lambda: self.recorder.record(outcome))  # details first: a COMPLETE trial has them
             recorded = True
             fault("before_tell")
             state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAIL}[outcome.state]
             # skip_if_finished: another worker may have told it from the record meanwhile
             try:
-                told = self.study.tell(trial, outcome.values if outcome.state == "COMPLETE" else None, state=state,
-                                       skip_if_finished=True)
+                told = retry_disconnects(lambda: self.study.tell(
+                    trial, outcome.values if outcome.state == "COMPLETE" else None, state=state, skip_if_finished=True))
             except UpdateFinishedTrialError:  # ... even while Optuna's tell ran (between its check and its write)
                 told = self.study._storage.get_trial(trial._trial_id)  # noqa: SLF001 - what it was told
             if told.state != state:  # e.g. failed as stale while this machine slept past the grace period
                 logger.warning("Trial %d was already %s in Optuna when this worker finished it as %s (recorded "
                                "as such in slimtune's tables).", outcome.number, told.state.name, outcome.state)
-        except BaseException:
-            if not recorded:
+        except BaseException as exc:
+            if not recorded and not isinstance(exc, StorageLost):
                 try:
                     self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-                except Exception:  # noqa: BLE001 - the heartbeat lets the next worker fail it
+                except Exception:  # noqa: BLE001 - the next run fails it (its worker is gone)
                     logger.debug("could not fail trial %d", outcome.number, exc_info=True)
             raise
         return row
+
+    def _set_attributes(self, outcome: TrialOutcome) -> None:
+        """The constraints and small user attributes on the Optuna trial."""
+        trial = outcome.proposal.trial
+        for key, value in outcome.constraints.items():
+            trial.set_constraint(key, value)
+        if outcome.state == "COMPLETE" and outcome.result is not None and outcome.result.measurement is not None:
+            margin = collapse_margin(outcome.result.measurement.accuracy, self.baseline_accuracy)
+            if margin is not None:  # the samplers' view only: the row keeps the user's constraints
+                trial.set_constraint(COLLAPSE_CONSTRAINT, margin)
+        for key, value in user_attrs(outcome, self.fixed).items():
+            trial.set_user_attr(key, value)
+
+    def _check_storage(self) -> None:
+        """The recorder's check that its database is still the one opened (optional)."""
+        check = getattr(self.recorder, "check_storage", None)
+        if check is not None:
+            check()
 
     def progress_summary(self) -> dict[str, str]:
         """The study-wide state for the progress bar (:func:`~slimtune.search._progress.progress_summary`)."""

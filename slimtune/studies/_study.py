@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from sqlalchemy.exc import IntegrityError
 
 from slimtune._dominance import directions
+from slimtune._names import quoted
 from slimtune.search._constraints import Constraints
 from slimtune.search._early_stopping import FrontierEarlyStopping, resolve_early_stopping
 from slimtune.search._measurement import Measurement
@@ -162,7 +163,7 @@ class Study(Recording, Reading):
             if record is not None:
                 return cls._join(record, db, request, use_cache=use_cache)
             if request.task is None:
-                raise StudyError(f"There is no study {name!r} in {mask_url(storage)!r}; give a task to create it.")
+                raise StudyError(f"There is no study {quoted(name)} in {mask_url(storage)!r}; give a task to create it.")
             return cls._create(db, request, progress=progress, use_cache=use_cache)
         except BaseException:
             db.dispose()
@@ -216,7 +217,7 @@ class Study(Recording, Reading):
             from slimtune._names import close_matches
 
             hint = close_matches(name, names) if names else " The database holds no slimtune study."
-            raise StudyError(f"No study {name!r} in {mask_url(storage)!r}." + hint)
+            raise StudyError(f"No study {quoted(name)} in {mask_url(storage)!r}." + hint)
         return cls(record, db)
 
     @staticmethod
