@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import threading
 import time
@@ -46,6 +47,7 @@ from slimtune.search._heartbeat import TrialStart, fail_stale_trials
 from slimtune.search._interrupts import Interrupted, fault
 from slimtune.search._outcome import Recorder, TrialOutcome, objective_values, user_attrs
 from slimtune.search._progress import progress_bar, progress_summary, update_bar
+from slimtune.search._warm_claims import Claim, ClaimStore, MemoryClaims, claim_next
 
 if TYPE_CHECKING:  # pragma: no cover - kept out of the import so that `slimtune show` starts without torch
     import optuna
@@ -77,11 +79,11 @@ class TrialRunner:
         epochs: distillation epochs per candidate (the rule's horizon).
         recovery_epochs: epochs of pruning fine-tuning / QAT after distillation.
         fixed: fixed parameter values (recorded with each trial).
-        warm_start: start a study that has no trial yet with the task's warm starts
-            (:mod:`~slimtune.search._warm_start`), one enqueued right before each of
-            this session's first trials (so none is left waiting when the session
-            stops), when the backend takes enqueued trials (Optuna's samplers do; NNI's
-            tuners propose every value).
+        warm_start: start a new study with its warm starts (the task's, else the
+            backend's: :meth:`planned_warm_starts`), each claimed exactly once across
+            workers and proposed once more when its trial did not complete
+            (:mod:`~slimtune.search._warm_claims`), when the backend takes given values
+            (Optuna's samplers do; NNI's tuners propose every value).
     """
 
     def __init__(self, *, study: "optuna.Study", backend: Backend, evaluator: Evaluator, objectives: Sequence[str],
@@ -102,22 +104,38 @@ class TrialRunner:
         self.fixed = dict(fixed or {})
         self.worker = socket.gethostname()
         self.warm_start = warm_start
-        self._warm_starts: list[dict[str, Any]] = []  # still to enqueue, one before each trial
+        self._claims: ClaimStore | None = None  # where warm starts are claimed (set by run)
 
-    def plan_warm_starts(self) -> int:
-        """The warm starts of the evaluator's task that fit the backend's space, to be
-        enqueued one before each of the next trials, if the study has no trial yet and the
-        backend takes enqueued trials; how many."""
-        if not self.warm_start or not getattr(self.backend, "takes_enqueued_trials", False):
-            return 0
-        if self.study.get_trials(deepcopy=False):
-            return 0  # resumed, or joining a running study: its trials are under way
+    def planned_warm_starts(self) -> list[dict[str, Any]]:
+        """The warm starts a new study starts with: the task's that fit the backend's
+        space (:mod:`~slimtune.search._warm_start`), else the backend's own (the
+        baseline's neighbourhood for Optuna)."""
         from slimtune.search._warm_start import warm_start_trials
 
-        self._warm_starts = warm_start_trials(self.backend.space, getattr(self.evaluator, "task", None))
-        if self._warm_starts and hasattr(self.backend, "warm_start"):
-            self.backend.warm_start = False  # the task's own list replaces the backend's neighbourhood
-        return len(self._warm_starts)
+        return (warm_start_trials(self.backend.space, getattr(self.evaluator, "task", None))
+                or list(self.backend.warm_starts()))
+
+    def _claim_store(self) -> ClaimStore | None:
+        """Where this session claims warm starts: the recorder's (the study database),
+        else this process's memory; ``None`` without warm starts."""
+        if not self.warm_start or not getattr(self.backend, "takes_enqueued_trials", False):
+            return None
+        claims = getattr(self.recorder, "warm_start_claims", None)
+        return claims() if claims is not None else MemoryClaims(self.study)
+
+    def _claim_warm_start(self) -> Claim | None:
+        if self._claims is None:
+            return None
+        return retry_disconnects(lambda: claim_next(self._claims, planned=self.planned_warm_starts,
+                                                    worker=f"{self.worker}:{os.getpid()}"))
+
+    def _bind(self, claim: Claim, proposal: Proposal) -> None:
+        """Tie the claimed warm start to its trial, or give the claim back when Optuna
+        handed out a waiting trial (enqueued by someone else) instead."""
+        if all(proposal.values.get(k) == v for k, v in claim.values.items()):
+            retry_disconnects(lambda: self._claims.bind(claim.position, proposal.number))
+        else:
+            retry_disconnects(lambda: self._claims.release(claim.position, claim.attempts))
 
     def recovery_after_distillation(self, values: Mapping[str, Any]) -> int:
         """Recovery epochs that follow distillation for a candidate: the task's recovery
@@ -146,12 +164,14 @@ class TrialRunner:
         recover = getattr(self.recorder, "recover_trials", None)
         retry_disconnects(recover if recover is not None else lambda: fail_stale_trials(self.study))
 
-    def _propose(self, start: TrialStart) -> Proposal:
+    def _propose(self, start: TrialStart, claim: Claim | None) -> Proposal:
         self.backend.on_ask = start
         try:
             with warnings.catch_warnings():
                 # Optuna warns that heartbeats are meant for Study.optimize: this loop beats itself
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                if claim is not None:
+                    return self.backend.propose_given(self.study, claim.values)
                 return self.backend.propose(self.study)
         finally:
             self.backend.on_ask = None
@@ -164,13 +184,14 @@ class TrialRunner:
         anything else, e.g. ``KeyboardInterrupt``, fails the trial and is re-raised).
         """
         self._recover()
-        if self._warm_starts:  # popped by this trial's ask (or, rarely, by another worker's)
-            self.study.enqueue_trial(self._warm_starts.pop(0), skip_if_exists=True)
+        claim = self._claim_warm_start()
         start = TrialStart()
         outcome: TrialOutcome | None = None
         interrupted: BaseException | None = None
         try:
-            proposal = self._propose(start)
+            proposal = self._propose(start, claim)
+            if claim is not None:
+                self._bind(claim, proposal)
             outcome = TrialOutcome(proposal, "FAIL", None, None, backend=self.backend.name,
                                    early_stopping=self.early_stopping is not None, worker=self.worker)
             fault("before_eval")
@@ -291,7 +312,7 @@ class TrialRunner:
             raise ValueError("Give `n_trials`, `timeout` or `stop_event`, or the search never ends.")
         started = time.monotonic()
         rows: list[dict] = []
-        self.plan_warm_starts()
+        self._claims = self._claim_store()
         bar = progress_bar(n_trials, timeout) if progress else None
         if bar is not None:
             bar.set_postfix(self.progress_summary())  # a resumed study starts from its own front

@@ -343,6 +343,10 @@ class Database:
         except OperationalError as exc:  # still usable in rollback-journal mode, with the busy timeout
             logger.warning("Could not put %s in WAL mode: %s", mask_url(self.url), scrub(str(exc), self.url))
 
+    def ensure_tables(self) -> None:
+        """Create slimtune's tables that are missing (added without a schema version step)."""
+        creating_concurrently(lambda: Base.metadata.create_all(self.engine))
+
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session that commits on success, rolls back on error, and always closes."""

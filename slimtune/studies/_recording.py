@@ -121,6 +121,20 @@ class Recording:
             raise StorageLost(f"the study database {identity.path} no longer holds this study {self.name!r} as "
                               "it was opened (its file was overwritten); nothing more was written")
 
+    def warm_start_claims(self) -> Any:
+        """This study's warm starts and their claims (a
+        :class:`~slimtune.search._warm_claims.ClaimStore`: the runner claims each once)."""
+        from slimtune.studies._warm_starts import StudyWarmStarts
+
+        optuna_id = self.optuna_study._study_id  # noqa: SLF001 - the id Optuna's tables use
+
+        def states() -> dict[int, str]:
+            return self._storage.optuna_states(optuna_id, fallback=lambda: {
+                t.number: t.state.name for t in self.optuna_study.get_trials(deepcopy=False)})
+
+        return StudyWarmStarts(self._db, self._record.id, has_trials=lambda: bool(states()),
+                               optuna_states=lambda numbers: {n: s for n, s in states().items() if n in set(numbers)})
+
     def frontier_points(self, cost_objectives: Sequence[str]) -> list[FrontierPoint]:
         """Validation accuracy, learning curves (distillation epochs, recovery epochs)
         and measured costs of every complete candidate (all workers)."""

@@ -377,6 +377,7 @@ class Study(Recording, Reading):
         """Make the study ready for trials: a SQLite file in WAL mode (several workers),
         the Optuna study loaded with heartbeats on.  Returns the Optuna study."""
         self._db.enable_wal()
+        self._db.ensure_tables()  # tables a newer slimtune added (the warm-start claims)
         if self._optuna_study is None or self._optuna_storage is None:
             self._ensure_optuna_study(optuna_storage(self._db.url))
         else:  # opened before the file was in WAL mode: reconnect to commit without fsync
