@@ -12,7 +12,7 @@ import click
 from slimtune._cli_tables import val_accuracy
 from slimtune._names import quoted
 from slimtune.cli._main import main, quiet_optuna
-from slimtune.cli._options import FRACTION, POSITIVE, storage_option, wide_option
+from slimtune.cli._options import FRACTION, POSITIVE, storage_option, task_option, wide_option
 from slimtune.cli._reports import echo_frontier, echo_json, echo_selected, echo_study_list, echo_summary, echo_table
 from slimtune.cli._user_errors import UserError, user_errors
 
@@ -119,9 +119,10 @@ def select_(study_name: str, max_latency_ms: float | None, min_accuracy: float |
               help="Default: the one --out's extension means, else the format the trial was timed in (what was "
                    "measured). 'packed': that same artifact as a packed model file (.slim), size_bytes long; read it "
                    "with slimtune.search.packed.load_packed.")
+@task_option
 @storage_option
 @user_errors
-def export(study_name: str, trial: int, out: str, fmt: str | None, storage: str) -> None:
+def export(study_name: str, trial: int, out: str, fmt: str | None, task_spec: str | None, storage: str) -> None:
     """Write a trial's model: by default exactly the artifact that was timed; ONNX files
     carry how to feed them in their metadata (input, preprocessing, classes, params)."""
     import warnings
@@ -131,7 +132,7 @@ def export(study_name: str, trial: int, out: str, fmt: str | None, storage: str)
 
     fmt = format_for_path(out, fmt)  # a mismatched extension is refused before anything is read
     quiet_optuna()
-    study = Study.load(study_name, storage=storage)
+    study = Study.load(study_name, storage=storage, task=task_spec)
     try:
         cand = study.candidate(trial)
         with warnings.catch_warnings(record=True) as caught:

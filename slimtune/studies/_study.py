@@ -204,11 +204,19 @@ class Study(Recording, Reading):
         return study
 
     @classmethod
-    def load(cls, name: str, *, storage: str | None = None) -> "Study":
+    def load(cls, name: str, *, storage: str | None = None, task: "str | Task | None" = None) -> "Study":
         """An existing study (nothing is created; :class:`StudyError` if it is not there).
-        ``storage`` defaults to ``$SLIMTUNE_STORAGE``, else ``sqlite:///slimtune.db``."""
+        ``storage`` defaults to ``$SLIMTUNE_STORAGE``, else ``sqlite:///slimtune.db``.
+        ``task``: the study's task, when it is a user's (a spec stored in the database
+        is imported only for a built-in task or with ``$SLIMTUNE_TRUST_STORED_TASKS=1``);
+        it must be the task the study was created with."""
         check_name(name)
         storage = resolve_storage(storage)
+        given = None
+        if task is not None:
+            from slimtune.tasks._registry import get_task
+
+            given = get_task(task)
         db = Database.open(storage, create=False)
         record = cls._find(db, name)
         if record is None:
@@ -218,7 +226,13 @@ class Study(Recording, Reading):
 
             hint = close_matches(name, names) if names else " The database holds no slimtune study."
             raise StudyError(f"No study {quoted(name)} in {mask_url(storage)!r}." + hint)
-        return cls(record, db)
+        if given is not None:
+            try:
+                check_resume(record, db, task=given, objectives=None, constraints=None, settings=None)
+            except BaseException:
+                db.dispose()
+                raise
+        return cls(record, db, task=given)
 
     @staticmethod
     def _find(db: Database, name: str) -> StudyRecord | None:
