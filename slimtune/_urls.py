@@ -91,6 +91,9 @@ def url_secrets(url: Any) -> list[str]:
         after = len(user) + len(password) + len(host) + 2
         if password:
             found.update({password, unquote(password)})
+            pieces = password.split("@")  # a driver splits at the first '@': each side is shown apart
+            found.update("@".join(pieces[:i]) for i in range(1, len(pieces)))
+            found.update("@".join(pieces[i:]) for i in range(1, len(pieces)))
     q = _query_start(rest, after)
     for item in rest[q + 1:].split("&") if q < len(rest) else ():
         key, sep, value = item.partition("=")
