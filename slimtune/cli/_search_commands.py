@@ -94,7 +94,8 @@ def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: st
 
 @main.command(cls=AssignmentCommand)
 @click.option("--study", "study_name", required=True, help="Study name (created, or resumed if it exists).")
-@click.option("--task", "task_spec", default=None, help="Built-in task or package.module:callable (needed to create; checked on resume).")
+@click.option("--task", "task_spec", default=None, help="Built-in task or package.module:callable (needed to create, and to resume a study of a user "
+                   "task unless $SLIMTUNE_TRUST_STORED_TASKS=1; checked on resume).")
 @click.option("--trials", "n_trials", type=click.IntRange(1, MAX_TRIALS), default=None, help="Trials to run now.")
 @click.option("--timeout", type=FiniteFloat(min=0, max=MAX_TIMEOUT_S, min_open=True), default=None, help="No new trial after this many seconds.")
 @click.option("--objectives", default=None, help="accuracy plus latency_ms, size_bytes and/or macs, comma-separated [default: accuracy,latency_ms].")
