@@ -80,10 +80,12 @@ def show(study_name: str, pareto: bool, as_json: bool, wide: bool, storage: str)
               help="Timed artifact (artifact_bytes: the .onnx/TorchScript file the runtime loads) at most this many KiB.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the chosen trial's row as JSON, with `metadata`: how to feed its exported model.")
+@task_option
 @storage_option
 @user_errors
 def select_(study_name: str, max_latency_ms: float | None, min_accuracy: float | None, split: str,
-            max_size_kb: float | None, max_artifact_kb: float | None, as_json: bool, storage: str) -> None:
+            max_size_kb: float | None, max_artifact_kb: float | None, as_json: bool, task_spec: str | None,
+            storage: str) -> None:
     """The most accurate complete trial within the limits (ties: lower latency),
     ranked by validation accuracy unless --split test; never one the baseline beats.
 
@@ -94,7 +96,7 @@ def select_(study_name: str, max_latency_ms: float | None, min_accuracy: float |
     if max_latency_ms is None and min_accuracy is None and max_size_kb is None and max_artifact_kb is None:
         raise UserError("Give at least one of --max-latency-ms, --min-accuracy, --max-size-kb, --max-artifact-kb.")
     quiet_optuna()
-    study = Study.load(study_name, storage=storage)
+    study = Study.load(study_name, storage=storage, task=task_spec)  # --json's TorchScript input: the task
     try:
         try:
             cand = study.select(max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, max_size_kb=max_size_kb,
