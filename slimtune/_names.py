@@ -18,3 +18,11 @@ def close_matches(name: str, candidates: list[str]) -> str:
     shown = ", ".join(sorted(candidates)[:12])
     more = "" if len(candidates) <= 12 else f", ... ({len(candidates)} in all)"
     return f" Known: {shown}{more}."
+
+
+def quoted(text: object, limit: int = 60) -> str:
+    """``repr(text)``, cut after ``limit`` characters with the full length said (a
+    10,000-character name is not echoed in full)."""
+    if not isinstance(text, str) or len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"

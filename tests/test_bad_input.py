@@ -70,14 +70,14 @@ def cwd(tmp_path, monkeypatch):
 # (arguments, words the one line must hold); "{url}" is the study database, "{tmp}" a temp dir
 REFUSED_ON_THE_STUDY = [
     # unknown knob or parameter (with a suggestion), values outside the domain, unsupported bits
-    (["run", "--study", "c", "--trials", "1", "--fix", "prune.ration=0.3"], ["prune.ration", "prune.ratio"]),
-    (["run", "--study", "c", "--trials", "1", "--fix", "nosuch.knob=1"], ["nosuch.knob"]),
-    (["run", "--study", "c", "--trials", "1", "--fix", "prune.ratio=1.5"], ["prune.ratio", "1.5"]),
-    (["run", "--study", "c", "--trials", "1", "--fix", "distill.temperature=abc"], ["distill.temperature", "abc"]),
-    (["run", "--study", "c", "--trials", "1", "--fix", "quant.bits=3"], ["quant.bits", "32, 16, 8, 6, 4, 2"]),
+    (["run", "--study", "c", "--task", TASK, "--trials", "1", "--fix", "prune.ration=0.3"], ["prune.ration", "prune.ratio"]),
+    (["run", "--study", "c", "--task", TASK, "--trials", "1", "--fix", "nosuch.knob=1"], ["nosuch.knob"]),
+    (["run", "--study", "c", "--task", TASK, "--trials", "1", "--fix", "prune.ratio=1.5"], ["prune.ratio", "1.5"]),
+    (["run", "--study", "c", "--task", TASK, "--trials", "1", "--fix", "distill.temperature=abc"], ["distill.temperature", "abc"]),
+    (["run", "--study", "c", "--task", TASK, "--trials", "1", "--fix", "quant.bits=3"], ["quant.bits", "32, 16, 8, 6, 4, 2"]),
     # resuming with another task, space, objectives or settings
     (["run", "--study", "c", "--task", "digits", "--trials", "1"], ["task"]),
-    (["run", "--study", "c", "--trials", "1", "--fix", "quant.bits=8"], ["another space", "quant.bits"]),
+    (["run", "--study", "c", "--task", TASK, "--trials", "1", "--fix", "quant.bits=8"], ["another space", "quant.bits"]),
     (["run", "--study", "c", "--trials", "1", "--objectives", "accuracy,size_bytes"], ["objectives"]),
     (["run", "--study", "c", "--trials", "1", "--epochs", "5"], ["settings", "epochs"]),
     # tasks that cannot be used (the database exists: a new study in it must not be written)
@@ -193,6 +193,35 @@ def test_slimtune_storage_is_the_default_storage(db, cwd):
     finally:
         del os.environ["SLIMTUNE_STORAGE"]
     assert list(cwd.iterdir()) == []  # sqlite:///slimtune.db in the cwd was never created
+
+
+def test_every_credential_of_a_url_is_masked_wherever_the_url_is_shown(db, cwd):
+    """A password in the query (``?password=``, ``sslpassword``) or with an unencoded '@'
+    never shows: in the line naming the database nor in what the driver said."""
+    for url in ("postgresql+psycopg://alice@127.0.0.1:9/db?password=hunter2",
+                "postgresql+psycopg://alice:hun@ter2@127.0.0.1:9/db",
+                "postgresql+psycopg://alice@127.0.0.1:9/db?sslmode=require&sslpassword=hunter2"):
+        for args in (["studies"], ["show", "c"], ["select", "c", "--max-latency-ms", "1"]):
+            line = one_line_exit_2(invoke(*args, "--storage", url), "***")
+            assert "hunter2" not in line and "ter2" not in line and "hun@" not in line, line
+    assert list(cwd.iterdir()) == []
+
+
+def test_a_read_only_sqlite_uri_is_opened_as_written_and_a_write_is_one_line(db, tmp_path, cwd):
+    """``?mode=ro&uri=true``: reading works and leaves the file as it was; no file named
+    ``w.db?mode=ro`` appears; a run stops with one line naming the read-only database."""
+    path, _ = db
+    copy = tmp_path / "ro.db"
+    shutil.copy(path, copy)
+    before = digest(copy)
+    ro = f"sqlite:///{copy}?mode=ro&uri=true"
+    shown = invoke("show", "c", "--storage", ro)
+    assert shown.exit_code == 0, shown.output
+    one_line_exit_2(invoke("show", "c", "--storage", "sqlite:///w.db?mode=ro&uri=true"), "No study database")
+    assert list(cwd.iterdir()) == []
+    line = one_line_exit_2(invoke("run", "--study", "c", "--task", TASK, "--trials", "1", "--json", "--storage", ro),
+                           "database is read-only")
+    assert "Traceback" not in line and digest(copy) == before
 
 
 def test_select_prints_a_quoted_export_line(db, tmp_path, cwd):

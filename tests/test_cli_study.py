@@ -44,7 +44,7 @@ def db(tmp_path_factory):
                    *FAST, "--storage", url)
     assert first.exit_code == 0, first.output
     assert "Frontier:" in first.output and "2 trials" in first.output
-    again = invoke("run", "--study", "c", "--trials", "1", "--storage", url, "--json")
+    again = invoke("run", "--study", "c", "--task", TASK, "--trials", "1", "--storage", url, "--json")
     assert again.exit_code == 0, again.output
     front = json.loads(again.stdout)
     assert front and all(r["pareto"] for r in front)
@@ -104,7 +104,11 @@ def test_export_writes_the_measured_artifact(db, tmp_path):
     meta = {p.key: p.value for p in written.metadata_props}  # ... which say how to feed them
     assert {"input_name", "preprocessing", "trial", "study", "params"} <= set(meta) and meta["trial"] == "1"
     ts = tmp_path / "m.pt"
-    out = invoke("export", "c", "--trial", "1", "--out", str(ts), "--format", "torchscript", "--storage", url)
+    refused = invoke("export", "c", "--trial", "1", "--out", str(ts), "--format", "torchscript", "--storage", url)
+    _one_line_exit_2(refused, f"--task {TASK}", "SLIMTUNE_TRUST_STORED_TASKS")  # rebuilding needs the user's task
+    assert not ts.exists()
+    out = invoke("export", "c", "--trial", "1", "--out", str(ts), "--format", "torchscript", "--task", TASK,
+                 "--storage", url)
     assert out.exit_code == 0, out.output
     import torch
 
@@ -126,8 +130,10 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(db, tmp_path):
     _one_line_exit_2(invoke("select", "nope", "--max-latency-ms", "1", "--storage", url), "No study")
     _one_line_exit_2(invoke("export", "c", "--trial", "99", "--out", str(tmp_path / "x.onnx"), "--storage", url), "no trial 99")
     _one_line_exit_2(invoke("run", "--study", "c", "--task", "digits", "--trials", "1", "--storage", url), "task")
-    _one_line_exit_2(invoke("run", "--study", "c", "--trials", "1", "--fix", "quant.bits=3", "--storage", url), "quant.bits")
-    _one_line_exit_2(invoke("run", "--study", "c", "--trials", "1", "--epochs", "5", "--storage", url), "settings")
+    _one_line_exit_2(invoke("run", "--study", "c", "--task", TASK, "--trials", "1", "--fix", "quant.bits=3", "--storage",
+                            url), "quant.bits")
+    _one_line_exit_2(invoke("run", "--study", "c", "--task", TASK, "--trials", "1", "--epochs", "5", "--storage", url),
+                     "settings")
     _one_line_exit_2(invoke("run", "--study", "c", "--storage", url), "--trials")
     assert not (tmp_path / "x.onnx").exists()
     assert digest(path) == before

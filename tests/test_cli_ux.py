@@ -118,7 +118,7 @@ def test_run_ends_with_the_next_commands_and_they_work(made, tmp_path):
 
 def test_resumed_run_names_the_cached_baseline_and_shows_the_study_wide_front(made, tmp_path):
     url, _ = made
-    result = run_cli("run", "--study", "ux", "--trials", "1", "--storage", url, cwd=tmp_path)
+    result = run_cli("run", "--study", "ux", "--task", TASK, "--trials", "1", "--storage", url, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     cache = Path(os.environ["SLIMTUNE_CACHE_DIR"]) / "baselines"
     assert re.search(rf"^Baseline of user-mlp-conv \(seed 0\): from the cache {re.escape(str(cache))}/user-mlp-conv-"
@@ -177,7 +177,7 @@ def test_export_format_follows_the_extension_and_refuses_a_mismatch(made, tmp_pa
     import torch
 
     url, _ = made
-    out = invoke("export", "ux", "--trial", "1", "--out", str(tmp_path / "best.pt"), "--storage", url)
+    out = invoke("export", "ux", "--trial", "1", "--out", str(tmp_path / "best.pt"), "--task", TASK, "--storage", url)
     assert out.exit_code == 0, out.output
     assert torch.jit.load(str(tmp_path / "best.pt"))(torch.zeros(1, 1, 8, 8)).shape == (1, 2)  # TorchScript, not ONNX
     bad = invoke("export", "ux", "--trial", "1", "--out", str(tmp_path / "best.onnx"), "--format", "torchscript",

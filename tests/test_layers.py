@@ -27,7 +27,7 @@ RANKS = {"leaf": 0, "tasks": 1, "spaces": 2, "search": 3, "studies": 4, "widgets
 #: here).  ``_cli_tables`` prints the CLI's tables.
 ROOT_MODULES = {
     "_version": "leaf", "_defaults": "leaf", "_vocabulary": "leaf", "_names": "leaf", "_pgserver": "leaf",
-    "_dominance": "leaf", "_viewers": "leaf",
+    "_dominance": "leaf", "_viewers": "leaf", "_urls": "leaf", "_storage_faults": "leaf",
     "_cli_tables": "cli",
 }
 

@@ -31,27 +31,30 @@ def test_neighbourhood_moves_one_family_at_a_time(space):
 
 
 def test_a_new_study_proposes_the_neighbourhood_first_and_a_used_one_does_not(space):
+    """The backend's warm starts are the neighbourhood; claimed one at a time, each is
+    asked as a trial holding exactly its values (nothing waits in Optuna's queue)."""
+    from slimtune.search._warm_claims import MemoryClaims, claim_next
+
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     backend_cls = get_backend("optuna")
     study = optuna.create_study(directions=["maximize", "minimize"])
     backend = backend_cls(space, seed=3, sampler="random", warm_start=True)
     expected = neighbourhood(space, seed=3)
-    proposed = []
+    assert backend.warm_starts() == expected
+    claims, proposed = MemoryClaims(study), []
     for _ in range(len(expected) + 2):
-        proposal = backend.propose(study)
+        claim = claim_next(claims, planned=backend.warm_starts, worker="w")
+        proposal = backend.propose_given(study, claim.values) if claim else backend.propose(study)
+        if claim:
+            claims.bind(claim.position, proposal.number)
+        assert not [t for t in study.get_trials() if t.state == optuna.trial.TrialState.WAITING]
         proposed.append(proposal.values)
         study.tell(proposal.trial, [0.9, 1.0])
     assert proposed[:len(expected)] == expected
     assert proposed[len(expected)] not in expected
-    # a second session (or worker) on the same study enqueues nothing more
-    again = backend_cls(space, seed=3, sampler="random", warm_start=True)
-    assert again.propose(study).values not in expected
-    # enqueued one at a time: a session that stops early leaves no waiting trial
-    short = optuna.create_study(directions=["maximize", "minimize"])
-    backend_cls(space, seed=3, sampler="random").propose(short)
-    assert [t.state for t in short.get_trials()] == [optuna.trial.TrialState.RUNNING]
-    cold = backend_cls(space, seed=3, sampler="random", warm_start=False)
-    assert cold.propose(optuna.create_study(directions=["maximize", "minimize"])).values not in expected
+    # a study with trials and no plan (an older slimtune's, or begun without warm starts) gets none
+    assert claim_next(MemoryClaims(study), planned=backend.warm_starts, worker="w") is None
+    assert backend_cls(space, seed=3, sampler="random", warm_start=False).warm_starts() == []
     with pytest.raises(ValueError, match="startup_trials"):
         backend_cls(space, seed=3, startup_trials=-1)
 

@@ -54,6 +54,30 @@ def test_two_workers_join_one_study(postgres_url, tmp_path):
     rows = rows["trials"] if isinstance(rows, dict) else rows
     assert sorted(r["trial"] for r in rows) == [0, 1, 2, 3]
     assert any(r["pareto"] for r in rows)
+    _the_printed_commands_run_with_a_password(postgres_url, tmp_path, env)
+
+
+def _the_printed_commands_run_with_a_password(postgres_url: str, tmp_path: Path, env: dict[str, str]) -> None:
+    """`select`'s export line never prints the password (a masked one would not run):
+    it says --storage "$SLIMTUNE_STORAGE", which runs once that is set; with the URL in
+    the environment it prints no --storage at all (one would override it)."""
+    secret = f"{postgres_url}?password=S3cret"  # the test server trusts 127.0.0.1: a password it ignores
+    picked = subprocess.run([sys.executable, "-m", "slimtune.cli", "select", "pg-study", "--max-latency-ms", "1000",
+                             "--storage", secret], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert picked.returncode == 0, picked.stderr
+    assert "S3cret" not in picked.stdout + picked.stderr
+    line = next(ln for ln in picked.stdout.splitlines() if ln.startswith("export: "))[len("export: "):]
+    assert line.endswith('--storage "$SLIMTUNE_STORAGE"') and "SLIMTUNE_STORAGE=URL" in picked.stdout, picked.stdout
+    done = subprocess.run(["sh", "-c", line.replace("slimtune ", f"{sys.executable} -m slimtune.cli ", 1)],
+                          cwd=tmp_path, env={**env, "SLIMTUNE_STORAGE": secret}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and (tmp_path / "model.onnx").stat().st_size > 1000, done.stderr
+    from_env = subprocess.run([sys.executable, "-m", "slimtune.cli", "select", "pg-study", "--max-latency-ms", "1000"],
+                              cwd=tmp_path, env={**env, "SLIMTUNE_STORAGE": secret}, capture_output=True, text=True,
+                              timeout=300)
+    assert from_env.returncode == 0, from_env.stderr
+    line = next(ln for ln in from_env.stdout.splitlines() if ln.startswith("export: "))
+    assert "--storage" not in line and "S3cret" not in from_env.stdout, line
 
 
 @pytest.mark.slow

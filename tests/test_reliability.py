@@ -313,9 +313,63 @@ def test_ctrl_c_stops_every_worker_cleanly(tmp_path):
     parent.proc.send_signal(signal.SIGINT)
     rc, err = parent.finish(timeout=120)
     assert rc == 130, err[-3000:]
-    assert "Traceback" not in err and "Interrupted by SIGINT" in err, err
+    assert "Traceback" not in err and err.count("Interrupted by SIGINT") == 1, err  # said once, by the parent
     assert _optuna_states(storage, "stop") == {0: "FAIL", 1: "FAIL"}
     st = Study.load("stop", storage=storage)
     assert [r["error"] for r in st.trials()] == ["interrupted (SIGINT)"] * 2
     st.close()
+    assert _integrity(path) == "ok"
+
+
+@pytest.mark.slow
+def test_a_closed_terminal_stops_every_worker_like_sigterm(tmp_path):
+    """SIGHUP (the terminal closed) to `run --workers 2`: each worker records its running
+    trial as interrupted by it, the parent says so once and exits 129."""
+    path = tmp_path / "hup.db"
+    storage = f"sqlite:///{path}"
+    _create(storage, "hup")
+    parent = Worker(["--study", "hup", "--trials", "2", "--workers", "2", "--storage", storage], tmp_path,
+                    SLIMTUNE_FAULT="before_eval:sleep")
+    parent.wait_for("before_eval")
+    parent.wait_for("before_eval")
+    parent.proc.send_signal(signal.SIGHUP)
+    rc, err = parent.finish(timeout=120)
+    assert rc == 129, err[-3000:]
+    assert "Traceback" not in err and err.count("Interrupted by SIGHUP") == 1, err
+    assert _optuna_states(storage, "hup") == {0: "FAIL", 1: "FAIL"}
+    with Study.load("hup", storage=storage) as st:
+        assert [r["error"] for r in st.trials()] == ["interrupted (SIGHUP)"] * 2
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the children from /proc")
+def test_workers_die_with_a_parent_killed_outright(tmp_path):
+    """SIGKILL to the parent of `run --workers 2` (no handler runs): its workers do not
+    train on as orphans; each records its running trial as interrupted and ends."""
+    path = tmp_path / "orphans.db"
+    storage = f"sqlite:///{path}"
+    _create(storage, "orphans")
+    parent = Worker(["--study", "orphans", "--trials", "2", "--workers", "2", "--storage", storage], tmp_path,
+                    SLIMTUNE_FAULT="before_eval:sleep")
+    parent.wait_for("before_eval")
+    parent.wait_for("before_eval")
+    pid = parent.proc.pid
+    children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    assert len(children) == 2
+    parent.proc.kill()
+    parent.finish(timeout=60)
+    deadline = time.monotonic() + 120
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(_alive(c) for c in children), "workers still run after their parent was killed"
+    assert _optuna_states(storage, "orphans") == {0: "FAIL", 1: "FAIL"}
+    with Study.load("orphans", storage=storage) as st:
+        assert [r["error"] for r in st.trials()] == ["interrupted (SIGTERM)"] * 2
     assert _integrity(path) == "ok"

@@ -59,7 +59,7 @@ def test_a_crafted_weights_blob_in_the_database_is_refused_not_run(tampered, tmp
     from slimtune.studies import Study, StudyError
 
     url, marker = tampered
-    with Study.load("t", storage=url) as study:
+    with Study.load("t", storage=url, task=TASK) as study:
         cand = study.candidate(0)
         for read in (cand.state_dict, cand.load):
             with pytest.raises(StudyError) as info:
@@ -68,7 +68,7 @@ def test_a_crafted_weights_blob_in_the_database_is_refused_not_run(tampered, tmp
         with pytest.raises(StudyError, match="not a valid weights blob"):
             cand.export(tmp_path / "m.pt", format="torchscript")
     out = invoke("export", "t", "--trial", "0", "--out", str(tmp_path / "m.pt"), "--format", "torchscript",
-                 "--storage", url)
+                 "--task", TASK, "--storage", url)
     assert out.exit_code == 2, out.output
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "not a valid weights blob" in lines[0] and "weights_only" not in out.output
@@ -153,3 +153,58 @@ def test_onnxruntime_writes_no_telemetry_under_home(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout.split()[-1]) > 0
     assert not (home / ".cache" / "Microsoft").exists(), sorted(str(p) for p in home.rglob("*"))
+
+
+EVILMOD = "open({marker!r}, 'w').close()\nmake = None\n"
+
+
+def _slimtune(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """``python -m slimtune.cli ARGS`` run in ``cwd``: that directory is on its module path."""
+    full = {**{k: v for k, v in os.environ.items() if k != "SLIMTUNE_TRUST_STORED_TASKS"}, "PYTHONPATH": str(ROOT),
+            **env}
+    return subprocess.run([sys.executable, "-m", "slimtune.cli", *args], cwd=cwd, env=full, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_a_task_the_database_names_is_imported_only_when_the_user_names_it(tampered, tmp_path):
+    """A database whose study names ``evilmod:make`` (importable from the working
+    directory): resuming, refit and a TorchScript export refuse with one line and never
+    import it; ``$SLIMTUNE_TRUST_STORED_TASKS=1`` is the opt-in that does."""
+    import shutil
+
+    url, _ = tampered
+    path, marker = tmp_path / "evil.db", tmp_path / "imported"
+    shutil.copy(url.removeprefix("sqlite:///"), path)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("update slimtune_studies set task_spec = 'evilmod:make'").rowcount == 1
+    conn.close()
+    (tmp_path / "evilmod.py").write_text(EVILMOD.format(marker=str(marker)))
+    storage = ["--storage", f"sqlite:///{path}"]
+    for args in (["run", "--study", "t", "--trials", "1"], ["refit", "t", "--epochs", "1"],
+                 ["export", "t", "--trial", "0", "--out", str(tmp_path / "m.pt"), "--format", "torchscript"]):
+        done = _slimtune([*args, *storage], tmp_path)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, done.stderr
+        assert "--task evilmod:make" in lines[0] and "SLIMTUNE_TRUST_STORED_TASKS=1" in lines[0], lines[0]
+        assert not marker.exists(), args
+    assert _slimtune(["show", "t", *storage], tmp_path).returncode == 0  # reading a study needs no task
+    assert not marker.exists()
+    trusted = _slimtune(["export", "t", "--trial", "0", "--out", str(tmp_path / "m.pt"), "--format", "torchscript",
+                         *storage], tmp_path, SLIMTUNE_TRUST_STORED_TASKS="1")
+    assert trusted.returncode == 2 and marker.exists(), trusted.stderr  # imported (then refused: make is None)
+
+
+def test_workers_resolve_modules_as_their_parent_does(tmp_path):
+    """A worker of ``--workers`` gets its parent's module path, not its own working
+    directory: ``./evilmod.py`` is not imported by a worker of a parent that cannot."""
+    from slimtune.cli._workers import worker_command, worker_environment
+
+    marker = tmp_path / "imported"
+    (tmp_path / "evilmod.py").write_text(EVILMOD.format(marker=str(marker)))
+    assert str(tmp_path) not in sys.path
+    env = {**worker_environment(f"sqlite:///{tmp_path / 'w.db'}", 1), "PYTHONPATH": str(ROOT)}
+    worker = subprocess.run(worker_command(["space", "--task", "evilmod:make"]), cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert worker.returncode == 2 and "evilmod" in worker.stderr and not marker.exists(), worker.stderr
+    # the same command as `python -m` (the working directory on the path) does import it: the test can fail
+    assert _slimtune(["space", "--task", "evilmod:make"], tmp_path).returncode == 2 and marker.exists()

@@ -100,7 +100,8 @@ def test_database_creates_prefixed_tables_with_version(tmp_path):
         pass
     tables = set(inspect(db.engine).get_table_names())
     db.dispose()
-    assert tables == {"slimtune_schema_version", "slimtune_studies", "slimtune_candidates", "slimtune_weights"}
+    assert tables == {"slimtune_schema_version", "slimtune_studies", "slimtune_candidates", "slimtune_weights",
+                      "slimtune_warm_starts"}
     with sqlite3.connect(tmp_path / "st.db") as conn:
         assert conn.execute("select version from slimtune_schema_version").fetchall() == [(SCHEMA_VERSION,)]
     # opening again changes nothing and keeps the version

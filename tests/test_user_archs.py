@@ -490,12 +490,12 @@ def test_a_task_module_in_the_current_directory_imports_without_pythonpath(tmp_p
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "Joint space of task 'digits'" in proc.stdout
-    code = ("import os; from slimtune.tasks import get_task, worker_environment; get_task('my_task:make'); "
-            "print(worker_environment({})['PYTHONPATH'])")
+    code = ("import json; from slimtune.tasks import get_task; from slimtune.cli._workers import PATH_ENV, "
+            "worker_environment; get_task('my_task:make'); print(json.loads(worker_environment('sqlite://', 1)[PATH_ENV])[0])")
     out = subprocess.run([sys.executable, "-P", "-c", code] if sys.version_info >= (3, 11) else
                          [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
-    if sys.version_info >= (3, 11):
+    if sys.version_info >= (3, 11):  # the directory found is on the path the workers get
         assert out.returncode == 0 and out.stdout.strip() == str(tmp_path), out.stderr
     missing = subprocess.run([str(script), "space", "--task", "nowhere:make"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=300)

@@ -79,3 +79,8 @@ storage_option = click.option(
          f"${STORAGE_ENV} keeps a password off the command line.",
 )
 wide_option = click.option("--wide", is_flag=True, help=f"Do not wrap the table to {WIDTH} columns.")
+task_option = click.option(
+    "--task", "task_spec", default=None, metavar="MODULE:CALLABLE",
+    help="The study's task when it is a user's module:callable: a task the study database names is imported only "
+         "when given here or with $SLIMTUNE_TRUST_STORED_TASKS=1 (built-in tasks need nothing).",
+)

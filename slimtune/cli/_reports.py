@@ -102,16 +102,57 @@ def echo_report(study: Any, *, wide: bool = False) -> None:
         click.echo(f"  {line}")
 
 
+#: What a printed command says in place of a storage URL that holds a password.
+STORAGE_PLACEHOLDER = f'"${STORAGE_ENV}"'
+
+
+def storage_words(storage: str | None = None) -> list[str]:
+    """The ``--storage`` words of a command printed for the user to run: none when the
+    URL is the default or came from ``$SLIMTUNE_STORAGE`` (the printed command would
+    override the environment); ``--storage "$SLIMTUNE_STORAGE"`` when it holds a
+    password (never printed: a masked one would not run); else the URL.  ``storage``
+    defaults to the running command's ``--storage``."""
+    import os
+
+    from click.core import ParameterSource
+
+    from slimtune._urls import has_credentials
+
+    ctx = click.get_current_context(silent=True)
+    if storage is None:
+        storage = ctx.params.get("storage") if ctx is not None else None
+        if ctx is not None and ctx.get_parameter_source("storage") in (ParameterSource.ENVIRONMENT,
+                                                                          ParameterSource.DEFAULT):
+            return []
+    if not storage or storage == DEFAULT_STORAGE or storage == os.environ.get(STORAGE_ENV, "").strip():
+        return []
+    if has_credentials(storage):
+        return ["--storage", STORAGE_PLACEHOLDER]
+    return ["--storage", shlex.quote(storage)]
+
+
+def storage_note(words: list[str]) -> str | None:
+    """The line that says how to fill in :data:`STORAGE_PLACEHOLDER`, when it is used."""
+    if STORAGE_PLACEHOLDER in words:
+        return (f"(the storage URL holds a password, so it is not printed: `export {STORAGE_ENV}=URL` first, "
+                "or give it to --storage)")
+    return None
+
+
 def next_steps(study: Any) -> list[str]:
     """The commands a user runs next, filled in with this study's name, storage and trials."""
     import warnings
 
     name = shlex.quote(study.name)
-    storage = "" if study.storage == DEFAULT_STORAGE else f" --storage {shlex.quote(study.storage)}"
+    words = storage_words() if click.get_current_context(silent=True) is not None else (
+        [] if study.storage == DEFAULT_STORAGE else ["--storage", shlex.quote(study.storage)])
+    storage = "".join(f" {w}" for w in words)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         front = study.frontier()
-    lines = [f"slimtune show {name} --pareto{storage}"]
+    note = storage_note(words)
+    lines = [note] if note else []
+    lines.append(f"slimtune show {name} --pareto{storage}")
     if front:
         base = study.baseline
         fast = min(front, key=relative_latency)  # the fastest in its own run; the budget is its ms
@@ -138,18 +179,13 @@ def echo_trial_line(row: dict[str, Any]) -> None:
     click.echo(f"trial {row['trial']} {row['state']}: {detail}", nl=True)
 
 
-def export_line(study_name: str, trial: int, storage: str) -> str:
+def export_line(study_name: str, trial: int, storage: str | None = None) -> str:
     """A copy-paste ``slimtune export`` command with every word shell-quoted (a study
-    name never turns it into another command); the storage is left out when it comes
-    from ``$SLIMTUNE_STORAGE``, and its password is never printed."""
-    import os
-
-    from slimtune.studies import mask_url
-
-    words = ["slimtune", "export", study_name, "--trial", str(trial), "--out", "model.onnx"]
-    if storage != os.environ.get(STORAGE_ENV, "").strip():
-        words += ["--storage", mask_url(storage)]
-    return " ".join(shlex.quote(w) for w in words)
+    name never turns it into another command); the storage as :func:`storage_words`
+    gives it (left out when it comes from ``$SLIMTUNE_STORAGE``, never a password)."""
+    words = " ".join(shlex.quote(w) for w in ["slimtune", "export", study_name, "--trial", str(trial), "--out",
+                                               "model.onnx"])
+    return " ".join([words, *storage_words(storage)])
 
 
 def echo_evaluation(report: dict[str, Any], *, runtime: str, threads: int, batch_size: int) -> None:
@@ -203,4 +239,8 @@ def echo_selected(row: dict[str, Any], study: Any, *, split: str, storage: str) 
                + (f" ({ratio:.2f}x the baseline timed in the same run)" if ratio else "")
                + f", packed {row['size_bytes'] / 1024:.1f} KiB{artifact_kib(row)}, {row['macs']:,} MACs")
     click.echo(f"params: {compact_params(row['params'], param_names(study))}")
-    click.echo(f"export: {export_line(study.name, row['trial'], storage)}")
+    line = export_line(study.name, row["trial"])
+    click.echo(f"export: {line}")
+    note = storage_note(line.split())
+    if note:
+        click.echo(f"  {note}")

@@ -29,11 +29,12 @@ from slimtune.cli._options import (
     check_int8_format,
     parse_assignments,
     storage_option,
+    task_option,
     wide_option,
 )
 from slimtune.cli._reports import echo_evaluation, echo_json, echo_report, echo_trial_line
 from slimtune.cli._user_errors import UserError, _user_error_types, user_errors
-from slimtune.cli._workers import EXIT_CODES, run_workers, stop_signals
+from slimtune.cli._workers import EXIT_CODES, die_with_parent, is_worker, run_workers, stop_signals
 from slimtune.search._interrupts import Interrupted  # light: no torch
 from slimtune.search._measurement import RUNTIMES  # light: no torch
 
@@ -100,7 +101,8 @@ def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: st
 
 @main.command(cls=AssignmentCommand)
 @click.option("--study", "study_name", required=True, help="Study name (created, or resumed if it exists).")
-@click.option("--task", "task_spec", default=None, help="Built-in task or package.module:callable (needed to create; checked on resume).")
+@click.option("--task", "task_spec", default=None, help="Built-in task or package.module:callable (needed to create, and to resume a study of a user "
+                   "task unless $SLIMTUNE_TRUST_STORED_TASKS=1; checked on resume).")
 @click.option("--trials", "n_trials", type=click.IntRange(1, MAX_TRIALS), default=None, help="Trials to run now.")
 @click.option("--timeout", type=FiniteFloat(min=0, max=MAX_TIMEOUT_S, min_open=True), default=None, help="No new trial after this many seconds.")
 @click.option("--objectives", default=None, help="accuracy plus latency_ms, size_bytes and/or macs, comma-separated [default: accuracy,latency_ms].")
@@ -142,16 +144,29 @@ def run(**options: Any) -> None:
     and the commands to run next.
 
     Every worker that runs this with the same --study and --storage joins the same study
-    (on one or many machines; PostgreSQL for many).  Ctrl-C or SIGTERM: the running
-    trial is recorded as failed, the study stays resumable (exit codes 130 and 143).
+    (on one or many machines; PostgreSQL for many).  Ctrl-C, SIGTERM or SIGHUP: the running
+    trial is recorded as failed, the study stays resumable (exit codes 130, 143, 129).
     """
+    worker = is_worker()
+    if worker:
+        die_with_parent()  # a worker of --workers: it ends with its parent
     with stop_signals():
         try:
             _run(**options)  # the options by name (see _run)
         except Interrupted as exc:
-            click.echo(f"\nInterrupted by {exc.signal_name}: the running trial is recorded as failed; the study keeps "
-                       "its other trials (run the same command to resume).", err=True)
+            if not worker:  # the parent says it once for all its workers
+                trials = "trials are" if options["workers"] > 1 else "trial is"
+                echo_stderr(f"\nInterrupted by {exc.signal_name}: the running {trials} recorded as failed; the "
+                            "study keeps its other trials (run the same command to resume).")
             sys.exit(EXIT_CODES.get(exc.signal_name, 130))
+
+
+def echo_stderr(text: str) -> None:
+    """A line on stderr, or nothing when it is gone (a closed terminal)."""
+    try:
+        click.echo(text, err=True)
+    except OSError:
+        pass
 
 
 def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: float | None, objectives: str | None,
@@ -198,6 +213,7 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
                        + (f"for at most {timeout:g} s" if timeout else "")
                        + (f" in {workers} worker processes" if workers > 1 else "") + ".")
         if workers > 1:
+            study.task  # noqa: B018 - a task that cannot be built (or is not trusted) is one line, before any worker
             failed = run_workers(click.get_current_context(), workers, n_trials, seed, as_json)
         else:
             failed = []
@@ -211,7 +227,10 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
     finally:
         study.close()
     if failed:
-        raise click.ClickException(f"{len(failed)} of {workers} workers failed: " + "; ".join(failed))
+        message = f"{len(failed)} of {workers} workers failed: " + "; ".join(failed)
+        if any(f.endswith("code 2") for f in failed):  # bad input or a storage fault: each said which
+            raise UserError(message + " (see their Error lines above).")
+        raise click.ClickException(message)
     if failed_trials:  # each printed one line as it failed; the exit code says so too
         first = failed_trials[0]
         raise click.ClickException(f"{len(failed_trials)} of {len(rows)} trials failed (trial {first.get('trial')}: "
@@ -231,10 +250,11 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
 @click.option("--name", "refit_name", default=None, help="The refit study's name [default: STUDY-refit].")
 @click.option("--json", "as_json", is_flag=True, help="Print the refit study's frontier as JSON (no progress bar).")
 @wide_option
+@task_option
 @storage_option
 @user_errors
 def refit(study_name: str, epochs: int, finetune_epochs: int | None, max_drop: float, limit: int,
-          refit_name: str | None, as_json: bool, wide: bool, storage: str) -> None:
+          refit_name: str | None, as_json: bool, wide: bool, task_spec: str | None, storage: str) -> None:
     """Multi-fidelity: retrain a study's front with more epochs, in a study of its own.
 
     A search with few epochs per candidate ranks candidates cheaply but leaves the
@@ -248,7 +268,7 @@ def refit(study_name: str, epochs: int, finetune_epochs: int | None, max_drop: f
     from slimtune.studies import Study
 
     quiet_optuna()
-    study = Study.load(study_name, storage=storage)
+    study = Study.load(study_name, storage=storage, task=task_spec)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -265,7 +285,7 @@ def refit(study_name: str, epochs: int, finetune_epochs: int | None, max_drop: f
                 result = refit_front(study, storage=storage, epochs=epochs, finetune_epochs=finetune_epochs,
                                      name=refit_name, progress=not as_json, rows=picked)
             except Interrupted as exc:
-                click.echo(f"\nInterrupted by {exc.signal_name}: run the same command to resume.", err=True)
+                echo_stderr(f"\nInterrupted by {exc.signal_name}: run the same command to resume.")
                 sys.exit(EXIT_CODES.get(exc.signal_name, 130))
         try:
             if as_json:

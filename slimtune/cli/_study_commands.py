@@ -10,8 +10,9 @@ import sys
 import click
 
 from slimtune._cli_tables import metric_labels, val_accuracy
+from slimtune._names import quoted
 from slimtune.cli._main import main, quiet_optuna
-from slimtune.cli._options import FRACTION, POSITIVE, storage_option, wide_option
+from slimtune.cli._options import FRACTION, POSITIVE, storage_option, task_option, wide_option
 from slimtune.cli._reports import echo_frontier, echo_json, echo_selected, echo_study_list, echo_summary, echo_table
 from slimtune.cli._user_errors import UserError, user_errors
 
@@ -79,10 +80,12 @@ def show(study_name: str, pareto: bool, as_json: bool, wide: bool, storage: str)
               help="Timed artifact (artifact_bytes: the .onnx/TorchScript file the runtime loads) at most this many KiB.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the chosen trial's row as JSON, with `metadata`: how to feed its exported model.")
+@task_option
 @storage_option
 @user_errors
 def select_(study_name: str, max_latency_ms: float | None, min_accuracy: float | None, split: str,
-            max_size_kb: float | None, max_artifact_kb: float | None, as_json: bool, storage: str) -> None:
+            max_size_kb: float | None, max_artifact_kb: float | None, as_json: bool, task_spec: str | None,
+            storage: str) -> None:
     """The most accurate complete trial within the limits (ties: lower latency),
     ranked by validation accuracy unless --split test; never one the baseline beats.
 
@@ -93,7 +96,7 @@ def select_(study_name: str, max_latency_ms: float | None, min_accuracy: float |
     if max_latency_ms is None and min_accuracy is None and max_size_kb is None and max_artifact_kb is None:
         raise UserError("Give at least one of --max-latency-ms, --min-accuracy, --max-size-kb, --max-artifact-kb.")
     quiet_optuna()
-    study = Study.load(study_name, storage=storage)
+    study = Study.load(study_name, storage=storage, task=task_spec)  # --json's TorchScript input: the task
     try:
         try:
             cand = study.select(max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, max_size_kb=max_size_kb,
@@ -118,9 +121,10 @@ def select_(study_name: str, max_latency_ms: float | None, min_accuracy: float |
               help="Default: the one --out's extension means, else the format the trial was timed in (what was "
                    "measured). 'packed': that same artifact as a packed model file (.slim), size_bytes long; read it "
                    "with slimtune.search.packed.load_packed.")
+@task_option
 @storage_option
 @user_errors
-def export(study_name: str, trial: int, out: str, fmt: str | None, storage: str) -> None:
+def export(study_name: str, trial: int, out: str, fmt: str | None, task_spec: str | None, storage: str) -> None:
     """Write a trial's model: by default exactly the artifact that was timed; ONNX files
     carry how to feed them in their metadata (input, preprocessing, classes, params)."""
     import warnings
@@ -130,7 +134,7 @@ def export(study_name: str, trial: int, out: str, fmt: str | None, storage: str)
 
     fmt = format_for_path(out, fmt)  # a mismatched extension is refused before anything is read
     quiet_optuna()
-    study = Study.load(study_name, storage=storage)
+    study = Study.load(study_name, storage=storage, task=task_spec)
     try:
         cand = study.candidate(trial)
         with warnings.catch_warnings(record=True) as caught:
@@ -172,7 +176,15 @@ def cache_list(task: str | None) -> None:
 @click.option("--task", default=None, help="Only this task's baselines.")
 def cache_clear(task: str | None) -> None:
     """Delete the cached baselines; the next run or eval retrains them."""
-    from slimtune.search._baseline_cache import baselines_dir, clear_baselines
+    from slimtune.search._baseline_cache import baselines_dir, cached_baselines, clear_baselines
 
     removed = clear_baselines(task)
-    click.echo(f"Removed {len(removed)} cached baseline{'s' if len(removed) != 1 else ''} from {baselines_dir()}.")
+    if removed or task is None:
+        why = "" if removed else " (the cache is empty)"
+        click.echo(f"Removed {len(removed)} cached baseline{'s' if len(removed) != 1 else ''} from "
+                   f"{baselines_dir()}{why}.")
+        return
+    cached = sorted({i.task for i in cached_baselines()})
+    held = f"it holds baselines of {', '.join(map(repr, cached))}" if cached else "it is empty"
+    click.echo(f"Removed nothing from {baselines_dir()}: no cached baseline of task {quoted(task)} ({held}); "
+               "--task takes one task name as `slimtune cache list` shows it, not a pattern.")

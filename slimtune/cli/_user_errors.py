@@ -1,6 +1,8 @@
-"""How the ``slimtune`` command reports bad input: one line starting ``Error:`` and exit
-code 2, never a traceback (bad option values, missing arguments, and the bad-input
-errors of the subpackages alike).
+"""How the ``slimtune`` command reports bad input and storage faults: one line starting
+``Error:`` and exit code 2, never a traceback (bad option values, missing arguments, the
+bad-input errors of the subpackages, a study database that is full, read-only, gone or
+unreachable alike).  An error may carry ``cli_text``: its wording for a command line
+(it names options where the Python API's names arguments).
 """
 
 from __future__ import annotations
@@ -31,17 +33,39 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return (*USER_ERRORS, *loaded)
 
 
+def error_line(exc: BaseException) -> str | None:
+    """The one line (without ``Error:``) for a bad-input error or a storage fault of the
+    running command; ``None`` for anything else (a bug: its traceback is shown)."""
+    if isinstance(exc, _user_error_types()):
+        return str(getattr(exc, "cli_text", None) or exc)
+    from slimtune._storage_faults import storage_fault
+
+    ctx = click.get_current_context(silent=True)
+    storage = ctx.params.get("storage") if ctx is not None else None
+    return storage_fault(exc, storage if isinstance(storage, str) else None)
+
+
+def echo_error(line: str) -> None:
+    """``Error: line`` on stderr (nothing when stderr is gone, e.g. a closed terminal)."""
+    try:
+        click.echo(f"Error: {line}", err=True)
+    except OSError:
+        pass
+
+
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn bad-input exceptions into one clear line and exit code 2 (no traceback)."""
+    """Turn bad-input exceptions and storage faults into one clear line and exit code 2
+    (no traceback)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except Exception as exc:
-            if not isinstance(exc, _user_error_types()):
+            line = error_line(exc)
+            if line is None:
                 raise
-            click.echo(f"Error: {exc}", err=True)
+            echo_error(line)
             sys.exit(2)
 
     return wrapper

@@ -8,10 +8,12 @@ that can fail (:class:`TrialStart`, handed to the backend as ``on_ask``).
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import warnings
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from slimtune.search._interrupts import fault
 
@@ -20,10 +22,65 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-#: Optuna system attribute set right after a trial's first heartbeat: a RUNNING trial
-#: older than the grace period without it never beat, so Optuna's stale-trial detection
-#: (which skips trials without a heartbeat row) would never fail it; slimtune does.
+#: Seconds :meth:`Heartbeat.stop` waits for a beat in flight.
+STOP_WAIT_S = 10.0
+
+#: Optuna system attribute set right after a trial's first heartbeat, holding its
+#: worker's identity (:func:`worker_identity`): a RUNNING trial older than the grace
+#: period without it never beat, so Optuna's stale-trial detection (which skips trials
+#: without a heartbeat row) would never fail it; slimtune does.  A trial whose worker
+#: is known to be gone (:func:`worker_gone`) is finished at once.
 BEATING_ATTR = "slimtune:heartbeat"
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> str:
+    """When process ``pid`` started (Linux: clock ticks since boot; empty elsewhere)."""
+    stat = _read(f"/proc/{pid}/stat")
+    return stat.rpartition(")")[2].split()[19] if stat else ""
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return ""
+
+
+def worker_identity() -> dict[str, Any]:
+    """This process as the worker of a trial: host, boot, PID namespace, PID and the
+    process's start time (so a PID used again by another process is told apart)."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "boot": _read("/proc/sys/kernel/random/boot_id"),
+            "pidns": _pid_namespace(), "pid": pid, "started": _start_time(pid)}
+
+
+def worker_gone(identity: Any) -> bool:
+    """Whether the worker ``identity`` names has certainly stopped: it ran on this host,
+    boot and PID namespace (Linux), and its process is gone (or a zombie, or another
+    process now has its PID).  ``False`` when that cannot be known (another machine)."""
+    if not isinstance(identity, dict) or not identity.get("boot") or not identity.get("pidns"):
+        return False
+    here = worker_identity()
+    if any(identity.get(k) != here[k] for k in ("host", "boot", "pidns")):
+        return False
+    pid = identity.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if pid == here["pid"]:
+        return identity.get("started") != here["started"]
+    stat = _read(f"/proc/{pid}/stat")
+    if not stat:
+        return True
+    fields = stat.rpartition(")")[2].split()
+    return fields[0] in ("Z", "X") or (bool(identity.get("started")) and fields[19] != identity["started"])
 
 
 class Heartbeat:
@@ -43,7 +100,7 @@ class Heartbeat:
             return
         trial_id = trial._trial_id  # noqa: SLF001 - Optuna's own heartbeat thread uses the same id
         storage.record_heartbeat(trial_id)
-        storage.set_trial_system_attr(trial_id, BEATING_ATTR, True)
+        storage.set_trial_system_attr(trial_id, BEATING_ATTR, worker_identity())
 
         def beat() -> None:
             while not self._stop.wait(interval):
@@ -58,7 +115,7 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=STOP_WAIT_S)  # a beat waiting for a lost server is left behind
 
 
 @contextmanager

@@ -21,7 +21,7 @@ class InjectedFault(RuntimeError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM in the CLI: the running trial is marked failed with this reason."""
+    """SIGINT, SIGTERM or SIGHUP in the CLI: the running trial is marked failed with this reason."""
 
     def __init__(self, signal_name: str) -> None:
         super().__init__(signal_name)
@@ -35,7 +35,8 @@ def fault(point: str) -> None:
     ``after_ask`` (the trial exists, before its first heartbeat), ``before_eval``
     (heartbeat running, before training), ``before_tell`` (slimtune's record
     committed, Optuna not told yet).  ACTION ``sleep`` prints ``slimtune-fault: POINT``
-    on stderr and sleeps an hour (a test then kills or interrupts the process);
+    on stderr and sleeps an hour (a test then kills or interrupts the process), and
+    ``sleepN`` N seconds (then the trial goes on: a test changes the world meanwhile);
     ``raise`` raises :class:`InjectedFault`.
     """
     spec = os.environ.get(FAULT_ENV)
@@ -45,8 +46,8 @@ def fault(point: str) -> None:
         name, _, action = item.strip().partition(":")
         if name != point:
             continue
-        if action == "sleep":
+        if action.startswith("sleep"):
             print(f"slimtune-fault: {point}", file=sys.stderr, flush=True)
-            time.sleep(3600)
+            time.sleep(float(action[len("sleep"):] or 3600))
         elif action == "raise":
             raise InjectedFault(f"injected fault at {point}")

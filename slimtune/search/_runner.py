@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import threading
 import time
@@ -41,12 +42,14 @@ import traceback
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from slimtune._storage_faults import StorageLost, retry_disconnects
 from slimtune.search._constraints import COLLAPSE_CONSTRAINT, Constraints, collapse_margin
 from slimtune.search._early_stopping import FrontierEarlyStopping, rejected_before_training
 from slimtune.search._heartbeat import TrialStart, fail_stale_trials
 from slimtune.search._interrupts import Interrupted, fault
 from slimtune.search._outcome import Recorder, TrialOutcome, objective_values, user_attrs
 from slimtune.search._progress import progress_bar, progress_summary, update_bar
+from slimtune.search._warm_claims import Claim, ClaimStore, MemoryClaims, claim_next
 
 if TYPE_CHECKING:  # pragma: no cover - kept out of the import so that `slimtune show` starts without torch
     import optuna
@@ -80,11 +83,11 @@ class TrialRunner:
         fixed: fixed parameter values (recorded with each trial).
         latency_unit: how Optuna is told latency: ``"ratio"`` (to the baseline timed in
             the same run) or ``"ms"`` (studies made before ratios).
-        warm_start: start a study that has no trial yet with the task's warm starts
-            (:mod:`~slimtune.search._warm_start`), one enqueued right before each of
-            this session's first trials (so none is left waiting when the session
-            stops), when the backend takes enqueued trials (Optuna's samplers do; NNI's
-            tuners propose every value).
+        warm_start: start a new study with its warm starts (the task's, else the
+            backend's: :meth:`planned_warm_starts`), each claimed exactly once across
+            workers and proposed once more when its trial did not complete
+            (:mod:`~slimtune.search._warm_claims`), when the backend takes given values
+            (Optuna's samplers do; NNI's tuners propose every value).
     """
 
     def __init__(self, *, study: "optuna.Study", backend: Backend, evaluator: Evaluator, objectives: Sequence[str],
@@ -106,22 +109,38 @@ class TrialRunner:
         self.worker = socket.gethostname()
         self.warm_start = warm_start
         self.latency_unit = latency_unit
-        self._warm_starts: list[dict[str, Any]] = []  # still to enqueue, one before each trial
+        self._claims: ClaimStore | None = None  # where warm starts are claimed (set by run)
 
-    def plan_warm_starts(self) -> int:
-        """The warm starts of the evaluator's task that fit the backend's space, to be
-        enqueued one before each of the next trials, if the study has no trial yet and the
-        backend takes enqueued trials; how many."""
-        if not self.warm_start or not getattr(self.backend, "takes_enqueued_trials", False):
-            return 0
-        if self.study.get_trials(deepcopy=False):
-            return 0  # resumed, or joining a running study: its trials are under way
+    def planned_warm_starts(self) -> list[dict[str, Any]]:
+        """The warm starts a new study starts with: the task's that fit the backend's
+        space (:mod:`~slimtune.search._warm_start`), else the backend's own (the
+        baseline's neighbourhood for Optuna)."""
         from slimtune.search._warm_start import warm_start_trials
 
-        self._warm_starts = warm_start_trials(self.backend.space, getattr(self.evaluator, "task", None))
-        if self._warm_starts and hasattr(self.backend, "warm_start"):
-            self.backend.warm_start = False  # the task's own list replaces the backend's neighbourhood
-        return len(self._warm_starts)
+        return (warm_start_trials(self.backend.space, getattr(self.evaluator, "task", None))
+                or list(self.backend.warm_starts()))
+
+    def _claim_store(self) -> ClaimStore | None:
+        """Where this session claims warm starts: the recorder's (the study database),
+        else this process's memory; ``None`` without warm starts."""
+        if not self.warm_start or not getattr(self.backend, "takes_enqueued_trials", False):
+            return None
+        claims = getattr(self.recorder, "warm_start_claims", None)
+        return claims() if claims is not None else MemoryClaims(self.study)
+
+    def _claim_warm_start(self) -> Claim | None:
+        if self._claims is None:
+            return None
+        return retry_disconnects(lambda: claim_next(self._claims, planned=self.planned_warm_starts,
+                                                    worker=f"{self.worker}:{os.getpid()}"))
+
+    def _bind(self, claim: Claim, proposal: Proposal) -> None:
+        """Tie the claimed warm start to its trial, or give the claim back when Optuna
+        handed out a waiting trial (enqueued by someone else) instead."""
+        if all(proposal.values.get(k) == v for k, v in claim.values.items()):
+            retry_disconnects(lambda: self._claims.bind(claim.position, proposal.number))
+        else:
+            retry_disconnects(lambda: self._claims.release(claim.position, claim.attempts))
 
     def recovery_after_distillation(self, values: Mapping[str, Any]) -> int:
         """Recovery epochs that follow distillation for a candidate: the task's recovery
@@ -146,18 +165,18 @@ class TrialRunner:
     def _recover(self) -> None:
         """Finish trials that dead workers left RUNNING (the recorder knows how; a plain
         Optuna study only fails the stale ones)."""
+        self._check_storage()
         recover = getattr(self.recorder, "recover_trials", None)
-        if recover is not None:
-            recover()
-        else:
-            fail_stale_trials(self.study)
+        retry_disconnects(recover if recover is not None else lambda: fail_stale_trials(self.study))
 
-    def _propose(self, start: TrialStart) -> Proposal:
+    def _propose(self, start: TrialStart, claim: Claim | None) -> Proposal:
         self.backend.on_ask = start
         try:
             with warnings.catch_warnings():
                 # Optuna warns that heartbeats are meant for Study.optimize: this loop beats itself
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                if claim is not None:
+                    return self.backend.propose_given(self.study, claim.values)
                 return self.backend.propose(self.study)
         finally:
             self.backend.on_ask = None
@@ -170,13 +189,14 @@ class TrialRunner:
         anything else, e.g. ``KeyboardInterrupt``, fails the trial and is re-raised).
         """
         self._recover()
-        if self._warm_starts:  # popped by this trial's ask (or, rarely, by another worker's)
-            self.study.enqueue_trial(self._warm_starts.pop(0), skip_if_exists=True)
+        claim = self._claim_warm_start()
         start = TrialStart()
         outcome: TrialOutcome | None = None
         interrupted: BaseException | None = None
         try:
-            proposal = self._propose(start)
+            proposal = self._propose(start, claim)
+            if claim is not None:
+                self._bind(claim, proposal)
             outcome = TrialOutcome(proposal, "FAIL", None, None, backend=self.backend.name,
                                    early_stopping=self.early_stopping is not None, worker=self.worker)
             fault("before_eval")
@@ -223,43 +243,57 @@ class TrialRunner:
 
     def _finish(self, outcome: TrialOutcome) -> dict:
         """Record the outcome (slimtune's row first), then tell Optuna.  If recording
-        fails the trial is told FAIL; if only ``tell`` fails the record stands and the
-        next :meth:`_recover` tells Optuna from it."""
+        fails the trial is told FAIL (when the storage still takes that write); if only
+        ``tell`` fails the record stands and the next :meth:`_recover` tells Optuna from
+        it.  A lost connection is retried (:func:`~slimtune._storage_faults.retry_disconnects`);
+        a database that is no longer the one opened (:class:`StorageLost`) gets no write."""
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
         trial = outcome.proposal.trial
         recorded = False
         try:
-            for key, value in outcome.constraints.items():
-                trial.set_constraint(key, value)
-            if outcome.state == "COMPLETE" and outcome.result is not None and outcome.result.measurement is not None:
-                margin = collapse_margin(outcome.result.measurement.accuracy, self.baseline_accuracy)
-                if margin is not None:  # the samplers' view only: the row keeps the user's constraints
-                    trial.set_constraint(COLLAPSE_CONSTRAINT, margin)
-            for key, value in user_attrs(outcome, self.fixed).items():
-                trial.set_user_attr(key, value)
-            row = self.recorder.record(outcome)  # details first: a COMPLETE Optuna trial always has them
+            self._check_storage()
+            retry_disconnects(lambda: self._set_attributes(outcome))
+            row = retry_disconnects(lambda: self.recorder.record(outcome))  # details first: a COMPLETE trial has them
             recorded = True
             fault("before_tell")
             state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAIL}[outcome.state]
             # skip_if_finished: another worker may have told it from the record meanwhile
             try:
-                told = self.study.tell(trial, outcome.values if outcome.state == "COMPLETE" else None, state=state,
-                                       skip_if_finished=True)
+                told = retry_disconnects(lambda: self.study.tell(
+                    trial, outcome.values if outcome.state == "COMPLETE" else None, state=state, skip_if_finished=True))
             except UpdateFinishedTrialError:  # ... even while Optuna's tell ran (between its check and its write)
                 told = self.study._storage.get_trial(trial._trial_id)  # noqa: SLF001 - what it was told
             if told.state != state:  # e.g. failed as stale while this machine slept past the grace period
                 logger.warning("Trial %d was already %s in Optuna when this worker finished it as %s (recorded "
                                "as such in slimtune's tables).", outcome.number, told.state.name, outcome.state)
-        except BaseException:
-            if not recorded:
+        except BaseException as exc:
+            if not recorded and not isinstance(exc, StorageLost):
                 try:
                     self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-                except Exception:  # noqa: BLE001 - the heartbeat lets the next worker fail it
+                except Exception:  # noqa: BLE001 - the next run fails it (its worker is gone)
                     logger.debug("could not fail trial %d", outcome.number, exc_info=True)
             raise
         return row
+
+    def _set_attributes(self, outcome: TrialOutcome) -> None:
+        """The constraints and small user attributes on the Optuna trial."""
+        trial = outcome.proposal.trial
+        for key, value in outcome.constraints.items():
+            trial.set_constraint(key, value)
+        if outcome.state == "COMPLETE" and outcome.result is not None and outcome.result.measurement is not None:
+            margin = collapse_margin(outcome.result.measurement.accuracy, self.baseline_accuracy)
+            if margin is not None:  # the samplers' view only: the row keeps the user's constraints
+                trial.set_constraint(COLLAPSE_CONSTRAINT, margin)
+        for key, value in user_attrs(outcome, self.fixed).items():
+            trial.set_user_attr(key, value)
+
+    def _check_storage(self) -> None:
+        """The recorder's check that its database is still the one opened (optional)."""
+        check = getattr(self.recorder, "check_storage", None)
+        if check is not None:
+            check()
 
     def progress_summary(self) -> dict[str, str]:
         """The study-wide state for the progress bar (:func:`~slimtune.search._progress.progress_summary`)."""
@@ -285,7 +319,7 @@ class TrialRunner:
             raise ValueError("Give `n_trials`, `timeout` or `stop_event`, or the search never ends.")
         started = time.monotonic()
         rows: list[dict] = []
-        self.plan_warm_starts()
+        self._claims = self._claim_store()
         bar = progress_bar(n_trials, timeout) if progress else None
         if bar is not None:
             bar.set_postfix(self.progress_summary())  # a resumed study starts from its own front

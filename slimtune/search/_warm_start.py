@@ -32,10 +32,9 @@ On Fashion-MNIST (18 trials, ``benchmarks/compression.py``) the 4-bit warm start
 8-bit weight-pruned candidates 10-11x smaller within a point; the previous search,
 without them, found nothing within a point in 28 trials.
 
-The runner enqueues them (Optuna's ``enqueue_trial``) one before each of the first
-trials of a study that had no trial when the session started, so a resumed study or a
-worker joining a running one adds nothing, and a session that stops early leaves none
-waiting; the backend's neighbourhood is then not added.
+The runner proposes them as a new study's first trials, each claimed exactly once across
+workers and proposed once more when its trial did not complete
+(:mod:`~slimtune.search._warm_claims`); the backend's neighbourhood is then not added.
 
 Example:
     >>> warm_start_trials(space, task)[0]["quant.bits"]     # doctest: +SKIP

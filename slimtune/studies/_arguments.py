@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from slimtune._names import quoted
 from slimtune.search._constraints import Constraints
 from slimtune.search._early_stopping import resolve_early_stopping
 from slimtune.studies._database import resolve_storage
@@ -31,7 +32,7 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 def check_name(name: str) -> str:
     """A name to look up (studies made before names were restricted still open)."""
     if not isinstance(name, str) or not name.strip() or len(name) > 512:
-        raise StudyError(f"A study name is a non-empty string of at most 512 characters, but got {name!r}.")
+        raise StudyError(f"A study name is a non-empty string of at most 512 characters, but got {quoted(name)}.")
     return name
 
 
@@ -40,7 +41,7 @@ def check_new_name(name: str) -> str:
     starting with a letter or digit)."""
     if not isinstance(name, str) or SAFE_NAME.fullmatch(name) is None:
         raise StudyError(f"A new study name uses letters, digits, '.', '_' and '-' (at most 128, starting with a "
-                         f"letter or digit), but got {name!r}.")
+                         f"letter or digit), but got {quoted(name)}.")
     return name
 
 

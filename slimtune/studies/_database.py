@@ -47,6 +47,8 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from slimtune._defaults import DEFAULT_STORAGE, STORAGE_ENV  # re-exported here
+from slimtune._urls import connect_url, mask_url, scrub  # mask_url re-exported here
+from slimtune.studies._connections import FileIdentity, reconnecting
 from slimtune.studies._errors import SchemaVersionError, StudyError
 from slimtune.studies._schema import SCHEMA_VERSION, Base, SchemaVersion, utcnow
 
@@ -137,29 +139,6 @@ def resolve_storage(url: "str | None") -> str:
     return default_storage() if url is None else url
 
 
-def mask_url(url: "str | URL") -> str:
-    """The URL with its password replaced by ``***`` (never print credentials)."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an unparsable URL is shown without anything after '@'
-        text = str(url)
-        if "@" in text:
-            head, tail = text.rsplit("@", 1)
-            scheme = head.split("://", 1)[0] + "://" if "://" in head else ""
-            return f"{scheme}***@{tail}"
-        return text
-
-
-def _scrub(message: str, url: "str | URL") -> str:
-    try:
-        password = make_url(url).password
-    except Exception:  # noqa: BLE001
-        password = None
-    if password:
-        message = message.replace(str(password), "***")
-    return message
-
-
 #: SQLite waits this long for another process's write lock before "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 60
 
@@ -218,7 +197,7 @@ def parse_storage(url: str) -> URL:
         parsed = make_url(url)
         parsed.get_dialect()
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
-        raise StudyError(f"Bad storage URL {mask_url(url)!r}: {_scrub(str(exc), url)}") from None
+        raise StudyError(f"Bad storage URL {mask_url(url)!r}: {scrub(str(exc), url)}") from None
     except ImportError as exc:
         raise StudyError(f"Storage {mask_url(url)!r} needs a database driver that is not installed: {exc}") from None
     return parsed
@@ -229,7 +208,13 @@ def sqlite_path(url: URL) -> str | None:
     if url.get_backend_name() != "sqlite":
         return None
     database = url.database or ""
-    if database in ("", ":memory:") or database.startswith("file:"):
+    if database.startswith("file:"):  # a SQLite URI (``?uri=true``): its path, without its own query
+        database = database[len("file:"):].split("?", 1)[0]
+        if database.startswith("//"):  # file://host/path
+            database = "/" + database[2:].partition("/")[2]
+        if str(url.query.get("mode", "")).lower() == "memory" or "mode=memory" in (url.database or ""):
+            return None
+    if database in ("", ":memory:"):
         return None
     return database
 
@@ -241,6 +226,8 @@ class Database:
         self.url = url
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        #: A SQLite file's identity when opened (checked before each trial's record).
+        self.identity: FileIdentity | None = None
 
     @classmethod
     def open(cls, url: str | None = None, *, create: bool = True) -> "Database":
@@ -267,7 +254,8 @@ class Database:
             if not os.path.isdir(directory):
                 raise StudyError(f"Cannot create the study database {path!r}: the directory {directory!r} does not exist.")
         try:
-            engine = commit_without_fsync_in_wal(create_engine(parsed, **engine_options(parsed)))
+            engine = reconnecting(commit_without_fsync_in_wal(create_engine(connect_url(url), **engine_options(parsed))),
+                                  url)
         except ImportError as exc:
             raise StudyError(f"Storage {mask_url(url)!r} needs a database driver that is not installed: {exc}") from None
         db = cls(url, engine)
@@ -275,11 +263,13 @@ class Database:
             creating_concurrently(lambda: db._check_schema(create=create))
         except (OperationalError, SQLAlchemyError) as exc:
             engine.dispose()
-            first = _scrub(str(exc).strip().splitlines()[0], url)
+            first = scrub(str(exc).strip().splitlines()[0], url)
             raise StudyError(f"Cannot use the study database {mask_url(url)!r}: {first}") from None
         except BaseException:
             engine.dispose()
             raise
+        if path is not None and os.path.exists(path):
+            db.identity = FileIdentity.of(path)
         return db
 
     def _check_schema(self, *, create: bool) -> None:
@@ -351,7 +341,11 @@ class Database:
                     retry_locked(lambda: conn.exec_driver_sql("PRAGMA journal_mode=WAL").scalar())
             self.engine.dispose()  # reconnect: connections opened now commit without fsync (see above)
         except OperationalError as exc:  # still usable in rollback-journal mode, with the busy timeout
-            logger.warning("Could not put %s in WAL mode: %s", mask_url(self.url), _scrub(str(exc), self.url))
+            logger.warning("Could not put %s in WAL mode: %s", mask_url(self.url), scrub(str(exc), self.url))
+
+    def ensure_tables(self) -> None:
+        """Create slimtune's tables that are missing (added without a schema version step)."""
+        creating_concurrently(lambda: Base.metadata.create_all(self.engine))
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -14,7 +14,9 @@ import warnings
 from typing import TYPE_CHECKING, Callable
 
 from slimtune._dominance import LATENCY_RATIO, directions, optuna_metric_names
-from slimtune.studies._database import _scrub, commit_without_fsync_in_wal, creating_concurrently, engine_options, mask_url
+from slimtune._urls import connect_url, mask_url, scrub
+from slimtune.studies._connections import reconnecting
+from slimtune.studies._database import commit_without_fsync_in_wal, creating_concurrently, engine_options
 from slimtune.studies._errors import StudyError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,14 +60,15 @@ def optuna_storage(url: str, *, create: bool = True) -> "optuna.storages.RDBStor
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
             interval, grace = heartbeat_settings()
             storage = creating_concurrently(lambda: optuna.storages.RDBStorage(
-                url, heartbeat_interval=interval, grace_period=grace, skip_table_creation=not create,
+                connect_url(url), heartbeat_interval=interval, grace_period=grace, skip_table_creation=not create,
                 engine_kwargs=engine_options(url)))
             commit_without_fsync_in_wal(storage.engine)
+            reconnecting(storage.engine, url, connected=True)
             return storage
     except StudyError:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. an Optuna schema needing `optuna storage upgrade`
-        first = _scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
+        first = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
         raise StudyError(f"Optuna cannot open {mask_url(url)!r}: {first}") from None
 
 

@@ -34,12 +34,17 @@ class Recording:
     _optuna_storage: Any
 
     def recover_trials(self) -> dict[str, list[int]]:
-        """Finish the trials that dead workers left RUNNING (called before every trial):
+        """Finish the trials that stopped workers left RUNNING (called before every trial):
 
-        * recorded by slimtune but never told to Optuna (the worker died between the two
-          writes): Optuna is told the recorded outcome, so ``studies``, ``show``,
-          ``select`` and ``export`` agree and the model is kept;
-        * no heartbeat ever written (the worker died between ``ask`` and its first
+        * recorded by slimtune but never told to Optuna (the worker stopped between the
+          two writes): Optuna is told the recorded outcome, so ``studies``, ``show``,
+          ``select`` and ``export`` agree and the model is kept.  A live worker tells
+          Optuna right after its record, so only a record whose worker is gone
+          (:func:`~slimtune.search._heartbeat.worker_gone`) or that is older than the
+          grace period is told here;
+        * not recorded, and its worker is gone (a process of this machine that
+          stopped): failed at once, with the reason;
+        * no heartbeat ever written (the worker stopped between ``ask`` and its first
           beat, which Optuna's stale-trial detection skips) and started more than the
           grace period ago: failed, with the reason;
         * heartbeat older than the grace period: failed (Optuna's stale-trial detection).
@@ -49,7 +54,7 @@ class Recording:
         import optuna
         from optuna.trial import TrialState
 
-        from slimtune.search._heartbeat import BEATING_ATTR, fail_stale_trials
+        from slimtune.search._heartbeat import BEATING_ATTR, fail_stale_trials, worker_gone
 
         study = self.optuna_study
         done: dict[str, list[int]] = {"told": [], "failed": []}
@@ -58,22 +63,32 @@ class Recording:
             numbers = [t.number for t in running]
             records = self._storage.candidates(self._record.id, numbers)
             grace = getattr(self._optuna_storage, "grace_period", None)
-            now = datetime.now()  # Optuna writes datetime_start with the local clock
+            now, utc_now = datetime.now(), utcnow()  # Optuna writes datetime_start with the local clock
             for t in running:
                 try:
                     rec = records.get(t.number)
+                    owner = t.system_attrs.get(BEATING_ATTR)
+                    gone = worker_gone(owner)
                     if rec is not None:
+                        left = gone or (grace and rec.created_at is not None
+                                        and (utc_now - rec.created_at).total_seconds() > grace)
+                        if not left:
+                            continue  # its worker is telling Optuna now
                         values = (objective_values(rec.measurement or {}, self.objectives,
                                                    optuna_latency_unit(study.metric_names))
                                   if rec.state == "COMPLETE" else None)
                         study.tell(t.number, values, state=TrialState[rec.state], skip_if_finished=True)
                         done["told"].append(t.number)
+                    elif gone:
+                        reason = (f"its worker stopped (process {owner.get('pid')} on {owner.get('host')} is gone) "
+                                  "before the trial was recorded")
+                        self._fail(study, t, reason)
+                        done["failed"].append(t.number)
                     elif (grace and BEATING_ATTR not in t.system_attrs and t.datetime_start is not None
                           and (now - t.datetime_start).total_seconds() > grace):
                         reason = (f"its worker stopped before the trial's first heartbeat (started "
                                   f"{t.datetime_start.isoformat(timespec='seconds')}, grace period {grace} s)")
-                        self._optuna_storage.set_trial_user_attr(t._trial_id, "error", reason)  # noqa: SLF001
-                        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+                        self._fail(study, t, reason)
                         done["failed"].append(t.number)
                 except optuna.exceptions.UpdateFinishedTrialError:
                     pass  # another worker finished it meanwhile
@@ -85,6 +100,41 @@ class Recording:
                 logger.warning("Study %r: %s trials %s left RUNNING by a stopped worker", self.name,
                                "told from their records" if key == "told" else "failed", numbers)
         return done
+
+    def _fail(self, study: Any, trial: Any, reason: str) -> None:
+        from optuna.trial import TrialState
+
+        self._optuna_storage.set_trial_user_attr(trial._trial_id, "error", reason)  # noqa: SLF001
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+
+    def check_storage(self) -> None:
+        """Raise :class:`~slimtune._storage_faults.StorageLost` unless the database is still
+        the one this study was opened in: for a SQLite file, the same file (device and
+        inode) holding this study's row."""
+        from slimtune._storage_faults import StorageLost
+
+        identity = getattr(self._db, "identity", None)
+        if identity is None:
+            return
+        identity.check()
+        row = self._storage.find_study(self.name)
+        if row is None or row.id != self._record.id or row.created_at != self._record.created_at:
+            raise StorageLost(f"the study database {identity.path} no longer holds this study {self.name!r} as "
+                              "it was opened (its file was overwritten); nothing more was written")
+
+    def warm_start_claims(self) -> Any:
+        """This study's warm starts and their claims (a
+        :class:`~slimtune.search._warm_claims.ClaimStore`: the runner claims each once)."""
+        from slimtune.studies._warm_starts import StudyWarmStarts
+
+        optuna_id = self.optuna_study._study_id  # noqa: SLF001 - the id Optuna's tables use
+
+        def states() -> dict[int, str]:
+            return self._storage.optuna_states(optuna_id, fallback=lambda: {
+                t.number: t.state.name for t in self.optuna_study.get_trials(deepcopy=False)})
+
+        return StudyWarmStarts(self._db, self._record.id, has_trials=lambda: bool(states()),
+                               optuna_states=lambda numbers: {n: s for n, s in states().items() if n in set(numbers)})
 
     def frontier_points(self, cost_objectives: Sequence[str]) -> list[FrontierPoint]:
         """Validation accuracy, learning curves (distillation epochs, recovery epochs)

@@ -58,16 +58,22 @@ def same_task(db: "Database", record: StudyRecord, task: "Task") -> bool:
 
 
 def rebuild_task(db: "Database", record: StudyRecord) -> "Task":
-    """The study's task, rebuilt from its spec and checked against its fingerprint."""
-    from slimtune.tasks._registry import get_task
+    """The study's task, rebuilt from its spec and checked against its fingerprint.  The
+    spec comes from the database: a user task is imported only when the user trusts
+    stored tasks (:func:`~slimtune.tasks._registry.get_task` with ``trusted=False``)."""
+    from slimtune.tasks._registry import UntrustedTaskError, get_task
     from slimtune.tasks._task import TaskError
 
     name = record.study_name
     try:
-        task = get_task(record.task_spec)
+        task = get_task(record.task_spec, trusted=False)
+    except UntrustedTaskError as exc:
+        raise StudyError(f"Study {name!r}: {exc}", cli_text=f"Study {name!r}: {exc.cli_text}") from None
     except TaskError as exc:
         raise StudyError(f"Study {name!r}: cannot rebuild its task {record.task_spec!r} ({exc}); "
-                         "pass task= to Study.create_or_load.") from None
+                         "pass task= to Study.create_or_load or Study.load.",
+                         cli_text=f"Study {name!r}: cannot rebuild its task {record.task_spec!r} ({exc}); "
+                                  "give the task with --task.") from None
     if not same_task(db, record, task):
         raise StudyError(f"Study {name!r}: task {record.task_spec!r} has changed since the study was "
                          f"created (fingerprint {task.fingerprint()} vs {record.task_fingerprint}).")

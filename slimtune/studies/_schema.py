@@ -25,6 +25,13 @@ Tables (schema version :data:`SCHEMA_VERSION`; version 2 added
     one row per complete candidate: the ``torch.save`` bytes of its state dict (read
     back with ``weights_only=True``) and the artifact that was timed (ONNX or
     TorchScript bytes).  Kept apart so listing candidates never reads blobs.
+``slimtune_warm_starts``
+    one row per planned warm start of a study: its values, how many times it was
+    claimed (each claim is one compare-and-set ``UPDATE``, so two workers never take
+    the same one) and the trial of the last claim
+    (:mod:`slimtune.search._warm_claims`).  Added without a schema version step: it is
+    created where missing when a study is opened for trials, and older slimtune
+    versions ignore it.
 
 Types are portable (``JSON``, ``LargeBinary``, ``BigInteger``; LONGBLOB on MySQL), so any
 database Optuna's RDBStorage accepts holds them.
@@ -139,4 +146,18 @@ class WeightsRecord(Base):
     candidate: Mapped[CandidateRecord] = relationship(back_populates="weights")
 
 
-TABLES = [m.__table__ for m in (SchemaVersion, StudyRecord, CandidateRecord, WeightsRecord)]
+class WarmStartRecord(Base):
+    __tablename__ = "slimtune_warm_starts"
+    __table_args__ = (UniqueConstraint("study_id", "position", name="uq_slimtune_warm_starts_position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("slimtune_studies.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)  # every searched value
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    trial_number: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the last claim's trial
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    worker: Mapped[str] = mapped_column(String(256), default="")
+
+
+TABLES = [m.__table__ for m in (SchemaVersion, StudyRecord, CandidateRecord, WeightsRecord, WarmStartRecord)]

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import gc
+import sqlite3
 from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -102,7 +103,7 @@ class StudyStorage:
             if measurement_keys is not None and self.db.engine.dialect.name == "sqlite":
                 try:
                     return _light_candidates(self.db, query, measurement_keys)
-                except SQLAlchemyError:
+                except (SQLAlchemyError, sqlite3.Error):  # the driver's own error when read past SQLAlchemy (_fetch)
                     pass  # a NaN in a measurement (SQLite < 3.42), or a SQLite without its JSON functions
             with self.db.engine.connect() as conn:
                 return {r.trial_number: r for r in conn.execute(query).all()}

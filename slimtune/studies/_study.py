@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from sqlalchemy.exc import IntegrityError
 
 from slimtune._dominance import directions
+from slimtune._names import quoted
 from slimtune.search._constraints import Constraints
 from slimtune.search._early_stopping import FrontierEarlyStopping, resolve_early_stopping
 from slimtune.search._measurement import Measurement
@@ -162,7 +163,7 @@ class Study(Recording, Reading):
             if record is not None:
                 return cls._join(record, db, request, use_cache=use_cache)
             if request.task is None:
-                raise StudyError(f"There is no study {name!r} in {mask_url(storage)!r}; give a task to create it.")
+                raise StudyError(f"There is no study {quoted(name)} in {mask_url(storage)!r}; give a task to create it.")
             return cls._create(db, request, progress=progress, use_cache=use_cache)
         except BaseException:
             db.dispose()
@@ -203,11 +204,19 @@ class Study(Recording, Reading):
         return study
 
     @classmethod
-    def load(cls, name: str, *, storage: str | None = None) -> "Study":
+    def load(cls, name: str, *, storage: str | None = None, task: "str | Task | None" = None) -> "Study":
         """An existing study (nothing is created; :class:`StudyError` if it is not there).
-        ``storage`` defaults to ``$SLIMTUNE_STORAGE``, else ``sqlite:///slimtune.db``."""
+        ``storage`` defaults to ``$SLIMTUNE_STORAGE``, else ``sqlite:///slimtune.db``.
+        ``task``: the study's task, when it is a user's (a spec stored in the database
+        is imported only for a built-in task or with ``$SLIMTUNE_TRUST_STORED_TASKS=1``);
+        it must be the task the study was created with."""
         check_name(name)
         storage = resolve_storage(storage)
+        given = None
+        if task is not None:
+            from slimtune.tasks._registry import get_task
+
+            given = get_task(task)
         db = Database.open(storage, create=False)
         record = cls._find(db, name)
         if record is None:
@@ -216,8 +225,14 @@ class Study(Recording, Reading):
             from slimtune._names import close_matches
 
             hint = close_matches(name, names) if names else " The database holds no slimtune study."
-            raise StudyError(f"No study {name!r} in {mask_url(storage)!r}." + hint)
-        return cls(record, db)
+            raise StudyError(f"No study {quoted(name)} in {mask_url(storage)!r}." + hint)
+        if given is not None:
+            try:
+                check_resume(record, db, task=given, objectives=None, constraints=None, settings=None)
+            except BaseException:
+                db.dispose()
+                raise
+        return cls(record, db, task=given)
 
     @staticmethod
     def _find(db: Database, name: str) -> StudyRecord | None:
@@ -376,6 +391,7 @@ class Study(Recording, Reading):
         """Make the study ready for trials: a SQLite file in WAL mode (several workers),
         the Optuna study loaded with heartbeats on.  Returns the Optuna study."""
         self._db.enable_wal()
+        self._db.ensure_tables()  # tables a newer slimtune added (the warm-start claims)
         if self._optuna_study is None or self._optuna_storage is None:
             self._ensure_optuna_study(optuna_storage(self._db.url))
         else:  # opened before the file was in WAL mode: reconnect to commit without fsync

@@ -1,6 +1,12 @@
 """The registry of tasks: built-in tasks by name (``register_task``), and
 :func:`get_task`, which also builds a user's task from ``package.module:callable``.
 
+A task spec read from a study database is not trusted (``trusted=False``): importing it
+would let whoever wrote the database choose the code this process runs.  Such a spec
+is built only when it names a built-in task, or when ``$SLIMTUNE_TRUST_STORED_TASKS``
+is ``1``; otherwise the user gives the task again (``--task``, ``task=``), which is
+then checked against the stored fingerprint.
+
 Example:
     >>> task = get_task("digits")                     # a built-in task
     >>> task = get_task("my_tasks:resnet_task")       # a user's callable returning a Task
@@ -40,14 +46,42 @@ def list_tasks() -> dict[str, str]:
     return dict(_DOCS)
 
 
-def get_task(spec: "str | Task") -> Task:
+#: Set to ``1`` to let slimtune import the user tasks that study databases name (only
+#: for databases you trust: the spec is code this process runs).
+TRUST_ENV = "SLIMTUNE_TRUST_STORED_TASKS"
+
+
+class UntrustedTaskError(TaskError):
+    """A user task named by a study database, not by the user: not imported.  Its
+    ``cli_text`` says it with the command's options."""
+
+    def __init__(self, spec: str) -> None:
+        why = (f"its task {spec!r} is user code that the study database names; slimtune imports such a task only "
+               "when you name it yourself")
+        super().__init__(f"{why}: pass task={spec!r}, or set {TRUST_ENV}=1 to trust the databases you open.")
+        self.spec = spec
+        self.cli_text = f"{why}: add --task {spec}, or set {TRUST_ENV}=1 to trust the databases you open."
+
+
+def stored_tasks_trusted() -> bool:
+    """Whether ``$SLIMTUNE_TRUST_STORED_TASKS`` says to import the user tasks databases name."""
+    return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def get_task(spec: "str | Task", *, trusted: bool = True) -> Task:
     """A built-in task by name, or a user task given as ``package.module:callable``
-    (the callable returns a :class:`Task`)."""
+    (the callable returns a :class:`Task`).
+
+    ``trusted=False`` for a spec read from a study database: a user task is then
+    refused (:class:`UntrustedTaskError`) unless :func:`stored_tasks_trusted`; a
+    built-in name is always built."""
     if isinstance(spec, Task):
         return spec
     if not isinstance(spec, str) or not spec:
         raise TaskError(f"A task is a built-in name or 'package.module:callable', but got {spec!r}.")
     if ":" in spec:
+        if not trusted and not stored_tasks_trusted():
+            raise UntrustedTaskError(spec)
         module_name, _, attr = spec.partition(":")
         if not module_name or not attr:
             raise TaskError(f"A user task is given as 'package.module:callable', but got {spec!r}.")

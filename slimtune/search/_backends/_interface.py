@@ -95,8 +95,8 @@ class Backend(ABC):
     """
 
     name: ClassVar[str]
-    #: Trials enqueued in the Optuna study (warm starts) are asked before the backend's
-    #: own proposals: true where the values come from Optuna's ``ask`` (which pops them).
+    #: Warm starts (:meth:`propose_given`) are proposed before the backend's own
+    #: proposals: true where the values come from Optuna's ``ask`` and its sampler.
     takes_enqueued_trials: ClassVar[bool] = True
 
     def __init__(self, space: "Space", *, seed: int | None = None, **options: Any) -> None:
@@ -124,6 +124,23 @@ class Backend(ABC):
     @abstractmethod
     def propose(self, study: "optuna.Study") -> Proposal:
         """Create a RUNNING trial in ``study`` holding the next values to evaluate."""
+
+    def warm_starts(self) -> list[dict[str, Any]]:
+        """The backend's own first trials of a new study, when the task gives none
+        (none by default)."""
+        return []
+
+    def propose_given(self, study: "optuna.Study", values: dict[str, Any]) -> Proposal:
+        """A RUNNING trial of ``study`` holding exactly ``values`` (a warm start this
+        worker claimed): Optuna's ``ask``, its sampler answering with the values, so no
+        waiting trial is left for another worker to pop."""
+        previous = study.sampler
+        study.sampler = given_values(values, previous)
+        try:
+            trial = self.ask(study, self.distributions())
+        finally:
+            study.sampler = previous
+        return Proposal(trial, {name: trial.params[name] for name in self.distributions()}, tuner=self.tuner)
 
     def observe(self, proposal: Proposal, state: str, values: Sequence[float] | None) -> None:
         """The outcome of a proposal: ``state`` is COMPLETE, PRUNED or FAIL and ``values``
@@ -160,6 +177,32 @@ class Backend(ABC):
             # took theirs): say so rather than record values under the wrong tuner.
             raise RuntimeError(f"Trial {trial.number} holds {trial.params}, not the enqueued {checked}.")
         return trial
+
+
+def given_values(values: dict[str, Any], base: "optuna.samplers.BaseSampler") -> "optuna.samplers.BaseSampler":
+    """A sampler answering ``values`` (no relative sampling) and ``base`` for any other
+    parameter; ``base`` still hears of the trial before and after."""
+    import optuna
+
+    class GivenValues(optuna.samplers.BaseSampler):
+        def infer_relative_search_space(self, study, trial):
+            return {}
+
+        def sample_relative(self, study, trial, search_space):
+            return {}
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            if param_name in values:
+                return values[param_name]
+            return base.sample_independent(study, trial, param_name, param_distribution)
+
+        def before_trial(self, study, trial) -> None:
+            base.before_trial(study, trial)
+
+        def after_trial(self, study, trial, state, values_) -> None:
+            base.after_trial(study, trial, state, values_)
+
+    return GivenValues()
 
 
 _BACKENDS: dict[str, type[Backend]] = {}

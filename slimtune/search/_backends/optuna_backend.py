@@ -184,8 +184,8 @@ class OptunaBackend(Backend):
         seed: sampler seed.
         sampler: a name in :data:`SAMPLERS` or a sampler instance.
         startup_trials: random trials before a model-based sampler takes over.
-        warm_start: propose the baseline's neighbourhood (:func:`neighbourhood`) first
-            when the session starts on a study without trials.
+        warm_start: a new study starts with the baseline's neighbourhood
+            (:meth:`warm_starts`) when its task gives no warm starts.
     """
 
     name = "optuna"
@@ -198,18 +198,12 @@ class OptunaBackend(Backend):
         self._sampler = make_sampler(sampler or DEFAULT_SAMPLER, seed=seed, startup_trials=startup_trials)
         self._study_sampler = stopped_as_pending(self._sampler)
         self.warm_start = bool(warm_start)
-        self._warm_queue: list[dict[str, Any]] | None = None
 
-    def _enqueue_warm_start(self, study: "optuna.Study") -> None:
-        """Before each ask of a session that began on a study without trials, enqueue
-        the next configuration of :func:`neighbourhood` (one at a time, so a session
-        that stops early leaves no waiting trial behind; a resumed study or a worker
-        joining a running one proposes with its sampler from the start)."""
-        if self._warm_queue is None:
-            fresh = self.warm_start and not study.get_trials(deepcopy=False)
-            self._warm_queue = neighbourhood(self.space, self.seed) if fresh else []
-        if self._warm_queue:
-            study.enqueue_trial(self._warm_queue.pop(0), skip_if_exists=True)
+    def warm_starts(self) -> list[dict[str, Any]]:
+        """The baseline's neighbourhood (:func:`neighbourhood`), the first trials of a
+        new study whose task gives no warm starts (claimed by the runner:
+        :mod:`~slimtune.search._warm_claims`); none with ``warm_start=False``."""
+        return neighbourhood(self.space, self.seed) if self.warm_start else []
 
     def optuna_sampler(self):
         return self._study_sampler
@@ -219,7 +213,6 @@ class OptunaBackend(Backend):
         return type(self._sampler).__name__
 
     def propose(self, study: "optuna.Study") -> Proposal:
-        self._enqueue_warm_start(study)
         trial = self.ask(study, self.distributions())
         values = {name: trial.params[name] for name in self.distributions()}
         return Proposal(trial, values, tuner=self.tuner)

@@ -1,0 +1,77 @@
+"""The SQLite file of a study deleted or replaced while `slimtune run` trains: the run
+stops with one line and exit code 2, and writes nothing more (no record lands in a file
+that is not the one it opened).  Real processes, real files: the worker is held at a
+fault point (``SLIMTUNE_FAULT=before_eval:sleepN``) while the test changes the file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK = "tests.user_task:make_task"
+FAST = ["--epochs", "1", "--latency-repeats", "3", "--no-early-stopping"]
+HOLD_S = 20
+
+
+def _slimtune(*args: str, **env: str) -> subprocess.Popen:
+    full = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    return subprocess.Popen([sys.executable, "-m", "slimtune.cli", *args], env=full, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_fault(proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 300
+    for line in proc.stderr:
+        if "slimtune-fault: before_eval" in line:
+            return
+        assert time.monotonic() < deadline
+    raise AssertionError(f"never reached the fault point (exit {proc.wait()})")
+
+
+def _counts(path: Path) -> tuple[int, int]:
+    with sqlite3.connect(path) as conn:
+        counts = (conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0],
+                  conn.execute("SELECT COUNT(*) FROM slimtune_candidates").fetchone()[0])
+    conn.close()
+    return counts
+
+
+@pytest.fixture(scope="module")
+def study_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("faults") / "made.db"
+    made = _slimtune("run", "--study", "f", "--task", TASK, "--trials", "1", "--seed", "0", *FAST, "--json",
+                     "--storage", f"sqlite:///{path}")
+    out, err = made.communicate(timeout=600)
+    assert made.returncode == 0, err[-3000:]
+    return path
+
+
+@pytest.mark.parametrize("change", ["deleted", "replaced"])
+def test_a_study_file_changed_during_a_run_stops_it_with_one_line(study_file, tmp_path, change):
+    path = tmp_path / "s.db"
+    shutil.copy(study_file, path)
+    snapshot = tmp_path / "snapshot.db"
+    shutil.copy(study_file, snapshot)  # the same study, as a backup of it would be: another file
+    run = _slimtune("run", "--study", "f", "--task", TASK, "--trials", "2", "--json", "--storage", f"sqlite:///{path}",
+                    SLIMTUNE_FAULT=f"before_eval:sleep{HOLD_S}")
+    _wait_for_fault(run)
+    for side in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        side.unlink(missing_ok=True)
+    if change == "replaced":
+        shutil.copy(snapshot, path)
+    out, err = run.communicate(timeout=600)
+    lines = err.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith("Error: "), err[-3000:]
+    assert f"was {change}" in lines[0] and "during the run" in lines[0] and "Traceback" not in err
+    assert "trials trained" not in out
+    if change == "replaced":
+        assert _counts(path) == _counts(snapshot)  # nothing written into the file that replaced it
