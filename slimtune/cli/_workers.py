@@ -34,7 +34,10 @@ PATH_ENV = "SLIMTUNE_WORKER_PATH"
 PARENT_ENV = "SLIMTUNE_PARENT_PID"
 #: What a worker runs (``python -c``): the parent's ``sys.path`` set before anything is
 #: imported (``python -m`` would put the working directory first), then the command.
+# a worker finds modules on its parent's path only (the directory a parent's task was
+# found in is on it), never in its own working directory
 WORKER_BOOT = ("import json, os, sys; sys.path[:] = json.loads(os.environ['SLIMTUNE_WORKER_PATH']); "
+               "from slimtune.tasks import _imports; _imports.LOOK_IN_CURRENT_DIRECTORY = False; "
                "from slimtune.cli import main; main(prog_name='slimtune')")
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 

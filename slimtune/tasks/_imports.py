@@ -12,6 +12,10 @@ from typing import Any
 
 __all__ = ["import_task_module"]
 
+#: Whether :func:`import_task_module` falls back to the current directory (not in the
+#: worker processes of ``--workers``, which get their parent's path).
+LOOK_IN_CURRENT_DIRECTORY = True
+
 
 def import_task_module(name: str) -> Any:
     """The module of a user task (``name`` of ``name:callable``), as Python's path finds
@@ -22,7 +26,7 @@ def import_task_module(name: str) -> Any:
     except ModuleNotFoundError as exc:
         top = name.split(".")[0]
         cwd = os.getcwd()
-        if exc.name != top or any(os.path.abspath(p or ".") == cwd for p in sys.path):
+        if not LOOK_IN_CURRENT_DIRECTORY or exc.name != top or any(os.path.abspath(p or ".") == cwd for p in sys.path):
             raise  # a module the task file imports is missing, or the current directory was looked in
         if not (os.path.isfile(os.path.join(cwd, top + ".py")) or os.path.isdir(os.path.join(cwd, top))):
             raise
