@@ -290,7 +290,7 @@ def build_ceiling(rows: list[dict[str, Any]], baseline_val_accuracy: float | Non
     import hashlib
 
     from slimtune.search._pipeline import EvalSettings
-    from slimtune.search._profiling import machine_fingerprint
+    from slimtune.search._fingerprint import machine_fingerprint
     from slimtune.tasks._registry import get_task
 
     task = get_task("digits")
@@ -319,7 +319,7 @@ def check_ceiling(doc: Mapping[str, Any]) -> list[str]:
     and its id, the stored frontier and hypervolume against the rows."""
     import hashlib
 
-    from slimtune.search._profiling import machine_fingerprint
+    from slimtune.search._fingerprint import machine_fingerprint
 
     problems = []
     if doc.get("schema") != SCHEMA:
@@ -758,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"--budgets must be comma-separated fractions, but got {args.budgets!r}.", file=sys.stderr)
         return 2
-    from slimtune.search._profiling import machine_fingerprint
+    from slimtune.search._fingerprint import machine_fingerprint
 
     _, here = machine_fingerprint("onnxruntime", 1, 1)
     print(f"Ceiling: digits, {n_space} configurations of {len(doc['grid'])} searched parameters "

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from slimtune.search._measurement import same_run_speedup
 from slimtune.spaces import Knob, knob_classes
-from slimtune._vocabulary import STATE_WORDS, state_word
+from slimtune._vocabulary import state_word
 
 #: Width the tables fit unless ``--wide`` is given.
 WIDTH = 100

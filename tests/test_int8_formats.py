@@ -17,7 +17,9 @@ from torch import nn
 
 from slimtune.search._runtimes import _ort
 from slimtune.search._cpu import cpu_features, u8s8_can_saturate
-from slimtune.search._profiling import machine_fingerprint, measure, runtime_agreement
+from slimtune.search._agreement import runtime_agreement
+from slimtune.search._fingerprint import machine_fingerprint
+from slimtune.search._profiling import measure
 from slimtune.search._runtimes import (
     INT8_FORMAT_ENV,
     choose_int8_format,
@@ -217,7 +219,7 @@ def test_agreement_settled_is_a_binomial_test_and_never_overflows():
     """0 of 512 and 3 of 1,024 differences settle it at a 1% bar, 1 of 512 and 4 of 1,024
     do not; a runtime that differs on most samples is answered at once (a Fashion-MNIST
     search failed a trial on ``math.comb(1536, 700)`` as a float before)."""
-    from slimtune.search._profiling import agreement_settled
+    from slimtune.search._agreement import agreement_settled
 
     assert agreement_settled(512, 512) and not agreement_settled(512, 511)
     assert agreement_settled(1024, 1021) and not agreement_settled(1024, 1020)

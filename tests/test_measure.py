@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimtune.search._profiling import export_artifact, machine_fingerprint, measure, measure_latency, params_count
+from slimtune.search._fingerprint import machine_fingerprint
+from slimtune.search._profiling import export_artifact, measure, measure_latency, params_count
 from slimtune.search._measurement import Measurement
 from slimtune.search.packed import pack, unpack
 from slimtune.search._runtimes import compile_model

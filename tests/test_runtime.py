@@ -21,7 +21,8 @@ from torch import nn
 
 from slimtune.search import _runtimes
 from slimtune.search._measurement import RUNTIMES
-from slimtune.search._profiling import export_artifact, fake_quant_reference, measure, runtime_agreement
+from slimtune.search._agreement import fake_quant_reference, runtime_agreement
+from slimtune.search._profiling import export_artifact, measure
 from slimtune.search._runtimes import (
     CompiledModel,
     Runtime,

@@ -19,11 +19,8 @@ itself (the ONNX model or TorchScript archive the runtime loads).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -31,31 +28,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimtune.search._cpu import cpu_features, u8s8_can_saturate
+from slimtune.search._agreement import (AGREEMENT_SAMPLES, AGREEMENT_STEP, agreeing_count, agreement_flag,
+                                        agreement_settled, fake_quant_reference)
+from slimtune.search._fingerprint import machine_fingerprint
 from slimtune.search._measurement import Measurement
 from slimtune.search import _timing  # called through the module: one place to wrap (benchmarks/overhead.py)
 from slimtune.search._timing import LATENCY_PERCENTILE, ROUNDS, latency_clock, measure_latency, percentile  # noqa: F401
-from slimtune.spaces._lowering import QUANTIZABLE, snap_weights
+from slimtune.spaces._lowering import QUANTIZABLE
 from slimtune.tasks._data import Split, TensorSplit, model_input
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimtune.search._runtimes import CompiledModel
 
 MAX_TIMED_INPUTS = 16  # distinct held-out batches cycled through while timing a static model
-#: Runtime agreement (a check, not an objective) is read on the first this many
-#: validation samples: one extra torch pass over 5,000 Fashion-MNIST samples was 4% of a
-#: trial's wall time; on 2,048 one disagreeing sample moves it by 0.05%.
-AGREEMENT_SAMPLES = 2048
-#: ... read in steps of this many, stopping after a step once the runtime is shown to
-#: differ from torch on under ``1 - MIN_RUNTIME_AGREEMENT`` of the samples
-#: (:func:`agreement_settled`): fp32 artifacts agree on all of the first 512 (a torch pass
-#: over 2,048 Fashion-MNIST samples cost 0.5-0.9 s, 1-2% of a trial), int8 ones
-#: typically differ on a few per thousand and settle after 1,024.
-AGREEMENT_STEP = 512
-#: The one-sided confidence of :func:`agreement_settled`.
-AGREEMENT_CONFIDENCE = 0.99
-#: Below this share of equal predictions (runtime vs torch fake-quant) a measurement is flagged.
-MIN_RUNTIME_AGREEMENT = 0.99
 
 
 # -- latency ----------------------------------------------------------------------
@@ -81,47 +66,6 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-# -- fingerprint ------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(module: str) -> str | None:
-    try:
-        return __import__(module).__version__
-    except ImportError:
-        return None
-
-
-def machine_fingerprint(runtime: str, threads: int, batch_size: int) -> tuple[dict[str, Any], str]:
-    """What latencies depend on: CPU model, its int8-relevant features (``cpu_features``,
-    ``None`` where unreadable) and whether ONNX Runtime's U8S8 kernels can saturate on
-    it (``u8s8_saturates``), core count, runtime versions, threads and batch size; and
-    a short id (sha256 of the sorted JSON, 12 hex digits)."""
-    features = cpu_features()
-    fingerprint = {
-        "cpu": _cpu_model(),
-        "machine": platform.machine(),
-        "cpu_features": list(features) if features is not None else None,
-        "u8s8_saturates": u8s8_can_saturate(),
-        "cores": os.cpu_count(),
-        "runtime": runtime,
-        "torch": torch.__version__,
-        "onnxruntime": _version("onnxruntime"),
-        "threads": int(threads),
-        "batch_size": int(batch_size),
-    }
-    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
-    return fingerprint, digest
-
-
 # -- size -------------------------------------------------------------------------
 def params_count(model: nn.Module) -> int:
     """Parameters stored: non-zero Conv/Linear weights plus every other parameter."""
@@ -135,92 +79,6 @@ def params_count(model: nn.Module) -> int:
             seen.add(id(p))
             total += p.numel()
     return total
-
-
-# -- runtime vs torch ---------------------------------------------------------------
-def fake_quant_reference(model: nn.Module, bits: int) -> nn.Module:
-    """A copy of ``model`` as torch computes it at ``bits``: the copy the runtimes compile
-    (:func:`~slimtune.search._runtimes.prepare_model`: BatchNorm folded, 16-bit weights
-    rounded) with its weights on the b-bit grid (idempotent when the quantization knob
-    already snapped them), float activations.  The runtime's int8 artifact should
-    predict what this model predicts."""
-    from slimtune.search._runtimes import prepare_model
-
-    reference = prepare_model(model, bits)
-    if bits <= 8:
-        snap_weights(reference, bits)
-    return reference
-
-
-@torch.no_grad()
-def torch_exit_logits(model: nn.Module, x: torch.Tensor, batch: int = 256) -> list[np.ndarray]:
-    """Logits of every exit of ``model`` (then the final classifier) for every sample,
-    through the same ``segments()`` the runtime compiles; one array for a static model."""
-    from slimtune.search._runtimes import exit_segments
-
-    segments = exit_segments(model)
-    outputs: list[list[np.ndarray]] = [[] for _ in range(len(segments) if segments else 1)]
-    for i in range(0, len(x), batch):
-        features = x[i:i + batch]
-        if segments is None:
-            outputs[0].append(model(features).numpy())
-            continue
-        for k, (trunk, head, _) in enumerate(segments):
-            features = trunk(features)
-            outputs[k].append((head(features) if head is not None else features).numpy())
-    return [np.concatenate(o) for o in outputs]
-
-
-def runtime_agreement(model: nn.Module, bits: int, x: torch.Tensor, logits: np.ndarray,
-                      exits: np.ndarray | None = None) -> float:
-    """Share of samples whose predicted class from the runtime (``logits``) equals the
-    torch fake-quantized model's (:func:`fake_quant_reference`).
-
-    Early-exit models: each sample is compared at the exit the runtime took
-    (``exits``), i.e. the torch logits of that same exit head; the exit decision
-    itself is not compared, because a confidence within rounding of a threshold may
-    legitimately go either way."""
-    x = model_input(x)
-    return _agreeing(fake_quant_reference(model, bits), x, logits, exits) / len(x)
-
-
-def _agreeing(reference: nn.Module, x: torch.Tensor, logits: np.ndarray, exits: np.ndarray | None) -> int:
-    """How many samples of ``x`` the runtime's ``logits`` (at ``exits``) classify as
-    the torch ``reference`` (:func:`fake_quant_reference`) does."""
-    per_exit = torch_exit_logits(reference, x, batch=64)  # 64: the fastest batch on a 2-core CPU
-    if exits is None or len(per_exit) == 1:
-        expected = per_exit[-1]
-    else:
-        expected = np.stack(per_exit)[np.asarray(exits), np.arange(len(x))]
-    return int((expected.argmax(-1) == np.asarray(logits).argmax(-1)).sum())
-
-
-def agreement_settled(checked: int, agreeing: int) -> bool:
-    """Whether ``agreeing`` of ``checked`` samples show, with :data:`AGREEMENT_CONFIDENCE`,
-    that the runtime differs from torch on under ``1 - MIN_RUNTIME_AGREEMENT`` of all
-    samples: a runtime differing on exactly that share would show at most this many
-    differences with probability below ``1 - AGREEMENT_CONFIDENCE`` (binomial).  0 of
-    512 or 3 of 1,024 settle it; 1 of 512 does not."""
-    p, differ = 1.0 - MIN_RUNTIME_AGREEMENT, checked - agreeing
-    if differ >= checked * p:  # at or above the expected count: P(at most differ) is over a half
-        return False
-    term = (1.0 - p) ** checked  # P(exactly 0), then P(exactly i) by the binomial recurrence (no huge integers)
-    at_most = term
-    for i in range(differ):
-        term *= (checked - i) / (i + 1) * p / (1.0 - p)
-        at_most += term
-    return at_most < 1.0 - AGREEMENT_CONFIDENCE
-
-
-def agreement_flag(agreement: float, n: int, int8_format: str | None) -> str | None:
-    """The note for a runtime that disagrees with torch's fake-quantized model on more
-    than ``1 - MIN_RUNTIME_AGREEMENT`` of the samples (``None`` otherwise)."""
-    if agreement >= MIN_RUNTIME_AGREEMENT:
-        return None
-    fmt = f", int8 format {int8_format}" if int8_format else ""
-    return (f"runtime predictions differ from the torch fake-quantized model on {1 - agreement:.1%} of {n} samples "
-            f"(more than {1 - MIN_RUNTIME_AGREEMENT:.0%}{fmt}): the accuracy lost here may be the runtime's, "
-            "not the model's")
 
 
 # -- the measurement --------------------------------------------------------------
@@ -266,7 +124,7 @@ def _accuracy(compiled: "CompiledModel", data: Split, eval_batch: int,
             take = min(len(x) - at, AGREEMENT_SAMPLES - checked, AGREEMENT_STEP - checked % AGREEMENT_STEP)
             if take <= 0:
                 break
-            agreeing += _agreeing(reference, model_input(x[at:at + take]),
+            agreeing += agreeing_count(reference, model_input(x[at:at + take]),
                                   np.asarray(chunk_logits)[at:at + take],
                                   None if chunk_exits is None else np.asarray(chunk_exits)[at:at + take])
             checked, at = checked + take, at + take

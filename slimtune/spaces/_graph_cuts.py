@@ -160,8 +160,8 @@ def trace(model: nn.Module, input_dtype: torch.dtype | None = None) -> torch.fx.
         input_dtype = torch.int64 if any(isinstance(m, nn.Embedding) for m in model.modules()) else torch.float32
     try:
         return trace_with_leaves(model, max_leaf_types=0, input_dtype=input_dtype)[0]
-    except TraceFailure as exc:
-        first = str(exc)
+    except TraceFailure:
+        pass  # plain torch.fx failed: transformers' tracer, then leaves
     try:
         traced = _hf_trace(model)
     except Exception as exc:  # noqa: BLE001

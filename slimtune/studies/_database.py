@@ -21,7 +21,6 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Connection,
-    Engine,
     Float,
     Integer,
     LargeBinary,

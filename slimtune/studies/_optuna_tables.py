@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from sqlalchemy import JSON, DateTime, Float, Integer, String, Text, case, column, func, or_, select, table, type_coerce
+from sqlalchemy import DateTime, Float, Integer, String, Text, case, column, func, or_, select, table, type_coerce
 from sqlalchemy.exc import SQLAlchemyError
 
 from slimtune.studies._schema import CandidateRecord
