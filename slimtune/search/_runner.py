@@ -81,12 +81,17 @@ class TrialRunner:
             this session's first trials (so none is left waiting when the session
             stops), when the backend takes enqueued trials (Optuna's samplers do; NNI's
             tuners propose every value).
+        worker: who runs the trials, stored with each (default: the host name).
+
+    ``owner``, when set, is written on each trial right after ``ask``
+    (:data:`~slimtune.search._heartbeat.OWNER_ATTR`), so an executor that loses this
+    worker knows which trial to fail.
     """
 
     def __init__(self, *, study: "optuna.Study", backend: Backend, evaluator: Evaluator, objectives: Sequence[str],
                  recorder: Recorder, constraints: Constraints | None = None, baseline_accuracy: float = float("nan"),
                  early_stopping: FrontierEarlyStopping | None = None, epochs: int = 1, recovery_epochs: int = 0,
-                 fixed: Mapping[str, Any] | None = None, warm_start: bool = True) -> None:
+                 fixed: Mapping[str, Any] | None = None, warm_start: bool = True, worker: str | None = None) -> None:
         self.study = study
         self.backend = backend
         self.evaluator = evaluator
@@ -99,7 +104,8 @@ class TrialRunner:
         self.epochs = epochs
         self.recovery_epochs = recovery_epochs
         self.fixed = dict(fixed or {})
-        self.worker = socket.gethostname()
+        self.worker = worker or socket.gethostname()
+        self.owner: str | None = None
         self.warm_start = warm_start
         self._warm_starts: list[dict[str, Any]] = []  # still to enqueue, one before each trial
 
@@ -167,7 +173,7 @@ class TrialRunner:
         self._recover()
         if self._warm_starts:  # popped by this trial's ask (or, rarely, by another worker's)
             self.study.enqueue_trial(self._warm_starts.pop(0), skip_if_exists=True)
-        start = TrialStart()
+        start = TrialStart(self.owner)
         outcome: TrialOutcome | None = None
         interrupted: BaseException | None = None
         try:
