@@ -227,7 +227,7 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
         if executor == "ray":
             from slimtune.cli._ray import run_on_ray
 
-            failed = run_on_ray(study, n_trials=n_trials, workers=workers, seed=seed, as_json=as_json,
+            failed = run_on_ray(study, n_trials=n_trials, timeout=timeout, workers=workers, seed=seed, as_json=as_json,
                                 backend=backend, warm_start=warm_start, device=device, amp=amp, **ray_options,
                                 **nni_options)
         elif workers > 1:

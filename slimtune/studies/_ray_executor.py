@@ -1,0 +1,238 @@
+"""Trials of a study as Ray tasks (``slimtune run --executor ray``): Ray places each
+trial on the cluster's resources (``cpus_per_trial``, ``gpus_per_trial``), ``workers``
+at a time, every task writing into the study's database.
+
+The guarantees of local workers hold:
+
+- exactly ``n_trials`` trials train (a proposal early stopping rejects before training
+  does not count, as in one process);
+- a new study's warm starts are claimed here, once, and each handed to one task (a task
+  lost before it trained its warm start hands it to the task that replaces it);
+- a task whose Ray worker is lost (the process killed, its node gone) has its trial
+  failed at once (by the owner token the trial carries), and another task runs in its
+  place; nothing is left RUNNING;
+- Ctrl-C (:class:`~slimtune.search._interrupts.Interrupted`) cancels the tasks: each
+  running trial is interrupted and recorded as failed, as a local worker's is.
+
+Example:
+    >>> RayExecutor(study, workers=2, cpus_per_trial=1).run(n_trials=8, on_row=print)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from slimtune.search._early_stopping import rejected_before_training
+from slimtune.search._interrupts import Interrupted
+from slimtune.studies._errors import StudyError
+
+logger = logging.getLogger(__name__)
+
+#: Environment variables handed to every task (the cache folder, the int8 format, the
+#: test-only fault hook); never ``SLIMTUNE_STORAGE`` (the storage goes in the task's arguments).
+PASSED_ENV = ("SLIMTUNE_CACHE_DIR", "SLIMTUNE_INT8_FORMAT", "SLIMTUNE_FAULT")
+#: Milliseconds a Ray instance started here gives its agents to start (Ray's default
+#: aborted the raylet at load 6 on 2 cores, when the dashboard agent took over 15 s).
+AGENT_TIMEOUT_MS = 120_000
+#: Seconds a cancelled task is given to record its interrupted trial before it is killed.
+CANCEL_GRACE_S = 30.0
+
+
+class RayUnavailable(StudyError):
+    """Ray is not installed, or the cluster cannot be reached."""
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailable("--executor ray needs Ray: pip install 'slimtune[ray]'.") from None
+    return ray
+
+
+def absolute_storage(url: str) -> str:
+    """``url`` with a relative SQLite path made absolute (tasks run in other folders)."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        return prefix + str(Path(url[len(prefix):]).resolve())
+    return url
+
+
+def check_one_machine(storage: str, node_ips: list[str], here: str) -> None:
+    """A SQLite file serves tasks on this machine only: refuse a cluster with nodes elsewhere."""
+    if not storage.startswith("sqlite"):
+        return
+    elsewhere = sorted({ip for ip in node_ips if ip != here})
+    if elsewhere:
+        raise StudyError(f"--executor ray with a SQLite file needs every Ray node on this machine ({here}), but the "
+                         f"cluster has nodes on {', '.join(elsewhere)}: use a PostgreSQL --storage.")
+
+
+class RayExecutor:
+    """Runs trials of ``study`` (open, created by now) as Ray tasks.
+
+    Args:
+        study: the study (its storage URL unmasked is read from it).
+        workers: trials running at once.
+        address: the cluster (``ray.init``'s ``address``); ``None``: ``$RAY_ADDRESS``,
+            else a Ray instance started on this machine for this run.
+        cpus_per_trial, gpus_per_trial: the resources Ray reserves for each trial.
+        device, amp: where each task trains (resolved on the node Ray chose).
+        backend, seed, options: the search backend, the sampler seed and its options.
+    """
+
+    def __init__(self, study: Any, *, workers: int, address: str | None = None, cpus_per_trial: float = 1.0,
+                 gpus_per_trial: float = 0.0, device: str | None = None, amp: str | None = None,
+                 backend: str = "optuna", seed: int | None = None, warm_start: bool = True,
+                 options: Mapping[str, Any] | None = None) -> None:
+        self.study = study
+        self.workers = int(workers)
+        self.address = address
+        self.cpus_per_trial = float(cpus_per_trial)
+        self.gpus_per_trial = float(gpus_per_trial)
+        self.backend = backend
+        self.warm_start = warm_start
+        settings = {k: v for k, v in (("device", device), ("amp", amp)) if v is not None}
+        self.spec = {"name": study.name, "storage": absolute_storage(study._db.url), "settings": settings,  # noqa: SLF001
+                     "backend": backend, "options": dict(options or {}), "seed": seed,
+                     "threads": max(1, int(self.cpus_per_trial))}
+        self._started_ray = False
+        self.lost: list[str] = []
+
+    # -- Ray ----------------------------------------------------------------------------
+    def connect(self):
+        """Join the cluster (or start Ray here) and check the storage suits it."""
+        ray = import_ray()
+        if not ray.is_initialized():
+            env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
+                                      "runtime_env": {"env_vars": env} if env else None}
+            address = self.address or os.environ.get("RAY_ADDRESS")
+            if address is None:
+                kwargs["num_cpus"] = os.cpu_count()
+                # Ray's raylet gives its Python agents a short time to start; a loaded machine needs more
+                os.environ.setdefault("RAY_agent_register_timeout_ms", str(AGENT_TIMEOUT_MS))
+            try:
+                ray.init(address=address, **kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise RayUnavailable(f"--executor ray: cannot reach the Ray cluster at {address!r}: "
+                                     f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            self._started_ray = True
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        check_one_machine(self.spec["storage"], [n["NodeManagerAddress"] for n in nodes],
+                          ray.util.get_node_ip_address())
+        return ray
+
+    def close(self) -> None:
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+            self._started_ray = False
+
+    # -- trials -------------------------------------------------------------------------
+    def _warm_starts(self) -> list[dict[str, Any]]:
+        """A new study's warm starts, claimed once here (the task's own, else the
+        Optuna backend's neighbourhood of the baseline)."""
+        if not self.warm_start or self.study.optuna_study.get_trials(deepcopy=False):
+            return []
+        from slimtune.search._warm_start import warm_start_trials
+
+        space = self.study.space
+        starts = warm_start_trials(space, self.study.task)
+        if not starts and self.backend == "optuna":
+            from slimtune.search._backends.optuna_backend import neighbourhood
+
+            searched = [p.name for p in space.searched]
+            starts = [{k: v for k, v in space.complete(n).items() if k in searched}
+                      for n in neighbourhood(space, self.spec["seed"])]
+        return starts
+
+    def run(self, n_trials: int | None = None, *, timeout: float | None = None,
+            on_row: Callable[[dict, str], Any] | None = None,
+            on_lost: Callable[[list[int], str], Any] | None = None) -> list[dict]:
+        """Run trials until ``n_trials`` have trained (or no new one after ``timeout``
+        seconds); ``on_row(row, where)`` for each finished trial, ``on_lost(trials,
+        why)`` when a task's worker is lost.  Returns the rows."""
+        if n_trials is None and timeout is None:
+            raise ValueError("Give `n_trials` or `timeout`, or the search never ends.")
+        ray = self.connect()
+        from slimtune.studies._ray_task import trial_task
+
+        task = ray.remote(trial_task).options(num_cpus=self.cpus_per_trial, num_gpus=self.gpus_per_trial,
+                                              max_retries=0, name="slimtune-trial")
+        warm = self._warm_starts()
+        pending: dict[Any, tuple[str, dict | None]] = {}
+        rows: list[dict] = []
+        trained, started, losses = 0, time.monotonic(), 0
+        try:
+            while True:
+                open_budget = n_trials is None or trained + len(pending) < n_trials
+                in_time = timeout is None or time.monotonic() - started < timeout
+                while len(pending) < self.workers and open_budget and in_time:
+                    owner = uuid.uuid4().hex[:12]
+                    start = warm.pop(0) if warm else None
+                    pending[task.remote(self.spec, owner, start)] = (owner, start)
+                    open_budget = n_trials is None or trained + len(pending) < n_trials
+                if not pending:
+                    break
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                for ref in done:
+                    owner, start = pending.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayTaskError as exc:  # the task itself raised (not its trial)
+                        raise StudyError(f"A Ray trial task failed: {_first_line(exc)}") from None
+                    except (ray.exceptions.RayError, OSError) as exc:  # its worker or node was lost
+                        losses += 1
+                        why = f"its Ray worker was lost ({type(exc).__name__}: {_first_line(exc)})"
+                        failed = self.study.fail_trials_of(owner, why)
+                        self.lost.append(why)
+                        if on_lost is not None:
+                            on_lost(failed, why)
+                        if start is not None:  # lost before it trained: the task in its place takes it
+                            warm.insert(0, start)
+                        if n_trials is not None and losses > n_trials + self.workers:
+                            raise StudyError(f"Ray lost {losses} trial tasks; stopping ({why}).")
+                        continue
+                    for row in result["rows"]:
+                        rows.append(row)
+                        trained += not rejected_before_training(row)
+                        if on_row is not None:
+                            on_row(row, result["where"])
+        except Interrupted as exc:
+            self._cancel(ray, pending, f"interrupted ({exc.signal_name})")
+            raise
+        except BaseException:
+            self._cancel(ray, pending, "the Ray driver stopped")
+            raise
+        finally:
+            self.study.recover_trials()
+        return rows
+
+    def _cancel(self, ray, pending: dict, reason: str) -> None:
+        """Interrupt every running task (each records its trial as failed), wait for
+        them a while, then kill what is left and fail its trials here."""
+        for ref in pending:
+            ray.cancel(ref)
+        deadline = time.monotonic() + CANCEL_GRACE_S
+        left = list(pending)
+        while left and time.monotonic() < deadline:
+            _, left = ray.wait(left, num_returns=len(left), timeout=1.0)
+        for ref in left:
+            ray.cancel(ref, force=True)
+        for owner, _ in pending.values():
+            try:
+                self.study.fail_trials_of(owner, reason)
+            except Exception:  # noqa: BLE001 - the next worker's recovery fails it
+                logger.warning("could not fail the trial of task %s", owner, exc_info=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "cause", None) or exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
