@@ -39,6 +39,8 @@ PASSED_ENV = ("SLIMTUNE_CACHE_DIR", "SLIMTUNE_INT8_FORMAT", "SLIMTUNE_FAULT")
 #: Milliseconds a Ray instance started here gives its agents to start (Ray's default
 #: aborted the raylet at load 6 on 2 cores, when the dashboard agent took over 15 s).
 AGENT_TIMEOUT_MS = 120_000
+#: Seconds between looks at the running tasks.
+POLL_S = 0.25
 #: Seconds a cancelled task is given to record its interrupted trial before it is killed.
 CANCEL_GRACE_S = 30.0
 
@@ -113,15 +115,19 @@ class RayExecutor:
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                                       "runtime_env": {"env_vars": env} if env else None}
             address = self.address or os.environ.get("RAY_ADDRESS")
-            if address is None:
+            if address is None:  # a Ray instance of its own ("local": never one found running on this machine)
+                address = "local"
                 kwargs["num_cpus"] = os.cpu_count()
                 # Ray's raylet gives its Python agents a short time to start; a loaded machine needs more
                 os.environ.setdefault("RAY_agent_register_timeout_ms", str(AGENT_TIMEOUT_MS))
+            handlers = _stop_handlers()
             try:
                 ray.init(address=address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise RayUnavailable(f"--executor ray: cannot reach the Ray cluster at {address!r}: "
                                      f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            finally:
+                _restore(handlers)  # Ray installs its own: Ctrl-C must still stop the trials as the caller says
             self._started_ray = True
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         check_one_machine(self.spec["storage"], [n["NodeManagerAddress"] for n in nodes],
@@ -181,7 +187,10 @@ class RayExecutor:
                     open_budget = n_trials is None or trained + len(pending) < n_trials
                 if not pending:
                     break
-                done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+                if not done:  # wait here, not inside Ray: a stop signal then arrives as the caller raises it
+                    time.sleep(POLL_S)
+                    continue
                 for ref in done:
                     owner, start = pending.pop(ref)
                     try:
@@ -205,9 +214,10 @@ class RayExecutor:
                         trained += not rejected_before_training(row)
                         if on_row is not None:
                             on_row(row, result["where"])
-        except Interrupted as exc:
-            self._cancel(ray, pending, f"interrupted ({exc.signal_name})")
-            raise
+        except KeyboardInterrupt as exc:  # Ray's own calls turn the caller's Interrupted into a KeyboardInterrupt
+            stop = exc if isinstance(exc, Interrupted) else Interrupted("SIGINT")
+            self._cancel(ray, pending, f"interrupted ({stop.signal_name})")
+            raise stop from None
         except BaseException:
             self._cancel(ray, pending, "the Ray driver stopped")
             raise
@@ -236,3 +246,20 @@ class RayExecutor:
 def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "cause", None) or exc).strip()
     return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def _stop_handlers() -> dict:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(handlers: dict) -> None:
+    import signal
+
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)

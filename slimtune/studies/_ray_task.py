@@ -30,7 +30,7 @@ def trial_task(spec: Mapping[str, Any], owner: str, warm_start: Mapping[str, Any
     session = _session(spec)
     where = f"{_ip()}:{os.getpid()}"
     if warm_start:
-        session.runner.study.enqueue_trial(dict(warm_start), skip_if_exists=True)
+        _enqueue_once(session.runner.study, dict(warm_start))
     session.runner.owner = f"{owner}@{where}"
     session.runner.worker = f"ray:{socket.gethostname()}:{os.getpid()}"
     try:
@@ -38,6 +38,17 @@ def trial_task(spec: Mapping[str, Any], owner: str, warm_start: Mapping[str, Any
     finally:
         session.runner.owner = None
     return {"rows": [_plain(row) for row in rows], "where": where}
+
+
+def _enqueue_once(study, values: dict[str, Any]) -> None:
+    """Enqueue ``values`` unless a trial with them waits, runs or has finished other than
+    failed (a warm start whose trial was lost with its worker is trained again)."""
+    from optuna.trial import TrialState
+
+    live = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+    trials = study.get_trials(deepcopy=False, states=live)
+    if not any((t.params or t.system_attrs.get("fixed_params")) == values for t in trials):
+        study.enqueue_trial(values, skip_if_exists=False)
 
 
 def _session(spec: Mapping[str, Any]):
