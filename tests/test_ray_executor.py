@@ -179,3 +179,17 @@ def test_ctrl_c_stops_the_ray_tasks_and_fails_their_trials(tmp_path, cluster, di
     for number, _ in running:
         assert by_number[number]["state"] == "FAIL" and "interrupted" in (by_number[number]["error"] or "")
     assert len(rows) < 6
+
+
+@pytest.mark.slow
+def test_seeded_ray_tasks_propose_different_candidates(tmp_path, cluster, digits_baseline):
+    """Two Ray workers opening their sessions at once on a seeded study each get another
+    seed (as --workers gives worker i seed + i), so no candidate is trained twice."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    cmd = _command("r", url, cluster.address, 4) + ["--sampler", "random", "--seed", "0", "--no-warm-start",
+                                                   "--epochs", "1"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _study_rows(url, "r")
+    assert len(rows) == 4 and all(r["state"] == "COMPLETE" for r in rows)
+    assert len({repr(sorted(r["params"].items())) for r in rows}) == 4

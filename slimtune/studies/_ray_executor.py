@@ -175,7 +175,7 @@ class RayExecutor:
         warm = self._warm_starts()
         pending: dict[Any, tuple[str, dict | None]] = {}
         rows: list[dict] = []
-        trained, started, losses = 0, time.monotonic(), 0
+        trained, started, losses, slot = 0, time.monotonic(), 0, 0
         try:
             while True:
                 open_budget = n_trials is None or trained + len(pending) < n_trials
@@ -183,7 +183,8 @@ class RayExecutor:
                 while len(pending) < self.workers and open_budget and in_time:
                     owner = uuid.uuid4().hex[:12]
                     start = warm.pop(0) if warm else None
-                    pending[task.remote(self.spec, owner, start)] = (owner, start)
+                    pending[task.remote(self.spec, owner, start, slot)] = (owner, start)
+                    slot += 1
                     open_budget = n_trials is None or trained + len(pending) < n_trials
                 if not pending:
                     break

@@ -19,15 +19,19 @@ from typing import Any, Mapping
 _SESSIONS: dict[str, Any] = {}
 
 
-def trial_task(spec: Mapping[str, Any], owner: str, warm_start: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def trial_task(spec: Mapping[str, Any], owner: str, warm_start: Mapping[str, Any] | None = None,
+               slot: int = 0) -> dict[str, Any]:
     """Run one trial of the study ``spec`` names (``name``, ``storage``, ``settings``:
     the session's device and amp, ``backend`` and its ``options``, ``seed``, ``threads``)
     and return ``{"rows", "where"}``.  ``warm_start`` (values of every searched
-    parameter) is enqueued right before the trial asks, so the trial takes it."""
+    parameter) is enqueued right before the trial asks, so the trial takes it.
+    ``slot`` (the task's number in the run) offsets the sampler seed of a session this
+    task opens, as ``--workers`` gives worker ``i`` seed + ``i``: sessions opened at once
+    on a seeded study would otherwise propose the same candidates."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    session = _session(spec)
+    session = _session(spec, slot)
     where = f"{_ip()}:{os.getpid()}"
     if warm_start:
         _enqueue_once(session.runner.study, dict(warm_start))
@@ -51,8 +55,9 @@ def _enqueue_once(study, values: dict[str, Any]) -> None:
         study.enqueue_trial(values, skip_if_exists=False)
 
 
-def _session(spec: Mapping[str, Any]):
-    """This process's open session for ``spec`` (opened on first use)."""
+def _session(spec: Mapping[str, Any], slot: int = 0):
+    """This process's open session for ``spec`` (opened on first use, its sampler seed
+    the study's plus ``slot``)."""
     import json
 
     key = json.dumps(spec, sort_keys=True, default=str)
@@ -67,6 +72,8 @@ def _session(spec: Mapping[str, Any]):
         os.environ["OMP_NUM_THREADS"] = str(threads)
         study = Study.create_or_load(spec["name"], storage=spec["storage"], settings=dict(spec.get("settings") or {}),
                                      seed=spec.get("seed"))
+        if study.seed is not None:  # the seed given, else the one the study was created with
+            study.seed = int(study.seed) + int(slot)
         try:
             session = SearchSession(study, backend=spec.get("backend", "optuna"), progress=False, warm_start=False,
                                     **dict(spec.get("options") or {}))
