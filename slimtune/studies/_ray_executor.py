@@ -39,6 +39,9 @@ PASSED_ENV = ("SLIMTUNE_CACHE_DIR", "SLIMTUNE_INT8_FORMAT", "SLIMTUNE_FAULT")
 #: Milliseconds a Ray instance started here gives its agents to start (Ray's default
 #: aborted the raylet at load 6 on 2 cores, when the dashboard agent took over 15 s).
 AGENT_TIMEOUT_MS = 120_000
+#: Times a Ray instance of its own is started before giving up (Ray waits a fixed 30 s for
+#: its node to register; at load 9 on 2 cores that was once too short).
+LOCAL_START_TRIES = 3
 #: Seconds between looks at the running tasks.
 POLL_S = 0.25
 #: Seconds a cancelled task is given to record its interrupted trial before it is killed.
@@ -121,11 +124,20 @@ class RayExecutor:
                 # Ray's raylet gives its Python agents a short time to start; a loaded machine needs more
                 os.environ.setdefault("RAY_agent_register_timeout_ms", str(AGENT_TIMEOUT_MS))
             handlers = _stop_handlers()
+            tries = LOCAL_START_TRIES if address == "local" else 1
             try:
-                ray.init(address=address, **kwargs)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise RayUnavailable(f"--executor ray: cannot reach the Ray cluster at {address!r}: "
-                                     f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                for attempt in range(1, tries + 1):
+                    try:
+                        ray.init(address=address, **kwargs)
+                        break
+                    except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when its node starts late
+                        ray.shutdown()
+                        if attempt == tries:
+                            what = "start Ray on this machine" if address == "local" else \
+                                f"reach the Ray cluster at {address!r}"
+                            raise RayUnavailable(f"--executor ray: cannot {what}: "
+                                                 f"{(str(exc).strip() or type(exc).__name__).splitlines()[0]}") from None
+                        logger.warning("Ray did not start (%s); trying again", _first_line(exc))
             finally:
                 _restore(handlers)  # Ray installs its own: Ctrl-C must still stop the trials as the caller says
             self._started_ray = True
