@@ -82,7 +82,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 # -- fingerprint ------------------------------------------------------------------
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
@@ -107,7 +108,7 @@ def machine_fingerprint(runtime: str, threads: int, batch_size: int) -> tuple[di
     a short id (sha256 of the sorted JSON, 12 hex digits)."""
     features = cpu_features()
     fingerprint = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "machine": platform.machine(),
         "cpu_features": list(features) if features is not None else None,
         "u8s8_saturates": u8s8_can_saturate(),
