@@ -1,9 +1,11 @@
-"""Trials per hour with 1 and 2 worker processes, on SQLite and on PostgreSQL.
+"""Trials per hour with 1 and 2 workers, on SQLite and on PostgreSQL, as local worker
+processes (``--workers W``) and as Ray tasks (``--executor ray --workers W``).
 
 Target: on a 2-core machine with one thread per worker, 2 workers run >= 1.8x the
 trials per hour of one.  Every configuration is a fresh study on the ``digits`` task
-run by the real CLI (``slimtune run --workers W``), timed from the start of the
-command to its end; the baseline is trained once, before any timing, into a cache
+run by the real CLI (``slimtune run [--executor ray] --workers W``), timed from the
+start of the command to its end (with Ray, the Ray instance the command starts on this
+machine, one CPU per trial, is inside that time); the baseline is trained once, before any timing, into a cache
 that every run shares (so no run pays for it).  PostgreSQL is a real server started
 by this script from Debian's ``postgresql`` package (as the tests do) and stopped
 afterwards.
@@ -27,6 +29,7 @@ QAT then add epochs to some trials, and the two runs draw different mixes).
 
     PYTHONPATH=. python benchmarks/scale.py --quick          # 24 trials per run, 3 epochs (~2 min on a quiet machine)
     PYTHONPATH=. python benchmarks/scale.py [--trials 40] [--epochs 4] [--storages sqlite,postgres] [--mixed]
+        [--executors local,ray]    # Ray rows are skipped when Ray is not installed
 
 Early stopping is off and the sampler is random (warm starts off); every worker runs
 with one thread (``OMP_NUM_THREADS=1``; without it ``run --workers`` gives each worker
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -90,10 +94,10 @@ def _trial_intervals(storage: str, study: str) -> list[tuple[float, float]]:
 
 
 def _run(storage: str, study: str, workers: int, trials: int, epochs: int, fixes: tuple[str, ...],
-         env: dict[str, str], cwd: Path) -> float:
-    """The wall seconds of one ``slimtune run --workers W`` command."""
+         env: dict[str, str], cwd: Path, executor: str = "local") -> float:
+    """The wall seconds of one ``slimtune run --executor E --workers W`` command."""
     cmd = [sys.executable, "-m", "slimtune.cli", "run", "--study", study, "--task", "digits", "--trials", str(trials),
-           "--workers", str(workers), "--epochs", str(epochs), "--sampler", "random", "--no-early-stopping",
+           "--executor", executor, "--workers", str(workers), "--epochs", str(epochs), "--sampler", "random", "--no-early-stopping",
            "--no-warm-start", "--seed", "0", "--json", "--storage", storage]
     for fix in fixes:
         cmd += ["--fix", fix]
@@ -128,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=40, help="trials per run (split between the workers)")
     parser.add_argument("--epochs", type=int, default=4, help="distillation epochs per candidate")
     parser.add_argument("--storages", default="sqlite,postgres")
+    parser.add_argument("--executors", default="local,ray", help="local (worker processes) and/or ray (Ray tasks)")
     parser.add_argument("--mixed", action="store_true", help="search every parameter (trials of unequal length)")
     parser.add_argument("--quick", action="store_true", help="24 trials per run, 3 epochs")
     args = parser.parse_args(argv)
@@ -136,11 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.trials < 4:
         parser.error(f"--trials must be at least 4 (2 per worker), but got {args.trials}")
     with tempfile.TemporaryDirectory(prefix="slimtune-scale-") as tmp:
-        _measure(Path(tmp), args.trials, args.epochs, args.storages, args.mixed)
+        _measure(Path(tmp), args.trials, args.epochs, args.storages, args.mixed, args.executors)
     return 0
 
 
-def _measure(work: Path, trials: int, epochs: int, storages: str, mixed: bool) -> None:
+def _measure(work: Path, trials: int, epochs: int, storages: str, mixed: bool, executors: str = "local") -> None:
     """Run and print every configuration, with its databases and cache in ``work``."""
     from slimtune._pgserver import PostgresUnavailable
 
@@ -150,21 +155,27 @@ def _measure(work: Path, trials: int, epochs: int, storages: str, mixed: bool) -
     what = "every parameter searched" if mixed else "fixed " + ", ".join(fixes)
     print(f"## Scale: digits, {trials} trials per run, {epochs} epoch(s), {what}, random sampler, "
           f"early stopping off, 1 thread per worker, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at start\n")
-    print("| storage | workers | command wall s | trials/hour (command) | vs 1 worker | steady window s "
+    print("| executor | storage | workers | command wall s | trials/hour (command) | vs 1 worker | steady window s "
           "| trials/hour (steady) | vs 1 worker | load before/after | target (>= 1.8x, steady) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name in [s.strip() for s in storages.split(",") if s.strip()]:
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    names = [s.strip() for s in storages.split(",") if s.strip()]
+    for executor, name in [(e.strip(), n) for e in executors.split(",") if e.strip() for n in names]:
+        if executor not in ("local", "ray"):
+            raise SystemExit(f"--executors: unknown executor {executor!r} (local, ray)")
+        if executor == "ray" and importlib.util.find_spec("ray") is None:
+            print(f"| ray | {name} | - | - | - | - | - | - | - | - | skipped: Ray is not installed |")
+            continue
         with contextlib.ExitStack() as stack:
             try:
                 url_of = _storage_url(name, work, stack)
             except PostgresUnavailable as exc:
-                print(f"| {name} | - | - | - | - | - | - | - | - | skipped: {exc} |")
+                print(f"| {executor} | {name} | - | - | - | - | - | - | - | - | skipped: {exc} |")
                 continue
             one = one_steady = None
             for workers in (1, 2):
-                study = f"scale-{name}-{workers}"
+                study = f"scale-{executor}-{name}-{workers}"
                 load_before = os.getloadavg()[0]
-                wall = _run(url_of(study), study, workers, trials, epochs, fixes, env, work)
+                wall = _run(url_of(study), study, workers, trials, epochs, fixes, env, work, executor)
                 load_after = os.getloadavg()[0]
                 steady, window = steady_rate(_trial_intervals(url_of(study), study), workers)
                 rate = trials / wall * 3600
@@ -176,7 +187,7 @@ def _measure(work: Path, trials: int, epochs: int, storages: str, mixed: bool) -
                     target = "met" if ratio_steady >= 1.8 else "missed"
                     if load_before > QUIET_LOAD or load_after > QUIET_LOAD + (workers - 1):
                         target += f" (other load above {QUIET_LOAD:g}: not trusted)"
-                print(f"| {name} | {workers} | {wall:.1f} | {rate:.0f} | {ratio:.2f}x | {window:.1f} | {steady:.0f} "
+                print(f"| {executor} | {name} | {workers} | {wall:.1f} | {rate:.0f} | {ratio:.2f}x | {window:.1f} | {steady:.0f} "
                       f"| {ratio_steady:.2f}x | {load_before:.1f}/{load_after:.1f} | {target} |", flush=True)
     print(f"\nload {os.getloadavg()[0]:.1f} at the end")
 

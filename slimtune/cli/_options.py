@@ -84,3 +84,26 @@ task_option = click.option(
     help="The study's task when it is a user's module:callable: a task the study database names is imported only "
          "when given here or with $SLIMTUNE_TRUST_STORED_TASKS=1 (built-in tasks need nothing).",
 )
+
+#: ``--device`` and ``--amp`` (run, eval, refit): where candidates train; never where they are timed.
+device_option = click.option(
+    "--device", default=None, metavar="auto|cpu|cuda|cuda:N|mps",
+    help="Where candidates (and the baseline) train: auto = CUDA if present, else the CPU [default: auto]. "
+         "Latency is still timed on --runtime on this machine's CPU.")
+amp_option = click.option(
+    "--amp", type=click.Choice(["off", "auto", "fp16", "bf16"]), default=None, is_flag=False, flag_value="auto",
+    help="Mixed precision while training on CUDA (--amp alone: bf16 where the GPU has it, else fp16 with a "
+         "gradient scaler); never on the CPU [default: off].")
+
+
+def check_device_options(device: str | None, amp: str | None) -> None:
+    """``--device`` and ``--amp`` this machine can honour, else one ``Error:`` line before any work."""
+    if device is None and amp is None:
+        return
+    from slimtune.search._device import DeviceError, TrainingDevice
+
+    try:
+        TrainingDevice.resolve(device or "auto", amp or "off")
+    except DeviceError as exc:
+        raise UserError(str(exc).replace("`device` ", "`--device` ", 1).replace("`amp` ", "`--amp` ", 1)) from None
+

@@ -169,14 +169,19 @@ def _file_name(name: str) -> str:
     return safe or "model"
 
 
-def echo_trial_line(row: dict[str, Any]) -> None:
-    """One line per finished trial (the workers of ``run --workers``)."""
+def trial_line(row: dict[str, Any]) -> str:
+    """The line of a finished trial (workers of ``run --workers`` and Ray tasks print it)."""
     if row["state"] == "COMPLETE":
         detail = f"accuracy {row['accuracy']:.4f}, latency {row['latency_ms']:.4g} ms"
     else:
         detail = (row.get("stopped_reason") or row.get("error") or "").splitlines()[-1:] or [""]
         detail = detail[0][:120]
-    click.echo(f"trial {row['trial']} {row['state']}: {detail}", nl=True)
+    return f"trial {row['trial']} {row['state']}: {detail}"
+
+
+def echo_trial_line(row: dict[str, Any]) -> None:
+    """One line per finished trial (the workers of ``run --workers``)."""
+    click.echo(trial_line(row), nl=True)
 
 
 def export_line(study_name: str, trial: int, storage: str | None = None) -> str:

@@ -26,7 +26,10 @@ from slimtune.cli._options import (
     SEED,
     AssignmentCommand,
     FiniteFloat,
+    amp_option,
+    check_device_options,
     check_int8_format,
+    device_option,
     parse_assignments,
     storage_option,
     task_option,
@@ -74,9 +77,11 @@ def space(task_spec: str, fix: tuple[str, ...], as_json: bool) -> None:
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (no progress lines).")
 @click.option("--no-cache", is_flag=True, help="Retrain the baseline instead of reading the cache (the cache is refreshed).")
+@device_option
+@amp_option
 @user_errors
 def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: str, threads: int, batch_size: int,
-          seed: int, as_json: bool, no_cache: bool) -> None:
+          seed: int, as_json: bool, no_cache: bool, device: str | None, amp: str | None) -> None:
     """Build, train and measure one candidate; print its metrics beside the baseline's.
 
     Nothing is stored in a study (no --storage); the trained baseline is cached.
@@ -84,9 +89,11 @@ def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: st
     from slimtune.search._eval_one import evaluate_one
 
     check_int8_format()
+    check_device_options(device, amp)
     try:
         report = evaluate_one(task_spec, parse_assignments(sets), epochs=epochs, runtime=runtime, threads=threads,
-                              batch_size=batch_size, seed=seed, progress=not as_json, use_cache=not no_cache)
+                              batch_size=batch_size, seed=seed, progress=not as_json, use_cache=not no_cache,
+                              device=device or "auto", amp=amp or "off")
     except Exception as exc:
         if isinstance(exc, _user_error_types()):
             raise
@@ -137,6 +144,18 @@ def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: st
                    "--trials is their total.")
 @click.option("--worker-id", type=click.IntRange(min=0), default=None, hidden=True)  # a child of --workers
 @click.option("--no-cache", is_flag=True, help="Retrain the baseline instead of reading the cache (the cache is refreshed).")
+@device_option
+@amp_option
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: --workers processes on this machine; ray: --workers trials at a time as Ray tasks, "
+                   "placed by Ray on the cluster's resources (pip install 'slimtune[ray]').")
+@click.option("--address", default=None, metavar="ADDR",
+              help="With --executor ray: the cluster to join (host:port, ray://host:10001, auto) "
+                   "[default: $RAY_ADDRESS, else a Ray instance started on this machine].")
+@click.option("--gpus-per-trial", type=FiniteFloat(min=0, max=64), default=None,
+              help="With --executor ray: GPUs Ray reserves for each trial (fractions share a GPU) [default: 0].")
+@click.option("--cpus-per-trial", type=FiniteFloat(min=0, max=1024, min_open=True), default=None,
+              help="With --executor ray: CPUs Ray reserves for each trial (its torch threads) [default: 1].")
 @storage_option
 @user_errors
 def run(**options: Any) -> None:
@@ -175,10 +194,26 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
          max_accuracy_drop: float | None, early_stopping: bool | None, epochs: int | None, runtime: str | None,
          threads: int | None, batch_size: int | None, latency_repeats: int | None, calibration_size: int | None,
          fix: tuple[str, ...], as_json: bool, wide: bool, workers: int, worker_id: int | None, no_cache: bool,
-         storage: str, warm_start: bool) -> None:
+         storage: str, warm_start: bool, device: str | None, amp: str | None, executor: str, address: str | None,
+         gpus_per_trial: float | None, cpus_per_trial: float | None) -> None:
     if n_trials is None and timeout is None:
         raise UserError("Give --trials N and/or --timeout SECONDS.")
+    ray_options = {"address": address, "gpus_per_trial": gpus_per_trial, "cpus_per_trial": cpus_per_trial}
+    if executor != "ray" and any(v is not None for v in ray_options.values()):
+        given = [f"--{k.replace('_', '-')}" for k, v in ray_options.items() if v is not None]
+        raise UserError(f"{', '.join(given)} place trials on a Ray cluster: add --executor ray.")
     check_int8_format()
+    if worker_id is not None and device == "cuda":  # a child of --workers: the GPUs taken in turn
+        import torch
+
+        if torch.cuda.device_count() > 1:
+            device = f"cuda:{worker_id % torch.cuda.device_count()}"
+    if executor == "ray":
+        from slimtune.cli._ray import check_ray_options
+
+        check_ray_options(device=device, timeout=timeout, backend=backend, **ray_options)
+    else:
+        check_device_options(device, amp)
     nni_options = {k: v for k, v in (("tuner", tuner), ("scalarization", scalarize)) if v is not None}
     if nni_options and backend != "nni":
         raise UserError("--tuner and --scalarize set up the NNI backend: add --backend nni.")
@@ -190,7 +225,8 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
         get_backend("nni").check_options(**nni_options)  # before a study is created
     quiet_optuna()
     settings = {k: v for k, v in {"epochs": epochs, "runtime": runtime, "threads": threads, "batch_size": batch_size,
-                                  "latency_repeats": latency_repeats, "calibration_size": calibration_size}.items()
+                                  "latency_repeats": latency_repeats, "calibration_size": calibration_size,
+                                  "device": device if executor == "local" else None, "amp": amp}.items()
                 if v is not None}
     study = Study.create_or_load(
         study_name, storage=storage, task=task_spec, fixed=parse_assignments(fix, "--fix") or None, objectives=objectives,
@@ -211,9 +247,19 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
             click.echo(f"Study {study.name!r} ({study.storage}): {before} earlier trials; running "
                        + (f"{n_trials} trials" if n_trials else "") + (" " if n_trials and timeout else "")
                        + (f"for at most {timeout:g} s" if timeout else "")
-                       + (f" in {workers} worker processes" if workers > 1 else "") + ".")
-        if workers > 1:
+                       + (f" in {workers} worker processes" if workers > 1 and executor == "local" else "")
+                       + (f", {workers} at a time as Ray tasks" if executor == "ray" else "") + ".")
+        if workers > 1 or executor == "ray":
             study.task  # noqa: B018 - a task that cannot be built (or is not trusted) is one line, before any worker
+        if executor == "ray":
+            from slimtune.cli._ray import run_on_ray
+
+            failed = []
+            rows = run_on_ray(study, n_trials=n_trials, timeout=timeout, workers=workers, seed=seed, as_json=as_json,
+                              backend=backend, warm_start=warm_start, device=device, amp=amp, **ray_options,
+                              **nni_options)
+            failed_trials = [r for r in rows if r.get("state") == "FAIL"]
+        elif workers > 1:
             failed = run_workers(click.get_current_context(), workers, n_trials, seed, as_json)
         else:
             failed = []
@@ -251,10 +297,13 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
 @click.option("--json", "as_json", is_flag=True, help="Print the refit study's frontier as JSON (no progress bar).")
 @wide_option
 @task_option
+@device_option
+@amp_option
 @storage_option
 @user_errors
 def refit(study_name: str, epochs: int, finetune_epochs: int | None, max_drop: float, limit: int,
-          refit_name: str | None, as_json: bool, wide: bool, task_spec: str | None, storage: str) -> None:
+          refit_name: str | None, as_json: bool, wide: bool, task_spec: str | None, storage: str,
+          device: str | None, amp: str | None) -> None:
     """Multi-fidelity: retrain a study's front with more epochs, in a study of its own.
 
     A search with few epochs per candidate ranks candidates cheaply but leaves the
@@ -267,6 +316,7 @@ def refit(study_name: str, epochs: int, finetune_epochs: int | None, max_drop: f
     from slimtune.studies._refit import REFIT_OF, front_to_refit, refit_front
     from slimtune.studies import Study
 
+    check_device_options(device, amp)
     quiet_optuna()
     study = Study.load(study_name, storage=storage, task=task_spec)
     try:
@@ -283,7 +333,7 @@ def refit(study_name: str, epochs: int, finetune_epochs: int | None, max_drop: f
         with stop_signals():
             try:
                 result = refit_front(study, storage=storage, epochs=epochs, finetune_epochs=finetune_epochs,
-                                     name=refit_name, progress=not as_json, rows=picked)
+                                     name=refit_name, progress=not as_json, rows=picked, device=device, amp=amp)
             except Interrupted as exc:
                 echo_stderr(f"\nInterrupted by {exc.signal_name}: run the same command to resume.")
                 sys.exit(EXIT_CODES.get(exc.signal_name, 130))

@@ -5,7 +5,10 @@ seed) and cached; a task built with :meth:`Task.from_model` *is* the user's trai
 model, which is never retrained: its metric is measured and its logits on the training
 split computed (cheap, so never cached).  On a training split that streams from a
 loader the teacher's logits are computed per batch instead (:meth:`Baseline.teacher`),
-never held for the whole split."""
+never held for the whole split.
+
+The baseline's model is kept on the CPU (what is cached, timed and compiled);
+:meth:`Baseline.on` gives its copy and teacher on a training device."""
 
 from __future__ import annotations
 
@@ -14,13 +17,15 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from slimtune.search._baseline_cache import CACHE_ENV, baselines_dir, clear_baselines
+from slimtune.search._device import TrainingDevice
 from slimtune.search._trainer import TrainConfig, predict_logits, score, train
 from slimtune.search._weights import WeightsError, load_weights
 from slimtune.tasks._task import Task, weights_digest
@@ -65,28 +70,65 @@ class Baseline:
     cached: bool
     trained: bool = True  # False: the user's model as given (Task.from_model)
     path: Path | None = None  # its cache file
+    _placed: dict[Any, "PlacedBaseline"] = field(default_factory=dict, repr=False, compare=False)
 
     @torch.no_grad()
     def teacher(self, x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         """The teacher's logits of a training batch: the precomputed ones of the
         samples at ``index`` (an in-memory split), or the model's forward in eval mode
-        on ``x`` (a streaming split, whose batches may be augmented)."""
-        if self.teacher_logits is not None and index is not None:
-            return self.teacher_logits[index]
+        on ``x`` (a streaming split, whose batches may be augmented); on the CPU."""
+        return self.on(torch.device("cpu")).teacher(x, index)
+
+    def on(self, device: "torch.device | str") -> "PlacedBaseline":
+        """The baseline's model and teacher on ``device`` (copied there once; on the
+        CPU, the baseline's own model and logits)."""
+        device = torch.device(device)
+        if device not in self._placed:
+            if device.type == "cpu":
+                self._placed[device] = PlacedBaseline(self.model, self.teacher_logits)
+            else:
+                import copy
+
+                model = copy.deepcopy(self.model).to(device).eval()
+                logits = None if self.teacher_logits is None else self.teacher_logits.to(device)
+                self._placed[device] = PlacedBaseline(model, logits)
+        return self._placed[device]
+
+
+@dataclass(frozen=True)
+class PlacedBaseline:
+    """The baseline on one device: its model (candidates are copied from it) and the
+    teacher logits of an in-memory training split (``None`` when it streams)."""
+
+    model: nn.Module
+    logits: torch.Tensor | None
+
+    @torch.no_grad()
+    def teacher(self, x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """The teacher's logits of a training batch (``x`` and ``index`` on this device):
+        the precomputed ones at ``index``, or the model's forward in eval mode on ``x``."""
+        if self.logits is not None and index is not None:
+            return self.logits[index]
         self.model.eval()
         return self.model(x)
 
 
 def _measured(task: Task, model: nn.Module, seed: int, *, cached: bool, trained: bool,
-              path: Path | None = None) -> Baseline:
+              path: Path | None = None, place: TrainingDevice | None = None) -> Baseline:
     """The baseline's teacher logits (in-memory training split: they line up with
     ``task.data.x_train`` in its current order; ``None`` when it streams) and val/test
-    metric, computed now."""
+    metric, computed now on ``place``'s device (default the CPU); the model is left on
+    the CPU."""
     data = task.data
     model.eval()
-    teacher = None if data.train.streaming else predict_logits(model, data.x_train)
-    val = score(model, data.val, task.metric)
-    test = score(model, data.test, task.metric)
+    if place is not None:
+        model.to(place.device)
+    try:
+        teacher = None if data.train.streaming else predict_logits(model, data.x_train)
+        val = score(model, data.val, task.metric)
+        test = score(model, data.test, task.metric)
+    finally:
+        model.cpu()
     return Baseline(task, model, teacher, val, test, seed, cached=cached, trained=trained, path=path)
 
 
@@ -140,7 +182,7 @@ def _save(path: Path, baseline: Baseline, key: str) -> None:
         raise
 
 
-def _load_cached(task: Task, seed: int, path: Path) -> Baseline:
+def _load_cached(task: Task, seed: int, path: Path, place: TrainingDevice | None = None) -> Baseline:
     """The cached baseline at ``path``: its weights, and its teacher logits and metric
     when stored under the current :func:`teacher_key` (else computed now and written
     back, so the next load reuses them).  Raises what loading raises."""
@@ -151,7 +193,7 @@ def _load_cached(task: Task, seed: int, path: Path) -> Baseline:
     key = teacher_key(model, task)
     baseline = _from_blob(task, model, seed, blob, key, path)
     if baseline is None:
-        baseline = _measured(task, model, seed, cached=True, trained=True, path=path)
+        baseline = _measured(task, model, seed, cached=True, trained=True, path=path, place=place)
         try:
             _save(path, baseline, key)
         except OSError as exc:  # a read-only cache still serves; it recomputes next time
@@ -159,8 +201,10 @@ def _load_cached(task: Task, seed: int, path: Path) -> Baseline:
     return baseline
 
 
-def get_baseline(task: Task, *, seed: int = 0, use_cache: bool = True, progress: bool = False) -> Baseline:
-    """The baseline of ``task``.
+def get_baseline(task: Task, *, seed: int = 0, use_cache: bool = True, progress: bool = False,
+                 place: TrainingDevice | None = None) -> Baseline:
+    """The baseline of ``task``, trained (and its teacher logits computed) on
+    ``place``'s device (default the CPU); its model is returned on the CPU.
 
     ``Task.from_model`` tasks: the given model, never trained.  Other tasks: trained
     (or loaded from the cache, keyed by task fingerprint and seed; ``use_cache=False``
@@ -170,11 +214,11 @@ def get_baseline(task: Task, *, seed: int = 0, use_cache: bool = True, progress:
     :func:`teacher_key` matches.
     """
     if task.pretrained:
-        return _measured(task, task.build_model(), seed, cached=False, trained=False)
+        return _measured(task, task.build_model(), seed, cached=False, trained=False, place=place)
     path = cache_dir() / f"{task.name}-{task.fingerprint()}-seed{seed}.pt"
     if use_cache and path.exists():
         try:
-            baseline = _load_cached(task, seed, path)
+            baseline = _load_cached(task, seed, path, place)
             if progress:
                 _announce(path, f"Baseline of {task.name} (seed {seed}): from the cache {path}")
             return baseline
@@ -182,15 +226,17 @@ def get_baseline(task: Task, *, seed: int = 0, use_cache: bool = True, progress:
             logger.warning("%s Retraining the baseline.", exc)
         except Exception as exc:  # noqa: BLE001 - a cache file of another shape is retrained
             logger.warning("Ignoring the baseline cache %s (%s); retraining the baseline.", path, type(exc).__name__)
+    place = place or TrainingDevice()
     torch.manual_seed(seed)
-    model = task.build_model()
+    model = task.build_model().to(place.device)
     data = task.data
-    config = TrainConfig(epochs=task.epochs, lr=task.lr, batch_size=task.batch_size, seed=seed)
+    config = TrainConfig(epochs=task.epochs, lr=task.lr, batch_size=task.batch_size, seed=seed, place=place)
     if progress:
-        print(f"Training the {task.name} baseline ({task.epochs} epochs, {len(data.train):,} images)...", flush=True)
+        on = "" if place.device.type == "cpu" else f" on {place.device}"
+        print(f"Training the {task.name} baseline ({task.epochs} epochs, {len(data.train):,} images{on})...", flush=True)
     started = time.perf_counter()
     train(model, data.train, config)
-    baseline = _measured(task, model, seed, cached=False, trained=True, path=path)
+    baseline = _measured(task, model, seed, cached=False, trained=True, path=path, place=place)
     _save(path, baseline, teacher_key(model, task))
     if progress:
         _announce(path, f"Baseline of {task.name} (seed {seed}): trained in {time.perf_counter() - started:.1f} s, "

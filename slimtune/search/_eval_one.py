@@ -28,26 +28,33 @@ def measurement_row(m) -> dict[str, Any]:
 
 def evaluate_one(task_spec: "str | Task", values: Mapping[str, Any], *, epochs: int | None = None,
                  runtime: str = "onnxruntime", threads: int = 1, batch_size: int = 1, seed: int = 0,
-                 progress: bool = False, use_cache: bool = True) -> dict[str, Any]:
+                 progress: bool = False, use_cache: bool = True, device: str = "auto",
+                 amp: str = "off") -> dict[str, Any]:
     """Build, train and measure one candidate beside the baseline (``slimtune eval``;
-    ``use_cache=False`` retrains the baseline instead of reading the cache)."""
+    ``use_cache=False`` retrains the baseline instead of reading the cache), trained on
+    ``device`` (with mixed precision ``amp``), timed on ``runtime``."""
     from slimtune.search._baseline import get_baseline
+    from slimtune.search._device import TrainingDevice
     from slimtune.search._pipeline import EvalSettings, Evaluator
     from slimtune.search._task_space import build_space
 
+    settings = EvalSettings(runtime=runtime, threads=threads, batch_size=batch_size, epochs=epochs, seed=seed,
+                            device=device, amp=amp)
+    place = TrainingDevice.resolve(device, amp)  # a device this machine lacks fails before any work
     task = get_task(task_spec)
     space = build_space(task)
     checked = space.complete(values)  # bad names/values fail here, before any work
-    settings = EvalSettings(runtime=runtime, threads=threads, batch_size=batch_size, epochs=epochs, seed=seed)
     started = time.perf_counter()
     if progress:
         given = ", ".join(f"{k}={checked[k]}" for k in values) or "none"
         print(f"Evaluating one candidate of task {task.name}: set {given}; every other parameter at its default. "
               f"Runtime {runtime}, {threads} thread(s), batch {batch_size}, "
-              f"{task.finetune_epochs if epochs is None else epochs} distillation epoch(s), seed {seed}.", flush=True)
+              f"{task.finetune_epochs if epochs is None else epochs} distillation epoch(s), seed {seed}; "
+              f"training on {place.device}" + (f" ({settings.amp} mixed precision)" if place.amp else "") + ".",
+              flush=True)
         print("[baseline] loading or training the baseline (the teacher)...", flush=True)
-    baseline = get_baseline(task, seed=seed, progress=progress, use_cache=use_cache)
-    evaluator = Evaluator(task, space, settings, baseline)
+    baseline = get_baseline(task, seed=seed, progress=progress, use_cache=use_cache, place=place)
+    evaluator = Evaluator(task, space, settings, baseline, place=place)
     if progress:
         words = {"train": "distilling from the baseline", "compress": "pruning / quantizing",
                  "measure": f"timing on {runtime} beside the baseline"}
@@ -60,5 +67,6 @@ def evaluate_one(task_spec: "str | Task", values: Mapping[str, Any], *, epochs: 
         "task": task.name, "task_notes": task.notes, "metric": task.metric.name, "params": result.params, **measurement_row(m),
         "train_seconds": round(result.train_seconds, 3), "total_seconds": round(result.total_seconds, 3),
         "fingerprint": m.fingerprint,
+        "trained_on": result.info.get("trained_on"), "timed_on": result.info.get("timed_on"),
         "baseline": measurement_row(base),
     }

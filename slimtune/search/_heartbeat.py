@@ -31,6 +31,10 @@ STOP_WAIT_S = 10.0
 #: without a heartbeat row) would never fail it; slimtune does.  A trial whose worker
 #: is known to be gone (:func:`worker_gone`) is finished at once.
 BEATING_ATTR = "slimtune:heartbeat"
+#: Optuna system attribute naming who runs a RUNNING trial (set right after ``ask`` when
+#: the runner is given one, e.g. a Ray task's token): an executor that loses that worker
+#: fails the trial at once instead of waiting for its heartbeat to go stale.
+OWNER_ATTR = "slimtune:owner"
 
 
 def _read(path: str) -> str:
@@ -132,12 +136,15 @@ class TrialStart:
     """Handed to the backend as ``on_ask``: called with the trial right after Optuna's
     ``ask`` created it, before anything else can fail; starts its heartbeat."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str | None = None) -> None:
         self.trial: "optuna.trial.Trial | None" = None
         self.heartbeat: Heartbeat | None = None
+        self.owner = owner
 
     def __call__(self, trial: "optuna.trial.Trial") -> None:
         self.trial = trial
+        if self.owner is not None:
+            trial.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, self.owner)  # noqa: SLF001
         fault("after_ask")
         self.heartbeat = Heartbeat(trial)
 

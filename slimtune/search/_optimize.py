@@ -81,42 +81,67 @@ def _backend_options(study: SearchedStudy, backend: str, options: Mapping[str, A
     return out
 
 
+class SearchSession:
+    """A search session that stays open between calls: the backend, the baseline on its
+    training device, the evaluator and the trial runner, built once (a Ray worker runs
+    its trials one call at a time on one session).  Close it when done."""
+
+    def __init__(self, study: SearchedStudy, *, backend: str = "optuna", progress: bool = True,
+                 warm_start: bool = True, worker: str | None = None, **backend_options: Any) -> None:
+        from slimtune.search._backends import get_backend
+        from slimtune.search._baseline import get_baseline
+        from slimtune.search._device import TrainingDevice
+        from slimtune.search._pipeline import Evaluator
+        from slimtune.search._runner import TrialRunner
+
+        backend_cls = get_backend(backend)
+        task, space, settings = study.task, study.space, study.settings
+        place = TrainingDevice.resolve(settings.device, settings.amp)  # an absent device fails before any work
+        optuna_study = study.open_for_search()
+        options = _backend_options(study, backend, backend_options, warm_start)
+        self.backend = backend_cls(space, seed=session_seed(study.seed, len(optuna_study.get_trials(deepcopy=False))),
+                                   **options)
+        try:
+            sampler = self.backend.optuna_sampler()
+            if sampler is not None:
+                optuna_study.sampler = sampler
+            baseline = get_baseline(task, seed=settings.seed, progress=progress, use_cache=study.use_cache, place=place)
+            study.use_cache = True  # retrained once (--no-cache); later calls read the fresh cache
+            evaluator = Evaluator(task, space, settings, baseline, place=place)
+            epochs = task.finetune_epochs if settings.epochs is None else settings.epochs
+            recovery = (getattr(task, "recovery_epochs", 0) if settings.finetune_epochs is None
+                        else settings.finetune_epochs)
+            self.runner = TrialRunner(study=optuna_study, backend=self.backend, evaluator=evaluator,
+                                      objectives=study.objectives, recorder=study, constraints=study.constraints,
+                                      baseline_accuracy=float(study.baseline.accuracy),
+                                      early_stopping=study.early_stopping, epochs=epochs,
+                                      recovery_epochs=int(recovery or 0), fixed=space.fixed, warm_start=warm_start,
+                                      latency_unit=optuna_latency_unit(optuna_study.metric_names), worker=worker)
+        except BaseException:
+            self.backend.close()
+            raise
+
+    def run(self, n_trials: int | None = None, **options: Any) -> list[dict]:
+        """:meth:`TrialRunner.run <slimtune.search._runner.TrialRunner.run>` on this session."""
+        return self.runner.run(n_trials=n_trials, **options)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
 def run_search(study: SearchedStudy, n_trials: int | None = None, *, timeout: float | None = None,
                backend: str = "optuna", callbacks: Sequence[Callable[[dict], Any]] = (),
                stop_event: threading.Event | None = None, progress: bool = True,
                catch: tuple[type[BaseException], ...] = (Exception,), warm_start: bool = True,
                **backend_options: Any) -> list[dict]:
-    """Run trials of ``study`` (see ``Study.optimize`` for the arguments); returns the
-    rows of the trials run by this call."""
-    from slimtune.search._backends import get_backend
-    from slimtune.search._baseline import get_baseline
-    from slimtune.search._pipeline import Evaluator
-    from slimtune.search._runner import TrialRunner
-
-    backend_cls = get_backend(backend)
-    task, space, settings = study.task, study.space, study.settings
-    optuna_study = study.open_for_search()
-    options = _backend_options(study, backend, backend_options, warm_start)
-    backend_obj = backend_cls(space, seed=session_seed(study.seed, len(optuna_study.get_trials(deepcopy=False))),
-                              **options)
-    sampler = backend_obj.optuna_sampler()
-    if sampler is not None:
-        optuna_study.sampler = sampler
-    baseline = get_baseline(task, seed=settings.seed, progress=progress, use_cache=study.use_cache)
-    study.use_cache = True  # retrained once (--no-cache); later calls read the fresh cache
-    evaluator = Evaluator(task, space, settings, baseline)
-    epochs = task.finetune_epochs if settings.epochs is None else settings.epochs
-    recovery = getattr(task, "recovery_epochs", 0) if settings.finetune_epochs is None else settings.finetune_epochs
-    runner = TrialRunner(study=optuna_study, backend=backend_obj, evaluator=evaluator, objectives=study.objectives,
-                         recorder=study, constraints=study.constraints,
-                         baseline_accuracy=float(study.baseline.accuracy), early_stopping=study.early_stopping,
-                         epochs=epochs, recovery_epochs=int(recovery or 0), fixed=space.fixed,
-                         warm_start=warm_start, latency_unit=optuna_latency_unit(optuna_study.metric_names))
+    """Run trials of ``study`` (see ``Study.optimize`` for the arguments) on the
+    study's training device; returns the rows of the trials run by this call."""
+    session = SearchSession(study, backend=backend, progress=progress, warm_start=warm_start, **backend_options)
     try:
-        return runner.run(n_trials=n_trials, timeout=timeout, stop_event=stop_event, callbacks=callbacks,
-                          progress=progress, catch=catch)
+        return session.run(n_trials, timeout=timeout, stop_event=stop_event, callbacks=callbacks,
+                           progress=progress, catch=catch)
     finally:
-        backend_obj.close()
+        session.close()
 
 
 def measure_baseline(task: "Task", space: "Space", settings: "EvalSettings", *, progress: bool = False,
@@ -126,8 +151,11 @@ def measure_baseline(task: "Task", space: "Space", settings: "EvalSettings", *, 
     from slimtune.search._baseline import get_baseline
     from slimtune.search._pipeline import Evaluator
 
-    baseline = get_baseline(task, seed=settings.seed, progress=progress, use_cache=use_cache)
-    measurement = Evaluator(task, space, settings, baseline).baseline_measurement()
+    from slimtune.search._device import TrainingDevice
+
+    place = TrainingDevice.resolve(settings.device, settings.amp)
+    baseline = get_baseline(task, seed=settings.seed, progress=progress, use_cache=use_cache, place=place)
+    measurement = Evaluator(task, space, settings, baseline, place=place).baseline_measurement()
     return {"measurement": measurement.to_dict(), "val_accuracy": baseline.val_accuracy,
             "torch_test_accuracy": baseline.test_accuracy, "metric": task.metric.name,
             "trained_by_slimtune": baseline.trained}

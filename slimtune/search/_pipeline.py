@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import nn
 
-from slimtune.search._baseline import Baseline
-from slimtune.search._measurement import RUNTIMES, Measurement
+from slimtune.search._baseline import Baseline, PlacedBaseline
+from slimtune.search._device import TrainingDevice
+from slimtune.search._measurement import Measurement
+from slimtune.search._settings import SESSION_SETTINGS, SETTING_RANGES, EvalSettings  # noqa: F401 (imported from here)
 from slimtune.search._trainer import TrainConfig, score_and_exit_rates, train
 from slimtune.spaces.base import LOWERED_STAGES, KnobContext
 from slimtune.spaces._lowering import fold_batchnorm, lower
@@ -46,47 +48,6 @@ class _Stopped(Exception):
 
 #: Untimed calls before a candidate's structure is timed for early stopping.
 PRE_WARMUP = 20
-
-#: Accepted ranges of the numeric settings (beyond them a typo runs for days or fails late).
-SETTING_RANGES: dict[str, tuple[float, float]] = {
-    "threads": (1, 1024), "batch_size": (1, 65536), "epochs": (0, 1000), "finetune_epochs": (0, 1000),
-    "lr_scale": (1e-6, 1e3), "qat_lr": (1e-9, 10), "seed": (0, 2**32 - 1), "latency_warmup": (0, 100_000),
-    "latency_repeats": (1, 1_000_000), "calibration_size": (1, 1_000_000),
-}
-
-
-@dataclass
-class EvalSettings:
-    """How candidates are trained and measured (identical for every trial of a study)."""
-
-    runtime: str = "onnxruntime"
-    threads: int = 1
-    batch_size: int = 1
-    epochs: int | None = None  # distillation epochs; None = the task's finetune_epochs
-    finetune_epochs: int | None = None  # after pruning, and for QAT; None = the task's recovery_epochs
-    lr_scale: float = 0.5  # candidate lr = task.lr * lr_scale
-    qat_lr: float = 1e-4
-    seed: int = 0
-    latency_warmup: int = 10
-    latency_repeats: int = 400  # calibrated samples (slimtune.search._timing)
-    calibration_size: int = 256  # PTQ calibration: this many training samples (the first of a stream)
-
-    def __post_init__(self) -> None:
-        if self.runtime not in RUNTIMES:
-            raise ValueError(f"`runtime` must be one of {', '.join(RUNTIMES)}, but got {self.runtime!r}.")
-        for name in ("threads", "batch_size", "latency_repeats"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"`{name}` must be at least 1, but got {getattr(self, name)!r}.")
-        for name, (low, high) in SETTING_RANGES.items():
-            value = getattr(self, name)
-            if value is None and name in ("epochs", "finetune_epochs"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low <= value <= high):
-                raise ValueError(f"`{name}` must be a number in [{low:g}, {high:g}], but got {value!r}.")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
 
 @dataclass(frozen=True)
 class PreMeasurement:
@@ -148,14 +109,17 @@ class Evaluator:
         >>> result.measurement.latency_ms
     """
 
-    def __init__(self, task: Task, space: Space, settings: EvalSettings, baseline: Baseline) -> None:
+    def __init__(self, task: Task, space: Space, settings: EvalSettings, baseline: Baseline,
+                 place: TrainingDevice | None = None) -> None:
         self.task = task
         self.space = space
         self.settings = settings
         self.baseline = baseline
+        #: where candidates train (``settings.device`` and ``amp`` resolved on this machine)
+        self.place = place if place is not None else TrainingDevice.resolve(settings.device, settings.amp)
         # PTQ calibration: the first calibration_size training samples (a stream reads only the batches they fill)
         self.calibration = task.data.train.head(settings.calibration_size).clone()
-        self.example_input = task.example_input(1)
+        self.example_input = task.example_input(1)  # on the CPU (MACs, compiling); knobs get it on their device
         self._reference = None
         self._baseline_measurement: Measurement | None = None
         self.on_phase: Callable[[str], None] | None = None  # told "train", "compress", "measure" (slimtune eval)
@@ -169,25 +133,36 @@ class Evaluator:
         return TrainConfig(
             epochs=epochs, lr=lr if lr is not None else self.task.lr * self.settings.lr_scale,
             batch_size=self.task.batch_size, seed=self.settings.seed, hooks=self.space.training_hooks(values),
+            place=self.place,
         )
 
+    def placed_baseline(self) -> PlacedBaseline:
+        """The baseline's model and teacher on the training device."""
+        return self.baseline.on(self.place.device)
+
     def _context(self, values: dict[str, Any],
-                 on_recovery_epoch: Callable[[nn.Module], "str | None"] | None = None) -> KnobContext:
-        """The knobs' context; ``on_recovery_epoch(model) -> stop reason | None`` is called
-        after each epoch of every recovery fine-tune (a reason ends it with :class:`_Stopped`)."""
+                 on_recovery_epoch: Callable[[nn.Module], "str | None"] | None = None,
+                 device: "torch.device | None" = None) -> KnobContext:
+        """The knobs' context, its example input and calibration batch on ``device``
+        (default the training device); ``on_recovery_epoch(model) -> stop reason | None``
+        is called after each epoch of every recovery fine-tune (a reason ends it with
+        :class:`_Stopped`)."""
         data = self.task.data
+        where = TrainingDevice(self.place.device if device is None else device)
+        teacher = self.placed_baseline().teacher
 
         recovery = self.task.recovery_epochs if self.settings.finetune_epochs is None else self.settings.finetune_epochs
 
         def finetune(model: nn.Module, epochs: int | None = None, lr: float | None = None) -> None:
             n = recovery if epochs is None else epochs
             callback = None if on_recovery_epoch is None else (lambda epoch, m: on_recovery_epoch(m))
-            _, reason = train(model, data.train, self._train_config(values, n, lr), teacher=self.baseline.teacher,
+            _, reason = train(model, data.train, self._train_config(values, n, lr), teacher=teacher,
                               callback=callback)
             if reason:
                 raise _Stopped(reason)
 
-        return KnobContext(example_input=self.example_input, calibration=self.calibration, finetune=finetune,
+        return KnobContext(example_input=where.to_device(self.example_input),
+                           calibration=where.to_device(self.calibration), finetune=finetune,
                            finetune_epochs=recovery, seed=self.settings.seed,
                            info={"num_classes": self.task.num_classes, "flags": [], "qat_lr": self.settings.qat_lr})
 
@@ -245,10 +220,14 @@ class Evaluator:
         return self._baseline_measurement
 
     # -- the pipeline ------------------------------------------------------------
-    def build_architecture(self, values: dict[str, Any], ctx: KnobContext | None = None) -> nn.Module:
-        """The baseline copy with the architecture knobs (DS-conv, exits) applied."""
-        ctx = ctx or self._context(values)
-        model = copy.deepcopy(self.baseline.model)
+    def build_architecture(self, values: dict[str, Any], ctx: KnobContext | None = None, *,
+                           device: "torch.device | None" = None) -> nn.Module:
+        """The baseline copy on ``device`` (default the training device; ``ctx``'s
+        tensors must be there too) with the architecture knobs (DS-conv, exits) applied."""
+        device = self.place.device if device is None else torch.device(device)
+        ctx = ctx or self._context(values, device=device)
+        source = self.placed_baseline().model if device == self.place.device else self.baseline.model
+        model = copy.deepcopy(source).to(device)
         return self._apply_stage("architecture", model, values, ctx)
 
     def pre_measure(self, values: dict[str, Any]) -> PreMeasurement:
@@ -257,11 +236,12 @@ class Evaluator:
         from slimtune.search._runtimes import exit_segments
         from slimtune.search.packed import packed_size
 
-        ctx = self._context(values)
-        ctx.finetune = lambda *a, **k: None  # structure only: no training
+        cpu = torch.device("cpu")  # structure only, compiled and timed there: no training
+        ctx = self._context(values, device=cpu)
+        ctx.finetune = lambda *a, **k: None
         shortest = self.space.cost_bound_values(values)  # e.g. everyone leaves at the first exit
         with torch.random.fork_rng():
-            model = self.build_architecture(shortest, ctx)
+            model = self.build_architecture(shortest, ctx, device=cpu)
             model = self._lowered(model, shortest, ctx)
             model.eval()
             bits = self.space.weight_bits(values)
@@ -330,8 +310,8 @@ class Evaluator:
 
         t0 = time.perf_counter()
         self._phase("train")
-        _, reason = train(model, data.train, self._train_config(values, epochs), teacher=self.baseline.teacher,
-                          callback=on_epoch)
+        _, reason = train(model, data.train, self._train_config(values, epochs),
+                          teacher=self.placed_baseline().teacher, callback=on_epoch)
         if reason:
             return CandidateResult(values, None, val_acc[-1] if val_acc else None, None, None, {}, None,
                                    time.perf_counter() - t0, time.perf_counter() - started, pre, stopped=reason,
@@ -346,7 +326,7 @@ class Evaluator:
                                          "val_accuracy_per_recovery_epoch": recovery_acc,
                                          "epochs_trained": len(val_acc) + len(recovery_acc)})
         train_seconds = time.perf_counter() - t0
-        model.eval()
+        model = model.eval().cpu()  # compiled and timed on the deployment target, from the CPU
         self._phase("measure")
         bits = self.space.weight_bits(values)
         encoding = self.space.weight_encoding(values)
@@ -364,6 +344,8 @@ class Evaluator:
         if recovery_acc:
             info["val_accuracy_per_recovery_epoch"] = recovery_acc
         info["artifact_metadata"] = artifact_meta  # also inside an ONNX artifact's metadata_props
+        info["trained_on"] = self.place.describe()  # where it trained; timed_on: where its latency was measured
+        info["timed_on"] = timed_on(measurement)
         # the objective is the timed artifact's validation accuracy (measurement.accuracy)
         return CandidateResult(values, measurement, measurement.accuracy, compiled.artifact,
                                compiled.artifact_format, recipe, {k: v.detach().clone() for k, v in model.state_dict().items()},
@@ -374,8 +356,9 @@ class Evaluator:
         architecture from the values, then each knob's :meth:`~slimtune.spaces.Knob.rebuild`
         in pipeline order, the lowering (BatchNorm folded) before the lowered stages'."""
         values = self.space.complete(recipe["values"]) if recipe.get("values") else {}
-        ctx = self._context(values)
-        model = self.build_architecture(values, ctx)
+        cpu = torch.device("cpu")
+        ctx = self._context(values, device=cpu)
+        model = self.build_architecture(values, ctx, device=cpu)
         lowered = False
         for knob in self.space.knobs:
             if knob.stage in LOWERED_STAGES and not lowered:
@@ -397,6 +380,15 @@ def artifact_metadata(task: Task, values: dict[str, Any], timed_format: str) -> 
                                                     "tensors hold them"),
             "num_classes": task.num_classes, "task": task.name, "params": dict(values),
             "timed_format": timed_format, "slimtune_version": __version__}
+
+
+def timed_on(m: Measurement) -> dict[str, Any]:
+    """Where a measurement's latency was timed: the runtime on this machine's CPU, with
+    the threads, batch size and fingerprint id (the training device never changes it)."""
+    import socket
+
+    return {"runtime": m.runtime, "host": socket.gethostname(), "cpu": m.fingerprint.get("cpu"),
+            "threads": m.threads, "batch_size": m.batch_size, "fingerprint_id": m.fingerprint_id}
 
 
 def _rebuild_lowering(model: nn.Module, recipe: dict[str, Any], example_input: torch.Tensor) -> nn.Module:

@@ -88,12 +88,18 @@ class TrialRunner:
             workers and proposed once more when its trial did not complete
             (:mod:`~slimtune.search._warm_claims`), when the backend takes given values
             (Optuna's samplers do; NNI's tuners propose every value).
+        worker: who runs the trials, stored with each (default: the host name).
+
+    ``owner``, when set, is written on each trial right after ``ask``
+    (:data:`~slimtune.search._heartbeat.OWNER_ATTR`), so an executor that loses this
+    worker knows which trial to fail.
     """
 
     def __init__(self, *, study: "optuna.Study", backend: Backend, evaluator: Evaluator, objectives: Sequence[str],
                  recorder: Recorder, constraints: Constraints | None = None, baseline_accuracy: float = float("nan"),
                  early_stopping: FrontierEarlyStopping | None = None, epochs: int = 1, recovery_epochs: int = 0,
-                 fixed: Mapping[str, Any] | None = None, warm_start: bool = True, latency_unit: str = "ratio") -> None:
+                 fixed: Mapping[str, Any] | None = None, warm_start: bool = True, latency_unit: str = "ratio",
+                 worker: str | None = None) -> None:
         self.study = study
         self.backend = backend
         self.evaluator = evaluator
@@ -106,7 +112,8 @@ class TrialRunner:
         self.epochs = epochs
         self.recovery_epochs = recovery_epochs
         self.fixed = dict(fixed or {})
-        self.worker = socket.gethostname()
+        self.worker = worker or socket.gethostname()
+        self.owner: str | None = None
         self.warm_start = warm_start
         self.latency_unit = latency_unit
         self._claims: ClaimStore | None = None  # where warm starts are claimed (set by run)
@@ -190,7 +197,7 @@ class TrialRunner:
         """
         self._recover()
         claim = self._claim_warm_start()
-        start = TrialStart()
+        start = TrialStart(self.owner)
         outcome: TrialOutcome | None = None
         interrupted: BaseException | None = None
         try:

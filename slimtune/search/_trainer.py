@@ -1,6 +1,8 @@
 """Training a student against the baseline teacher's logits, with what the knobs
 change in training (:class:`~slimtune.spaces.base.TrainingHooks`: the loss, e.g.
-distillation's; learning-rate multipliers and extra outputs, e.g. early exits')."""
+distillation's; learning-rate multipliers and extra outputs, e.g. early exits'), on the
+device of :class:`TrainConfig` (batches moved there keeping their dtype, mixed precision
+where it is asked for); the scores read after each epoch run where the model is."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimtune.search._device import TrainingDevice, device_of, off_device
 from slimtune.spaces.base import TrainingHooks
 from slimtune.tasks._data import Split
 
@@ -23,13 +26,15 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     hooks: TrainingHooks = field(default_factory=TrainingHooks)  # the candidate's knobs' (Space.training_hooks)
+    place: TrainingDevice = field(default_factory=TrainingDevice)  # where it trains (the model must be there)
 
 
 #: ``callback(epoch, model) -> reason or None``: return a string to stop training.
 EpochCallback = Callable[[int, nn.Module], "str | None"]
 
 #: ``teacher(inputs, index) -> logits`` of a training batch: ``index`` the samples'
-#: positions in an in-memory split (precomputed logits), ``None`` when it streams.
+#: positions in an in-memory split (precomputed logits), ``None`` when it streams; both
+#: on the training device, and the logits returned there.
 Teacher = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
@@ -69,11 +74,18 @@ def train(
     with the knobs' loss (e.g. distillation against ``teacher``'s logits of each
     batch; default cross-entropy), averaged over the model's outputs.
 
+    ``model`` must be on ``config.place.device`` already (a tensor left elsewhere, e.g.
+    a module a knob created on the CPU, is refused by name); every batch is moved there.
     Pruning masks (``torch.nn.utils.prune``) stay in force since they are applied in the
     forward pass.  Returns (epochs run, stop reason or None).
     """
     if config.epochs <= 0:
         return 0, None
+    place = config.place
+    stray = off_device(model, place.device)
+    if stray:
+        raise ValueError(f"The model trains on {place.device}, but {len(stray)} of its tensors are elsewhere: "
+                         + ", ".join(stray[:4]) + (", ..." if len(stray) > 4 else "") + ".")
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, data.steps(config.batch_size))
@@ -81,17 +93,21 @@ def train(
     loss_fn = config.hooks.loss or _cross_entropy
     # the teacher runs (or is looked up) only when a knob's loss may use it
     wants_teacher = teacher is not None and config.hooks.loss is not None
+    scaler = place.grad_scaler()  # fp16 only; otherwise it passes the loss and the step through
     for epoch in range(config.epochs):
         model.train()
         for xb, yb, idx in data.batches(config.batch_size, generator=generator):
             if len(xb) < 2:  # BatchNorm needs two samples
                 continue
-            tb = teacher(xb, idx) if wants_teacher else None
-            outputs = model_outputs(model, xb, config.hooks)
-            loss = sum(loss_fn(o, tb, yb) for o in outputs) / len(outputs)
+            xb, yb, idx = place.move(xb, yb, idx)
+            with place.autocast():
+                tb = teacher(xb, idx) if wants_teacher else None
+                outputs = model_outputs(model, xb, config.hooks)
+                loss = sum(loss_fn(o, tb, yb) for o in outputs) / len(outputs)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
         if callback is not None:
             reason = callback(epoch, model)
@@ -103,12 +119,14 @@ def train(
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits of the final head for every input (eval mode)."""
+    """Logits of the final head for every input (eval mode), computed where the model
+    is, returned on the CPU."""
     model.eval()
+    place = TrainingDevice(device_of(model))
     outs = []
     for start in range(0, len(x), batch_size):
-        xb = x[start:start + batch_size]
-        outs.append(model_outputs(model, xb)[-1])
+        xb = place.to_device(x[start:start + batch_size])
+        outs.append(model_outputs(model, xb)[-1].cpu())
     return torch.cat(outs)
 
 
@@ -116,9 +134,10 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     """Top-1 accuracy of ``model``'s own forward (dynamic exits applied)."""
     model.eval()
+    place = TrainingDevice(device_of(model))
     correct = 0
     for start in range(0, len(x), batch_size):
-        out = model(x[start:start + batch_size])
+        out = model(place.to_device(x[start:start + batch_size])).cpu()
         correct += int((out.argmax(-1) == y[start:start + batch_size]).sum())
     return correct / max(1, len(x))
 
@@ -140,15 +159,17 @@ def score_and_exit_rates(model: nn.Module, data: Split,
     ``thresholds``) the share of the samples that left at each exit, then at the final
     head, in the same pass; ``None`` for a static model."""
     model.eval()
+    place = TrainingDevice(device_of(model))  # computed where the model is; the metric reads CPU tensors
     exits = callable(getattr(model, "predict_with_exits", None)) and hasattr(model, "thresholds")
     logits, labels, where = [], [], []
     for xb, yb in data.chunks(batch_size):
+        xb = place.to_device(xb)
         if exits:
             out, taken = model.predict_with_exits(xb)
-            where.append(taken)
+            where.append(taken.cpu())
         else:
             out = model(xb)
-        logits.append(out)
+        logits.append(out.cpu())
         labels.append(yb)
     all_logits, all_labels = torch.cat(logits), torch.cat(labels)
     rates = None

@@ -40,16 +40,17 @@ class LowRankConv(nn.Sequential):
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, rank: int) -> "LowRankConv":
         cout, cin, kh, kw = conv.weight.shape
+        where = {"device": conv.weight.device, "dtype": conv.weight.dtype}  # made where the conv is
         first = nn.Conv2d(cin, rank, (kh, kw), stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-                          bias=False, padding_mode=conv.padding_mode)
-        second = nn.Conv2d(rank, cout, 1, bias=conv.bias is not None)
+                          bias=False, padding_mode=conv.padding_mode, **where)
+        second = nn.Conv2d(rank, cout, 1, bias=conv.bias is not None, **where)
         left, right = _svd_factors(conv.weight.detach().reshape(cout, cin * kh * kw), rank)
         with torch.no_grad():
             first.weight.copy_(right.reshape(rank, cin, kh, kw))
             second.weight.copy_(left.reshape(cout, rank, 1, 1))
             if conv.bias is not None:
                 second.bias.copy_(conv.bias)
-        return cls(first, second).to(device=conv.weight.device, dtype=conv.weight.dtype)
+        return cls(first, second)
 
 
 class LowRankLinear(nn.Sequential):
@@ -79,15 +80,16 @@ class LowRankLinear(nn.Sequential):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int) -> "LowRankLinear":
-        first = nn.Linear(linear.in_features, rank, bias=False)
-        second = nn.Linear(rank, linear.out_features, bias=linear.bias is not None)
+        where = {"device": linear.weight.device, "dtype": linear.weight.dtype}  # made where the layer is
+        first = nn.Linear(linear.in_features, rank, bias=False, **where)
+        second = nn.Linear(rank, linear.out_features, bias=linear.bias is not None, **where)
         left, right = _svd_factors(linear.weight.detach(), rank)
         with torch.no_grad():
             first.weight.copy_(right)
             second.weight.copy_(left)
             if linear.bias is not None:
                 second.bias.copy_(linear.bias)
-        return cls(first, second).to(device=linear.weight.device, dtype=linear.weight.dtype)
+        return cls(first, second)
 
 
 def _svd_factors(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:

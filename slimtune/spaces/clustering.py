@@ -36,7 +36,7 @@ def kmeans_1d(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
 
     values = values.detach()
     lo, hi = float(values.min()), float(values.max())
-    centroids = torch.linspace(lo, hi, k, dtype=values.dtype).unique()
+    centroids = torch.linspace(lo, hi, k, dtype=values.dtype, device=values.device).unique()
     codes = torch.zeros_like(values, dtype=torch.long)
     for _ in range(KMEANS_ITERATIONS):
         codes = torch.bucketize(values, (centroids[1:] + centroids[:-1]) / 2)
@@ -83,7 +83,7 @@ def cluster_weights(model: nn.Module, k: int) -> int:
         if not bool(nonzero.any()):
             continue
         centroids, found = kmeans_1d(weight[nonzero].float(), k)
-        codes = torch.full(weight.shape, -1, dtype=torch.long)
+        codes = torch.full(weight.shape, -1, dtype=torch.long, device=weight.device)
         codes[nonzero] = found
         parametrize.register_parametrization(layer, "weight", shared_weights(centroids.to(weight.dtype), codes))
         count += 1

@@ -54,8 +54,27 @@ def check_budget(n_trials: int | None, timeout: float | None) -> None:
         raise StudyError(f"`timeout` must be a finite number of seconds above 0, but got {timeout!r}.")
 
 
+def session_settings(settings: "EvalSettings | Mapping[str, Any] | None") -> dict[str, Any]:
+    """What ``settings`` says about where this session trains (``device``, ``amp``), as given."""
+    from slimtune.search._settings import SESSION_SETTINGS, EvalSettings
+
+    if isinstance(settings, EvalSettings):
+        return {k: getattr(settings, k) for k in SESSION_SETTINGS}
+    return {k: v for k, v in dict(settings or {}).items() if k in SESSION_SETTINGS}
+
+
+def check_device(settings: "EvalSettings") -> None:
+    """Refuse a training device this machine does not have, before anything is trained or written."""
+    from slimtune.search._device import DeviceError, TrainingDevice
+
+    try:
+        TrainingDevice.resolve(settings.device, settings.amp)
+    except DeviceError as exc:
+        raise StudyError(str(exc)) from None
+
+
 def settings_from(settings: "EvalSettings | Mapping[str, Any] | None", base: Mapping[str, Any] | None) -> "EvalSettings":
-    from slimtune.search._pipeline import EvalSettings
+    from slimtune.search._settings import EvalSettings
 
     if isinstance(settings, EvalSettings):
         return settings
@@ -134,7 +153,7 @@ def check_request(name: str, *, storage: str | None, task: "str | Task | None", 
 
         make_sampler(sampler)  # bad names fail before anything is written
     if settings is not None:
-        settings_from(settings, None)
+        check_device(settings_from(settings, None))
     new_space = None
     if task_obj is not None:  # bad names or values in `fixed` fail before anything is written
         if space is not None:

@@ -30,7 +30,7 @@ def new_record(request: StudyRequest, *, progress: bool = False, use_cache: bool
         space={"families": [k.family for k in space.knobs], **space.to_dict()},
         space_fingerprint=space.fingerprint(), fixed=dict(space.fixed),
         objectives=list(request.objectives or DEFAULT_OBJECTIVES),
-        constraints=(request.constraints or Constraints()).to_dict(), settings=settings.to_dict(),
+        constraints=(request.constraints or Constraints()).to_dict(), settings=settings.identity(),
         early_stopping=rule.to_dict() if rule else None, sampler=sampler_name(request.sampler or DEFAULT_SAMPLER),
         seed=request.seed, baseline=baseline_data, slimtune_version=__version__,
     )

@@ -136,6 +136,32 @@ class Recording:
         return StudyWarmStarts(self._db, self._record.id, has_trials=lambda: bool(states()),
                                optuna_states=lambda numbers: {n: s for n, s in states().items() if n in set(numbers)})
 
+    def fail_trials_of(self, owner: str, reason: str) -> list[int]:
+        """Fail the RUNNING trials whose runner was given ``owner`` (or an owner that
+        starts with ``owner + "@"``; :data:`~slimtune.search._heartbeat.OWNER_ATTR`), with
+        ``reason``: an executor that lost that worker does not wait for the heartbeat to go
+        stale.  A trial the worker recorded before it was lost is told its record instead
+        (:meth:`recover_trials`).  Returns the trial numbers failed."""
+        from optuna.trial import TrialState
+
+        from slimtune.search._heartbeat import OWNER_ATTR
+
+        study = self.optuna_study
+        mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if str(t.system_attrs.get(OWNER_ATTR, "")).split("@")[0] == owner]
+        if not mine:
+            return []
+        recorded = self._storage.candidates(self._record.id, [t.number for t in mine])
+        failed = []
+        for t in mine:
+            if t.number in recorded:
+                continue  # recover_trials tells Optuna what the worker recorded
+            self._fail(study, t, reason)
+            failed.append(t.number)
+        if len(failed) < len(mine):
+            self.recover_trials()
+        return failed
+
     def frontier_points(self, cost_objectives: Sequence[str]) -> list[FrontierPoint]:
         """Validation accuracy, learning curves (distillation epochs, recovery epochs)
         and measured costs of every complete candidate (all workers)."""

@@ -65,7 +65,8 @@ def front_to_refit(rows: Sequence[Mapping[str, Any]], baseline_accuracy: float, 
 
 def refit_front(study: "Study", *, storage: str, epochs: int, finetune_epochs: int | None = None,
                 name: str | None = None, max_drop: float = 0.05, limit: int = 6, skip_within: float | None = None,
-                progress: bool = False, rows: Sequence[Mapping[str, Any]] | None = None) -> "Study":
+                progress: bool = False, rows: Sequence[Mapping[str, Any]] | None = None,
+                device: str | None = None, amp: str | None = None) -> "Study":
     """Retrain and remeasure ``study``'s front with more epochs, in a new study.
 
     Args:
@@ -80,6 +81,8 @@ def refit_front(study: "Study", *, storage: str, epochs: int, finetune_epochs: i
         progress: show a progress bar.
         rows: the front rows to refit when the caller has chosen them already
             (:func:`front_to_refit`); ``None``: chosen here from the arguments above.
+        device, amp: where the refit trains, and its mixed precision (default: as
+            ``study`` was opened with); latency is timed on the study's runtime.
 
     Returns:
         The refit study (open; close it when done).
@@ -87,7 +90,8 @@ def refit_front(study: "Study", *, storage: str, epochs: int, finetune_epochs: i
     if rows is None:
         rows = front_to_refit(study.frontier(), float(study.baseline.accuracy), max_drop=max_drop, limit=limit,
                               skip_within=skip_within)
-    settings = {**study.settings.to_dict(), "epochs": int(epochs), "finetune_epochs": finetune_epochs}
+    settings = {**study.settings.to_dict(), "epochs": int(epochs), "finetune_epochs": finetune_epochs,
+                **{k: v for k, v in (("device", device), ("amp", amp)) if v is not None}}
     refit = type(study).create_or_load(name or f"{study.name}-refit", storage=storage, task=study.task,
                                        fixed=study.fixed, objectives=study.objectives,
                                        constraints=study.constraints if study.constraints.active else None,

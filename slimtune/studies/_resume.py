@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping
 
+from slimtune.search._settings import SESSION_SETTINGS
 from slimtune.studies._arguments import differences, settings_from
 from slimtune.studies._errors import StudyError
 from slimtune.studies._schema import StudyRecord
@@ -38,9 +39,10 @@ def check_resume(record: StudyRecord, db: "Database", *, task: "Task | None", ob
     if constraints is not None and constraints.to_dict() != dict(record.constraints):
         raise StudyError(f"Study {name!r} has constraints {dict(record.constraints) or 'none'}, "
                          f"but {constraints.to_dict()} were given.")
-    if settings is not None:
+    if settings is not None:  # where this session trains (device, amp) is its own choice
         the_settings = settings_from(settings, record.settings)
-        diff = differences(record.settings, the_settings.to_dict())
+        stored = {k: v for k, v in record.settings.items() if k not in SESSION_SETTINGS}
+        diff = differences(stored, the_settings.identity())
         if diff:
             raise StudyError(f"Study {name!r} was created with other evaluation settings: {'; '.join(diff)}.")
 

@@ -10,6 +10,7 @@ Keys (DESIGN.md's JSON contract first): ``trial``, ``params``, ``accuracy``
 ``feasible``, ``constraints``, ``latency_p95_ms``, ``latency_kind``, ``kernel_bits``, ``runtime``, ``exit_rates``, ``flags``,
 ``fingerprint_id``, ``stopped_reason``, ``error``, ``backend``, ``tuner``, ``pre``,
 ``val_accuracy_per_epoch``, ``train_seconds``, ``total_seconds``, ``worker``,
+``trained_on`` (device, its name, mixed precision), ``timed_on`` (runtime, host, CPU),
 ``datetime_start``, ``datetime_complete``; ``optuna_state`` only where Optuna's
 finished state differs from the row's (see :func:`merged_state`).
 """
@@ -87,6 +88,7 @@ def make_row(record: "CandidateRecord | None", trial: "FrozenTrial | None", *, o
             backend=record.backend, tuner=record.tuner, pre=record.pre, train_seconds=record.train_seconds,
             total_seconds=record.total_seconds, worker=record.worker, has_artifact=record.state == "COMPLETE",
             val_accuracy_per_epoch=(record.info or {}).get("val_accuracy_per_epoch"),
+            trained_on=(record.info or {}).get("trained_on"), timed_on=(record.info or {}).get("timed_on"),
         )
     if row.get("state") == "COMPLETE" and row.get("accuracy") is not None:
         row["val_accuracy"] = row["accuracy"]  # one figure: the artifact's validation accuracy

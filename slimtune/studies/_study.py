@@ -35,7 +35,9 @@ from slimtune.studies._arguments import (
     check_budget,
     check_name,
     check_new_name,
+    check_device,
     check_request,
+    session_settings,
     settings_from,
 )
 from slimtune.studies._creation import new_record
@@ -80,8 +82,10 @@ class Study(Recording, Reading):
 
     def __init__(self, record: StudyRecord, db: Database, *, task: "Task | None" = None, space: "Space | None" = None,
                  sampler: Any = None, seed: int | None = None,
-                 early_stopping: "FrontierEarlyStopping | None | bool" = None) -> None:
+                 early_stopping: "FrontierEarlyStopping | None | bool" = None,
+                 session: Mapping[str, Any] | None = None) -> None:
         self._record = record
+        self._session = dict(session or {})  # where this session trains: device, amp (not stored with the study)
         self._db = db
         self._storage = StudyStorage(db)
         self._optuna_study_id: int | None = None
@@ -185,12 +189,14 @@ class Study(Recording, Reading):
         try:
             StudyStorage(db).add_study(record)
         except IntegrityError:  # another worker created it meanwhile: join it
-            return cls._resume(cls._find(db, request.name), db, task=request.task, space=request.new_space, fixed=None,
-                               objectives=request.objectives, constraints=request.constraints,
-                               settings=settings_from(request.settings, None), sampler=request.sampler,
-                               seed=request.seed, early_stopping=request.early_stopping)
+            study = cls._resume(cls._find(db, request.name), db, task=request.task, space=request.new_space,
+                                fixed=None, objectives=request.objectives, constraints=request.constraints,
+                                settings=settings_from(request.settings, None), sampler=request.sampler,
+                                seed=request.seed, early_stopping=request.early_stopping)
+            study._session = session_settings(request.settings)
+            return study
         study = cls(record, db, task=request.task, space=request.new_space, sampler=request.sampler, seed=request.seed,
-                    early_stopping=request.early_stopping)
+                    early_stopping=request.early_stopping, session=session_settings(request.settings))
         study._ensure_optuna_study(rdb)
         return study
 
@@ -201,6 +207,7 @@ class Study(Recording, Reading):
                             objectives=request.objectives, constraints=request.constraints, settings=request.settings,
                             sampler=request.sampler, seed=request.seed, early_stopping=request.early_stopping)
         study.use_cache = use_cache
+        study._session = session_settings(request.settings)
         return study
 
     @classmethod
@@ -279,7 +286,9 @@ class Study(Recording, Reading):
 
     @property
     def settings(self) -> "EvalSettings":
-        return settings_from(None, self._record.settings)
+        """The study's evaluation settings, with where this session trains (``device``,
+        ``amp``: given to :meth:`create_or_load` or :meth:`optimize`, else ``auto``, ``off``)."""
+        return settings_from(self._session, self._record.settings)
 
     @property
     def task_name(self) -> str:
@@ -359,6 +368,8 @@ class Study(Recording, Reading):
         stop_event: threading.Event | None = None,
         progress: bool = True,
         catch: tuple[type[BaseException], ...] = (Exception,),
+        device: str | None = None,
+        amp: str | None = None,
         **backend_options: Any,
     ) -> list[dict]:
         """Run trials: ``n_trials`` of them, or until ``timeout`` seconds have passed,
@@ -375,6 +386,10 @@ class Study(Recording, Reading):
             stop_event: a ``threading.Event``; set it to stop after the current trial.
             progress: show a tqdm progress bar (with ETA when ``n_trials`` is given).
             catch: exceptions of a candidate that fail its trial instead of the search.
+            device: where candidates train from now on (``auto``, ``cpu``, ``cuda``,
+                ``cuda:N``, ``mps``; default: as the study was opened with, else ``auto``);
+                latency is timed on the study's runtime whatever it is.
+            amp: mixed precision on that device (``off``, ``auto``, ``fp16``, ``bf16``).
             backend_options: passed to the backend (e.g. ``tuner=`` for NNI); ``warm_start=False``
                 starts a new study with the sampler's own draws (no warm starts).
 
@@ -384,6 +399,10 @@ class Study(Recording, Reading):
         from slimtune.search._optimize import run_search
 
         check_budget(n_trials, timeout)
+        if device is not None or amp is not None:
+            session = {**self._session, **{k: v for k, v in (("device", device), ("amp", amp)) if v is not None}}
+            check_device(settings_from(session, self._record.settings))  # bad or absent: StudyError, nothing run
+            self._session = session
         return run_search(self, n_trials, timeout=timeout, backend=backend, callbacks=callbacks, stop_event=stop_event,
                           progress=progress, catch=catch, **backend_options)
 
