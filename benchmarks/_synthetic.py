@@ -89,7 +89,7 @@ def measurement(s: Synthetic, base: dict[str, Any]) -> Any:
 
 
 def pre_measurement(s: Synthetic) -> Any:
-    from slimtune.search._pipeline import PreMeasurement
+    from slimtune.search._pre_measure import PreMeasurement
 
     f = s.figures
     return PreMeasurement(latency_ms=f["latency_ms"] * 0.9, macs=f["macs"], size_bytes=f["size_bytes"],

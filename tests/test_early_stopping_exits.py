@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from slimtune.search._early_stopping import FrontierEarlyStopping, FrontierPoint
-from slimtune.search._pipeline import PreMeasurement
+from slimtune.search._pre_measure import PreMeasurement
 
 COSTS = ("latency_ms",)
 #: an exit candidate: 0.1 ms when every sample leaves at the exit, 1.0 ms through the final head

@@ -1,7 +1,7 @@
 """Early stopping for multi-objective searches (Optuna's pruners are single-objective).
 
 Before a candidate trains, its compressed structure is compiled and timed, so its
-latency, size and MACs are known (:class:`~slimtune.search._pipeline.PreMeasurement`).
+latency, size and MACs are known (:class:`~slimtune.search._pre_measure.PreMeasurement`).
 Only its accuracy is still open.  Before any training, after each distillation epoch
 and after each recovery epoch (pruning fine-tuning, QAT) the rule asks: *is there a
 finished trial that is no costlier and clearly more accurate than this candidate can
@@ -79,7 +79,7 @@ Costs: a complete trial offers its final, measured costs; the candidate offers i
 pre-training ones.  For an early-exit model those are, before training, the shortest
 path (a lower bound: every sample leaving at the first exit), and after each epoch its
 exit paths weighted by the share of validation samples leaving at each one then
-(:meth:`~slimtune.search._pipeline.PreMeasurement.at_exit_rates`; each path is
+(:meth:`~slimtune.search._pre_measure.PreMeasurement.at_exit_rates`; each path is
 compiled and timed on its own before training, and the rates come from the validation
 pass that gives the epoch's accuracy, so they cost nothing more).  Before that, the
 shortest path was all the rule ever saw of an exit candidate: 2-25x below its real
