@@ -61,7 +61,10 @@ def loss_matrix(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) ->
     """The rows' losses as an ``(n, k)`` array (every column minimized); a missing or
     non-numeric value is NaN."""
     signs = np.array([-1.0 if DIRECTIONS[name] == "maximize" else 1.0 for name in objectives])
-    values = np.array([[_number(row.get(name)) for name in objectives] for row in rows], dtype=float)
+    try:  # numbers and None (NaN) straight into the array
+        values = np.array([[row.get(name) for name in objectives] for row in rows], dtype=float)
+    except (TypeError, ValueError):  # something else: each value read by _number
+        values = np.array([[_number(row.get(name)) for name in objectives] for row in rows], dtype=float)
     return values.reshape(len(rows), len(objectives)) * signs
 
 
