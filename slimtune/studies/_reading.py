@@ -4,7 +4,9 @@
 :class:`Reading` is a part of :class:`~slimtune.studies._study.Study` (its base class,
 as :class:`~slimtune.studies._recording.Recording` is): it reads the study's ``name``,
 ``objectives``, ``constraints``, ``optuna_study`` and ``baseline_row()``, through its
-storage.
+storage.  The frontier, the fingerprints and ``select`` work on every trial's figures
+read in bulk (:mod:`~slimtune.studies._overview`) and read in full only the rows they
+return; ``trials()`` reads every row in full.
 """
 
 from __future__ import annotations
