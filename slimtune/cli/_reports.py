@@ -24,7 +24,6 @@ from slimtune._cli_tables import (
 from slimtune._defaults import DEFAULT_STORAGE, STORAGE_ENV
 from slimtune._dominance import relative_latency
 from slimtune._vocabulary import STATE_WORDS, STUDY_COLUMNS, created_text
-from slimtune.search._early_stopping import rejected_before_training  # light: no torch
 
 
 def echo_json(data: Any) -> None:
@@ -54,15 +53,16 @@ def echo_wrapped(text: str, *, wide: bool = False) -> None:
         click.echo(line)
 
 
-def echo_summary(study: Any, *, wide: bool = False) -> None:
+def echo_summary(study: Any, overview: Any, *, wide: bool = False) -> None:
+    """The study in a few lines: its trials by state, the baseline, the constraints, a
+    note when latencies come from several machines (``overview``: ``study.overview()``,
+    or ``Overview.of_rows`` of rows already read)."""
     echo = functools.partial(echo_wrapped, wide=wide)
-    rows = study.trials()
-    counts = {s: sum(1 for r in rows if r["state"] == s) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
-    rejected = sum(1 for r in rows if rejected_before_training(r))  # not counted in --trials
+    counts, rejected = overview.counts, overview.rejected  # the rejected are not counted in --trials
     base = study.baseline
     echo(f"Study {study.name!r} in {study.storage}: task {study.task_name}, objectives "
-               f"{', '.join(study.objectives)}; {len(rows) - rejected} trials trained ({counts['COMPLETE']} complete, "
-               f"{counts['PRUNED'] - rejected} {STATE_WORDS['PRUNED']} early, {counts['FAIL']} failed"
+               f"{', '.join(study.objectives)}; {len(overview.points) - rejected} trials trained ({counts['COMPLETE']} "
+               f"complete, {counts['PRUNED'] - rejected} {STATE_WORDS['PRUNED']} early, {counts['FAIL']} failed"
                + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "") + f"), {rejected} rejected before "
                "training by early stopping")
     base_row = base.to_dict()
@@ -74,20 +74,15 @@ def echo_summary(study: Any, *, wide: bool = False) -> None:
          f"{base.batch_size}), packed {base.size_bytes / 1024:.1f} KiB{artifact_kib(base_row)}, {base.macs:,} MACs")
     if study.constraints.active:
         echo(f"Constraints: {study.constraints.to_dict()}")
-    fingerprints = study.fingerprints()
+    fingerprints = overview.fingerprints()
     if len(fingerprints) > 1:
         echo(f"note: latencies come from {len(fingerprints)} machine fingerprints ({', '.join(fingerprints)}); "
                    "they are not comparable across machines.")
 
 
-def echo_frontier(study: Any, *, wide: bool = False) -> None:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the mixed-fingerprint note is printed by echo_summary
-        front = study.frontier()
-    complete = len(study.trials(states=("COMPLETE",)))
-    click.echo(f"Frontier: {len(front)} of {complete} complete trials")
+def echo_frontier(study: Any, overview: Any, front: list[dict[str, Any]], *, wide: bool = False) -> None:
+    """``Frontier: n of m complete trials`` and the ``front``'s table."""
+    click.echo(f"Frontier: {len(front)} of {len(overview.complete)} complete trials")
     if front:
         echo_table(front, study, wide=wide)
 
@@ -95,10 +90,12 @@ def echo_frontier(study: Any, *, wide: bool = False) -> None:
 def echo_report(study: Any, *, wide: bool = False) -> None:
     """What ``run`` and ``refit`` print at the end: the summary, the frontier and the
     commands to run next."""
-    echo_summary(study, wide=wide)
-    echo_frontier(study, wide=wide)
+    overview = study.overview()
+    front = overview.front()
+    echo_summary(study, overview, wide=wide)
+    echo_frontier(study, overview, front, wide=wide)
     click.echo("Next:")
-    for line in next_steps(study):
+    for line in next_steps(study, front):
         click.echo(f"  {line}")
 
 
@@ -139,17 +136,13 @@ def storage_note(words: list[str]) -> str | None:
     return None
 
 
-def next_steps(study: Any) -> list[str]:
-    """The commands a user runs next, filled in with this study's name, storage and trials."""
-    import warnings
-
+def next_steps(study: Any, front: list[dict[str, Any]]) -> list[str]:
+    """The commands a user runs next, filled in with this study's name, storage and
+    ``front`` (``study.frontier()``)."""
     name = shlex.quote(study.name)
     words = storage_words() if click.get_current_context(silent=True) is not None else (
         [] if study.storage == DEFAULT_STORAGE else ["--storage", shlex.quote(study.storage)])
     storage = "".join(f" {w}" for w in words)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        front = study.frontier()
     note = storage_note(words)
     lines = [note] if note else []
     lines.append(f"slimtune show {name} --pareto{storage}")

@@ -48,22 +48,25 @@ def show(study_name: str, pareto: bool, as_json: bool, wide: bool, storage: str)
     import warnings
 
     from slimtune.studies import Study
+    from slimtune.studies._overview import Overview
 
     quiet_optuna()
     study = Study.load(study_name, storage=storage)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # mixed fingerprints: noted in the summary
-            rows = study.frontier() if pareto else study.trials()
-        if as_json:
-            echo_json({"study": study.name, "objectives": list(study.objectives), "baseline": study.baseline_row(rows),
-                       "trials": rows})
-            return
-        echo_summary(study, wide=wide)
+            if as_json:
+                rows = study.frontier() if pareto else study.trials()
+                echo_json({"study": study.name, "objectives": list(study.objectives),
+                           "baseline": study.baseline_row(rows), "trials": rows})
+                return
+            # --pareto: every trial's figures, the front's rows in full; else every row in full, read once
+            overview = study.overview() if pareto else Overview.of_rows(study, study.trials())
+        echo_summary(study, overview, wide=wide)
         if pareto:
-            echo_frontier(study, wide=wide)
+            echo_frontier(study, overview, overview.front(), wide=wide)
         else:
-            echo_table(rows, study, wide=wide)
+            echo_table(overview.points, study, wide=wide)
     finally:
         study.close()
 

@@ -28,7 +28,8 @@ from slimtune.studies._rows import MEASUREMENT_KEYS, METRICS, make_row, merged_s
 #: costs measured before training, is given only for trials that are not complete: a
 #: plot draws the others at their final costs); ``feasible`` too when the study has
 #: constraints.
-POINT_FIELDS = ("trial", "state", *METRICS, "val_accuracy", "reference_latency_ms", "speedup", "pre")
+POINT_FIELDS = ("trial", "state", *METRICS, "val_accuracy", "reference_latency_ms", "speedup", "pre",
+                "fingerprint_id", "stopped_reason")
 #: States of an Optuna trial that may still change.
 OPEN_STATES = ("RUNNING", "WAITING")
 
@@ -53,6 +54,12 @@ class TrialFeed:
         self._records: set[int] = set()  # record ids seen
         self._last_trial = self._last_record = 0
         self._fallback = self._storage is None  # read through ``study.trials()`` only
+
+    @property
+    def bulk(self) -> bool:
+        """Whether the feed reads in bulk (else through ``study.trials()``: Optuna's
+        tables are not as expected, or ``study`` is not a slimtune study)."""
+        return not self._fallback
 
     # -- reading -------------------------------------------------------------------------
     def points(self) -> list[dict[str, Any]]:
@@ -139,7 +146,8 @@ def _points(figures: Any, objectives: Sequence[str]) -> list[dict[str, Any]]:
             out.append(_point(number, tid, state, record, figures, objectives))
             continue
         # the usual trial: a record, and nothing it lacks on Optuna's side
-        _, record_state, val, accuracy, test_accuracy, latency, size, artifact, macs, reference, pre = record
+        _, record_state, val, accuracy, test_accuracy, latency, size, artifact, macs, fingerprint, reason, reference, \
+            pre = record
         if tid is None or state == "RUNNING" or record_state == "COMPLETE":
             state = merged_state(state, record_state)
         state = state or "UNKNOWN"
@@ -148,7 +156,8 @@ def _points(figures: Any, objectives: Sequence[str]) -> list[dict[str, Any]]:
         out.append({"trial": number, "state": state, "accuracy": accuracy, "test_accuracy": test_accuracy,
                     "latency_ms": latency, "size_bytes": size, "artifact_bytes": artifact, "macs": macs,
                     "val_accuracy": val, "reference_latency_ms": reference,
-                    "speedup": same_run_speedup(reference, latency), "pre": pre})
+                    "speedup": same_run_speedup(reference, latency), "pre": pre, "fingerprint_id": fingerprint,
+                    "stopped_reason": reason})
     return out
 
 
@@ -157,7 +166,7 @@ def _point(number: int, tid: int | None, state: str | None, record: tuple | None
     """One trial's figures, any case (see :func:`_points`)."""
     constraints = figures.constraints
     metrics: dict[str, Any] = dict.fromkeys(METRICS)
-    val = reference = pre = None
+    val = reference = pre = fingerprint = reason = None
     feasible = None
     if tid is not None:
         values, attrs = figures.values.get(tid, {}), figures.user_attrs.get(tid, {})
@@ -168,10 +177,12 @@ def _point(number: int, tid: int | None, state: str | None, record: tuple | None
             if k in values and metrics[name] is None:
                 metrics[name] = values[k]
         val, reference = attrs.get("val_accuracy"), attrs.get("reference_latency_ms")
+        fingerprint, reason = attrs.get("fingerprint_id"), attrs.get("stopped_reason")
         if constraints is not None:
             feasible = all(v <= 0 for v in constraints.get(tid, {}).values())
     if record is not None:
-        _, record_state, val, accuracy, test_accuracy, latency, size, artifact, macs, reference, pre = record
+        _, record_state, val, accuracy, test_accuracy, latency, size, artifact, macs, fingerprint, reason, reference, \
+            pre = record
         if tid is None or state == "RUNNING" or record_state == "COMPLETE":
             state = merged_state(state, record_state)
             if feasible is None and constraints is not None:
@@ -183,7 +194,8 @@ def _point(number: int, tid: int | None, state: str | None, record: tuple | None
     if state == "COMPLETE" and metrics["accuracy"] is not None:
         val = metrics["accuracy"]
     point = {"trial": number, "state": state, **metrics, "val_accuracy": val, "reference_latency_ms": reference,
-             "speedup": same_run_speedup(reference, metrics["latency_ms"]), "pre": pre}
+             "speedup": same_run_speedup(reference, metrics["latency_ms"]), "pre": pre, "fingerprint_id": fingerprint,
+             "stopped_reason": reason}
     if constraints is not None:
         point["feasible"] = feasible
     return point

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from sqlalchemy import DateTime, Float, Integer, String, Text, case, column, func, or_, select, table, type_coerce
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from slimtune.studies._schema import CandidateRecord
 
@@ -165,8 +165,8 @@ class TrialFigures:
     constraints: dict[int, dict[str, float]] | None  # by trial id, when asked for
 
 
-#: The record columns a live view reads (then ``reference_latency_ms`` and ``pre``).
-FIGURE_COLUMNS = ("id", "state", "val_accuracy", *RECORD_METRICS)
+#: The record columns a live view (and a summary) reads (then ``reference_latency_ms`` and ``pre``).
+FIGURE_COLUMNS = ("id", "state", "val_accuracy", *RECORD_METRICS, "fingerprint_id", "stopped_reason")
 
 
 def fetch_rows(conn: Any, query: Any) -> list[Sequence]:
@@ -177,6 +177,8 @@ def fetch_rows(conn: Any, query: Any) -> list[Sequence]:
         return result.all()
     try:
         rows = result.cursor.fetchall()
+    except conn.dialect.dbapi.Error as exc:  # raised as SQLAlchemy raises the driver's errors
+        raise DBAPIError.instance(None, None, exc, conn.dialect.dbapi.Error, dialect=conn.dialect) from exc
     finally:
         result.close()
     dates = [i for i, c in enumerate(query.selected_columns) if isinstance(c.type, DateTime)]

@@ -4,7 +4,9 @@
 :class:`Reading` is a part of :class:`~slimtune.studies._study.Study` (its base class,
 as :class:`~slimtune.studies._recording.Recording` is): it reads the study's ``name``,
 ``objectives``, ``constraints``, ``optuna_study`` and ``baseline_row()``, through its
-storage.
+storage.  The frontier, the fingerprints and ``select`` work on every trial's figures
+read in bulk (:mod:`~slimtune.studies._overview`) and read in full only the rows they
+return; ``trials()`` reads every row in full.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
-from slimtune._dominance import relative_latency
 from slimtune._vocabulary import STATE_PHRASES
 from slimtune.studies._errors import NoCandidateError, StudyError
 from slimtune.studies._frontier import SPLITS, Limits, no_candidate_message, select_rows
@@ -20,6 +21,7 @@ from slimtune.studies._rows import MEASUREMENT_KEYS, make_row, mark_pareto
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimtune.studies._candidate import Candidate
+    from slimtune.studies._overview import Overview
     from slimtune.studies._schema import StudyRecord
     from slimtune.studies._storage import StudyStorage
 
@@ -57,13 +59,17 @@ class Reading:
             rows = [r for r in rows if r["state"] in wanted]
         return rows
 
+    def overview(self) -> "Overview":
+        """Every trial's figures read at once, with the counts, fingerprints and front
+        that ``slimtune show`` prints (:class:`~slimtune.studies._overview.Overview`):
+        full rows are read only for the trials it prints."""
+        from slimtune.studies._overview import Overview
+
+        return Overview.read(self)
+
     def fingerprints(self) -> dict[str, int]:
         """Machine fingerprints of the complete trials, with their counts."""
-        counts: dict[str, int] = {}
-        for row in self.trials(states=("COMPLETE",)):
-            key = row.get("fingerprint_id") or "?"
-            counts[key] = counts.get(key, 0) + 1
-        return counts
+        return self.overview().fingerprints()
 
     def frontier(self, *, fingerprint: str | None = None) -> list[dict]:
         """The non-dominated complete trials under the study's objectives (feasible ones
@@ -76,24 +82,17 @@ class Reading:
 
         Latencies measured on different machines are not comparable: when the trials
         carry more than one machine fingerprint a ``UserWarning`` says so; pass
-        ``fingerprint=`` to keep one machine's trials.
+        ``fingerprint=`` to keep one machine's trials.  Every trial's figures are read in
+        bulk, and only the front's rows in full.
         """
-        rows = self.trials(states=("COMPLETE",))
-        if fingerprint is not None:
-            rows = [r for r in rows if r.get("fingerprint_id") == fingerprint]
-            mark_pareto(rows, self.objectives, feasible_only=self.constraints.active, baseline=self.baseline_row())
-        else:
-            ids = {r.get("fingerprint_id") for r in rows}
+        overview = self.overview()
+        if fingerprint is None:
+            ids = {p.get("fingerprint_id") for p in overview.complete}
             if len(ids) > 1:
                 warnings.warn(f"Study {self.name!r} mixes latencies from {len(ids)} machine fingerprints "
                               f"({', '.join(sorted(map(str, ids)))}); pass fingerprint= to keep one.", UserWarning,
                               stacklevel=2)
-        cost = self.objectives[1]
-
-        def compared(row: dict) -> float:  # latency as the same-run ratio the front was decided on
-            return relative_latency(row) if cost == "latency_ms" else row[cost]
-
-        return sorted((r for r in rows if r["pareto"]), key=lambda r: (compared(r), -r["accuracy"], r["trial"]))
+        return overview.front(fingerprint=fingerprint)
 
     def candidate(self, number: int) -> "Candidate":
         """Trial ``number`` as a :class:`Candidate` (it must be complete)."""
@@ -140,13 +139,14 @@ class Reading:
             raise StudyError(f"`split` must be one of {', '.join(SPLITS)}, but got {split!r}.")
         limits = Limits(max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, max_size_kb=max_size_kb,
                         max_artifact_kb=max_artifact_kb, split=split)
-        rows = [r for r in self.trials(states=("COMPLETE",)) if r.get(limits.accuracy) is not None]
+        overview = self.overview()  # figures only: the chosen trial is read in full
+        rows = [r for r in overview.complete if r.get(limits.accuracy) is not None]
         if not rows:
             raise NoCandidateError(f"Study {self.name!r} has no complete trial yet.")
         baseline = self.baseline_row()
         fitting, better = select_rows(rows, limits, baseline=baseline, objectives=self.objectives)
         if better:
-            return Candidate(self, better[0])
+            return Candidate(self, overview.full(better[:1])[0])
         raise NoCandidateError(no_candidate_message(self.name, rows, fitting, limits, baseline))
 
     def dashboard(self, **kwargs: Any):
