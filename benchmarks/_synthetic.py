@@ -117,8 +117,8 @@ class SyntheticEvaluator:
 
     seed = 0
 
-    def __init__(self, task: Any, space: Any, settings: Any, baseline: Any) -> None:
-        self.task, self.space = task, space
+    def __init__(self, task: Any, space: Any, settings: Any, baseline: Any, **options: Any) -> None:
+        self.task, self.space = task, space  # options: what the real one takes too (e.g. place)
         self.base: dict[str, Any] = {}  # the study's baseline measurement, set by run_normally
 
     def evaluate(self, values: dict[str, Any], *, should_stop: Any = None, metadata: Any = None) -> Any:
@@ -138,8 +138,8 @@ def run_normally(study: Any, n: int, *, seed: int = 0) -> None:
     real = pipeline.Evaluator
 
     class Evaluator(SyntheticEvaluator):
-        def __init__(self, *args: Any) -> None:
-            super().__init__(*args)
+        def __init__(self, *args: Any, **options: Any) -> None:
+            super().__init__(*args, **options)
             self.base, self.seed = base, seed
 
     pipeline.Evaluator = Evaluator
@@ -160,7 +160,7 @@ def write_in_bulk(study: Any, trials: Sequence[Synthetic], *, started: datetime 
 
     from slimtune.search._backends._interface import Proposal
     from slimtune.search._constraints import COLLAPSE_CONSTRAINT, collapse_margin
-    from slimtune.search._heartbeat import BEATING_ATTR
+    from slimtune.search._heartbeat import BEATING_ATTR, worker_identity
     from slimtune._dominance import optuna_latency_unit
     from slimtune.search._outcome import TrialOutcome, objective_values, user_attrs
     from slimtune.studies._schema import CandidateRecord
@@ -171,6 +171,7 @@ def write_in_bulk(study: Any, trials: Sequence[Synthetic], *, started: datetime 
     dist_json = {name: distribution_to_json(d) for name, d in dists.items()}
     optuna_id = study.optuna_study._study_id  # noqa: SLF001 - the Optuna study's key in its tables
     heartbeats = study.optuna_study._storage.get_heartbeat_interval()  # noqa: SLF001
+    beating = worker_identity()  # who beats, as a real worker writes it
     engine = create_engine(study._storage.db.url)  # noqa: SLF001 - the unmasked URL
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", lambda conn, _: conn.execute("PRAGMA synchronous=OFF"))
@@ -196,7 +197,7 @@ def write_in_bulk(study: Any, trials: Sequence[Synthetic], *, started: datetime 
             outcome = TrialOutcome(Proposal(None, s.params, tuner="RandomSampler"), s.state,  # type: ignore[arg-type]
                                    objective_values(m, study.objectives, unit) if m else None, result,
                                    error=FAILURE if s.state == "FAIL" else None, backend="optuna", worker=worker)
-            system: dict[str, Any] = {BEATING_ATTR: True} if heartbeats else {}
+            system: dict[str, Any] = {BEATING_ATTR: beating} if heartbeats else {}
             if m is not None:
                 system[f"constraints:{COLLAPSE_CONSTRAINT}"] = collapse_margin(m.accuracy, base["accuracy"])
             rows["trial_system_attributes"].extend((trial_id, k, dumps(v)) for k, v in system.items())
