@@ -206,8 +206,8 @@ def test_agreement_is_read_on_the_first_agreement_samples(digits, monkeypatch):
         per_exit = [o.argmax(-1).numpy() for o in reference.forward_all(x)]
     agree = logits.argmax(-1) == np.asarray([per_exit[e][i] for i, e in enumerate(exits)])
     seen = []
-    real = profiling._agreeing
-    monkeypatch.setattr(profiling, "_agreeing", lambda ref, xs, *a: seen.append(len(xs)) or real(ref, xs, *a))
+    real = profiling.agreeing_count
+    monkeypatch.setattr(profiling, "agreeing_count", lambda ref, xs, *a: seen.append(len(xs)) or real(ref, xs, *a))
     m = measure(net, compiled, x, y, bits=8, example_input=x[:1], repeats=5, warmup=1)
     assert sum(seen) == 50 < len(x)  # the torch reference ran on those 50 only
     assert m.runtime_agreement == pytest.approx(float(agree[:50].mean()))
@@ -231,17 +231,18 @@ def test_agreement_reads_steps_until_settled(models, digits, monkeypatch):
     binomial test settles that the runtime differs on under 1 - MIN_RUNTIME_AGREEMENT of
     the samples, at most AGREEMENT_SAMPLES (scaled down here to fit digits' test split:
     at a 10% bar, 0 differences in 50 settle it)."""
+    import slimtune.search._agreement as agreement
     import slimtune.search._profiling as profiling
 
     model, _ = models["resnet8"]
     x, y = digits.x_test, digits.y_test
-    monkeypatch.setattr(profiling, "MIN_RUNTIME_AGREEMENT", 0.9)
+    monkeypatch.setattr(agreement, "MIN_RUNTIME_AGREEMENT", 0.9)  # the bar of the test and of the flag
     monkeypatch.setattr(profiling, "AGREEMENT_STEP", 50)
     monkeypatch.setattr(profiling, "AGREEMENT_SAMPLES", 150)
-    assert profiling.agreement_settled(50, 50) and not profiling.agreement_settled(50, 49)
+    assert agreement.agreement_settled(50, 50) and not agreement.agreement_settled(50, 49)
     seen = []
-    real = profiling._agreeing
-    monkeypatch.setattr(profiling, "_agreeing", lambda ref, xs, *a: seen.append(len(xs)) or real(ref, xs, *a))
+    real = profiling.agreeing_count
+    monkeypatch.setattr(profiling, "agreeing_count", lambda ref, xs, *a: seen.append(len(xs)) or real(ref, xs, *a))
     same = compile_model(model, bits=32, calibration=digits.x_train[:256])
     m = measure(model, same, x, y, bits=32, example_input=x[:1], repeats=5, warmup=1)
     assert m.runtime_agreement == 1.0 and seen == [50]  # fp32 agrees exactly: one step read
