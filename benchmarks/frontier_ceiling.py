@@ -426,7 +426,8 @@ class ReplayEvaluator:
 
     def evaluate(self, values: dict[str, Any], *, should_stop=None, metadata=None):
         from slimtune.search._measurement import Measurement
-        from slimtune.search._pipeline import CandidateResult, PreMeasurement
+        from slimtune.search._pipeline import CandidateResult
+        from slimtune.search._pre_measure import PreMeasurement
 
         row = self.table.lookup(values)
         if "error" in row:
