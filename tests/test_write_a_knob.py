@@ -40,6 +40,7 @@ def test_following_write_a_knob_adds_a_family_that_runs_and_breaks_no_test(tmp_p
     path, code, line, commands = _try_it()
     for folder in ("slimtune", "tests", "docs"):
         shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(ROOT / "README.md", tmp_path / "README.md")  # test_public_api reads the README's code too
     (tmp_path / path).write_text(code, encoding="utf-8")
     init = tmp_path / "slimtune" / "spaces" / "__init__.py"
     lines = init.read_text(encoding="utf-8").splitlines()
