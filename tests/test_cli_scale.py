@@ -11,50 +11,35 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-import warnings
 
 import pytest
 from click.testing import CliRunner
 
 from slimtune.cli import main
-from tests._bench import load_benchmark
+from tests import _big_studies as big_studies
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 NAME = "cli-scale"
 
 
 def _synthetic():
-    load_benchmark("widgets")  # puts benchmarks/ on the path for its helper module
-    import _synthetic
-
-    return _synthetic
+    return big_studies.synthetic()
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A SQLite file holding study NAME with 200 bulk-written trials."""
-    path = tmp_path_factory.mktemp("cli-scale") / "small.db"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _synthetic().synthetic_study(f"sqlite:///{path}", NAME, 200).close()
-    return path
+    return big_studies.study_file(tmp_path_factory.mktemp("scale"), NAME, 200)
 
 
 @pytest.fixture(scope="module")
 def big(small, tmp_path_factory):
     """The same study grown to 2,000 trials."""
-    path = tmp_path_factory.mktemp("cli-scale") / "big.db"
-    shutil.copy(small, path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _synthetic().synthetic_study(f"sqlite:///{path}", NAME, 2000).close()
-    return path
+    return big_studies.study_file(tmp_path_factory.mktemp("scale"), NAME, 2000, grown_from=small)
 
 
 def _load(path):
-    from slimtune.studies import Study
-
-    return Study.load(NAME, storage=f"sqlite:///{path}")
+    return big_studies.load(path, NAME)
 
 
 def _commands(path) -> dict[str, list[str]]:
@@ -94,12 +79,12 @@ def _statements(args: list[str]) -> tuple[int, int]:
 
 def test_show_and_select_take_as_many_statements_for_2000_trials_as_for_200(small, big):
     counts = {}
-    for path in (small, big):
-        counts[path.name] = {key: _statements(args) for key, args in _commands(path).items()}
-    assert counts["small.db"] == counts["big.db"], counts
-    assert {key: rc for key, (_, rc) in counts["big.db"].items()} == {
+    for label, path in (("small", small), ("big", big)):
+        counts[label] = {key: _statements(args) for key, args in _commands(path).items()}
+    assert counts["small"] == counts["big"], counts
+    assert {key: rc for key, (_, rc) in counts["big"].items()} == {
         "show --pareto": 0, "show": 0, "select": 0, "select two limits": 0, "select nothing fits": 1}
-    assert max(n for n, _ in counts["big.db"].values()) <= 30, counts
+    assert max(n for n, _ in counts["big"].values()) <= 30, counts
 
 
 @pytest.fixture(scope="module")

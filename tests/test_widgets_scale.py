@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 import pytest
 
+from tests import _big_studies as big_studies
 from tests._bench import load_benchmark
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -24,37 +25,23 @@ NAME = "scale"
 
 
 def _synthetic():
-    load_benchmark("widgets")  # puts benchmarks/ on the path for its helper module
-    import _synthetic
-
-    return _synthetic
+    return big_studies.synthetic()
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A SQLite file holding study NAME with 200 bulk-written trials."""
-    path = tmp_path_factory.mktemp("scale") / "small.db"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _synthetic().synthetic_study(f"sqlite:///{path}", NAME, 200).close()
-    return path
+    return big_studies.study_file(tmp_path_factory.mktemp("scale"), NAME, 200)
 
 
 @pytest.fixture(scope="module")
 def big(small, tmp_path_factory):
     """The same study grown to 20,000 trials."""
-    path = tmp_path_factory.mktemp("scale") / "big.db"
-    shutil.copy(small, path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _synthetic().synthetic_study(f"sqlite:///{path}", NAME, 20_000).close()
-    return path
+    return big_studies.study_file(tmp_path_factory.mktemp("scale"), NAME, 20_000, grown_from=small)
 
 
 def _load(path):
-    from slimtune.studies import Study
-
-    return Study.load(NAME, storage=f"sqlite:///{path}")
+    return big_studies.load(path, NAME)
 
 
 # -- the benchmark's trials are real trials ----------------------------------------------------
