@@ -53,6 +53,7 @@ from typing import Any, Callable, Iterator
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 #: (label, module, attribute path) of each wrapped function, in the table's order.
 #: Pre-measure keeps its inner calls (its own knob transforms and compile).
@@ -249,8 +250,8 @@ def bulk_synthetic_study(storage: str, name: str, n: int, *, seed: int = 0) -> N
     import random
     from datetime import datetime, timedelta
 
-    import optuna
     from optuna.distributions import distribution_to_json
+    from _synthetic import draw_params  # benchmarks/_synthetic.py
     from sqlalchemy import MetaData, create_engine, func, insert, select
 
     from slimtune import Study
@@ -278,14 +279,8 @@ def bulk_synthetic_study(storage: str, name: str, n: int, *, seed: int = 0) -> N
         first_number = int(conn.execute(select(func.count()).where(trials.c.study_id == optuna_id)).scalar())
         for i in range(n):
             trial_id, number = first_id + i, first_number + i
-            chosen = {}
+            chosen = draw_params(dict(params_spec), rng)  # the same draws, in the same order
             for pname, dist in params_spec:
-                if isinstance(dist, optuna.distributions.CategoricalDistribution):
-                    chosen[pname] = rng.choice(list(dist.choices))
-                elif isinstance(dist, optuna.distributions.IntDistribution):
-                    chosen[pname] = rng.randint(dist.low, dist.high)
-                else:
-                    chosen[pname] = rng.uniform(dist.low, dist.high)
                 rows["params"].append({"trial_id": trial_id, "param_name": pname,
                                        "param_value": dist.to_internal_repr(chosen[pname]),
                                        "distribution_json": dist_json[pname]})
