@@ -300,9 +300,12 @@ def test_two_sqlite_workers_run_exactly_the_asked_trials(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_every_worker_cleanly(tmp_path):
-    """SIGINT to `run --workers 2` reaches each worker once: each records its running
-    trial as failed with the reason; the parent exits 130 with a short message."""
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGHUP, 129)], ids=["ctrl-c", "closed-terminal"])
+def test_a_signal_stops_every_worker_cleanly(tmp_path, sig, code):
+    """SIGINT (Ctrl-C) or SIGHUP (the terminal closed) to `run --workers 2` reaches each
+    worker once: each records its running trial as interrupted by it; the parent says so
+    once and exits 130 or 129."""
+    name = sig.name
     path = tmp_path / "stop.db"
     storage = f"sqlite:///{path}"
     _create(storage, "stop")
@@ -310,35 +313,14 @@ def test_ctrl_c_stops_every_worker_cleanly(tmp_path):
                     SLIMTUNE_FAULT="before_eval:sleep")
     parent.wait_for("before_eval")
     parent.wait_for("before_eval")
-    parent.proc.send_signal(signal.SIGINT)
+    parent.proc.send_signal(sig)
     rc, err = parent.finish(timeout=120)
-    assert rc == 130, err[-3000:]
-    assert "Traceback" not in err and err.count("Interrupted by SIGINT") == 1, err  # said once, by the parent
+    assert rc == code, err[-3000:]
+    assert "Traceback" not in err and err.count(f"Interrupted by {name}") == 1, err  # said once, by the parent
     assert _optuna_states(storage, "stop") == {0: "FAIL", 1: "FAIL"}
-    st = Study.load("stop", storage=storage)
-    assert [r["error"] for r in st.trials()] == ["interrupted (SIGINT)"] * 2
-    st.close()
+    with Study.load("stop", storage=storage) as st:
+        assert [r["error"] for r in st.trials()] == [f"interrupted ({name})"] * 2
     assert _integrity(path) == "ok"
-
-
-@pytest.mark.slow
-def test_a_closed_terminal_stops_every_worker_like_sigterm(tmp_path):
-    """SIGHUP (the terminal closed) to `run --workers 2`: each worker records its running
-    trial as interrupted by it, the parent says so once and exits 129."""
-    path = tmp_path / "hup.db"
-    storage = f"sqlite:///{path}"
-    _create(storage, "hup")
-    parent = Worker(["--study", "hup", "--trials", "2", "--workers", "2", "--storage", storage], tmp_path,
-                    SLIMTUNE_FAULT="before_eval:sleep")
-    parent.wait_for("before_eval")
-    parent.wait_for("before_eval")
-    parent.proc.send_signal(signal.SIGHUP)
-    rc, err = parent.finish(timeout=120)
-    assert rc == 129, err[-3000:]
-    assert "Traceback" not in err and err.count("Interrupted by SIGHUP") == 1, err
-    assert _optuna_states(storage, "hup") == {0: "FAIL", 1: "FAIL"}
-    with Study.load("hup", storage=storage) as st:
-        assert [r["error"] for r in st.trials()] == ["interrupted (SIGHUP)"] * 2
 
 
 def _alive(pid: int) -> bool:
