@@ -23,4 +23,7 @@ python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 # torch==2.13.0 is the CPU build; the project itself only asks for torch>=2.4.
 .venv/bin/pip install -q torch==2.13.0 -e ".[dev,nni]"
-.venv/bin/python -m pytest -q "$@"
+# The default suite leaves out the tests marked slow (`bash scripts/test.sh -m slow` runs
+# those, `-m ""` everything); two pytest-xdist workers, one test file each at a time.
+[ $# -gt 0 ] || set -- -m "not slow"
+.venv/bin/python -m pytest -q -n "${SLIMTUNE_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -10,8 +10,15 @@ import torch
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    # One baseline cache for the whole test session (each baseline is trained once).
-    os.environ.setdefault("SLIMTUNE_CACHE_DIR", str(tmp_path_factory.mktemp("slimtune-cache")))
+    # One baseline cache for the whole test session (each baseline is trained once), shared
+    # by pytest-xdist's workers: their temporary folders have one parent, and the cache
+    # writes each file atomically, so two workers never see half a file.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent / "slimtune-cache"
+        shared.mkdir(exist_ok=True)
+        os.environ.setdefault("SLIMTUNE_CACHE_DIR", str(shared))
+    else:
+        os.environ.setdefault("SLIMTUNE_CACHE_DIR", str(tmp_path_factory.mktemp("slimtune-cache")))
     torch.set_num_threads(1)  # 2 threads on a shared 2-core machine was several times slower
 
 
