@@ -68,6 +68,21 @@ def test_executor_ray_without_ray_installed_is_one_line(tmp_path) -> None:
     assert not (tmp_path / "s.db").exists()
 
 
+@needs_ray
+def test_an_address_that_takes_no_connection_is_one_line_at_once(tmp_path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port of this machine that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = _run_cli(tmp_path, ["--executor", "ray", "--address", f"127.0.0.1:{port}"])  # Ray alone: 5+ minutes
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"Error: --executor ray: cannot reach the Ray cluster at '127.0.0.1:{port}' (Connection refused within 10 s)."]
+    bad = _run_cli(tmp_path, ["--executor", "ray", "--address", "head-node"])
+    assert bad.returncode == 2 and "expected HOST:PORT" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
 # -- a real cluster ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cluster():

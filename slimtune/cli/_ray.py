@@ -23,6 +23,14 @@ def check_ray_options(*, device: str | None, timeout: float | None, backend: str
         import ray  # noqa: F401
     except ImportError:
         raise UserError("--executor ray needs Ray: pip install 'slimtune[ray]'.") from None
+    import os
+
+    from slimtune.studies._ray_executor import RayUnavailable, check_reachable
+
+    try:  # Ray alone retries an unreachable head for minutes
+        check_reachable(address or os.environ.get("RAY_ADDRESS") or "local")
+    except RayUnavailable as exc:
+        raise UserError(str(exc)) from None
     if backend != "optuna":
         raise UserError("--executor ray runs the Optuna backend (NNI's tuners run in one process): "
                         "drop --backend nni.")

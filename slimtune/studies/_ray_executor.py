@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -47,10 +48,33 @@ LOCAL_START_TRIES = 3
 POLL_S = 0.25
 #: Seconds a cancelled task is given to record its interrupted trial before it is killed.
 CANCEL_GRACE_S = 30.0
+#: Seconds given to open a TCP connection to ``--address`` before Ray is asked to join it
+#: (Ray itself retries an unreachable head for minutes); ``$SLIMTUNE_RAY_CONNECT_S``.
+CONNECT_S = 10.0
 
 
 class RayUnavailable(StudyError):
     """Ray is not installed, or the cluster cannot be reached."""
+
+
+def check_reachable(address: str, timeout: float | None = None) -> None:
+    """Raise :class:`RayUnavailable` at once when ``address`` (``host:port`` or
+    ``ray://host:port``) takes no TCP connection; ``auto`` and ``local`` are Ray's own."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise RayUnavailable(f"--address {address!r}: expected HOST:PORT (the head's GCS port, 6379 by default) "
+                             "or ray://HOST:PORT.")
+    timeout = float(os.environ.get("SLIMTUNE_RAY_CONNECT_S", CONNECT_S)) if timeout is None else timeout
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        raise RayUnavailable(f"--executor ray: cannot reach the Ray cluster at {address!r} "
+                             f"({reason} within {timeout:g} s).") from None
 
 
 def import_ray():
@@ -124,6 +148,7 @@ class RayExecutor:
                 kwargs["num_cpus"] = os.cpu_count()
                 # Ray's raylet gives its Python agents a short time to start; a loaded machine needs more
                 os.environ.setdefault("RAY_agent_register_timeout_ms", str(AGENT_TIMEOUT_MS))
+            check_reachable(address)
             handlers = _stop_handlers()
             tries = LOCAL_START_TRIES if address == "local" else 1
             try:
