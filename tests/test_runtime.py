@@ -68,18 +68,45 @@ def _accuracy(logits: np.ndarray, y: torch.Tensor) -> float:
 
 
 def _weight_dequantizers(model: onnx.ModelProto, graph=None, zero_points: bool = False):
-    """(name, stored integers, scales[, zero points]) of every DequantizeLinear feeding a
-    Conv/Gemm weight."""
+    """(name, stored integers, scales[, zero points]) of every quantized Conv/Gemm weight:
+    a DequantizeLinear feeding a Conv/Gemm (QDQ layout) or a QLinearConv/QGemm's weight
+    input (QOperator layout)."""
     graph = graph or model.graph
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     consumers = {i: n for n in graph.node for i in n.input[1:2]}
     found = []
     for node in graph.node:
+        at = None
         if node.op_type == "DequantizeLinear" and consumers.get(node.output[0]) is not None \
                 and consumers[node.output[0]].op_type in ("Conv", "Gemm"):
-            row = (node.input[0], inits[node.input[0]], inits[node.input[1]])
-            found.append(row + (inits[node.input[2]],) if zero_points else row)
+            at = 0
+        elif node.op_type in ("QLinearConv", "QGemm"):
+            at = 3
+        if at is not None:
+            row = (node.input[at], inits[node.input[at]], inits[node.input[at + 1]])
+            found.append(row + (inits[node.input[at + 2]],) if zero_points else row)
     return found
+
+
+def test_int8_layout_auto_times_both_and_keeps_the_faster_or_the_smaller(trained, digits, monkeypatch):
+    monkeypatch.delenv("SLIMTUNE_INT8_LAYOUT", raising=False)
+    int8 = compile_model(trained, bits=8, calibration=digits.x_train[:256])
+    ms, size = int8.info["int8_layout_ms"], int8.info["int8_layout_bytes"]
+    assert set(ms) == set(size) == {"qdq", "qoperator"} and all(v > 0 for v in ms.values())
+    chosen, other = int8.info["int8_layout"], ({"qdq", "qoperator"} - {int8.info["int8_layout"]}).pop()
+    assert ms[chosen] <= ms[other] * 1.02 and (ms[chosen] < ms[other] or size[chosen] <= size[other])
+    assert size["qoperator"] < size["qdq"]  # QLinearConv holds its weight: no DequantizeLinear + Conv pairs
+    ops = {n.op_type for n in onnx.load_from_string(int8.artifact).graph.node}
+    assert ("QLinearConv" in ops) == (chosen == "qoperator") and ("Conv" in ops) == (chosen == "qdq")
+    monkeypatch.setenv("SLIMTUNE_INT8_LAYOUT", "qoperator")
+    forced = compile_model(trained, bits=8, calibration=digits.x_train[:256])
+    assert forced.info["int8_layout"] == "qoperator" and "int8_layout_ms" not in forced.info
+    assert "QLinearConv" in {n.op_type for n in onnx.load_from_string(forced.artifact).graph.node}
+    acc = {name: _accuracy(c.predict(digits.x_test), digits.y_test) for name, c in (("auto", int8), ("qop", forced))}
+    assert abs(acc["auto"] - acc["qop"]) <= 0.02, acc
+    monkeypatch.setenv("SLIMTUNE_INT8_LAYOUT", "qlinear")
+    with pytest.raises(ValueError, match="SLIMTUNE_INT8_LAYOUT must be one of auto, qdq, qoperator"):
+        compile_model(trained, bits=8, calibration=digits.x_train[:64])
 
 
 # -- ONNX Runtime, static models -----------------------------------------------------
@@ -92,7 +119,8 @@ def test_fp32_onnx_matches_torch(trained, digits):
     assert compiled.run_one(digits.x_test[:1]).__len__() == 2  # (logits, None)
 
 
-def test_int8_onnx_has_quantized_convs_and_stays_accurate(trained, digits):
+def test_int8_onnx_has_quantized_convs_and_stays_accurate(trained, digits, monkeypatch):
+    monkeypatch.setenv("SLIMTUNE_INT8_LAYOUT", "qdq")
     fp32 = compile_model(trained, bits=32, calibration=digits.x_train[:256])
     int8 = compile_model(trained, bits=8, calibration=digits.x_train[:256])
     model = onnx.load_from_string(int8.artifact)
@@ -118,9 +146,11 @@ def test_two_bit_ptq_is_clearly_worse(trained, digits):
     assert acc[2] < acc[8] - 0.15, acc
 
 
+@pytest.mark.parametrize("layout", ["qdq", "qoperator"])
 @pytest.mark.parametrize("int8_format", ["u8s8", "u8u8", "s8s8"])
 @pytest.mark.parametrize("bits", [8, 6, 4, 2])
-def test_b_bit_weights_in_the_onnx_graph(trained, digits, bits, int8_format):
+def test_b_bit_weights_in_the_onnx_graph(trained, digits, bits, int8_format, layout, monkeypatch):
+    monkeypatch.setenv("SLIMTUNE_INT8_LAYOUT", layout)
     compiled = compile_model(trained, bits=bits, calibration=digits.x_train[:64], int8_format=int8_format)
     assert compiled.int8_format == int8_format
     folded = fold_batchnorm(copy.deepcopy(trained))

@@ -167,10 +167,12 @@ def _stored_weight(q: np.ndarray, int8_format: str) -> tuple[np.ndarray, np.ndar
     return q.astype(np.int8), np.int8(0)
 
 
-def quantize_onnx(model, calibration: np.ndarray, bits: int, int8_format: str = "u8s8"):
-    """QDQ int8 model (per-channel symmetric weights on the exact b-bit grid, 8-bit
+def quantize_onnx(model, calibration: np.ndarray, bits: int, int8_format: str = "u8s8", layout: str = "qdq"):
+    """An int8 model (per-channel symmetric weights on the exact b-bit grid, 8-bit
     activations calibrated on ``calibration``) in ``int8_format`` (see
-    :data:`_QUANT_TYPES`).
+    :data:`_QUANT_TYPES`), as ``layout``: ``qdq`` (QuantizeLinear/DequantizeLinear
+    pairs around float ops, fused by ORT at load) or ``qoperator`` (QLinearConv,
+    QGemm... stored as such: a smaller file).
 
     Returns ``(model, rewritten, float_weights)``: the number of DequantizeLinear
     weights whose integers had to be fixed, and the weights ORT left in float (their
@@ -190,33 +192,36 @@ def quantize_onnx(model, calibration: np.ndarray, bits: int, int8_format: str = 
         warnings.simplefilter("ignore")
         out_path = os.path.join(tmp, "quantized.onnx")
         quantize_static(
-            model, out_path, _Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+            model, out_path, _Calibration(calibration),
+            quant_format=QuantFormat.QOperator if layout == "qoperator" else QuantFormat.QDQ, per_channel=True,
             activation_type=activation_type, weight_type=weight_type, calibrate_method=CalibrationMethod.MinMax,
             extra_options={"WeightSymmetric": True, "TensorQuantOverrides": overrides},
         )
         quantized = onnx.load(out_path)
-    # Post-process: every weight's DequantizeLinear must hold exactly the b-bit values.
+    # Post-process: every quantized weight (a DequantizeLinear's input 0, a QLinearConv's
+    # input 3...), followed by its scale and zero point, must hold exactly the b-bit values.
     inits = {t.name: t for t in quantized.graph.initializer}
     rewritten = 0
-    for node in quantized.graph.node:
-        if node.op_type != "DequantizeLinear":
-            continue
-        name = node.input[0]
-        source = name[: -len("_quantized")] if name.endswith("_quantized") else None
-        if source not in grid or name not in inits:
-            continue
+    for node, at in _quantized_weight_inputs(quantized, inits, grid):
+        name = node.input[at]
+        source = name[: -len("_quantized")]
         q, scale, axis = grid[source]
         stored, zp = _stored_weight(q, int8_format)
         zps = np.full(len(scale), zp, dtype=stored.dtype)
         current = numpy_helper.to_array(inits[name])
-        cur_scale = numpy_helper.to_array(inits[node.input[1]])
-        cur_zp = numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 and node.input[2] in inits else None
+        scale_name = node.input[at + 1]
+        zp_at = at + 2
+        cur_scale = numpy_helper.to_array(inits[scale_name])
+        cur_zp = numpy_helper.to_array(inits[node.input[zp_at]]) \
+            if len(node.input) > zp_at and node.input[zp_at] in inits else None
         if (current.dtype != stored.dtype or not np.array_equal(current, stored) or not np.array_equal(cur_scale, scale)
                 or cur_zp is None or cur_zp.dtype != stored.dtype or not np.array_equal(cur_zp.reshape(-1), zps)):
             inits[name].CopyFrom(numpy_helper.from_array(stored, name))
-            inits[node.input[1]].CopyFrom(numpy_helper.from_array(scale, node.input[1]))
+            inits[scale_name].CopyFrom(numpy_helper.from_array(scale, scale_name))
             if cur_zp is not None:
-                inits[node.input[2]].CopyFrom(numpy_helper.from_array(zps.reshape(cur_zp.shape), node.input[2]))
+                inits[node.input[zp_at]].CopyFrom(numpy_helper.from_array(zps.reshape(cur_zp.shape), node.input[zp_at]))
+            elif at != 0:
+                raise ValueError(f"{node.op_type} {node.name!r} has no zero point for its weight {name!r}")
             else:
                 zp_name = name + "_zero_point"
                 quantized.graph.initializer.append(numpy_helper.from_array(zps, zp_name))
@@ -232,6 +237,23 @@ def quantize_onnx(model, calibration: np.ndarray, bits: int, int8_format: str = 
         inits[name].CopyFrom(numpy_helper.from_array((q.astype(np.float32) * scale.reshape(shape)), name))
         snapped.append(name)
     return quantized, rewritten, snapped
+
+
+#: Where each op keeps its quantized weight (its scale and zero point follow it).
+_WEIGHT_INPUT = {"DequantizeLinear": 0, "QLinearConv": 3, "QLinearMatMul": 3, "QGemm": 3}
+
+
+def _quantized_weight_inputs(model, inits: Mapping[str, Any], grid: Mapping[str, Any]) -> list[tuple[Any, int]]:
+    """``(node, input index)`` of every quantized layer weight (``<weight>_quantized``)."""
+    found = []
+    for node in model.graph.node:
+        at = _WEIGHT_INPUT.get(node.op_type)
+        if at is None or len(node.input) <= at:
+            continue
+        name = node.input[at]
+        if name.endswith("_quantized") and name in inits and name[: -len("_quantized")] in grid:
+            found.append((node, at))
+    return found
 
 
 # -- the runtime ------------------------------------------------------------------------
@@ -250,22 +272,33 @@ class OrtRuntime(Runtime):
         chosen = choose_int8_format(int8_format, bits) if bits <= 8 else None
         if chosen is not None:
             info["int8_format_requested"] = int8_format
-        onnx_model, float_weights = self.build(model, segments, bits, calibration, chosen, info)
+        onnx_model, float_weights = self.build(model, segments, bits, calibration, chosen, info, threads=threads)
         return self.finish(onnx_model, segments, bits=bits, threads=threads, int8_format=chosen,
                            float_weights=float_weights, info=info, metadata=metadata)
 
     def build(self, model: nn.Module, segments: list[Segment] | None, bits: int, calibration: torch.Tensor,
-              int8_format: str | None, info: dict[str, Any]) -> tuple[Any, list[str]]:
-        """The ONNX model (quantized when ``int8_format`` is set) and the weights ORT
-        left in float; details go into ``info``."""
+              int8_format: str | None, info: dict[str, Any], threads: int = 1) -> tuple[Any, list[str]]:
+        """The ONNX model (quantized when ``int8_format`` is set, in the layout
+        :func:`~slimtune.search._runtimes._ort_layout.choose_layout` picks at ``threads``)
+        and the weights ORT left in float; details go into ``info``."""
         if segments is not None:
             raise ValueError(f"The {self.name} runtime compiles static models, but got a {type(model).__name__} with "
                              "dynamic exits (`segments()`); `runtime_for(..., exits=True)` names the runtime for it.")
         onnx_model = export_onnx(model, calibration[:1], ["logits"])
         float_weights: list[str] = []
         if int8_format is not None:
-            onnx_model, info["rewritten_weights"], float_weights = quantize_onnx(
-                onnx_model, as_numpy(calibration), bits, int8_format)
+            from slimtune.search._runtimes._ort_layout import choose_layout
+
+            float_bytes, data = onnx_model.SerializeToString(), as_numpy(calibration)
+
+            def quantized(layout: str):  # a fresh copy each time: quantize_static moves its input's weights out
+                import onnx
+
+                return quantize_onnx(onnx.load_from_string(float_bytes), data, bits, int8_format, layout)
+
+            onnx_model, info["rewritten_weights"], float_weights = choose_layout(
+                quantized,
+                lambda model_bytes: session(model_bytes, threads), data[:1], threads=threads, info=info)
         return onnx_model, float_weights
 
     def finish(self, onnx_model: Any, segments: list[Segment] | None, *, bits: int, threads: int,
