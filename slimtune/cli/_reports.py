@@ -70,14 +70,32 @@ def echo_summary(study: Any, overview: Any, *, wide: bool = False) -> None:
     metric = getattr(study, "metric_name", "accuracy")
     names = metric_labels(metric)
     echo(f"Baseline: {names[0]} {val_accuracy(base_row):.4f}" + (f", {names[1]} {test:.4f}" if test is not None else "")
-         + f", latency {base.latency_ms:.4f} ms ({base.runtime}, {base.threads} thread(s), batch "
-         f"{base.batch_size}), packed {base.size_bytes / 1024:.1f} KiB{artifact_kib(base_row)}, {base.macs:,} MACs")
+         + f", latency {base.latency_ms:.4f} ms, packed {base.size_bytes / 1024:.1f} KiB{artifact_kib(base_row)}, "
+         f"{base.macs:,} MACs")
+    echo(target_line(base.target(), overview.points))
     if study.constraints.active:
         echo(f"Constraints: {study.constraints.to_dict()}")
     fingerprints = overview.fingerprints()
     if len(fingerprints) > 1:
         echo(f"note: latencies come from {len(fingerprints)} machine fingerprints ({', '.join(fingerprints)}); "
                    "they are not comparable across machines.")
+
+
+def target_line(target: dict[str, Any] | None, points: list[dict[str, Any]]) -> str:
+    """``Target: openvino, batch 8, 1 thread; precision as the runtime chose it: baseline
+    bf16, trials int8 2, bf16 3`` (what every latency of the study was timed on)."""
+    if not target:
+        return "Target: not recorded"
+    counts: dict[str, int] = {}
+    for point in points:
+        precision = (point.get("target") or {}).get("precision")
+        if precision:
+            counts[precision] = counts.get(precision, 0) + 1
+    threads = int(target.get("threads") or 1)
+    trials = ", ".join(f"{p} {n}" for p, n in sorted(counts.items()))
+    return (f"Target: {target['runtime']}, batch {target['batch_size']}, {threads} thread{'s' if threads != 1 else ''}"
+            f"; precision as the runtime chose it: baseline {target.get('precision') or '?'}"
+            + (f", trials {trials}" if trials else ""))
 
 
 def echo_frontier(study: Any, overview: Any, front: list[dict[str, Any]], *, wide: bool = False) -> None:
@@ -200,7 +218,9 @@ def echo_evaluation(report: dict[str, Any], *, runtime: str, threads: int, batch
             ("packed_KiB", report["size_bytes"] / 1024, base["size_bytes"] / 1024, "{:.1f}"),
             ("artifact_KiB", (report.get("artifact_bytes") or 0) / 1024 or None,
              (base.get("artifact_bytes") or 0) / 1024 or None, "{:.1f}"),
-            ("MACs", report["macs"], base["macs"], "{:,}"))
+            ("MACs", report["macs"], base["macs"], "{:,}"),
+            ("precision", (report.get("target") or {}).get("precision"), (base.get("target") or {}).get("precision"),
+             "{}"))  # as the runtime chose it (e.g. OpenVINO's bf16)
     for key, ours, theirs, fmt in rows:
         if ours is None and theirs is None:
             continue
