@@ -70,8 +70,8 @@ def echo_summary(study: Any, overview: Any, *, wide: bool = False) -> None:
     metric = getattr(study, "metric_name", "accuracy")
     names = metric_labels(metric)
     echo(f"Baseline: {names[0]} {val_accuracy(base_row):.4f}" + (f", {names[1]} {test:.4f}" if test is not None else "")
-         + f", latency {base.latency_ms:.4f} ms, packed {base.size_bytes / 1024:.1f} KiB{artifact_kib(base_row)}, "
-         f"{base.macs:,} MACs")
+         + f", latency {base.latency_ms:.4f} ms ({base.runtime}, {base.threads} thread(s), batch "
+         f"{base.batch_size}), packed {base.size_bytes / 1024:.1f} KiB{artifact_kib(base_row)}, {base.macs:,} MACs")
     echo(target_line(base.target(), overview.points))
     if study.constraints.active:
         echo(f"Constraints: {study.constraints.to_dict()}")

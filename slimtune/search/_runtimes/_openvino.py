@@ -1,7 +1,7 @@
 """OpenVINO, static models: the ONNX model OpenVINO compiles, at one static batch.
 
 The artifact is an ONNX model whose input has the target's batch size as a fixed
-dimension; OpenVINO reads exactly those bytes (``openvino.convert_model``) and
+dimension; OpenVINO reads exactly those bytes (``Core.read_model``) and
 compiles them for its CPU plugin with the one-thread latency settings
 (``INFERENCE_NUM_THREADS``, ``NUM_STREAMS=1``, ``PERFORMANCE_HINT=LATENCY``).  ONNX, not
 OpenVINO's IR (``.xml`` + ``.bin``), is what is stored and exported: one file that
@@ -86,7 +86,7 @@ def quantize_nncf(onnx_model, calibration: np.ndarray):
     """NNCF post-training int8 of ``onnx_model`` (dynamic batch), calibrated one
     sample at a time on ``calibration`` (NNCF's recommended calibration batch)."""
     require_openvino()
-    os.environ.setdefault("NNCF_CI", "1")  # no telemetry prompt
+    os.environ.setdefault("NNCF_CI", "1")  # NNCF reads it once, at import: its telemetry stays off
     try:
         import nncf
     except ImportError as exc:
@@ -165,8 +165,10 @@ class OpenVinoRuntime(Runtime):
 
 
 def _read(ov: Any, model_bytes: bytes):
-    """The ``openvino.Model`` read from exactly ``model_bytes`` (an ONNX model)."""
-    return ov.convert_model(io.BytesIO(model_bytes))
+    """The ``openvino.Model`` read from exactly ``model_bytes`` (an ONNX model) by
+    OpenVINO's ONNX frontend (``Core.read_model``; not ``convert_model``, whose
+    converter counts its uses in a telemetry file under ``~/intel``)."""
+    return ov.Core().read_model(model_bytes)
 
 
 class _Request:
