@@ -72,7 +72,7 @@ def echo_summary(study: Any, overview: Any, *, wide: bool = False) -> None:
     echo(f"Baseline: {names[0]} {val_accuracy(base_row):.4f}" + (f", {names[1]} {test:.4f}" if test is not None else "")
          + f", latency {base.latency_ms:.4f} ms ({base.runtime}, {base.threads} thread(s), batch "
          f"{base.batch_size}), packed {base.size_bytes / 1024:.1f} KiB{artifact_kib(base_row)}, {base.macs:,} MACs")
-    echo(target_line(base.target(), overview.points))
+    echo(target_line(base.target()))
     if study.constraints.active:
         echo(f"Constraints: {study.constraints.to_dict()}")
     fingerprints = overview.fingerprints()
@@ -81,21 +81,15 @@ def echo_summary(study: Any, overview: Any, *, wide: bool = False) -> None:
                    "they are not comparable across machines.")
 
 
-def target_line(target: dict[str, Any] | None, points: list[dict[str, Any]]) -> str:
-    """``Target: openvino, batch 8, 1 thread; precision as the runtime chose it: baseline
-    bf16, trials int8 2, bf16 3`` (what every latency of the study was timed on)."""
+def target_line(target: dict[str, Any] | None) -> str:
+    """``Target: openvino, batch 8, 1 thread; precision as the runtime chose it: bf16 for
+    the baseline (...)``: what every latency of the study was timed on."""
     if not target:
         return "Target: not recorded"
-    counts: dict[str, int] = {}
-    for point in points:
-        precision = (point.get("target") or {}).get("precision")
-        if precision:
-            counts[precision] = counts.get(precision, 0) + 1
     threads = int(target.get("threads") or 1)
-    trials = ", ".join(f"{p} {n}" for p, n in sorted(counts.items()))
     return (f"Target: {target['runtime']}, batch {target['batch_size']}, {threads} thread{'s' if threads != 1 else ''}"
-            f"; precision as the runtime chose it: baseline {target.get('precision') or '?'}"
-            + (f", trials {trials}" if trials else ""))
+            f"; precision as the runtime chose it: {target.get('precision') or '?'} for the baseline (each "
+            "trial's in show --json)")
 
 
 def echo_frontier(study: Any, overview: Any, front: list[dict[str, Any]], *, wide: bool = False) -> None:
