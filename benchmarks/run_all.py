@@ -34,6 +34,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("latency_fidelity.py", ["--runs", "3", "--processes", "2", "--repeats", "50"], []),
     ("scale.py", ["--quick"], []),
     ("packed_sizes.py", ["--models", "digits"], []),
+    ("runtimes.py", ["--tasks", "digits", "--repeats", "50"], ["--tasks", "digits,fashion-mnist"]),
 ]
 
 

@@ -192,3 +192,18 @@ def test_mean_of_path_medians_weighs_paths_by_use_and_ignores_spikes():
     assert mean_of_path_medians(timings, paths) == pytest.approx((4 * 1.0 + 2 * 4.0) / 6)
     with pytest.raises(ValueError, match="of one length"):
         mean_of_path_medians([1.0], [0, 1])
+
+
+def test_the_target_of_a_measurement_and_of_one_stored_before_precision_was():
+    from slimtune.search._measurement import measurement_target, target_label
+
+    old = {"runtime": "onnxruntime", "kernel_bits": 8, "batch_size": 1, "threads": 1}  # no `precision` stored
+    assert measurement_target(old) == {"runtime": "onnxruntime", "precision": "int8", "batch_size": 1, "threads": 1}
+    assert measurement_target({**old, "kernel_bits": 32})["precision"] == "fp32"
+    new = {"runtime": "openvino", "precision": "bf16", "kernel_bits": 32, "batch_size": 8, "threads": 1}
+    assert target_label(measurement_target(new)) == "openvino bf16, batch 8, 1 thread"
+    assert measurement_target(None) is None and measurement_target({}) is None
+    m = Measurement(accuracy=0.9, latency_ms=1.0, size_bytes=1, macs=1, runtime="openvino", batch_size=8, threads=2,
+                    precision="bf16")
+    assert m.target() == {"runtime": "openvino", "precision": "bf16", "batch_size": 8, "threads": 2}
+    assert Measurement.from_dict(m.to_dict()).precision == "bf16"

@@ -366,7 +366,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_registry_lists_the_runtimes_and_names_close_matches():
-    assert runtime_names()[:3] == ["onnxruntime", "onnxruntime-exits", "torch"]
+    assert runtime_names()[:4] == ["onnxruntime", "onnxruntime-exits", "openvino", "torch"]
     assert get_runtime("onnxruntime-exits").name == "onnxruntime-exits"
     assert deployments() == list(RUNTIMES)  # the torch-free tuple the CLI and settings check against
     from slimtune.search._export import FORMATS
@@ -374,7 +374,7 @@ def test_registry_lists_the_runtimes_and_names_close_matches():
     assert {name: get_runtime(name).artifact_format for name in RUNTIMES} == FORMATS
     with pytest.raises(ValueError, match=r"Unknown runtime 'onnxruntim'\. Did you mean 'onnxruntime'"):
         get_runtime("onnxruntim")
-    with pytest.raises(ValueError, match="Known: onnxruntime, onnxruntime-exits, torch"):
+    with pytest.raises(ValueError, match="Known: onnxruntime, onnxruntime-exits, openvino, torch"):
         get_runtime("tvm")
     with pytest.raises(TypeError, match="Runtime subclass"):
         register_runtime("eager", object)  # type: ignore[arg-type]
@@ -386,7 +386,7 @@ def test_the_model_chooses_the_exits_runtime(trained, exit_net):
     assert runtime_for("onnxruntime", exits=False).name == "onnxruntime"
     assert runtime_for("onnxruntime", exits=True).name == "onnxruntime-exits"
     assert runtime_for("torch", exits=True).name == runtime_for("torch", exits=False).name == "torch"
-    with pytest.raises(ValueError, match="`runtime` must be one of onnxruntime, torch, but got 'tvm'"):
+    with pytest.raises(ValueError, match="`runtime` must be one of onnxruntime, openvino, torch, but got 'tvm'"):
         runtime_for("tvm", exits=False)
 
     class Segmented(nn.Module):  # any model with segments(), not only the exits knob's EarlyExitNet

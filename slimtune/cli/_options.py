@@ -62,6 +62,21 @@ def check_int8_format() -> None:
         raise UserError(str(exc)) from None
 
 
+#: Python packages a runtime needs beyond slimtune's own dependencies, and the extra that brings them.
+RUNTIME_PACKAGES = {"openvino": (("openvino", "nncf"), "slimtune[openvino]")}
+
+
+def check_runtime(runtime: str | None) -> None:
+    """A runtime whose packages are not installed is one line before any work (which
+    extra to install), not a failed baseline or trial."""
+    import importlib.util
+
+    packages, extra = RUNTIME_PACKAGES.get(runtime or "", ((), ""))
+    missing = [p for p in packages if importlib.util.find_spec(p) is None]
+    if missing:
+        raise UserError(f"--runtime {runtime} needs {', '.join(missing)}: pip install '{extra}'.")
+
+
 def parse_assignments(items: tuple[str, ...], option: str = "--set") -> dict[str, str]:
     """``("a=1", "b=x")`` -> ``{"a": "1", "b": "x"}``; a word without ``=`` is bad input."""
     out: dict[str, str] = {}

@@ -72,12 +72,24 @@ def echo_summary(study: Any, overview: Any, *, wide: bool = False) -> None:
     echo(f"Baseline: {names[0]} {val_accuracy(base_row):.4f}" + (f", {names[1]} {test:.4f}" if test is not None else "")
          + f", latency {base.latency_ms:.4f} ms ({base.runtime}, {base.threads} thread(s), batch "
          f"{base.batch_size}), packed {base.size_bytes / 1024:.1f} KiB{artifact_kib(base_row)}, {base.macs:,} MACs")
+    echo(target_line(base.target()))
     if study.constraints.active:
         echo(f"Constraints: {study.constraints.to_dict()}")
     fingerprints = overview.fingerprints()
     if len(fingerprints) > 1:
         echo(f"note: latencies come from {len(fingerprints)} machine fingerprints ({', '.join(fingerprints)}); "
                    "they are not comparable across machines.")
+
+
+def target_line(target: dict[str, Any] | None) -> str:
+    """``Target: openvino, batch 8, 1 thread; precision as the runtime chose it: bf16 for
+    the baseline (...)``: what every latency of the study was timed on."""
+    if not target:
+        return "Target: not recorded"
+    threads = int(target.get("threads") or 1)
+    return (f"Target: {target['runtime']}, batch {target['batch_size']}, {threads} thread{'s' if threads != 1 else ''}"
+            f"; precision as the runtime chose it: {target.get('precision') or '?'} for the baseline (each "
+            "trial's in show --json)")
 
 
 def echo_frontier(study: Any, overview: Any, front: list[dict[str, Any]], *, wide: bool = False) -> None:
@@ -200,7 +212,9 @@ def echo_evaluation(report: dict[str, Any], *, runtime: str, threads: int, batch
             ("packed_KiB", report["size_bytes"] / 1024, base["size_bytes"] / 1024, "{:.1f}"),
             ("artifact_KiB", (report.get("artifact_bytes") or 0) / 1024 or None,
              (base.get("artifact_bytes") or 0) / 1024 or None, "{:.1f}"),
-            ("MACs", report["macs"], base["macs"], "{:,}"))
+            ("MACs", report["macs"], base["macs"], "{:,}"),
+            ("precision", (report.get("target") or {}).get("precision"), (base.get("target") or {}).get("precision"),
+             "{}"))  # as the runtime chose it (e.g. OpenVINO's bf16)
     for key, ours, theirs, fmt in rows:
         if ours is None and theirs is None:
             continue

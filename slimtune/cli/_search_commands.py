@@ -29,6 +29,7 @@ from slimtune.cli._options import (
     amp_option,
     check_device_options,
     check_int8_format,
+    check_runtime,
     device_option,
     parse_assignments,
     storage_option,
@@ -89,6 +90,7 @@ def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: st
     from slimtune.search._eval_one import evaluate_one
 
     check_int8_format()
+    check_runtime(runtime)
     check_device_options(device, amp)
     try:
         report = evaluate_one(task_spec, parse_assignments(sets), epochs=epochs, runtime=runtime, threads=threads,
@@ -129,9 +131,12 @@ def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: st
 @click.option("--warm-start/--no-warm-start", default=True, show_default=True,
               help="Start a new study near the baseline (the task's warm starts, else one knob family moved at a time).")
 @click.option("--epochs", type=click.IntRange(0, MAX_EPOCHS), default=None, help="Distillation epochs per candidate (default: the task's).")
-@click.option("--runtime", type=click.Choice(list(RUNTIMES)), default=None, help="Runtime that is timed [default: onnxruntime].")
+@click.option("--runtime", type=click.Choice(list(RUNTIMES)), default=None,
+              help="Runtime that is timed [default: onnxruntime]; openvino needs pip install 'slimtune[openvino]'.")
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None, help="Inference threads [default: 1].")
-@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=None, help="Timed batch size [default: 1].")
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=None,
+              help="Batch size latency is timed at, baseline and candidates alike [default: 1]; early exits run "
+                   "one sample at a time, so a larger batch leaves them out of a new study's space.")
 @click.option("--latency-repeats", type=click.IntRange(1, MAX_REPEATS), default=None, help="Timed samples per candidate [default: 400].")
 @click.option("--calibration-size", type=click.IntRange(1, MAX_CALIBRATION), default=None,
               help="PTQ calibration samples, the first of the training split (a streaming loader reads only the "
@@ -203,6 +208,7 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
         given = [f"--{k.replace('_', '-')}" for k, v in ray_options.items() if v is not None]
         raise UserError(f"{', '.join(given)} place trials on a Ray cluster: add --executor ray.")
     check_int8_format()
+    check_runtime(runtime)
     if worker_id is not None and device == "cuda":  # a child of --workers: the GPUs taken in turn
         import torch
 

@@ -23,7 +23,7 @@ def measurement_row(m) -> dict[str, Any]:
             "reference_latency_ms": m.reference_latency_ms, "speedup": m.speedup,
             "size_bytes": m.size_bytes, "artifact_bytes": m.artifact_bytes, "macs": m.macs,
             "exit_rates": list(m.exit_rates) if m.exit_rates else None,
-            "kernel_bits": m.kernel_bits, "runtime": m.runtime, "flags": list(m.flags)}
+            "kernel_bits": m.kernel_bits, "runtime": m.runtime, "target": m.target(), "flags": list(m.flags)}
 
 
 def evaluate_one(task_spec: "str | Task", values: Mapping[str, Any], *, epochs: int | None = None,
@@ -42,7 +42,7 @@ def evaluate_one(task_spec: "str | Task", values: Mapping[str, Any], *, epochs: 
                             device=device, amp=amp)
     place = TrainingDevice.resolve(device, amp)  # a device this machine lacks fails before any work
     task = get_task(task_spec)
-    space = build_space(task)
+    space = build_space(task, runtime=runtime, batch_size=batch_size)  # the families that run on this target
     checked = space.complete(values)  # bad names/values fail here, before any work
     started = time.perf_counter()
     if progress:

@@ -28,9 +28,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from slimtune.spaces._space import Space
     from slimtune.tasks._task import Task
 
-#: Artifact format of each runtime.
-FORMATS = {"onnxruntime": "onnx", "torch": "torchscript"}
-RUNTIME_OF = {v: k for k, v in FORMATS.items()}
+#: Artifact format of each runtime (OpenVINO's artifact is the ONNX model it compiled).
+FORMATS = {"onnxruntime": "onnx", "openvino": "onnx", "torch": "torchscript"}
+#: The runtime a format is compiled anew for (the first runtime of that format: ONNX Runtime for ``onnx``).
+RUNTIME_OF = {fmt: next(r for r, f in FORMATS.items() if f == fmt) for fmt in dict.fromkeys(FORMATS.values())}
 #: The packed model file format (``.slim``) of :mod:`slimtune.search.packed`.
 PACKED = "packed"
 #: The format each file extension means (``export`` infers it, and refuses a mismatch).

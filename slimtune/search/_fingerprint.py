@@ -37,7 +37,7 @@ def _version(module: str) -> str | None:
 def machine_fingerprint(runtime: str, threads: int, batch_size: int) -> tuple[dict[str, Any], str]:
     """What latencies depend on: CPU model, its int8-relevant features (``cpu_features``,
     ``None`` where unreadable) and whether ONNX Runtime's U8S8 kernels can saturate on
-    it (``u8s8_saturates``), core count, runtime versions, threads and batch size; and
+    it (``u8s8_saturates``), core count, runtime versions (OpenVINO's on the ``openvino`` runtime), threads and batch size; and
     a short id (sha256 of the sorted JSON, 12 hex digits)."""
     features = cpu_features()
     fingerprint = {
@@ -52,5 +52,7 @@ def machine_fingerprint(runtime: str, threads: int, batch_size: int) -> tuple[di
         "threads": int(threads),
         "batch_size": int(batch_size),
     }
+    if runtime == "openvino":  # only then: the fingerprints of the other runtimes stay as they were
+        fingerprint["openvino"] = _version("openvino")
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
     return fingerprint, digest

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 #: The runtimes a candidate can be compiled for and timed on.
-RUNTIMES = ("onnxruntime", "torch")
+RUNTIMES = ("onnxruntime", "openvino", "torch")
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,12 @@ class Measurement:
             not recorded (measurements stored before it existed).
         macs: multiply-accumulates per sample (early-exit models: weighted by exit rates).
         params_count: number of (non-zero for weight pruning) parameters.
-        runtime: ``onnxruntime`` or ``torch``.
+        runtime: ``onnxruntime``, ``openvino`` or ``torch``.
         batch_size, threads: how latency was timed.
+        precision: what the kernels computed in, as the runtime chose it (``fp32``,
+            ``bf16``, ``int8``); with ``runtime``, ``batch_size`` and ``threads`` the
+            target the latency was timed on (:meth:`target`); ``None`` in
+            measurements stored before it was recorded.
         fingerprint: machine and runtime fingerprint (cpu, versions, threads, batch).
         fingerprint_id: short hash of ``fingerprint``.
         kernel_bits: the bit width of the kernels that actually ran (32 or 8).
@@ -83,6 +87,7 @@ class Measurement:
     test_accuracy: float | None = None
     latency_clock: str = "wall"
     latency_wall_ms: float | None = None
+    precision: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -103,6 +108,10 @@ class Measurement:
             kwargs["exit_rates"] = tuple(kwargs["exit_rates"])
         return cls(**kwargs)
 
+    def target(self) -> dict[str, Any]:
+        """The target the latency was timed on: runtime, precision, batch size, threads."""
+        return measurement_target(self.to_dict())
+
     @property
     def speedup(self) -> float | None:
         """``reference_latency_ms / latency_ms``: the speed-up against the baseline
@@ -117,3 +126,26 @@ def same_run_speedup(reference_latency_ms: float | None, latency_ms: float | Non
     if reference_latency_ms is None or not latency_ms:
         return None
     return float(reference_latency_ms) / float(latency_ms)
+
+
+def measurement_target(measurement: "dict[str, Any] | None") -> dict[str, Any] | None:
+    """The target of a stored measurement (a dict): ``runtime``, ``precision`` (as the
+    runtime chose it; ``int8``/``fp32`` from ``kernel_bits`` where it was not stored),
+    ``batch_size`` and ``threads``; ``None`` without a measurement."""
+    if not measurement or not measurement.get("runtime"):
+        return None
+    precision = measurement.get("precision")
+    if precision is None and measurement.get("kernel_bits") is not None:
+        precision = "int8" if measurement.get("kernel_bits") == 8 else "fp32"
+    return {"runtime": measurement.get("runtime"), "precision": precision,
+            "batch_size": measurement.get("batch_size", 1), "threads": measurement.get("threads", 1)}
+
+
+def target_label(target: "dict[str, Any] | None") -> str:
+    """``openvino bf16, batch 8, 1 thread``: a target in words (``?`` without one)."""
+    if not target:
+        return "?"
+    threads = int(target.get("threads") or 1)
+    precision = f" {target['precision']}" if target.get("precision") else ""
+    return (f"{target.get('runtime')}{precision}, batch {target.get('batch_size')}, "
+            f"{threads} thread{'s' if threads != 1 else ''}")

@@ -152,7 +152,8 @@ class Evaluator:
         from slimtune.search._runtimes import compile_model
 
         return compile_model(model, runtime=self.settings.runtime, bits=bits, calibration=self.calibration,
-                             threads=self.settings.threads, metadata=metadata, encoding=encoding)
+                             threads=self.settings.threads, metadata=metadata, encoding=encoding,
+                             batch_size=self.settings.batch_size)
 
     def artifact_metadata(self, values: dict[str, Any]) -> dict[str, Any]:
         """:func:`artifact_metadata` of this task and runtime."""
@@ -350,8 +351,9 @@ def timed_on(m: Measurement) -> dict[str, Any]:
     the threads, batch size and fingerprint id (the training device never changes it)."""
     import socket
 
-    return {"runtime": m.runtime, "host": socket.gethostname(), "cpu": m.fingerprint.get("cpu"),
-            "threads": m.threads, "batch_size": m.batch_size, "fingerprint_id": m.fingerprint_id}
+    return {"runtime": m.runtime, "precision": m.precision, "host": socket.gethostname(),
+            "cpu": m.fingerprint.get("cpu"), "threads": m.threads, "batch_size": m.batch_size,
+            "fingerprint_id": m.fingerprint_id}
 
 
 def _rebuild_lowering(model: nn.Module, recipe: dict[str, Any], example_input: torch.Tensor) -> nn.Module:

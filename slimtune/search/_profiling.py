@@ -279,6 +279,7 @@ def measure(
         fingerprint_id=fingerprint_id,
         kernel_bits=compiled.kernel_bits,
         int8_format=compiled.int8_format,
+        precision=compiled.precision,
         runtime_agreement=agreement,
         exit_rates=exit_rates,
         reference_latency_ms=reference_ms,

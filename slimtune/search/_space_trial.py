@@ -34,27 +34,30 @@ __all__ = ["failing_families", "tried_space"]
 #: Training samples the trials run on (at least two: BatchNorm in training mode needs them).
 TRIAL_SAMPLES = 8
 
-_TRIED: dict[tuple, dict[str, str]] = {}  # (task fingerprint, space fingerprint, runtime) -> failures
+_TRIED: dict[tuple, dict[str, str]] = {}  # (task fingerprint, space fingerprint, runtime, batch) -> failures
 
 
 def tried_space(space: Space, model_factory: Callable[[], nn.Module], example: torch.Tensor, *, num_classes: int,
-                key: str | None = None, runtime: str = "onnxruntime") -> Space:
+                key: str | None = None, runtime: str = "onnxruntime", batch_size: int = 1) -> Space:
     """``space`` without the families that fail on the model (see :func:`failing_families`);
     with ``key`` (e.g. the task's fingerprint) the outcome is remembered in this process."""
-    memo = (key, space.fingerprint(), runtime) if key is not None else None
+    memo = (key, space.fingerprint(), runtime, batch_size) if key is not None else None
     if memo is not None and memo in _TRIED:
         failures = _TRIED[memo]
     else:
-        failures = failing_families(space, model_factory(), example, num_classes=num_classes, runtime=runtime)
+        failures = failing_families(space, model_factory(), example, num_classes=num_classes, runtime=runtime,
+                                    batch_size=batch_size)
         if memo is not None:
             _TRIED[memo] = failures
     return space.without(failures)
 
 
 def failing_families(space: Space, model: nn.Module, example: torch.Tensor, *, num_classes: int,
-                     runtime: str = "onnxruntime") -> dict[str, str]:
+                     runtime: str = "onnxruntime", batch_size: int = 1) -> dict[str, str]:
     """``{family: one-line reason}`` for each family of ``space`` whose representative
-    settings do not give a model that runs (the other families at their defaults)."""
+    settings do not give a model that runs (the other families at their defaults)
+    compiled for ``runtime`` at ``batch_size`` (e.g. early exits, batch 1 only, at a
+    larger batch; a runtime without early exits)."""
     x = example[:TRIAL_SAMPLES]
     if len(x) < 2:
         x = torch.cat([x, x])
@@ -68,7 +71,7 @@ def failing_families(space: Space, model: nn.Module, example: torch.Tensor, *, n
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    _try(space, model, values, x, num_classes, runtime)
+                    _try(space, model, values, x, num_classes, runtime, batch_size)
             except Exception as exc:  # noqa: BLE001 - any failure leaves the family out, with its reason
                 what = knob.summary(space.knob_values(knob, values)) or knob.family
                 failures[knob.family] = f"{what} fails on this model: {_one_line(exc)}"
@@ -77,7 +80,7 @@ def failing_families(space: Space, model: nn.Module, example: torch.Tensor, *, n
 
 
 def _try(space: Space, model: nn.Module, values: Mapping[str, Any], x: torch.Tensor, num_classes: int,
-         runtime: str) -> None:
+         runtime: str, batch_size: int = 1) -> None:
     from slimtune.search._runtimes import compile_model
 
     candidate = copy.deepcopy(model).eval()
@@ -96,7 +99,7 @@ def _try(space: Space, model: nn.Module, values: Mapping[str, Any], x: torch.Ten
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"the built model outputs {shape}, not ({len(x)}, {num_classes}) logits")
     compiled = compile_model(candidate, runtime=runtime, bits=space.weight_bits(values), calibration=x,
-                             encoding=space.weight_encoding(values))
+                             encoding=space.weight_encoding(values), batch_size=batch_size)
     logits = compiled.predict(x[:2])
     if tuple(logits.shape) != (2, num_classes):
         raise ValueError(f"the {runtime} artifact outputs {tuple(logits.shape)}, not (2, {num_classes}) logits")

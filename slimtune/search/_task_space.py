@@ -15,11 +15,12 @@ from slimtune.tasks._task import Task
 
 
 def build_space(task: Task, *, fixed: Mapping[str, Any] | None = None, families: list[str] | None = None,
-                runtime: str = "onnxruntime") -> Space:
+                runtime: str = "onnxruntime", batch_size: int = 1) -> Space:
     """The joint space of ``task``'s baseline model (checks the model outputs logits),
     without the families that fail when tried on the model (structure only, on a few
-    training samples, compiled for ``runtime``: :mod:`slimtune.search._space_trial`),
-    each with its one-line reason in ``space.omitted``."""
+    training samples, compiled for ``runtime`` at ``batch_size``:
+    :mod:`slimtune.search._space_trial`), each with its one-line reason in
+    ``space.omitted`` (e.g. early exits, which run at batch 1 only)."""
     from slimtune.search._space_trial import tried_space
 
     task.check_model()
@@ -27,4 +28,4 @@ def build_space(task: Task, *, fixed: Mapping[str, Any] | None = None, families:
     options = {name: opts for name in names if (opts := get_knob(name).task_options(task.extra))}  # e.g. exits_after
     space = Space.for_model(task.build_model(), families=families, fixed=fixed, options=options)
     return tried_space(space, task.build_model, task.example_input(8), num_classes=task.num_classes,
-                       key=task.fingerprint(), runtime=runtime)
+                       key=task.fingerprint(), runtime=runtime, batch_size=batch_size)

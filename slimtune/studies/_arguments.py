@@ -163,7 +163,8 @@ def check_request(name: str, *, storage: str | None, task: "str | Task | None", 
         else:
             from slimtune.search._task_space import build_space
 
-            new_space = build_space(task_obj, fixed=fixed)
+            target = settings_from(settings, None)  # the families that run on the target the study times
+            new_space = build_space(task_obj, fixed=fixed, runtime=target.runtime, batch_size=target.batch_size)
     return StudyRequest(name=name, storage=storage, task=task_obj, space=space, fixed=fixed, new_space=new_space,
                         objectives=wanted_objectives, constraints=wanted_constraints, settings=settings,
                         sampler=sampler, seed=seed, early_stopping=early_stopping)

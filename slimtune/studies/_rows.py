@@ -7,7 +7,8 @@ Keys (DESIGN.md's JSON contract first): ``trial``, ``params``, ``accuracy``
 ``latency_ms``, ``reference_latency_ms`` (the baseline timed in the same run),
 ``speedup`` (their ratio), ``size_bytes`` (the packed model file),
 ``artifact_bytes`` (the timed artifact), ``macs``, ``pareto``, then ``state``,
-``feasible``, ``constraints``, ``latency_p95_ms``, ``latency_kind``, ``kernel_bits``, ``runtime``, ``exit_rates``, ``flags``,
+``feasible``, ``constraints``, ``latency_p95_ms``, ``latency_kind``, ``kernel_bits``, ``runtime``,
+``target`` (what the latency was timed on: runtime, precision, batch_size, threads), ``exit_rates``, ``flags``,
 ``fingerprint_id``, ``stopped_reason``, ``error``, ``backend``, ``tuner``, ``pre``,
 ``val_accuracy_per_epoch``, ``train_seconds``, ``total_seconds``, ``worker``,
 ``trained_on`` (device, its name, mixed precision), ``timed_on`` (runtime, host, CPU),
@@ -20,7 +21,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from slimtune.search._measurement import same_run_speedup
+from slimtune.search._measurement import measurement_target, same_run_speedup
 from slimtune._dominance import baseline_on_front, beaten_by_baseline, non_dominated_mask
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,7 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 METRICS = ("accuracy", "test_accuracy", "latency_ms", "size_bytes", "artifact_bytes", "macs")
 #: The keys of a record's ``measurement`` that :func:`make_row` reads.
-MEASUREMENT_KEYS = ("latency_p95_ms", "latency_kind", "reference_latency_ms", "kernel_bits", "runtime", "params_count")
+MEASUREMENT_KEYS = ("latency_p95_ms", "latency_kind", "reference_latency_ms", "kernel_bits", "runtime", "params_count",
+                    "precision", "batch_size", "threads")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -83,7 +85,7 @@ def make_row(record: "CandidateRecord | None", trial: "FrozenTrial | None", *, o
             val_accuracy=record.val_accuracy,
             latency_p95_ms=m.get("latency_p95_ms"), latency_kind=m.get("latency_kind"),
             reference_latency_ms=m.get("reference_latency_ms"), kernel_bits=m.get("kernel_bits"), runtime=m.get("runtime"),
-            params_count=m.get("params_count"), exit_rates=record.exit_rates, flags=list(record.flags or []),
+            target=measurement_target(m), params_count=m.get("params_count"), exit_rates=record.exit_rates, flags=list(record.flags or []),
             fingerprint_id=record.fingerprint_id, stopped_reason=record.stopped_reason, error=record.error,
             backend=record.backend, tuner=record.tuner, pre=record.pre, train_seconds=record.train_seconds,
             total_seconds=record.total_seconds, worker=record.worker, has_artifact=record.state == "COMPLETE",
@@ -154,7 +156,7 @@ def baseline_row(measurement: Mapping[str, Any], rows: Sequence[Mapping[str, Any
            "latency_ms": m.get("latency_ms"), "reference_latency_ms": m.get("latency_ms"), "speedup": 1.0,
            "size_bytes": m.get("size_bytes"), "artifact_bytes": m.get("artifact_bytes"), "macs": m.get("macs"),
            "latency_kind": m.get("latency_kind"), "kernel_bits": m.get("kernel_bits"), "runtime": m.get("runtime"),
-           "fingerprint_id": m.get("fingerprint_id"), "flags": list(m.get("flags") or [])}
+           "target": measurement_target(m), "fingerprint_id": m.get("fingerprint_id"), "flags": list(m.get("flags") or [])}
     if rows is not None:
         row["pareto"] = baseline_on_front(row, [r for r in rows if r.get("state") == "COMPLETE"], objectives)
     return row

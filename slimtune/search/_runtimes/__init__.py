@@ -9,9 +9,11 @@ unknown name lists the close matches).  Registered here:
 - ``onnxruntime-exits`` (:mod:`._ort_exits`): a model with dynamic exits as ONE
   ONNX model with nested ``If`` nodes, batch 1, run one sample at a time.
 - ``torch`` (:mod:`._torch`): TorchScript (FX int8 at bits <= 8), static or with exits.
+- ``openvino`` (:mod:`._openvino`): OpenVINO's CPU plugin on a static-batch ONNX model
+  (precision chosen by OpenVINO, NNCF int8 at bits <= 8); static models only.
 
-:func:`compile_model` is the front door: the user chooses ``onnxruntime`` or
-``torch``; the model says whether it has dynamic exits (a ``segments()`` method,
+:func:`compile_model` is the front door: the user chooses ``onnxruntime``,
+``openvino`` or ``torch`` and a batch size; the model says whether it has dynamic exits (a ``segments()`` method,
 :func:`exit_segments`), and :func:`runtime_for` picks the registered runtime for
 that kind of model.  Accuracy, latency and the exported file all come from the
 returned :class:`CompiledModel`.
@@ -24,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
@@ -37,7 +40,7 @@ from slimtune.search._runtimes._registry import (
     runtime_for,
     runtime_names,
 )
-from slimtune.search._runtimes import _ort, _ort_exits, _torch  # noqa: F401,E402 - each registers its runtime
+from slimtune.search._runtimes import _ort, _ort_exits, _openvino, _torch  # noqa: F401,E402,I001 - each registers its runtime (in this order)
 from slimtune.search._runtimes._ort import (
     INT8_FORMAT_ENV,
     INT8_FORMATS,
@@ -82,13 +85,14 @@ def compile_model(
     int8_format: str | None = None,
     metadata: Mapping[str, Any] | None = None,
     encoding: "WeightEncoding | None" = None,
+    batch_size: int = 1,
 ) -> CompiledModel:
     """Compile ``model`` (a copy, see :func:`prepare_model`) for ``runtime`` at ``bits``.
 
     Args:
         model: the torch model (possibly already snapped by the quantization knob;
             possibly a model with dynamic exits, i.e. with ``segments()``).
-        runtime: ``onnxruntime`` or ``torch``.
+        runtime: ``onnxruntime``, ``openvino`` or ``torch``.
         bits: 32, 16, 8, 6, 4 or 2 (weights; activations 8-bit when bits <= 8).
         calibration: training inputs for activation ranges (never test data).
         threads: intra-op threads (ORT session; ``torch.set_num_threads``).
@@ -104,6 +108,13 @@ def compile_model(
             shared values per layer): recorded on the compiled model (the packed file
             stores the weights so), in the metadata, and in a flag saying which kernels
             run them.
+        batch_size: the batch latency is timed at: a runtime with static shapes
+            (``openvino``) fixes it in the artifact; a model with dynamic exits runs
+            one sample at a time and refuses any other.
+
+    Raises:
+        ValueError: an unknown runtime or bit width, or a model with dynamic exits
+            asked for a batch other than 1.
     """
     if runtime not in deployments():
         raise ValueError(f"`runtime` must be one of {', '.join(deployments())}, but got {runtime!r}.")
@@ -112,11 +123,18 @@ def compile_model(
     requested = requested_int8_format(int8_format)
     prepared = prepare_model(model, bits)
     segments = exit_segments(prepared)
+    if segments is not None and batch_size != 1:
+        raise ValueError(f"A model with early exits runs one sample at a time (batch 1), but the batch size is "
+                         f"{batch_size}: time it at --batch-size 1, or leave the exits family out.")
     engine = runtime_for(runtime, exits=segments is not None)
     if encoding is not None:
         metadata = {**dict(metadata or {}), "weight_encoding": encoding.to_dict()}
+    # a runtime registered before batch sizes were passed takes any batch: it is timed at batch_size all the same
+    batch = {"batch_size": batch_size} if "batch_size" in inspect.signature(engine.compile).parameters else {}
     compiled = engine.compile(prepared, segments, bits=bits, calibration=model_input(calibration),
-                              threads=threads, int8_format=requested, metadata=metadata)
+                              threads=threads, int8_format=requested, metadata=metadata, **batch)
+    if compiled.precision is None:
+        compiled.precision = "int8" if compiled.kernel_bits == 8 else "fp32"
     if encoding is not None:
         compiled.weight_encoding = encoding.to_dict()
         kernels = "int8" if compiled.kernel_bits == 8 else "fp32"

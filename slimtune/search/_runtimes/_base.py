@@ -47,6 +47,10 @@ class CompiledModel:
         weight_encoding: how the weights are stored beyond their bits
             (:class:`~slimtune.spaces.WeightEncoding` as a dict; the packed file
             stores them so), or None.
+        batch: the static batch the artifact takes (``predict`` pads the last
+            batch to it), ``None`` when it takes any batch.
+        precision: what the kernels compute in as the runtime chose it (``fp32``,
+            ``bf16``, ``int8``); part of the target a latency was timed on.
     """
 
     runtime: str
@@ -64,6 +68,8 @@ class CompiledModel:
     int8_format: str | None = None
     engine: str = ""
     weight_encoding: dict[str, Any] | None = None
+    batch: int | None = None
+    precision: str | None = None
 
     @property
     def has_exits(self) -> bool:
@@ -91,7 +97,21 @@ class CompiledModel:
         """Logits for every sample; early-exit models run sample by sample."""
         if self.has_exits:
             return self.predict_with_exits(x)[0]
+        if self.batch is not None:
+            return self._predict_static(x)
         outs = [np.asarray(self._run(self._prepare(x[i:i + batch_size]))[0]) for i in range(0, len(x), batch_size)]
+        return np.concatenate(outs)
+
+    def _predict_static(self, x: "torch.Tensor | np.ndarray") -> np.ndarray:
+        """Logits in batches of exactly :attr:`batch` (the last one padded with copies
+        of its first sample; the padding's logits dropped)."""
+        outs = []
+        for i in range(0, len(x), self.batch):
+            chunk = self._prepare(x[i:i + self.batch])
+            n = len(chunk)
+            if n < self.batch:
+                chunk = np.concatenate([chunk, np.repeat(chunk[:1], self.batch - n, axis=0)])
+            outs.append(np.array(self._run(chunk)[0][:n]))
         return np.concatenate(outs)
 
 
@@ -122,9 +142,12 @@ class Runtime:
     calls_on_caller_thread: ClassVar[bool] = False
 
     def compile(self, model: nn.Module, segments: "list[Segment] | None", *, bits: int, calibration: torch.Tensor,
-                threads: int, int8_format: str, metadata: Mapping[str, Any] | None) -> CompiledModel:
+                threads: int, int8_format: str, metadata: Mapping[str, Any] | None,
+                batch_size: int = 1) -> CompiledModel:
         """Compile ``model`` (already prepared: a copy, eval mode, BatchNorm folded,
-        16-bit weights rounded) cut into ``segments`` (``None`` for a static model)."""
+        16-bit weights rounded) cut into ``segments`` (``None`` for a static model),
+        for timing at ``batch_size`` (a runtime with static shapes fixes it in the
+        artifact; one that takes any batch may ignore it)."""
         raise NotImplementedError
 
     def pin_threads(self, threads: int) -> None:

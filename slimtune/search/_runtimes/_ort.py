@@ -267,7 +267,8 @@ class OrtRuntime(Runtime):
     outputs = 1
 
     def compile(self, model: nn.Module, segments: list[Segment] | None, *, bits: int, calibration: torch.Tensor,
-                threads: int, int8_format: str, metadata: Mapping[str, Any] | None) -> CompiledModel:
+                threads: int, int8_format: str, metadata: Mapping[str, Any] | None,
+                batch_size: int = 1) -> CompiledModel:
         info: dict[str, Any] = {}
         chosen = choose_int8_format(int8_format, bits) if bits <= 8 else None
         if chosen is not None:

@@ -138,7 +138,8 @@ class TorchRuntime(Runtime):
     exit_models = True
 
     def compile(self, model: nn.Module, segments: list[Segment] | None, *, bits: int, calibration: torch.Tensor,
-                threads: int, int8_format: str, metadata: Mapping[str, Any] | None) -> CompiledModel:
+                threads: int, int8_format: str, metadata: Mapping[str, Any] | None,
+                batch_size: int = 1) -> CompiledModel:
         """``int8_format`` is ignored (FX int8 has one format, ``u8s8-reduce-range``), and
         so is ``metadata`` (TorchScript artifacts carry none)."""
         torch.set_num_threads(threads)
