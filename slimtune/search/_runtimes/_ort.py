@@ -273,14 +273,17 @@ class OrtRuntime(Runtime):
         chosen = choose_int8_format(int8_format, bits) if bits <= 8 else None
         if chosen is not None:
             info["int8_format_requested"] = int8_format
-        onnx_model, float_weights = self.build(model, segments, bits, calibration, chosen, info, threads=threads)
+        onnx_model, float_weights = self.build(model, segments, bits, calibration, chosen, info, threads=threads,
+                                               batch_size=batch_size)
         return self.finish(onnx_model, segments, bits=bits, threads=threads, int8_format=chosen,
                            float_weights=float_weights, info=info, metadata=metadata)
 
     def build(self, model: nn.Module, segments: list[Segment] | None, bits: int, calibration: torch.Tensor,
-              int8_format: str | None, info: dict[str, Any], threads: int = 1) -> tuple[Any, list[str]]:
+              int8_format: str | None, info: dict[str, Any], threads: int = 1,
+              batch_size: int = 1) -> tuple[Any, list[str]]:
         """The ONNX model (quantized when ``int8_format`` is set, in the layout
-        :func:`~slimtune.search._runtimes._ort_layout.choose_layout` picks at ``threads``)
+        :func:`~slimtune.search._runtimes._ort_layout.choose_layout` picks at ``threads``
+        and ``batch_size``)
         and the weights ORT left in float; details go into ``info``."""
         if segments is not None:
             raise ValueError(f"The {self.name} runtime compiles static models, but got a {type(model).__name__} with "
@@ -299,7 +302,8 @@ class OrtRuntime(Runtime):
 
             onnx_model, info["rewritten_weights"], float_weights = choose_layout(
                 quantized,
-                lambda model_bytes: session(model_bytes, threads), data[:1], threads=threads, info=info)
+                lambda model_bytes: session(model_bytes, threads), np.resize(data, (batch_size, *data.shape[1:])),
+                threads=threads, info=info)
         return onnx_model, float_weights
 
     def finish(self, onnx_model: Any, segments: list[Segment] | None, *, bits: int, threads: int,

@@ -134,7 +134,8 @@ class OrtExitsRuntime(OrtRuntime):
     outputs = 2
 
     def build(self, model: nn.Module, segments: list[Segment] | None, bits: int, calibration: torch.Tensor,
-              int8_format: str | None, info: dict[str, Any], threads: int = 1) -> tuple[Any, list[str]]:
+              int8_format: str | None, info: dict[str, Any], threads: int = 1,
+              batch_size: int = 1) -> tuple[Any, list[str]]:
         if segments is None:
             raise ValueError("The onnxruntime-exits runtime compiles a model with dynamic exits (`segments()`), "
                              f"but got a {type(model).__name__} without them.")
