@@ -3,7 +3,8 @@ the device it was given (a torch function mode: every torch function, tensor met
 ``nn.functional`` call passes through it).
 
 Not counted: moving tensors (``.to``, ``.cpu``, pinning), reading metadata (shape,
-device, dtype), the data splits handing out CPU batches (:mod:`slimtune.tasks._data`),
+device, dtype), the data splits handing out CPU batches (:mod:`slimtune.tasks._data` and
+the modules it reads loaders and adapts batches with),
 and CPU scalars (0-dim tensors, e.g. Adam's step count), which torch allows in any
 device's ops.
 """
@@ -17,7 +18,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-_DATA_MODULE = str(Path(__file__).resolve().parents[1] / "slimtune" / "tasks" / "_data.py")
+_DATA_MODULES = {str(Path(__file__).resolve().parents[1] / "slimtune" / "tasks" / name) for name in
+                 ("_data.py", "_inputs.py", "_digests.py", "_loader_scan.py")}
 _MOVES = {torch.Tensor.to, torch.Tensor.cpu, torch.Tensor.pin_memory, torch.Tensor.is_pinned, torch.Tensor.cuda,
           torch.Tensor.__len__}
 
@@ -47,7 +49,7 @@ class DeviceAudit(TorchFunctionMode):
 def _from_data_split() -> bool:
     frame = sys._getframe(2)
     while frame is not None:
-        if frame.f_code.co_filename == _DATA_MODULE:
+        if frame.f_code.co_filename in _DATA_MODULES:
             return True
         frame = frame.f_back
     return False

@@ -16,7 +16,7 @@ import pytest
 
 from slimtune import Study
 from slimtune.search._early_stopping import FrontierPoint
-from slimtune.studies import NoCandidateError, StudyError
+from slimtune.studies import NoCandidateError, StudyError, _opening
 from slimtune._dominance import beaten_by_baseline, loss_vector, relative_latency
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -337,16 +337,16 @@ def test_a_worker_joins_a_study_created_between_its_lookup_and_its_optuna_check(
     joins (seen once on PostgreSQL in CI as 'an Optuna study that slimtune did not create')."""
     storage = f"sqlite:///{tmp_path / 'race.db'}"
     first = Study.create_or_load("race", storage=storage, task="digits", settings=FAST, seed=0)
-    real_find, calls = Study._find, []
+    real_find, calls = _opening._find, []
 
     def find_late(db, name):  # the first lookup ran before the other worker's commit
         calls.append(name)
         return None if len(calls) == 1 else real_find(db, name)
 
-    monkeypatch.setattr(Study, "_find", staticmethod(find_late))
+    monkeypatch.setattr(_opening, "_find", find_late)
     second = Study.create_or_load("race", storage=storage, task="digits", settings=FAST, seed=1)
     assert len(calls) == 2 and second.name == "race" and second.baseline.accuracy == first.baseline.accuracy
-    monkeypatch.setattr(Study, "_find", staticmethod(real_find))
+    monkeypatch.setattr(_opening, "_find", real_find)
     # an Optuna study that slimtune never recorded is still refused
     optuna.create_study(study_name="foreign", storage=storage)
     with pytest.raises(StudyError, match="did not create"):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from slimtune.spaces._lowering import snap_weights
-from slimtune.tasks._data import model_input
+from slimtune.tasks._inputs import model_input
 
 #: Runtime agreement (a check, not an objective) is read on the first this many
 #: validation samples: one extra torch pass over 5,000 Fashion-MNIST samples was 4% of a

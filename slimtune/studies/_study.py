@@ -1,9 +1,10 @@
 """A slimtune study: an Optuna study plus slimtune's record of every candidate.
 
-:class:`Study` opens a study in three steps, each in a module of its own: its arguments
-checked (:mod:`~slimtune.studies._arguments`), then the study created
-(:mod:`~slimtune.studies._creation`) or resumed (:mod:`~slimtune.studies._resume`), beside
-its Optuna study (:mod:`~slimtune.studies._optuna`).  Every SQL statement is in
+:class:`Study` is the facade: it checks its arguments
+(:mod:`~slimtune.studies._arguments`) and hands opening over to
+:mod:`~slimtune.studies._opening`, which creates (:mod:`~slimtune.studies._creation`) or
+resumes (:mod:`~slimtune.studies._resume`) the study beside its Optuna study
+(:mod:`~slimtune.studies._optuna`).  Every SQL statement is in
 :mod:`~slimtune.studies._storage`, the recorder side of the trial runner in
 :mod:`~slimtune.studies._recording`, the reader side (trials, frontier, ``select``) in
 :mod:`~slimtune.studies._reading`; running trials is :mod:`slimtune.search._optimize`'s.
@@ -22,30 +23,17 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from sqlalchemy.exc import IntegrityError
-
 from slimtune._dominance import directions
-from slimtune._names import quoted
 from slimtune.search._constraints import Constraints
 from slimtune.search._early_stopping import FrontierEarlyStopping, resolve_early_stopping
 from slimtune.search._measurement import Measurement
-from slimtune.studies._arguments import (
-    SAFE_NAME,
-    StudyRequest,
-    check_budget,
-    check_name,
-    check_new_name,
-    check_device,
-    check_request,
-    session_settings,
-    settings_from,
-)
-from slimtune.studies._creation import new_record
-from slimtune.studies._database import Database, mask_url, resolve_storage
-from slimtune.studies._errors import SchemaVersionError, StudyError
+from slimtune.studies._arguments import check_budget, check_device, check_request, settings_from
+from slimtune.studies._database import Database, mask_url
+from slimtune.studies._errors import StudyError
+from slimtune.studies._opening import load_study, open_study
 from slimtune.studies._optuna import ensure_optuna_study, optuna_storage
 from slimtune.studies._recording import Recording
-from slimtune.studies._resume import check_resume, check_space, rebuild_task
+from slimtune.studies._resume import check_space, rebuild_task
 from slimtune.studies._reading import Reading
 from slimtune.studies._rows import baseline_row
 from slimtune.studies._schema import StudyRecord
@@ -57,20 +45,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from slimtune.search._pipeline import EvalSettings
     from slimtune.spaces._space import Space
     from slimtune.tasks._task import Task
-
-
-def _study_exists(storage: str, name: str) -> bool:
-    """Whether ``storage`` holds slimtune study ``name`` (opening nothing new)."""
-    try:
-        db = Database.open(storage, create=False)
-    except SchemaVersionError:
-        raise
-    except StudyError:
-        return False
-    try:
-        return StudyStorage(db).study_exists(name)
-    finally:
-        db.dispose()
 
 
 class Study(Recording, Reading):
@@ -157,58 +131,7 @@ class Study(Recording, Reading):
                                 constraints=constraints, max_latency_ms=max_latency_ms, max_size_kb=max_size_kb,
                                 max_accuracy_drop=max_accuracy_drop, settings=settings, seed=seed, sampler=sampler,
                                 early_stopping=early_stopping)
-        storage = request.storage
-        if request.task is not None and SAFE_NAME.fullmatch(name) is None and not _study_exists(storage, name):
-            check_new_name(name)  # refused before anything is written
-        # without a task the study can only be resumed: open without creating anything
-        db = Database.open(storage, create=request.task is not None)
-        try:
-            record = cls._find(db, name)
-            if record is not None:
-                return cls._join(record, db, request, use_cache=use_cache)
-            if request.task is None:
-                raise StudyError(f"There is no study {quoted(name)} in {mask_url(storage)!r}; give a task to create it.")
-            return cls._create(db, request, progress=progress, use_cache=use_cache)
-        except BaseException:
-            db.dispose()
-            raise
-
-    @classmethod
-    def _create(cls, db: Database, request: StudyRequest, *, progress: bool, use_cache: bool) -> "Study":
-        """A new study; or the one another worker created meanwhile, joined."""
-        import optuna
-
-        rdb = optuna_storage(request.storage)
-        if request.name in optuna.get_all_study_names(rdb):
-            record = cls._find(db, request.name)  # another worker may have created both since the lookup
-            if record is None:
-                raise StudyError(f"{mask_url(request.storage)!r} already holds an Optuna study {request.name!r} that "
-                                 "slimtune did not create; choose another name.")
-            return cls._join(record, db, request, use_cache=use_cache)
-        record = new_record(request, progress=progress, use_cache=use_cache)
-        try:
-            StudyStorage(db).add_study(record)
-        except IntegrityError:  # another worker created it meanwhile: join it
-            study = cls._resume(cls._find(db, request.name), db, task=request.task, space=request.new_space,
-                                fixed=None, objectives=request.objectives, constraints=request.constraints,
-                                settings=settings_from(request.settings, None), sampler=request.sampler,
-                                seed=request.seed, early_stopping=request.early_stopping)
-            study._session = session_settings(request.settings)
-            return study
-        study = cls(record, db, task=request.task, space=request.new_space, sampler=request.sampler, seed=request.seed,
-                    early_stopping=request.early_stopping, session=session_settings(request.settings))
-        study._ensure_optuna_study(rdb)
-        return study
-
-    @classmethod
-    def _join(cls, record: StudyRecord, db: Database, request: StudyRequest, *, use_cache: bool) -> "Study":
-        """Study ``record`` resumed with what ``request`` gives (checked against it)."""
-        study = cls._resume(record, db, task=request.task, space=request.space, fixed=request.fixed,
-                            objectives=request.objectives, constraints=request.constraints, settings=request.settings,
-                            sampler=request.sampler, seed=request.seed, early_stopping=request.early_stopping)
-        study.use_cache = use_cache
-        study._session = session_settings(request.settings)
-        return study
+        return open_study(cls, request, progress=progress, use_cache=use_cache)
 
     @classmethod
     def load(cls, name: str, *, storage: str | None = None, task: "str | Task | None" = None) -> "Study":
@@ -217,43 +140,7 @@ class Study(Recording, Reading):
         ``task``: the study's task, when it is a user's (a spec stored in the database
         is imported only for a built-in task or with ``$SLIMTUNE_TRUST_STORED_TASKS=1``);
         it must be the task the study was created with."""
-        check_name(name)
-        storage = resolve_storage(storage)
-        given = None
-        if task is not None:
-            from slimtune.tasks._registry import get_task
-
-            given = get_task(task)
-        db = Database.open(storage, create=False)
-        record = cls._find(db, name)
-        if record is None:
-            names = [r.study_name for r, _ in StudyStorage(db).summaries()]
-            db.dispose()
-            from slimtune._names import close_matches
-
-            hint = close_matches(name, names) if names else " The database holds no slimtune study."
-            raise StudyError(f"No study {quoted(name)} in {mask_url(storage)!r}." + hint)
-        if given is not None:
-            try:
-                check_resume(record, db, task=given, objectives=None, constraints=None, settings=None)
-            except BaseException:
-                db.dispose()
-                raise
-        return cls(record, db, task=given)
-
-    @staticmethod
-    def _find(db: Database, name: str) -> StudyRecord | None:
-        return StudyStorage(db).find_study(name)
-
-    @classmethod
-    def _resume(cls, record: StudyRecord, db: Database, *, task, space, fixed, objectives, constraints, settings,
-                sampler, seed, early_stopping) -> "Study":
-        check_resume(record, db, task=task, objectives=objectives, constraints=constraints, settings=settings)
-        study = cls(record, db, task=task, sampler=sampler, seed=seed, early_stopping=early_stopping)
-        if space is not None or fixed:
-            study._space = check_space(study._storage, record, study.task, space, fixed)
-        study._ensure_optuna_study(optuna_storage(db.url))
-        return study
+        return load_study(cls, name, storage=storage, task=task)
 
     def _ensure_optuna_study(self, storage) -> "optuna.Study":
         study = ensure_optuna_study(storage, self._record, shown_url=self.storage,

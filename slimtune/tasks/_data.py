@@ -8,6 +8,11 @@ first few samples (:meth:`Split.head`).  A streaming split never holds the datas
 what it keeps is one 8-byte digest per sample (for the fingerprint), its labels'
 range and the few samples :meth:`~Split.head` was asked for.
 
+What a batch becomes before the model sees it is :mod:`~slimtune.tasks._inputs`'s; the
+samples' digests are :mod:`~slimtune.tasks._digests`'; reading a loader in a canonical
+order is :mod:`~slimtune.tasks._loader_scan`'s.  ``TaskError``, ``model_input``,
+``data_digest`` and ``sample_digests`` are importable from here too.
+
 Example:
     >>> split = as_split(train_loader, "train", streaming=True)
     >>> for x, y, index in split.batches(64):   # index is None when streaming
@@ -18,16 +23,15 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import random
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+
+from slimtune.tasks._digests import combine_digests, data_digest, sample_digests
+from slimtune.tasks._inputs import as_batch, model_input
+from slimtune.tasks._loader_scan import Scan, canonical_loader, fixed_seed, scan
+from slimtune.tasks._task_error import TaskError
 
 __all__ = ["MAX_IN_MEMORY_BYTES", "LoaderSplit", "Split", "TaskError", "TensorSplit", "as_split", "data_digest",
            "model_input", "sample_digests"]
@@ -38,175 +42,6 @@ MAX_IN_MEMORY_BYTES = 1 << 30
 #: ``(inputs, labels, index)``: ``index`` are the samples' positions in an in-memory split
 #: (to look up precomputed teacher logits), ``None`` when the split streams.
 Batch = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
-
-
-class TaskError(ValueError):
-    """A task cannot be built or does not fit slimtune (one clear line for the user)."""
-
-
-def model_input(x: Any) -> torch.Tensor:
-    """Inputs as the model is fed them everywhere (training, calibration, timing,
-    export): floating point as float32, integers (e.g. token ids) as int64, booleans
-    as they are.  Integer inputs are never cast to float: an ``nn.Embedding`` needs
-    its ids."""
-    x = torch.as_tensor(x)
-    if x.is_floating_point():
-        return x if x.dtype == torch.float32 else x.float()
-    if x.dtype == torch.bool or x.is_complex():
-        return x
-    return x if x.dtype == torch.int64 else x.long()
-
-
-# -- digests ------------------------------------------------------------------------
-def sample_digests(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    """One 64-bit digest per ``(x[i], y[i])`` sample (blake2b of its bytes)."""
-    xs = x.detach().cpu().contiguous().reshape(len(x), -1)
-    xb = xs.view(torch.uint8).numpy() if xs.numel() else np.zeros((len(x), 0), np.uint8)
-    yb = y.detach().cpu().contiguous().reshape(len(y), -1).view(torch.uint8).numpy()
-    out = np.empty(len(x), dtype=np.uint64)
-    for i in range(len(x)):
-        h = hashlib.blake2b(xb[i].tobytes(), digest_size=8)
-        h.update(yb[i].tobytes())
-        out[i] = int.from_bytes(h.digest(), "little")
-    return out
-
-
-def _combine(x_dtype: torch.dtype, sample_shape: tuple[int, ...], y_dtype: torch.dtype, digests: np.ndarray) -> str:
-    """The order-independent hash of a multiset of sample digests."""
-    h = hashlib.sha256(f"{x_dtype}|{tuple(sample_shape)}|{y_dtype}|{len(digests)}|".encode())
-    h.update(np.sort(digests).tobytes())
-    return h.hexdigest()
-
-
-def data_digest(x: torch.Tensor, y: torch.Tensor) -> str:
-    """A hash of the *multiset* of samples: every sample counts, their order does not
-    (a shuffling loader gives the same digest)."""
-    return _combine(x.dtype, tuple(x.shape[1:]), y.dtype, sample_digests(x, y))
-
-
-# -- reading a loader ---------------------------------------------------------------
-@contextmanager
-def _fixed_seed(seed: int = 0) -> Iterator[None]:
-    """torch, numpy and ``random`` seeded for the block, their states restored after
-    (a loader's random augmentation then draws the same values every pass)."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-
-
-def _sorted_indices(sampler: Iterable[Any]) -> list[Any]:
-    """The indices ``sampler`` draws, sorted; drawing them leaves torch's global
-    generator and the sampler's own as they were (a user's shuffles are not shifted)."""
-    own = getattr(sampler, "generator", None)
-    state = own.get_state() if isinstance(own, torch.Generator) else None
-    with torch.random.fork_rng(devices=[]):
-        items = list(sampler)
-    if state is not None:
-        own.set_state(state)
-    try:
-        return sorted(items)
-    except TypeError:  # keys that do not sort: their order as drawn
-        return items
-
-
-def _canonical_loader(source: Any) -> Any:
-    """A loader over the same samples as ``source`` in a fixed order (its sampler's
-    indices sorted), so that a pass under :func:`_fixed_seed` reads the same values
-    every time however ``source`` shuffles; ``source`` itself when that cannot be
-    done (an ``IterableDataset``, a plain iterable of batches)."""
-    if not isinstance(source, DataLoader) or isinstance(source.dataset, IterableDataset):
-        return source
-    if source.batch_size is not None:
-        indices, batch_size = _sorted_indices(source.sampler), source.batch_size
-    elif source.batch_sampler is not None:
-        batches = [list(b) for b in _sorted_indices(source.batch_sampler)]
-        indices, batch_size = sorted(i for b in batches for i in b), max(1, max(map(len, batches), default=1))
-    else:  # automatic batching off: the user's collate_fn sees single samples
-        return source
-    return DataLoader(source.dataset, batch_size=batch_size, sampler=indices, num_workers=source.num_workers,
-                      collate_fn=source.collate_fn, worker_init_fn=source.worker_init_fn,
-                      multiprocessing_context=source.multiprocessing_context if source.num_workers else None)
-
-
-def _as_batch(batch: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(inputs, labels as int64)`` from one batch a loader yielded (inputs as
-    :func:`model_input` makes them: float32, or int64 for integer ids)."""
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        raise TaskError(f"The {name} loader must yield (inputs, labels) batches, but yielded {type(batch).__name__}.")
-    try:
-        x, y = model_input(batch[0]), torch.as_tensor(batch[1]).long()
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise TaskError(f"The {name} loader must yield (inputs, labels) tensors, but yielded "
-                        f"({type(batch[0]).__name__}, {type(batch[1]).__name__}): {exc}") from None
-    if x.dim() == 0 or y.dim() == 0 or len(x) != len(y):
-        raise TaskError(f"The {name} loader yielded a batch of {tuple(x.shape)} inputs and {tuple(y.shape)} labels; "
-                        "they must have the same first dimension.")
-    return x, y
-
-
-@dataclass
-class _Scan:
-    """What one pass over a loader learnt (see :func:`_scan`)."""
-
-    count: int
-    batches: int
-    sample_shape: tuple[int, ...]
-    dtype: torch.dtype
-    digests: np.ndarray
-    label_min: int
-    label_max: int
-    kept: tuple[torch.Tensor, torch.Tensor] | None  # the samples, when they were kept in memory
-
-
-def _scan(source: Any, name: str, keep_bytes: float) -> _Scan:
-    """One pass over ``source`` (in its canonical order, under a fixed seed): sample
-    digests, count, labels' range; the samples themselves while they take at most
-    ``keep_bytes`` (dropped, and no longer kept, once they take more)."""
-    digests: list[np.ndarray] = []
-    xs: list[torch.Tensor] | None = [] if keep_bytes > 0 else None
-    kept_bytes, count, batches = 0, 0, 0
-    shape: tuple[int, ...] | None = None
-    dtype: torch.dtype | None = None
-    low, high = None, None
-    canonical = _canonical_loader(source)
-    with _fixed_seed():
-        for raw in canonical:
-            x, y = _as_batch(raw, name)
-            if shape is None:
-                shape, dtype = tuple(x.shape[1:]), x.dtype
-            elif tuple(x.shape[1:]) != shape:
-                raise TaskError(f"The {name} loader yields inputs of shape {shape} and then {tuple(x.shape[1:])}: "
-                                "every sample must have the same shape.")
-            elif x.dtype != dtype:
-                raise TaskError(f"The {name} loader yields {dtype} inputs and then {x.dtype}: every batch must have "
-                                "the same dtype.")
-            batches += 1
-            count += len(x)
-            digests.append(sample_digests(x, y))
-            if len(y):
-                low = int(y.min()) if low is None else min(low, int(y.min()))
-                high = int(y.max()) if high is None else max(high, int(y.max()))
-            if xs is not None:
-                kept_bytes += x.element_size() * x.numel() + y.element_size() * y.numel()
-                if kept_bytes > keep_bytes:
-                    xs = None  # too big to hold: stream it
-                else:
-                    xs.extend((x, y))
-    if count == 0 or shape is None or dtype is None or low is None or high is None:
-        raise TaskError(f"The {name} loader yields no batches.")
-    all_digests = np.concatenate(digests)
-    kept = None
-    if xs is not None:
-        order = torch.from_numpy(np.argsort(all_digests, kind="stable").astype(np.int64))  # canonical order
-        kept = torch.cat(xs[0::2])[order], torch.cat(xs[1::2])[order]
-    return _Scan(count, batches, shape, dtype, all_digests, low, high, kept)
 
 
 # -- splits -------------------------------------------------------------------------
@@ -317,11 +152,11 @@ class LoaderSplit(Split):
 
     streaming = True
 
-    def __init__(self, loader: Any, name: str, scan: _Scan) -> None:
+    def __init__(self, loader: Any, name: str, found: Scan) -> None:
         self.loader, self.name = loader, name
-        self._scan = scan
-        self._head = torch.empty((0, *scan.sample_shape), dtype=scan.dtype)
-        self._digest = _combine(scan.dtype, scan.sample_shape, torch.int64, scan.digests)
+        self._scan = found
+        self._head = torch.empty((0, *found.sample_shape), dtype=found.dtype)
+        self._digest = combine_digests(found.dtype, found.sample_shape, torch.int64, found.digests)
 
     def __len__(self) -> int:
         return self._scan.count
@@ -332,7 +167,7 @@ class LoaderSplit(Split):
 
     def _stream(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for raw in self.loader:
-            yield _as_batch(raw, self.name)
+            yield as_batch(raw, self.name)
 
     def batches(self, batch_size: int, *, generator: torch.Generator | None = None) -> Iterator[Batch]:
         for x, y in self._stream():
@@ -345,10 +180,10 @@ class LoaderSplit(Split):
         n = min(n, self._scan.count)
         if len(self._head) < n:
             taken, have = [], 0
-            canonical = _canonical_loader(self.loader)
-            with _fixed_seed():
+            canonical = canonical_loader(self.loader)
+            with fixed_seed():
                 for raw in canonical:
-                    x = _as_batch(raw, self.name)[0]
+                    x = as_batch(raw, self.name)[0]
                     taken.append(x[:n - have].clone())  # a copy: the batch itself is released
                     have += len(taken[-1])
                     del x, raw
@@ -398,9 +233,9 @@ def as_split(source: Any, name: str, *, streaming: bool | None = None) -> Split:
         raise TaskError(f"`{name}` must be re-iterable to stream (a DataLoader, not a one-pass "
                         f"{type(source).__name__}): slimtune reads it once per epoch.")
     keep = 0 if streaming else (float("inf") if streaming is False or one_pass else MAX_IN_MEMORY_BYTES)
-    scan = _scan(source, name, keep)
-    if scan.kept is None:
-        return LoaderSplit(source, name, scan)
-    split = TensorSplit(*scan.kept, name)
-    split._digest = _combine(scan.dtype, scan.sample_shape, torch.int64, scan.digests)  # already hashed
+    found = scan(source, name, keep)
+    if found.kept is None:
+        return LoaderSplit(source, name, found)
+    split = TensorSplit(*found.kept, name)
+    split._digest = combine_digests(found.dtype, found.sample_shape, torch.int64, found.digests)  # already hashed
     return split

@@ -18,7 +18,7 @@ import os
 from typing import Callable
 
 from slimtune._names import close_matches
-from slimtune.tasks._data import TaskError
+from slimtune.tasks._task_error import TaskError
 from slimtune.tasks._imports import import_task_module
 from slimtune.tasks._task import Task, one_line
 

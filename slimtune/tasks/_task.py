@@ -12,11 +12,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from slimtune.tasks._data import Split, TaskError, TensorSplit, as_split
+from slimtune.tasks._data import Split, TensorSplit, as_split
 from slimtune.tasks._from_model import scaled_epochs
-from slimtune.tasks._data import data_digest, sample_digests  # noqa: F401  (their home before _data)
+from slimtune.tasks._digests import data_digest, sample_digests  # noqa: F401  (their home before _data)
 from slimtune.tasks._metrics import Metric, MetricError, get_metric
 from slimtune.tasks._outputs import LogitsOutput, OutputSpec, describe_output
+from slimtune.tasks._task_error import TaskError
 
 
 class TaskData:

@@ -50,7 +50,7 @@ from slimtune.search._runtimes._ort import (
 )
 from slimtune.search._runtimes._onnx import onnx_input_metadata, optimized_op_types, set_onnx_metadata
 from slimtune.spaces._lowering import fold_batchnorm, snap_weights
-from slimtune.tasks._data import model_input
+from slimtune.tasks._inputs import model_input
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimtune.spaces.base import WeightEncoding

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimtune.tasks._data import model_input
+from slimtune.tasks._inputs import model_input
 
 #: Calibration inputs per forward pass (ONNX Runtime's calibration reader, torch FX observers).
 CALIBRATION_BATCH = 64
@@ -203,7 +203,7 @@ def segment_modules(segments: list[Segment]) -> list[nn.Module]:
 # -- inputs ---------------------------------------------------------------------------
 def as_numpy(x: Any) -> np.ndarray:
     """``x`` as a contiguous array (ONNX Runtime's input): float32, or int64 for
-    integer inputs such as token ids (see :func:`~slimtune.tasks._data.model_input`)."""
+    integer inputs such as token ids (see :func:`~slimtune.tasks._inputs.model_input`)."""
     if isinstance(x, torch.Tensor):
         x = model_input(x.detach().cpu()).numpy()
     x = np.asarray(x)
