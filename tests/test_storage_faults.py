@@ -75,3 +75,70 @@ def test_a_study_file_changed_during_a_run_stops_it_with_one_line(study_file, tm
     assert "trials trained" not in out
     if change == "replaced":
         assert _counts(path) == _counts(snapshot)  # nothing written into the file that replaced it
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs mounted in a temporary directory (root only), unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    where = tmp_path / "disk"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(where)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def _fill(path: Path) -> None:
+    """Write ``path`` until the file system it is on has no space left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 65536)
+    except OSError as exc:
+        assert exc.errno == 28, exc  # ENOSPC
+    try:
+        while True:
+            os.write(fd, b"\0")
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_database(study_file, small_disk):
+    """The disk holding the study file fills while trial 1 trains: exit 2, one line that
+    says the disk is full, the file intact with trial 0; once space is freed the same
+    command resumes, fails the trial that could not be written and trains the asked ones."""
+    path = small_disk / "s.db"
+    shutil.copy(study_file, path)
+    url = f"sqlite:///{path}"
+    run = _slimtune("run", "--study", "f", "--task", TASK, "--trials", "2", "--json", "--storage", url,
+                    SLIMTUNE_FAULT="before_eval:sleep2")
+    _wait_for_fault(run)
+    _fill(small_disk / "filler")
+    out, err = run.communicate(timeout=600)
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("slimtune-fault:")]
+    assert run.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert lines[0].startswith(f"Error: disk full: could not write to {url}"), lines
+    assert "trials trained" not in out
+    (small_disk / "filler").unlink()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        states = dict(conn.execute("SELECT number, state FROM trials"))
+        kept = conn.execute("SELECT trial_number, state FROM slimtune_candidates").fetchall()
+    conn.close()
+    assert states == {0: "COMPLETE", 1: "RUNNING"} and kept == [(0, "COMPLETE")], (states, kept)
+
+    again = _slimtune("run", "--study", "f", "--task", TASK, "--trials", "2", "--json", "--storage", url)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-3000:]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        states = dict(conn.execute("SELECT number, state FROM trials"))
+    conn.close()
+    assert states == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE", 3: "COMPLETE"}, states
