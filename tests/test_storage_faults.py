@@ -142,3 +142,27 @@ def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_database(study_fi
         states = dict(conn.execute("SELECT number, state FROM trials"))
     conn.close()
     assert states == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE", 3: "COMPLETE"}, states
+
+
+def test_a_file_size_limit_stops_the_run_with_one_line_that_names_it(study_file, tmp_path):
+    """``ulimit -f`` reached while trial 1 is recorded (set on the running process with
+    ``prlimit``): SQLite only says ``disk I/O error``; the line names the limit, exit 2,
+    and the file stays intact with trial 0."""
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit (util-linux) is not installed")
+    path = tmp_path / "s.db"
+    shutil.copy(study_file, path)
+    url = f"sqlite:///{path}"
+    run = _slimtune("run", "--study", "f", "--task", TASK, "--trials", "2", "--json", "--storage", url,
+                    SLIMTUNE_FAULT="before_eval:sleep2")
+    _wait_for_fault(run)
+    limit = Path(f"{path}-wal").stat().st_size
+    subprocess.run(["prlimit", f"--pid={run.pid}", f"--fsize={limit}:{limit}"], check=True)
+    out, err = run.communicate(timeout=600)
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("slimtune-fault:")]
+    assert run.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert lines[0].startswith(f"Error: file size limit reached (ulimit -f: {limit} bytes): could not write to {url}"), lines
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("SELECT trial_number, state FROM slimtune_candidates").fetchall() == [(0, "COMPLETE")]
+    conn.close()
