@@ -44,17 +44,20 @@ def _start(url: str, study: str, task: str, trials: int, *extra: str, **env: str
                             start_new_session=True)
 
 
-def _finish(proc: subprocess.Popen, timeout: float = 900) -> tuple[int, str | None]:
+def _finish(proc: subprocess.Popen, timeout: float = 900) -> tuple[int, str | None, bool]:
+    """The exit code, the ``Error:`` line(s) (a traceback's last line too), and whether
+    a lost connection was retried."""
     _, err = proc.communicate(timeout=timeout)
     errors = [ln for ln in err.splitlines() if ln.startswith("Error: ")]
     if "Traceback" in err:
         errors.append("TRACEBACK: " + err.strip().splitlines()[-1])
-    return proc.returncode, " | ".join(errors) or None
+    return proc.returncode, " | ".join(errors) or None, "Lost the connection to" in err
 
 
 def _read(url: str, study: str) -> tuple[dict[int, str], set[int], str]:
     """Optuna's trial states, the trials slimtune recorded COMPLETE, the integrity check."""
     from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import DBAPIError
 
     engine = create_engine(url)
     try:
@@ -67,9 +70,23 @@ def _read(url: str, study: str) -> tuple[dict[int, str], set[int], str]:
                 {"n": study}).all()}
             integrity = (conn.execute(text("PRAGMA integrity_check")).scalar() if url.startswith("sqlite")
                          else "ok")
+    except DBAPIError as exc:  # before the run created its tables
+        if "does not exist" not in str(exc) and "no such table" not in str(exc):
+            raise
+        return {}, set(), "ok"
     finally:
         engine.dispose()
     return {int(k): str(getattr(v, "name", v)) for k, v in states.items()}, recorded, integrity
+
+
+def _wait_for_first_trial(run: subprocess.Popen, url: str, study: str, timeout: float = 300) -> None:
+    """Wait until the run asked for its first trial (start-up takes 5-15 s), so the
+    fault lands among trials, not in the imports."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and run.poll() is None:
+        if _read(url, study)[0]:
+            return
+        time.sleep(0.5)
 
 
 def _fill(path: Path) -> None:
@@ -89,7 +106,7 @@ def _fill(path: Path) -> None:
 
 def one_round(kind: str, i: int, rng: random.Random, task: str, trials: int, work: Path, pg) -> dict:
     study = f"r{i}"
-    at = rng.uniform(2.0, 12.0)
+    at = rng.uniform(0.0, 8.0)  # seconds after the first trial started
     report: dict = {"round": i, "fault": kind, "at_s": round(at, 1)}
     disk = None
     if kind == "postgres":
@@ -105,10 +122,11 @@ def one_round(kind: str, i: int, rng: random.Random, task: str, trials: int, wor
     report["workers"] = 2 if workers else 1
     try:
         run = _start(url, study, task, trials, *workers, SLIMTUNE_STORAGE_RETRY_S=str(RETRY_S))
+        _wait_for_first_trial(run, url, study)
         time.sleep(at)
         if kind == "kill":
             run.send_signal(signal.SIGKILL)
-            code, line = run.wait(timeout=60), None
+            code, line, retried = run.wait(timeout=60), None, False
             time.sleep(1.0)  # the workers die with their parent
         elif kind == "postgres":
             down = rng.uniform(1.0, 2.0 * RETRY_S)
@@ -116,22 +134,23 @@ def one_round(kind: str, i: int, rng: random.Random, task: str, trials: int, wor
             pg.stop()
             time.sleep(down)
             pg.start()
-            code, line = _finish(run)
+            code, line, retried = _finish(run)
         else:
             _fill(disk / "filler")
-            code, line = _finish(run)
+            code, line, retried = _finish(run)
             (disk / "filler").unlink()
-        report.update(exit=code, line=line)
+        report.update(exit=code, line=line, retried=retried)
         before, recorded_before, integrity = _read(url, study)
         report["integrity"] = integrity
         done = {n for n, s in before.items() if s == "COMPLETE"}
         left = max(0, trials - len(done))
         again = _start(url, study, task, max(left, 1))
-        report["next_exit"], report["next_line"] = _finish(again)
+        report["next_exit"], report["next_line"], _ = _finish(again)
         after, recorded, integrity_after = _read(url, study)
         report["lost"] = sorted(n for n in done if after.get(n) != "COMPLETE" or n not in recorded)
         report["left_running"] = sorted(n for n, s in after.items() if s == "RUNNING")
         report["complete_after"] = sum(s == "COMPLETE" for s in after.values())
+        report["all_asked_complete"] = report["complete_after"] >= len(done) + max(left, 1)
         report["integrity_after"] = integrity_after
     finally:
         if disk is not None:
@@ -170,12 +189,13 @@ def main() -> None:
         "rounds": len(rounds), "task": args.task, "trials_per_run": args.trials, "retry_s": RETRY_S,
         "kills": len(kills),
         "kills_survived": sum(r["integrity"] == "ok" and r["next_exit"] == 0 and not r["lost"] for r in kills),
-        "faults_injected": [{k: r.get(k) for k in ("fault", "at_s", "down_s", "exit", "line")}
+        "faults_injected": [{k: r.get(k) for k in ("fault", "at_s", "down_s", "retried", "exit", "line", "next_exit")}
                             for r in rounds if r["fault"] != "kill"],
         "trials_lost": sum(len(r["lost"]) for r in rounds),
         "left_running": sum(len(r["left_running"]) for r in rounds),
         "integrity_failures": sum(r["integrity"] != "ok" or r["integrity_after"] != "ok" for r in rounds),
         "next_command_failures": sum(r["next_exit"] != 0 for r in rounds),
+        "rounds_short_of_asked_trials": sum(not r["all_asked_complete"] for r in rounds),
     }, indent=1))
 
 
