@@ -110,6 +110,47 @@ def _fill(path: Path) -> None:
     os.close(fd)
 
 
+def test_a_full_disk_is_named_by_its_line(small_disk):
+    """A real SQLite write on a full tmpfs: the line says ``disk full`` (fast: the run's
+    end to end version is below)."""
+    from slimtune._storage_faults import storage_fault
+
+    path = small_disk / "s.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (x BLOB)")
+    conn.commit()
+    _fill(small_disk / "filler")
+    with pytest.raises(sqlite3.OperationalError) as caught:
+        conn.execute("INSERT INTO t VALUES (?)", (os.urandom(100_000),))
+        conn.commit()
+    conn.close()
+    line = storage_fault(caught.value, f"sqlite:///{path}")
+    assert line == f"disk full: could not write to sqlite:///{path} (database or disk is full)", line
+
+
+def test_a_file_size_limit_is_named_by_its_line(tmp_path):
+    """SQLite says only ``disk I/O error`` when a write passes ``ulimit -f``; the line
+    names the limit (a real child process with the limit set, a real SQLite file)."""
+    path = tmp_path / "s.db"
+    child = subprocess.run([sys.executable, "-c", f"""
+import os, resource, sqlite3
+from slimtune._storage_faults import storage_fault
+conn = sqlite3.connect({str(path)!r})
+conn.execute("PRAGMA journal_mode=WAL"); conn.execute("CREATE TABLE t (x BLOB)"); conn.commit()
+limit = os.path.getsize({str(path)!r} + "-wal")
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    conn.execute("INSERT INTO t VALUES (?)", (os.urandom(100_000),)); conn.commit()
+except sqlite3.OperationalError as exc:
+    print(str(exc)); print(storage_fault(exc, "sqlite:///{path}"))
+"""], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    said, line = child.stdout.strip().splitlines()
+    assert said == "disk I/O error", child.stdout + child.stderr
+    assert line.startswith("file size limit reached (ulimit -f: ") and f"could not write to sqlite:///{path}" in line
+
+
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_database(study_file, small_disk):
     """The disk holding the study file fills while trial 1 trains: exit 2, one line that
     says the disk is full, the file intact with trial 0; once space is freed the same
@@ -144,6 +185,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_database(study_fi
     assert states == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE", 3: "COMPLETE"}, states
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_stops_the_run_with_one_line_that_names_it(study_file, tmp_path):
     """``ulimit -f`` reached while trial 1 is recorded (set on the running process with
     ``prlimit``): SQLite only says ``disk I/O error``; the line names the limit, exit 2,
