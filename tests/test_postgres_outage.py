@@ -61,14 +61,18 @@ def _states(url: str, study: str) -> dict[int, str]:
 
 
 def test_a_short_outage_is_ridden_out(server):
-    """The server is down for ~6 s while trial 0 trains and is recorded: the record waits
-    for it (``Lost the connection ... retrying``, then ``Reconnected``), the run ends with
-    exit 0 and both asked trials COMPLETE."""
+    """The server goes down while trial 0 trains and stays down until the run is waiting
+    for it (``Lost the connection ... retrying``); back within the retry window, the run
+    reconnects (``Reconnected``), ends with exit 0 and both asked trials COMPLETE."""
     run = _run(server.url, "ride", 2, SLIMTUNE_FAULT="before_eval:sleep2", SLIMTUNE_STORAGE_RETRY_S="60")
     before = _held(run, 1)
     try:
         server.stop()
-        time.sleep(6)  # the worker wakes, trains and tries to record while the server is down
+        for line in run.stderr:  # the worker wakes, trains and tries to record: it waits
+            before.append(line)
+            if "Lost the connection to" in line:
+                break
+        time.sleep(2)  # a few attempts fail meanwhile
     finally:
         server.start()
     out, err = run.communicate(timeout=600)
@@ -104,3 +108,40 @@ def test_a_long_outage_ends_the_run_and_the_next_run_fails_the_trial_in_flight(s
     assert _states(server.url, "outage") == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE"}
     trial = optuna.load_study(study_name="outage", storage=server.url).trials[1]
     assert "worker stopped" in trial.user_attrs.get("error", ""), trial.user_attrs
+
+
+@pytest.mark.slow
+def test_a_trial_cut_by_an_outage_is_failed_with_the_cause(server, monkeypatch):
+    """The server stops while a trial is between two statements of a transaction (here:
+    the early-stopping read, done on a connection opened before): Optuna raises its
+    ``StorageInternalError ... e.g. exceeding max length``; the trial is failed with the
+    real cause (``lost the connection to ...``) once the server is back, and the search
+    goes on."""
+    import threading
+
+    from slimtune import Study
+
+    monkeypatch.setenv("SLIMTUNE_STORAGE_RETRY_S", "60")
+    st = Study.create_or_load("cut", storage=server.url, task="digits", early_stopping=True, seed=0,
+                              settings={"epochs": 1, "latency_repeats": 3, "latency_warmup": 1,
+                                        "calibration_size": 64},
+                              fixed={"prune.ratio": 0.0, "quant.mode": "ptq"})
+    other = optuna.storages.RDBStorage(server.url, skip_table_creation=True)
+    other.get_all_studies()  # connected before the outage
+
+    def cut(costs):
+        server.stop()
+        threading.Timer(3.0, server.start).start()
+        other.get_all_studies()  # raises: the server is gone
+
+    try:
+        st.frontier_points = cut
+        (row,) = st.optimize(n_trials=1, progress=False)
+        assert row["state"] == "FAIL", row
+        assert row["error"].startswith(f"lost the connection to {server.url}"), row["error"]
+        del st.frontier_points
+        assert st.optimize(n_trials=1, progress=False)[0]["state"] == "COMPLETE"
+    finally:
+        st.close()
+        other.engine.dispose()
+    assert _states(server.url, "cut") == {0: "FAIL", 1: "COMPLETE"}
