@@ -52,23 +52,55 @@ def _bindir() -> Path:
     return Path(bins[-1]).parent
 
 
+class PostgresServer:
+    """A running throwaway server: its SQLAlchemy ``url``; :meth:`stop` and :meth:`start`
+    take it down and bring it back on the same data directory and port (the fault tests
+    stop it under a run)."""
+
+    def __init__(self, bindir: Path, root: Path, port: int) -> None:
+        self.bindir, self.root, self.port = bindir, root, port
+        self.data = root / "data"
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+
+    def _ctl(self, *args: str, check: bool = True) -> None:
+        subprocess.run(_as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), *args]), check=check,
+                       capture_output=True)
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        self._ctl("-l", str(self.root / "server.log"), "-w", "-o", f"-h 127.0.0.1 -p {self.port} -k {self.root}",
+                  "start")
+
+    def stop(self, *, check: bool = True) -> None:
+        """Stop it the fast way (open sessions are cut) and wait until it is down."""
+        self._ctl("-m", "fast", "-w", "stop", check=check)
+
+    @property
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+
 @contextlib.contextmanager
-def temporary_postgres() -> Iterator[str]:
-    """Start a server; yield its SQLAlchemy URL (``postgresql+psycopg://...``); stop it."""
+def temporary_postgres_server() -> Iterator[PostgresServer]:
+    """Start a server; yield it (:class:`PostgresServer`); stop and remove it."""
     bindir = _bindir()
     # Not under a private temporary directory: the server runs as the postgres user.
     root = Path(tempfile.mkdtemp(prefix="slimtune-pg-"))
     os.chmod(root, 0o777)
-    data, port = root / "data", _free_port()
+    server = PostgresServer(bindir, root, _free_port())
     try:
-        subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres",
-                                     "-E", "UTF8"]), check=True, capture_output=True)
-        subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w",
-                                     "-o", f"-h 127.0.0.1 -p {port} -k {root}", "start"]),
-                       check=True, capture_output=True)
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(server.data), "--auth=trust", "-U",
+                                     "postgres", "-E", "UTF8"]), check=True, capture_output=True)
+        server.start()
+        yield server
     finally:
-        if (data / "postmaster.pid").exists():
-            subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-                           capture_output=True)
+        if server.running:
+            server.stop(check=False)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def temporary_postgres() -> Iterator[str]:
+    """Start a server; yield its SQLAlchemy URL (``postgresql+psycopg://...``); stop it."""
+    with temporary_postgres_server() as server:
+        yield server.url

@@ -110,9 +110,41 @@ def storage_fault(exc: BaseException, url: str | None) -> str | None:
         if "malformed" in text or "not a database" in text:
             return f"the database file is damaged: {shown} ({scrub(_first_line(e), url or '')})"
         if "disk i/o error" in text or "unable to open database file" in text:
+            why = _io_cause(url)
+            if why is not None:
+                return f"{why}: could not write to {shown} ({scrub(_first_line(e), url or '')})"
             return f"cannot read or write the database file of {shown} ({scrub(_first_line(e), url or '')})"
     if is_disconnect(exc):
         return f"lost the connection to {shown} ({scrub(_first_line(exc), url or '')})"
+    return None
+
+
+#: Free bytes below which a failed write of a SQLite file is put down to a full disk.
+FULL_BELOW = 1 << 20
+
+
+def _io_cause(url: str | None) -> str | None:
+    """Why a SQLite file gave ``disk I/O error``, when it can be told from outside:
+    ``disk full`` (under :data:`FULL_BELOW` bytes free where it lies; SQLite says
+    ``disk I/O error`` when the write-ahead log cannot grow) or ``file size limit
+    reached`` (the file or its journal at the process's ``ulimit -f``)."""
+    if not url or not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///"):].split("?", 1)[0]
+    if path.startswith("file:"):
+        path = path[len("file:"):]
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        sizes = [os.path.getsize(p) for p in (path, f"{path}-wal", f"{path}-journal") if os.path.exists(p)]
+        if limit != resource.RLIM_INFINITY and any(size + 65536 >= limit for size in sizes):
+            return f"file size limit reached (ulimit -f: {limit} bytes)"
+        fs = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
+        if fs.f_bavail * fs.f_frsize < FULL_BELOW:
+            return "disk full"
+    except (OSError, ValueError, ImportError):
+        return None
     return None
 
 

@@ -75,3 +75,136 @@ def test_a_study_file_changed_during_a_run_stops_it_with_one_line(study_file, tm
     assert "trials trained" not in out
     if change == "replaced":
         assert _counts(path) == _counts(snapshot)  # nothing written into the file that replaced it
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs mounted in a temporary directory (root only), unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    where = tmp_path / "disk"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(where)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def _fill(path: Path) -> None:
+    """Write ``path`` until the file system it is on has no space left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 65536)
+    except OSError as exc:
+        assert exc.errno == 28, exc  # ENOSPC
+    try:
+        while True:
+            os.write(fd, b"\0")
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def test_a_full_disk_is_named_by_its_line(small_disk):
+    """A real SQLite write on a full tmpfs: the line says ``disk full`` (fast: the run's
+    end to end version is below)."""
+    from slimtune._storage_faults import storage_fault
+
+    path = small_disk / "s.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (x BLOB)")
+    conn.commit()
+    _fill(small_disk / "filler")
+    with pytest.raises(sqlite3.OperationalError) as caught:
+        conn.execute("INSERT INTO t VALUES (?)", (os.urandom(100_000),))
+        conn.commit()
+    conn.close()
+    line = storage_fault(caught.value, f"sqlite:///{path}")
+    assert line == f"disk full: could not write to sqlite:///{path} (database or disk is full)", line
+
+
+def test_a_file_size_limit_is_named_by_its_line(tmp_path):
+    """SQLite says only ``disk I/O error`` when a write passes ``ulimit -f``; the line
+    names the limit (a real child process with the limit set, a real SQLite file)."""
+    path = tmp_path / "s.db"
+    child = subprocess.run([sys.executable, "-c", f"""
+import os, resource, sqlite3
+from slimtune._storage_faults import storage_fault
+conn = sqlite3.connect({str(path)!r})
+conn.execute("PRAGMA journal_mode=WAL"); conn.execute("CREATE TABLE t (x BLOB)"); conn.commit()
+limit = os.path.getsize({str(path)!r} + "-wal")
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    conn.execute("INSERT INTO t VALUES (?)", (os.urandom(100_000),)); conn.commit()
+except sqlite3.OperationalError as exc:
+    print(str(exc)); print(storage_fault(exc, "sqlite:///{path}"))
+"""], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    said, line = child.stdout.strip().splitlines()
+    assert said == "disk I/O error", child.stdout + child.stderr
+    assert line.startswith("file size limit reached (ulimit -f: ") and f"could not write to sqlite:///{path}" in line
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_database(study_file, small_disk):
+    """The disk holding the study file fills while trial 1 trains: exit 2, one line that
+    says the disk is full, the file intact with trial 0; once space is freed the same
+    command resumes, fails the trial that could not be written and trains the asked ones."""
+    path = small_disk / "s.db"
+    shutil.copy(study_file, path)
+    url = f"sqlite:///{path}"
+    run = _slimtune("run", "--study", "f", "--task", TASK, "--trials", "2", "--json", "--storage", url,
+                    SLIMTUNE_FAULT="before_eval:sleep2")
+    _wait_for_fault(run)
+    _fill(small_disk / "filler")
+    out, err = run.communicate(timeout=600)
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("slimtune-fault:")]
+    assert run.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert lines[0].startswith(f"Error: disk full: could not write to {url}"), lines
+    assert "trials trained" not in out
+    (small_disk / "filler").unlink()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        states = dict(conn.execute("SELECT number, state FROM trials"))
+        kept = conn.execute("SELECT trial_number, state FROM slimtune_candidates").fetchall()
+    conn.close()
+    assert states == {0: "COMPLETE", 1: "RUNNING"} and kept == [(0, "COMPLETE")], (states, kept)
+
+    again = _slimtune("run", "--study", "f", "--task", TASK, "--trials", "2", "--json", "--storage", url)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-3000:]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        states = dict(conn.execute("SELECT number, state FROM trials"))
+    conn.close()
+    assert states == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE", 3: "COMPLETE"}, states
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_stops_the_run_with_one_line_that_names_it(study_file, tmp_path):
+    """``ulimit -f`` reached while trial 1 is recorded (set on the running process with
+    ``prlimit``): SQLite only says ``disk I/O error``; the line names the limit, exit 2,
+    and the file stays intact with trial 0."""
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit (util-linux) is not installed")
+    path = tmp_path / "s.db"
+    shutil.copy(study_file, path)
+    url = f"sqlite:///{path}"
+    run = _slimtune("run", "--study", "f", "--task", TASK, "--trials", "2", "--json", "--storage", url,
+                    SLIMTUNE_FAULT="before_eval:sleep2")
+    _wait_for_fault(run)
+    limit = Path(f"{path}-wal").stat().st_size
+    subprocess.run(["prlimit", f"--pid={run.pid}", f"--fsize={limit}:{limit}"], check=True)
+    out, err = run.communicate(timeout=600)
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("slimtune-fault:")]
+    assert run.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert lines[0].startswith(f"Error: file size limit reached (ulimit -f: {limit} bytes): could not write to {url}"), lines
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("SELECT trial_number, state FROM slimtune_candidates").fetchall() == [(0, "COMPLETE")]
+    conn.close()

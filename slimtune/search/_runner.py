@@ -42,7 +42,7 @@ import traceback
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from slimtune._storage_faults import StorageLost, retry_disconnects
+from slimtune._storage_faults import StorageLost, retry_disconnects, storage_fault
 from slimtune.search._constraints import COLLAPSE_CONSTRAINT, Constraints, collapse_margin
 from slimtune.search._early_stopping import FrontierEarlyStopping, rejected_before_training
 from slimtune.search._heartbeat import TrialStart, fail_stale_trials
@@ -231,9 +231,10 @@ class TrialRunner:
                                        early_stopping=self.early_stopping is not None, worker=self.worker)
             outcome.state, outcome.values, outcome.constraints = "FAIL", None, {}
             if isinstance(exc, catch):
-                outcome.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                first = (str(exc).strip().splitlines() or [""])[0][:300]
-                logger.warning("Trial %d failed: %s: %s", outcome.number, type(exc).__name__, first)  # one line
+                fault_line = storage_fault(exc, self._storage_url())  # e.g. a server stopped mid-transaction
+                outcome.error = fault_line or "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                first = fault_line or f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+                logger.warning("Trial %d failed: %s", outcome.number, first)  # one line
                 logger.debug("Trial %d failed:\n%s", outcome.number, traceback.format_exc())
             else:  # KeyboardInterrupt, SIGTERM: record, then re-raise
                 name = exc.signal_name if isinstance(exc, Interrupted) else type(exc).__name__
@@ -295,6 +296,11 @@ class TrialRunner:
                 trial.set_constraint(COLLAPSE_CONSTRAINT, margin)
         for key, value in user_attrs(outcome, self.fixed).items():
             trial.set_user_attr(key, value)
+
+    def _storage_url(self) -> str | None:
+        """The study database's URL, when the recorder has one (to name a storage fault)."""
+        url = getattr(self.recorder, "storage", None)
+        return url if isinstance(url, str) else None
 
     def _check_storage(self) -> None:
         """The recorder's check that its database is still the one opened (optional)."""
