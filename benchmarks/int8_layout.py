@@ -4,7 +4,8 @@ For each task's baseline, compiled at each batch size: fp32 (the reference), sli
 int8 as a trial times it (``compile_model(bits=8)``: QDQ or QOperator, whichever ran
 faster here), slimtune's int8 forced to each layout (``$SLIMTUNE_INT8_LAYOUT``), and
 ``onnxruntime.quantization.quantize_static`` in QOperator format with per-channel
-weights (what Intel Neural Compressor and Olive write).  All are timed interleaved in
+weights, uint8 activations and int8 weights (what Intel Neural Compressor writes for
+x86) and with ORT's default types (int8 activations).  All are timed interleaved in
 this one process with slimtune's procedure (``static_latencies``: calibrated samples,
 rotating rounds, 10th percentile, one thread, the on-CPU clock), over ``--processes``
 fresh processes; printed per model: the median speed-up over fp32, the file size and
@@ -29,16 +30,20 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _ort_qoperator(float_bytes: bytes, calibration) -> bytes:
-    """``quantize_static`` QOperator, per-channel, its other defaults (u8s8, MinMax)."""
-    from onnxruntime.quantization import QuantFormat, quantize_static
+def _ort_qoperator(float_bytes: bytes, calibration, u8s8: bool) -> bytes:
+    """``quantize_static`` QOperator, per-channel, MinMax; ``u8s8``: uint8 activations and
+    int8 weights (what Intel Neural Compressor writes for x86), else ORT's defaults
+    (int8 activations)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     from slimtune.search._runtimes._ort import _Calibration, _quiet_logging
 
     with tempfile.TemporaryDirectory() as tmp, _quiet_logging():
         src, out = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
         Path(src).write_bytes(float_bytes)
-        quantize_static(src, out, _Calibration(calibration), quant_format=QuantFormat.QOperator, per_channel=True)
+        types = {"activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8} if u8s8 else {}
+        quantize_static(src, out, _Calibration(calibration), quant_format=QuantFormat.QOperator, per_channel=True,
+                        **types)
         return Path(out).read_bytes()
 
 
@@ -68,7 +73,8 @@ def one_process(task_name: str, batches: list[int], repeats: int) -> list[dict]:
         models[label] = compiled.artifact
         chosen[label] = compiled.info.get("int8_layout")
     os.environ.pop("SLIMTUNE_INT8_LAYOUT")
-    models["ORT quantize_static QOperator"] = _ort_qoperator(models["fp32"], calibration.numpy())
+    models["ORT QOperator u8s8"] = _ort_qoperator(models["fp32"], calibration.numpy(), u8s8=True)
+    models["ORT QOperator defaults (s8s8)"] = _ort_qoperator(models["fp32"], calibration.numpy(), u8s8=False)
     sessions = {label: session(b, 1) for label, b in models.items()}
     accuracy = {label: float(np.mean(np.concatenate([s.run(None, {INPUT: x_val[i:i + 256]})[0].argmax(-1)
                                                      for i in range(0, len(x_val), 256)]) == y_val))

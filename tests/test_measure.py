@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -151,6 +152,12 @@ def test_measure_static_model(data, runtime, tmp_path):
     assert unpack(packed.read_bytes()).artifact == compiled.artifact
     assert m.kernel_bits == 8 and m.runtime == runtime and m.exit_rates is None
     assert m.fingerprint_id == machine_fingerprint(runtime, 1, 1)[1]
+    if runtime == "onnxruntime":  # the layout kept, and both layouts' timings that chose it
+        ops = {n.op_type for n in onnx.load_from_string(compiled.artifact).graph.node}
+        assert m.int8_layout == ("qoperator" if "QLinearConv" in ops else "qdq")
+        assert set(m.int8_layout_ms) == {"qdq", "qoperator"}
+    else:
+        assert m.int8_layout is None and m.int8_layout_ms is None
     assert Measurement.from_dict(m.to_dict()) == m
 
 

@@ -51,6 +51,8 @@ class Measurement:
         kernel_bits: the bit width of the kernels that actually ran (32 or 8).
         int8_format: the int8 kernels' format (``u8s8``, ``u8u8``, ``s8s8``;
             ``u8s8-reduce-range`` for torch), ``None`` without int8 kernels.
+        int8_layout: ONNX Runtime's int8 layout (``qdq`` or ``qoperator``), and
+            ``int8_layout_ms`` both layouts' latencies when both were timed to choose it.
         runtime_agreement: share of the evaluated samples (the first validation samples, in steps of 512
             until the share is settled above 99%, at most 2,048) on which the runtime predicts
             the class that the torch model with the same b-bit weights (float
@@ -88,6 +90,8 @@ class Measurement:
     latency_clock: str = "wall"
     latency_wall_ms: float | None = None
     precision: str | None = None
+    int8_layout: str | None = None
+    int8_layout_ms: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

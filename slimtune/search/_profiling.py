@@ -279,6 +279,8 @@ def measure(
         fingerprint_id=fingerprint_id,
         kernel_bits=compiled.kernel_bits,
         int8_format=compiled.int8_format,
+        int8_layout=compiled.info.get("int8_layout") if compiled.kernel_bits == 8 else None,
+        int8_layout_ms=compiled.info.get("int8_layout_ms") if compiled.kernel_bits == 8 else None,
         precision=compiled.precision,
         runtime_agreement=agreement,
         exit_rates=exit_rates,
