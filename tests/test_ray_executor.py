@@ -100,9 +100,9 @@ def cluster():
     cluster.shutdown()
 
 
-def _command(study: str, url: str, address: str, trials: int) -> list[str]:
+def _command(study: str, url: str, address: str, trials: int, epochs: int = 2) -> list[str]:
     return [sys.executable, "-m", "slimtune.cli", "run", "--study", study, "--task", "digits", "--trials", str(trials),
-            "--epochs", "2", "--no-early-stopping", "--executor", "ray", "--address", address, "--workers", "2",
+            "--epochs", str(epochs), "--no-early-stopping", "--executor", "ray", "--address", address, "--workers", "2",
             "--storage", url]
 
 
@@ -177,7 +177,9 @@ def test_four_trials_on_two_ray_workers_lose_nothing_when_a_worker_is_killed(tmp
 @pytest.mark.slow
 def test_ctrl_c_stops_the_ray_tasks_and_fails_their_trials(tmp_path, cluster, digits_baseline):
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    proc = subprocess.Popen(_command("c", url, cluster.address, 6), cwd=tmp_path, stdout=subprocess.PIPE,
+    # 40 epochs: the trials seen RUNNING are still training when Ctrl-C reaches them (with 2,
+    # on an idle machine, one could finish and record itself in between)
+    proc = subprocess.Popen(_command("c", url, cluster.address, 6, epochs=40), cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         running = _wait_for_running(proc, url, "c")
