@@ -34,3 +34,17 @@ def digits_baseline(digits_task):
     from slimtune.search._baseline import get_baseline
 
     return get_baseline(digits_task, seed=0)
+
+
+@pytest.fixture(scope="module")
+def postgres_server():
+    """A throwaway PostgreSQL server for the test module (:class:`slimtune._pgserver.PostgresServer`:
+    ``url``, ``stop()``, ``start()``); skipped without one (failed under CI)."""
+    from slimtune._pgserver import PostgresUnavailable, temporary_postgres_server
+    from tests._system import require_system
+
+    try:
+        with temporary_postgres_server() as server:
+            yield server
+    except PostgresUnavailable as exc:
+        require_system(str(exc))

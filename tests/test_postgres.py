@@ -15,20 +15,13 @@ from pathlib import Path
 import optuna
 import pytest
 
-from slimtune._pgserver import PostgresUnavailable, temporary_postgres
-from tests._system import require_system
-
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture(scope="module")
-def postgres_url():
-    try:
-        with temporary_postgres() as url:
-            yield url
-    except PostgresUnavailable as exc:
-        require_system(str(exc))
+def postgres_url(postgres_server):
+    return postgres_server.url
 
 
 def test_two_workers_join_one_study(postgres_url, tmp_path):

@@ -17,9 +17,6 @@ from pathlib import Path
 import optuna
 import pytest
 
-from slimtune._pgserver import PostgresUnavailable, temporary_postgres_server
-from tests._system import require_system
-
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "tests.user_task:make_task"
 FAST = ["--epochs", "1", "--latency-repeats", "3", "--no-early-stopping"]
@@ -27,12 +24,8 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture(scope="module")
-def server():
-    try:
-        with temporary_postgres_server() as s:
-            yield s
-    except PostgresUnavailable as exc:
-        require_system(str(exc))
+def server(postgres_server):
+    return postgres_server
 
 
 def _run(url: str, study: str, trials: int, **env: str) -> subprocess.Popen:
