@@ -23,12 +23,10 @@ def check_ray_options(*, device: str | None, timeout: float | None, backend: str
         import ray  # noqa: F401
     except ImportError:
         raise UserError("--executor ray needs Ray: pip install 'slimtune[ray]'.") from None
-    import os
-
-    from slimtune.studies._ray_executor import RayUnavailable, check_reachable
+    from slimtune.studies._ray_executor import RayUnavailable, check_reachable, cluster_address
 
     try:  # Ray alone retries an unreachable head for minutes
-        check_reachable(address or os.environ.get("RAY_ADDRESS") or "local")
+        check_reachable(cluster_address(address))
     except RayUnavailable as exc:
         raise UserError(str(exc)) from None
     if backend != "optuna":

@@ -57,6 +57,12 @@ class RayUnavailable(StudyError):
     """Ray is not installed, or the cluster cannot be reached."""
 
 
+def cluster_address(address: str | None) -> str:
+    """The cluster ``address`` names: itself, else ``$RAY_ADDRESS``, else ``local`` (a Ray
+    instance of its own, never one found running on this machine)."""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
 def check_reachable(address: str, timeout: float | None = None) -> None:
     """Raise :class:`RayUnavailable` at once when ``address`` (``host:port`` or
     ``ray://host:port``) takes no TCP connection; ``auto`` and ``local`` are Ray's own."""
@@ -142,9 +148,8 @@ class RayExecutor:
             env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                                       "runtime_env": {"env_vars": env} if env else None}
-            address = self.address or os.environ.get("RAY_ADDRESS")
-            if address is None:  # a Ray instance of its own ("local": never one found running on this machine)
-                address = "local"
+            address = cluster_address(self.address)
+            if address == "local":
                 kwargs["num_cpus"] = os.cpu_count()
                 # Ray's raylet gives its Python agents a short time to start; a loaded machine needs more
                 os.environ.setdefault("RAY_agent_register_timeout_ms", str(AGENT_TIMEOUT_MS))
