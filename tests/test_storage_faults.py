@@ -150,38 +150,55 @@ except sqlite3.OperationalError as exc:
     assert line.startswith("file size limit reached (ulimit -f: ") and f"could not write to sqlite:///{path}" in line
 
 
-@pytest.mark.slow
-def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_database(study_file, small_disk):
-    """The disk holding the study file fills while trial 1 trains: exit 2, one line that
-    says the disk is full, the file intact with trial 0; once space is freed the same
-    command resumes, fails the trial that could not be written and trains the asked ones."""
-    path = small_disk / "s.db"
+def _run_paused_in_trial_1(study_file: Path, folder: Path) -> tuple[Path, str, subprocess.Popen]:
+    """A copy of the one-trial study in ``folder`` and a `run` of its trial 1, waiting
+    before that trial's training (each trial sleeps 2 s there)."""
+    path = folder / "s.db"
     shutil.copy(study_file, path)
     url = f"sqlite:///{path}"
     run = _slimtune("run", "--study", "f", "--task", TASK, "--trials", "2", "--json", "--storage", url,
                     SLIMTUNE_FAULT="before_eval:sleep2")
     _wait_for_fault(run)
-    _fill(small_disk / "filler")
+    return path, url, run
+
+
+def _one_error_line(run: subprocess.Popen) -> tuple[str, str]:
+    """The run's stdout and its one stderr line (the fault hook's notes aside): exit 2,
+    no traceback."""
     out, err = run.communicate(timeout=600)
     lines = [ln for ln in err.strip().splitlines() if not ln.startswith("slimtune-fault:")]
     assert run.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
-    assert lines[0].startswith(f"Error: disk full: could not write to {url}"), lines
-    assert "trials trained" not in out
-    (small_disk / "filler").unlink()
+    return out, lines[0]
+
+
+def _intact_rows(path: Path, query: str) -> list[tuple]:
+    """``query``'s rows from the SQLite file at ``path``, once ``PRAGMA integrity_check`` says ok."""
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        states = dict(conn.execute("SELECT number, state FROM trials"))
-        kept = conn.execute("SELECT trial_number, state FROM slimtune_candidates").fetchall()
+        rows = conn.execute(query).fetchall()
     conn.close()
+    return rows
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_database(study_file, small_disk):
+    """The disk holding the study file fills while trial 1 trains: exit 2, one line that
+    says the disk is full, the file intact with trial 0; once space is freed the same
+    command resumes, fails the trial that could not be written and trains the asked ones."""
+    path, url, run = _run_paused_in_trial_1(study_file, small_disk)
+    _fill(small_disk / "filler")
+    out, line = _one_error_line(run)
+    assert line.startswith(f"Error: disk full: could not write to {url}"), line
+    assert "trials trained" not in out
+    (small_disk / "filler").unlink()
+    states = dict(_intact_rows(path, "SELECT number, state FROM trials"))
+    kept = _intact_rows(path, "SELECT trial_number, state FROM slimtune_candidates")
     assert states == {0: "COMPLETE", 1: "RUNNING"} and kept == [(0, "COMPLETE")], (states, kept)
 
     again = _slimtune("run", "--study", "f", "--task", TASK, "--trials", "2", "--json", "--storage", url)
     out, err = again.communicate(timeout=600)
     assert again.returncode == 0, err[-3000:]
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        states = dict(conn.execute("SELECT number, state FROM trials"))
-    conn.close()
+    states = dict(_intact_rows(path, "SELECT number, state FROM trials"))
     assert states == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE", 3: "COMPLETE"}, states
 
 
@@ -192,19 +209,9 @@ def test_a_file_size_limit_stops_the_run_with_one_line_that_names_it(study_file,
     and the file stays intact with trial 0."""
     if shutil.which("prlimit") is None:
         pytest.skip("prlimit (util-linux) is not installed")
-    path = tmp_path / "s.db"
-    shutil.copy(study_file, path)
-    url = f"sqlite:///{path}"
-    run = _slimtune("run", "--study", "f", "--task", TASK, "--trials", "2", "--json", "--storage", url,
-                    SLIMTUNE_FAULT="before_eval:sleep2")
-    _wait_for_fault(run)
+    path, url, run = _run_paused_in_trial_1(study_file, tmp_path)
     limit = Path(f"{path}-wal").stat().st_size
     subprocess.run(["prlimit", f"--pid={run.pid}", f"--fsize={limit}:{limit}"], check=True)
-    out, err = run.communicate(timeout=600)
-    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("slimtune-fault:")]
-    assert run.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
-    assert lines[0].startswith(f"Error: file size limit reached (ulimit -f: {limit} bytes): could not write to {url}"), lines
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert conn.execute("SELECT trial_number, state FROM slimtune_candidates").fetchall() == [(0, "COMPLETE")]
-    conn.close()
+    _, line = _one_error_line(run)
+    assert line.startswith(f"Error: file size limit reached (ulimit -f: {limit} bytes): could not write to {url}"), line
+    assert _intact_rows(path, "SELECT trial_number, state FROM slimtune_candidates") == [(0, "COMPLETE")]
