@@ -155,7 +155,11 @@ def measure_baseline(task: "Task", space: "Space", settings: "EvalSettings", *, 
 
     place = TrainingDevice.resolve(settings.device, settings.amp)
     baseline = get_baseline(task, seed=settings.seed, progress=progress, use_cache=use_cache, place=place)
-    measurement = Evaluator(task, space, settings, baseline, place=place).baseline_measurement()
-    return {"measurement": measurement.to_dict(), "val_accuracy": baseline.val_accuracy,
+    evaluator = Evaluator(task, space, settings, baseline, place=place)
+    measurement = evaluator.baseline_measurement()
+    data = {"measurement": measurement.to_dict(), "val_accuracy": baseline.val_accuracy,
             "torch_test_accuracy": baseline.test_accuracy, "metric": task.metric.name,
             "trained_by_slimtune": baseline.trained}
+    if len(evaluator.targets) > 1:  # the baseline on each other target (the first is `measurement`)
+        data["targets"] = {t.key: evaluator.baseline_measurement(t).to_dict() for t in evaluator.targets[1:]}
+    return data

@@ -22,6 +22,7 @@ from slimtune.search._device import TrainingDevice
 from slimtune.search._measurement import Measurement
 from slimtune.search._pre_measure import PreMeasurement, Thresholded, cautious_latencies, path_thresholds
 from slimtune.search._settings import SESSION_SETTINGS, SETTING_RANGES, EvalSettings  # noqa: F401 (imported from here)
+from slimtune.search._targets import Target, TargetResult, settings_targets
 from slimtune.search._trainer import TrainConfig, score_and_exit_rates, train
 from slimtune.spaces.base import LOWERED_STAGES, KnobContext
 from slimtune.spaces._lowering import fold_batchnorm, lower
@@ -61,6 +62,8 @@ class CandidateResult:
     pre: PreMeasurement | None = None
     stopped: str | None = None  # the reason when the candidate was stopped early
     info: dict[str, Any] = field(default_factory=dict)
+    #: the study's other targets (the first one is ``measurement``), each measured beside its own baseline
+    targets: list[TargetResult] = field(default_factory=list)
 
 
 class Evaluator:
@@ -83,8 +86,10 @@ class Evaluator:
         # PTQ calibration: the first calibration_size training samples (a stream reads only the batches they fill)
         self.calibration = task.data.train.head(settings.calibration_size).clone()
         self.example_input = task.example_input(1)  # on the CPU (MACs, compiling); knobs get it on their device
-        self._reference = None
-        self._baseline_measurement: Measurement | None = None
+        #: where latency is timed: the first target drives the search, the others are measured beside it
+        self.targets: list[Target] = settings_targets(settings)
+        self._references: dict[str, Any] = {}  # target key -> the baseline compiled there
+        self._baseline_measurements: dict[str, Measurement] = {}
         self.on_phase: Callable[[str], None] | None = None  # told "train", "compress", "measure" (slimtune eval)
 
     def _phase(self, name: str) -> None:
@@ -148,40 +153,64 @@ class Evaluator:
         return model
 
     def _compile(self, model: nn.Module, bits: int, metadata: dict[str, Any] | None = None,
-                 encoding: "WeightEncoding | None" = None):
+                 encoding: "WeightEncoding | None" = None, target: Target | None = None):
+        """``model`` compiled for ``target`` (default the first: the one the search sees)."""
         from slimtune.search._runtimes import compile_model
 
-        return compile_model(model, runtime=self.settings.runtime, bits=bits, calibration=self.calibration,
-                             threads=self.settings.threads, metadata=metadata, encoding=encoding,
-                             batch_size=self.settings.batch_size)
+        t = target or self.targets[0]
+        return compile_model(model, runtime=t.runtime, bits=bits, calibration=self.calibration,
+                             threads=t.threads, metadata=metadata, encoding=encoding, batch_size=t.batch_size)
 
-    def artifact_metadata(self, values: dict[str, Any]) -> dict[str, Any]:
-        """:func:`artifact_metadata` of this task and runtime."""
+    def artifact_metadata(self, values: dict[str, Any], target: Target | None = None) -> dict[str, Any]:
+        """:func:`artifact_metadata` of this task and ``target``'s runtime (default the first)."""
         from slimtune.search._runtimes import get_runtime
 
-        return artifact_metadata(self.task, values, get_runtime(self.settings.runtime).artifact_format)
+        return artifact_metadata(self.task, values, get_runtime((target or self.targets[0]).runtime).artifact_format)
 
-    def _measure(self, model: nn.Module, compiled, bits: int) -> Measurement:
+    def _measure(self, model: nn.Module, compiled, bits: int, target: Target | None = None) -> Measurement:
         from slimtune.search._profiling import measure
 
+        t = target or self.targets[0]
         data = self.task.data
         return measure(model, compiled, data.val, None, x_test=data.test, bits=bits,
                        example_input=self.example_input, metric=self.task.metric,
-                       reference=self.reference(), batch_size=self.settings.batch_size, threads=self.settings.threads,
+                       reference=self.reference(t), batch_size=t.batch_size, threads=t.threads,
                        warmup=self.settings.latency_warmup, repeats=self.settings.latency_repeats)
 
-    def reference(self):
-        """The baseline compiled on the study's runtime (fp32): timed beside every candidate."""
-        if self._reference is None:
-            self._reference = self._compile(copy.deepcopy(self.baseline.model).eval(), 32)
-        return self._reference
+    def reference(self, target: Target | None = None):
+        """The baseline compiled (fp32) on ``target`` (default the first): timed beside
+        every candidate there."""
+        t = target or self.targets[0]
+        if t.key not in self._references:
+            self._references[t.key] = self._compile(copy.deepcopy(self.baseline.model).eval(), 32, target=t)
+        return self._references[t.key]
 
-    def baseline_measurement(self) -> Measurement:
-        """The baseline measured exactly like a candidate (the frontier's reference point)."""
-        if self._baseline_measurement is None:
+    def baseline_measurement(self, target: Target | None = None) -> Measurement:
+        """The baseline measured exactly like a candidate on ``target`` (default the
+        first; the frontier's reference point there)."""
+        t = target or self.targets[0]
+        if t.key not in self._baseline_measurements:
             model = copy.deepcopy(self.baseline.model).eval()
-            self._baseline_measurement = self._measure(model, self.reference(), 32)
-        return self._baseline_measurement
+            self._baseline_measurements[t.key] = self._measure(model, self.reference(t), 32, t)
+        return self._baseline_measurements[t.key]
+
+    def measure_other_targets(self, model: nn.Module, bits: int, values: dict[str, Any],
+                              metadata: dict[str, Any] | None = None,
+                              encoding: "WeightEncoding | None" = None) -> list[TargetResult]:
+        """``model`` compiled and measured on each target but the first, beside the
+        baseline timed there in the same run; a target where that fails gets its
+        one-line error (the trial keeps its other measurements)."""
+        out = []
+        for t in self.targets[1:]:
+            try:
+                meta = {**self.artifact_metadata(values, t), **(metadata or {}), "target": t.key}
+                with torch.random.fork_rng():
+                    compiled = self._compile(model, bits, _jsonable(meta), encoding, target=t)
+                m = self._measure(model, compiled, bits, t)
+                out.append(TargetResult(t.key, m, compiled.artifact, compiled.artifact_format))
+            except Exception as exc:  # noqa: BLE001 - one target failing leaves the trial's others
+                out.append(TargetResult(t.key, None, error=f"{type(exc).__name__}: {str(exc).strip()[:300]}"))
+        return out
 
     # -- the pipeline ------------------------------------------------------------
     def build_architecture(self, values: dict[str, Any], ctx: KnobContext | None = None, *,
@@ -310,10 +339,11 @@ class Evaluator:
         info["artifact_metadata"] = artifact_meta  # also inside an ONNX artifact's metadata_props
         info["trained_on"] = self.place.describe()  # where it trained; timed_on: where its latency was measured
         info["timed_on"] = timed_on(measurement)
-        # the objective is the timed artifact's validation accuracy (measurement.accuracy)
+        others = self.measure_other_targets(model, bits, values, metadata, encoding)
+        # the objective is the timed artifact's validation accuracy (measurement.accuracy) on the first target
         return CandidateResult(values, measurement, measurement.accuracy, compiled.artifact,
                                compiled.artifact_format, recipe, {k: v.detach().clone() for k, v in model.state_dict().items()},
-                               train_seconds, time.perf_counter() - started, pre, info=_jsonable(info))
+                               train_seconds, time.perf_counter() - started, pre, info=_jsonable(info), targets=others)
 
     def rebuild(self, recipe: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> nn.Module:
         """A runnable module from a stored recipe and weights, without retraining: the

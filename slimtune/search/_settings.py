@@ -68,10 +68,15 @@ class EvalSettings:
     calibration_size: int = 256  # PTQ calibration: this many training samples (the first of a stream)
     device: str = "auto"  # where candidates train (a session setting)
     amp: str = "off"  # mixed precision while training (a session setting)
+    #: several targets (``runtime[:batch][@threads]`` specs, the first driving the search;
+    #: see :mod:`slimtune.search._targets`); ``None``: the one ``runtime``/``batch_size``/``threads``
+    targets: list[str] | None = None
 
     def __post_init__(self) -> None:
         check_device_spec(self.device)
         check_amp(self.amp)
+        if self.targets is not None:
+            self._set_targets()
         if self.runtime not in RUNTIMES:
             raise ValueError(f"`runtime` must be one of {', '.join(RUNTIMES)}, but got {self.runtime!r}.")
         for name in ("threads", "batch_size", "latency_repeats"):
@@ -84,12 +89,28 @@ class EvalSettings:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low <= value <= high):
                 raise ValueError(f"`{name}` must be a number in [{low:g}, {high:g}], but got {value!r}.")
 
+    def _set_targets(self) -> None:
+        """``targets`` parsed and stored as keys; the first one is ``runtime``,
+        ``batch_size`` and ``threads``.  One target is stored as those alone (``targets``
+        ``None``), as every study made before targets."""
+        from slimtune.search._targets import TargetError, parse_targets
+
+        try:
+            targets = parse_targets(self.targets, threads=int(self.threads))
+        except TargetError as exc:
+            raise ValueError(str(exc)) from None
+        first = targets[0]
+        self.runtime, self.batch_size, self.threads = first.runtime, first.batch_size, first.threads
+        self.targets = [t.key for t in targets] if len(targets) > 1 else None
+
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     def identity(self) -> dict[str, Any]:
         """The settings that make a study what it is (stored with it, compared on
-        resume): every one but :data:`SESSION_SETTINGS`."""
-        return {k: v for k, v in self.__dict__.items() if k not in SESSION_SETTINGS}
+        resume): every one but :data:`SESSION_SETTINGS`, and ``targets`` only when
+        there are several (a one-target study stores what studies stored before)."""
+        return {k: v for k, v in self.__dict__.items()
+                if k not in SESSION_SETTINGS and not (k == "targets" and v is None)}
 
 

@@ -163,8 +163,10 @@ def check_request(name: str, *, storage: str | None, task: "str | Task | None", 
         else:
             from slimtune.search._task_space import build_space
 
-            target = settings_from(settings, None)  # the families that run on the target the study times
-            new_space = build_space(task_obj, fixed=fixed, runtime=target.runtime, batch_size=target.batch_size)
+            from slimtune.search._targets import settings_targets
+
+            # the families that run on every target the study times
+            new_space = build_space(task_obj, fixed=fixed, targets=settings_targets(settings_from(settings, None)))
     return StudyRequest(name=name, storage=storage, task=task_obj, space=space, fixed=fixed, new_space=new_space,
                         objectives=wanted_objectives, constraints=wanted_constraints, settings=settings,
                         sampler=sampler, seed=seed, early_stopping=early_stopping)

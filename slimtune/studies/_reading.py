@@ -20,6 +20,7 @@ from slimtune.studies._frontier import SPLITS, Limits, no_candidate_message, sel
 from slimtune.studies._rows import MEASUREMENT_KEYS, make_row, mark_pareto
 
 if TYPE_CHECKING:  # pragma: no cover
+    from slimtune.search._targets import Target
     from slimtune.studies._candidate import Candidate
     from slimtune.studies._overview import Overview
     from slimtune.studies._schema import StudyRecord
@@ -71,7 +72,7 @@ class Reading:
         """Machine fingerprints of the complete trials, with their counts."""
         return self.overview().fingerprints()
 
-    def frontier(self, *, fingerprint: str | None = None) -> list[dict]:
+    def frontier(self, *, fingerprint: str | None = None, target: str | None = None) -> list[dict]:
         """The non-dominated complete trials under the study's objectives (feasible ones
         only when the study has constraints, as in Optuna's ``best_trials``), sorted by
         the first cost objective.  Latency is compared as each trial's ratio to the
@@ -83,8 +84,11 @@ class Reading:
         Latencies measured on different machines are not comparable: when the trials
         carry more than one machine fingerprint a ``UserWarning`` says so; pass
         ``fingerprint=`` to keep one machine's trials.  Every trial's figures are read in
-        bulk, and only the front's rows in full.
+        bulk, and only the front's rows in full.  ``target`` (a study timed on several
+        targets, e.g. ``"openvino:64"``): the front on that target (default the first).
         """
+        if target is not None and (view := self.on_target(target)) is not self:
+            return view.frontier(fingerprint=fingerprint)
         overview = self.overview()
         if fingerprint is None:
             ids = {p.get("fingerprint_id") for p in overview.complete}
@@ -94,10 +98,13 @@ class Reading:
                               stacklevel=2)
         return overview.front(fingerprint=fingerprint)
 
-    def candidate(self, number: int) -> "Candidate":
-        """Trial ``number`` as a :class:`Candidate` (it must be complete)."""
+    def candidate(self, number: int, *, target: str | None = None) -> "Candidate":
+        """Trial ``number`` as a :class:`Candidate` (it must be complete); with ``target``
+        as measured there (its measurement and artifact are that target's)."""
         from slimtune.studies._candidate import Candidate
 
+        if target is not None and (view := self.on_target(target)) is not self:
+            return view.candidate(number)
         rows = {r["trial"]: r for r in self.trials()}
         if number not in rows:
             raise StudyError(f"Study {self.name!r} has no trial {number}; its trials are 0..{max(rows, default=-1)}.")
@@ -111,7 +118,7 @@ class Reading:
 
     def select(self, *, max_latency_ms: float | None = None, min_accuracy: float | None = None,
                max_size_kb: float | None = None, max_artifact_kb: float | None = None,
-               split: str = "val") -> "Candidate":
+               split: str = "val", target: str | None = None) -> "Candidate":
         """The most accurate complete trial within the limits (ties: lower latency,
         then smaller size, then earlier trial).
 
@@ -125,12 +132,19 @@ class Reading:
         (1024 B).  A trial with no recorded artifact length never meets
         ``max_artifact_kb``.
 
+        ``target`` (a study timed on several targets, e.g. ``"openvino:64"``): select on
+        that target's figures (its artifact's accuracy, its latency beside the baseline
+        timed there in the same run); the candidate exports the artifact timed there.
+
         Raises:
             NoCandidateError: nothing fits, or nothing that fits beats the baseline; the
                 message names the closest alternatives.
         """
         from slimtune.studies._candidate import Candidate
 
+        if target is not None and (view := self.on_target(target)) is not self:
+            return view.select(max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, max_size_kb=max_size_kb,
+                               max_artifact_kb=max_artifact_kb, split=split)
         for arg, value in (("max_latency_ms", max_latency_ms), ("max_size_kb", max_size_kb),
                            ("max_artifact_kb", max_artifact_kb)):
             if value is not None and not (value > 0):
@@ -148,6 +162,21 @@ class Reading:
         if better:
             return Candidate(self, overview.full(better[:1])[0])
         raise NoCandidateError(no_candidate_message(self.name, rows, fitting, limits, baseline))
+
+    @property
+    def targets(self) -> list["Target"]:
+        """What the study's latencies are timed on, the first driving the search
+        (:mod:`slimtune.search._targets`); one for a study made with one runtime."""
+        from slimtune.search._targets import settings_targets
+
+        return settings_targets(self._record.settings)
+
+    def on_target(self, target: "str | Target | None") -> Any:
+        """The study read on ``target`` (:class:`~slimtune.studies._targets.TargetView`;
+        the study itself for its first target or ``None``)."""
+        from slimtune.studies._targets import study_on_target
+
+        return study_on_target(self, target)
 
     def dashboard(self, **kwargs: Any):
         """A live notebook dashboard of this study (``slimtune.widgets.StudyDashboard``;

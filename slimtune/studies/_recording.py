@@ -219,7 +219,12 @@ class Recording:
             weights = dict(state_dict=buffer.getvalue(), artifact=artifact, artifact_format=result.artifact_format,
                            artifact_sha256=hashlib.sha256(artifact).hexdigest() if artifact else None)
 
-        self._storage.add_candidate(rec, weights)  # one transaction: the row and its weights, or nothing
+        extra = []
+        if m is not None and result.targets:  # the study's other targets, each with the artifact timed there
+            from slimtune.studies._targets import target_records
+
+            extra = target_records(self._record.id, outcome.number, result.targets)
+        self._storage.add_candidate(rec, weights, extra)  # one transaction: the row, its weights, or nothing
         row = make_row(rec, None, objectives=self.objectives)
         row["constraints"], row["feasible"] = dict(outcome.constraints), outcome.feasible
         if row["state"] == "COMPLETE" and row["feasible"]:

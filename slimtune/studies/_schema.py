@@ -32,6 +32,12 @@ Tables (schema version :data:`SCHEMA_VERSION`; version 2 added
     (:mod:`slimtune.search._warm_claims`).  Added without a schema version step: it is
     created where missing when a study is opened for trials, and older slimtune
     versions ignore it.
+``slimtune_target_measurements``
+    one row per complete trial and each target of its study but the first (a study
+    timed on several targets, :mod:`slimtune.search._targets`; the first target's
+    measurement is the candidate's own): that target's figures and whole measurement,
+    and the artifact timed there (or the error that kept it from being measured).
+    Added like the warm starts, without a schema version step.
 
 Types are portable (``JSON``, ``LargeBinary``, ``BigInteger``; LONGBLOB on MySQL), so any
 database Optuna's RDBStorage accepts holds them.
@@ -160,4 +166,27 @@ class WarmStartRecord(Base):
     worker: Mapped[str] = mapped_column(String(256), default="")
 
 
-TABLES = [m.__table__ for m in (SchemaVersion, StudyRecord, CandidateRecord, WeightsRecord, WarmStartRecord)]
+class TargetMeasurementRecord(Base):
+    __tablename__ = "slimtune_target_measurements"
+    __table_args__ = (UniqueConstraint("study_id", "trial_number", "target", name="uq_slimtune_target_measurements"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("slimtune_studies.id", ondelete="CASCADE"), index=True)
+    trial_number: Mapped[int] = mapped_column(Integer)
+    target: Mapped[str] = mapped_column(String(128))  # Target.key, e.g. openvino:64@1
+    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)  # that artifact's validation accuracy
+    test_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    reference_latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)  # the baseline, same run
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    artifact_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    measurement: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # Measurement.to_dict()
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    artifact: Mapped[bytes | None] = mapped_column(Blob, nullable=True)  # the bytes timed on that target
+    artifact_format: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    artifact_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+TABLES = [m.__table__ for m in (SchemaVersion, StudyRecord, CandidateRecord, WeightsRecord, WarmStartRecord,
+                                TargetMeasurementRecord)]

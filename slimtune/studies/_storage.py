@@ -128,8 +128,10 @@ class StudyStorage:
                        *columns)
                 .where(CandidateRecord.study_id == study_id, CandidateRecord.state == "COMPLETE")))
 
-    def add_candidate(self, record: CandidateRecord, weights: Mapping[str, Any] | None) -> None:
-        """Insert a candidate and its weights in one transaction (retried while SQLite
+    def add_candidate(self, record: CandidateRecord, weights: Mapping[str, Any] | None,
+                      extra: Sequence[Any] = ()) -> None:
+        """Insert a candidate, its weights and the ``extra`` records that go with it (its
+        measurements on other targets) in one transaction (retried while SQLite
         reports "database is locked")."""
 
         def write() -> None:
@@ -138,6 +140,7 @@ class StudyStorage:
                 session.flush()
                 if weights is not None:
                     session.add(WeightsRecord(candidate_id=record.id, **weights))
+                session.add_all(list(extra))
 
         retry_locked(write)
 
