@@ -77,6 +77,30 @@ def check_runtime(runtime: str | None) -> None:
         raise UserError(f"--runtime {runtime} needs {', '.join(missing)}: pip install '{extra}'.")
 
 
+def check_targets(targets: str | None, runtime: str | None, batch_size: int | None, threads: int | None) -> None:
+    """``--targets`` that parse, each runtime installed, and not beside ``--runtime`` or
+    ``--batch-size`` (the first target is those): else one ``Error:`` line before any work."""
+    if targets is None:
+        return
+    from slimtune.search._targets import TargetError, parse_targets
+
+    if runtime is not None or batch_size is not None:
+        raise UserError("Give --targets or --runtime/--batch-size, not both: the first of --targets is the runtime "
+                        "and batch size that drive the search.")
+    try:
+        parsed = parse_targets(targets, threads=threads or 1)
+    except TargetError as exc:
+        raise UserError(f"--targets: {exc}") from None
+    for target in parsed:
+        check_runtime(target.runtime)
+
+
+target_option = click.option(
+    "--target", "target", default=None, metavar="RUNTIME[:BATCH][@THREADS]",
+    help="A study timed on several targets: read it on this one (e.g. openvino:64; ort = onnxruntime) "
+         "[default: the first, which drove the search].")
+
+
 def parse_assignments(items: tuple[str, ...], option: str = "--set") -> dict[str, str]:
     """``("a=1", "b=x")`` -> ``{"a": "1", "b": "x"}``; a word without ``=`` is bad input."""
     out: dict[str, str] = {}

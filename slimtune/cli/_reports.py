@@ -53,18 +53,24 @@ def echo_wrapped(text: str, *, wide: bool = False) -> None:
         click.echo(line)
 
 
-def echo_summary(study: Any, overview: Any, *, wide: bool = False) -> None:
+def echo_summary(study: Any, overview: Any, *, wide: bool = False, study_line: bool = True) -> None:
     """The study in a few lines: its trials by state, the baseline, the constraints, a
     note when latencies come from several machines (``overview``: ``study.overview()``,
-    or ``Overview.of_rows`` of rows already read)."""
+    or ``Overview.of_rows`` of rows already read); without ``study_line`` from the
+    baseline on (the next target of a study timed on several)."""
     echo = functools.partial(echo_wrapped, wide=wide)
     counts, rejected = overview.counts, overview.rejected  # the rejected are not counted in --trials
     base = study.baseline
-    echo(f"Study {study.name!r} in {study.storage}: task {study.task_name}, objectives "
+    if study_line:
+        echo(f"Study {study.name!r} in {study.storage}: task {study.task_name}, objectives "
                f"{', '.join(study.objectives)}; {len(overview.points) - rejected} trials trained ({counts['COMPLETE']} "
                f"complete, {counts['PRUNED'] - rejected} {STATE_WORDS['PRUNED']} early, {counts['FAIL']} failed"
                + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "") + f"), {rejected} rejected before "
                "training by early stopping")
+        if len(targets := getattr(study, "targets", ())) > 1:
+            echo(f"Targets: {', '.join(t.key for t in targets)}; each trial timed on every one, beside the baseline "
+                 f"timed there in the same run; {targets[0].key} drove the search")
+    echo_target_header(study)
     base_row = base.to_dict()
     test = test_accuracy(base_row)
     metric = getattr(study, "metric_name", "accuracy")
@@ -99,13 +105,39 @@ def echo_frontier(study: Any, overview: Any, front: list[dict[str, Any]], *, wid
         echo_table(front, study, wide=wide)
 
 
+def target_views(study: Any, target: str | None = None) -> list[Any]:
+    """The study read on each of its targets (``study.on_target``), the first first;
+    only the one ``target`` names when given."""
+    targets = getattr(study, "targets", None)
+    if target is not None:
+        return [study.on_target(target)]
+    if not targets or len(targets) == 1:
+        return [study]
+    return [study.on_target(t) for t in targets]
+
+
+def echo_target_header(view: Any) -> None:
+    """``On onnxruntime:1@1 (target 1 of 2, drove the search):`` for a study timed on
+    several targets (``view``: the study, or it read on one target)."""
+    targets = getattr(view, "targets", None) or ()
+    if len(targets) < 2:
+        return
+    target = getattr(view, "target", None) or targets[0]
+    k = [t.key for t in targets].index(target.key)
+    click.echo(f"On {target.key} (target {k + 1} of {len(targets)}, "
+               + ("drove the search" if k == 0 else "timed beside the first") + "):")
+
+
 def echo_report(study: Any, *, wide: bool = False) -> None:
-    """What ``run`` and ``refit`` print at the end: the summary, the frontier and the
-    commands to run next."""
-    overview = study.overview()
-    front = overview.front()
-    echo_summary(study, overview, wide=wide)
-    echo_frontier(study, overview, front, wide=wide)
+    """What ``run`` and ``refit`` print at the end: the summary, the frontier (one per
+    target of a study timed on several) and the commands to run next."""
+    front: list[dict[str, Any]] = []
+    for k, view in enumerate(target_views(study)):
+        overview = view.overview()
+        if k == 0:
+            front = overview.front()
+        echo_summary(view, overview, wide=wide, study_line=k == 0)
+        echo_frontier(view, overview, front if k == 0 else overview.front(), wide=wide)
     click.echo("Next:")
     for line in next_steps(study, front):
         click.echo(f"  {line}")
@@ -189,12 +221,12 @@ def echo_trial_line(row: dict[str, Any]) -> None:
     click.echo(trial_line(row), nl=True)
 
 
-def export_line(study_name: str, trial: int, storage: str | None = None) -> str:
+def export_line(study_name: str, trial: int, storage: str | None = None, target: str | None = None) -> str:
     """A copy-paste ``slimtune export`` command with every word shell-quoted (a study
     name never turns it into another command); the storage as :func:`storage_words`
     gives it (left out when it comes from ``$SLIMTUNE_STORAGE``, never a password)."""
-    words = " ".join(shlex.quote(w) for w in ["slimtune", "export", study_name, "--trial", str(trial), "--out",
-                                               "model.onnx"])
+    words = " ".join(shlex.quote(w) for w in ["slimtune", "export", study_name, "--trial", str(trial),
+                                               *(["--target", target] if target else []), "--out", "model.onnx"])
     return " ".join([words, *storage_words(storage)])
 
 
@@ -251,7 +283,8 @@ def echo_selected(row: dict[str, Any], study: Any, *, split: str, storage: str) 
                + (f" ({ratio:.2f}x the baseline timed in the same run)" if ratio else "")
                + f", packed {row['size_bytes'] / 1024:.1f} KiB{artifact_kib(row)}, {row['macs']:,} MACs")
     click.echo(f"params: {compact_params(row['params'], param_names(study))}")
-    line = export_line(study.name, row["trial"])
+    target = getattr(study, "target", None)  # a study read on one of its other targets
+    line = export_line(study.name, row["trial"], target=target.key if target is not None else None)
     click.echo(f"export: {line}")
     note = storage_note(line.split())
     if note:

@@ -30,6 +30,7 @@ from slimtune.cli._options import (
     check_device_options,
     check_int8_format,
     check_runtime,
+    check_targets,
     device_option,
     parse_assignments,
     storage_option,
@@ -137,6 +138,10 @@ def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: st
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=None,
               help="Batch size latency is timed at, baseline and candidates alike [default: 1]; early exits run "
                    "one sample at a time, so a larger batch leaves them out of a new study's space.")
+@click.option("--targets", default=None, metavar="RUNTIME[:BATCH][@THREADS],...",
+              help="Time every trial on several targets, e.g. ort:1,openvino:64 (ort = onnxruntime; batch 1 and "
+                   "--threads where left out), each beside the baseline timed there in the same run; the first "
+                   "drives the search, show/select/export --target read the others. Instead of --runtime/--batch-size.")
 @click.option("--latency-repeats", type=click.IntRange(1, MAX_REPEATS), default=None, help="Timed samples per candidate [default: 400].")
 @click.option("--calibration-size", type=click.IntRange(1, MAX_CALIBRATION), default=None,
               help="PTQ calibration samples, the first of the training split (a streaming loader reads only the "
@@ -198,7 +203,7 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
          max_latency_ms: float | None, max_size_kb: float | None,
          max_accuracy_drop: float | None, early_stopping: bool | None, epochs: int | None, runtime: str | None,
          threads: int | None, batch_size: int | None, latency_repeats: int | None, calibration_size: int | None,
-         fix: tuple[str, ...], as_json: bool, wide: bool, workers: int, worker_id: int | None, no_cache: bool,
+         targets: str | None, fix: tuple[str, ...], as_json: bool, wide: bool, workers: int, worker_id: int | None, no_cache: bool,
          storage: str, warm_start: bool, device: str | None, amp: str | None, executor: str, address: str | None,
          gpus_per_trial: float | None, cpus_per_trial: float | None) -> None:
     if n_trials is None and timeout is None:
@@ -209,6 +214,7 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
         raise UserError(f"{', '.join(given)} place trials on a Ray cluster: add --executor ray.")
     check_int8_format()
     check_runtime(runtime)
+    check_targets(targets, runtime, batch_size, threads)
     if worker_id is not None and device == "cuda":  # a child of --workers: the GPUs taken in turn
         import torch
 
@@ -232,6 +238,7 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
     quiet_optuna()
     settings = {k: v for k, v in {"epochs": epochs, "runtime": runtime, "threads": threads, "batch_size": batch_size,
                                   "latency_repeats": latency_repeats, "calibration_size": calibration_size,
+                                  "targets": targets,
                                   "device": device if executor == "local" else None, "amp": amp}.items()
                 if v is not None}
     study = Study.create_or_load(

@@ -12,8 +12,9 @@ import click
 from slimtune._cli_tables import metric_labels, val_accuracy
 from slimtune._names import quoted
 from slimtune.cli._main import main, quiet_optuna
-from slimtune.cli._options import FRACTION, POSITIVE, storage_option, task_option, wide_option
-from slimtune.cli._reports import echo_frontier, echo_json, echo_selected, echo_study_list, echo_summary, echo_table
+from slimtune.cli._options import FRACTION, POSITIVE, storage_option, target_option, task_option, wide_option
+from slimtune.cli._reports import (echo_frontier, echo_json, echo_selected, echo_study_list, echo_summary, echo_table,
+                                   target_views)
 from slimtune.cli._user_errors import UserError, user_errors
 
 
@@ -40,11 +41,13 @@ def studies(as_json: bool, storage: str) -> None:
 @click.argument("study_name", metavar="STUDY")
 @click.option("--pareto", is_flag=True, help="Only the frontier.")
 @click.option("--json", "as_json", is_flag=True, help="Print the trial rows as JSON.")
+@target_option
 @wide_option
 @storage_option
 @user_errors
-def show(study_name: str, pareto: bool, as_json: bool, wide: bool, storage: str) -> None:
-    """A study's trials (* marks the frontier)."""
+def show(study_name: str, pareto: bool, as_json: bool, target: str | None, wide: bool, storage: str) -> None:
+    """A study's trials (* marks the frontier); a study timed on several targets: one
+    table (front) per target, or the one --target names."""
     import warnings
 
     from slimtune.studies import Study
@@ -53,22 +56,34 @@ def show(study_name: str, pareto: bool, as_json: bool, wide: bool, storage: str)
     quiet_optuna()
     study = Study.load(study_name, storage=storage)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # mixed fingerprints: noted in the summary
-            if as_json:
-                rows = study.frontier() if pareto else study.trials()
-                echo_json({"study": study.name, "objectives": list(study.objectives),
-                           "baseline": study.baseline_row(rows), "trials": rows})
-                return
-            # --pareto: every trial's figures, the front's rows in full; else every row in full, read once
-            overview = study.overview() if pareto else Overview.of_rows(study, study.trials())
-        echo_summary(study, overview, wide=wide)
-        if pareto:
-            echo_frontier(study, overview, overview.front(), wide=wide)
-        else:
-            echo_table(overview.points, study, wide=wide)
+        views = target_views(study, target)
+        if as_json:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # mixed fingerprints: noted in the summary
+                shown = [_json_of(view, pareto) for view in views]
+            several = len(study.targets) > 1
+            echo_json({"study": study.name, "objectives": list(study.objectives), **shown[0],
+                       **({"targets": shown} if several and target is None else {})})
+            return
+        for k, view in enumerate(views):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # mixed fingerprints: noted in the summary
+                # --pareto: every trial's figures, the front's rows in full; else every row in full, read once
+                overview = view.overview() if pareto else Overview.of_rows(view, view.trials())
+            echo_summary(view, overview, wide=wide, study_line=k == 0)
+            if pareto:
+                echo_frontier(view, overview, overview.front(), wide=wide)
+            else:
+                echo_table(overview.points, view, wide=wide)
     finally:
         study.close()
+
+
+def _json_of(view, pareto: bool) -> dict:
+    """``show --json``'s fields of the study read on one target."""
+    rows = view.frontier() if pareto else view.trials()
+    target = getattr(view, "target", None) or view.targets[0]
+    return {"target": target.key, "baseline": view.baseline_row(rows), "trials": rows}
 
 
 @main.command("select")
@@ -83,14 +98,17 @@ def show(study_name: str, pareto: bool, as_json: bool, wide: bool, storage: str)
               help="Timed artifact (artifact_bytes: the .onnx/TorchScript file the runtime loads) at most this many KiB.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the chosen trial's row as JSON, with `metadata`: how to feed its exported model.")
+@target_option
 @task_option
 @storage_option
 @user_errors
 def select_(study_name: str, max_latency_ms: float | None, min_accuracy: float | None, split: str,
-            max_size_kb: float | None, max_artifact_kb: float | None, as_json: bool, task_spec: str | None,
-            storage: str) -> None:
+            max_size_kb: float | None, max_artifact_kb: float | None, as_json: bool, target: str | None,
+            task_spec: str | None, storage: str) -> None:
     """The most accurate complete trial within the limits (ties: lower latency),
     ranked by validation accuracy unless --split test; never one the baseline beats.
+    A study timed on several targets: on the first target's figures, or --target's
+    (its artifact's accuracy, its latency beside the baseline timed there).
 
     Exit code 1 when no trial fits (the message names the closest ones).
     """
@@ -103,14 +121,14 @@ def select_(study_name: str, max_latency_ms: float | None, min_accuracy: float |
     try:
         try:
             cand = study.select(max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, max_size_kb=max_size_kb,
-                                max_artifact_kb=max_artifact_kb, split=split)
+                                max_artifact_kb=max_artifact_kb, split=split, target=target)
         except NoCandidateError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
         if as_json:
             echo_json({**cand.to_dict(), "ranked_by": f"{split}_accuracy", "metadata": cand.metadata()})
             return
-        echo_selected(cand.row, study, split=split, storage=storage)
+        echo_selected(cand.row, cand.study, split=split, storage=storage)
     finally:
         study.close()
 
@@ -124,12 +142,15 @@ def select_(study_name: str, max_latency_ms: float | None, min_accuracy: float |
               help="Default: the one --out's extension means, else the format the trial was timed in (what was "
                    "measured). 'packed': that same artifact as a packed model file (.slim), size_bytes long; read it "
                    "with slimtune.search.packed.load_packed.")
+@target_option
 @task_option
 @storage_option
 @user_errors
-def export(study_name: str, trial: int, out: str, fmt: str | None, task_spec: str | None, storage: str) -> None:
-    """Write a trial's model: by default exactly the artifact that was timed; ONNX files
-    carry how to feed them in their metadata (input, preprocessing, classes, params)."""
+def export(study_name: str, trial: int, out: str, fmt: str | None, target: str | None, task_spec: str | None,
+           storage: str) -> None:
+    """Write a trial's model: by default exactly the artifact that was timed (on --target's
+    runtime for a study timed on several targets); ONNX files carry how to feed them in
+    their metadata (input, preprocessing, classes, params)."""
     import warnings
 
     from slimtune.studies import Study
@@ -139,7 +160,7 @@ def export(study_name: str, trial: int, out: str, fmt: str | None, task_spec: st
     quiet_optuna()
     study = Study.load(study_name, storage=storage, task=task_spec)
     try:
-        cand = study.candidate(trial)
+        cand = study.candidate(trial, target=target)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             path = cand.export(out, format=fmt)
@@ -150,7 +171,8 @@ def export(study_name: str, trial: int, out: str, fmt: str | None, task_spec: st
         shown = fmt or ("packed" if path.suffix == ".slim" else cand.artifact()[1])
         click.echo(f"Wrote {path} ({shown}, {size:,} bytes): trial {trial}, "
                    f"{metric_labels(getattr(study, 'metric_name', 'accuracy'))[0]} "
-                   f"{val_accuracy(cand.row):.4f}, latency {cand.latency_ms:.4f} ms")
+                   f"{val_accuracy(cand.row):.4f}, latency {cand.latency_ms:.4f} ms"
+                   + (f" on {cand.study.target.key}" if getattr(cand.study, "target", None) else ""))
     finally:
         study.close()
 

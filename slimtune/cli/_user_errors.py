@@ -25,7 +25,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)
 #: importing them up front would import torch for `slimtune --help`.
 LAZY_USER_ERRORS = (("slimtune.spaces.base", "SpaceError"), ("slimtune.tasks._task", "TaskError"),
                     ("slimtune.studies._errors", "StudyError"), ("slimtune.search._backends._interface", "BackendError"),
-                    ("slimtune.search._export", "ExportError"))
+                    ("slimtune.search._export", "ExportError"), ("slimtune.search._targets", "TargetError"))
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
