@@ -113,6 +113,9 @@ class TargetView:
     """A study read on one target other than its first (see the module).  Every other
     attribute is the study's own."""
 
+    #: no bulk reader: a live view (``TrialFeed``) reads it through :meth:`trials`
+    _storage = None
+
     def __init__(self, study: "Study", target: Target) -> None:
         self._study = study
         self.target = target
@@ -162,6 +165,10 @@ class TargetView:
         cand = Reading.candidate(self, number)  # type: ignore[arg-type]
         return TargetCandidate(self, cand.row)
 
+    def candidate_of(self, row: Mapping[str, Any]) -> Candidate:
+        """A complete trial ``row`` of this view as a candidate on this target."""
+        return TargetCandidate(self, dict(row))
+
     def __repr__(self) -> str:
         return f"TargetView({self._study.name!r}, target={self.target.key!r})"
 
@@ -171,6 +178,10 @@ class TargetCandidate(Candidate):
     measurement and artifact are that target's (``export`` writes the bytes timed there)."""
 
     study: TargetView
+
+    def _record(self, *, with_weights: bool = False) -> Any:
+        real = self.study._study  # noqa: SLF001 - the study's own reader (the view has none)
+        return Candidate._record(Candidate(real, self.row), with_weights=with_weights)  # noqa: SLF001
 
     def _target_record(self) -> Any:
         study = self.study._study  # noqa: SLF001

@@ -35,6 +35,7 @@ from slimtune.widgets._selection import Selection
 from slimtune.widgets._static import render_html
 from slimtune.widgets._status import SearchProgress, Status, header_html
 from slimtune.widgets._table import ParetoTable
+from slimtune.widgets._targets import attach_target_selector
 from slimtune.widgets._trials import TrialBook
 
 
@@ -100,6 +101,7 @@ class StudyDashboard(widgets.VBox):
         with self._lock, quiet_gc():  # every row read is kept: a collection would only walk them
             self._show_fresh(self.book.load(), opening=True)
         self.selector.apply()
+        self.target = attach_target_selector(self)  # a study timed on several targets: which one is shown
         if watch:
             self.watch(True)
 
@@ -235,7 +237,10 @@ class StudyDashboard(widgets.VBox):
     def _on_trial(self, row: Any) -> None:  # search thread
         try:
             self.progress.advance()
-            self.add_rows([_as_row(row)])
+            if getattr(self.study, "target", None) is not None:  # shown on another target: its figures are read
+                self.refresh()
+            else:
+                self.add_rows([_as_row(row)])
         except Exception as exc:  # never break the search because of the display
             self.report_error(exc)
 

@@ -127,7 +127,9 @@ class Selection:
         candidate, message = None, ""
         if chosen is not None:
             with self.lock:
-                candidate = Candidate(self.study, self.book.full([chosen["trial"]])[0])
+                row = self.book.full([chosen["trial"]])[0]
+                make = getattr(self.study, "candidate_of", None)  # a study read on one of its targets
+                candidate = make(row) if make is not None else Candidate(self.study, row)
         else:
             message = no_candidate_message(str(getattr(self.study, "name", "study")), rows, fitting, limits, baseline)
         if constraints == self.constraints():
