@@ -172,9 +172,9 @@ class Reading:
         return settings_targets(self._record.settings)
 
     def on_target(self, target: "str | Target | None") -> Any:
-        """The study read on ``target`` (:class:`~slimtune.studies._targets.TargetView`;
+        """The study read on ``target`` (:class:`~slimtune.studies._target_views.TargetView`;
         the study itself for its first target or ``None``)."""
-        from slimtune.studies._targets import study_on_target
+        from slimtune.studies._target_views import study_on_target
 
         return study_on_target(self, target)
 

@@ -221,7 +221,7 @@ class Recording:
 
         extra = []
         if m is not None and result.targets:  # the study's other targets, each with the artifact timed there
-            from slimtune.studies._targets import target_records
+            from slimtune.studies._target_views import target_records
 
             extra = target_records(self._record.id, outcome.number, result.targets)
         self._storage.add_candidate(rec, weights, extra)  # one transaction: the row, its weights, or nothing

@@ -35,7 +35,7 @@ from slimtune.widgets._selection import Selection
 from slimtune.widgets._static import render_html
 from slimtune.widgets._status import SearchProgress, Status, header_html
 from slimtune.widgets._table import ParetoTable
-from slimtune.widgets._targets import attach_target_selector
+from slimtune.widgets._target_selector import attach_target_selector
 from slimtune.widgets._trials import TrialBook
 
 
