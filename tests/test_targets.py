@@ -67,6 +67,18 @@ def test_settings_take_the_first_target_and_store_one_as_before():
         EvalSettings(targets="tpu:1")
 
 
+def test_a_runtime_that_is_not_the_first_target_is_refused():
+    from slimtune.studies._arguments import settings_from
+    from slimtune.studies._errors import StudyError
+
+    stored = settings_from({"targets": "ort:1,openvino:8"}, None).identity()
+    with pytest.raises(StudyError, match="`runtime` 'openvino' is not the first target's \\(onnxruntime:1@1\\)"):
+        settings_from({"runtime": "openvino"}, stored)  # resuming with --runtime: not silently dropped
+    assert settings_from({"epochs": 3}, stored).targets == ["onnxruntime:1@1", "openvino:8@1"]
+    assert settings_from({"targets": "ort:1,openvino:8", "threads": 2}, None).targets == [
+        "onnxruntime:1@2", "openvino:8@2"]
+
+
 @pytest.mark.parametrize("words, message", [
     (["--targets", "ort:1,tpu:8"], "Error: --targets: Unknown runtime 'tpu'"),
     (["--targets", "ort:1", "--runtime", "openvino"], "Error: Give --targets or --runtime/--batch-size, not both"),

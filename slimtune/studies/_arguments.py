@@ -84,9 +84,16 @@ def settings_from(settings: "EvalSettings | Mapping[str, Any] | None", base: Map
     if unknown:
         raise StudyError(f"Unknown evaluation setting {unknown[0]!r}; the settings are {', '.join(sorted(known))}.")
     try:
-        return EvalSettings(**{**dict(base or {}), **overrides})
+        settings = EvalSettings(**{**dict(base or {}), **overrides})
     except (TypeError, ValueError) as exc:
         raise StudyError(str(exc)) from None
+    if settings.targets:  # the first target is the runtime, batch size and threads: a different one is refused
+        for name in ("runtime", "batch_size", "threads"):
+            if name in overrides and overrides[name] != getattr(settings, name):
+                raise StudyError(f"`{name}` {overrides[name]!r} is not the first target's ({settings.targets[0]}): "
+                                 f"in a study timed on several targets ({', '.join(settings.targets)}) the first "
+                                 "target sets the runtime, batch size and threads.")
+    return settings
 
 
 def constraints_from(constraints: "Constraints | Mapping[str, Any] | None", **limits: float | None) -> Constraints | None:

@@ -24,9 +24,10 @@ def new_record(request: StudyRequest, *, progress: bool = False, use_cache: bool
     settings = settings_from(request.settings, None)
     rule = resolve_early_stopping(request.early_stopping)
     if progress:  # what the target rules out (e.g. early exits at a batch size above 1) is said once, here
+        where = (f"targets {', '.join(settings.targets)}" if settings.targets
+                 else f"runtime {settings.runtime}, batch {settings.batch_size}")
         for family, reason in space.omitted.items():
-            print(f"No {family} in this study's space (runtime {settings.runtime}, batch {settings.batch_size}): "
-                  f"{reason}", flush=True)
+            print(f"No {family} in this study's space ({where}): {reason}", flush=True)
     baseline_data = measure_baseline(task, space, settings, progress=progress, use_cache=use_cache)
     return StudyRecord(
         study_name=request.name, task_name=task.name, task_spec=str(task.extra.get("spec") or task.name),

@@ -8,7 +8,8 @@ other target: every ``Study`` attribute passes through, but ``trials()``,
 ``baseline``, ``frontier()``, ``select()`` and ``candidate()`` give that target's
 figures (accuracy of the artifact run there, its latency beside the baseline timed
 there in the same run, its artifact's length); a complete trial that could not be
-measured there is a FAIL on that target, with the reason.  Constraints and
+measured there is a FAIL on that target, with the reason; a trial stopped early has no
+costs there (its costs before training were timed on the first target only).  Constraints and
 feasibility are the first target's (the search's).
 
 Example:
@@ -88,7 +89,8 @@ def on_target(row: Mapping[str, Any], record: Any, target: Target) -> dict[str, 
     """``row`` (a trial row of the first target) with ``target``'s figures from its
     ``record``; a complete trial without them there is a FAIL there, with the reason."""
     out = dict(row)
-    if out.get("state") != "COMPLETE":
+    if out.get("state") != "COMPLETE":  # its costs before training were the first target's only
+        out.update(pre=None, latency_ms=None, reference_latency_ms=None, speedup=None)
         return out
     m = (record.measurement if record is not None else None) or {}
     if record is None or not m:
