@@ -110,7 +110,9 @@ class Study(Recording, Reading):
             constraints, max_latency_ms, max_size_kb, max_accuracy_drop: hard limits
                 given to the samplers through ``Trial.set_constraint``.
             settings: :class:`~slimtune.search._pipeline.EvalSettings` or a dict of
-                overrides (epochs, runtime, threads, batch_size, latency_repeats, ...).
+                overrides (epochs, runtime, threads, batch_size, latency_repeats, ...);
+                ``targets`` (e.g. ``"ort:1,openvino:64"``) times every trial on several
+                targets, the first driving the search (:mod:`slimtune.search._targets`).
             seed: sampler seed (reproducible proposals; a resumed session mixes in the
                 number of earlier trials so it does not replay them).  Training uses
                 ``settings.seed``.  Several workers joining one study at the same time
