@@ -10,6 +10,7 @@ import os
 import sqlite3
 
 import numpy as np
+import onnx
 import optuna
 import pytest
 from click.testing import CliRunner
@@ -117,8 +118,10 @@ def two_targets(tmp_path_factory, digits_task):
 def _stored(storage: str) -> dict[int, dict]:
     """The OpenVINO measurements as the table holds them, by trial (read with plain sqlite3)."""
     with sqlite3.connect(storage.removeprefix("sqlite:///")) as conn:
-        rows = conn.execute("select trial_number, target, measurement, artifact from slimtune_target_measurements")
-        out = {n: {"target": t, "measurement": json.loads(m), "artifact": bytes(a)} for n, t, m, a in rows}
+        rows = conn.execute("select trial_number, target, measurement, artifact, artifact_bytes "
+                            "from slimtune_target_measurements")
+        out = {n: {"target": t, "measurement": json.loads(m), "artifact": bytes(a), "artifact_bytes": b}
+               for n, t, m, a, b in rows}
     conn.close()
     return out
 
@@ -147,7 +150,10 @@ def test_each_trial_is_measured_on_both_targets_beside_its_baseline(two_targets)
                                          .baseline.precision)
             assert ours["reference_latency_ms"] > 0 and ours["latency_ms"] > 0  # beside OpenVINO's baseline
             assert ours["reference_latency_ms"] != row["reference_latency_ms"]  # not ONNX Runtime's
-            assert ours["artifact_bytes"] if "artifact_bytes" in ours else True
+            assert stored[row["trial"]]["artifact_bytes"] == len(stored[row["trial"]]["artifact"]) > 0
+            graph = onnx.load_from_string(stored[row["trial"]]["artifact"]).graph
+            assert graph.input[0].type.tensor_type.shape.dim[0].dim_value == 8  # OpenVINO's static batch
+            assert stored[row["trial"]]["artifact"] != study.candidate(row["trial"]).artifact()[0]
         ov_base = study.on_target("openvino").baseline
         assert (ov_base.runtime, ov_base.batch_size) == ("openvino", 8)
         assert (study.baseline.runtime, study.baseline.batch_size) == ("onnxruntime", 1)

@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from slimtune.studies._database import Database, retry_locked
 from slimtune.studies._optuna_tables import (STUDIES, TRIALS, TrialFigures, TrialView, fetch_rows, loads_json,
                                              read_figures, read_trials)
-from slimtune.studies._schema import CandidateRecord, StudyRecord, WeightsRecord
+from slimtune.studies._schema import CandidateRecord, StudyRecord, TargetMeasurementRecord, WeightsRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     from optuna.trial import FrozenTrial
@@ -143,6 +143,28 @@ class StudyStorage:
                 session.add_all(list(extra))
 
         retry_locked(write)
+
+    # -- measurements on a study's other targets ----------------------------------------
+    def target_figures(self, study_id: int, target: str) -> dict[int, Any]:
+        """``{trial number: record (no artifact)}`` of one target of a study (none when the
+        table is missing: a database no trial with several targets was written to)."""
+        from sqlalchemy import inspect
+
+        table = TargetMeasurementRecord
+        columns = [c for c in table.__table__.columns if c.name != "artifact"]
+        with self.db.engine.connect() as conn:
+            if not inspect(conn).has_table(table.__tablename__):
+                return {}
+            query = select(*columns).where(table.study_id == study_id, table.target == target)
+            return {r.trial_number: r for r in conn.execute(query).all()}
+
+    def target_artifact(self, study_id: int, trial: int, target: str) -> tuple[bytes, str] | None:
+        """The artifact one trial was timed with on ``target``, and its format."""
+        table = TargetMeasurementRecord
+        with self.db.engine.connect() as conn:
+            row = conn.execute(select(table.artifact, table.artifact_format).where(
+                table.study_id == study_id, table.trial_number == trial, table.target == target)).first()
+        return None if row is None or not row[0] else (bytes(row[0]), row[1] or "onnx")
 
     # -- Optuna's trials, read in bulk ---------------------------------------------------
     def optuna_trials(self, optuna_study_id: int, study_id: int, *,

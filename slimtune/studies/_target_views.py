@@ -23,8 +23,6 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from sqlalchemy import select
-
 from slimtune.search._measurement import Measurement, measurement_target, same_run_speedup
 from slimtune.search._targets import Target, TargetResult
 from slimtune.studies._candidate import Candidate
@@ -34,19 +32,16 @@ from slimtune.studies._rows import baseline_row, mark_pareto
 from slimtune.studies._schema import TargetMeasurementRecord
 
 if TYPE_CHECKING:  # pragma: no cover
-    from slimtune.studies._database import Database
     from slimtune.studies._overview import Overview
     from slimtune.studies._study import Study
 
-#: The columns read for rows (everything but the artifact).
-FIGURE_COLUMNS = tuple(c for c in TargetMeasurementRecord.__table__.columns if c.name != "artifact")
 #: The row fields a target's measurement replaces.
 TARGET_FIELDS = ("accuracy", "val_accuracy", "test_accuracy", "latency_ms", "reference_latency_ms", "speedup",
                  "size_bytes", "artifact_bytes", "latency_p95_ms", "latency_kind", "kernel_bits", "runtime", "target",
                  "fingerprint_id", "exit_rates", "flags", "timed_on")
 
 
-# -- writing and reading the table ----------------------------------------------------------
+# -- the rows of the table ----------------------------------------------------------------------
 def target_records(study_id: int, trial_number: int, results: Sequence[TargetResult]) -> list[TargetMeasurementRecord]:
     """The rows of one trial's other targets (written with its candidate record)."""
     out = []
@@ -61,28 +56,6 @@ def target_records(study_id: int, trial_number: int, results: Sequence[TargetRes
             artifact_format=r.artifact_format if m else None,
             artifact_sha256=hashlib.sha256(r.artifact).hexdigest() if m and r.artifact else None))
     return out
-
-
-def read_target_figures(db: "Database", study_id: int, target: str) -> dict[int, Any]:
-    """``{trial number: record (no artifact)}`` of one target of a study (none when the
-    table is missing: a database no trial with several targets was written to)."""
-    from sqlalchemy import inspect
-
-    with db.engine.connect() as conn:
-        if not inspect(conn).has_table(TargetMeasurementRecord.__tablename__):
-            return {}
-        query = select(*FIGURE_COLUMNS).where(TargetMeasurementRecord.study_id == study_id,
-                                              TargetMeasurementRecord.target == target)
-        return {r.trial_number: r for r in conn.execute(query).all()}
-
-
-def read_target_artifact(db: "Database", study_id: int, trial: int, target: str) -> tuple[bytes, str] | None:
-    """The artifact one trial was timed with on ``target``, and its format."""
-    with db.engine.connect() as conn:
-        row = conn.execute(select(TargetMeasurementRecord.artifact, TargetMeasurementRecord.artifact_format).where(
-            TargetMeasurementRecord.study_id == study_id, TargetMeasurementRecord.trial_number == trial,
-            TargetMeasurementRecord.target == target)).first()
-    return None if row is None or not row[0] else (bytes(row[0]), row[1] or "onnx")
 
 
 def on_target(row: Mapping[str, Any], record: Any, target: Target) -> dict[str, Any]:
@@ -139,7 +112,7 @@ class TargetView:
     def trials(self, *, states: Sequence[str] | None = None) -> list[dict]:
         """Every trial as a row with this target's figures; ``pareto`` marks this target's front."""
         study = self._study
-        records = read_target_figures(study._db, study._record.id, self.target.key)  # noqa: SLF001
+        records = study._storage.target_figures(study._record.id, self.target.key)  # noqa: SLF001
         rows = [on_target(r, records.get(r["trial"]), self.target) for r in study.trials()]
         mark_pareto(rows, self.objectives, feasible_only=self.constraints.active, baseline=self.baseline_row())
         if states is not None:
@@ -187,7 +160,7 @@ class TargetCandidate(Candidate):
 
     def _target_record(self) -> Any:
         study = self.study._study  # noqa: SLF001
-        records = read_target_figures(study._db, study._record.id, self.study.target.key)  # noqa: SLF001
+        records = study._storage.target_figures(study._record.id, self.study.target.key)  # noqa: SLF001
         return records.get(self.trial)
 
     @property
@@ -204,7 +177,7 @@ class TargetCandidate(Candidate):
     def artifact(self) -> tuple[bytes, str]:
         """The bytes timed on this target and their format."""
         study = self.study._study  # noqa: SLF001
-        found = read_target_artifact(study._db, study._record.id, self.trial, self.study.target.key)  # noqa: SLF001
+        found = study._storage.target_artifact(study._record.id, self.trial, self.study.target.key)  # noqa: SLF001
         if found is None:
             raise StudyError(f"Trial {self.trial} of study {study.name!r} has no artifact stored for "
                              f"{self.study.target.key}.")
