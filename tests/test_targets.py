@@ -302,3 +302,18 @@ def test_a_one_target_study_reads_as_before(tmp_path):
     other = CliRunner().invoke(main, ["select", "one", "--storage", storage, "--min-accuracy", "0.05",
                                       "--target", "openvino"])
     assert other.exit_code == 2 and other.output.startswith("Error: Study 'one' was not timed on 'openvino'")
+
+
+def test_a_trial_not_measured_on_a_target_is_failed_there_with_the_reason():
+    from types import SimpleNamespace
+
+    from slimtune.studies._target_views import on_target
+
+    row = {"trial": 3, "state": "COMPLETE", "accuracy": 0.9, "latency_ms": 0.02, "reference_latency_ms": 0.03,
+           "pareto": True, "flags": ["x"]}
+    failed = on_target(row, SimpleNamespace(measurement=None, error="RuntimeError: no kernel"), Target("openvino", 8))
+    assert failed["state"] == "FAIL" and failed["latency_ms"] is None and not failed["pareto"]
+    assert failed["error"] == "not measured on openvino:8@1: RuntimeError: no kernel"
+    assert on_target(row, None, Target("openvino", 8))["error"].endswith("no measurement was stored")
+    stopped = on_target({**row, "state": "PRUNED", "pre": {"latency_ms": 0.01}}, None, Target("openvino", 8))
+    assert stopped["state"] == "PRUNED" and stopped["pre"] is None and stopped["latency_ms"] is None
