@@ -54,19 +54,16 @@ class PeerMissing(Exception):
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Peers' progress bars, warnings and info logs silenced while they quantize."""
-    loggers = [logging.getLogger(name) for name in ("", "onnx_neural_compressor", "olive", "nncf")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
+    """Peers' progress bars, warnings and logs silenced while they quantize (their
+    exceptions still propagate)."""
+    logging.disable(logging.ERROR)  # their loggers write to streams bound at import (Olive's to stdout)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+        logging.disable(logging.NOTSET)
 
 
 def _reader_class(base: type) -> type:
@@ -228,7 +225,9 @@ def olive(inp: PeerInput) -> list[PeerModel]:
                 {"name": "avg", "priority": 2}]},
         ]}},
         "passes": {"quantization": {"type": "OnnxQuantization", "data_config": "calibration"}},
-        "search_strategy": {"execution_order": "joint", "sampler": "tpe", "max_samples": steps, "seed": 0},
+        # max_iter: the strategy stops after max_iter + 1 proposals (invalid ones count); the
+        # sampler's own max_samples is dropped by Olive 0.13's run config
+        "search_strategy": {"execution_order": "joint", "sampler": "tpe", "max_iter": steps - 1},
         "evaluator": "common", "host": "local", "target": "local",
         "cache_dir": str(work / "cache"), "output_dir": str(work / "out"), "log_severity_level": 3,
     }

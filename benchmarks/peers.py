@@ -221,10 +221,14 @@ def verdicts(rows: list[dict[str, Any]], batches: list[int], max_drop: float = M
         within = [r for r in rows if r["batch"] == batch and r["delta"] >= -max_drop - 1e-12]
         best = max((r for r in within if r["kind"] == "slimtune"), key=lambda r: r["speedup"], default=None)
         peer = max((r for r in within if r["kind"] == "peer"), key=lambda r: r["speedup"], default=None)
+        on_ov = max((r for r in within if r["kind"] == "slimtune-openvino"), key=lambda r: r["speedup"], default=None)
         ahead = best is not None and (peer is None or best["speedup"] > peer["speedup"])
-        out.append({"batch": batch, "ahead": ahead, "max_drop": max_drop,
-                    "slimtune_best": None if best is None else {k: best[k] for k in ("system", "speedup", "delta")},
-                    "best_peer": None if peer is None else {k: peer[k] for k in ("system", "speedup", "delta")}})
+
+        def brief(r: "dict | None") -> "dict | None":
+            return None if r is None else {k: r[k] for k in ("system", "speedup", "delta")}
+
+        out.append({"batch": batch, "ahead": ahead, "max_drop": max_drop, "slimtune_best": brief(best),
+                    "best_peer": brief(peer), "slimtune_on_openvino_best": brief(on_ov)})
     return out
 
 
@@ -232,8 +236,12 @@ def verdict_line(v: dict[str, Any]) -> str:
     def show(r: "dict | None") -> str:
         return "none" if r is None else f"{r['system']} {r['speedup']:.2f}x ({100 * r['delta']:+.2f} pt)"
 
-    return (f"batch {v['batch']}: slimtune's best at <= {100 * v['max_drop']:g} test point ({show(v['slimtune_best'])}) "
-            f"is {'ahead of' if v['ahead'] else 'NOT ahead of'} every peer (best peer: {show(v['best_peer'])})")
+    line = (f"batch {v['batch']}: slimtune's best at <= {100 * v['max_drop']:g} test point "
+            f"({show(v['slimtune_best'])}) is {'ahead of' if v['ahead'] else 'NOT ahead of'} every peer "
+            f"(best peer: {show(v['best_peer'])})")
+    if v.get("slimtune_on_openvino_best"):
+        line += f"; a front point run on OpenVINO instead: {show(v['slimtune_on_openvino_best'])}"
+    return line
 
 
 def table(rows: list[dict[str, Any]], batches: list[int]) -> str:
