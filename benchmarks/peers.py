@@ -100,10 +100,11 @@ def compile_entry(entry: Entry, batch: int) -> Runner:
 
 
 def _reason(exc: BaseException) -> str:
-    """An exception in one line: its type and its most telling line (OpenVINO puts the
-    reason after a line naming its own source file)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith("Exception from")]
-    return f"{type(exc).__name__}: {(lines[0] if lines else '')[:200]}"
+    """An exception in one line: its type and its most telling line (OpenVINO's ONNX
+    frontend ends with a summary of the operations it cannot convert)."""
+    lines = [ln.strip(" -") for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith("Exception from")]
+    summary = [ln for ln in lines if ln.startswith("No conversion rule found")]  # OpenVINO's ONNX frontend
+    return f"{type(exc).__name__}: {((summary or lines or [''])[0])[:200]}"
 
 
 def accuracy(runner: Runner, x: np.ndarray, y: np.ndarray, chunk: int = 64) -> float:
@@ -145,6 +146,8 @@ def _arrays(split, n: "int | None" = None) -> tuple[np.ndarray, np.ndarray]:
 def slimtune_entries(study, workdir: Path, say: Callable[[str], None]) -> list[Entry]:
     """The study's front: each point's exported file (what its trial timed), on the
     study's runtime and on OpenVINO where that is installed."""
+    from slimtune._cli_tables import compact_params
+
     with_openvino = importlib.util.find_spec("openvino") is not None
     entries = []
     for row in study.frontier():
@@ -153,11 +156,10 @@ def slimtune_entries(study, workdir: Path, say: Callable[[str], None]) -> list[E
             say(f"skipped slimtune trial {row['trial']}: timed on {runtime}, not an ONNX model")
             continue
         path = study.candidate(row["trial"]).export(workdir / f"trial{row['trial']}.onnx")
-        changed = {k: v for k, v in row["params"].items() if v not in (False, 32, None, 0, 0.0)}
         label = f"slimtune trial {row['trial']}"
         extra = {"trial": row["trial"], "params": row["params"], "stored_test_accuracy": row.get("test_accuracy"),
                  "size_bytes": row.get("size_bytes")}
-        note = ", ".join(f"{k}={v}" for k, v in changed.items())[:120]
+        note = compact_params(row["params"], list(row["params"]))
         entries.append(Entry(label, "slimtune", runtime, path.read_bytes(), note, extra))
         if with_openvino and runtime == "onnxruntime":
             entries.append(Entry(f"{label} on OpenVINO", "slimtune-openvino", "openvino", path.read_bytes(), note,
