@@ -13,10 +13,11 @@ from olive.data.registry import Registry
 
 
 class _Arrays:
-    """``(input, label)`` pairs of two arrays, as Olive's dataloaders take them."""
+    """``({input_name: input}, label)`` pairs of two arrays, as Olive's dataloaders take
+    them (its calibration reader takes only named inputs)."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
-        self.x, self.y = x, y
+    def __init__(self, x: np.ndarray, y: np.ndarray, input_name: str) -> None:
+        self.x, self.y, self.input_name = x, y, input_name
 
     def __len__(self) -> int:
         return len(self.x)
@@ -24,14 +25,14 @@ class _Arrays:
     def __getitem__(self, index: int):
         import torch
 
-        return torch.from_numpy(self.x[index]), int(self.y[index])
+        return {self.input_name: torch.from_numpy(self.x[index])}, int(self.y[index])
 
 
 @Registry.register_dataset()
-def slimtune_arrays(data_file: str, **kwargs):
-    """The arrays ``x`` (float32 inputs) and ``y`` (labels) saved in ``data_file``."""
+def slimtune_arrays(data_file: str, input_name: str = "input", **kwargs):
+    """The arrays ``x`` (float32 inputs, fed as ``input_name``) and ``y`` (labels) saved in ``data_file``."""
     with np.load(data_file) as arrays:
-        return _Arrays(np.ascontiguousarray(arrays["x"], dtype=np.float32), arrays["y"].astype(np.int64))
+        return _Arrays(np.ascontiguousarray(arrays["x"], dtype=np.float32), arrays["y"].astype(np.int64), input_name)
 
 
 @Registry.register_post_process()

@@ -209,7 +209,8 @@ def olive(inp: PeerInput) -> list[PeerModel]:
 
     def data(name: str, file: str, batch: int) -> dict:
         return {"name": name, "type": "DataContainer", "user_script": script,
-                "load_dataset_config": {"type": "slimtune_arrays", "data_file": str(work / file)},
+                "load_dataset_config": {"type": "slimtune_arrays", "data_file": str(work / file),
+                                        "input_name": _input_name(inp.fp32_onnx)},
                 "post_process_data_config": {"type": "slimtune_argmax"}, "dataloader_config": {"batch_size": batch}}
 
     config = {
