@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from slimtune._storage_faults import StorageLost, retry_disconnects, storage_fault
 from slimtune.search._constraints import COLLAPSE_CONSTRAINT, Constraints, collapse_margin
-from slimtune.search._early_stopping import FrontierEarlyStopping, rejected_before_training
+from slimtune.search._early_stopping import FrontierEarlyStopping
+from slimtune.search._fidelity import FIDELITIES, Fidelity, counts_toward_budget, planned_rungs, split_planned
 from slimtune.search._heartbeat import TrialStart, fail_stale_trials
 from slimtune.search._interrupts import Interrupted, fault
 from slimtune.search._outcome import Recorder, TrialOutcome, objective_values, user_attrs
@@ -88,6 +89,9 @@ class TrialRunner:
             workers and proposed once more when its trial did not complete
             (:mod:`~slimtune.search._warm_claims`), when the backend takes given values
             (Optuna's samplers do; NNI's tuners propose every value).
+        fidelity: ``"multi"`` (default): a new study's plan starts with its training-free
+            candidates (rung 0, :mod:`~slimtune.search._fidelity`), which do not use up
+            ``n_trials``; ``"full"``: every trial trains the full epochs (no rung 0).
         worker: who runs the trials, stored with each (default: the host name).
 
     ``owner``, when set, is written on each trial right after ``ask``
@@ -99,7 +103,9 @@ class TrialRunner:
                  recorder: Recorder, constraints: Constraints | None = None, baseline_accuracy: float = float("nan"),
                  early_stopping: FrontierEarlyStopping | None = None, epochs: int = 1, recovery_epochs: int = 0,
                  fixed: Mapping[str, Any] | None = None, warm_start: bool = True, latency_unit: str = "ratio",
-                 worker: str | None = None) -> None:
+                 worker: str | None = None, fidelity: str = "multi") -> None:
+        if fidelity not in FIDELITIES:
+            raise ValueError(f"`fidelity` must be one of {', '.join(FIDELITIES)}, but got {fidelity!r}.")
         self.study = study
         self.backend = backend
         self.evaluator = evaluator
@@ -116,6 +122,7 @@ class TrialRunner:
         self.owner: str | None = None
         self.warm_start = warm_start
         self.latency_unit = latency_unit
+        self.fidelity = fidelity
         self._claims: ClaimStore | None = None  # where warm starts are claimed (set by run)
 
     def planned_warm_starts(self) -> list[dict[str, Any]]:
@@ -124,8 +131,9 @@ class TrialRunner:
         baseline's neighbourhood for Optuna)."""
         from slimtune.search._warm_start import warm_start_trials
 
-        return (warm_start_trials(self.backend.space, getattr(self.evaluator, "task", None))
-                or list(self.backend.warm_starts()))
+        trained = (warm_start_trials(self.backend.space, getattr(self.evaluator, "task", None))
+                   or list(self.backend.warm_starts()))
+        return planned_rungs(self.backend.space, trained) if self.fidelity == "multi" else trained
 
     def _claim_store(self) -> ClaimStore | None:
         """Where this session claims warm starts: the recorder's (the study database),
@@ -144,7 +152,7 @@ class TrialRunner:
     def _bind(self, claim: Claim, proposal: Proposal) -> None:
         """Tie the claimed warm start to its trial, or give the claim back when Optuna
         handed out a waiting trial (enqueued by someone else) instead."""
-        if all(proposal.values.get(k) == v for k, v in claim.values.items()):
+        if all(proposal.values.get(k) == v for k, v in split_planned(claim.values)[0].items()):
             retry_disconnects(lambda: self._claims.bind(claim.position, proposal.number))
         else:
             retry_disconnects(lambda: self._claims.release(claim.position, claim.attempts))
@@ -183,7 +191,7 @@ class TrialRunner:
                 # Optuna warns that heartbeats are meant for Study.optimize: this loop beats itself
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
                 if claim is not None:
-                    return self.backend.propose_given(self.study, claim.values)
+                    return self.backend.propose_given(self.study, split_planned(claim.values)[0])
                 return self.backend.propose(self.study)
         finally:
             self.backend.on_ask = None
@@ -207,8 +215,12 @@ class TrialRunner:
             outcome = TrialOutcome(proposal, "FAIL", None, None, backend=self.backend.name,
                                    early_stopping=self.early_stopping is not None, worker=self.worker)
             fault("before_eval")
-            should_stop = self._should_stop(proposal.values)
-            result = self.evaluator.evaluate({**proposal.values}, should_stop=should_stop,
+            epochs = split_planned(claim.values)[1] if claim is not None else None
+            full = getattr(self.evaluator, "full_epochs", self.epochs)
+            outcome.fidelity = Fidelity(full if epochs is None else epochs, full).to_dict()
+            # a training-free candidate costs about what its pre-training check would: never stopped
+            should_stop = self._should_stop(proposal.values) if epochs != 0 else None
+            result = self.evaluator.evaluate({**proposal.values}, should_stop=should_stop, epochs=epochs,
                                              metadata={"study": self.study.study_name, "trial": proposal.number})
             outcome.result = result
             if result.stopped:
@@ -354,7 +366,7 @@ class TrialRunner:
                     break
                 row = self.run_one(catch=catch)
                 rows.append(row)
-                counts = count_rejected or not rejected_before_training(row)
+                counts = counts_toward_budget(row, count_rejected=count_rejected)
                 counted += counts
                 if bar is not None:
                     update_bar(bar, row, rows, self.progress_summary(), advance=counts)

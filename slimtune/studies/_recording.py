@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Sequence
 
 from slimtune.search._early_stopping import FrontierPoint
+from slimtune.search._fidelity import is_final
 from slimtune.search._outcome import TrialOutcome, objective_values
 from slimtune._dominance import beaten_by_baseline, non_dominated_mask, optuna_latency_unit
 from slimtune.studies._rows import make_row
@@ -191,6 +192,8 @@ class Recording:
         info = dict(result.info) if result is not None else {}
         info["constraints"] = outcome.constraints
         info["early_stopping"] = outcome.early_stopping
+        if outcome.fidelity is not None:
+            info["fidelity"] = dict(outcome.fidelity)
         rec = CandidateRecord(
             study_id=self._record.id, study_name=self.name, trial_number=outcome.number, state=outcome.state,
             params=params, accuracy=m.accuracy if m else None,
@@ -219,11 +222,11 @@ class Recording:
             weights = dict(state_dict=buffer.getvalue(), artifact=artifact, artifact_format=result.artifact_format,
                            artifact_sha256=hashlib.sha256(artifact).hexdigest() if artifact else None)
 
-        self._storage.add_candidate(rec, weights)  # one transaction: the row and its weights, or nothing
+        self._storage.add_candidate(rec, weights, outcome.fidelity)  # one transaction: all of it, or nothing
         row = make_row(rec, None, objectives=self.objectives)
         row["constraints"], row["feasible"] = dict(outcome.constraints), outcome.feasible
-        if row["state"] == "COMPLETE" and row["feasible"]:
-            others = [r for r in self.trials() if r["trial"] != row["trial"]]
+        if row["state"] == "COMPLETE" and row["feasible"] and is_final(row):
+            others = [r for r in self.trials() if r["trial"] != row["trial"] and is_final(r)]
             baseline = self.baseline_row()
             row["pareto"] = (bool(non_dominated_mask([row] + [r for r in others if r["state"] == "COMPLETE" and
                                                               (r["feasible"] or not self.constraints.active)],

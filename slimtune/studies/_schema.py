@@ -33,6 +33,12 @@ Tables (schema version :data:`SCHEMA_VERSION`; version 2 added
     created where missing when a study is opened for trials, and older slimtune
     versions ignore it.
 
+``slimtune_fidelities``
+    one row per trial run since fidelities exist: the distillation epochs it got out of
+    the study's (0: a training-free candidate) and the trial it was promoted from
+    (:mod:`slimtune.search._fidelity`); a trial without a row is full fidelity.  Added
+    without a schema version step, like ``slimtune_warm_starts``.
+
 Types are portable (``JSON``, ``LargeBinary``, ``BigInteger``; LONGBLOB on MySQL), so any
 database Optuna's RDBStorage accepts holds them.
 """
@@ -160,4 +166,17 @@ class WarmStartRecord(Base):
     worker: Mapped[str] = mapped_column(String(256), default="")
 
 
-TABLES = [m.__table__ for m in (SchemaVersion, StudyRecord, CandidateRecord, WeightsRecord, WarmStartRecord)]
+class FidelityRecord(Base):
+    __tablename__ = "slimtune_fidelities"
+    __table_args__ = (UniqueConstraint("study_id", "trial_number", name="uq_slimtune_fidelities_trial"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("slimtune_studies.id", ondelete="CASCADE"), index=True)
+    trial_number: Mapped[int] = mapped_column(Integer)
+    epochs: Mapped[int] = mapped_column(Integer)  # distillation epochs the trial got (0: training-free)
+    full_epochs: Mapped[int] = mapped_column(Integer)  # the study's (full fidelity)
+    promoted_from: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the cheaper trial it continues
+
+
+TABLES = [m.__table__ for m in (SchemaVersion, StudyRecord, CandidateRecord, WeightsRecord, WarmStartRecord,
+                                FidelityRecord)]
