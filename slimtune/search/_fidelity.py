@@ -104,6 +104,18 @@ def fidelity_label(row: Mapping[str, Any]) -> str:
     return "full" if fidelity is None else fidelity.label
 
 
+def fidelity_note(row: Mapping[str, Any]) -> str | None:
+    """What a table says under a trial that is not full fidelity (``None`` for full)."""
+    fidelity = Fidelity.from_dict(row.get("fidelity"))
+    if fidelity is None or fidelity.full:
+        return None
+    if fidelity.training_free:
+        return ("fidelity: training-free (rung 0: not trained, calibrated only; measured like every trial; "
+                "not counted in --trials)")
+    return (f"fidelity: {fidelity.label} (a cheap rung: shown, never on the front nor selected)"
+            + (f"; promoted from trial {fidelity.promoted_from}" if fidelity.promoted_from is not None else ""))
+
+
 def counts_toward_budget(row: Mapping[str, Any], *, count_rejected: bool = False) -> bool:
     """Whether a finished trial uses up ``n_trials``: it trained (a training-free trial
     does not, nor, unless ``count_rejected``, one rejected before training)."""
