@@ -123,6 +123,8 @@ class TrialRunner:
         self.warm_start = warm_start
         self.latency_unit = latency_unit
         self.fidelity = fidelity
+        # rungs need an evaluator that trains a given number of epochs (a replay of stored results does not)
+        self._rungs = fidelity == "multi" and hasattr(evaluator, "full_epochs")
         self._claims: ClaimStore | None = None  # where warm starts are claimed (set by run)
 
     def planned_warm_starts(self) -> list[dict[str, Any]]:
@@ -133,7 +135,7 @@ class TrialRunner:
 
         trained = (warm_start_trials(self.backend.space, getattr(self.evaluator, "task", None))
                    or list(self.backend.warm_starts()))
-        return planned_rungs(self.backend.space, trained) if self.fidelity == "multi" else trained
+        return planned_rungs(self.backend.space, trained) if self._rungs else trained
 
     def _claim_store(self) -> ClaimStore | None:
         """Where this session claims warm starts: the recorder's (the study database),
@@ -214,14 +216,16 @@ class TrialRunner:
                 self._bind(claim, proposal)
             outcome = TrialOutcome(proposal, "FAIL", None, None, backend=self.backend.name,
                                    early_stopping=self.early_stopping is not None, worker=self.worker)
-            fault("before_eval")
             epochs = split_planned(claim.values)[1] if claim is not None else None
-            full = getattr(self.evaluator, "full_epochs", self.epochs)
-            outcome.fidelity = Fidelity(full if epochs is None else epochs, full).to_dict()
+            full = getattr(self.evaluator, "full_epochs", None)  # None: a replay, no training to count
+            if full is not None:
+                outcome.fidelity = Fidelity(full if epochs is None else epochs, full).to_dict()
+            fault("before_eval")
             # a training-free candidate costs about what its pre-training check would: never stopped
             should_stop = self._should_stop(proposal.values) if epochs != 0 else None
-            result = self.evaluator.evaluate({**proposal.values}, should_stop=should_stop, epochs=epochs,
-                                             metadata={"study": self.study.study_name, "trial": proposal.number})
+            result = self.evaluator.evaluate({**proposal.values}, should_stop=should_stop,
+                                             metadata={"study": self.study.study_name, "trial": proposal.number},
+                                             **({} if epochs is None else {"epochs": epochs}))
             outcome.result = result
             if result.stopped:
                 outcome.state = "PRUNED"
