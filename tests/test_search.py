@@ -129,7 +129,9 @@ def test_select_honours_constraints_or_says_none_fits(study):
                and not beaten_by_baseline(r, study.baseline_row(), study.objectives)]
     assert chosen.latency_ms <= limit
     assert chosen.accuracy == max(r["accuracy"] for r in fitting)
-    assert min((r for r in fitting if r["accuracy"] == chosen.accuracy), key=lambda r: r["latency_ms"])["trial"] == chosen.trial
+    # ties go to the lower latency relative to the baseline timed in the same run (as the front compares)
+    assert min((r for r in fitting if r["accuracy"] == chosen.accuracy),
+               key=lambda r: (relative_latency(r), r["size_bytes"], r["trial"]))["trial"] == chosen.trial
     with pytest.raises(NoCandidateError, match="fastest") as info:
         study.select(max_latency_ms=min(r["latency_ms"] for r in rows) / 10)
     assert "trial" in str(info.value)

@@ -131,7 +131,9 @@ def training_free_trials(space: "Space") -> list[dict[str, Any]]:
     from slimtune.search._warm_start import warm_start_trials
 
     declared = [values for knob in space.knobs for values in knob.training_free_values(space.knob_params(knob))]
-    return warm_start_trials(space, warm_starts=declared)
+    fixed = space.fixed  # a parameter fixed to the value asked for is no reason to skip it
+    declared = [{k: v for k, v in values.items() if not (k in fixed and fixed[k] == v)} for values in declared]
+    return warm_start_trials(space, warm_starts=[values for values in declared if values])
 
 
 def planned_rungs(space: "Space", trained: list[dict[str, Any]]) -> list[dict[str, Any]]:
