@@ -9,7 +9,11 @@ out of the study's ``full_epochs``.  The rungs of the search are the fidelities 
   int8 post-training quantization of the unchanged model, calibrated on training
   samples).  A new study runs them first, in seconds, through the same measurement path
   as every trial; they do not use up ``n_trials`` (which counts trials that train);
-* **full** (``epochs == full_epochs``): every other trial, as before.
+* **cheap** (``0 < epochs < full_epochs``, a third of them): a candidate the sampler
+  proposes trains this first; the best third of the rung is promoted to full training
+  (MO-ASHA's rule, :mod:`~slimtune.search._promotion`), as a new trial that names it;
+* **full** (``epochs == full_epochs``): the warm starts and the promoted candidates
+  (and every trial with ``fidelity="full"``, today's search).
 
 A trial stored before fidelities existed has none and reads as full.  Training-free
 results are final (the candidate *is* the untrained model: exported as measured), so the
@@ -38,6 +42,8 @@ if TYPE_CHECKING:  # pragma: no cover
 #: The key a planned warm start carries when its trial trains for this many epochs (not
 #: a parameter: taken out before the values are proposed).
 EPOCHS_KEY = "@epochs"
+#: The key a planned promotion carries: the cheap trial it promotes.
+PROMOTED_KEY = "@promoted_from"
 #: What ``fidelity=`` (``--fidelity``) may say: ``multi`` (rung 0, then full) or ``full``.
 FIDELITIES = ("multi", "full")
 
@@ -142,8 +148,14 @@ def planned_rungs(space: "Space", trained: list[dict[str, Any]]) -> list[dict[st
     return [{**values, EPOCHS_KEY: 0} for values in training_free_trials(space)] + list(trained)
 
 
-def split_planned(values: Mapping[str, Any]) -> tuple[dict[str, Any], int | None]:
-    """A planned row's parameter values and its epochs (``None``: the study's)."""
+def split_planned(values: Mapping[str, Any]) -> tuple[dict[str, Any], int | None, int | None]:
+    """A planned row's parameter values, its epochs (``None``: the study's) and the
+    trial it promotes (``None``: none)."""
     out = dict(values)
-    epochs = out.pop(EPOCHS_KEY, None)
-    return out, None if epochs is None else int(epochs)
+    epochs, promoted = out.pop(EPOCHS_KEY, None), out.pop(PROMOTED_KEY, None)
+    return out, None if epochs is None else int(epochs), None if promoted is None else int(promoted)
+
+
+def promotion(values: Mapping[str, Any], trial: int, full_epochs: int) -> dict[str, Any]:
+    """The planned row that trains trial ``trial``'s ``values`` in full."""
+    return {**values, EPOCHS_KEY: int(full_epochs), PROMOTED_KEY: int(trial)}

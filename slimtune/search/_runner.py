@@ -45,7 +45,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from slimtune._storage_faults import StorageLost, retry_disconnects, storage_fault
 from slimtune.search._constraints import COLLAPSE_CONSTRAINT, Constraints, collapse_margin
 from slimtune.search._early_stopping import FrontierEarlyStopping
-from slimtune.search._fidelity import FIDELITIES, Fidelity, counts_toward_budget, planned_rungs, split_planned
+from slimtune.search._fidelity import (FIDELITIES, Fidelity, counts_toward_budget, planned_rungs, promotion,
+                                      split_planned)
+from slimtune.search._promotion import cheap_epochs, promoted
 from slimtune.search._heartbeat import TrialStart, fail_stale_trials
 from slimtune.search._interrupts import Interrupted, fault
 from slimtune.search._outcome import Recorder, TrialOutcome, objective_values, user_attrs
@@ -126,6 +128,7 @@ class TrialRunner:
         # rungs need an evaluator that trains a given number of epochs (a replay of stored results does not)
         self._rungs = fidelity == "multi" and hasattr(evaluator, "full_epochs")
         self._claims: ClaimStore | None = None  # where warm starts are claimed (set by run)
+        self._cheap: int | None = None  # epochs of the cheap rung (set by run; None: every trial in full)
 
     def planned_warm_starts(self) -> list[dict[str, Any]]:
         """The warm starts a new study starts with: the task's that fit the backend's
@@ -140,7 +143,7 @@ class TrialRunner:
     def _claim_store(self) -> ClaimStore | None:
         """Where this session claims warm starts: the recorder's (the study database),
         else this process's memory; ``None`` without warm starts."""
-        if not self.warm_start or not getattr(self.backend, "takes_enqueued_trials", False):
+        if not (self.warm_start or self._rungs) or not getattr(self.backend, "takes_enqueued_trials", False):
             return None
         claims = getattr(self.recorder, "warm_start_claims", None)
         return claims() if claims is not None else MemoryClaims(self.study)
@@ -148,7 +151,8 @@ class TrialRunner:
     def _claim_warm_start(self) -> Claim | None:
         if self._claims is None:
             return None
-        return retry_disconnects(lambda: claim_next(self._claims, planned=self.planned_warm_starts,
+        planned = self.planned_warm_starts if self.warm_start else list  # without: promotions only
+        return retry_disconnects(lambda: claim_next(self._claims, planned=planned,
                                                     worker=f"{self.worker}:{os.getpid()}"))
 
     def _bind(self, claim: Claim, proposal: Proposal) -> None:
@@ -216,13 +220,18 @@ class TrialRunner:
                 self._bind(claim, proposal)
             outcome = TrialOutcome(proposal, "FAIL", None, None, backend=self.backend.name,
                                    early_stopping=self.early_stopping is not None, worker=self.worker)
-            epochs = split_planned(claim.values)[1] if claim is not None else None
+            # a warm start or a promotion says its epochs; the sampler's proposals train the cheap rung first
+            _, epochs, promoted_from = split_planned(claim.values) if claim is not None else ({}, self._cheap, None)
             full = getattr(self.evaluator, "full_epochs", None)  # None: a replay, no training to count
             if full is not None:
-                outcome.fidelity = Fidelity(full if epochs is None else epochs, full).to_dict()
+                outcome.fidelity = Fidelity(full if epochs is None else epochs, full, promoted_from).to_dict()
             fault("before_eval")
-            # a training-free candidate costs about what its pre-training check would: never stopped
+            # a training-free candidate costs about what its pre-training check would: never stopped; a cheap
+            # one only before training (the rule's learned part reads curves of full trainings)
             should_stop = self._should_stop(proposal.values) if epochs != 0 else None
+            if should_stop is not None and epochs is not None and full is not None and epochs < full:
+                rule = should_stop
+                should_stop = lambda epoch, accuracy, pre: rule(epoch, accuracy, pre) if epoch < 0 else None  # noqa: E731
             result = self.evaluator.evaluate({**proposal.values}, should_stop=should_stop,
                                              metadata={"study": self.study.study_name, "trial": proposal.number},
                                              **({} if epochs is None else {"epochs": epochs}))
@@ -263,7 +272,23 @@ class TrialRunner:
         if interrupted is not None:
             raise interrupted
         self.backend.observe(outcome.proposal, outcome.state, outcome.values)
+        self._promote(outcome, row)
         return row
+
+    def _promote(self, outcome: TrialOutcome, row: Mapping[str, Any]) -> None:
+        """Plan the full training of a complete, feasible cheap-rung candidate that ranks
+        in the best third of its rung (:mod:`~slimtune.search._promotion`)."""
+        fidelity = Fidelity.from_dict(outcome.fidelity)
+        trials = getattr(self.recorder, "trials", None)
+        if (fidelity is None or fidelity.training_free or fidelity.full or outcome.state != "COMPLETE"
+                or not outcome.feasible or self._claims is None or trials is None):
+            return
+        rung = [r for r in retry_disconnects(lambda: trials(states=("COMPLETE",)))
+                if (r.get("fidelity") or {}).get("epochs") == fidelity.epochs]
+        if promoted(row, rung, self.objectives):
+            planned = promotion(outcome.proposal.values, outcome.number, fidelity.full_epochs)
+            retry_disconnects(lambda: self._claims.append(planned))
+            logger.info("Trial %d (%s) promoted to full training", outcome.number, fidelity.label)
 
     def _finish(self, outcome: TrialOutcome) -> dict:
         """Record the outcome (slimtune's row first), then tell Optuna.  If recording
@@ -349,6 +374,9 @@ class TrialRunner:
         started = time.monotonic()
         rows: list[dict] = []
         self._claims = self._claim_store()
+        # a cheap rung needs the plan, where promotions are claimed
+        self._cheap = (cheap_epochs(self.evaluator.full_epochs) if self._rungs and self._claims is not None
+                       else None)
         bar = progress_bar(n_trials, timeout) if progress else None
         if bar is not None:
             bar.set_postfix(self.progress_summary())  # a resumed study starts from its own front

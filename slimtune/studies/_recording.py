@@ -165,11 +165,18 @@ class Recording:
 
     def frontier_points(self, cost_objectives: Sequence[str]) -> list[FrontierPoint]:
         """Validation accuracy, learning curves (distillation epochs, recovery epochs)
-        and measured costs of every complete candidate (all workers)."""
+        and measured costs of every complete candidate of a final fidelity (all
+        workers; a cheap rung's result is not a finished trial's)."""
+        from slimtune.search._fidelity import Fidelity
+
         points = []
+        fidelities = self._storage.fidelities(self._record.id)
         for number, val_accuracy, info, reference, *measured in self._storage.complete_costs(self._record.id,
                                                                                              cost_objectives):
             if val_accuracy is None or any(v is None for v in measured):
+                continue
+            fidelity = Fidelity.from_dict(fidelities.get(number))
+            if fidelity is not None and not fidelity.final:
                 continue
             # a finished trial's true costs: its final measurement (its pre-training
             # latency can be far lower: the shortest path of an early-exit model)
