@@ -24,8 +24,8 @@ FAST = {"epochs": 2, "finetune_epochs": 1, "latency_repeats": 3, "latency_warmup
 
 
 def _study(tmp_path, name="f", **kwargs):
-    return Study.create_or_load(name, storage=f"sqlite:///{tmp_path / 'f.db'}", task=TASK, settings=FAST,
-                                **{"early_stopping": False, "seed": 0, **kwargs})
+    return Study.create_or_load(name, storage=f"sqlite:///{tmp_path / 'f.db'}", task=TASK,
+                                **{"settings": FAST, "early_stopping": False, "seed": 0, **kwargs})
 
 
 def test_the_knobs_declare_int8_ptq_as_the_training_free_rung(tmp_path):
@@ -126,3 +126,57 @@ def test_a_study_resumed_mid_rung_loses_nothing_and_repeats_nothing(tmp_path, mo
         assert [r["fidelity"]["label"] for r in more] == ["full"]  # not a third time
         labels = [r["fidelity"]["label"] for r in resumed.trials()]
         assert labels.count("training-free") == 2 and [r["state"] for r in resumed.trials()][:2] == ["FAIL", "COMPLETE"]
+
+
+# -- promotion (MO-ASHA's rule) -------------------------------------------------------------
+def test_the_cheap_rung_is_a_third_of_the_epochs():
+    from slimtune.search._promotion import cheap_epochs
+
+    assert [cheap_epochs(n) for n in (1, 2, 3, 4, 9)] == [None, 1, 1, 1, 3]
+
+
+def test_mo_asha_promotes_the_best_third_of_a_rung_by_non_dominated_rank():
+    from slimtune.search._promotion import nondominated_ranks, promoted
+
+    objectives = ("accuracy", "latency_ms")
+    rung = [_row(0, 0.90, 0.5), _row(1, 0.80, 0.3), _row(2, 0.85, 0.6), _row(3, 0.70, 0.7), _row(4, 0.60, 0.9)]
+    assert promoted(_row(9, 0.5, 0.5), [], objectives)  # the first result of a rung
+    assert promoted(_row(9, 0.95, 0.2), rung, objectives)  # dominates every one: rank 0
+    assert promoted(_row(9, 0.88, 0.4), rung, objectives)  # on the rung's front beside 0 and 1
+    # rank 1 behind two of rank 0 among six: quantile 2/6, in the best third
+    assert promoted(_row(9, 0.84, 0.55), rung, objectives)
+    assert not promoted(_row(9, 0.65, 0.8), rung, objectives)  # dominated twice over: rank 2
+    assert not promoted(_row(9, 0.5, 1.0), rung, objectives)  # dominated by every one
+    assert list(nondominated_ranks([[0.0, 0.0], [1.0, 1.0], [2.0, 0.5], [float("nan"), 0.0]])) == [0, 1, 1, 4]
+
+
+@pytest.mark.slow
+def test_cheap_candidates_are_promoted_by_the_rule_and_a_resumed_study_trains_them(tmp_path):
+    """The sampler's candidates train 1 of 3 epochs; each one that the rule promotes (among
+    the rung's results before it) is trained in full next, as a new trial naming it; the
+    others are not; cheap results are never on the front; a study stopped right after a
+    promotion trains it when resumed."""
+    from slimtune.search._promotion import promoted
+
+    settings = {**FAST, "epochs": 3}
+    with _study(tmp_path, settings=settings, sampler="random") as study:
+        stop = threading.Event()
+        first = study.optimize(n_trials=5, progress=False, warm_start=False, stop_event=stop,
+                               callbacks=[lambda row: stop.set()])
+        assert [r["fidelity"]["label"] for r in first] == ["1/3 epochs"]  # the first of its rung: promoted
+    with _study(tmp_path, settings=settings, sampler="random") as study:
+        rows = study.optimize(n_trials=6, progress=False, warm_start=False)
+        assert rows[0]["fidelity"] == {"epochs": 3, "full_epochs": 3, "label": "full", "promoted_from": 0}
+        trials = study.trials()
+    cheap = [r for r in trials if r["fidelity"]["label"] == "1/3 epochs"]
+    children = {r["fidelity"]["promoted_from"]: r for r in trials if r["fidelity"].get("promoted_from") is not None}
+    assert len(cheap) >= 3 and all(r["state"] == "COMPLETE" and not r["pareto"] for r in cheap)
+    for r in cheap:
+        before = [c for c in cheap if c["trial"] < r["trial"]]
+        expected = promoted(r, before, ("accuracy", "latency_ms"))
+        assert (r["trial"] in children) == expected, (r["trial"], expected)
+    assert 0 < len(children) < len(cheap)  # some promoted, some not
+    for source, child in children.items():
+        assert child["trial"] == source + 1  # claimed right after (one worker)
+        assert child["params"] == next(r for r in cheap if r["trial"] == source)["params"]
+        assert len(child["val_accuracy_per_epoch"]) == 3
