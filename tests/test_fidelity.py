@@ -180,3 +180,15 @@ def test_cheap_candidates_are_promoted_by_the_rule_and_a_resumed_study_trains_th
         assert child["trial"] == source + 1  # claimed right after (one worker)
         assert child["params"] == next(r for r in cheap if r["trial"] == source)["params"]
         assert len(child["val_accuracy_per_epoch"]) == 3
+
+
+def test_tables_say_each_fidelity_but_full():
+    from slimtune._cli_tables import table_lines
+
+    rows = [{**_row(n, 0.9, 0.5, f), "params": {}, "state": "COMPLETE"} for n, f in
+            ((0, Fidelity(0, 3).to_dict()), (1, Fidelity(1, 3).to_dict()), (2, Fidelity(3, 3, 1).to_dict()),
+             (3, Fidelity(3, 3).to_dict()), (4, None))]
+    text = "\n".join(table_lines(rows, [], wide=True))
+    assert "fidelity: training-free" in text and "fidelity: 1/3 epochs (a cheap rung" in text
+    assert "fidelity: full, promoted from trial 1" in text
+    assert text.count("fidelity:") == 3  # nothing under a plain full trial, nor one stored before fidelities

@@ -113,13 +113,14 @@ def fidelity_label(row: Mapping[str, Any]) -> str:
 def fidelity_note(row: Mapping[str, Any]) -> str | None:
     """What a table says under a trial that is not full fidelity (``None`` for full)."""
     fidelity = Fidelity.from_dict(row.get("fidelity"))
-    if fidelity is None or fidelity.full:
+    if fidelity is None or (fidelity.full and fidelity.promoted_from is None):
         return None
+    if fidelity.full:
+        return f"fidelity: full, promoted from trial {fidelity.promoted_from} (its cheap rung)"
     if fidelity.training_free:
         return ("fidelity: training-free (rung 0: not trained, calibrated only; measured like every trial; "
                 "not counted in --trials)")
-    return (f"fidelity: {fidelity.label} (a cheap rung: shown, never on the front nor selected)"
-            + (f"; promoted from trial {fidelity.promoted_from}" if fidelity.promoted_from is not None else ""))
+    return f"fidelity: {fidelity.label} (a cheap rung: shown, never on the front nor selected)"
 
 
 def counts_toward_budget(row: Mapping[str, Any], *, count_rejected: bool = False) -> bool:
