@@ -24,8 +24,9 @@ dead workers left RUNNING are finished before each new trial (the recorder's
 The loop ends after ``n_trials``, when ``timeout`` seconds have passed, or when
 ``stop_event`` is set; it always ends *between* trials, so stopping loses nothing.
 A trial that early stopping rejects before any training (it costs the pre-training
-measurement only, a fraction of a second) does not use up the budget: ``n_trials``
-counts the trials that trained (complete, stopped after training, or failed), up to
+measurement only, a fraction of a second) does not use up the budget, nor does a
+training-free one (rung 0): ``n_trials`` counts the trials that trained (complete,
+stopped after training, or failed; a cheap one and its promotion count one each), up to
 :data:`MAX_PROPOSALS_PER_TRIAL` proposals per trial of the budget, so a sampler stuck
 on rejected proposals ends with a warning instead of looping.
 """
@@ -93,7 +94,10 @@ class TrialRunner:
             (Optuna's samplers do; NNI's tuners propose every value).
         fidelity: ``"multi"`` (default): a new study's plan starts with its training-free
             candidates (rung 0, :mod:`~slimtune.search._fidelity`), which do not use up
-            ``n_trials``; ``"full"``: every trial trains the full epochs (no rung 0).
+            ``n_trials``, and the sampler's candidates train a third of the epochs first,
+            the best third of that rung promoted to full training
+            (:mod:`~slimtune.search._promotion`); ``"full"``: every trial trains the full
+            epochs.
         worker: who runs the trials, stored with each (default: the host name).
 
     ``owner``, when set, is written on each trial right after ``ask``
