@@ -70,6 +70,14 @@ TrialCallback = Callable[[dict], Any]
 MAX_PROPOSALS_PER_TRIAL = 10
 
 
+def _enqueued(proposal: Proposal) -> bool:
+    """Whether Optuna handed out a trial someone enqueued (its values given, not sampled)."""
+    try:
+        return "fixed_params" in proposal.trial.system_attrs
+    except Exception:  # noqa: BLE001 - a backend's own trial object: sampled
+        return False
+
+
 class TrialRunner:
     """Runs trials of one study with one backend and one evaluator.
 
@@ -226,6 +234,8 @@ class TrialRunner:
                                    early_stopping=self.early_stopping is not None, worker=self.worker)
             # a warm start or a promotion says its epochs; the sampler's proposals train the cheap rung first
             _, epochs, promoted_from = split_planned(claim.values) if claim is not None else ({}, self._cheap, None)
+            if claim is None and _enqueued(proposal):  # values someone gave (Optuna's queue): trained in full
+                epochs = None
             full = getattr(self.evaluator, "full_epochs", None)  # None: a replay, no training to count
             if full is not None:
                 outcome.fidelity = Fidelity(full if epochs is None else epochs, full, promoted_from).to_dict()
