@@ -32,6 +32,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from slimtune._storage_faults import retry_disconnects
+from slimtune.search._fidelity import Fidelity, promotion
+
 #: Reduction factor: a third of the epochs in the cheap rung, a third of it promoted.
 ETA = 3
 
@@ -72,3 +75,32 @@ def promoted(new: Mapping[str, Any], rung: Sequence[Mapping[str, Any]], objectiv
     ranks = nondominated_ranks(loss_matrix([*others, new], objectives))
     quantile = np.searchsorted(np.sort(ranks), ranks[-1]) / len(ranks)
     return bool(quantile <= 1.0 / eta)
+
+
+def promote(outcome: Any, row: Mapping[str, Any], recorder: Any, claims: Any, objectives: Sequence[str]) -> bool:
+    """Append the full training of ``outcome`` (a trial's
+    :class:`~slimtune.search._outcome.TrialOutcome`, ``row`` its stored row) to the
+    study's plan (``claims``) when it is a complete, feasible cheap-rung result that
+    :func:`promoted` ranks in the best third of its rung, read through
+    ``recorder.trials``; whether it did."""
+    fidelity = Fidelity.from_dict(outcome.fidelity)
+    trials = getattr(recorder, "trials", None)
+    if (fidelity is None or fidelity.training_free or fidelity.full or outcome.state != "COMPLETE"
+            or not outcome.feasible or trials is None):
+        return False
+    rung = [r for r in retry_disconnects(lambda: trials(states=("COMPLETE",)))
+            if (r.get("fidelity") or {}).get("epochs") == fidelity.epochs]
+    if not promoted(row, rung, objectives):
+        return False
+    planned = promotion(outcome.proposal.values, outcome.number, fidelity.full_epochs)
+    retry_disconnects(lambda: claims.append(planned))
+    return True
+
+
+def enqueued(proposal: Any) -> bool:
+    """Whether Optuna handed out a trial someone enqueued (its values given, not
+    sampled): it trains in full, as asked."""
+    try:
+        return "fixed_params" in proposal.trial.system_attrs
+    except Exception:  # noqa: BLE001 - a backend's own trial object: sampled
+        return False

@@ -46,9 +46,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from slimtune._storage_faults import StorageLost, retry_disconnects, storage_fault
 from slimtune.search._constraints import COLLAPSE_CONSTRAINT, Constraints, collapse_margin
 from slimtune.search._early_stopping import FrontierEarlyStopping
-from slimtune.search._fidelity import (FIDELITIES, Fidelity, counts_toward_budget, planned_rungs, promotion,
-                                      split_planned)
-from slimtune.search._promotion import cheap_epochs, promoted
+from slimtune.search._fidelity import FIDELITIES, Fidelity, counts_toward_budget, planned_rungs, split_planned
+from slimtune.search._promotion import cheap_epochs, enqueued, promote
 from slimtune.search._heartbeat import TrialStart, fail_stale_trials
 from slimtune.search._interrupts import Interrupted, fault
 from slimtune.search._outcome import Recorder, TrialOutcome, objective_values, user_attrs
@@ -68,14 +67,6 @@ TrialCallback = Callable[[dict], Any]
 #: At most this many proposals per trial of ``n_trials`` (rejections before training
 #: do not use up the budget; this bounds them).
 MAX_PROPOSALS_PER_TRIAL = 10
-
-
-def _enqueued(proposal: Proposal) -> bool:
-    """Whether Optuna handed out a trial someone enqueued (its values given, not sampled)."""
-    try:
-        return "fixed_params" in proposal.trial.system_attrs
-    except Exception:  # noqa: BLE001 - a backend's own trial object: sampled
-        return False
 
 
 class TrialRunner:
@@ -234,7 +225,7 @@ class TrialRunner:
                                    early_stopping=self.early_stopping is not None, worker=self.worker)
             # a warm start or a promotion says its epochs; the sampler's proposals train the cheap rung first
             _, epochs, promoted_from = split_planned(claim.values) if claim is not None else ({}, self._cheap, None)
-            if claim is None and _enqueued(proposal):  # values someone gave (Optuna's queue): trained in full
+            if claim is None and enqueued(proposal):  # values someone gave (Optuna's queue): trained in full
                 epochs = None
             full = getattr(self.evaluator, "full_epochs", None)  # None: a replay, no training to count
             if full is not None:
@@ -290,19 +281,9 @@ class TrialRunner:
         return row
 
     def _promote(self, outcome: TrialOutcome, row: Mapping[str, Any]) -> None:
-        """Plan the full training of a complete, feasible cheap-rung candidate that ranks
-        in the best third of its rung (:mod:`~slimtune.search._promotion`)."""
-        fidelity = Fidelity.from_dict(outcome.fidelity)
-        trials = getattr(self.recorder, "trials", None)
-        if (fidelity is None or fidelity.training_free or fidelity.full or outcome.state != "COMPLETE"
-                or not outcome.feasible or self._claims is None or trials is None):
-            return
-        rung = [r for r in retry_disconnects(lambda: trials(states=("COMPLETE",)))
-                if (r.get("fidelity") or {}).get("epochs") == fidelity.epochs]
-        if promoted(row, rung, self.objectives):
-            planned = promotion(outcome.proposal.values, outcome.number, fidelity.full_epochs)
-            retry_disconnects(lambda: self._claims.append(planned))
-            logger.info("Trial %d (%s) promoted to full training", outcome.number, fidelity.label)
+        """Plan the full training of a cheap candidate that MO-ASHA's rule promotes."""
+        if self._claims is not None and promote(outcome, row, self.recorder, self._claims, self.objectives):
+            logger.info("Trial %d (%s) promoted to full training", outcome.number, outcome.fidelity["label"])
 
     def _finish(self, outcome: TrialOutcome) -> dict:
         """Record the outcome (slimtune's row first), then tell Optuna.  If recording
