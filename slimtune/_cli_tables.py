@@ -14,6 +14,7 @@ from __future__ import annotations
 import textwrap
 from typing import Any, Iterable, Mapping, Sequence
 
+from slimtune.search._fidelity import fidelity_note
 from slimtune.search._measurement import same_run_speedup
 from slimtune.spaces import Knob, knob_classes
 from slimtune._vocabulary import state_word
@@ -166,6 +167,8 @@ def trial_lines(row: Mapping[str, Any], names: Sequence[str], markers: FlagMarke
         note = str(row["stopped_reason"])
     elif row.get("state") == "FAIL" and row.get("error"):
         note = str(row["error"]).splitlines()[-1]
+    elif row.get("state") == "COMPLETE":
+        note = fidelity_note(row)
     if note:
         indent = " " * 8
         lines += [indent + n for n in ([note] if wide else textwrap.wrap(note, WIDTH - len(indent)))]

@@ -189,7 +189,7 @@ def test_slimtune_storage_is_the_default_storage(db, cwd):
     try:
         assert [r["name"] for r in list_studies()] == ["c"]
         with Study.load("c") as study:
-            assert study.name == "c" and len(study.trials()) == 2
+            assert study.name == "c" and len(study.trials()) == 3  # the training-free trial (rung 0) + 2
     finally:
         del os.environ["SLIMTUNE_STORAGE"]
     assert list(cwd.iterdir()) == []  # sqlite:///slimtune.db in the cwd was never created

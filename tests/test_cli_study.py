@@ -37,7 +37,8 @@ def digest(path) -> str:
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
-    """A study made by `slimtune run` (2 trials), then resumed by it (1 more)."""
+    """A study made by `slimtune run` (its training-free trial, then 2 trials), then
+    resumed by it (1 more)."""
     path = tmp_path_factory.mktemp("cli") / "cli.db"
     url = f"sqlite:///{path}"
     first = invoke("run", "--study", "c", "--task", TASK, "--trials", "2", "--seed", "0", "--no-early-stopping",
@@ -56,14 +57,15 @@ def test_studies_lists_the_study(db):
     out = invoke("studies", "--storage", url)
     assert out.exit_code == 0 and "c " in out.output and "user-mlp-conv" in out.output
     (row,) = json.loads(invoke("studies", "--storage", url, "--json").stdout)
-    assert row["name"] == "c" and row["trials"] == 3 and row["complete"] == 3
+    assert row["name"] == "c" and row["trials"] == 4 and row["complete"] == 4  # rung 0 + 2 + 1
 
 
 def test_show_json_rows_carry_the_contract_fields(db):
     _, url = db
     shown = json.loads(invoke("show", "c", "--json", "--storage", url).stdout)
     rows = shown["trials"]
-    assert [r["trial"] for r in rows] == [0, 1, 2]
+    assert [r["trial"] for r in rows] == [0, 1, 2, 3]
+    assert [r["fidelity"]["label"] for r in rows] == ["training-free", "full", "full", "full"]
     contract = {"trial", "params", "accuracy", "val_accuracy", "test_accuracy", "latency_ms", "reference_latency_ms",
                 "speedup", "size_bytes", "artifact_bytes", "macs", "pareto"}
     for r in rows:

@@ -29,6 +29,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"epochs": 1, "latency_repeats": 5, "latency_warmup": 2, "calibration_size": 64}
 CHEAP = {"prune.ratio": 0.0, "quant.mode": "ptq"}  # no recovery epochs after distillation
+# the runs below use fidelity="full": one trial per call (how rung 0 and promotions recover:
+# tests/test_fidelity.py)
 HEARTBEAT = {"SLIMTUNE_HEARTBEAT_INTERVAL": "1", "SLIMTUNE_HEARTBEAT_GRACE": "2"}
 GRACE_S = 2
 
@@ -100,7 +102,7 @@ def test_every_asked_trial_ends_whatever_raises(tmp_path, short_heartbeats, monk
         raise RuntimeError("frontier unreadable")
 
     st.frontier_points = unreadable
-    (row,) = st.optimize(n_trials=1, progress=False)
+    (row,) = st.optimize(n_trials=1, progress=False, fidelity="full")
     assert row["state"] == "FAIL" and "frontier unreadable" in row["error"]
 
     # 2. Ctrl-C there: the trial is failed with the reason, then the interrupt goes on
@@ -109,7 +111,7 @@ def test_every_asked_trial_ends_whatever_raises(tmp_path, short_heartbeats, monk
 
     st.frontier_points = interrupted
     with pytest.raises(KeyboardInterrupt):
-        st.optimize(n_trials=1, progress=False)
+        st.optimize(n_trials=1, progress=False, fidelity="full")
     del st.frontier_points
 
     # 3. the sampler raises while sampling (Optuna's `ask` has created the trial by then)
@@ -117,12 +119,12 @@ def test_every_asked_trial_ends_whatever_raises(tmp_path, short_heartbeats, monk
         def sample_independent(self, *args, **kwargs):
             raise RuntimeError("sampler broke")
 
-    (row,) = st.optimize(n_trials=1, progress=False, sampler=BrokenSampler())
+    (row,) = st.optimize(n_trials=1, progress=False, fidelity="full", sampler=BrokenSampler())
     assert row["state"] == "FAIL" and "sampler broke" in row["error"]
 
     # 4. right after `ask`, before the first heartbeat
     monkeypatch.setenv("SLIMTUNE_FAULT", "after_ask:raise")
-    (row,) = st.optimize(n_trials=1, progress=False)
+    (row,) = st.optimize(n_trials=1, progress=False, fidelity="full")
     assert row["state"] == "FAIL" and "injected fault at after_ask" in row["error"]
     monkeypatch.delenv("SLIMTUNE_FAULT")
 
@@ -134,12 +136,12 @@ def test_every_asked_trial_ends_whatever_raises(tmp_path, short_heartbeats, monk
     monkeypatch.setenv("SLIMTUNE_FAULT", "before_eval:raise")
     st.record = unwritable
     with pytest.raises(RuntimeError, match="disk full"):
-        st.optimize(n_trials=1, progress=False)
+        st.optimize(n_trials=1, progress=False, fidelity="full")
     del st.record
     monkeypatch.delenv("SLIMTUNE_FAULT")
 
     # the search goes on: the next trial completes
-    (row,) = st.optimize(n_trials=1, progress=False)
+    (row,) = st.optimize(n_trials=1, progress=False, fidelity="full")
     assert row["state"] == "COMPLETE", row.get("error")
     states = _optuna_states(storage, "inject")
     assert states == {0: "FAIL", 1: "FAIL", 2: "FAIL", 3: "FAIL", 4: "FAIL", 5: "COMPLETE"}
@@ -167,7 +169,7 @@ def test_trial_failed_as_stale_after_its_record_stays_complete_everywhere(tmp_pa
         return row
 
     st.record = record_then_failed_elsewhere
-    st.optimize(n_trials=1, progress=False)
+    st.optimize(n_trials=1, progress=False, fidelity="full")
     del st.record
     assert _optuna_states(storage, "stale") == {0: "FAIL"}
     (row,) = st.trials()
@@ -188,7 +190,7 @@ def test_killed_workers_trials_are_failed_and_counted(tmp_path, short_heartbeats
     path = tmp_path / "kill.db"
     storage = f"sqlite:///{path}"
     _create(storage, "kill")
-    args = ["--study", "kill", "--trials", "1", "--storage", storage]
+    args = ["--study", "kill", "--trials", "1", "--fidelity", "full", "--storage", storage]
     early = Worker(args, tmp_path, SLIMTUNE_FAULT="after_ask:sleep")
     early.wait_for("after_ask")
     late = Worker(args, tmp_path, SLIMTUNE_FAULT="before_eval:sleep")
@@ -202,7 +204,7 @@ def test_killed_workers_trials_are_failed_and_counted(tmp_path, short_heartbeats
     time.sleep(GRACE_S + 1.5)
 
     st = Study.load("kill", storage=storage)
-    (row,) = st.optimize(n_trials=1, progress=False)  # the study is next run
+    (row,) = st.optimize(n_trials=1, progress=False, fidelity="full")  # the study is next run
     assert row["state"] == "COMPLETE", row.get("error")
     states = _optuna_states(storage, "kill")
     assert sorted(states.values()) == ["COMPLETE", "FAIL", "FAIL"], states
@@ -223,7 +225,7 @@ def test_kill_between_record_and_tell_loses_nothing(tmp_path, short_heartbeats):
     path = tmp_path / "tell.db"
     storage = f"sqlite:///{path}"
     _create(storage, "tell")
-    worker = Worker(["--study", "tell", "--trials", "1", "--storage", storage], tmp_path,
+    worker = Worker(["--study", "tell", "--trials", "1", "--fidelity", "full", "--storage", storage], tmp_path,
                     SLIMTUNE_FAULT="before_tell:sleep")
     worker.wait_for("before_tell")
     worker.proc.kill()
@@ -235,7 +237,7 @@ def test_kill_between_record_and_tell_loses_nothing(tmp_path, short_heartbeats):
     (before,) = st.trials()
     assert before["state"] == "COMPLETE"
     assert {s["name"]: s for s in list_studies(storage)}["tell"]["complete"] == 1
-    st.optimize(n_trials=1, progress=False)
+    st.optimize(n_trials=1, progress=False, fidelity="full")
     trial0 = optuna.load_study(study_name="tell", storage=storage).trials[0]
     assert trial0.state.name == "COMPLETE"
     # told from the record as the study tells its samplers: latency as its same-run ratio
@@ -256,7 +258,7 @@ def test_sigterm_and_sigint_fail_the_trial_with_the_reason(tmp_path):
     path = tmp_path / "signals.db"
     storage = f"sqlite:///{path}"
     _create(storage, "signals")
-    args = ["--study", "signals", "--trials", "1", "--storage", storage]
+    args = ["--study", "signals", "--trials", "1", "--fidelity", "full", "--storage", storage]
     results = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         worker = Worker(args, tmp_path, SLIMTUNE_FAULT="before_eval:sleep")
@@ -283,7 +285,7 @@ def test_two_sqlite_workers_run_exactly_the_asked_trials(tmp_path):
     _create(storage, "workers")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "slimtune.cli", "run", "--study", "workers", "--trials", "4",
-                           "--workers", "2", "--seed", "3", "--storage", storage], cwd=tmp_path, env=env,
+                           "--workers", "2", "--seed", "3", "--fidelity", "full", "--storage", storage], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("[worker 0] trial") == 2 and done.stdout.count("[worker 1] trial") == 2
@@ -309,7 +311,7 @@ def test_a_signal_stops_every_worker_cleanly(tmp_path, sig, code):
     path = tmp_path / "stop.db"
     storage = f"sqlite:///{path}"
     _create(storage, "stop")
-    parent = Worker(["--study", "stop", "--trials", "2", "--workers", "2", "--storage", storage], tmp_path,
+    parent = Worker(["--study", "stop", "--trials", "2", "--workers", "2", "--fidelity", "full", "--storage", storage], tmp_path,
                     SLIMTUNE_FAULT="before_eval:sleep")
     parent.wait_for("before_eval")
     parent.wait_for("before_eval")
@@ -338,7 +340,7 @@ def test_workers_die_with_a_parent_killed_outright(tmp_path):
     path = tmp_path / "orphans.db"
     storage = f"sqlite:///{path}"
     _create(storage, "orphans")
-    parent = Worker(["--study", "orphans", "--trials", "2", "--workers", "2", "--storage", storage], tmp_path,
+    parent = Worker(["--study", "orphans", "--trials", "2", "--workers", "2", "--fidelity", "full", "--storage", storage], tmp_path,
                     SLIMTUNE_FAULT="before_eval:sleep")
     parent.wait_for("before_eval")
     parent.wait_for("before_eval")

@@ -23,6 +23,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 FAST = {"epochs": 1, "latency_repeats": 5, "latency_warmup": 2, "calibration_size": 64}
 N, M = 3, 2
+R0 = 1  # the training-free candidate a new study starts with (rung 0: not counted in n_trials)
 
 
 # (tests/conftest.py trains with one torch thread)
@@ -35,11 +36,11 @@ def storage(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def study(storage):
-    """N trials, then resumed for M more (the resume is part of the fixture so that
-    every test below sees N + M trials)."""
+    """Rung 0 and N trials, then resumed for M more (the resume is part of the fixture so
+    that every test below sees R0 + N + M trials)."""
     first = Study.create_or_load("digits-s", storage=storage, task="digits", settings=FAST, seed=0, early_stopping=False)
     rows = first.optimize(n_trials=N, progress=False)
-    assert [r["trial"] for r in rows] == list(range(N))
+    assert [r["trial"] for r in rows] == list(range(R0 + N))
     first_rows = first.trials()
     first.close()
     resumed = Study.create_or_load("digits-s", storage=storage, task="digits", seed=0, early_stopping=False)
@@ -52,7 +53,7 @@ def study(storage):
 
 def test_run_creates_complete_trials_with_both_objectives(study):
     rows = study.trials()
-    assert len(rows) == N + M
+    assert len(rows) == R0 + N + M
     for row in rows:
         assert row["state"] == "COMPLETE", row.get("error")
         for key in ("trial", "params", "accuracy", "latency_ms", "size_bytes", "macs", "pareto", "val_accuracy",
@@ -66,7 +67,7 @@ def test_run_creates_complete_trials_with_both_objectives(study):
 
 
 def test_resume_continues_numbering_and_keeps_earlier_trials(study):
-    assert [r["trial"] for r in study._more] == list(range(N, N + M))  # noqa: SLF001
+    assert [r["trial"] for r in study._more] == list(range(R0 + N, R0 + N + M))  # noqa: SLF001
     now = {r["trial"]: r for r in study.trials()}
     for before in study._first_rows:  # noqa: SLF001
         after = now[before["trial"]]
@@ -79,7 +80,7 @@ def test_optuna_load_study_reads_the_same_trials(study, storage):
     assert [d.name for d in plain.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert plain.metric_names == ["accuracy", "latency_ratio"]  # latency told as its same-run ratio
     trials = plain.get_trials()
-    assert len(trials) == N + M
+    assert len(trials) == R0 + N + M
     rows = {r["trial"]: r for r in study.trials()}
     for t in trials:
         row = rows[t.number]
@@ -128,7 +129,9 @@ def test_select_honours_constraints_or_says_none_fits(study):
                and not beaten_by_baseline(r, study.baseline_row(), study.objectives)]
     assert chosen.latency_ms <= limit
     assert chosen.accuracy == max(r["accuracy"] for r in fitting)
-    assert min((r for r in fitting if r["accuracy"] == chosen.accuracy), key=lambda r: r["latency_ms"])["trial"] == chosen.trial
+    # ties go to the lower latency relative to the baseline timed in the same run (as the front compares)
+    assert min((r for r in fitting if r["accuracy"] == chosen.accuracy),
+               key=lambda r: (relative_latency(r), r["size_bytes"], r["trial"]))["trial"] == chosen.trial
     with pytest.raises(NoCandidateError, match="fastest") as info:
         study.select(max_latency_ms=min(r["latency_ms"] for r in rows) / 10)
     assert "trial" in str(info.value)

@@ -50,7 +50,7 @@ def tampered(tmp_path_factory):
                   "--epochs", "1", "--latency-repeats", "3", "--storage", url, "--json")
     assert made.exit_code == 0, made.output
     with sqlite3.connect(path) as conn:
-        assert conn.execute("update slimtune_weights set state_dict = ?", (crafted_blob(marker),)).rowcount == 1
+        assert conn.execute("update slimtune_weights set state_dict = ?", (crafted_blob(marker),)).rowcount == 2  # rung 0 + 1
     conn.close()
     return url, marker
 

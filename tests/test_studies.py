@@ -101,7 +101,8 @@ def test_database_creates_prefixed_tables_with_version(tmp_path):
     tables = set(inspect(db.engine).get_table_names())
     db.dispose()
     assert tables == {"slimtune_schema_version", "slimtune_studies", "slimtune_candidates", "slimtune_weights",
-                      "slimtune_warm_starts", "slimtune_target_measurements"}
+                      "slimtune_warm_starts", "slimtune_target_measurements",
+                      "slimtune_fidelities"}
     with sqlite3.connect(tmp_path / "st.db") as conn:
         assert conn.execute("select version from slimtune_schema_version").fetchall() == [(SCHEMA_VERSION,)]
     # opening again changes nothing and keeps the version

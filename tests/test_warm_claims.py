@@ -35,22 +35,22 @@ def test_a_warm_start_that_did_not_complete_is_proposed_again_once(tmp_path, mon
 
     study.frontier_points = interrupted  # read by early stopping, after `ask`: a Ctrl-C mid-trial
     with pytest.raises(KeyboardInterrupt):
-        study.optimize(n_trials=1, progress=False)
+        study.optimize(n_trials=1, progress=False, fidelity="full")
     del study.frontier_points
     (first,) = study.trials()
     assert first["state"] == "FAIL" and _values(first, plan[0]) == plan[0]
     study.close()
 
     resumed = Study.create_or_load("w", storage=storage, task=TASK, seed=1, early_stopping=False)
-    rows = resumed.optimize(n_trials=2, progress=False)
+    rows = resumed.optimize(n_trials=2, progress=False, fidelity="full")
     assert [_values(r, plan[i]) for r, i in zip(rows, (0, 1))] == [plan[0], plan[1]]
     assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"]
     monkeypatch.setenv("SLIMTUNE_FAULT", "before_eval:raise")  # the next warm start fails, twice
-    failed = resumed.optimize(n_trials=2, progress=False)
+    failed = resumed.optimize(n_trials=2, progress=False, fidelity="full")
     assert [r["state"] for r in failed] == ["FAIL", "FAIL"]
     assert [_values(r, plan[2]) for r in failed] == [plan[2], plan[2]]
     monkeypatch.delenv("SLIMTUNE_FAULT")
-    (after,) = resumed.optimize(n_trials=1, progress=False)
+    (after,) = resumed.optimize(n_trials=1, progress=False, fidelity="full")
     assert _values(after, plan[3]) == plan[3]
     resumed.close()
 

@@ -86,14 +86,18 @@ def test_a_new_study_starts_with_the_warm_starts_and_a_resumed_one_goes_on_with_
                                  early_stopping=False)
     expected = warm_start_trials(study.space, study.task)
     rows = study.optimize(n_trials=2, progress=False)
-    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"]
+    # rung 0 (the training-free int8 candidate, not counted in n_trials), then two warm starts
+    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE", "COMPLETE"]
+    assert rows[0]["fidelity"]["label"] == "training-free"
+    rows = rows[1:]
     for row, values in zip(rows, expected):
         assert {k: row["params"][k] for k in values} == values
+        assert row["fidelity"]["label"] == "full"
     # int8 alone keeps the baseline's accuracy within a few points and is smaller
     assert rows[0]["accuracy"] >= study.baseline.accuracy - 0.05
     assert rows[0]["size_bytes"] < study.baseline.size_bytes / 3
     # a session that stops early leaves nothing waiting
-    assert [t.state.name for t in study.optuna_study.get_trials()] == ["COMPLETE", "COMPLETE"]
+    assert [t.state.name for t in study.optuna_study.get_trials()] == ["COMPLETE"] * 3
     study.close()
     # resumed: the warm starts not proposed yet come next (a crash early in a new study
     # loses none of them), and none twice

@@ -24,6 +24,7 @@ from slimtune._cli_tables import (
 from slimtune._defaults import DEFAULT_STORAGE, STORAGE_ENV
 from slimtune._dominance import relative_latency
 from slimtune._vocabulary import STATE_WORDS, STUDY_COLUMNS, created_text
+from slimtune.search._fidelity import fidelity_label, is_training_free
 
 
 def echo_json(data: Any) -> None:
@@ -60,10 +61,13 @@ def echo_summary(study: Any, overview: Any, *, wide: bool = False, study_line: b
     baseline on (the next target of a study timed on several)."""
     echo = functools.partial(echo_wrapped, wide=wide)
     counts, rejected = overview.counts, overview.rejected  # the rejected are not counted in --trials
+    free = overview.training_free  # nor the training-free ones (rung 0)
     base = study.baseline
     if study_line:
         echo(f"Study {study.name!r} in {study.storage}: task {study.task_name}, objectives "
-               f"{', '.join(study.objectives)}; {len(overview.points) - rejected} trials trained ({counts['COMPLETE']} "
+               f"{', '.join(study.objectives)}; "
+               + (f"{free} training-free (rung 0, measured without training, not counted in --trials), " if free else "")
+               + f"{len(overview.points) - rejected - free} trials trained ({counts['COMPLETE'] - free} "
                f"complete, {counts['PRUNED'] - rejected} {STATE_WORDS['PRUNED']} early, {counts['FAIL']} failed"
                + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "") + f"), {rejected} rejected before "
                "training by early stopping")
@@ -210,6 +214,8 @@ def trial_line(row: dict[str, Any]) -> str:
     """The line of a finished trial (workers of ``run --workers`` and Ray tasks print it)."""
     if row["state"] == "COMPLETE":
         detail = f"accuracy {row['accuracy']:.4f}, latency {row['latency_ms']:.4g} ms"
+        if fidelity_label(row) != "full":
+            detail += f" ({fidelity_label(row)})"
     else:
         detail = (row.get("stopped_reason") or row.get("error") or "").splitlines()[-1:] or [""]
         detail = detail[0][:120]
@@ -283,6 +289,8 @@ def echo_selected(row: dict[str, Any], study: Any, *, split: str, storage: str) 
                + (f" ({ratio:.2f}x the baseline timed in the same run)" if ratio else "")
                + f", packed {row['size_bytes'] / 1024:.1f} KiB{artifact_kib(row)}, {row['macs']:,} MACs")
     click.echo(f"params: {compact_params(row['params'], param_names(study))}")
+    click.echo(f"fidelity: {fidelity_label(row)}" + (" (not trained: calibrated only)" if is_training_free(row) else "")
+               + "; select chooses among full-fidelity and training-free results")
     target = getattr(study, "target", None)  # a study read on one of its other targets
     line = export_line(study.name, row["trial"], target=target.key if target is not None else None)
     click.echo(f"export: {line}")

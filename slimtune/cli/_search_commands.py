@@ -131,6 +131,9 @@ def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: st
 @click.option("--early-stopping/--no-early-stopping", default=None, help="Stop candidates a no-costlier trial clearly beats [default: on].")
 @click.option("--warm-start/--no-warm-start", default=True, show_default=True,
               help="Start a new study near the baseline (the task's warm starts, else one knob family moved at a time).")
+@click.option("--fidelity", type=click.Choice(["multi", "full"]), default="multi", show_default=True,
+              help="multi: a new study first measures its training-free candidates (int8 post-training "
+                   "quantization, rung 0: seconds, not counted in --trials), then trains; full: every trial trains.")
 @click.option("--epochs", type=click.IntRange(0, MAX_EPOCHS), default=None, help="Distillation epochs per candidate (default: the task's).")
 @click.option("--runtime", type=click.Choice(list(RUNTIMES)), default=None,
               help="Runtime that is timed [default: onnxruntime]; openvino needs pip install 'slimtune[openvino]'.")
@@ -205,7 +208,7 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
          threads: int | None, batch_size: int | None, latency_repeats: int | None, calibration_size: int | None,
          targets: str | None, fix: tuple[str, ...], as_json: bool, wide: bool, workers: int, worker_id: int | None, no_cache: bool,
          storage: str, warm_start: bool, device: str | None, amp: str | None, executor: str, address: str | None,
-         gpus_per_trial: float | None, cpus_per_trial: float | None) -> None:
+         gpus_per_trial: float | None, cpus_per_trial: float | None, fidelity: str = "multi") -> None:
     if n_trials is None and timeout is None:
         raise UserError("Give --trials N and/or --timeout SECONDS.")
     ray_options = {"address": address, "gpus_per_trial": gpus_per_trial, "cpus_per_trial": cpus_per_trial}
@@ -250,7 +253,8 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
     try:
         if worker_id is not None:  # a child of --workers: one line per trial, no summary
             rows = study.optimize(n_trials=n_trials, timeout=timeout, backend=backend, progress=False,
-                                  callbacks=[echo_trial_line], warm_start=warm_start, **nni_options)
+                                  callbacks=[echo_trial_line], warm_start=warm_start, fidelity=fidelity,
+                                  **nni_options)
             if any(r.get("state") == "FAIL" for r in rows):
                 sys.exit(1)  # its lines said which; the parent counts this worker as failed
             return
@@ -258,7 +262,10 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
         failed_trials: list[dict] = []
         if not as_json:
             click.echo(f"Study {study.name!r} ({study.storage}): {before} earlier trials; running "
-                       + (f"{n_trials} trials" if n_trials else "") + (" " if n_trials and timeout else "")
+                       + (f"{n_trials} trials" if n_trials else "")
+                       + (" (after the training-free candidates of rung 0, which --trials does not count)"
+                          if n_trials and before == 0 and fidelity == "multi" and warm_start and backend == "optuna"
+                          else "") + (" " if n_trials and timeout else "")
                        + (f"for at most {timeout:g} s" if timeout else "")
                        + (f" in {workers} worker processes" if workers > 1 and executor == "local" else "")
                        + (f", {workers} at a time as Ray tasks" if executor == "ray" else "") + ".")
@@ -270,14 +277,14 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
             failed = []
             rows = run_on_ray(study, n_trials=n_trials, timeout=timeout, workers=workers, seed=seed, as_json=as_json,
                               backend=backend, warm_start=warm_start, device=device, amp=amp, **ray_options,
-                              **nni_options)
+                              fidelity=fidelity, **nni_options)
             failed_trials = [r for r in rows if r.get("state") == "FAIL"]
         elif workers > 1:
             failed = run_workers(click.get_current_context(), workers, n_trials, seed, as_json)
         else:
             failed = []
             rows = study.optimize(n_trials=n_trials, timeout=timeout, backend=backend, progress=not as_json,
-                                  warm_start=warm_start, **nni_options)
+                                  warm_start=warm_start, fidelity=fidelity, **nni_options)
             failed_trials = [r for r in rows if r.get("state") == "FAIL"]
         if as_json:
             echo_json(study.frontier())

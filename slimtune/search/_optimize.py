@@ -87,7 +87,8 @@ class SearchSession:
     its trials one call at a time on one session).  Close it when done."""
 
     def __init__(self, study: SearchedStudy, *, backend: str = "optuna", progress: bool = True,
-                 warm_start: bool = True, worker: str | None = None, **backend_options: Any) -> None:
+                 warm_start: bool = True, worker: str | None = None, fidelity: str = "multi",
+                 **backend_options: Any) -> None:
         from slimtune.search._backends import get_backend
         from slimtune.search._baseline import get_baseline
         from slimtune.search._device import TrainingDevice
@@ -115,7 +116,7 @@ class SearchSession:
                                       objectives=study.objectives, recorder=study, constraints=study.constraints,
                                       baseline_accuracy=float(study.baseline.accuracy),
                                       early_stopping=study.early_stopping, epochs=epochs,
-                                      recovery_epochs=int(recovery or 0), fixed=space.fixed, warm_start=warm_start,
+                                      recovery_epochs=int(recovery or 0), fixed=space.fixed, warm_start=warm_start, fidelity=fidelity,
                                       latency_unit=optuna_latency_unit(optuna_study.metric_names), worker=worker)
         except BaseException:
             self.backend.close()
@@ -133,10 +134,11 @@ def run_search(study: SearchedStudy, n_trials: int | None = None, *, timeout: fl
                backend: str = "optuna", callbacks: Sequence[Callable[[dict], Any]] = (),
                stop_event: threading.Event | None = None, progress: bool = True,
                catch: tuple[type[BaseException], ...] = (Exception,), warm_start: bool = True,
-               **backend_options: Any) -> list[dict]:
+               fidelity: str = "multi", **backend_options: Any) -> list[dict]:
     """Run trials of ``study`` (see ``Study.optimize`` for the arguments) on the
     study's training device; returns the rows of the trials run by this call."""
-    session = SearchSession(study, backend=backend, progress=progress, warm_start=warm_start, **backend_options)
+    session = SearchSession(study, backend=backend, progress=progress, warm_start=warm_start, fidelity=fidelity,
+                            **backend_options)
     try:
         return session.run(n_trials, timeout=timeout, stop_event=stop_event, callbacks=callbacks,
                            progress=progress, catch=catch)

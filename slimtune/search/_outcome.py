@@ -29,6 +29,7 @@ class TrialOutcome:
     backend: str = ""
     early_stopping: bool = False
     worker: str = ""
+    fidelity: dict[str, Any] | None = None  # the training it got (:class:`~slimtune.search._fidelity.Fidelity`)
 
     @property
     def number(self) -> int:
@@ -97,6 +98,8 @@ def user_attrs(outcome: TrialOutcome, fixed: Mapping[str, Any]) -> dict[str, Any
                          fingerprint_id=m.fingerprint_id, flags=list(m.flags),
                          exit_rates=list(m.exit_rates) if m.exit_rates is not None else None)
         attrs["train_seconds"] = round(result.train_seconds, 4)
+    if outcome.fidelity is not None:
+        attrs["fidelity"] = dict(outcome.fidelity)
     if outcome.error:
         attrs["error"] = outcome.error[-1500:]
     return attrs

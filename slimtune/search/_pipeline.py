@@ -264,10 +264,17 @@ class Evaluator:
                               path_latency_ms=tuple(ms[name] for name in path_names),
                               path_macs=path_macs, reference_latency_ms=ms["reference"])
 
+    @property
+    def full_epochs(self) -> int:
+        """Distillation epochs of a full-fidelity candidate (the settings', else the task's)."""
+        return int(self.task.finetune_epochs if self.settings.epochs is None else self.settings.epochs)
+
     def evaluate(self, values: dict[str, Any], *, should_stop: ShouldStop | None = None,
-                 metadata: dict[str, Any] | None = None) -> CandidateResult:
+                 metadata: dict[str, Any] | None = None, epochs: int | None = None) -> CandidateResult:
         """Build, train, compress and measure one candidate; ``metadata`` (e.g. the study
-        and trial) goes into the artifact beside :meth:`artifact_metadata`."""
+        and trial) goes into the artifact beside :meth:`artifact_metadata`.  ``epochs``:
+        distillation epochs (default :attr:`full_epochs`; 0 for a training-free
+        candidate, :mod:`~slimtune.search._fidelity`)."""
         values = self.space.complete(values)
         started = time.perf_counter()
         torch.manual_seed(self.settings.seed)
@@ -278,7 +285,7 @@ class Evaluator:
                 return CandidateResult(values, None, None, None, None, {}, None, 0.0, time.perf_counter() - started,
                                        pre, stopped=reason, info={"val_accuracy_per_epoch": [], "epochs_trained": 0})
         data = self.task.data
-        epochs = self.task.finetune_epochs if self.settings.epochs is None else self.settings.epochs
+        epochs = self.full_epochs if epochs is None else int(epochs)
         val_acc: list[float] = []
         recovery_acc: list[float] = []
 

@@ -24,8 +24,9 @@ dead workers left RUNNING are finished before each new trial (the recorder's
 The loop ends after ``n_trials``, when ``timeout`` seconds have passed, or when
 ``stop_event`` is set; it always ends *between* trials, so stopping loses nothing.
 A trial that early stopping rejects before any training (it costs the pre-training
-measurement only, a fraction of a second) does not use up the budget: ``n_trials``
-counts the trials that trained (complete, stopped after training, or failed), up to
+measurement only, a fraction of a second) does not use up the budget, nor does a
+training-free one (rung 0): ``n_trials`` counts the trials that trained (complete,
+stopped after training, or failed; a cheap one and its promotion count one each), up to
 :data:`MAX_PROPOSALS_PER_TRIAL` proposals per trial of the budget, so a sampler stuck
 on rejected proposals ends with a warning instead of looping.
 """
@@ -44,7 +45,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from slimtune._storage_faults import StorageLost, retry_disconnects, storage_fault
 from slimtune.search._constraints import COLLAPSE_CONSTRAINT, Constraints, collapse_margin
-from slimtune.search._early_stopping import FrontierEarlyStopping, rejected_before_training
+from slimtune.search._early_stopping import FrontierEarlyStopping
+from slimtune.search._fidelity import FIDELITIES, Fidelity, counts_toward_budget, planned_rungs, split_planned
+from slimtune.search._promotion import cheap_epochs, enqueued, promote
 from slimtune.search._heartbeat import TrialStart, fail_stale_trials
 from slimtune.search._interrupts import Interrupted, fault
 from slimtune.search._outcome import Recorder, TrialOutcome, objective_values, user_attrs
@@ -88,6 +91,12 @@ class TrialRunner:
             workers and proposed once more when its trial did not complete
             (:mod:`~slimtune.search._warm_claims`), when the backend takes given values
             (Optuna's samplers do; NNI's tuners propose every value).
+        fidelity: ``"multi"`` (default): a new study's plan starts with its training-free
+            candidates (rung 0, :mod:`~slimtune.search._fidelity`), which do not use up
+            ``n_trials``, and the sampler's candidates train a third of the epochs first,
+            the best third of that rung promoted to full training
+            (:mod:`~slimtune.search._promotion`); ``"full"``: every trial trains the full
+            epochs.
         worker: who runs the trials, stored with each (default: the host name).
 
     ``owner``, when set, is written on each trial right after ``ask``
@@ -99,7 +108,9 @@ class TrialRunner:
                  recorder: Recorder, constraints: Constraints | None = None, baseline_accuracy: float = float("nan"),
                  early_stopping: FrontierEarlyStopping | None = None, epochs: int = 1, recovery_epochs: int = 0,
                  fixed: Mapping[str, Any] | None = None, warm_start: bool = True, latency_unit: str = "ratio",
-                 worker: str | None = None) -> None:
+                 worker: str | None = None, fidelity: str = "multi") -> None:
+        if fidelity not in FIDELITIES:
+            raise ValueError(f"`fidelity` must be one of {', '.join(FIDELITIES)}, but got {fidelity!r}.")
         self.study = study
         self.backend = backend
         self.evaluator = evaluator
@@ -116,7 +127,11 @@ class TrialRunner:
         self.owner: str | None = None
         self.warm_start = warm_start
         self.latency_unit = latency_unit
+        self.fidelity = fidelity
+        # rungs need an evaluator that trains a given number of epochs (a replay of stored results does not)
+        self._rungs = fidelity == "multi" and hasattr(evaluator, "full_epochs")
         self._claims: ClaimStore | None = None  # where warm starts are claimed (set by run)
+        self._cheap: int | None = None  # epochs of the cheap rung (set by run; None: every trial in full)
 
     def planned_warm_starts(self) -> list[dict[str, Any]]:
         """The warm starts a new study starts with: the task's that fit the backend's
@@ -124,13 +139,14 @@ class TrialRunner:
         baseline's neighbourhood for Optuna)."""
         from slimtune.search._warm_start import warm_start_trials
 
-        return (warm_start_trials(self.backend.space, getattr(self.evaluator, "task", None))
-                or list(self.backend.warm_starts()))
+        trained = (warm_start_trials(self.backend.space, getattr(self.evaluator, "task", None))
+                   or list(self.backend.warm_starts()))
+        return planned_rungs(self.backend.space, trained) if self._rungs else trained
 
     def _claim_store(self) -> ClaimStore | None:
         """Where this session claims warm starts: the recorder's (the study database),
         else this process's memory; ``None`` without warm starts."""
-        if not self.warm_start or not getattr(self.backend, "takes_enqueued_trials", False):
+        if not (self.warm_start or self._rungs) or not getattr(self.backend, "takes_enqueued_trials", False):
             return None
         claims = getattr(self.recorder, "warm_start_claims", None)
         return claims() if claims is not None else MemoryClaims(self.study)
@@ -138,13 +154,14 @@ class TrialRunner:
     def _claim_warm_start(self) -> Claim | None:
         if self._claims is None:
             return None
-        return retry_disconnects(lambda: claim_next(self._claims, planned=self.planned_warm_starts,
+        planned = self.planned_warm_starts if self.warm_start else list  # without: promotions only
+        return retry_disconnects(lambda: claim_next(self._claims, planned=planned,
                                                     worker=f"{self.worker}:{os.getpid()}"))
 
     def _bind(self, claim: Claim, proposal: Proposal) -> None:
         """Tie the claimed warm start to its trial, or give the claim back when Optuna
         handed out a waiting trial (enqueued by someone else) instead."""
-        if all(proposal.values.get(k) == v for k, v in claim.values.items()):
+        if all(proposal.values.get(k) == v for k, v in split_planned(claim.values)[0].items()):
             retry_disconnects(lambda: self._claims.bind(claim.position, proposal.number))
         else:
             retry_disconnects(lambda: self._claims.release(claim.position, claim.attempts))
@@ -183,7 +200,7 @@ class TrialRunner:
                 # Optuna warns that heartbeats are meant for Study.optimize: this loop beats itself
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
                 if claim is not None:
-                    return self.backend.propose_given(self.study, claim.values)
+                    return self.backend.propose_given(self.study, split_planned(claim.values)[0])
                 return self.backend.propose(self.study)
         finally:
             self.backend.on_ask = None
@@ -206,10 +223,23 @@ class TrialRunner:
                 self._bind(claim, proposal)
             outcome = TrialOutcome(proposal, "FAIL", None, None, backend=self.backend.name,
                                    early_stopping=self.early_stopping is not None, worker=self.worker)
+            # a warm start or a promotion says its epochs; the sampler's proposals train the cheap rung first
+            _, epochs, promoted_from = split_planned(claim.values) if claim is not None else ({}, self._cheap, None)
+            if claim is None and enqueued(proposal):  # values someone gave (Optuna's queue): trained in full
+                epochs = None
+            full = getattr(self.evaluator, "full_epochs", None)  # None: a replay, no training to count
+            if full is not None:
+                outcome.fidelity = Fidelity(full if epochs is None else epochs, full, promoted_from).to_dict()
             fault("before_eval")
-            should_stop = self._should_stop(proposal.values)
+            # a training-free candidate costs about what its pre-training check would: never stopped; a cheap
+            # one only before training (the rule's learned part reads curves of full trainings)
+            should_stop = self._should_stop(proposal.values) if epochs != 0 else None
+            if should_stop is not None and epochs is not None and full is not None and epochs < full:
+                rule = should_stop
+                should_stop = lambda epoch, accuracy, pre: rule(epoch, accuracy, pre) if epoch < 0 else None  # noqa: E731
             result = self.evaluator.evaluate({**proposal.values}, should_stop=should_stop,
-                                             metadata={"study": self.study.study_name, "trial": proposal.number})
+                                             metadata={"study": self.study.study_name, "trial": proposal.number},
+                                             **({} if epochs is None else {"epochs": epochs}))
             outcome.result = result
             if result.stopped:
                 outcome.state = "PRUNED"
@@ -247,7 +277,13 @@ class TrialRunner:
         if interrupted is not None:
             raise interrupted
         self.backend.observe(outcome.proposal, outcome.state, outcome.values)
+        self._promote(outcome, row)
         return row
+
+    def _promote(self, outcome: TrialOutcome, row: Mapping[str, Any]) -> None:
+        """Plan the full training of a cheap candidate that MO-ASHA's rule promotes."""
+        if self._claims is not None and promote(outcome, row, self.recorder, self._claims, self.objectives):
+            logger.info("Trial %d (%s) promoted to full training", outcome.number, outcome.fidelity["label"])
 
     def _finish(self, outcome: TrialOutcome) -> dict:
         """Record the outcome (slimtune's row first), then tell Optuna.  If recording
@@ -333,6 +369,9 @@ class TrialRunner:
         started = time.monotonic()
         rows: list[dict] = []
         self._claims = self._claim_store()
+        # a cheap rung needs the plan, where promotions are claimed
+        self._cheap = (cheap_epochs(self.evaluator.full_epochs) if self._rungs and self._claims is not None
+                       else None)
         bar = progress_bar(n_trials, timeout) if progress else None
         if bar is not None:
             bar.set_postfix(self.progress_summary())  # a resumed study starts from its own front
@@ -354,7 +393,7 @@ class TrialRunner:
                     break
                 row = self.run_one(catch=catch)
                 rows.append(row)
-                counts = count_rejected or not rejected_before_training(row)
+                counts = counts_toward_budget(row, count_rejected=count_rejected)
                 counted += counts
                 if bar is not None:
                     update_bar(bar, row, rows, self.progress_summary(), advance=counts)

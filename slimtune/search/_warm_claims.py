@@ -65,6 +65,9 @@ class ClaimStore(Protocol):
     def add_plan(self, planned: Sequence[Mapping[str, Any]]) -> None:
         """Store the plan unless one is stored (another worker's plan wins, whole)."""
 
+    def append(self, values: Mapping[str, Any]) -> None:
+        """Add one row after the last (a promotion, :mod:`~slimtune.search._promotion`)."""
+
     def has_trials(self) -> bool:
         """Whether the study has any trial (then no plan is made now)."""
 
@@ -129,6 +132,9 @@ class MemoryClaims:
     def add_plan(self, planned: Sequence[Mapping[str, Any]]) -> None:
         if not self._rows:
             self._rows = [WarmStartRow(i, dict(v)) for i, v in enumerate(planned)]
+
+    def append(self, values: Mapping[str, Any]) -> None:
+        self._rows.append(WarmStartRow(len(self._rows), dict(values)))
 
     def has_trials(self) -> bool:
         return bool(self.study.get_trials(deepcopy=False))

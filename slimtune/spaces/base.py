@@ -308,6 +308,12 @@ class Knob(ABC):
                     for p in params if p.kind == "categorical" and p.default in p.choices and len(p.choices) > 1}
         return [base, {**base, **farthest}] if farthest else [base]
 
+    def training_free_values(self, params: Sequence[Param]) -> list[dict[str, Any]]:
+        """Settings of this family that need no training at all (each a few parameters;
+        every other stays at its default: the baseline), tried first in a new study in
+        seconds, as its rung 0 (:mod:`slimtune.search._fidelity`).  Default: none."""
+        return []
+
     def weight_bits(self, values: Mapping[str, Any]) -> int | None:
         """The bits the runtime compiles the weights at for ``values`` (quantization's
         ``quant.bits``), or None when this knob does not quantize (the default)."""

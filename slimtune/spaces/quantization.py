@@ -53,6 +53,14 @@ class Quantization(Knob):
         """Post-training quantization: the structure is measured before any training."""
         return {**values, "quant.mode": "ptq"}
 
+    def training_free_values(self, params: Sequence[Param]) -> list[dict[str, Any]]:
+        """int8 post-training quantization (calibrated, no epochs): what peers give."""
+        names = {p.name: p for p in params}
+        bits = names.get("quant.bits")
+        if bits is None or 8 not in (bits.choices or ()):
+            return []
+        return [{"quant.bits": 8, "quant.mode": "ptq"} if "quant.mode" in names else {"quant.bits": 8}]
+
     def recovery_passes(self, values: Mapping[str, Any]) -> int:
         """QAT fine-tunes once, below 16 bits (where it runs)."""
         return int(values.get("quant.mode") == "qat" and int(values.get("quant.bits", 32) or 32) < 16)

@@ -29,7 +29,7 @@ from slimtune.studies._rows import MEASUREMENT_KEYS, METRICS, make_row, merged_s
 #: plot draws the others at their final costs); ``feasible`` too when the study has
 #: constraints.
 POINT_FIELDS = ("trial", "state", *METRICS, "val_accuracy", "reference_latency_ms", "speedup", "pre",
-                "fingerprint_id", "stopped_reason")
+                "fingerprint_id", "stopped_reason", "fidelity")
 #: States of an Optuna trial that may still change.
 OPEN_STATES = ("RUNNING", "WAITING")
 
@@ -70,7 +70,11 @@ class TrialFeed:
                 ids[1], ids[0], self.objectives, constraints=self.study.constraints.active)
             if figures is not None:
                 self._remember(figures.trials, [(r[0], n) for n, r in figures.records.items()])
-                return _points(figures, self.objectives)
+                points = _points(figures, self.objectives)
+                fidelities = self._storage.fidelities(ids[0])
+                for p in points:
+                    p["fidelity"] = fidelities.get(p["trial"])
+                return points
             self._fallback = True  # Optuna's tables are not as expected: its own API answers
         rows = self.study.trials()
         self._states = {r["trial"]: r["state"] for r in rows}

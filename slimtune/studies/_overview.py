@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from slimtune._dominance import relative_latency
 from slimtune.search._early_stopping import rejected_before_training
+from slimtune.search._fidelity import is_training_free
 from slimtune.studies._feed import TrialFeed
 from slimtune.studies._rows import mark_pareto
 from slimtune.studies._storage import quiet_gc
@@ -62,6 +63,11 @@ class Overview:
     def counts(self) -> dict[str, int]:
         """Trials by state (:data:`COUNTED_STATES`)."""
         return {s: sum(1 for p in self.points if p["state"] == s) for s in COUNTED_STATES}
+
+    @property
+    def training_free(self) -> int:
+        """Complete training-free (rung 0) trials: they do not use up ``--trials``."""
+        return sum(1 for p in self.complete if is_training_free(p))
 
     @property
     def rejected(self) -> int:

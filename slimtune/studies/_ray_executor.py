@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from slimtune.search._early_stopping import rejected_before_training
+from slimtune.search._fidelity import counts_toward_budget
 from slimtune.search._interrupts import Interrupted
 from slimtune.studies._errors import StudyError
 
@@ -234,7 +234,7 @@ class RayExecutor:
                         continue
                     for row in result["rows"]:
                         rows.append(row)
-                        trained += not rejected_before_training(row)
+                        trained += counts_toward_budget(row)
                         if on_row is not None:
                             on_row(row, result["where"])
         except KeyboardInterrupt as exc:  # Ray's own calls turn the caller's Interrupted into a KeyboardInterrupt

@@ -15,6 +15,7 @@ import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
 from slimtune._vocabulary import STATE_PHRASES
+from slimtune.search._fidelity import is_final
 from slimtune.studies._errors import NoCandidateError, StudyError
 from slimtune.studies._frontier import SPLITS, Limits, no_candidate_message, select_rows
 from slimtune.studies._rows import MEASUREMENT_KEYS, make_row, mark_pareto
@@ -136,6 +137,10 @@ class Reading:
         that target's figures (its artifact's accuracy, its latency beside the baseline
         timed there in the same run); the candidate exports the artifact timed there.
 
+        Only results of a final fidelity are chosen: full, or training-free (rung 0:
+        the untrained model, exported as measured; its row says ``fidelity`` so), never
+        a cheap rung's (:mod:`slimtune.search._fidelity`).
+
         Raises:
             NoCandidateError: nothing fits, or nothing that fits beats the baseline; the
                 message names the closest alternatives.
@@ -154,7 +159,7 @@ class Reading:
         limits = Limits(max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, max_size_kb=max_size_kb,
                         max_artifact_kb=max_artifact_kb, split=split)
         overview = self.overview()  # figures only: the chosen trial is read in full
-        rows = [r for r in overview.complete if r.get(limits.accuracy) is not None]
+        rows = [r for r in overview.complete if r.get(limits.accuracy) is not None and is_final(r)]
         if not rows:
             raise NoCandidateError(f"Study {self.name!r} has no complete trial yet.")
         baseline = self.baseline_row()

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Sequence
 
 from slimtune.search._early_stopping import FrontierPoint
+from slimtune.search._fidelity import is_final
 from slimtune.search._outcome import TrialOutcome, objective_values
 from slimtune._dominance import beaten_by_baseline, non_dominated_mask, optuna_latency_unit
 from slimtune.studies._rows import make_row
@@ -164,11 +165,18 @@ class Recording:
 
     def frontier_points(self, cost_objectives: Sequence[str]) -> list[FrontierPoint]:
         """Validation accuracy, learning curves (distillation epochs, recovery epochs)
-        and measured costs of every complete candidate (all workers)."""
+        and measured costs of every complete candidate of a final fidelity (all
+        workers; a cheap rung's result is not a finished trial's)."""
+        from slimtune.search._fidelity import Fidelity
+
         points = []
+        fidelities = self._storage.fidelities(self._record.id)
         for number, val_accuracy, info, reference, *measured in self._storage.complete_costs(self._record.id,
                                                                                              cost_objectives):
             if val_accuracy is None or any(v is None for v in measured):
+                continue
+            fidelity = Fidelity.from_dict(fidelities.get(number))
+            if fidelity is not None and not fidelity.final:
                 continue
             # a finished trial's true costs: its final measurement (its pre-training
             # latency can be far lower: the shortest path of an early-exit model)
@@ -191,6 +199,8 @@ class Recording:
         info = dict(result.info) if result is not None else {}
         info["constraints"] = outcome.constraints
         info["early_stopping"] = outcome.early_stopping
+        if outcome.fidelity is not None:
+            info["fidelity"] = dict(outcome.fidelity)
         rec = CandidateRecord(
             study_id=self._record.id, study_name=self.name, trial_number=outcome.number, state=outcome.state,
             params=params, accuracy=m.accuracy if m else None,
@@ -224,11 +234,11 @@ class Recording:
             from slimtune.studies._target_views import target_records
 
             extra = target_records(self._record.id, outcome.number, result.targets)
-        self._storage.add_candidate(rec, weights, extra)  # one transaction: the row, its weights, or nothing
+        self._storage.add_candidate(rec, weights, extra, fidelity=outcome.fidelity)  # one transaction: all or nothing
         row = make_row(rec, None, objectives=self.objectives)
         row["constraints"], row["feasible"] = dict(outcome.constraints), outcome.feasible
-        if row["state"] == "COMPLETE" and row["feasible"]:
-            others = [r for r in self.trials() if r["trial"] != row["trial"]]
+        if row["state"] == "COMPLETE" and row["feasible"] and is_final(row):
+            others = [r for r in self.trials() if r["trial"] != row["trial"] and is_final(r)]
             baseline = self.baseline_row()
             row["pareto"] = (bool(non_dominated_mask([row] + [r for r in others if r["state"] == "COMPLETE" and
                                                               (r["feasible"] or not self.constraints.active)],

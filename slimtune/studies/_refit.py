@@ -104,5 +104,5 @@ def refit_front(study: "Study", *, storage: str, epochs: int, finetune_epochs: i
         optuna_study.enqueue_trial({k: row["params"][k] for k in searched},
                                    user_attrs={REFIT_OF: int(row["trial"])})
     if todo:
-        refit.optimize(n_trials=len(todo), progress=progress)
+        refit.optimize(n_trials=len(todo), progress=progress, fidelity="full")  # each one in full, nothing else
     return refit

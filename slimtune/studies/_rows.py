@@ -12,6 +12,8 @@ Keys (DESIGN.md's JSON contract first): ``trial``, ``params``, ``accuracy``
 ``fingerprint_id``, ``stopped_reason``, ``error``, ``backend``, ``tuner``, ``pre``,
 ``val_accuracy_per_epoch``, ``train_seconds``, ``total_seconds``, ``worker``,
 ``trained_on`` (device, its name, mixed precision), ``timed_on`` (runtime, host, CPU),
+``fidelity`` (the training it got: ``epochs``, ``full_epochs``, ``label``; ``None``: full,
+stored before fidelities, :mod:`slimtune.search._fidelity`),
 ``datetime_start``, ``datetime_complete``; ``optuna_state`` only where Optuna's
 finished state differs from the row's (see :func:`merged_state`).
 """
@@ -22,6 +24,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from slimtune.search._measurement import measurement_target, same_run_speedup
+from slimtune.search._fidelity import is_final
 from slimtune._dominance import baseline_on_front, beaten_by_baseline, non_dominated_mask
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,7 +47,8 @@ def make_row(record: "CandidateRecord | None", trial: "FrozenTrial | None", *, o
     """The row of one trial (either side may be missing: a RUNNING trial has no record
     yet; a record written just before ``tell`` has no finished Optuna trial yet)."""
     row: dict[str, Any] = {"trial": None, "params": {}, **{k: None for k in METRICS}, "val_accuracy": None,
-                           "reference_latency_ms": None, "speedup": None, "pareto": False}
+                           "reference_latency_ms": None, "speedup": None, "pareto": False,
+                           "fidelity": None}
     if trial is not None:
         row["trial"] = trial.number
         row["state"] = trial.state.name
@@ -65,6 +69,7 @@ def make_row(record: "CandidateRecord | None", trial: "FrozenTrial | None", *, o
             error=attrs.get("error"), backend=attrs.get("backend"), tuner=attrs.get("tuner"),
             flags=attrs.get("flags") or [], exit_rates=attrs.get("exit_rates"), fingerprint_id=attrs.get("fingerprint_id"),
             datetime_start=_iso(trial.datetime_start), datetime_complete=_iso(trial.datetime_complete),
+            fidelity=attrs.get("fidelity"),
         )
     if record is not None:
         m = record.measurement or {}
@@ -92,6 +97,8 @@ def make_row(record: "CandidateRecord | None", trial: "FrozenTrial | None", *, o
             val_accuracy_per_epoch=(record.info or {}).get("val_accuracy_per_epoch"),
             trained_on=(record.info or {}).get("trained_on"), timed_on=(record.info or {}).get("timed_on"),
         )
+        if (record.info or {}).get("fidelity") is not None:
+            row["fidelity"] = record.info["fidelity"]
     if row.get("state") == "COMPLETE" and row.get("accuracy") is not None:
         row["val_accuracy"] = row["accuracy"]  # one figure: the artifact's validation accuracy
     row["speedup"] = speedup(row)
@@ -131,10 +138,12 @@ def merged_state(optuna_state: str | None, record_state: str | None) -> str:
 
 def mark_pareto(rows: list[dict[str, Any]], objectives: Sequence[str], *, feasible_only: bool,
                 baseline: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Set ``row["pareto"]``: complete (and, with constraints, feasible) rows that no
-    other such row dominates, nor the ``baseline`` (a point of the frontier), latency
+    """Set ``row["pareto"]``: complete (and, with constraints, feasible) rows of a final
+    fidelity (full or training-free: :func:`~slimtune.search._fidelity.is_final`) that
+    no other such row dominates, nor the ``baseline`` (a point of the frontier), latency
     compared as same-run ratios (:func:`~slimtune._dominance.relative_latency`)."""
-    eligible = [r for r in rows if r.get("state") == "COMPLETE" and (not feasible_only or r.get("feasible", True))]
+    eligible = [r for r in rows if r.get("state") == "COMPLETE" and (not feasible_only or r.get("feasible", True))
+                and is_final(r)]
     mask = non_dominated_mask(eligible, objectives, baseline_latency_ms=(baseline or {}).get("latency_ms"))
     on = {id(r) for r, keep in zip(eligible, mask) if keep and not beaten_by_baseline(r, baseline, objectives)}
     for r in rows:

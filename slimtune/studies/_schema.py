@@ -39,6 +39,12 @@ Tables (schema version :data:`SCHEMA_VERSION`; version 2 added
     and the artifact timed there (or the error that kept it from being measured).
     Added like the warm starts, without a schema version step.
 
+``slimtune_fidelities``
+    one row per trial run since fidelities exist: the distillation epochs it got out of
+    the study's (0: a training-free candidate) and the trial it was promoted from
+    (:mod:`slimtune.search._fidelity`); a trial without a row is full fidelity.  Added
+    without a schema version step, like ``slimtune_warm_starts``.
+
 Types are portable (``JSON``, ``LargeBinary``, ``BigInteger``; LONGBLOB on MySQL), so any
 database Optuna's RDBStorage accepts holds them.
 """
@@ -188,5 +194,17 @@ class TargetMeasurementRecord(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class FidelityRecord(Base):
+    __tablename__ = "slimtune_fidelities"
+    __table_args__ = (UniqueConstraint("study_id", "trial_number", name="uq_slimtune_fidelities_trial"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("slimtune_studies.id", ondelete="CASCADE"), index=True)
+    trial_number: Mapped[int] = mapped_column(Integer)
+    epochs: Mapped[int] = mapped_column(Integer)  # distillation epochs the trial got (0: training-free)
+    full_epochs: Mapped[int] = mapped_column(Integer)  # the study's (full fidelity)
+    promoted_from: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the cheaper trial it continues
+
+
 TABLES = [m.__table__ for m in (SchemaVersion, StudyRecord, CandidateRecord, WeightsRecord, WarmStartRecord,
-                                TargetMeasurementRecord)]
+                                TargetMeasurementRecord, FidelityRecord)]

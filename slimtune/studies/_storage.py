@@ -29,7 +29,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from slimtune.studies._database import Database, retry_locked
 from slimtune.studies._optuna_tables import (STUDIES, TRIALS, TrialFigures, TrialView, fetch_rows, loads_json,
                                              read_figures, read_trials)
-from slimtune.studies._schema import CandidateRecord, StudyRecord, TargetMeasurementRecord, WeightsRecord
+from slimtune.studies._schema import (CandidateRecord, FidelityRecord, StudyRecord, TargetMeasurementRecord,
+                                       WeightsRecord)
 
 if TYPE_CHECKING:  # pragma: no cover
     from optuna.trial import FrozenTrial
@@ -129,10 +130,11 @@ class StudyStorage:
                 .where(CandidateRecord.study_id == study_id, CandidateRecord.state == "COMPLETE")))
 
     def add_candidate(self, record: CandidateRecord, weights: Mapping[str, Any] | None,
-                      extra: Sequence[Any] = ()) -> None:
-        """Insert a candidate, its weights and the ``extra`` records that go with it (its
-        measurements on other targets) in one transaction (retried while SQLite
-        reports "database is locked")."""
+                      extra: Sequence[Any] = (), fidelity: Mapping[str, Any] | None = None) -> None:
+        """Insert a candidate, its weights, the ``extra`` records that go with it (its
+        measurements on other targets) and its fidelity (``epochs``, ``full_epochs``,
+        ``promoted_from``) in one transaction (retried while SQLite reports "database
+        is locked")."""
 
         def write() -> None:
             with self.db.session() as session:
@@ -141,8 +143,27 @@ class StudyStorage:
                 if weights is not None:
                     session.add(WeightsRecord(candidate_id=record.id, **weights))
                 session.add_all(list(extra))
+                if fidelity is not None:
+                    session.add(FidelityRecord(study_id=record.study_id, trial_number=record.trial_number,
+                                               epochs=int(fidelity["epochs"]), full_epochs=int(fidelity["full_epochs"]),
+                                               promoted_from=fidelity.get("promoted_from")))
 
         retry_locked(write)
+
+    def fidelities(self, study_id: int) -> dict[int, dict[str, Any]]:
+        """The stored fidelity of each trial that has one, by trial number (one
+        statement; none where the table is missing: a database no slimtune with
+        fidelities has run trials in, read-only)."""
+        from slimtune.search._fidelity import Fidelity
+
+        try:
+            with self.db.engine.connect() as conn:
+                rows = conn.execute(select(FidelityRecord.trial_number, FidelityRecord.epochs,
+                                           FidelityRecord.full_epochs, FidelityRecord.promoted_from)
+                                    .where(FidelityRecord.study_id == study_id)).all()
+        except SQLAlchemyError:
+            return {}
+        return {n: Fidelity(e, f, p).to_dict() for n, e, f, p in rows}
 
     # -- measurements on a study's other targets ----------------------------------------
     def target_figures(self, study_id: int, target: str) -> dict[int, Any]:

@@ -280,7 +280,11 @@ class Study(Recording, Reading):
                 latency is timed on the study's runtime whatever it is.
             amp: mixed precision on that device (``off``, ``auto``, ``fp16``, ``bf16``).
             backend_options: passed to the backend (e.g. ``tuner=`` for NNI); ``warm_start=False``
-                starts a new study with the sampler's own draws (no warm starts).
+                starts a new study with the sampler's own draws (no warm starts);
+                ``fidelity="full"`` trains every trial in full (default ``"multi"``: rung 0,
+                training-free candidates first, not counted in ``n_trials``; the sampler's
+                candidates a third of the epochs first, the best third promoted:
+                :mod:`slimtune.search._fidelity`).
 
         Returns:
             The rows of the trials run by this call.

@@ -50,6 +50,26 @@ class StudyWarmStarts:
         except IntegrityError:  # another worker stored its plan first: that one stands
             pass
 
+    def append(self, values: Mapping[str, Any]) -> None:
+        """One row after the last; two workers appending at once: the second retries
+        after the first (the position is unique)."""
+        from sqlalchemy import func
+
+        def write() -> None:
+            with self.db.session() as session:
+                last = session.scalar(select(func.max(WarmStartRecord.position))
+                                      .where(WarmStartRecord.study_id == self.study_id))
+                session.add(WarmStartRecord(study_id=self.study_id, position=0 if last is None else last + 1,
+                                            params=dict(values), attempts=0))
+
+        for attempt in range(20):
+            try:
+                retry_locked(write)
+                return
+            except IntegrityError:  # another worker took that position meanwhile
+                if attempt == 19:
+                    raise
+
     def has_trials(self) -> bool:
         return self._has_trials()
 

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import ipywidgets as widgets
 
 from slimtune._vocabulary import state_phrase
+from slimtune.search._fidelity import fidelity_label, is_training_free
 from slimtune.widgets import _axes as R
 
 PLACEHOLDER = "<div class='slimtune-details-empty'>Click a point (or a row of the Pareto table) to see its details.</div>"
@@ -25,6 +26,9 @@ def details_html(row: Mapping[str, Any], baseline: Mapping[str, Any] | None = No
     reason = row.get("stopped_reason") or row.get("error")
     if reason:
         parts.append(f"<div class='slimtune-note'>{esc(str(reason))}</div>")
+    if state == "COMPLETE":
+        parts.append(f"<div class='slimtune-line'><b>fidelity</b> {esc(fidelity_label(row))}"
+                     + (" (not trained: calibrated only)" if is_training_free(row) else "") + "</div>")
     parts.append("<table class='slimtune-kv'><tr><th></th><th>value</th><th>vs baseline</th></tr>")
     for name, shown, change in R.deltas(row, baseline):
         parts.append(f"<tr><td>{esc(name)}</td><td class='num'>{esc(shown)}</td><td class='num'>{esc(change)}</td></tr>")
