@@ -110,7 +110,7 @@ def two_targets(tmp_path_factory, digits_task):
                          settings={"epochs": 1, "latency_repeats": 5, "calibration_size": 64,
                                    "targets": TARGETS}).close()
     result = CliRunner().invoke(main, ["run", "--study", "mt", "--trials", "2", "--targets", TARGETS,
-                                       "--storage", storage, *FAST])
+                                       "--fidelity", "full", "--storage", storage, *FAST])  # no rung 0: 2 trials
     assert result.exit_code == 0, result.output
     return storage, result.output
 
@@ -284,7 +284,7 @@ def test_a_one_target_study_reads_as_before(tmp_path):
     space = build_space(get_task("digits"), families=["distill", "quant"], fixed={"quant.bits": 8})
     study = Study.create_or_load("one", storage=storage, task="digits", space=space, early_stopping=False, seed=0,
                                  settings={"epochs": 1, "latency_repeats": 5, "calibration_size": 64})
-    study.optimize(n_trials=1, progress=False)
+    study.optimize(n_trials=1, progress=False, fidelity="full")
     study.close()
     with sqlite3.connect(tmp_path / "one.db") as conn:  # as a database made before targets
         conn.execute("drop table slimtune_target_measurements")
