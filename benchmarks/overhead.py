@@ -175,7 +175,8 @@ def trial_overhead(directory: Path, trials: int, epochs: int | None, *, task: st
         cpu0 = time.process_time()
         if profiler is not None:
             profiler.enable()
-        rows = study.optimize(n_trials=trials, progress=False, callbacks=[on_trial])
+        rows = study.optimize(n_trials=trials, progress=False, callbacks=[on_trial],
+                              fidelity="full")  # trained trials only: the overhead of training ones
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(profile)

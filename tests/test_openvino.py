@@ -106,7 +106,10 @@ def study(tmp_path_factory, digits_task):
 def test_an_openvino_search_stores_its_target_and_exports_what_was_timed(study, tmp_path):
     st, storage = study
     rows = st.trials()
-    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"], [r.get("error") for r in rows]
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 3, [r.get("error") for r in rows]
+    from slimtune.search._fidelity import is_training_free
+
+    assert [is_training_free(r) for r in rows] == [True, False, False]  # rung 0: int8 of the model, untrained
     hint = st.baseline.precision
     assert hint in ("bf16", "f32", "f16")  # OpenVINO's choice for the fp32 baseline on this CPU
     val = st.task.data.x_val.numpy()

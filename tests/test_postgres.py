@@ -35,8 +35,9 @@ def test_two_workers_join_one_study(postgres_url, tmp_path):
         assert w.returncode == 0, err[-2000:]
     study = optuna.load_study(study_name="pg-study", storage=postgres_url)
     trials = study.get_trials(deepcopy=False)
-    assert len(trials) == 4
-    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    free = [t for t in trials if (t.user_attrs.get("fidelity") or {}).get("epochs") == 0]
+    assert len(trials) == 5 and len(free) == 1, [t.user_attrs.get("fidelity") for t in trials]  # rung 0: once
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3, 4]
     assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 2 for t in trials), [(t.number, t.state.name, t.user_attrs.get("stopped_reason")) for t in trials]
     assert not list(tmp_path.glob("*.db"))  # nothing fell back to SQLite
     # the CLI reads it back, with both workers' trials on one frontier
@@ -45,7 +46,7 @@ def test_two_workers_join_one_study(postgres_url, tmp_path):
     assert show.returncode == 0, show.stderr
     rows = json.loads(show.stdout)
     rows = rows["trials"] if isinstance(rows, dict) else rows
-    assert sorted(r["trial"] for r in rows) == [0, 1, 2, 3]
+    assert sorted(r["trial"] for r in rows) == [0, 1, 2, 3, 4]
     assert any(r["pareto"] for r in rows)
     _the_printed_commands_run_with_a_password(postgres_url, tmp_path, env)
 

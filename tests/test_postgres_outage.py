@@ -31,7 +31,7 @@ def server(postgres_server):
 def _run(url: str, study: str, trials: int, **env: str) -> subprocess.Popen:
     full = {**os.environ, "PYTHONPATH": str(ROOT), **env}
     return subprocess.Popen([sys.executable, "-m", "slimtune.cli", "run", "--study", study, "--task", TASK,
-                             "--trials", str(trials), "--seed", "0", *FAST, "--storage", url],
+                             "--trials", str(trials), "--seed", "0", *FAST, "--fidelity", "full", "--storage", url],
                             env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

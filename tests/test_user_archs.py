@@ -573,7 +573,7 @@ def test_a_failing_trial_is_one_line_and_the_exit_code_says_so(tmp_path):
     failed = [ln for ln in proc.stderr.splitlines() if "Trial 1 failed" in ln]  # (after the progress bar's \r)
     assert len(failed) == 1 and failed[0].endswith(
         "Trial 1 failed: RuntimeError: this model refuses to train on more than 8 samples"), proc.stderr
-    assert "Error: 1 of 1 trials failed" in proc.stderr
+    assert "Error: 1 of 2 trials failed" in proc.stderr
     one = subprocess.run([sys.executable, "-m", "slimtune.cli", "eval", "--task", "tests.test_user_archs:failing_task",
                           "--epochs", "1"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(root)},
                          capture_output=True, text=True, timeout=600)

@@ -74,6 +74,8 @@ class TrialFeed:
                 fidelities = self._storage.fidelities(ids[0])
                 for p in points:
                     p["fidelity"] = fidelities.get(p["trial"])
+                    if "feasible" in p:  # the fields in POINT_FIELDS' order, then feasible
+                        p["feasible"] = p.pop("feasible")
                 return points
             self._fallback = True  # Optuna's tables are not as expected: its own API answers
         rows = self.study.trials()
