@@ -1,7 +1,7 @@
 """Default searches on models users bring: does a 20-trial search find a candidate within
 1 validation point of the baseline that is faster in the same run?
 
-Each architecture of ``tests/_archs.py`` (small configs trained briefly on digits,
+Each architecture of ``tests/_archs.py`` or ``tests/_hf_models.py`` (small configs trained briefly on digits,
 handed over with ``Task.from_model``: its default warm starts and epochs) gets a new
 study in a temporary SQLite file and ``--trials`` trials with every default (TPE
 sampler, early stopping, ONNX Runtime, 1 thread, batch 1).  Prints, per architecture,
@@ -22,6 +22,18 @@ from pathlib import Path
 import torch
 
 from tests import _archs as archs
+from tests import _hf_models as hf
+
+
+def task_of(arch: str):
+    """The ``Task.from_model`` of ``arch`` (as ``benchmarks/user_models.py`` builds it)."""
+    if arch in archs.ARCHS:
+        return archs.task(arch)
+    if arch == "mlp":
+        return hf.mlp_task()
+    if arch in hf.ARCHITECTURES:
+        return hf.hf_task(arch)
+    raise SystemExit(f"unknown architecture {arch!r}: one of {', '.join((*archs.ARCHS, *hf.ARCHITECTURES, 'mlp'))}")
 
 
 def main() -> None:
@@ -35,7 +47,7 @@ def main() -> None:
     from slimtune.studies import Study
 
     for arch in args.archs.split(","):
-        task = archs.task(arch)
+        task = task_of(arch)
         with tempfile.TemporaryDirectory() as tmp:
             started, cpu = time.perf_counter(), time.process_time()
             study = Study.create_or_load(f"user-{arch}", storage=f"sqlite:///{Path(tmp) / 's.db'}", task=task,
