@@ -253,3 +253,24 @@ def test_bad_values_are_refused() -> None:
         Pruning().apply(small_cnn(), {"prune.ratio": 1.5, **CHANNEL}, make_ctx(x))
     with pytest.raises(SpaceError, match="prune.granularity"):
         Pruning().apply(small_cnn(), {"prune.ratio": 0.5, "prune.granularity": "block"}, make_ctx(x))
+
+
+def test_channel_pruning_keeps_multiples_of_8_in_wide_layers() -> None:
+    """Layers of 32 channels or more keep the nearest multiple of 8 (a width between two
+    CPU channel blocks can run slower than the unpruned layer); narrower ones keep
+    ``int(C * (1 - ratio))``."""
+    from slimtune.spaces._pruning_ops import rounded_keep
+
+    assert [rounded_keep(k, 64) for k in (43, 44, 45, 3, 64)] == [40, 48, 48, 8, 64]
+    assert rounded_keep(12, 16) == 12 and rounded_keep(21, 31) == 21
+    model = small_cnn(width=64)
+    x = torch.randn(4, 1, 8, 8)
+    before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    pruned = Pruning().apply(model, {"prune.ratio": 0.33, **CHANNEL}, make_ctx(x))
+    after = {n: m.out_channels for n, m in pruned.named_modules() if isinstance(m, nn.Conv2d)}
+    for name, width in after.items():
+        if before[name] >= 32:
+            assert width % 8 == 0 and width < before[name], (name, before[name], width)
+        else:
+            assert width == int(before[name] * (1 - 0.33)), (name, before[name], width)
+    assert pruned(x).shape == (4, 10)
