@@ -298,8 +298,8 @@ def test_speedups_are_against_the_baseline_timed_in_the_same_run(study):
 
 
 def test_a_collapsed_candidate_is_infeasible_for_the_samplers_only(tmp_path):
-    """90% of the channels pruned collapses digits' model (0.15-0.35 against the
-    baseline's 0.99): Optuna's samplers see the trial as infeasible (ranked after every
+    """90% of the channels pruned (8 kept where a layer rounds to multiples of 8) and
+    2-bit weights collapse digits' model (against the baseline's 0.99): Optuna's samplers see the trial as infeasible (ranked after every
     working candidate), while the study keeps it as it is: feasible, on the front."""
     from slimtune.search._constraints import COLLAPSE_CONSTRAINT, COLLAPSE_FRACTION, collapse_margin
 
@@ -308,7 +308,7 @@ def test_a_collapsed_candidate_is_infeasible_for_the_samplers_only(tmp_path):
     storage = f"sqlite:///{tmp_path / 'collapse.db'}"
     st = Study.create_or_load("collapse", storage=storage, task="digits", settings=FAST, seed=0, early_stopping=False,
                               fixed={"prune.ratio": 0.9, "prune.granularity": "channel", "distill.alpha": 0.0,
-                                     "quant.bits": 32})
+                                     "quant.bits": 2, "quant.mode": "ptq"})
     (row,) = st.optimize(n_trials=1, progress=False)
     baseline = st.baseline.accuracy
     assert row["state"] == "COMPLETE" and row["accuracy"] < COLLAPSE_FRACTION * baseline
