@@ -63,24 +63,19 @@ def digits224(n_train: int) -> tuple[torch.Tensor, ...]:
 
 
 def timed_at_batch(artifacts: dict[str, bytes], x: torch.Tensor, repeats: int) -> dict[str, float]:
-    """Median ms of each ONNX artifact on ``x`` (ONNX Runtime, 1 thread), the models
-    timed in turn within each round (same-run)."""
+    """Median ms of each ONNX artifact on ``x`` (ONNX Runtime, 1 thread), timed
+    interleaved by slimtune's own timer (same-run)."""
     import onnxruntime as ort
+
+    from slimtune.search._timing import measure_latency
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
     sessions = {k: ort.InferenceSession(b, opts, providers=["CPUExecutionProvider"]) for k, b in artifacts.items()}
     feeds = {k: {s.get_inputs()[0].name: x.numpy()} for k, s in sessions.items()}
-    for k, s in sessions.items():  # warm-up
-        for _ in range(2):
-            s.run(None, feeds[k])
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(repeats):
-        for k, s in sessions.items():
-            t = time.perf_counter()
-            s.run(None, feeds[k])
-            times[k].append(1000 * (time.perf_counter() - t))
-    return {k: statistics.median(v) for k, v in times.items()}
+    runners = {k: (lambda s=s, f=feeds[k]: s.run(None, f)) for k, s in sessions.items()}
+    timings = measure_latency(runners, warmup=2, repeats=repeats, rounds=min(repeats, 10))
+    return {k: statistics.median(v) for k, v in timings.items()}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
+from tests._disk import fill_disk  # noqa: E402  (the repository root is on the path)
+
 FAST = ["--epochs", "1", "--latency-repeats", "3", "--no-early-stopping"]
 RETRY_S = 4
 
@@ -89,21 +91,6 @@ def _wait_for_first_trial(run: subprocess.Popen, url: str, study: str, timeout: 
         time.sleep(0.5)
 
 
-def _fill(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"\0" * 65536)
-    except OSError:
-        pass
-    try:
-        while True:
-            os.write(fd, b"\0")
-    except OSError:
-        pass
-    os.close(fd)
-
-
 def one_round(kind: str, i: int, rng: random.Random, task: str, trials: int, work: Path, pg) -> dict:
     study = f"r{i}"
     at = rng.uniform(0.0, 8.0)  # seconds after the first trial started
@@ -136,7 +123,7 @@ def one_round(kind: str, i: int, rng: random.Random, task: str, trials: int, wor
             pg.start()
             code, line, retried = _finish(run)
         else:
-            _fill(disk / "filler")
+            fill_disk(disk / "filler")
             code, line, retried = _finish(run)
             (disk / "filler").unlink()
         report.update(exit=code, line=line, retried=retried)

@@ -80,12 +80,11 @@ def _ort_runner(data: bytes) -> Runner:
 
 def _openvino_runner(data: bytes, batch: int) -> Runner:
     import onnx
-    import openvino as ov
 
-    from slimtune.search._runtimes._openvino import _int8_layers, openvino_config, with_static_batch
+    from slimtune.search._runtimes._openvino import _int8_layers, openvino_config, shared_core, with_static_batch
 
     model = with_static_batch(onnx.load_from_string(data), batch)
-    core = ov.Core()
+    core = shared_core()  # one Core per process: see shared_core
     compiled = core.compile_model(core.read_model(model.SerializeToString()), "CPU", openvino_config(1))
     request = compiled.create_infer_request()
     precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()

@@ -22,7 +22,7 @@ from slimtune import Study
 from slimtune.cli import main
 from slimtune.search._profiling import measure
 from slimtune.search._runtimes import compile_model, get_runtime
-from slimtune.search._runtimes._openvino import openvino_config
+from slimtune.search._runtimes._openvino import openvino_config, shared_core
 from slimtune.search._task_space import build_space
 from tests._train import split_exit_net
 
@@ -35,7 +35,7 @@ BATCH = 8
 def _openvino_logits(path, x: np.ndarray) -> tuple[np.ndarray, list[int]]:
     """Logits of the file at ``path`` compiled by OpenVINO itself (the slimtune settings
     for one thread), in batches of its static size (the last one padded), and that size."""
-    compiled = ov.Core().compile_model(str(path), "CPU", openvino_config(1))
+    compiled = shared_core().compile_model(str(path), "CPU", openvino_config(1))
     shape = [int(d) for d in compiled.input(0).get_shape()]
     batch, out = shape[0], []
     for i in range(0, len(x), batch):
@@ -155,3 +155,33 @@ def test_eval_with_exits_at_a_batch_above_one_is_one_line(tmp_path):
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "exits" in lines[0] and "batch 1" in lines[0], result.output
+
+
+SIGNAL_AFTER_TWO_MODELS = """
+import gc, os, signal
+import torch
+from slimtune.search._runtimes import compile_model
+from slimtune.tasks._models import small_cnn
+model, x = small_cnn(10, width=4).eval(), torch.randn(16, 1, 8, 8)
+signal.signal(signal.SIGUSR1, lambda *a: print("handled", flush=True))  # a Python handler (CPython: SA_ONSTACK)
+first = compile_model(model, runtime="openvino", bits=32, calibration=x)
+second = compile_model(model, runtime="openvino", bits=32, calibration=x)
+del first; gc.collect()
+del second; gc.collect()  # released in the order they were made
+os.kill(os.getpid(), signal.SIGUSR1)
+print("alive", flush=True)
+"""
+
+
+def test_a_signal_after_two_models_are_released_finds_a_live_signal_stack():
+    """Each ``openvino.Core`` swaps the thread's alternate signal stack and restores the
+    one it replaced when released: two Cores released in the order they were made left
+    the main thread on a freed stack, and the next signal handled in Python (Ctrl-C, a
+    worker's SIGTERM, a DataLoader's SIGCHLD) killed the process with SIGSEGV (an xdist
+    worker died this way).  slimtune compiles every model on one Core."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_TWO_MODELS], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.split() == ["handled", "alive"], (done.returncode, done.stderr[-2000:])

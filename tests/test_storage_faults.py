@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._disk import fill_disk
+
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "tests.user_task:make_task"
 FAST = ["--epochs", "1", "--latency-repeats", "3", "--no-early-stopping"]
@@ -94,22 +96,6 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
-def _fill(path: Path) -> None:
-    """Write ``path`` until the file system it is on has no space left."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"\0" * 65536)
-    except OSError as exc:
-        assert exc.errno == 28, exc  # ENOSPC
-    try:
-        while True:
-            os.write(fd, b"\0")
-    except OSError:
-        pass
-    os.close(fd)
-
-
 def test_a_full_disk_is_named_by_its_line(small_disk):
     """A real SQLite write on a full tmpfs: the line says ``disk full`` (fast: the run's
     end to end version is below)."""
@@ -120,7 +106,7 @@ def test_a_full_disk_is_named_by_its_line(small_disk):
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("CREATE TABLE t (x BLOB)")
     conn.commit()
-    _fill(small_disk / "filler")
+    assert fill_disk(small_disk / "filler") == 28  # ENOSPC
     with pytest.raises(sqlite3.OperationalError) as caught:
         conn.execute("INSERT INTO t VALUES (?)", (os.urandom(100_000),))
         conn.commit()
@@ -186,7 +172,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_database(study_fi
     says the disk is full, the file intact with trial 0; once space is freed the same
     command resumes, fails the trial that could not be written and trains the asked ones."""
     path, url, run = _run_paused_in_trial_1(study_file, small_disk)
-    _fill(small_disk / "filler")
+    assert fill_disk(small_disk / "filler") == 28  # ENOSPC
     out, line = _one_error_line(run)
     assert line.startswith(f"Error: disk full: could not write to {url}"), line
     assert "trials trained" not in out

@@ -18,9 +18,8 @@ _PRUNABLE = (nn.Conv2d, nn.Linear)
 
 #: Channel pruning keeps a multiple of this many channels in every layer of at least
 #: four times as many: CPU kernels work on blocks of 8/16 channels, and a width between two
-#: blocks can run slower than the unpruned layer (a MobileNetV2 with a third of its
-#: channels removed ran 0.77x as fast as the baseline; rounded to multiples of 8, 1.34x:
-#: docs/knobs.md).  Narrower layers keep ``int(C * (1 - ratio))``.
+#: blocks can run slower than the unpruned layer (measured: docs/knobs.md).  Narrower
+#: layers keep ``int(C * (1 - ratio))``.
 CHANNEL_MULTIPLE = 8
 
 
@@ -181,9 +180,9 @@ def prune_channels(model: nn.Module, ratio: float, ctx: KnobContext, *,
     Each dependency group (layers whose channels must go together, e.g. the convs
     joined by a residual addition) keeps ``int(C * (1 - ratio))`` of its ``C``
     channels, rounded to the nearest multiple of :data:`CHANNEL_MULTIPLE` where ``C``
-    is at least four times that (:func:`rounded_keep`), ranked by ``importance`` (default:
-    group L1 magnitude).  Logit layers
-    (:func:`logit_layers` plus ``ctx.info["ignored_layers"]``) keep their outputs.
+    is at least four times that (:func:`rounded_keep`), ranked by ``importance``
+    (default: group L1 magnitude).  Logit layers (:func:`logit_layers` plus
+    ``ctx.info["ignored_layers"]``) keep their outputs.
 
     Attention (:mod:`slimtune.spaces._attention`) loses whole heads: each attention
     module keeps ``max(1, int(H * (1 - ratio)))`` of its ``H`` heads (a head's query,

@@ -25,6 +25,7 @@ import contextlib
 import io
 import logging
 import os
+import threading
 from typing import Any, Iterator, Mapping
 
 import numpy as np
@@ -49,6 +50,27 @@ def require_openvino() -> Any:
     except ImportError as exc:
         raise ImportError(f"The openvino runtime needs OpenVINO and NNCF: {INSTALL_HINT} ({exc}).") from None
     return openvino
+
+
+_CORE: Any = None
+_CORE_LOCK = threading.Lock()
+
+
+def shared_core() -> Any:
+    """The process's one ``openvino.Core``.
+
+    Each Core loads its own CPU plugin, and each plugin swaps the calling thread's
+    alternate signal stack for one of its own, restoring the stack it replaced when
+    it is destroyed.  Two Cores destroyed in the order they were made (not LIFO) leave
+    the main thread on a freed stack: the next signal with a Python handler (Ctrl-C,
+    SIGTERM, a DataLoader's SIGCHLD) then kills the process with SIGSEGV or corrupts
+    its heap (OpenVINO 2026.4; ``tests/test_openvino.py``).  One Core, never released,
+    swaps it once."""
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            _CORE = require_openvino().Core()
+        return _CORE
 
 
 def openvino_config(threads: int) -> dict[str, str]:
@@ -138,7 +160,7 @@ class OpenVinoRuntime(Runtime):
         set_onnx_metadata(onnx_model, {**onnx_input_metadata(onnx_model), **dict(metadata or {}),
                                        "runtime": self.deployment, "openvino_config": config})
         model_bytes = onnx_model.SerializeToString()
-        compiled = ov.Core().compile_model(_read(ov, model_bytes), "CPU", config)
+        compiled = shared_core().compile_model(_read(model_bytes), "CPU", config)
         hint = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # e.g. bf16, f32
         info.update(openvino=ov.__version__, inference_precision_hint=hint, openvino_config=config,
                     input_shape=[int(d) for d in compiled.input(0).get_shape()])
@@ -164,11 +186,11 @@ class OpenVinoRuntime(Runtime):
         )
 
 
-def _read(ov: Any, model_bytes: bytes):
+def _read(model_bytes: bytes):
     """The ``openvino.Model`` read from exactly ``model_bytes`` (an ONNX model) by
     OpenVINO's ONNX frontend (``Core.read_model``; not ``convert_model``, whose
     converter counts its uses in a telemetry file under ``~/intel``)."""
-    return ov.Core().read_model(model_bytes)
+    return shared_core().read_model(model_bytes)
 
 
 class _Request:
