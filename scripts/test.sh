@@ -28,9 +28,7 @@ python3 -m venv .venv
 if [ $# -gt 0 ]; then exec .venv/bin/python -m pytest -q "$@"; fi
 # The default suite leaves out the tests marked slow: two pytest-xdist workers, one test
 # file each at a time (a crashed worker ends the run at once: xdist's file scheduler can
-# hang when it replaces one), then the tests marked own_process and the Chromium tests, each
-# in a process of their own.
+# hang when it replaces one), then the Chromium tests in a process of their own.
 .venv/bin/python -m pytest -q -n "${SLIMTUNE_TEST_WORKERS:-2}" --dist loadfile --max-worker-restart=0 \
-  -m "not slow and not browser and not own_process"
-.venv/bin/python -m pytest -q -m "own_process and not slow"
+  -m "not slow and not browser"
 .venv/bin/python -m pytest -q -m "browser and not slow"

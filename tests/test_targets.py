@@ -19,10 +19,6 @@ from slimtune.cli import main
 from slimtune.search._settings import EvalSettings
 from slimtune.search._targets import Target, TargetError, find_target, parse_target, parse_targets
 
-# In a process of its own (scripts/test.sh): after these OpenVINO studies and the suite's
-# earlier files, an xdist worker died in its next subprocess (2026-12-08, not understood yet).
-pytestmark = pytest.mark.own_process
-
 if os.environ.get("CI") == "true":  # in CI the dev extra installs OpenVINO: a missing one fails
     import openvino as ov
 else:
