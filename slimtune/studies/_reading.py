@@ -18,7 +18,7 @@ from slimtune._vocabulary import STATE_PHRASES
 from slimtune.search._fidelity import is_final
 from slimtune.studies._errors import NoCandidateError, StudyError
 from slimtune.studies._frontier import SPLITS, Limits, no_candidate_message, select_rows
-from slimtune.studies._rows import MEASUREMENT_KEYS, make_row, mark_pareto
+from slimtune.studies._rows import MEASUREMENT_KEYS, in_states, make_row, mark_pareto
 
 if TYPE_CHECKING:  # pragma: no cover
     from slimtune.search._targets import Target
@@ -56,10 +56,7 @@ class Reading:
         rows = [make_row(records.get(n), frozen.get(n), objectives=self.objectives, fixed=self._record.fixed)
                 for n in sorted(set(records) | set(frozen))]
         mark_pareto(rows, self.objectives, feasible_only=self.constraints.active, baseline=self.baseline_row())
-        if states is not None:
-            wanted = {s.upper() for s in states}
-            rows = [r for r in rows if r["state"] in wanted]
-        return rows
+        return in_states(rows, states)
 
     def overview(self) -> "Overview":
         """Every trial's figures read at once, with the counts, fingerprints and front

@@ -151,6 +151,14 @@ def mark_pareto(rows: list[dict[str, Any]], objectives: Sequence[str], *, feasib
     return rows
 
 
+def in_states(rows: list[dict[str, Any]], states: Sequence[str] | None) -> list[dict[str, Any]]:
+    """The rows whose ``state`` is one of ``states`` (any case); all of them for ``None``."""
+    if states is None:
+        return rows
+    wanted = {s.upper() for s in states}
+    return [r for r in rows if r["state"] in wanted]
+
+
 def baseline_row(measurement: Mapping[str, Any], rows: Sequence[Mapping[str, Any]] | None,
                  objectives: Sequence[str]) -> dict[str, Any]:
     """The baseline (its stored ``measurement``) in the same fields as a trial row

@@ -28,7 +28,7 @@ from slimtune.search._targets import Target, TargetResult
 from slimtune.studies._candidate import Candidate
 from slimtune.studies._errors import StudyError
 from slimtune.studies._reading import Reading
-from slimtune.studies._rows import baseline_row, mark_pareto
+from slimtune.studies._rows import baseline_row, in_states, mark_pareto
 from slimtune.studies._schema import TargetMeasurementRecord
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -115,10 +115,7 @@ class TargetView:
         records = study._storage.target_figures(study._record.id, self.target.key)  # noqa: SLF001
         rows = [on_target(r, records.get(r["trial"]), self.target) for r in study.trials()]
         mark_pareto(rows, self.objectives, feasible_only=self.constraints.active, baseline=self.baseline_row())
-        if states is not None:
-            wanted = {s.upper() for s in states}
-            rows = [r for r in rows if r["state"] in wanted]
-        return rows
+        return in_states(rows, states)
 
     def overview(self) -> "Overview":
         from slimtune.studies._overview import Overview
