@@ -212,7 +212,7 @@ def test_select_ranks_on_the_targets_own_figures(two_targets):
 def test_export_writes_the_artifact_timed_on_the_target(two_targets, tmp_path, digits_task):
     import onnxruntime as ort
 
-    from slimtune.search._runtimes._openvino import openvino_config
+    from slimtune.search._runtimes._openvino import openvino_config, shared_core
 
     storage, _ = two_targets
     stored = _stored(storage)
@@ -223,7 +223,7 @@ def test_export_writes_the_artifact_timed_on_the_target(two_targets, tmp_path, d
                                            "--target", "openvino", "--out", str(out)])
         assert result.exit_code == 0 and "on openvino:8@1" in result.output, result.output
         assert out.read_bytes() == stored[trial]["artifact"]
-        compiled = ov.Core().compile_model(str(out), "CPU", openvino_config(1))
+        compiled = shared_core().compile_model(str(out), "CPU", openvino_config(1))
         batch = int(compiled.input(0).get_shape()[0])
         assert batch == 8
         logits = []
