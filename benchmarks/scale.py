@@ -98,7 +98,7 @@ def _run(storage: str, study: str, workers: int, trials: int, epochs: int, fixes
     """The wall seconds of one ``slimtune run --executor E --workers W`` command."""
     cmd = [sys.executable, "-m", "slimtune.cli", "run", "--study", study, "--task", "digits", "--trials", str(trials),
            "--executor", executor, "--workers", str(workers), "--epochs", str(epochs), "--sampler", "random", "--no-early-stopping",
-           "--no-warm-start", "--seed", "0", "--json", "--storage", storage]
+           "--no-warm-start", "--fidelity", "full", "--seed", "0", "--json", "--storage", storage]
     for fix in fixes:
         cmd += ["--fix", fix]
     start = time.perf_counter()
