@@ -223,7 +223,7 @@ class OptunaBackend(Backend):
         if moved_families is not None and (isinstance(moved_families, bool) or not isinstance(moved_families, int)
                                            or moved_families < 1):
             raise BackendError(f"`moved_families` must be an integer >= 1, but got {moved_families!r}.")
-        self._moved = moved_choices(space, moved_families) if moved_families else None
+        self._moved = (moved_choices(space, moved_families) or None) if moved_families else None  # None: joint
         self._sampler = make_sampler(sampler or DEFAULT_SAMPLER, seed=seed, startup_trials=startup_trials,
                                      conditional=self._moved is not None)
         self._study_sampler = stopped_as_pending(self._sampler)
