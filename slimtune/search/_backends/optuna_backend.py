@@ -14,11 +14,13 @@ its own list, as the built-in tasks do) followed by **TPE** (multivariate,
 TPE samplers and NNI's TPE on an enumerated ceiling, dated: ``docs/benchmarks.md``
 (``benchmarks/frontier_ceiling.py``).
 
-**Sparse proposals** (``moved_families=K``): each proposal first draws which knob
-families move away from the baseline (one to K of them, a categorical parameter
-:data:`MOVED_PARAM` the sampler learns like any other) and then only those families'
-parameters (conditional parameters: TPE models each group of parameters that occur
-together, ``group=True``); every other family keeps the baseline's value.  Joint
+**Sparse proposals** (``moved_families=K``): each proposal first draws which
+compression families move away from the baseline (one to K of them, a categorical
+parameter :data:`MOVED_PARAM` the sampler learns like any other) and then only those
+families' parameters (conditional parameters: TPE models each group of parameters that
+occur together, ``group=True``); every other compression keeps the baseline's value.
+Training knobs (distillation: how a candidate learns, not what it is) are drawn in
+every proposal and do not count towards K.  Joint
 proposals move every family a little at once, which mostly adds layers and costs (the
 pre-training rejections of ``docs/search.md``); sparse ones reach the single and paired
 compressions a practitioner would try.
@@ -182,12 +184,23 @@ def neighbourhood(space: "Any", seed: int | None = None) -> list[dict[str, Any]]
     return out
 
 
+#: Knob stages that shape how a candidate trains, not what it is: searched in every
+#: sparse proposal, outside its count of moved families.
+TRAINING_STAGES = ("training",)
+
+
+def always_searched(space: "Any") -> set[str]:
+    """The families a sparse proposal always draws (:data:`TRAINING_STAGES`)."""
+    return {k.family for k in space.knobs if k.stage in TRAINING_STAGES}
+
+
 def moved_choices(space: "Any", most: int) -> list[str]:
-    """The values of :data:`MOVED_PARAM`: every set of 1 to ``most`` families with
-    searched parameters, in pipeline order, written ``"prune+quant"``."""
+    """The values of :data:`MOVED_PARAM`: every set of 1 to ``most`` compression
+    families with searched parameters, in pipeline order, written ``"prune+quant"``."""
     from itertools import combinations
 
-    families = list(dict.fromkeys(p.family for p in space.searched))
+    always = always_searched(space)
+    families = [f for f in dict.fromkeys(p.family for p in space.searched) if f not in always]
     return ["+".join(c) for k in range(1, min(most, len(families)) + 1) for c in combinations(families, k)]
 
 
@@ -250,8 +263,8 @@ class OptunaBackend(Backend):
 
         trial = self.ask(study, {MOVED_PARAM: CategoricalDistribution(self._moved)})
         moved = set(trial.params[MOVED_PARAM].split("+"))
-        distributions = self.distributions()
+        distributions, drawn = self.distributions(), moved | always_searched(self.space)
         for param in self.space.searched:
-            if param.family in moved:
+            if param.family in drawn:
                 suggest(trial, param.name, distributions[param.name])
         return Proposal(trial, self.values_of(trial), tuner=self.tuner, info={"moved": sorted(moved)})
