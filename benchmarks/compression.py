@@ -14,6 +14,9 @@ Modes::
     # 2. the search a user would run (the defaults: warm starts, the task's epochs),
     #    accuracy vs latency vs packed size; then, optionally, the front refit with more epochs
     PYTHONPATH=. python benchmarks/compression.py --trials 20 [--refit-epochs 4]
+    #    ... or the search's own proposals only, sparse (issue 21 part 4)
+    PYTHONPATH=. python benchmarks/compression.py --trials 30 --no-warm-start --moved-families 2 \
+        --results benchmarks/results/compression_sparse.json
     # 3. the lead's one-command runner: the stored table, plus the cheapest check
     #    (int8 alone, no training: same-run speed-up and accuracy) in a minute or two
     PYTHONPATH=. python benchmarks/compression.py --quick
@@ -321,7 +324,8 @@ def search(args: argparse.Namespace) -> int:
     cpu0, wall0 = time.process_time(), time.perf_counter()
     remaining = args.trials - len(study.trials())  # a kept study (--storage) resumes up to --trials
     if remaining > 0:
-        study.optimize(n_trials=remaining, progress=True)
+        options = {"moved_families": args.moved_families} if args.moved_families else {}
+        study.optimize(n_trials=remaining, progress=True, warm_start=not args.no_warm_start, **options)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     rows = study.trials()
     baseline = study.baseline_row()
@@ -332,6 +336,7 @@ def search(args: argparse.Namespace) -> int:
     span = (datetime.fromisoformat(max(ends)) - datetime.fromisoformat(min(starts))).total_seconds() if ends else 0.0
     result: dict[str, Any] = {
         "budget": {"trials": len(rows), "sampler": study.info()["sampler"], "seed": args.seed,
+                   "warm_start": not args.no_warm_start, "moved_families": args.moved_families,
                    "states": {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL")},
                    "span_s": round(span, 1), "trial_s": round(sum(r.get("total_seconds") or 0.0 for r in rows), 1),
                    "epochs": study.settings.epochs, "finetune_epochs": study.settings.finetune_epochs,
@@ -449,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refit-skip-within", type=float, default=None,
                         help="refit only front candidates that missed the baseline by more than this (e.g. 0.01)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-warm-start", action="store_true", help="the search's own proposals from the first trial")
+    parser.add_argument("--moved-families", type=int, default=None, help="sparse proposals moving 1..K families")
     parser.add_argument("--latency-repeats", type=int, default=100)
     parser.add_argument("--study", default="compression")
     parser.add_argument("--storage", default=None, help="keep the study here (default: a temporary SQLite file)")

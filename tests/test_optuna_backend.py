@@ -87,3 +87,59 @@ def test_the_sampler_sees_stopped_trials_as_pending_points(space):
     assert study.trials[0].state == TrialState.PRUNED  # the study itself is unchanged
     backend = get_backend("optuna")(space, seed=0)
     assert backend.tuner == "TPESampler" and isinstance(backend.optuna_sampler(), type(sampler))
+
+
+def test_sparse_proposals_move_at_most_k_families_and_the_sampler_learns_which(space):
+    """``moved_families=2``: each proposal names the compression families it moves (a
+    parameter the sampler models) and holds only their parameters and distillation's;
+    every other family stays at the baseline's value.  After its random start-up TPE proposes from the sets that did
+    well: here a made-up objective that rewards quantization alone."""
+    from slimtune.search._backends import BackendError
+    from slimtune.search._backends.optuna_backend import MOVED_PARAM, moved_choices
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    families = [f for f in dict.fromkeys(p.family for p in space.searched) if f != "distill"]
+    choices = moved_choices(space, 2)
+    assert len(choices) == len(families) + len(families) * (len(families) - 1) // 2 and "distill" not in choices
+    backend = get_backend("optuna")(space, seed=0, moved_families=2, warm_start=False)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=backend.optuna_sampler())
+    picked = []
+    for _ in range(40):
+        proposal = backend.propose(study)
+        moved = set(proposal.trial.params[MOVED_PARAM].split("+"))
+        assert 1 <= len(moved) <= 2 and moved == set(proposal.info["moved"])
+        assert set(proposal.values) == {p.name for p in space.searched} and space.check(proposal.values)
+        for p in space.searched:
+            if p.family == "distill":  # how it trains: drawn every time, outside the count
+                assert p.name in proposal.trial.params
+            elif p.family not in moved:
+                assert proposal.values[p.name] == p.default and p.name not in proposal.trial.params
+        picked.append(proposal.trial.params[MOVED_PARAM])
+        study.tell(proposal.trial, [1.0 if moved == {"quant"} else 0.0, float(len(moved))])
+    late = picked[20:]
+    assert late.count("quant") >= 4, late  # drawn at random once in 21 on average
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(BackendError, match="moved_families"):
+            get_backend("optuna")(space, moved_families=bad)
+
+
+def test_run_takes_moved_families_for_the_optuna_backend_only(tmp_path):
+    from click.testing import CliRunner
+
+    from slimtune.cli import main
+    from slimtune.studies import Study
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    args = ["run", "--study", "s", "--task", "digits", "--trials", "2", "--storage", storage, "--epochs", "1",
+            "--latency-repeats", "5", "--no-warm-start", "--fidelity", "full", "--seed", "0"]
+    refused = CliRunner().invoke(main, [*args, "--moved-families", "2", "--backend", "nni"])
+    assert refused.exit_code == 2 and "--moved-families shapes the Optuna backend" in refused.output
+    result = CliRunner().invoke(main, [*args, "--moved-families", "1"])
+    assert result.exit_code == 0, result.output
+    with Study.load("s", storage=storage) as study:
+        rows = study.trials()
+        assert len(rows) == 2
+        for row in rows:  # each moved one compression: the others' parameters at the baseline's values
+            moved = {p.family for p in study.space.searched
+                     if row["params"][p.name] != p.default and p.family != "distill"}
+            assert len(moved) <= 1 and "search.moved" not in row["params"], row["params"]

@@ -117,6 +117,9 @@ def eval_(task_spec: str, sets: tuple[str, ...], epochs: int | None, runtime: st
 @click.option("--timeout", type=FiniteFloat(min=0, max=MAX_TIMEOUT_S, min_open=True), default=None, help="No new trial after this many seconds.")
 @click.option("--objectives", default=None, help="accuracy plus latency_ms, size_bytes and/or macs, comma-separated [default: accuracy,latency_ms].")
 @click.option("--sampler", type=click.Choice(["gp", "tpe", "nsga2", "random"]), default=None, help="Optuna sampler [default: tpe].")
+@click.option("--moved-families", type=click.IntRange(1, 16), default=None, metavar="K",
+              help="Sparse proposals: each moves 1 to K knob families from the baseline, the rest stay at the "
+                   "baseline's values (Optuna backend) [default: every family at once].")
 @click.option("--backend", type=click.Choice(["optuna", "nni"]), default="optuna", show_default=True)
 @click.option("--tuner", default=None, help="NNI tuner, with --backend nni: TPE, Random, Evolution or GridSearch [default: TPE].")
 @click.option("--scalarize", default=None, metavar="TERMS",
@@ -208,7 +211,8 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
          threads: int | None, batch_size: int | None, latency_repeats: int | None, calibration_size: int | None,
          targets: str | None, fix: tuple[str, ...], as_json: bool, wide: bool, workers: int, worker_id: int | None, no_cache: bool,
          storage: str, warm_start: bool, device: str | None, amp: str | None, executor: str, address: str | None,
-         gpus_per_trial: float | None, cpus_per_trial: float | None, fidelity: str = "multi") -> None:
+         gpus_per_trial: float | None, cpus_per_trial: float | None, fidelity: str = "multi",
+         moved_families: int | None = None) -> None:
     if n_trials is None and timeout is None:
         raise UserError("Give --trials N and/or --timeout SECONDS.")
     ray_options = {"address": address, "gpus_per_trial": gpus_per_trial, "cpus_per_trial": cpus_per_trial}
@@ -232,6 +236,9 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
     nni_options = {k: v for k, v in (("tuner", tuner), ("scalarization", scalarize)) if v is not None}
     if nni_options and backend != "nni":
         raise UserError("--tuner and --scalarize set up the NNI backend: add --backend nni.")
+    if moved_families is not None and backend != "optuna":
+        raise UserError("--moved-families shapes the Optuna backend's proposals: leave out --backend nni.")
+    backend_options = {**nni_options, **({"moved_families": moved_families} if moved_families else {})}
     from slimtune.studies import Study
 
     if backend == "nni":
@@ -254,7 +261,7 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
         if worker_id is not None:  # a child of --workers: one line per trial, no summary
             rows = study.optimize(n_trials=n_trials, timeout=timeout, backend=backend, progress=False,
                                   callbacks=[echo_trial_line], warm_start=warm_start, fidelity=fidelity,
-                                  **nni_options)
+                                  **backend_options)
             if any(r.get("state") == "FAIL" for r in rows):
                 sys.exit(1)  # its lines said which; the parent counts this worker as failed
             return
@@ -277,14 +284,14 @@ def _run(study_name: str, task_spec: str | None, n_trials: int | None, timeout: 
             failed = []
             rows = run_on_ray(study, n_trials=n_trials, timeout=timeout, workers=workers, seed=seed, as_json=as_json,
                               backend=backend, warm_start=warm_start, device=device, amp=amp, **ray_options,
-                              fidelity=fidelity, **nni_options)
+                              fidelity=fidelity, **backend_options)
             failed_trials = [r for r in rows if r.get("state") == "FAIL"]
         elif workers > 1:
             failed = run_workers(click.get_current_context(), workers, n_trials, seed, as_json)
         else:
             failed = []
             rows = study.optimize(n_trials=n_trials, timeout=timeout, backend=backend, progress=not as_json,
-                                  warm_start=warm_start, fidelity=fidelity, **nni_options)
+                                  warm_start=warm_start, fidelity=fidelity, **backend_options)
             failed_trials = [r for r in rows if r.get("state") == "FAIL"]
         if as_json:
             echo_json(study.frontier())

@@ -256,7 +256,7 @@ class TrialRunner:
             if outcome is None:  # the backend raised after `ask` created the trial
                 from slimtune.search._backends._interface import Proposal
 
-                outcome = TrialOutcome(Proposal(start.trial, dict(start.trial.params), tuner=self.backend.tuner),
+                outcome = TrialOutcome(Proposal(start.trial, self.backend.values_of(start.trial), tuner=self.backend.tuner),
                                        "FAIL", None, None, backend=self.backend.name,
                                        early_stopping=self.early_stopping is not None, worker=self.worker)
             outcome.state, outcome.values, outcome.constraints = "FAIL", None, {}

@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from slimtune.search._measurement import measurement_target, same_run_speedup
+from slimtune.search._backends._interface import MOVED_PARAM
 from slimtune.search._fidelity import is_final
 from slimtune._dominance import baseline_on_front, beaten_by_baseline, non_dominated_mask
 
@@ -52,7 +53,7 @@ def make_row(record: "CandidateRecord | None", trial: "FrozenTrial | None", *, o
     if trial is not None:
         row["trial"] = trial.number
         row["state"] = trial.state.name
-        row["params"] = {**dict(fixed or {}), **trial.params}
+        row["params"] = {**dict(fixed or {}), **{k: v for k, v in trial.params.items() if k != MOVED_PARAM}}
         attrs = trial.user_attrs
         for name in METRICS:  # what slimtune wrote, in its own units (Optuna may be told latency as a ratio)
             if attrs.get(name) is not None:

@@ -40,6 +40,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from slimtune.spaces._space import Space
 
 
+#: The Optuna parameter of a sparse proposal naming the knob families it moves away from
+#: the baseline (``"prune+quant"``); not a knob's parameter.
+MOVED_PARAM = "search.moved"
+
+
 class BackendError(ValueError):
     """Bad input about a backend: unknown name, missing optional dependency, bad option."""
 
@@ -110,6 +115,11 @@ class Backend(ABC):
     def distributions(self) -> dict[str, "optuna.distributions.BaseDistribution"]:
         """Optuna distributions of the searched parameters, in pipeline order."""
         return {p.name: distribution_of(p) for p in self.space.searched}
+
+    def values_of(self, trial: "optuna.trial.Trial | optuna.trial.FrozenTrial") -> dict[str, Any]:
+        """Every searched value of ``trial``: a parameter it does not hold (a family a
+        sparse proposal left alone) at the baseline's value."""
+        return {p.name: trial.params.get(p.name, p.default) for p in self.space.searched}
 
     def optuna_sampler(self) -> "optuna.samplers.BaseSampler | None":
         """The sampler the Optuna study is loaded with (``None``: Optuna's default is

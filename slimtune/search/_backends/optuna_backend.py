@@ -14,6 +14,17 @@ its own list, as the built-in tasks do) followed by **TPE** (multivariate,
 TPE samplers and NNI's TPE on an enumerated ceiling, dated: ``docs/benchmarks.md``
 (``benchmarks/frontier_ceiling.py``).
 
+**Sparse proposals** (``moved_families=K``): each proposal first draws which
+compression families move away from the baseline (one to K of them, a categorical
+parameter :data:`MOVED_PARAM` the sampler learns like any other) and then only those
+families' parameters (conditional parameters: TPE models each group of parameters that
+occur together, ``group=True``); every other compression keeps the baseline's value.
+Training knobs (distillation: how a candidate learns, not what it is) are drawn in
+every proposal and do not count towards K.  Joint
+proposals move every family a little at once, which mostly adds layers and costs (the
+pre-training rejections of ``docs/search.md``); sparse ones reach the single and paired
+compressions a practitioner would try.
+
 **Stopped trials are shown to the sampler as pending points**
 (:func:`stopped_as_pending`): GP learns from COMPLETE trials only, and without it
 re-proposed what early stopping had just stopped; as pending points its batch acquisition counts their
@@ -25,9 +36,10 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from typing import TYPE_CHECKING, Any
 
-from slimtune.search._backends._interface import Backend, BackendError, Proposal, register_backend
+from slimtune.search._backends._interface import Backend, BackendError, MOVED_PARAM, Proposal, register_backend, suggest
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -46,15 +58,18 @@ WARM_START = True
 
 
 def make_sampler(name: "str | optuna.samplers.BaseSampler", *, seed: int | None = None,
-                 startup_trials: int = STARTUP_TRIALS) -> "optuna.samplers.BaseSampler":
-    """An Optuna sampler by name (``tpe``, ``nsga2``, ``gp``, ``random``)."""
+                 startup_trials: int = STARTUP_TRIALS, conditional: bool = False) -> "optuna.samplers.BaseSampler":
+    """An Optuna sampler by name (``tpe``, ``nsga2``, ``gp``, ``random``);
+    ``conditional``: trials hold different parameter sets (TPE then models each group)."""
     import optuna
 
     if isinstance(name, optuna.samplers.BaseSampler):
         return name
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, multivariate=True,
-                                          constant_liar=True)
+        with warnings.catch_warnings():  # `group` is marked experimental (since Optuna 2.8)
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, multivariate=True,
+                                              constant_liar=True, group=conditional)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=POPULATION_SIZE)
     if name == "gp":
@@ -169,6 +184,26 @@ def neighbourhood(space: "Any", seed: int | None = None) -> list[dict[str, Any]]
     return out
 
 
+#: Knob stages that shape how a candidate trains, not what it is: searched in every
+#: sparse proposal, outside its count of moved families.
+TRAINING_STAGES = ("training",)
+
+
+def always_searched(space: "Any") -> set[str]:
+    """The families a sparse proposal always draws (:data:`TRAINING_STAGES`)."""
+    return {k.family for k in space.knobs if k.stage in TRAINING_STAGES}
+
+
+def moved_choices(space: "Any", most: int) -> list[str]:
+    """The values of :data:`MOVED_PARAM`: every set of 1 to ``most`` compression
+    families with searched parameters, in pipeline order, written ``"prune+quant"``."""
+    from itertools import combinations
+
+    always = always_searched(space)
+    families = [f for f in dict.fromkeys(p.family for p in space.searched) if f not in always]
+    return ["+".join(c) for k in range(1, min(most, len(families)) + 1) for c in combinations(families, k)]
+
+
 def sampler_name(sampler: "str | optuna.samplers.BaseSampler") -> str:
     return sampler if isinstance(sampler, str) else type(sampler).__name__
 
@@ -186,16 +221,24 @@ class OptunaBackend(Backend):
         startup_trials: random trials before a model-based sampler takes over.
         warm_start: a new study starts with the baseline's neighbourhood
             (:meth:`warm_starts`) when its task gives no warm starts.
+        moved_families: sparse proposals moving at most this many knob families
+            (``None``: every family's parameters drawn at once).
     """
 
     name = "optuna"
 
     def __init__(self, space, *, seed: int | None = None, sampler: "str | Any | None" = None,
-                 startup_trials: int = STARTUP_TRIALS, warm_start: bool = WARM_START, **options: Any) -> None:
+                 startup_trials: int = STARTUP_TRIALS, warm_start: bool = WARM_START, moved_families: int | None = None,
+                 **options: Any) -> None:
         super().__init__(space, seed=seed, **options)
         if isinstance(startup_trials, bool) or not isinstance(startup_trials, int) or startup_trials < 0:
             raise BackendError(f"`startup_trials` must be an integer >= 0, but got {startup_trials!r}.")
-        self._sampler = make_sampler(sampler or DEFAULT_SAMPLER, seed=seed, startup_trials=startup_trials)
+        if moved_families is not None and (isinstance(moved_families, bool) or not isinstance(moved_families, int)
+                                           or moved_families < 1):
+            raise BackendError(f"`moved_families` must be an integer >= 1, but got {moved_families!r}.")
+        self._moved = (moved_choices(space, moved_families) or None) if moved_families else None  # None: joint
+        self._sampler = make_sampler(sampler or DEFAULT_SAMPLER, seed=seed, startup_trials=startup_trials,
+                                     conditional=self._moved is not None)
         self._study_sampler = stopped_as_pending(self._sampler)
         self.warm_start = bool(warm_start)
 
@@ -213,6 +256,15 @@ class OptunaBackend(Backend):
         return type(self._sampler).__name__
 
     def propose(self, study: "optuna.Study") -> Proposal:
-        trial = self.ask(study, self.distributions())
-        values = {name: trial.params[name] for name in self.distributions()}
-        return Proposal(trial, values, tuner=self.tuner)
+        if self._moved is None:
+            trial = self.ask(study, self.distributions())
+            return Proposal(trial, {name: trial.params[name] for name in self.distributions()}, tuner=self.tuner)
+        from optuna.distributions import CategoricalDistribution
+
+        trial = self.ask(study, {MOVED_PARAM: CategoricalDistribution(self._moved)})
+        moved = set(trial.params[MOVED_PARAM].split("+"))
+        distributions, drawn = self.distributions(), moved | always_searched(self.space)
+        for param in self.space.searched:
+            if param.family in drawn:
+                suggest(trial, param.name, distributions[param.name])
+        return Proposal(trial, self.values_of(trial), tuner=self.tuner, info={"moved": sorted(moved)})
