@@ -135,15 +135,14 @@ def echo_target_header(view: Any) -> None:
 def echo_report(study: Any, *, wide: bool = False) -> None:
     """What ``run`` and ``refit`` print at the end: the summary, the frontier (one per
     target of a study timed on several) and the commands to run next."""
-    front: list[dict[str, Any]] = []
+    fronts = []
     for k, view in enumerate(target_views(study)):
         overview = view.overview()
-        if k == 0:
-            front = overview.front()
+        fronts.append(overview.front())
         echo_summary(view, overview, wide=wide, study_line=k == 0)
-        echo_frontier(view, overview, front if k == 0 else overview.front(), wide=wide)
+        echo_frontier(view, overview, fronts[-1], wide=wide)
     click.echo("Next:")
-    for line in next_steps(study, front):
+    for line in next_steps(study, fronts[0]):  # the first target's: the one the search drove
         click.echo(f"  {line}")
 
 

@@ -166,9 +166,10 @@ class StudyStorage:
         return {n: Fidelity(e, f, p).to_dict() for n, e, f, p in rows}
 
     # -- measurements on a study's other targets ----------------------------------------
-    def target_figures(self, study_id: int, target: str) -> dict[int, Any]:
-        """``{trial number: record (no artifact)}`` of one target of a study (none when the
-        table is missing: a database no trial with several targets was written to)."""
+    def target_figures(self, study_id: int, target: str, trial: int | None = None) -> dict[int, Any]:
+        """``{trial number: record (no artifact)}`` of one target of a study, or of its
+        ``trial`` only (none when the table is missing: a database no trial with several
+        targets was written to)."""
         from sqlalchemy import inspect
 
         table = TargetMeasurementRecord
@@ -177,6 +178,8 @@ class StudyStorage:
             if not inspect(conn).has_table(table.__tablename__):
                 return {}
             query = select(*columns).where(table.study_id == study_id, table.target == target)
+            if trial is not None:
+                query = query.where(table.trial_number == trial)
             return {r.trial_number: r for r in conn.execute(query).all()}
 
     def target_artifact(self, study_id: int, trial: int, target: str) -> tuple[bytes, str] | None:

@@ -157,7 +157,7 @@ class TargetCandidate(Candidate):
 
     def _target_record(self) -> Any:
         study = self.study._study  # noqa: SLF001
-        records = study._storage.target_figures(study._record.id, self.study.target.key)  # noqa: SLF001
+        records = study._storage.target_figures(study._record.id, self.study.target.key, self.trial)  # noqa: SLF001
         return records.get(self.trial)
 
     @property

@@ -150,7 +150,7 @@ class Backend(ABC):
             trial = self.ask(study, self.distributions())
         finally:
             study.sampler = previous
-        return Proposal(trial, {name: trial.params[name] for name in self.distributions()}, tuner=self.tuner)
+        return Proposal(trial, self.values_of(trial), tuner=self.tuner)
 
     def observe(self, proposal: Proposal, state: str, values: Sequence[float] | None) -> None:
         """The outcome of a proposal: ``state`` is COMPLETE, PRUNED or FAIL and ``values``

@@ -221,8 +221,8 @@ class OptunaBackend(Backend):
         startup_trials: random trials before a model-based sampler takes over.
         warm_start: a new study starts with the baseline's neighbourhood
             (:meth:`warm_starts`) when its task gives no warm starts.
-        moved_families: sparse proposals moving at most this many knob families
-            (``None``: every family's parameters drawn at once).
+        moved_families: sparse proposals moving at most this many compression
+            families (``None``: every family's parameters drawn at once).
     """
 
     name = "optuna"
@@ -258,7 +258,7 @@ class OptunaBackend(Backend):
     def propose(self, study: "optuna.Study") -> Proposal:
         if self._moved is None:
             trial = self.ask(study, self.distributions())
-            return Proposal(trial, {name: trial.params[name] for name in self.distributions()}, tuner=self.tuner)
+            return Proposal(trial, self.values_of(trial), tuner=self.tuner)
         from optuna.distributions import CategoricalDistribution
 
         trial = self.ask(study, {MOVED_PARAM: CategoricalDistribution(self._moved)})
